@@ -1,0 +1,56 @@
+# `make demo` and `make test` bootstrap everything they need on a fresh machine.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+LS_VENV := .venv-ls
+LABEL_STUDIO_VERSION ?= 1.23.2
+PIP_FLAGS ?= -q
+
+.PHONY: help venv ls-venv demo test test-unit test-integration lint format bench clean
+
+help:
+	@echo "make demo    one full active-learning round on synthetic blood smears"
+	@echo "make test    unit + integration tests (PostgreSQL, Redis, Celery worker, Label Studio)"
+	@echo "make test-unit | test-integration | lint | format | bench | clean"
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_FLAGS) -U pip wheel setuptools
+	$(BIN)/pip install $(PIP_FLAGS) -c constraints.txt -e '.[dev]'
+	touch $@
+
+# Label Studio pins its own Django stack, so it lives in its own venv (tests start it).
+$(LS_VENV)/.installed:
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install $(PIP_FLAGS) -U pip
+	$(LS_VENV)/bin/pip install $(PIP_FLAGS) label-studio==$(LABEL_STUDIO_VERSION)
+	touch $@
+
+venv: $(BIN)/.installed
+ls-venv: $(LS_VENV)/.installed
+
+demo: venv
+	$(BIN)/labelloop demo
+
+test: venv ls-venv
+	$(BIN)/pytest
+
+test-unit: venv
+	$(BIN)/pytest tests/unit
+
+test-integration: venv ls-venv
+	$(BIN)/pytest tests/integration
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: venv
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf labelloop-demo .pytest_cache build *.egg-info

@@ -1,0 +1,131 @@
+"""Real benchmark data as frozen manifests, read through labelloop's own readers.
+
+Training code reads only a manifest and a `fetch(blob_key) -> bytes` callable, so the
+benchmarks build both straight from `../shared/data` without a database: BCCD keeps its
+published train/val/test split (ImageSets/Main), ISBI 2012 a fixed split of its 30
+labelled images. Image bytes are held in memory (a few MB for either set).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from labelloop.domain import shapes_to_json
+from labelloop.geometry import mask_shape
+from labelloop.ingest.readers.voc import read_voc
+from labelloop.ingest.records import ReadOptions
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+BCCD = SHARED / "bccd" / "BCCD"
+ISBI = SHARED / "isbi2012-membrane"
+BCCD_LABELS = ["RBC", "WBC", "Platelets"]
+
+Fetch = Callable[[str], bytes]
+
+
+def _require(path: Path) -> None:
+    if not path.exists():
+        raise SystemExit(
+            f"benchmark data not found: {path} (expected ../shared/data beside the checkout)"
+        )
+
+
+def _item(blobs: dict[str, bytes], data: bytes, split: str, shapes: list, name: str) -> dict:
+    sha = hashlib.sha256(data).hexdigest()
+    blobs[sha] = data
+    with Image.open(io.BytesIO(data)) as im:
+        width, height = im.size
+    return {
+        "image_id": len(blobs),
+        "sha256": sha,
+        "blob_key": sha,
+        "width": width,
+        "height": height,
+        "split": split,
+        "group": name,
+        "name": name,
+        "shapes": shapes_to_json(shapes),
+    }
+
+
+def bccd_manifest(task: str = "detection") -> tuple[dict, Fetch]:
+    """BCCD with its own split; boxes whose label is not RBC/WBC/Platelets or whose
+    coordinates are invalid are dropped by the reader's validation (a handful)."""
+    _require(BCCD)
+    splits: dict[str, str] = {}
+    for split in ("train", "val", "test"):
+        for line in (BCCD / "ImageSets" / "Main" / f"{split}.txt").read_text().split():
+            splits[line.strip()] = split
+    blobs: dict[str, bytes] = {}
+    items = []
+    for rec in read_voc(BCCD, ReadOptions(source="bccd")):
+        stem = Path(rec.uri).stem
+        if rec.error is not None or stem not in splits:
+            continue
+        shapes = [sh for ann in rec.annotations for sh in ann.shapes if sh.label in BCCD_LABELS]
+        items.append(_item(blobs, rec.load(), splits[stem], shapes, stem))
+    items.sort(key=lambda it: it["name"])
+    manifest = {
+        "version": 1,
+        "project": {"name": "bccd", "task": task},
+        "labels": list(BCCD_LABELS),
+        "split_seed": 0,
+        "items": items,
+    }
+    return manifest, blobs.__getitem__
+
+
+def isbi_manifest(
+    test_ids: range = range(25, 30), val_ids: range = range(22, 25)
+) -> tuple[dict, Fetch]:
+    """ISBI 2012: label 0 (black) is membrane, the class learned here; images 25-29 are
+    held out for test and 22-24 for validation by default, the rest train."""
+    _require(ISBI)
+    blobs: dict[str, bytes] = {}
+    items = []
+    for i in range(30):
+        image = (ISBI / "train" / "image" / f"{i}.png").read_bytes()
+        label = np.asarray(Image.open(ISBI / "train" / "label" / f"{i}.png").convert("L"))
+        membrane = label < 128
+        split = "test" if i in test_ids else "val" if i in val_ids else "train"
+        items.append(_item(blobs, image, split, [mask_shape(membrane, "membrane")], f"isbi-{i}"))
+    manifest = {
+        "version": 1,
+        "project": {"name": "isbi2012", "task": "segmentation"},
+        "labels": ["membrane"],
+        "split_seed": 0,
+        "items": items,
+    }
+    return manifest, blobs.__getitem__
+
+
+def synthetic_manifest(
+    splits: dict[str, int] | None = None, size: int = 256, seed: int = 0
+) -> tuple[dict, Fetch]:
+    """Synthetic blood smears (labelloop.synthetic) as a segmentation manifest: for
+    measurements that need identical data on every machine rather than real images."""
+    from labelloop.imaging import encode_png
+    from labelloop.synthetic import generate_smear, instance_shapes, smear_seed
+
+    splits = splits or {"train": 16, "val": 4, "test": 4}
+    blobs: dict[str, bytes] = {}
+    items = []
+    for split, n in splits.items():
+        for _ in range(n):
+            sample = generate_smear(smear_seed(seed, len(items)), size=size)
+            shapes = [sh for sh in instance_shapes(sample) if sh.kind != "box"]
+            items.append(_item(blobs, encode_png(sample.image), split, shapes, f"s{len(items)}"))
+    manifest = {
+        "version": 1,
+        "project": {"name": "synthetic", "task": "segmentation"},
+        "labels": ["RBC", "WBC", "Platelets"],
+        "split_seed": seed,
+        "items": items,
+    }
+    return manifest, blobs.__getitem__

@@ -1,0 +1,76 @@
+"""One Settings object for the CLI, the API, the workers and Alembic.
+
+Values come from `LABELLOOP_*` environment variables or a `.env` file in the working
+directory. Embedded defaults (SQLite file, local blob folder, in-memory broker) make a
+fresh machine work with no configuration; production sets the URLs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LABELLOOP_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("labelloop-data"), description="blobs, checkpoints, exports"
+    )
+    database_url: str = Field(default="", description="SQLAlchemy URL; default: SQLite in data_dir")
+    blob_url: str = Field(
+        default="", description="fsspec URL of the blob store; default: data_dir/blobs"
+    )
+    broker_url: str = Field(
+        default="memory://", description="Celery broker; memory:// = in-process"
+    )
+    result_backend: str = Field(
+        default="", description="Celery result backend; default follows broker"
+    )
+    redis_url: str = Field(
+        default="", description="Redis for locks; default: the broker if it is Redis"
+    )
+    max_image_pixels: int = Field(default=100_000_000, description="refuse larger images (bombs)")
+    labelstudio_url: str = ""
+    labelstudio_token: SecretStr = SecretStr("")
+    labelstudio_image_hosts: list[str] = Field(
+        default_factory=list,
+        description="hosts (and 's3://bucket's) a Label Studio sync may read task images from "
+        "besides the Label Studio server itself; JSON list in the environment",
+    )
+    split_seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    training_lock_ttl_s: int = 6 * 3600
+    nightly_cron: str = Field(default="0 2 * * *", description="beat crontab (m h dom mon dow)")
+    nightly_budget: int = Field(default=20, description="images per nightly annotation round")
+    nightly_push_to: str = Field(default="file", description="file | labelstudio")
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'labelloop.db'}"
+        if not self.blob_url:
+            self.blob_url = str(self.data_dir / "blobs")
+        if not self.result_backend:
+            self.result_backend = (
+                self.broker_url if self.broker_url.startswith("redis") else "cache+memory://"
+            )
+        if not self.redis_url and self.broker_url.startswith("redis"):
+            self.redis_url = self.broker_url
+        if abs(sum(self.split_fractions) - 1.0) > 1e-6:
+            raise ValueError("split_fractions must sum to 1")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when the broker lives in this process (demo / single-machine use)."""
+        return self.broker_url.startswith("memory://")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Database: the schema (models), engine/session handling (session)."""

@@ -1,0 +1,114 @@
+"""Canonical domain types shared by every stage.
+
+Every source format is converted into these shapes, and every sink converts out of
+them, so stages never see a tool's own JSON. Geometry is always in pixels of the
+stored image (origin top-left), which makes shapes independent of the tool that drew
+them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TaskKind(StrEnum):
+    """What a project's models learn; it decides the trainer and the scoring method."""
+
+    segmentation = "segmentation"
+    detection = "detection"
+    classification = "classification"
+
+
+class Split(StrEnum):
+    train = "train"
+    val = "val"
+    test = "test"
+
+
+class Stage(StrEnum):
+    """Lifecycle of a model version; only promotion moves it."""
+
+    candidate = "candidate"
+    production = "production"
+    archived = "archived"
+
+
+class RunStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    label: str
+    # Free-form attributes kept from the source (annotator, tool-specific flags).
+    attributes: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class Box(_Shape):
+    """Axis-aligned box (x, y = top-left corner) rotated by `rotation` degrees clockwise
+    around that corner, as Label Studio and CVAT draw it."""
+
+    kind: Literal["box"] = "box"
+    x: float
+    y: float
+    w: float
+    h: float
+    rotation: float = 0.0
+
+
+class Polygon(_Shape):
+    kind: Literal["polygon"] = "polygon"
+    points: list[tuple[float, float]]
+
+
+class Mask(_Shape):
+    """One instance (or one class region) as COCO compressed RLE (pycocotools), column-major."""
+
+    kind: Literal["mask"] = "mask"
+    size: tuple[int, int]  # (height, width)
+    counts: str
+
+
+class Keypoint(_Shape):
+    kind: Literal["keypoint"] = "keypoint"
+    x: float
+    y: float
+
+
+class Ellipse(_Shape):
+    kind: Literal["ellipse"] = "ellipse"
+    x: float  # centre
+    y: float
+    rx: float
+    ry: float
+    rotation: float = 0.0
+
+
+class Tag(_Shape):
+    """A whole-image label (classification)."""
+
+    kind: Literal["tag"] = "tag"
+
+
+Shape = Annotated[Box | Polygon | Mask | Keypoint | Ellipse | Tag, Field(discriminator="kind")]
+
+
+class ShapeList(BaseModel):
+    """Wrapper so a list of shapes validates / serialises in one call."""
+
+    shapes: list[Shape]
+
+
+def shapes_to_json(shapes: list[Shape]) -> list[dict]:
+    return ShapeList(shapes=shapes).model_dump(mode="json")["shapes"]
+
+
+def shapes_from_json(data: list[dict]) -> list[Shape]:
+    return ShapeList.model_validate({"shapes": data}).shapes

@@ -1,0 +1,33 @@
+"""The project's own error types: everything a user can cause raises one of these.
+
+The CLI turns them into exit code 2 with the message; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class LabelloopError(Exception):
+    """Base class for errors caused by input, configuration or state, not by a bug."""
+
+
+class InputError(LabelloopError):
+    """Bad input data: names the file, the record and the reason."""
+
+    def __init__(self, reason: str, *, file: str | None = None, record: str | None = None):
+        self.reason = reason
+        self.file = file
+        self.record = record
+        where = ", ".join(p for p in (file and f"file {file}", record and f"record {record}") if p)
+        super().__init__(f"{where}: {reason}" if where else reason)
+
+
+class NotFoundError(LabelloopError):
+    """A named project, version or round does not exist."""
+
+
+class ConfigError(LabelloopError):
+    """Settings or a recipe are inconsistent."""
+
+
+class ExternalServiceError(LabelloopError):
+    """Label Studio, CVAT or storage failed; callers may retry."""

@@ -1,0 +1,431 @@
+"""Label Studio results <-> canonical shapes.
+
+Label Studio stores geometry in percent of the original image (x, y, width, height,
+points, radii) and brush strokes as its own RLE of RGBA pixels. Canonical shapes are in
+pixels, so every conversion needs the original image size; a result without it is an
+input error rather than a guess. Brush RLE goes through label-studio-sdk's codec so the
+bytes are exactly what the Label Studio frontend reads and writes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from labelloop.domain import Box, Ellipse, Keypoint, Mask, Polygon, Shape, Tag
+from labelloop.errors import ConfigError, InputError
+from labelloop.formats.labelstudio_config import (
+    DEFAULT_CONTROLS,
+    KIND_CONTROLS,
+    ControlTag,
+    ImageTag,
+    LabelConfig,
+    label_config_xml,
+    parse_label_config,
+)
+from labelloop.formats.labelstudio_export import (
+    ExportedAnnotation,
+    image_reference,
+    is_json_min,
+    iter_export_tasks,
+    json_min_results,
+    resolve_local_image,
+    task_annotations,
+)
+from labelloop.geometry import decode_mask, mask_shape
+from labelloop.imaging import DEFAULT_MAX_PIXELS
+
+__all__ = [
+    "DEFAULT_CONTROLS",
+    "KIND_CONTROLS",
+    "RESULT_TYPES",
+    "ControlTag",
+    "ExportedAnnotation",
+    "ImageTag",
+    "LabelConfig",
+    "decode_brush",
+    "encode_brush",
+    "image_reference",
+    "is_json_min",
+    "iter_export_tasks",
+    "json_min_results",
+    "label_config_xml",
+    "parse_label_config",
+    "resolve_local_image",
+    "results_to_shapes",
+    "shapes_to_results",
+    "task_annotations",
+]
+
+# Canonical kind <-> result type of the *Labels control that draws it.
+RESULT_TYPES = {
+    "box": "rectanglelabels",
+    "polygon": "polygonlabels",
+    "mask": "brushlabels",
+    "keypoint": "keypointlabels",
+    "ellipse": "ellipselabels",
+    "tag": "choices",
+}
+_KIND_OF = {t: k for k, t in RESULT_TYPES.items() if k != "tag"}
+
+# Brush RLE decodes to width*height*4 bytes; the same pixel cap as image decoding.
+MAX_BRUSH_PIXELS = DEFAULT_MAX_PIXELS
+
+
+class _Where:
+    """File and record of the result being converted, for error messages."""
+
+    def __init__(self, file: str, record: str):
+        self.file, self.record = file, record
+
+    def error(self, reason: str) -> InputError:
+        return InputError(reason, file=self.file, record=self.record)
+
+
+def results_to_shapes(
+    results: list[dict],
+    *,
+    file: str,
+    record: str,
+    image_size: tuple[int, int] | None = None,
+) -> list[Shape]:
+    """Convert one annotation's `result` list into canonical shapes in pixels.
+
+    `record` names the annotation ("task 12 / annotation 3"); errors append the result id.
+    `image_size` (width, height) is used only for results that lack original_width/height,
+    as in hand-written tasks. Relations, text areas, unlabeled tool regions (their label
+    lives on a paired `labels` result) and other result types are skipped.
+    """
+    if not isinstance(results, list):
+        raise InputError("annotation result is not a list", file=file, record=record)
+    shapes: list[Shape] = []
+    for i, r in enumerate(results):
+        rid = r.get("id") if isinstance(r, dict) else None
+        named = isinstance(rid, str | int) and not isinstance(rid, bool)
+        where = _Where(file, f"{record} / result {rid if named else f'#{i}'}")
+        if not isinstance(r, dict):
+            raise where.error("result is not an object")
+        shapes.extend(_result_shapes(r, where, image_size))
+    return shapes
+
+
+def _result_shapes(r: dict, where: _Where, image_size: tuple[int, int] | None) -> list[Shape]:
+    rtype = r.get("type")
+    if not isinstance(rtype, str):
+        raise where.error("result has no type")
+    rtype = rtype.lower()
+    if rtype not in _KIND_OF and rtype not in ("choices", "labels"):
+        return []
+    value = r.get("value")
+    if not isinstance(value, dict):
+        raise where.error(f"{rtype} result has no value object")
+    attrs = _attributes(r, where)
+    if rtype == "choices":
+        return [Tag(label=c, attributes=attrs) for c in _labels(value, "choices", where)]
+    labels = _labels(value, rtype, where)
+    kind = _KIND_OF.get(rtype) or _geometry_kind(value)
+    if kind is None or not labels:
+        return []  # text-span labels, or a region nobody labelled: nothing to learn from
+    width, height = _image_size(r, image_size, where)
+    if kind == "box":
+        geo: dict[str, Any] = {
+            "x": _num(value, "x", where) * width / 100,
+            "y": _num(value, "y", where) * height / 100,
+            "w": _num(value, "width", where, minimum=0) * width / 100,
+            "h": _num(value, "height", where, minimum=0) * height / 100,
+            "rotation": _num(value, "rotation", where, default=0.0),
+        }
+        cls: type[Shape] = Box
+    elif kind == "polygon":
+        geo = {"points": _points(value, width, height, where)}
+        cls = Polygon
+    elif kind == "ellipse":
+        geo = {
+            "x": _num(value, "x", where) * width / 100,
+            "y": _num(value, "y", where) * height / 100,
+            "rx": _num(value, "radiusX", where, minimum=0) * width / 100,
+            "ry": _num(value, "radiusY", where, minimum=0) * height / 100,
+            "rotation": _num(value, "rotation", where, default=0.0),
+        }
+        cls = Ellipse
+    elif kind == "keypoint":
+        geo = {
+            "x": _num(value, "x", where) * width / 100,
+            "y": _num(value, "y", where) * height / 100,
+        }
+        cls = Keypoint
+    else:
+        fmt = value.get("format", "rle")
+        if fmt != "rle":
+            raise where.error(f"brush format {fmt!r} is not supported (only 'rle')")
+        mask = decode_brush(value.get("rle"), width, height, file=where.file, record=where.record)
+        m = mask_shape(mask, "_")
+        geo = {"size": m.size, "counts": m.counts}
+        cls = Mask
+    return [cls(label=lab, attributes=attrs, **geo) for lab in labels]
+
+
+def _geometry_kind(value: dict) -> str | None:
+    """Kind of a generic `labels` result, told by which geometry keys it carries."""
+    if "rle" in value:
+        return "mask"
+    if "points" in value:
+        return "polygon"
+    if "radiusX" in value or "radiusY" in value:
+        return "ellipse"
+    if "x" in value and "y" in value:
+        return "box" if "height" in value else "keypoint"
+    return None
+
+
+def _attributes(r: dict, where: _Where) -> dict[str, str | int | float | bool]:
+    attrs: dict[str, str | int | float | bool] = {}
+    rid = r.get("id")
+    if isinstance(rid, str | int) and not isinstance(rid, bool):
+        attrs["ls_id"] = str(rid)
+    if "score" in r and r["score"] is not None:
+        attrs["score"] = _num(r, "score", where)
+    return attrs
+
+
+def _labels(value: dict, key: str, where: _Where) -> list[str]:
+    labels = value.get(key, [])
+    if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
+        raise where.error(f"value.{key} must be a list of non-empty strings")
+    return labels
+
+
+def _num(
+    d: dict, key: str, where: _Where, *, default: float | None = None, minimum: float | None = None
+) -> float:
+    v = d.get(key)
+    if v is None:
+        if default is not None:
+            return default
+        raise where.error(f"missing numeric {key!r}")
+    f = _finite(v)
+    if f is None:
+        raise where.error(f"{key!r} is not a finite number: {v!r}")
+    if minimum is not None and f < minimum:
+        raise where.error(f"{key!r} is negative: {v!r}")
+    return f
+
+
+def _finite(v: object) -> float | None:
+    """float(v) for real JSON numbers; None for bools, strings, inf/nan and huge ints."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _points(value: dict, width: int, height: int, where: _Where) -> list[tuple[float, float]]:
+    pts = value.get("points")
+    if not isinstance(pts, list):
+        raise where.error("polygon points must be a list of [x, y] pairs")
+    out = []
+    for p in pts:
+        if not isinstance(p, list | tuple) or len(p) != 2:
+            raise where.error(f"polygon point {p!r} is not an [x, y] pair")
+        pair = {"x": p[0], "y": p[1]}
+        out.append((_num(pair, "x", where) * width / 100, _num(pair, "y", where) * height / 100))
+    return out
+
+
+def _image_size(r: dict, fallback: tuple[int, int] | None, where: _Where) -> tuple[int, int]:
+    ow, oh = r.get("original_width"), r.get("original_height")
+    if ow is None or oh is None:
+        if fallback is None:
+            raise where.error(
+                "missing original_width/original_height, needed to turn percent into pixels"
+            )
+        ow, oh = fallback
+    sizes = []
+    for key, v in (("original_width", ow), ("original_height", oh)):
+        f = _finite(v)
+        if f is None or f <= 0 or f != int(f):
+            raise where.error(f"{key} must be a positive integer, got {v!r}")
+        sizes.append(int(f))
+    return sizes[0], sizes[1]
+
+
+def decode_brush(
+    rle: object, width: int, height: int, *, file: str = "<results>", record: str = ""
+) -> np.ndarray:
+    """Label Studio brush RLE -> bool (H, W) mask.
+
+    The RLE holds RGBA bytes; the alpha channel is the stroke. The frontend antialiases
+    edges, so a pixel belongs to the mask at alpha >= 128; a layer written with 0/1 values
+    (as some scripts do with mask2rle) has no such pixel, and then any alpha > 0 counts.
+    """
+    where = _Where(file, record)
+    if not isinstance(rle, list) or len(rle) < 7:
+        raise where.error("brush rle must be a list of at least 7 byte values")
+    if not all(type(b) is int and 0 <= b <= 255 for b in rle):
+        raise where.error("brush rle must hold integers 0..255")
+    data = bytes(rle)
+    pixels = width * height
+    if pixels > MAX_BRUSH_PIXELS:
+        raise where.error(f"image {width}x{height} is too large for a brush mask")
+    num = int.from_bytes(data[:4], "big")
+    if num != pixels * 4:
+        raise where.error(
+            f"brush rle holds {num} values but a {width}x{height} RGBA image needs {pixels * 4}"
+        )
+    from label_studio_sdk.converter.brush import decode_rle
+
+    try:
+        flat = decode_rle(data)
+    except (ValueError, IndexError, OverflowError, TypeError) as exc:
+        raise where.error(f"corrupt brush rle ({exc})") from exc
+    if flat.size != num:
+        raise where.error(f"brush rle decoded to {flat.size} values, expected {num}")
+    alpha = flat.reshape(height, width, 4)[:, :, 3]
+    peak = int(alpha.max())
+    return alpha >= 128 if peak >= 128 else alpha > 0
+
+
+def encode_brush(mask: np.ndarray) -> list[int]:
+    """bool (H, W) mask -> Label Studio brush RLE, fully opaque so the frontend shows it."""
+    from label_studio_sdk.converter.brush import mask2rle
+
+    rle = mask2rle(np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8))
+    return [int(b) for b in rle]
+
+
+def shapes_to_results(
+    shapes: Sequence[Shape],
+    width: int,
+    height: int,
+    *,
+    controls: dict[str, str],
+    to_name: str = "image",
+) -> list[dict]:
+    """Canonical shapes -> Label Studio results (for annotations or predictions).
+
+    `controls` maps a shape kind to the *Labels / Choices control name that draws it
+    (see DEFAULT_CONTROLS). All tags for one Choices control share one result, as the
+    frontend expects. Result ids reuse the `ls_id` attribute when it is unique, otherwise
+    they derive from the shape, so the same shapes always give the same JSON.
+    """
+    for key, v in (("width", width), ("height", height)):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise InputError(f"image {key} must be a positive integer, got {v!r}")
+    used: set[str] = set()
+    results: list[dict] = []
+    tags: dict[str, list[Tag]] = {}
+    for i, s in enumerate(shapes):
+        control = controls.get(s.kind)
+        if control is None:
+            raise ConfigError(
+                f"no Label Studio control for {s.kind} shapes (have {sorted(controls)})"
+            )
+        if isinstance(s, Tag):
+            tags.setdefault(control, []).append(s)
+            continue
+        value = _shape_value(s, width, height, i)
+        rtype = RESULT_TYPES[s.kind]
+        value[rtype] = [s.label]
+        results.append(
+            _result(
+                _result_id(s, i, used),
+                rtype,
+                control,
+                to_name,
+                width,
+                height,
+                value,
+                s.attributes.get("score"),
+            )
+        )
+    for control, group in tags.items():
+        value = {"choices": [t.label for t in group]}
+        results.append(
+            _result(
+                _result_id(group[0], len(results), used),
+                "choices",
+                control,
+                to_name,
+                width,
+                height,
+                value,
+                group[0].attributes.get("score"),
+            )
+        )
+    return results
+
+
+def _shape_value(s: Shape, width: int, height: int, index: int) -> dict[str, Any]:
+    sx, sy = 100.0 / width, 100.0 / height
+    if isinstance(s, Box):
+        return {
+            "x": s.x * sx,
+            "y": s.y * sy,
+            "width": s.w * sx,
+            "height": s.h * sy,
+            "rotation": s.rotation,
+        }
+    if isinstance(s, Polygon):
+        return {"points": [[x * sx, y * sy] for x, y in s.points], "closed": True}
+    if isinstance(s, Ellipse):
+        return {
+            "x": s.x * sx,
+            "y": s.y * sy,
+            "radiusX": s.rx * sx,
+            "radiusY": s.ry * sy,
+            "rotation": s.rotation,
+        }
+    if isinstance(s, Keypoint):
+        return {"x": s.x * sx, "y": s.y * sy}
+    if isinstance(s, Mask):
+        if tuple(s.size) != (height, width):
+            raise InputError(
+                f"mask size {tuple(s.size)} does not match the image {(height, width)}",
+                record=f"shape {index}",
+            )
+        return {"format": "rle", "rle": encode_brush(decode_mask(s.size, s.counts))}
+    raise TypeError(f"unknown shape {type(s).__name__}")
+
+
+def _result_id(s: Shape, index: int, used: set[str]) -> str:
+    rid = s.attributes.get("ls_id")
+    if not isinstance(rid, str) or not rid or rid in used:
+        digest = hashlib.sha1(f"{index}:{s.model_dump_json()}".encode()).digest()
+        rid = base64.urlsafe_b64encode(digest).decode()[:10]
+        while rid in used:
+            rid = base64.urlsafe_b64encode(hashlib.sha1(rid.encode()).digest()).decode()[:10]
+    used.add(rid)
+    return rid
+
+
+def _result(
+    rid: str,
+    rtype: str,
+    control: str,
+    to_name: str,
+    width: int,
+    height: int,
+    value: dict,
+    score: object,
+) -> dict:
+    out: dict[str, Any] = {
+        "id": rid,
+        "type": rtype,
+        "from_name": control,
+        "to_name": to_name,
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "value": value,
+    }
+    if isinstance(score, int | float) and not isinstance(score, bool):
+        out["score"] = float(score)
+    return out

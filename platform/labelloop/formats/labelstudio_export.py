@@ -1,0 +1,218 @@
+"""Reading Label Studio exports: streaming tasks, JSON-MIN rows, image references.
+
+Exports of real projects run to gigabytes (brush RLE is verbose), so tasks are streamed
+with ijson one at a time instead of loading the file. Image references point into
+storage the server shares with us; resolving one must never leave that storage root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import ijson
+
+from labelloop.errors import InputError
+from labelloop.formats.labelstudio_config import LabelConfig
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def iter_export_tasks(path: str | Path, *, strict: bool = True) -> Iterator[dict]:
+    """Yield the tasks of a JSON or JSON-MIN export (a top-level list), one at a time.
+
+    A file holding a single task object (as the frontend's examples do) yields that task.
+    Truncated or invalid JSON raises InputError naming the file and the task index reached.
+    """
+    path = Path(path)
+    name = str(path)
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        raise InputError(f"cannot open export ({exc.strerror})", file=name) from exc
+    with f:
+        head = f.read(4096)
+        start = len(_BOM) if head.startswith(_BOM) else 0
+        stripped = head[start:].lstrip()
+        if not stripped:
+            raise InputError("export is empty", file=name)
+        if stripped[:1] not in (b"[", b"{"):
+            raise InputError("not a Label Studio JSON export (expected a list of tasks)", file=name)
+        prefix = "item" if stripped[:1] == b"[" else ""
+        f.seek(start)
+        index = 0
+        try:
+            for task in ijson.items(f, prefix, use_float=True):
+                if strict and not isinstance(task, dict):
+                    raise InputError(
+                        "task is not a JSON object", file=name, record=f"task #{index}"
+                    )
+                yield task
+                index += 1
+        except (ijson.JSONError, UnicodeDecodeError) as exc:
+            raise InputError(
+                f"invalid or truncated JSON after {index} complete tasks ({exc})",
+                file=name,
+                record=f"task #{index}",
+            ) from exc
+
+
+def is_json_min(task: dict) -> bool:
+    """JSON-MIN rows are flat: data keys and control names side by side, no `annotations`."""
+    return "annotations" not in task and "completions" not in task and "data" not in task
+
+
+def json_min_results(row: dict, config: LabelConfig) -> list[dict]:
+    """Turn one JSON-MIN row back into full results, using the config to find control keys."""
+    record = f"task {row.get('id')} / annotation {row.get('annotation_id')}"
+    results: list[dict] = []
+    for control in config.controls:
+        if control.name not in row:
+            continue
+        raw = row[control.name]
+        rtype = control.result_type
+        base = {"from_name": control.name, "to_name": control.to_name, "type": rtype}
+        if rtype == "choices":
+            if isinstance(raw, str):
+                raw = {"choices": [raw]}
+            elif isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+                raw = {"choices": raw}
+            if not isinstance(raw, dict):
+                raise InputError(f"{control.name}: unreadable choices {raw!r}", record=record)
+            results.append({**base, "id": f"{control.name}-0", "value": dict(raw)})
+            continue
+        regions = [raw] if isinstance(raw, dict) else raw
+        if not isinstance(regions, list) or not all(isinstance(x, dict) for x in regions):
+            raise InputError(f"{control.name}: expected a list of regions", record=record)
+        for i, region in enumerate(regions):
+            sizes = ("original_width", "original_height")
+            value = {k: v for k, v in region.items() if k not in sizes}
+            result: dict[str, Any] = {**base, "id": f"{control.name}-{i}", "value": value}
+            for key in sizes:
+                if key in region:
+                    result[key] = region[key]
+            results.append(result)
+    return results
+
+
+@dataclass(frozen=True)
+class ExportedAnnotation:
+    task_id: Any
+    annotation_id: Any
+    completed_by: Any
+    results: list[dict]
+    record: str  # "task 12 / annotation 3", the prefix for error messages
+    ground_truth: bool = False
+    updated_at: str | None = None
+    cancelled: bool = False
+
+
+def task_annotations(
+    task: dict,
+    config: LabelConfig | None = None,
+    *,
+    include_cancelled: bool = False,
+) -> list[ExportedAnnotation]:
+    """The annotations of one exported task, from either JSON or JSON-MIN.
+
+    JSON-MIN rows carry one annotation each and need the config to tell control keys
+    from data keys. Skipped (cancelled) annotations are left out unless asked for.
+    """
+    tid = task.get("id")
+    if is_json_min(task):
+        if config is None:
+            raise InputError(
+                "a JSON-MIN export needs the labeling config: pass --label-config or put "
+                "label_config.xml beside the export",
+                record=f"task {tid}",
+            )
+        aid = task.get("annotation_id")
+        return [
+            ExportedAnnotation(
+                tid,
+                aid,
+                task.get("annotator"),
+                json_min_results(task, config),
+                f"task {tid} / annotation {aid}",
+                updated_at=task.get("updated_at") or task.get("created_at"),
+            )
+        ]
+    anns = task.get("annotations", task.get("completions", []))
+    if not isinstance(anns, list):
+        raise InputError("task annotations must be a list", record=f"task {tid}")
+    out = []
+    for i, ann in enumerate(anns):
+        if not isinstance(ann, dict):
+            raise InputError("annotation is not an object", record=f"task {tid} / annotation #{i}")
+        aid = ann.get("id", f"#{i}")
+        if (ann.get("was_cancelled") or ann.get("skipped")) and not include_cancelled:
+            continue
+        results = ann.get("result") or []
+        out.append(
+            ExportedAnnotation(
+                tid,
+                aid,
+                ann.get("completed_by"),
+                results,
+                f"task {tid} / annotation {aid}",
+                ground_truth=bool(ann.get("ground_truth")),
+                updated_at=ann.get("updated_at") or ann.get("created_at"),
+                cancelled=bool(ann.get("was_cancelled") or ann.get("skipped")),
+            )
+        )
+    return out
+
+
+def image_reference(task: dict, image_key: str = "image") -> str:
+    """data[image_key] of a task (JSON-MIN rows hold data keys at top level)."""
+    data = task.get("data") if isinstance(task.get("data"), dict) else task
+    ref = data.get(image_key)
+    if not isinstance(ref, str) or not ref:
+        raise InputError(
+            f"task has no image reference in data.{image_key}", record=f"task {task.get('id')}"
+        )
+    return ref
+
+
+def resolve_local_image(ref: str, root: Path) -> Path:
+    """Map a Label Studio image reference onto an existing file under `root`.
+
+    Understands `/data/local-files/?d=REL` (relative to the local-files document root),
+    `/data/upload/<project>/<file>` (looked up under root/upload, then by basename) and plain
+    paths. Anything that resolves outside root (.., absolute paths, symlinks) is refused.
+    """
+    root_resolved = Path(root).resolve()
+    parsed = urlparse(ref)
+    if parsed.path.rstrip("/") == "/data/local-files":
+        d = parse_qs(parsed.query).get("d")
+        if not d or not d[0]:
+            raise InputError("local-files reference without ?d=", record=ref)
+        candidates = [d[0]]
+    elif parsed.path.startswith("/data/upload/"):
+        rest = unquote(parsed.path[len("/data/upload/") :])
+        base = rest.rsplit("/", 1)[-1]
+        candidates = [f"upload/{rest}", f"upload/{base}", base]
+    elif parsed.scheme in ("", "file") and not parsed.netloc:
+        candidates = [unquote(parsed.path) if parsed.scheme == "file" else ref]
+    else:
+        raise InputError("image reference is not a local file", record=ref)
+    for cand in candidates:
+        path = _inside(root_resolved, cand, ref)
+        if path.is_file():
+            return path
+    raise InputError(f"image not found under {root_resolved}", record=ref)
+
+
+def _inside(root: Path, rel: str, ref: str) -> Path:
+    if "\x00" in rel:
+        raise InputError("image reference contains a NUL byte", record=repr(ref))
+    try:
+        path = (root / rel).resolve()
+    except (OSError, RuntimeError) as exc:
+        raise InputError(f"cannot resolve image reference ({exc})", record=ref) from exc
+    if not path.is_relative_to(root):
+        raise InputError(f"image reference escapes the storage root {root}", record=ref)
+    return path

@@ -1,0 +1,56 @@
+"""Safe image decoding: size limits against decompression bombs, clear errors."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from labelloop.errors import InputError
+
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def probe_image(
+    data: bytes, *, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[int, int, str]:
+    """Return (width, height, format) after fully verifying the file decodes."""
+    arr = decode_image(data, name=name, max_pixels=max_pixels)
+    with Image.open(io.BytesIO(data)) as im:
+        fmt = (im.format or "unknown").lower()
+    return arr.shape[1], arr.shape[0], fmt
+
+
+def decode_image(
+    data: bytes, *, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decode to an RGB uint8 array (H, W, 3); raise InputError naming the file on any defect."""
+    if not data:
+        raise InputError("image file is empty", file=name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise InputError(
+                        f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}",
+                        file=name,
+                    )
+                im.load()
+                rgb = im.convert("RGB")
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"cannot decode image ({exc})", file=name) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"image exceeds the pixel limit ({exc})", file=name) from exc
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def encode_png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()

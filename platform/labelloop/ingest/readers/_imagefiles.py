@@ -1,0 +1,166 @@
+"""Finding, probing and lazily loading the image files that annotation files point at.
+
+Annotation formats name their images loosely (a bare file name, a path relative to the
+annotation file, an absolute path on the annotator's machine), so each reader lists the
+places its tool writes images to and this module picks the first existing file that stays
+inside the dataset folder. Shared by the VOC, YOLO, LabelMe and mask-folder readers; not a
+reader itself.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from labelloop.errors import InputError
+from labelloop.imaging import DEFAULT_MAX_PIXELS
+from labelloop.ingest.readers.images import IMAGE_SUFFIXES
+from labelloop.ingest.records import SourceRecord
+
+# Lower and upper case, because exports from Windows tools keep '.JPG'.
+SUFFIX_VARIANTS = tuple(sorted(IMAGE_SUFFIXES)) + tuple(s.upper() for s in sorted(IMAGE_SUFFIXES))
+_PIL_ERRORS = (
+    OSError,
+    UnidentifiedImageError,
+    ValueError,
+    SyntaxError,
+    TypeError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def first_inside(candidates: Iterable[Path], roots: Iterable[Path]) -> Path | None:
+    """The first candidate that is an existing file inside one of `roots` (resolved, so
+    '..' and symlinks cannot leave the dataset folder)."""
+    bases = [r.resolve() for r in roots]
+    for cand in candidates:
+        try:
+            real = cand.resolve()
+            if not real.is_file():
+                continue
+        except (OSError, RuntimeError, ValueError):
+            continue
+        if any(real.is_relative_to(b) for b in bases):
+            return real
+    return None
+
+
+def relative_ref(ref: str) -> str:
+    """A file reference as written by a tool, made relative: backslashes from Windows tools
+    become slashes, and a leading slash or drive cannot anchor it elsewhere."""
+    ref = ref.replace("\\", "/").strip()
+    if len(ref) > 1 and ref[1] == ":":
+        ref = ref[2:]
+    return ref.lstrip("/")
+
+
+def with_suffixes(folder: Path, stem: str) -> list[Path]:
+    return [folder / f"{stem}{s}" for s in SUFFIX_VARIANTS]
+
+
+def image_size(path: Path, *, file: str, record: str) -> tuple[int, int]:
+    """(width, height) from the image header only; the pixels are decoded later by core."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return int(im.size[0]), int(im.size[1])
+    except _PIL_ERRORS as exc:
+        raise InputError(
+            f"image {path.name} cannot be read ({exc})", file=file, record=record
+        ) from None
+
+
+def bytes_size(data: bytes, *, file: str, record: str) -> tuple[int, int]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                return int(im.size[0]), int(im.size[1])
+    except _PIL_ERRORS as exc:
+        raise InputError(
+            f"embedded image cannot be read ({exc})", file=file, record=record
+        ) from None
+
+
+def open_raster(
+    source: Path | bytes, *, name: str, file: str, record: str, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """A fully loaded PIL image (masks are small PNGs, but a bomb is still refused)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            w, h = im.size
+            if w * h > max_pixels:
+                raise InputError(
+                    f"{name} is {w}x{h} pixels, over the limit of {max_pixels}",
+                    file=file,
+                    record=record,
+                )
+            im.load()
+            return im
+    except InputError:
+        raise
+    except _PIL_ERRORS as exc:
+        raise InputError(f"{name} cannot be decoded ({exc})", file=file, record=record) from None
+
+
+def file_loader(path: Path, *, file: str, record: str) -> Callable[[], bytes]:
+    def load() -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise InputError(
+                f"image file {path} cannot be read ({exc.strerror})", file=file, record=record
+            ) from None
+
+    return load
+
+
+def read_text(path: Path, *, file: str, record: str | None = None) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc.reason})", file=file, record=record) from None
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror})", file=file, record=record) from None
+
+
+def finite(value: object, what: str, *, file: str, record: str) -> float:
+    """A coordinate as float; text, NaN and infinities are that record's error."""
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{what} {value!r} is not a number", file=file, record=record) from None
+    if not math.isfinite(out):
+        raise InputError(f"{what} {value!r} is not a finite number", file=file, record=record)
+    return out
+
+
+def error_record(
+    exc: InputError, *, source: str, external_id: str, file: str, name: str
+) -> SourceRecord:
+    """The record a reader yields instead of raising, so the stream goes on."""
+    err = InputError(exc.reason, file=exc.file or file, record=exc.record or name)
+    return SourceRecord(
+        source=source, external_id=external_id, uri="", file=file, load=bytes, name=name, error=err
+    )
+
+
+def bool_mask(im: Image.Image) -> np.ndarray:
+    """Any single-layer or colour raster -> bool mask of its non-zero pixels."""
+    if im.mode not in ("1", "L", "P", "I", "I;16", "F"):
+        im = im.convert("L")
+    return np.asarray(im) > 0

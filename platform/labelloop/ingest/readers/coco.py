@@ -1,0 +1,290 @@
+"""COCO instances / keypoints JSON (and CVAT's 'COCO 1.0' export, which is plain COCO).
+
+COCO keeps images and annotations in separate arrays, and annotations are not ordered by
+image, so a stream cannot group them on the fly. The file is read with ijson in three
+C-speed passes (categories, images, annotations); annotations are spilled into a
+temporary on-disk SQLite table keyed by image, so memory holds the image list only, never
+the annotations of a 100k-image dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ijson
+
+from labelloop.datasets import GROUP_KEYS
+from labelloop.domain import Shape
+from labelloop.errors import InputError
+from labelloop.ingest.readers._imagefiles import file_loader
+from labelloop.ingest.readers.coco_shapes import Category, ImageInfo, annotation_shapes, id_key
+from labelloop.ingest.readers.image_lookup import ImageFinder
+from labelloop.ingest.records import Format, ReadOptions, RecordAnnotation, SourceRecord
+
+_BOM = b"\xef\xbb\xbf"
+_ARRAYS = ("images", "annotations", "categories")
+_SUBSET_PREFIXES = ("instances_", "person_keypoints_")
+
+
+def _head(path: Path, size: int = 8192) -> bytes:
+    with open(path, "rb") as f:
+        head = f.read(size)
+    return head[len(_BOM) :] if head.startswith(_BOM) else head
+
+
+def _looks_coco(path: Path) -> bool:
+    """True when the file is a JSON object whose top level holds a COCO array."""
+    try:
+        head = _head(path)
+    except OSError:
+        return False
+    if not head.lstrip().startswith(b"{"):
+        return False
+    key = None
+    try:
+        for prefix, event, value in ijson.parse(head):
+            if prefix == "" and event == "map_key":
+                key = value
+            elif prefix == key and key in _ARRAYS:
+                return event == "start_array"
+    except (ijson.JSONError, UnicodeDecodeError):
+        pass  # the head ends mid-document: keys seen so far decided nothing
+    return False
+
+
+def _json_files(path: Path, limit: int | None = None) -> list[Path]:
+    """COCO files in a folder (`annotations/*.json`, `*.json`); `limit` caps how many are
+    opened, so detecting a folder of per-image JSON (LabelMe) stays cheap."""
+    if path.is_file():
+        return [path] if path.suffix.lower() == ".json" and _looks_coco(path) else []
+    found = sorted((path / "annotations").glob("*.json")) + sorted(path.glob("*.json"))
+    return [p for p in found[:limit] if p.is_file() and _looks_coco(p)]
+
+
+def detect(path: Path) -> bool:
+    return bool(_json_files(path, limit=20))
+
+
+def _dataset_folder(path: Path) -> Path:
+    """The export's own folder (COCO and CVAT keep the JSON in its annotations/ folder)."""
+    folder = path if path.is_dir() else path.parent
+    return folder.parent if folder.name == "annotations" else folder
+
+
+def read_coco(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
+    """Yield one record per COCO image, in the order of the `images` array.
+
+    A folder is read file by file (`*.json`, `annotations/*.json`); the subset comes from
+    the file name (`instances_val2017.json` -> `val2017`)."""
+    files = [path] if path.is_file() else _json_files(path)
+    if not files:
+        raise InputError(
+            "no COCO JSON found (looked at *.json, annotations/*.json)", file=str(path)
+        )
+    dataset = _dataset_folder(path).resolve()
+    source = opts.source or f"coco:{dataset.name or 'dataset'}"
+    for file in files:
+        yield from _read_file(file, dataset, source, opts)
+
+
+def _subset(file: Path) -> str:
+    stem = file.stem
+    for prefix in _SUBSET_PREFIXES:
+        if stem.startswith(prefix) and len(stem) > len(prefix):
+            return stem[len(prefix) :]
+    return stem
+
+
+@dataclass
+class _Reader:
+    file: Path
+    source: str
+    subset: str
+    finder: ImageFinder
+    categories: dict[str, Category] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.file)
+
+    def items(self, array: str) -> Iterator[Any]:
+        """One top-level array, streamed; damage to the file is a stream-level error."""
+        index = 0
+        try:
+            with open(self.file, "rb") as f:
+                if f.read(len(_BOM)) != _BOM:
+                    f.seek(0)
+                for item in ijson.items(f, f"{array}.item", use_float=True):
+                    yield item
+                    index += 1
+        except OSError as exc:
+            raise InputError(f"cannot read ({exc.strerror or exc})", file=self.name) from None
+        except (ijson.JSONError, UnicodeDecodeError) as exc:
+            raise InputError(
+                f"invalid or truncated JSON in '{array}' after {index} entries ({exc})",
+                file=self.name,
+            ) from None
+
+    def error_record(
+        self, external_id: str, record: str, reason: str, uri: str = ""
+    ) -> SourceRecord:
+        return SourceRecord(
+            source=self.source,
+            external_id=external_id,
+            uri=uri,
+            file=self.name,
+            load=bytes,
+            name=record,
+            error=InputError(reason, file=self.name, record=record),
+        )
+
+
+def _read_file(file: Path, dataset: Path, source: str, opts: ReadOptions) -> Iterator[SourceRecord]:
+    head = _head(file).lstrip()
+    if not head.startswith(b"{"):
+        raise InputError(
+            "not a COCO JSON (expected an object with images, annotations, categories)",
+            file=str(file),
+        )
+    bases = (
+        [opts.image_root]
+        if opts.image_root
+        else [file.parent, file.parent / "images", dataset, dataset / "images"]
+    )
+    reader = _Reader(file, source, _subset(file), ImageFinder(bases))
+    reader.categories = _categories(reader.items("categories"))
+    images = list(reader.items("images"))
+    if not images:
+        raise InputError("the file lists no images", file=reader.name)
+    with closing(sqlite3.connect("")) as db:  # "" = private on-disk temporary database
+        db.execute("CREATE TABLE ann (image TEXT, seq INTEGER, body TEXT)")
+        unusable = _spill_annotations(reader, db)
+        db.execute("CREATE INDEX ann_image ON ann (image, seq)")
+        known: set[str] = set()
+        for index, raw in enumerate(images):
+            yield _image_record(reader, db, raw, index, known)
+        yield from _orphans(reader, db, known, unusable)
+
+
+def _categories(items: Iterator[Any]) -> dict[str, Category]:
+    """Usable categories by id; a malformed entry is left out, so the annotations that use
+    it fail with 'category N is not in categories' (that record's error, not the file's)."""
+    out: dict[str, Category] = {}
+    for cat in items:
+        if not isinstance(cat, dict):
+            continue
+        key, name = id_key(cat.get("id")), cat.get("name")
+        if key is None or not isinstance(name, str) or not name:
+            continue
+        names = cat.get("keypoints")
+        points = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+        out[key] = Category(name=name, keypoints=points)
+    return out
+
+
+def _spill_annotations(reader: _Reader, db: sqlite3.Connection) -> list[int]:
+    """Store every annotation under its image key; return the positions of those that name
+    no usable image id."""
+    unusable: list[int] = []
+    batch: list[tuple[str, int, str]] = []
+    pending = 0  # characters held in `batch`: flushed at ~1 MB, whatever the row count
+    for seq, ann in enumerate(reader.items("annotations")):
+        key = id_key(ann.get("image_id")) if isinstance(ann, dict) else None
+        if key is None:
+            unusable.append(seq)
+            continue
+        body = json.dumps(ann)
+        batch.append((key, seq, body))
+        pending += len(body)
+        if pending >= 1 << 20:
+            db.executemany("INSERT INTO ann VALUES (?, ?, ?)", batch)
+            batch.clear()
+            pending = 0
+    db.executemany("INSERT INTO ann VALUES (?, ?, ?)", batch)
+    return unusable
+
+
+def _image_record(
+    reader: _Reader, db: sqlite3.Connection, raw: Any, index: int, known: set[str]
+) -> SourceRecord:
+    if not isinstance(raw, dict):
+        return reader.error_record(
+            f"{reader.subset}/#{index}", f"images[{index}]", "image entry is not an object"
+        )
+    key, file_name = id_key(raw.get("id")), raw.get("file_name")
+    ident = key if key is not None else f"#{index}"
+    external_id = f"{reader.subset}/{ident}"
+    record = f"image {ident} '{file_name}'"
+    uri = file_name if isinstance(file_name, str) else ""
+    if key is None:
+        return reader.error_record(external_id, record, "image has no usable id", uri)
+    if key in known:
+        return reader.error_record(external_id, record, f"image id {key} appears twice", uri)
+    known.add(key)
+    rows = db.execute("SELECT seq, body FROM ann WHERE image = ? ORDER BY seq", (key,))
+    try:
+        if not uri:
+            raise InputError("image has no file_name", file=reader.name, record=record)
+        image = ImageInfo.from_entry(raw, file=reader.name, record=record)
+        shapes: list[Shape] = []
+        for seq, body in rows:
+            shapes += annotation_shapes(json.loads(body), seq, image, reader.categories)
+        path = reader.finder.find(uri, subset=reader.subset, file=reader.name, record=record)
+    except InputError as exc:
+        return reader.error_record(external_id, exc.record or record, exc.reason, uri)
+    meta: dict[str, Any] = {"subset": reader.subset, "coco_image_id": raw.get("id")}
+    meta["image_path"] = str(path)
+    extra = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+    for k in GROUP_KEYS:
+        value = raw.get(k, extra.get(k))
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            meta[k] = value
+    name = reader.name
+    return SourceRecord(
+        source=reader.source,
+        external_id=external_id,
+        uri=uri,
+        file=name,
+        load=file_loader(path, file=name, record=record),
+        annotations=[RecordAnnotation(external_id=reader.file.stem, shapes=shapes)]
+        if shapes
+        else [],
+        meta=meta,
+        name=record,
+    )
+
+
+def _orphans(
+    reader: _Reader, db: sqlite3.Connection, known: set[str], unusable: list[int]
+) -> Iterator[SourceRecord]:
+    """Annotations that point at no listed image: each such image id is one bad record."""
+    rows = db.execute("SELECT image, COUNT(*), MIN(seq) FROM ann GROUP BY image ORDER BY 3")
+    for key, count, first in rows:
+        if key not in known:
+            yield reader.error_record(
+                f"{reader.subset}/{key}",
+                f"image {key}",
+                f"{count} annotation(s) (first: annotations[{first}]) refer to image id {key}, "
+                "which is not in 'images'",
+            )
+    for seq in unusable:
+        yield reader.error_record(
+            f"{reader.subset}/annotations[{seq}]",
+            f"annotations[{seq}]",
+            "annotation is not an object with a usable image_id",
+        )
+
+
+FORMAT = Format(
+    "coco",
+    read_coco,
+    detect,
+    "COCO instances/keypoints JSON (also CVAT 'COCO 1.0'): streamed with ijson; polygons "
+    "and RLE through pycocotools",
+)

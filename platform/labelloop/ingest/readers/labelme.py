@@ -1,0 +1,289 @@
+"""LabelMe JSON: one JSON file per image, shapes in pixels of that image.
+
+`imagePath` is relative to the JSON file; when the image is not on disk, the base64
+`imageData` embedded by LabelMe is used instead. Shape types: rectangle -> Box, polygon ->
+Polygon, circle (centre + a point on the rim) -> Ellipse, point/points -> Keypoint,
+mask (a base64 PNG of the region between two corner points, newer LabelMe) -> Mask.
+line and linestrip have no area and no canonical shape: they are left out and counted in
+the record's meta["ignored_shapes"], rather than becoming zero-area polygons that the
+ingest would refuse.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from labelloop.domain import Box, Ellipse, Keypoint, Polygon, Shape
+from labelloop.errors import InputError
+from labelloop.geometry import mask_shape
+from labelloop.ingest.readers._imagefiles import (
+    bool_mask,
+    bytes_size,
+    error_record,
+    file_loader,
+    finite,
+    first_inside,
+    image_size,
+    open_raster,
+    relative_ref,
+    with_suffixes,
+)
+from labelloop.ingest.records import Format, ReadOptions, RecordAnnotation, SourceRecord
+
+IGNORED_TYPES = frozenset({"line", "linestrip"})
+
+
+def _looks_like_labelme(head: bytes) -> bool:
+    head = head.lstrip()
+    return (
+        head.startswith(b"{")
+        and b'"shapes"' in head
+        and (b'"shape_type"' in head or b'"imagePath"' in head or b'"imageData"' in head)
+    )
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4096)
+    except OSError:
+        return b""
+
+
+def detect(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix.lower() == ".json" and _looks_like_labelme(_head(path))
+    if not path.is_dir():
+        return False
+    for i, p in enumerate(path.rglob("*.json")):
+        if _looks_like_labelme(_head(p)):
+            return True
+        if i >= 4:
+            break
+    return False
+
+
+def read_labelme(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
+    """One record per JSON file (sorted), read whole: a LabelMe file describes one image."""
+    root = (path if path.is_dir() else path.parent).resolve()
+    files = [path] if path.is_file() else sorted(path.rglob("*.json"))
+    if not files:
+        raise InputError("no LabelMe JSON files found", file=str(path))
+    image_root = (opts.image_root or root).resolve()
+    source = opts.source or f"labelme:{root.name}"
+    for f in files:
+        key = (f.relative_to(path) if path.is_dir() else Path(f.name)).with_suffix("").as_posix()
+        name = f"image {key}"
+        try:
+            yield _record(
+                root / f.relative_to(path) if path.is_dir() else root / f.name,
+                key,
+                name,
+                root,
+                image_root,
+                source,
+            )
+        except InputError as exc:
+            yield error_record(exc, source=source, external_id=key, file=str(f), name=name)
+
+
+def _load_json(path: Path, name: str) -> dict:
+    file = str(path)
+    try:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise InputError(f"invalid JSON ({exc})", file=file, record=name) from None
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror})", file=file, record=name) from None
+    if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
+        raise InputError("not a LabelMe file (no 'shapes' list)", file=file, record=name)
+    return data
+
+
+def _image(
+    data: dict, path: Path, root: Path, image_root: Path, name: str
+) -> tuple[Callable[[], bytes], tuple[int, int], str, str]:
+    """(loader, (width, height), uri, where it came from) for the JSON's image."""
+    file = str(path)
+    ref = data.get("imagePath")
+    ref = relative_ref(ref) if isinstance(ref, str) else ""
+    cands = []
+    if ref:
+        cands += [path.parent / ref, path.parent / Path(ref).name, image_root / Path(ref).name]
+    cands += with_suffixes(path.parent, path.stem)
+    found = first_inside(cands, [root, image_root])
+    if found is not None:
+        size = image_size(found, file=file, record=name)
+        uri = found.relative_to(root).as_posix() if found.is_relative_to(root) else found.name
+        return file_loader(found, file=file, record=name), size, uri, str(found)
+    embedded = data.get("imageData")
+    if isinstance(embedded, str) and embedded:
+        try:
+            raw = base64.b64decode("".join(embedded.split()), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InputError(f"imageData is not base64 ({exc})", file=file, record=name) from None
+        size = bytes_size(raw, file=file, record=name)
+        return (lambda: raw), size, ref or f"{path.stem}.embedded", "embedded imageData"
+    raise InputError(
+        f"image {ref or path.stem!r} not found next to the JSON (imagePath is relative to it) "
+        "and the file embeds no imageData; pass --image-root if images live elsewhere",
+        file=file,
+        record=name,
+    )
+
+
+def _record(
+    path: Path, key: str, name: str, root: Path, image_root: Path, source: str
+) -> SourceRecord:
+    file = str(path)
+    data = _load_json(path, name)
+    load, (width, height), uri, origin = _image(data, path, root, image_root, name)
+    declared = (data.get("imageWidth"), data.get("imageHeight"))
+    if all(isinstance(v, int) and v > 0 for v in declared) and declared != (width, height):
+        raise InputError(
+            f"imageWidth/imageHeight say {declared[0]}x{declared[1]} but the image is "
+            f"{width}x{height}; the shapes were drawn on another image",
+            file=file,
+            record=name,
+        )
+    shapes: list[Shape] = []
+    ignored: Counter[str] = Counter()
+    for i, raw in enumerate(data["shapes"], start=1):
+        where = f"{name} / shape {i}"
+        if not isinstance(raw, dict):
+            raise InputError("shape is not an object", file=file, record=where)
+        label = raw.get("label")
+        if not isinstance(label, str) or not label.strip():
+            raise InputError("shape has no label", file=file, record=where)
+        where = f"{where} ({label.strip()})"
+        kind = raw.get("shape_type") or "polygon"  # LabelMe before 3.x wrote no shape_type
+        if not isinstance(kind, str):
+            raise InputError(f"shape_type {kind!r} is not a name", file=file, record=where)
+        if kind in IGNORED_TYPES:
+            ignored[kind] += 1
+            continue
+        shapes.extend(_shapes(raw, label.strip(), kind, (width, height), file, where))
+    meta: dict = {"image_path": origin}
+    if ignored:
+        meta["ignored_shapes"] = dict(ignored)
+    flags = data.get("flags")
+    if isinstance(flags, dict) and (on := sorted(k for k, v in flags.items() if v is True)):
+        meta["flags"] = on
+    return SourceRecord(
+        source=source,
+        external_id=key,
+        uri=uri,
+        file=file,
+        load=load,
+        annotations=[RecordAnnotation(external_id="labelme", shapes=shapes)],
+        meta=meta,
+        name=name,
+    )
+
+
+def _points(raw: dict, file: str, where: str) -> list[tuple[float, float]]:
+    pts = raw.get("points")
+    if not isinstance(pts, list):
+        raise InputError("shape has no 'points' list", file=file, record=where)
+    out = []
+    for p in pts:
+        if not isinstance(p, list | tuple) or len(p) != 2:
+            raise InputError(f"point {p!r} is not [x, y]", file=file, record=where)
+        out.append(
+            (finite(p[0], "x", file=file, record=where), finite(p[1], "y", file=file, record=where))
+        )
+    return out
+
+
+def _attributes(raw: dict) -> dict[str, str | int | float | bool]:
+    attrs: dict[str, str | int | float | bool] = {}
+    gid = raw.get("group_id")
+    if isinstance(gid, int) and not isinstance(gid, bool):
+        attrs["group_id"] = gid
+    desc = raw.get("description")
+    if isinstance(desc, str) and desc.strip():
+        attrs["description"] = desc.strip()
+    flags = raw.get("flags")
+    if isinstance(flags, dict):
+        attrs.update({str(k): True for k, v in flags.items() if v is True})
+    return attrs
+
+
+def _shapes(
+    raw: dict, label: str, kind: str, size: tuple[int, int], file: str, where: str
+) -> list[Shape]:
+    pts = _points(raw, file, where)
+    attrs = _attributes(raw)
+    need = {"rectangle": 2, "polygon": 3, "circle": 2, "point": 1, "points": 1, "mask": 2}
+    if kind not in need:
+        raise InputError(f"unsupported shape_type {kind!r}", file=file, record=where)
+    if len(pts) < need[kind]:
+        raise InputError(
+            f"{kind} needs at least {need[kind]} points, has {len(pts)}", file=file, record=where
+        )
+    if kind == "rectangle":
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        x0, y0 = min(xs), min(ys)
+        return [Box(label=label, x=x0, y=y0, w=max(xs) - x0, h=max(ys) - y0, attributes=attrs)]
+    if kind == "polygon":
+        return [Polygon(label=label, points=pts, attributes=attrs)]
+    if kind == "circle":
+        (cx, cy), (ex, ey) = pts[0], pts[1]
+        r = math.hypot(ex - cx, ey - cy)
+        if r <= 0:
+            raise InputError("circle has zero radius", file=file, record=where)
+        return [Ellipse(label=label, x=cx, y=cy, rx=r, ry=r, attributes=attrs)]
+    if kind in ("point", "points"):
+        return [Keypoint(label=label, x=x, y=y, attributes=attrs) for x, y in pts]
+    return [_mask(raw, label, pts, size, attrs, file, where)]
+
+
+def _mask(
+    raw: dict,
+    label: str,
+    pts: list[tuple[float, float]],
+    size: tuple[int, int],
+    attrs: dict[str, str | int | float | bool],
+    file: str,
+    where: str,
+) -> Shape:
+    """LabelMe stores the region between the two corner points (inclusive, truncated to
+    int), so the PNG lands at (int(x1), int(y1)) of a full-image mask."""
+    encoded = raw.get("mask")
+    if not isinstance(encoded, str) or not encoded:
+        raise InputError("mask shape has no 'mask' data", file=file, record=where)
+    try:
+        png = base64.b64decode("".join(encoded.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError(f"mask is not base64 ({exc})", file=file, record=where) from None
+    region = bool_mask(open_raster(png, name="mask", file=file, record=where))
+    width, height = size
+    x0, y0 = int(min(p[0] for p in pts[:2])), int(min(p[1] for p in pts[:2]))
+    h, w = region.shape[:2]
+    if x0 < 0 or y0 < 0 or x0 + w > width or y0 + h > height:
+        raise InputError(
+            f"mask {w}x{h} at ({x0}, {y0}) does not fit the {width}x{height} image",
+            file=file,
+            record=where,
+        )
+    full = np.zeros((height, width), dtype=bool)
+    full[y0 : y0 + h, x0 : x0 + w] = region
+    shape = mask_shape(full, label)
+    return shape.model_copy(update={"attributes": attrs}) if attrs else shape
+
+
+FORMAT = Format(
+    "labelme",
+    read_labelme,
+    detect,
+    "LabelMe JSON (one per image): json; rectangles, polygons, circles, points, masks "
+    "(base64 PNG via Pillow); embedded imageData when the image file is absent",
+)

@@ -1,0 +1,187 @@
+"""Label Studio JSON export files (streamed, so a 100k-task export stays flat in memory)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import ijson
+
+from labelloop.errors import InputError
+from labelloop.formats.labelstudio import (
+    ExportedAnnotation,
+    LabelConfig,
+    image_reference,
+    is_json_min,
+    iter_export_tasks,
+    parse_label_config,
+    resolve_local_image,
+    results_to_shapes,
+    task_annotations,
+)
+from labelloop.ingest.records import Format, ReadOptions, RecordAnnotation, SourceRecord
+
+
+def _annotator(ann: ExportedAnnotation) -> str | None:
+    who = ann.completed_by
+    if isinstance(who, dict):
+        return str(who.get("email") or who.get("id") or "") or None
+    return None if who is None else str(who)
+
+
+def _is_export(path: Path, max_events: int = 200_000) -> bool:
+    """A JSON array whose first task has a `data` key. Streams the first task's keys, since
+    Label Studio writes `data` after `annotations`, which can run to megabytes."""
+    if not path.is_file() or path.suffix.lower() != ".json":
+        return False
+    with open(path, "rb") as f:
+        if not f.read(512).lstrip().startswith(b"["):
+            return False
+        f.seek(0)
+        try:
+            for n, (prefix, event, value) in enumerate(ijson.parse(f)):
+                # JSON: tasks with `data`; JSON-MIN: flat rows with `annotation_id`
+                if prefix == "item" and event == "map_key" and value in ("data", "annotation_id"):
+                    return True
+                if (prefix == "item" and event == "end_map") or n > max_events:
+                    return False
+                if prefix == "" and event == "end_array":
+                    return True  # an empty export
+        except ijson.JSONError:
+            return False
+    return False
+
+
+def _export_in(path: Path) -> Path | None:
+    """The export file itself, or the single export JSON at the top of a folder (an
+    unpacked archive: export + images)."""
+    if path.is_file():
+        return path if _is_export(path) else None
+    found = [p for p in sorted(path.glob("*.json")) if _is_export(p)]
+    return found[0] if len(found) == 1 else None
+
+
+def detect(path: Path) -> bool:
+    return _export_in(path) is not None
+
+
+def read_labelstudio_export(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
+    """Yield one record per task. The source name is stable across re-exports of the same
+    Label Studio project (`labelstudio:project-<id>`), so re-ingesting a newer export of
+    it updates revisions instead of duplicating tasks."""
+    if path.is_dir():
+        export = _export_in(path)
+        if export is None:
+            raise InputError("no single Label Studio export JSON in this folder", file=str(path))
+        path = export
+    root = (opts.image_root or path.parent).resolve()
+    source, image_key = opts.source, opts.image_key
+    config = _label_config(path, opts)
+    # Not strict: a task that is not an object is that record's error, and the rest of
+    # the export is still read (a raise would end the stream).
+    for index, task in enumerate(iter_export_tasks(path, strict=False)):
+        if not isinstance(task, dict) or ("data" not in task and not is_json_min(task)):
+            what = "not a JSON object" if not isinstance(task, dict) else "has no 'data'"
+            err = InputError(f"task {what}", file=str(path), record=f"task #{index}")
+            yield SourceRecord(
+                source=source or "labelstudio:file",
+                external_id=f"#{index}",
+                uri="",
+                file=str(path),
+                load=bytes,
+                name=f"task #{index}",
+                error=err,
+            )
+            continue
+        task_id = str(task.get("id", f"#{index}"))
+        record = f"task {task_id}"
+        src = source or (
+            f"labelstudio:project-{task['project']}" if task.get("project") else "labelstudio:file"
+        )
+        try:
+            yield _record(task, path, root, src, task_id, record, image_key, config)
+        except InputError as exc:
+            err = InputError(exc.reason, file=exc.file or str(path), record=exc.record or record)
+            yield SourceRecord(
+                source=src,
+                external_id=task_id,
+                uri="",
+                file=str(path),
+                load=bytes,
+                name=record,
+                error=err,
+            )
+
+
+def _label_config(path: Path, opts: ReadOptions) -> LabelConfig | None:
+    """The labeling config JSON-MIN rows need to tell control names from data fields:
+    --label-config, else a `label_config.xml` beside the export (as `push --to file`
+    writes it)."""
+    candidate = opts.label_config or path.parent / "label_config.xml"
+    if not candidate.is_file():
+        if opts.label_config:
+            raise InputError("labeling config not found", file=str(candidate))
+        return None
+    return parse_label_config(candidate.read_text())
+
+
+def _record(
+    task: dict,
+    path: Path,
+    root: Path,
+    src: str,
+    task_id: str,
+    record: str,
+    image_key: str,
+    config: LabelConfig | None,
+) -> SourceRecord:
+    ref = image_reference(task, image_key)
+    anns = []
+    for ann in task_annotations(task, config, include_cancelled=True):
+        shapes = results_to_shapes(ann.results, file=str(path), record=ann.record)
+        anns.append(
+            RecordAnnotation(
+                external_id=str(ann.annotation_id),
+                shapes=shapes,
+                annotator=_annotator(ann),
+                ground_truth=ann.ground_truth,
+                updated_at=ann.updated_at,
+                cancelled=ann.cancelled,
+            )
+        )
+    try:
+        image_path = resolve_local_image(ref, root)
+    except InputError as exc:  # the resolver names the reference; the user needs the task
+        raise InputError(
+            f"image {exc.record or ref}: {exc.reason}", file=str(path), record=record
+        ) from None
+
+    def load() -> bytes:
+        try:
+            return image_path.read_bytes()
+        except OSError as exc:
+            raise InputError(
+                f"image file {image_path} cannot be read ({exc.strerror})",
+                file=str(path),
+                record=record,
+            ) from None
+
+    return SourceRecord(
+        source=src,
+        external_id=task_id,
+        uri=ref,
+        file=str(path),
+        load=load,
+        annotations=anns,
+        meta={"image_path": str(image_path)},
+        name=record,
+    )
+
+
+FORMAT = Format(
+    "labelstudio",
+    read_labelstudio_export,
+    detect,
+    "Label Studio JSON export: streamed with ijson; shapes via labelloop.formats "
+    "(brush RLE through label-studio-sdk)",
+)

@@ -1,0 +1,280 @@
+"""Push a round back to annotators, with the model's predictions as pre-annotations.
+
+Every push is a row with its id map (our image id <-> the target's task id), so labels
+that come back merge onto the right images. Predictions carry `model_version` and a
+`score`; Label Studio sorts by prediction score, and annotators should meet the least
+confident images first, so the pushed score is the model's confidence (1 - normalised
+uncertainty) and the raw uncertainty travels as the task field `uncertainty`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+
+from labelloop.context import Context
+from labelloop.db.models import (
+    AnnotationRound,
+    Image,
+    ModelVersion,
+    Project,
+    Push,
+    PushItem,
+    RoundItem,
+    Score,
+)
+from labelloop.domain import shapes_from_json
+from labelloop.errors import ConfigError, NotFoundError
+from labelloop.formats.labelstudio import label_config_xml, parse_label_config, shapes_to_results
+
+PROJECT_KINDS = {
+    "segmentation": ["mask", "polygon", "box"],
+    "detection": ["box", "keypoint"],
+    "classification": ["tag"],
+}
+CONTROL_KIND = {
+    "brushlabels": "mask",
+    "polygonlabels": "polygon",
+    "rectanglelabels": "box",
+    "keypointlabels": "keypoint",
+    "ellipselabels": "ellipse",
+    "choices": "tag",
+}
+
+
+@dataclass
+class TaskSpec:
+    image_id: int
+    sha256: str
+    blob_key: str
+    width: int
+    height: int
+    rank: int
+    uncertainty: float | None
+    counts: dict[str, int]
+    result: list[dict]
+
+
+@dataclass
+class PushResult:
+    push_id: int
+    target: str
+    destination: str
+    round_number: int
+    model_version: str | None
+    id_map: dict[int, str] = field(default_factory=dict)
+
+
+def controls_for(config_xml: str) -> tuple[dict[str, str], str]:
+    """Map canonical shape kinds to the config's control names, and the image name."""
+    cfg = parse_label_config(config_xml)
+    controls: dict[str, str] = {}
+    for c in cfg.controls:
+        kind = CONTROL_KIND.get(c.type.lower())
+        if kind and kind not in controls:
+            controls[kind] = c.name
+    return controls, cfg.to_name_default
+
+
+@dataclass
+class RoundBatch:
+    """A round as a push sees it: the labeling config and one spec per image, in rank order."""
+
+    number: int
+    project: str
+    model_version: str | None
+    labels: list[str]
+    config: str
+    specs: list[TaskSpec]
+
+
+def _round_batch(ctx: Context, round_id: int) -> RoundBatch:
+    with ctx.db.session() as s:
+        rnd = s.get(AnnotationRound, round_id)
+        if rnd is None:
+            raise NotFoundError(f"no annotation round with id {round_id}")
+        project = s.get(Project, rnd.project_id)
+        labels = [lc.name for lc in project.labels]
+        mv = s.get(ModelVersion, rnd.model_version_id) if rnd.model_version_id else None
+        method = (rnd.params or {}).get("method")
+        rows = s.execute(
+            select(RoundItem, Image)
+            .join(Image, Image.id == RoundItem.image_id)
+            .where(RoundItem.round_id == round_id)
+            .order_by(RoundItem.rank)
+        ).all()
+        scores = {}
+        if mv is not None:
+            q = select(Score).where(
+                Score.model_version_id == mv.id, Score.image_id.in_([img.id for _, img in rows])
+            )
+            if method:
+                q = q.where(Score.method == method)
+            scores = {sc.image_id: sc for sc in s.scalars(q)}
+        number, pname, mv_name = rnd.number, project.name, mv.name if mv else None
+        config = label_config_xml(labels, PROJECT_KINDS[project.task])
+    controls, to_name = controls_for(config)
+    specs = []
+    for item, img in rows:
+        sc = scores.get(img.id)
+        result, counts = [], {}
+        if sc is not None and "shapes_key" in sc.details:
+            shapes = shapes_from_json(json.loads(ctx.blobs.get_bytes(sc.details["shapes_key"])))
+            result = shapes_to_results(
+                shapes, img.width, img.height, controls=controls, to_name=to_name
+            )
+            counts = sc.details.get("counts", {})
+        specs.append(
+            TaskSpec(
+                img.id,
+                img.sha256,
+                img.blob_key,
+                img.width,
+                img.height,
+                item.rank,
+                item.score,
+                counts,
+                result,
+            )
+        )
+    return RoundBatch(number, pname, mv_name, labels, config, specs)
+
+
+def _confidence(uncertainty: float | None) -> float | None:
+    return None if uncertainty is None else round(max(0.0, min(1.0, 1.0 - uncertainty)), 6)
+
+
+def _record(
+    ctx: Context, round_id: int, target: str, destination: str, id_map: dict[int, str]
+) -> int:
+    with ctx.db.session() as s:
+        push = Push(round_id=round_id, target=target, destination=destination)
+        s.add(push)
+        s.flush()
+        s.add_all(
+            PushItem(push_id=push.id, image_id=i, external_task_id=str(t))
+            for i, t in id_map.items()
+        )
+        return push.id
+
+
+def push_to_file(ctx: Context, round_id: int, out_dir: str | Path | None = None) -> PushResult:
+    """A self-contained folder: Label Studio import JSON with predictions, the images, the
+    labeling config and a CSV of (image, score, rank, predicted counts)."""
+    batch = _round_batch(ctx, round_id)
+    number, labels, mv_name, specs = batch.number, batch.labels, batch.model_version, batch.specs
+    out = Path(out_dir) if out_dir else ctx.settings.data_dir / "exports" / batch.project
+    folder = out / f"round-{number:03d}"
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    tasks, id_map = [], {}
+    for spec in specs:
+        name = f"{spec.sha256[:16]}.{spec.blob_key.rsplit('.', 1)[-1]}"
+        (folder / "images" / name).write_bytes(ctx.blobs.get_bytes(spec.blob_key))
+        task = {
+            "data": {
+                "image": f"/data/local-files/?d=images/{name}",
+                "labelloop_image_id": spec.image_id,
+                "labelloop_round": number,
+                "uncertainty": spec.uncertainty,
+                "rank": spec.rank,
+            }
+        }
+        if spec.result:
+            task["predictions"] = [
+                {
+                    "model_version": mv_name,
+                    "score": _confidence(spec.uncertainty),
+                    "result": spec.result,
+                }
+            ]
+        tasks.append(task)
+        id_map[spec.image_id] = f"images/{name}"
+    tmp = folder / "tasks.json.tmp"
+    tmp.write_text(json.dumps(tasks, indent=1))
+    tmp.replace(folder / "tasks.json")
+    (folder / "label_config.xml").write_text(batch.config)
+    with open(folder / "tasks.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "image_id", "rank", "uncertainty", *[f"count_{lb}" for lb in labels]])
+        for spec in specs:
+            w.writerow(
+                [
+                    id_map[spec.image_id],
+                    spec.image_id,
+                    spec.rank,
+                    spec.uncertainty,
+                    *[spec.counts.get(lb, "") for lb in labels],
+                ]
+            )
+    push_id = _record(ctx, round_id, "file", str(folder), id_map)
+    return PushResult(push_id, "file", str(folder), number, mv_name, id_map)
+
+
+def push_to_labelstudio(
+    ctx: Context,
+    round_id: int,
+    *,
+    url: str | None = None,
+    token: str | None = None,
+    title: str | None = None,
+) -> PushResult:
+    """Create (or reuse) tasks in a Label Studio project and attach the predictions."""
+    from labelloop.sinks.labelstudio import LabelStudioSink, PushTask
+
+    url = url or ctx.settings.labelstudio_url
+    token = token or ctx.settings.labelstudio_token.get_secret_value()
+    if not url or not token:
+        raise ConfigError(
+            "Label Studio push needs LABELLOOP_LABELSTUDIO_URL and "
+            "LABELLOOP_LABELSTUDIO_TOKEN (the URL may also come from --ls-url)"
+        )
+    batch = _round_batch(ctx, round_id)
+    number, mv_name, specs = batch.number, batch.model_version, batch.specs
+    sink = LabelStudioSink(url, token)
+    ls_project = sink.ensure_project(title or f"labelloop {batch.project}", batch.config)
+    push_tasks = []
+    for spec in specs:
+        prediction = None
+        if spec.result:
+            prediction = {
+                "result": spec.result,
+                "score": _confidence(spec.uncertainty),
+                "model_version": mv_name,
+            }
+        push_tasks.append(
+            PushTask(
+                key=spec.sha256,
+                filename=f"{spec.sha256[:16]}.{spec.blob_key.rsplit('.', 1)[-1]}",
+                image_bytes=ctx.blobs.get_bytes(spec.blob_key),
+                data_extra={
+                    "labelloop_image_id": spec.image_id,
+                    "labelloop_round": number,
+                    "uncertainty": spec.uncertainty,
+                    "rank": spec.rank,
+                },
+                prediction=prediction,
+            )
+        )
+    key_to_task = sink.push(ls_project, push_tasks)
+    id_map = {spec.image_id: str(key_to_task[spec.sha256]) for spec in specs}
+    destination = f"{url.rstrip('/')}/projects/{ls_project}"
+    push_id = _record(ctx, round_id, "labelstudio", destination, id_map)
+    return PushResult(push_id, "labelstudio", destination, number, mv_name, id_map)
+
+
+def push_round(ctx: Context, round_id: int, target: str = "file", **kwargs) -> PushResult:
+    if target == "file":
+        return push_to_file(ctx, round_id, kwargs.get("out_dir"))
+    if target == "labelstudio":
+        return push_to_labelstudio(
+            ctx,
+            round_id,
+            url=kwargs.get("url"),
+            token=kwargs.get("token"),
+            title=kwargs.get("title"),
+        )
+    raise ConfigError(f"unknown push target {target!r}; choose one of: file, labelstudio")

@@ -1,0 +1,163 @@
+"""Model versions: loading weights safely, and the promotion gate.
+
+A candidate becomes production only if it beats the current production model on the
+candidate's own frozen test split, with both evaluated there and both numbers stored."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from sqlalchemy import select
+from torch import nn
+
+from labelloop.context import Context
+from labelloop.datasets import load_manifest
+from labelloop.db.models import ModelVersion, Project, Promotion
+from labelloop.domain import Stage
+from labelloop.errors import InputError, NotFoundError
+from labelloop.storage import sha256_bytes
+from labelloop.training.kinds import ModelKind, Prediction, get_kind
+from labelloop.training.recipe import BaseRecipe, parse_recipe
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: nn.Module
+    labels: list[str]
+    recipe: BaseRecipe
+    kind: ModelKind
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        return self.kind.predict(self.model, images, recipe=self.recipe, labels=self.labels)
+
+
+@lru_cache(maxsize=8)
+def _load(blob_url: str, key: str, sha: str, recipe_json: str, labels: tuple[str, ...]):
+    from labelloop.storage import BlobStore
+
+    data = BlobStore(blob_url).get_bytes(key)
+    if sha256_bytes(data) != sha:
+        raise InputError(f"model artifact {key} does not match its recorded sha256")
+    recipe = parse_recipe(json.loads(recipe_json))
+    kind = get_kind(recipe.task)
+    return LoadedModel(kind.load(data, recipe, list(labels)), list(labels), recipe, kind)
+
+
+def load_model_version(ctx: Context, model_version_id: int) -> LoadedModel:
+    """The version's network in eval mode with its labels, recipe and kind; the weights
+    are verified against the recorded sha256 and read weights-only (no unpickling)."""
+    with ctx.db.session() as s:
+        mv = s.get(ModelVersion, model_version_id)
+        if mv is None:
+            raise NotFoundError(f"no model version with id {model_version_id}")
+        project = s.get(Project, mv.project_id)
+        labels = tuple(lc.name for lc in project.labels)
+        key, sha, recipe = mv.artifact_key, mv.sha256, mv.recipe
+    return _load(ctx.settings.blob_url, key, sha, json.dumps(recipe, sort_keys=True), labels)
+
+
+def production_model(ctx: Context, project_id: int) -> int | None:
+    with ctx.db.session() as s:
+        return s.scalar(
+            select(ModelVersion.id).where(
+                ModelVersion.project_id == project_id, ModelVersion.stage == Stage.production
+            )
+        )
+
+
+def _set_stage(
+    s, mv: ModelVersion, stage: Stage, reason: str, evidence: dict, forced: bool
+) -> None:
+    s.add(
+        Promotion(
+            model_version_id=mv.id,
+            from_stage=mv.stage,
+            to_stage=stage.value,
+            reason=reason,
+            evidence=evidence,
+            forced=forced,
+        )
+    )
+    mv.stage = stage.value
+
+
+def promote(
+    ctx: Context,
+    model_version_id: int,
+    reason: str,
+    *,
+    forced: bool = True,
+    evidence: dict | None = None,
+) -> None:
+    """Make a version production and archive the previous one, recording why."""
+    with ctx.db.session() as s:
+        mv = s.get(ModelVersion, model_version_id)
+        if mv is None:
+            raise NotFoundError(f"no model version with id {model_version_id}")
+        if mv.stage == Stage.production:
+            return
+        for old in s.scalars(
+            select(ModelVersion).where(
+                ModelVersion.project_id == mv.project_id, ModelVersion.stage == Stage.production
+            )
+        ):
+            _set_stage(s, old, Stage.archived, f"superseded by {mv.name}", evidence or {}, forced)
+        _set_stage(s, mv, Stage.production, reason, evidence or {}, forced)
+
+
+def consider_promotion(ctx: Context, model_version_id: int) -> bool:
+    """Promote the candidate if it beats production on the candidate's frozen test split.
+
+    Production is evaluated there too, so both numbers come from the same images; both
+    are stored with the candidate (`metrics.comparison`) and with the promotion."""
+    with ctx.db.session() as s:
+        mv = s.get(ModelVersion, model_version_id)
+        project = s.get(Project, mv.project_id)
+        kind = get_kind(project.task)
+        metric = kind.primary_metric
+        cand = (mv.metrics.get("test") or {}).get(metric)
+        dv_id = mv.dataset_version_id
+    prod_id = production_model(ctx, mv.project_id)
+    if prod_id is None:
+        promote(
+            ctx,
+            model_version_id,
+            "first model of the project",
+            forced=False,
+            evidence={"metric": metric, "candidate": cand},
+        )
+        return True
+    manifest = load_manifest(ctx, dv_id)
+    prod = load_model_version(ctx, prod_id)
+    prod_value = prod.kind.evaluate(
+        prod.model,
+        manifest,
+        ctx.blobs.get_bytes,
+        split="test",
+        labels=prod.labels,
+        recipe=prod.recipe,
+    ).get(metric)
+    evidence = {
+        "metric": metric,
+        "candidate": cand,
+        "production": prod_value,
+        "production_id": prod_id,
+        "dataset_version_id": dv_id,
+    }
+    with ctx.db.session() as s:
+        mv = s.get(ModelVersion, model_version_id)
+        mv.metrics = {**mv.metrics, "comparison": evidence}
+    if cand is not None and (prod_value is None or cand > prod_value):
+        promote(
+            ctx,
+            model_version_id,
+            f"{metric} {cand:.4f} > production {prod_value or 0:.4f}",
+            forced=False,
+            evidence=evidence,
+        )
+        return True
+    return False

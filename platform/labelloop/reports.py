@@ -1,0 +1,147 @@
+"""Status of a project as plain data: the CLI renders it, `--json` prints it, the API
+returns it. One function, so every surface reports the same numbers."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from sqlalchemy import func, select
+
+from labelloop.context import Context
+from labelloop.datasets import current_annotations
+from labelloop.db.models import (
+    AnnotationRound,
+    DatasetVersion,
+    ModelVersion,
+    Push,
+    PushItem,
+    RoundItem,
+    Score,
+    SourceItem,
+    TrainingRun,
+)
+from labelloop.projects import get_project, label_names
+
+
+def project_status(ctx: Context, project_name: str, *, round_items: int = 20) -> dict:
+    with ctx.db.session() as s:
+        project = get_project(s, project_name)
+        pid = project.id
+        image_ids = set(s.scalars(select(SourceItem.image_id).where(SourceItem.project_id == pid)))
+        current = current_annotations(s, pid)
+        per_class: Counter[str] = Counter()
+        for ann in current.values():
+            per_class.update(sh["label"] for sh in ann.shapes)
+        datasets = [
+            {
+                "id": dv.id,
+                "number": dv.number,
+                "hash": dv.content_hash[:12],
+                "images": dv.stats.get("images"),
+                "splits": dv.stats.get("splits"),
+                "created_at": dv.created_at.isoformat(),
+            }
+            for dv in s.scalars(
+                select(DatasetVersion)
+                .where(DatasetVersion.project_id == pid)
+                .order_by(DatasetVersion.number)
+            )
+        ]
+        dv_numbers = {d["id"]: d["number"] for d in datasets}
+        models = []
+        for mv in s.scalars(
+            select(ModelVersion).where(ModelVersion.project_id == pid).order_by(ModelVersion.id)
+        ):
+            test = mv.metrics.get("test", {})
+            models.append(
+                {
+                    "id": mv.id,
+                    "name": mv.name,
+                    "stage": mv.stage,
+                    "dataset_version": dv_numbers.get(mv.dataset_version_id),
+                    "sha256": mv.sha256[:12],
+                    "metrics": test,
+                    "primary_metric": mv.metrics.get("primary_metric") or "mean_dice",
+                    "train_seconds": mv.metrics.get("train_seconds"),
+                    "epochs": mv.metrics.get("epochs"),
+                    "scored_images": s.scalar(
+                        select(func.count(Score.id)).where(Score.model_version_id == mv.id)
+                    ),
+                }
+            )
+        runs = [
+            {
+                "id": r.id,
+                "status": r.status,
+                "dataset_version": dv_numbers.get(r.dataset_version_id),
+                "attempts": r.attempts,
+                "progress": r.progress,
+                "error": r.error,
+                "duration_s": r.duration_s,
+            }
+            for r in s.scalars(
+                select(TrainingRun).where(TrainingRun.project_id == pid).order_by(TrainingRun.id)
+            )
+        ]
+        rounds = []
+        for rnd in s.scalars(
+            select(AnnotationRound)
+            .where(AnnotationRound.project_id == pid)
+            .order_by(AnnotationRound.number)
+        ):
+            items = s.execute(
+                select(RoundItem.image_id, RoundItem.rank, RoundItem.score)
+                .where(RoundItem.round_id == rnd.id)
+                .order_by(RoundItem.rank)
+                .limit(round_items)
+            ).all()
+            counts = {}
+            if rnd.model_version_id:
+                for sc in s.scalars(
+                    select(Score).where(
+                        Score.model_version_id == rnd.model_version_id,
+                        Score.image_id.in_([i for i, _, _ in items]),
+                    )
+                ):
+                    counts[sc.image_id] = sc.details.get("counts", {})
+            pushes = [
+                {
+                    "id": p.id,
+                    "target": p.target,
+                    "destination": p.destination,
+                    "tasks": s.scalar(
+                        select(func.count(PushItem.id)).where(PushItem.push_id == p.id)
+                    ),
+                }
+                for p in s.scalars(select(Push).where(Push.round_id == rnd.id).order_by(Push.id))
+            ]
+            rounds.append(
+                {
+                    "id": rnd.id,
+                    "number": rnd.number,
+                    "strategy": rnd.strategy,
+                    "status": rnd.status,
+                    "model_version_id": rnd.model_version_id,
+                    "size": s.scalar(
+                        select(func.count(RoundItem.id)).where(RoundItem.round_id == rnd.id)
+                    ),
+                    "items": [
+                        {"image_id": i, "rank": r, "score": sc, "predicted_counts": counts.get(i)}
+                        for i, r, sc in items
+                    ],
+                    "pushes": pushes,
+                }
+            )
+        return {
+            "project": {"name": project.name, "task": project.task, "labels": label_names(project)},
+            "images": {
+                "total": len(image_ids),
+                "labelled": len(current),
+                "unlabeled": len(image_ids - set(current)),
+            },
+            "annotations_per_class": dict(per_class.most_common()),
+            "dataset_versions": datasets,
+            "training_runs": runs,
+            "model_versions": models,
+            "rounds": rounds,
+        }

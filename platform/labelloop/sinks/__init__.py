@@ -1,0 +1,1 @@
+"""Where a round's images go for labeling (Label Studio, ...)."""

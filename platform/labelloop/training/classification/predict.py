@@ -1,0 +1,120 @@
+"""Loading a saved classifier and predicting whole images or cells cut from an image.
+
+A `source: image` model labels a whole image (one Tag with the top class). A `source:
+crops` model classifies cells, so it needs the cells' boxes or outlines: `classify_crops`
+takes them (from an annotator or a detector); `predict` cannot guess them and refuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from labelloop.domain import Shape, Tag
+from labelloop.errors import ConfigError, InputError
+from labelloop.geometry import shape_bbox
+from labelloop.training.classification.data import cut_crop, whole_image
+from labelloop.training.classification.evaluate import predict_sample_probs
+from labelloop.training.classification.network import build_classifier
+from labelloop.training.classification.recipe import ClassificationRecipe
+from labelloop.training.kinds import Prediction
+from labelloop.training.predict import load_state_dict
+
+
+def load_classifier(
+    weights: bytes | Path, recipe: ClassificationRecipe, labels: Sequence[str]
+) -> nn.Module:
+    """The recipe's network with saved weights (read weights-only), eval mode, on CPU."""
+    state = load_state_dict(weights)
+    model = build_classifier(recipe, len(labels), pretrained=False)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"weights do not fit {recipe.encoder} with {len(labels)} classes: {exc}"
+        ) from exc
+    return model.eval()
+
+
+def _check_image(idx: int, img: np.ndarray) -> None:
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise InputError(f"image {idx} must be RGB uint8 (H, W, 3), got {img.dtype} {img.shape}")
+
+
+def _counts(labels: Sequence[str], top: Sequence[int]) -> dict[str, int]:
+    hist = np.bincount(np.asarray(top, dtype=np.int64), minlength=len(labels))
+    return {name: int(hist[i]) for i, name in enumerate(labels)}
+
+
+def predict(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    *,
+    recipe: ClassificationRecipe,
+    labels: Sequence[str],
+) -> list[Prediction]:
+    """One Prediction per whole image: a Tag with the top label and its probability as
+    `score`, arrays["probs"] (C,). Only for `source: image` models."""
+    if recipe.source != "image":
+        raise ConfigError(
+            "this classifier was trained on cell crops (source: crops) and needs the cells' "
+            "boxes: use classify_crops(model, image, boxes, ...) instead of whole-image predict"
+        )
+    for idx, img in enumerate(images):
+        _check_image(idx, img)
+    inputs = [whole_image(img, recipe.image_size) for img in images]
+    probs = predict_sample_probs(model, inputs, recipe.batch_size)
+    out = []
+    for p in probs:
+        top = int(p.argmax())
+        tag = Tag(label=labels[top], attributes={"score": round(float(p[top]), 6)})
+        out.append(
+            Prediction(
+                shapes=[tag],
+                counts=_counts(labels, [top]),
+                confidence=float(p[top]),
+                arrays={"probs": p.astype(np.float32)},
+            )
+        )
+    return out
+
+
+def classify_crops(
+    model: nn.Module,
+    image: np.ndarray,
+    boxes: Sequence[Shape],
+    recipe: ClassificationRecipe,
+    labels: Sequence[str],
+) -> Prediction:
+    """Classify each region shape (box, polygon, mask, ellipse) of one image.
+
+    Returns the same shapes relabelled with the predicted class and its probability as
+    `score`, counts per label, `confidence` = mean top probability (1.0 without shapes),
+    and arrays["class_probs"] (N, C) in the order of `boxes`.
+    """
+    _check_image(0, image)
+    crops = []
+    for i, shape in enumerate(boxes):
+        bbox = shape_bbox(shape)
+        if bbox is None or bbox[2] <= bbox[0] or bbox[3] <= bbox[1]:
+            raise InputError(f"shape {i} ({shape.kind}) has no area to crop")
+        try:
+            crops.append(cut_crop(image, bbox, recipe.crop_margin, recipe.image_size))
+        except ValueError as exc:
+            raise InputError(f"shape {i}: {exc}") from exc
+    n = len(labels)
+    probs = predict_sample_probs(model, crops, recipe.batch_size) if crops else np.zeros((0, n))
+    top = probs.argmax(1) if len(probs) else np.zeros(0, np.int64)
+    shapes: list[Shape] = []
+    for shape, p, t in zip(boxes, probs, top, strict=True):
+        attrs = {**shape.attributes, "score": round(float(p[t]), 6)}
+        shapes.append(shape.model_copy(update={"label": labels[int(t)], "attributes": attrs}))
+    return Prediction(
+        shapes=shapes,
+        counts=_counts(labels, top),
+        confidence=float(probs.max(1).mean()) if len(probs) else 1.0,
+        arrays={"class_probs": probs.astype(np.float32).reshape(len(crops), n)},
+    )

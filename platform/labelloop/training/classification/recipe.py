@@ -1,0 +1,60 @@
+"""The classification recipe: what a classifier run learns from, and how.
+
+Two sources of samples share one model: `image` (one Tag per image, e.g. a cell image
+marked infected or uninfected) and `crops` (every box, polygon or mask of a manifest item
+becomes one sample, cut with some context around it). The backbone is any timm model by
+name; a typo is refused when the recipe is read, not minutes into a run.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from labelloop.training.recipe import Augment, BaseRecipe
+
+SourceName = Literal["image", "crops"]
+BalanceName = Literal["none", "loss", "sampler"]
+
+# Trains from scratch at a useful speed on two CPU cores (see docs in the benchmark).
+DEFAULT_ENCODER = "lcnet_050"
+
+
+def _default_augment() -> Augment:
+    # Cells have no up or down and labs differ in stain, not geometry; a light blur stands
+    # in for slides scanned slightly out of focus.
+    return Augment(blur=0.1)
+
+
+class ClassificationRecipe(BaseRecipe):
+    """A timm classifier over whole images or over crops around annotated cells."""
+
+    task: Literal["classification"] = "classification"
+    encoder: str = DEFAULT_ENCODER
+    source: SourceName = "image"
+    # Context added on every side of a crop, as a fraction of the box's longer side: the
+    # surroundings (neighbouring RBCs) tell the network the scale a resized crop lost.
+    crop_margin: float = Field(0.15, ge=0.0, le=2.0)
+    # Small inputs suffice for single cells and keep CPU training fast.
+    image_size: int = Field(64, ge=16, le=1024)
+    batch_size: int = Field(64, ge=1, le=1024)
+    epochs: int = Field(30, ge=1, le=10_000)
+    label_smoothing: float = Field(0.05, ge=0.0, lt=1.0)
+    # Rare classes (WBC, platelets next to thousands of RBCs) would otherwise be ignored:
+    # "sampler" draws samples with probability 1/class frequency, "loss" weights the
+    # cross-entropy by 1/sqrt(class frequency), "none" trains on the raw distribution.
+    balance: BalanceName = "loss"
+    drop_rate: float = Field(0.1, ge=0.0, lt=1.0, description="dropout before the head")
+    augment: Augment = Field(default_factory=_default_augment)
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, name: str) -> str:
+        import timm  # deferred: importing timm costs a second
+
+        if not timm.is_model(name):
+            close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
+            hint = f"; similar names: {', '.join(close)}" if close else ""
+            raise ValueError(f"{name!r} is not a timm model{hint}")
+        return name

@@ -1,0 +1,117 @@
+"""Detection metrics on a manifest split: COCO mAP (pycocotools via torchmetrics) and counts.
+
+`detection_metrics` takes plain arrays, so predictions of any detector (the benchmark
+feeds it another framework's boxes) are scored by exactly the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from labelloop.errors import ConfigError
+from labelloop.training.data import split_items
+from labelloop.training.detection.data import Fetch, load_sample
+from labelloop.training.detection.predict import Detections, detect
+from labelloop.training.detection.recipe import DetectionRecipe
+from labelloop.training.detection.system import map_metric
+
+
+def _value(x: torch.Tensor) -> float | None:
+    """pycocotools reports -1 where a class has no ground truth: None in JSON."""
+    v = float(x)
+    return None if v < 0 else round(v, 6)
+
+
+def detection_metrics(
+    predictions: Sequence[Detections],
+    truths: Sequence[tuple[np.ndarray, np.ndarray]],
+    labels: Sequence[str],
+    *,
+    score_threshold: float,
+    max_detections: int = 300,
+) -> dict[str, Any]:
+    """mAP@0.5 ("map50", the primary metric), mAP@0.5:0.95 ("map"), per-class AP50/AP and
+    per-class count MAE per image. Counts are boxes scoring at least `score_threshold`
+    against ground-truth boxes; truths are (boxes (N, 4) xyxy, class indices (N,))."""
+    if len(predictions) != len(truths):
+        raise ValueError(f"{len(predictions)} predictions for {len(truths)} images")
+    coco = map_metric(max_detections, class_metrics=True)
+    coco50 = map_metric(max_detections, class_metrics=True, iou_thresholds=[0.5])
+    c = len(labels)
+    count_err = np.zeros(c)
+    true_total, pred_total = np.zeros(c, np.int64), np.zeros(c, np.int64)
+    for det, (gt_boxes, gt_labels) in zip(predictions, truths, strict=True):
+        pred = {
+            "boxes": torch.as_tensor(det.boxes, dtype=torch.float32).reshape(-1, 4),
+            "scores": torch.as_tensor(det.scores, dtype=torch.float32),
+            "labels": torch.as_tensor(det.labels, dtype=torch.long),
+        }
+        true = {
+            "boxes": torch.as_tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.as_tensor(gt_labels, dtype=torch.long),
+        }
+        coco.update([pred], [true])
+        coco50.update([pred], [true])
+        kept = np.asarray(det.labels)[np.asarray(det.scores) >= score_threshold]
+        n_pred = np.bincount(kept, minlength=c)[:c]
+        n_true = np.bincount(np.asarray(gt_labels, np.int64), minlength=c)[:c]
+        count_err += np.abs(n_pred - n_true)
+        pred_total += n_pred
+        true_total += n_true
+    n = max(len(truths), 1)
+    full, half = coco.compute(), coco50.compute()
+    present = [int(i) for i in full["classes"].reshape(-1).tolist()]
+    ap = dict(zip(present, full["map_per_class"].reshape(-1), strict=True))
+    ap50 = dict(zip(present, half["map_per_class"].reshape(-1), strict=True))
+    per_class = {
+        name: {
+            "ap50": _value(ap50[i]) if i in ap50 else None,
+            "ap": _value(ap[i]) if i in ap else None,
+            "count_mae": round(float(count_err[i] / n), 4),
+            "n_true": int(true_total[i]),
+            "n_pred": int(pred_total[i]),
+        }
+        for i, name in enumerate(labels)
+    }
+    return {
+        "map50": _value(full["map_50"]) or 0.0,
+        "map": _value(full["map"]) or 0.0,
+        "map75": _value(full["map_75"]) or 0.0,
+        "count_mae": round(float(count_err.mean() / n), 4),
+        "per_class": per_class,
+        "n_images": len(truths),
+        "score_threshold": score_threshold,
+    }
+
+
+def evaluate_detection(
+    model: nn.Module,
+    manifest: dict[str, Any],
+    fetch: Fetch,
+    *,
+    split: str,
+    labels: Sequence[str],
+    recipe: DetectionRecipe,
+) -> dict[str, Any]:
+    """The metrics of `detection_metrics` for one split of the manifest (primary: map50)."""
+    items = split_items(manifest, split)
+    if not items:
+        raise ConfigError(f"manifest has no {split!r} images to evaluate on")
+    samples = [load_sample(it, labels, fetch) for it in items]
+    # mAP needs the low-scoring tail of the ranking; counts use the recipe's threshold.
+    dets = detect(
+        model, [s[0] for s in samples], recipe, score_threshold=recipe.eval_score_threshold
+    )
+    result = detection_metrics(
+        dets,
+        [(s[1], s[2]) for s in samples],
+        labels,
+        score_threshold=recipe.score_threshold,
+        max_detections=recipe.max_detections,
+    )
+    return {**result, "split": split}

@@ -1,0 +1,171 @@
+"""Loading a saved detector and turning its output into boxes in original image pixels.
+
+letterbox -> network -> decode -> class-aware NMS -> boxes mapped back through the exact
+inverse of the letterbox affine (so a box drawn on the original image lands where the
+network saw it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.ops import batched_nms
+
+from labelloop.domain import Box
+from labelloop.errors import ConfigError, InputError
+from labelloop.training.data import to_input
+from labelloop.training.detection.data import letterbox_matrix, unmap_boxes, warp
+from labelloop.training.detection.network import Detector, DetOutput, build_detector, decode_boxes
+from labelloop.training.detection.recipe import DetectionRecipe
+from labelloop.training.kinds import Prediction
+from labelloop.training.predict import load_state_dict
+
+# Boxes passed to NMS per image at most, best scores first: bounds NMS time early in
+# training, when thousands of points clear a low score threshold.
+PRE_NMS_TOPK = 3000
+
+
+@dataclass
+class Detections:
+    """Kept boxes of one image (after NMS), best first."""
+
+    boxes: np.ndarray  # (N, 4) float32 x0, y0, x1, y1
+    scores: np.ndarray  # (N,) float32
+    labels: np.ndarray  # (N,) int64 class index
+    class_probs: np.ndarray  # (N, C) float32 per-class sigmoid scores of each box
+
+
+def postprocess(
+    out: DetOutput,
+    recipe: DetectionRecipe,
+    score_threshold: float,
+) -> list[dict[str, torch.Tensor]]:
+    """Per image: boxes (input pixels), scores, labels, class_probs after class-aware NMS."""
+    probs = out.cls_logits.float().sigmoid()
+    boxes = decode_boxes(out, recipe.reg_max).float()
+    results = []
+    for p, b in zip(probs, boxes, strict=True):
+        scores, labels = p.max(-1)
+        keep = scores > score_threshold
+        p, b, scores, labels = p[keep], b[keep], scores[keep], labels[keep]
+        if len(scores) > PRE_NMS_TOPK:
+            top = scores.topk(PRE_NMS_TOPK).indices
+            p, b, scores, labels = p[top], b[top], scores[top], labels[top]
+        kept = batched_nms(b, scores, labels, recipe.nms_iou)[: recipe.max_detections]
+        results.append(
+            {
+                "boxes": b[kept],
+                "scores": scores[kept],
+                "labels": labels[kept],
+                "class_probs": p[kept],
+            }
+        )
+    return results
+
+
+def load_detector(
+    weights: bytes | Path, recipe: DetectionRecipe, labels: Sequence[str]
+) -> Detector:
+    """The recipe's detector with saved weights (read weights-only), in eval mode on CPU."""
+    state = load_state_dict(weights)
+    model = build_detector(recipe, len(labels), pretrained=False)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"weights do not fit detector {recipe.encoder} (neck {recipe.neck_channels}, "
+            f"reg_max {recipe.reg_max}) with {len(labels)} classes: {exc}"
+        ) from exc
+    return model.eval()
+
+
+def detect(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    recipe: DetectionRecipe,
+    *,
+    score_threshold: float | None = None,
+    batch_size: int | None = None,
+) -> list[Detections]:
+    """Detections for each RGB uint8 image, in that image's pixels."""
+    threshold = recipe.score_threshold if score_threshold is None else score_threshold
+    bs = batch_size or recipe.batch_size
+    size = recipe.image_size
+    for idx, img in enumerate(images):
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise InputError(
+                f"image {idx} must be RGB uint8 (H, W, 3), got {img.dtype} {img.shape}"
+            )
+    device = next(model.parameters()).device
+    out: list[Detections] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(images), bs):
+                chunk = images[start : start + bs]
+                mats = [letterbox_matrix(img.shape[:2], size) for img in chunk]
+                x = np.stack(
+                    [to_input(warp(img, m, size)) for img, m in zip(chunk, mats, strict=True)]
+                )
+                raw = model(torch.from_numpy(x).to(device))
+                for img, m, det in zip(
+                    chunk, mats, postprocess(raw, recipe, threshold), strict=True
+                ):
+                    boxes = det["boxes"].cpu().numpy()
+                    out.append(
+                        Detections(
+                            boxes=unmap_boxes(boxes, m, img.shape[:2]),
+                            scores=det["scores"].cpu().numpy().astype(np.float32),
+                            labels=det["labels"].cpu().numpy().astype(np.int64),
+                            class_probs=det["class_probs"].cpu().numpy().astype(np.float32),
+                        )
+                    )
+    finally:
+        model.train(was_training)
+    return out
+
+
+def to_prediction(det: Detections, labels: Sequence[str]) -> Prediction:
+    """Box shapes (score in attributes, as Label Studio pre-annotations carry it), counts per
+    label (zeros included), confidence = mean box score (0 with no boxes: an empty smear
+    field means the model is lost, not sure)."""
+    shapes = [
+        Box(
+            label=labels[int(c)],
+            x=float(b[0]),
+            y=float(b[1]),
+            w=float(b[2] - b[0]),
+            h=float(b[3] - b[1]),
+            attributes={"score": round(float(s), 4)},
+        )
+        for b, s, c in zip(det.boxes, det.scores, det.labels, strict=True)
+    ]
+    counts = {name: int((det.labels == i).sum()) for i, name in enumerate(labels)}
+    return Prediction(
+        shapes=list(shapes),
+        counts=counts,
+        confidence=float(det.scores.mean()) if len(det.scores) else 0.0,
+        arrays={
+            "boxes": det.boxes,
+            "scores": det.scores,
+            "labels": det.labels,
+            "class_probs": det.class_probs,
+        },
+    )
+
+
+def predict_detection(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    *,
+    recipe: DetectionRecipe,
+    labels: Sequence[str],
+) -> list[Prediction]:
+    """`ModelKind.predict`: boxes above the recipe's score threshold, per image."""
+    return [to_prediction(d, labels) for d in detect(model, images, recipe)]

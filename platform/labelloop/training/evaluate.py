@@ -1,0 +1,292 @@
+"""Held-out evaluation of a segmentation model: overlap per class, pixel error, counting
+error and, in instance mode, instance matching.
+
+Dice and IoU are micro over pixels per class: TP/FP/FN are summed over the whole split
+before dividing, so an image where a class is absent from both prediction and truth adds
+nothing instead of a 0/0. A class absent from the whole split (prediction and truth) has
+no score (None) and is left out of the means. A class's pixel error is the fraction of
+pixels whose foreground-vs-background decision for it is wrong, (FP + FN) / pixels; for a
+single binary label such as ISBI membrane this is the usual "pixel error" (1 - pixel
+accuracy). Results are plain JSON-able dicts; "mean_dice" is the primary metric in every
+mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from labelloop.counting import (
+    DEFAULT_MIN_AREA,
+    counts_from_instances,
+    counts_from_label_map,
+    counts_from_masks,
+    probs_to_label_map,
+)
+from labelloop.domain import Shape
+from labelloop.errors import InputError
+from labelloop.geometry import rasterize_classes
+from labelloop.training.data import (
+    Fetch,
+    load_shapes,
+    manifest_labels,
+    rasterize_labels,
+    split_items,
+)
+from labelloop.training.instances import (
+    instances_from_probs,
+    match_instances,
+    rasterize_instances,
+    semantic_map,
+)
+from labelloop.training.predict import predict_outputs
+from labelloop.training.recipe import Recipe
+
+Instances = tuple[np.ndarray, np.ndarray]  # instance map (H, W) int32, classes per id
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return float(num / den) if den else None
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+class _Tally:
+    """Per-label sums over a split: pixel confusion, counts and instance matches."""
+
+    def __init__(self, labels: Sequence[str]):
+        self.labels = list(labels)
+        n = len(self.labels)
+        self.tp, self.fp, self.fn = (np.zeros(n, np.int64) for _ in range(3))
+        self.pixels = 0
+        self.images = 0
+        self.count_err = np.zeros(n, np.float64)
+        self.true_count, self.pred_count = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        self.matched: np.ndarray | None = None
+
+    def add(
+        self,
+        tp: np.ndarray,
+        fp: np.ndarray,
+        fn: np.ndarray,
+        pixels: int,
+        pred_counts: dict[str, int],
+        true_counts: dict[str, int],
+    ) -> None:
+        self.tp += tp
+        self.fp += fp
+        self.fn += fn
+        self.pixels += pixels
+        self.images += 1
+        pc = np.array([pred_counts[name] for name in self.labels])
+        tc = np.array([true_counts[name] for name in self.labels])
+        self.count_err += np.abs(pc - tc)
+        self.pred_count += pc
+        self.true_count += tc
+
+    def add_matches(self, matched: np.ndarray) -> None:
+        self.matched = matched if self.matched is None else self.matched + matched
+
+    def result(self) -> dict[str, Any]:
+        per_class: dict[str, dict[str, Any]] = {}
+        for i, name in enumerate(self.labels):
+            tp, fp, fn = int(self.tp[i]), int(self.fp[i]), int(self.fn[i])
+            entry: dict[str, Any] = {
+                "dice": _ratio(2 * tp, 2 * tp + fp + fn),
+                "iou": _ratio(tp, tp + fp + fn),
+                "pixel_error": _ratio(fp + fn, self.pixels),
+                "tp": tp,
+                "fp": fp,
+                "fn": fn,
+                "count_mae": _ratio(self.count_err[i], self.images),
+                "true_count": int(self.true_count[i]),
+                "pred_count": int(self.pred_count[i]),
+            }
+            if self.matched is not None:
+                hit, n_p, n_t = int(self.matched[i]), entry["pred_count"], entry["true_count"]
+                entry.update(
+                    matched_50=hit,
+                    precision_50=_ratio(hit, n_p),
+                    recall_50=_ratio(hit, n_t),
+                    f1_50=_ratio(2 * hit, n_p + n_t),
+                )
+            per_class[name] = entry
+        out: dict[str, Any] = {
+            "n_images": self.images,
+            "mean_dice": _mean([c["dice"] for c in per_class.values()]),
+            "mean_iou": _mean([c["iou"] for c in per_class.values()]),
+            "pixel_error": _mean([c["pixel_error"] for c in per_class.values()]),
+            "mean_count_mae": _mean([c["count_mae"] for c in per_class.values()]),
+        }
+        if self.matched is not None:
+            out["mean_f1_50"] = _mean([c["f1_50"] for c in per_class.values()])
+        out["per_class"] = per_class
+        return out
+
+
+def _confusion(pred: np.ndarray, truth: np.ndarray, n: int) -> np.ndarray:
+    """Confusion matrix of two label maps in one bincount: row = truth, column = pred."""
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in size")
+    flat = truth.astype(np.int64).ravel() * n + pred.astype(np.int64).ravel()
+    return np.bincount(flat, minlength=n * n)[: n * n].reshape(n, n)
+
+
+def _check_pairs(preds: Sequence[Any], truths: Sequence[Any]) -> None:
+    if len(preds) != len(truths):
+        raise ValueError(f"{len(preds)} predictions for {len(truths)} ground truths")
+
+
+def segmentation_metrics(
+    preds: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    labels: Sequence[str],
+    *,
+    min_area: int = DEFAULT_MIN_AREA,
+) -> dict[str, Any]:
+    """Compare predicted and true label maps (uint8 (H, W), 0 = background) pairwise;
+    counts are connected components. Adds `pixel_accuracy` (all classes at once)."""
+    _check_pairs(preds, truths)
+    n = len(labels) + 1
+    tally = _Tally(labels)
+    correct = total = 0
+    for pred, truth in zip(preds, truths, strict=True):
+        cm = _confusion(pred, truth, n)
+        diag = np.diag(cm)
+        correct += int(diag.sum())
+        total += int(truth.size)
+        tally.add(
+            diag[1:],
+            (cm.sum(0) - diag)[1:],
+            (cm.sum(1) - diag)[1:],
+            int(truth.size),
+            counts_from_label_map(pred, labels, min_area=min_area),
+            counts_from_label_map(truth, labels, min_area=min_area),
+        )
+    return {"pixel_accuracy": _ratio(correct, total), **tally.result()}
+
+
+def binary_metrics(
+    preds: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    labels: Sequence[str],
+    *,
+    min_area: int = DEFAULT_MIN_AREA,
+) -> dict[str, Any]:
+    """Compare per-label masks (L, H, W) bool pairwise (binary mode: labels may overlap).
+    `pixel_accuracy` is 1 - pixel_error, the mean over labels."""
+    _check_pairs(preds, truths)
+    tally = _Tally(labels)
+    for pred, truth in zip(preds, truths, strict=True):
+        if pred.shape != truth.shape:
+            raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in size")
+        p, t = pred.astype(bool), truth.astype(bool)
+        dims = (1, 2)
+        tally.add(
+            (p & t).sum(dims),
+            (p & ~t).sum(dims),
+            (~p & t).sum(dims),
+            int(t[0].size),
+            counts_from_masks(p, labels, min_area=min_area),
+            counts_from_masks(t, labels, min_area=min_area),
+        )
+    result = tally.result()
+    error = result["pixel_error"]
+    return {"pixel_accuracy": None if error is None else 1.0 - error, **result}
+
+
+def instance_metrics(
+    preds: Sequence[Instances],
+    truths: Sequence[Instances],
+    labels: Sequence[str],
+    *,
+    iou: float = 0.5,
+) -> dict[str, Any]:
+    """Compare instance maps pairwise: overlap of the label maps they imply, counts of
+    instances, and per label precision / recall / F1 of instances matched at IoU > `iou`."""
+    _check_pairs(preds, truths)
+    n = len(labels) + 1
+    tally = _Tally(labels)
+    correct = total = 0
+    for (p_inst, p_cls), (t_inst, t_cls) in zip(preds, truths, strict=True):
+        cm = _confusion(semantic_map(p_inst, p_cls), semantic_map(t_inst, t_cls), n)
+        diag = np.diag(cm)
+        correct += int(diag.sum())
+        total += int(t_inst.size)
+        tally.add(
+            diag[1:],
+            (cm.sum(0) - diag)[1:],
+            (cm.sum(1) - diag)[1:],
+            int(t_inst.size),
+            counts_from_instances(p_cls, labels),
+            counts_from_instances(t_cls, labels),
+        )
+        tally.add_matches(match_instances(p_inst, p_cls, t_inst, t_cls, n - 1, iou=iou)[1:])
+    return {"pixel_accuracy": _ratio(correct, total), **tally.result()}
+
+
+def _truth(
+    item: dict[str, Any], shapes: Sequence[Shape], labels: Sequence[str], hw: tuple, mode: str
+) -> Any:
+    """The ground truth of one item in the form the mode's metrics compare."""
+    h, w = hw
+    try:
+        if mode == "binary":
+            return rasterize_labels(shapes, labels, h, w).transpose(2, 0, 1) > 0
+        if mode == "instance":
+            return rasterize_instances(shapes, labels, h, w)
+        return rasterize_classes(shapes, labels, h, w)
+    except ValueError as exc:
+        record = str(item.get("image_id", item.get("blob_key")))
+        raise InputError(f"bad annotation: {exc}", file=item["blob_key"], record=record) from exc
+
+
+def evaluate_segmentation(
+    model: nn.Module,
+    manifest: dict[str, Any],
+    fetch: Fetch,
+    split: str = "test",
+    labels: Sequence[str] | None = None,
+    *,
+    recipe: Recipe | None = None,
+    batch_size: int = 8,
+    min_area: int = DEFAULT_MIN_AREA,
+) -> dict[str, Any]:
+    """Predict every image of `split` at full resolution and score it against its shapes,
+    the way the recipe's mode reads the network (default: multiclass).
+
+    `labels` defaults to the manifest's and must be in the order the model was trained on.
+    """
+    labels = list(labels) if labels is not None else manifest_labels(manifest)
+    recipe = (recipe or Recipe()).model_copy(update={"batch_size": batch_size})
+    preds: list[Any] = []
+    truths: list[Any] = []
+    items = split_items(manifest, split)
+    # Chunked so memory stays bounded by one batch of images and probabilities.
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        loaded = [load_shapes(it, fetch) for it in chunk]
+        outputs = predict_outputs(model, [img for img, _ in loaded], recipe)
+        for item, (image, shapes), probs in zip(chunk, loaded, outputs, strict=True):
+            if recipe.mode == "binary":
+                preds.append(probs > 0.5)
+            elif recipe.mode == "instance":
+                preds.append(instances_from_probs(probs, len(labels), min_area=min_area))
+            else:
+                preds.append(probs_to_label_map(probs))
+            truths.append(_truth(item, shapes, labels, image.shape[:2], recipe.mode))
+    if recipe.mode == "binary":
+        result = binary_metrics(preds, truths, labels, min_area=min_area)
+    elif recipe.mode == "instance":
+        result = instance_metrics(preds, truths, labels)
+    else:
+        result = segmentation_metrics(preds, truths, labels, min_area=min_area)
+    result["split"] = split
+    result["mode"] = recipe.mode
+    return result

@@ -1,0 +1,369 @@
+"""The training harness every model kind shares: checkpoints, resume, budget, progress.
+
+A kind (segmentation, detection, classification) builds its LightningModule and
+DataModule and hands them to `fit`. `fit` writes `last.ckpt` after every epoch and
+`best.ckpt` for the best monitored validation metric into the work folder, continues from
+`last.ckpt` when a redelivered task finds one, refuses a folder that belongs to another
+recipe or dataset, and returns the best epoch's network weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, Timer
+from pytorch_lightning.loggers import CSVLogger
+
+from labelloop.errors import ConfigError
+from labelloop.training.recipe import BaseRecipe
+
+Progress = Callable[[dict[str, Any]], None]
+_log = logging.getLogger(__name__)
+
+WARMUP_FRACTION = 0.1  # of the run, for the "onecycle" schedule
+FINAL_LR_FACTOR = 0.02
+
+LAST_CKPT = "last.ckpt"
+BEST_NAME = "best"
+WEIGHTS_FILE = "model.pt"
+_META_KEY = "labelloop"
+# Within long epochs, progress is also reported at most this often.
+PROGRESS_EVERY_S = 15.0
+
+
+@dataclass
+class TrainOutcome:
+    """What every kind's `train` returns."""
+
+    weights_path: Path  # state_dict of the best epoch (last one when there is no val split)
+    metrics: dict[str, Any]  # the kind's evaluation on the val split; {} without one
+    epochs_run: int  # epochs trained by this call
+    epochs_completed: int  # in total, including epochs restored from last.ckpt
+    best_epoch: int | None  # 1-based epoch whose weights were saved
+    last_epoch: int  # 1-based last completed epoch (== epochs_completed)
+    duration_s: float
+    resumed: bool
+    stopped_by_time: bool
+    recipe_hash: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def manifest_fingerprint(manifest: dict[str, Any]) -> str:
+    text = json.dumps(manifest, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class _ProgressReporter(Callback):
+    """Reports {"epoch", "epochs", "step", "loss", ...} after every epoch (after validation,
+    so val_dice is included) and, within long epochs, every PROGRESS_EVERY_S seconds."""
+
+    def __init__(self, on_progress: Progress | None, epochs: int):
+        self.on_progress = on_progress
+        self.epochs = epochs
+        self.start_epoch: int | None = None
+        self.history: list[dict[str, Any]] = []
+        self._last_report = time.monotonic()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start_epoch = trainer.current_epoch
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        self._last_report = time.monotonic()
+        if self.on_progress is not None:
+            self.on_progress(event)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if time.monotonic() - self._last_report < PROGRESS_EVERY_S:
+            return
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self._emit(
+            {
+                "epoch": trainer.current_epoch + 1,
+                "epochs": self.epochs,
+                "step": trainer.global_step,
+                "loss": float(loss) if loss is not None else None,
+                "final": False,
+            }
+        )
+
+    def epoch_saved(self, trainer: pl.Trainer, checkpoint: Path) -> None:
+        """Called by `_LatestCheckpoint` once the epoch's `last.ckpt` is on disk (Lightning
+        runs checkpoint callbacks after all others), so listeners may copy it elsewhere
+        (runs.py mirrors it to the blob store) and a caller that cancels here keeps it."""
+        m = trainer.callback_metrics
+        event: dict[str, Any] = {
+            "epoch": trainer.current_epoch + 1,
+            "epochs": self.epochs,
+            "step": trainer.global_step,
+            "loss": float(m["train_loss"]) if "train_loss" in m else None,
+            "final": True,
+            "checkpoint": str(checkpoint),
+        }
+        event.update({k: float(v) for k, v in m.items() if k.startswith("val_")})
+        self.history.append(event)
+        self._emit(event)
+
+
+class _LatestCheckpoint(ModelCheckpoint):
+    """`last.ckpt` after every epoch, then the epoch-end progress event."""
+
+    def __init__(self, reporter: _ProgressReporter, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.reporter = reporter
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self.reporter.epoch_saved(trainer, Path(filepath))
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    """The stamp of an existing checkpoint; None (and the file set aside) when it cannot be
+    read, e.g. the process died while writing it: the run then starts over."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any failure to read means: nothing to resume from
+        aside = path.with_suffix(".unreadable")
+        os.replace(path, aside)
+        _log.warning("cannot read checkpoint %s (%s); moved to %s, starting over", path, exc, aside)
+        return None
+    return {"epoch": int(ckpt.get("epoch", -1)), **ckpt.get(_META_KEY, {})}
+
+
+class _StampCheckpoints(Callback):
+    """Writes what the run is (recipe, dataset) into every checkpoint, so a workdir that
+    belongs to another run is refused instead of silently resumed."""
+
+    def __init__(self, meta: dict[str, Any]):
+        self.meta = meta
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[_META_KEY] = dict(self.meta)
+
+
+@contextlib.contextmanager
+def quiet_and_threaded() -> Iterator[None]:
+    """Use the cores this process may run on, keep OpenCV from oversubscribing them, and
+    drop Lightning's start-up chatter; everything is restored afterwards."""
+    threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, cores or 1))
+    cv2.setNumThreads(1)
+    noisy = [
+        logging.getLogger(n)
+        for n in (
+            "pytorch_lightning.utilities.rank_zero",
+            "pytorch_lightning.accelerators.cuda",
+            "lightning.pytorch.utilities.rank_zero",
+            "lightning_fabric.utilities.seed",
+        )
+    ]
+    levels = [lg.level for lg in noisy]
+    for lg in noisy:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+            # Expected: the workdir holds the checkpoints a resumed run continues from.
+            warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+            # A run resumed on another host from the blob store: its best.ckpt stayed behind,
+            # so the best epoch is tracked afresh from the resumed one (documented in fit).
+            warnings.filterwarnings("ignore", message=r".*The dirpath has changed.*")
+            warnings.filterwarnings("ignore", message=r".*`isinstance\(treespec, LeafSpec\)`.*")
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(cv_threads)
+        for lg, level in zip(noisy, levels, strict=True):
+            lg.setLevel(level)
+
+
+def network_state(ckpt_path: Path) -> tuple[dict[str, torch.Tensor], int]:
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    prefix = "network."
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    return state, int(ckpt["epoch"]) + 1
+
+
+@dataclass
+class FitResult:
+    state: dict[str, torch.Tensor]  # the network's weights at the best (or last) epoch
+    best_epoch: int | None
+    epochs_run: int
+    epochs_completed: int
+    resumed: bool
+    stopped_by_time: bool
+    history: list[dict[str, Any]]
+
+
+def fit(
+    system: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    recipe: BaseRecipe,
+    manifest: dict[str, Any],
+    workdir: Path,
+    *,
+    monitor: str,
+    has_val: bool,
+    on_progress: Progress | None = None,
+    log_csv: bool = False,
+) -> FitResult:
+    """Train `system` (whose network lives in `system.network`) under the recipe's budget.
+
+    `monitor` names a validation metric the system logs (higher is better); without a
+    validation split the last epoch wins. Call inside `quiet_and_threaded()` after seeding.
+    An exception raised by `on_progress` aborts the run (that is how a caller cancels);
+    `last.ckpt` stays, so the run can be resumed.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "recipe": recipe.model_dump(mode="json"),
+        "resume_key": recipe.resume_key(),
+        "manifest_sha256": manifest_fingerprint(manifest),
+    }
+    last = workdir / LAST_CKPT
+    prior = _read_meta(last) if last.exists() else None
+    resume = prior is not None
+    stamp = (meta["resume_key"], meta["manifest_sha256"])
+    if prior is not None and (prior.get("resume_key"), prior.get("manifest_sha256")) != stamp:
+        raise ConfigError(
+            f"{last} belongs to a different recipe or dataset; use a fresh workdir "
+            "(only epochs, max_time_s and num_workers may change on resume)"
+        )
+    # Two callbacks: Lightning's save_last only writes when the monitored metric
+    # improves, and resuming must continue from the latest epoch, not the best one.
+    best = ModelCheckpoint(
+        dirpath=workdir,
+        filename=BEST_NAME,
+        monitor=monitor,
+        mode="max",
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    reporter = _ProgressReporter(on_progress, recipe.epochs)
+    latest = _LatestCheckpoint(
+        reporter,
+        dirpath=workdir,
+        filename=Path(LAST_CKPT).stem,
+        monitor=None,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    trainer = pl.Trainer(
+        accelerator="auto",
+        devices=1,
+        max_epochs=recipe.epochs,
+        max_time=timedelta(seconds=recipe.max_time_s) if recipe.max_time_s else None,
+        # Order matters: `best` updates its state before `latest` writes it to disk.
+        callbacks=[_StampCheckpoints(meta), *([best] if has_val else []), latest, reporter],
+        logger=CSVLogger(workdir, name="logs") if log_csv else False,
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if has_val else 0,
+        default_root_dir=workdir,
+    )
+    trainer.fit(system, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+
+    completed = trainer.current_epoch
+    start = reporter.start_epoch if reporter.start_epoch is not None else completed
+    best_path = Path(best.best_model_path) if best.best_model_path and has_val else None
+    if best_path is None or not best_path.exists():
+        best_path = last if last.exists() else None
+    if best_path is not None:
+        state, best_epoch = network_state(best_path)
+    else:  # stopped by the time limit before a single epoch ended
+        state = {k: v.detach().cpu() for k, v in system.network.state_dict().items()}
+        best_epoch = None
+    system.network.load_state_dict(state)
+    return FitResult(
+        state=state,
+        best_epoch=best_epoch,
+        epochs_run=completed - start,
+        epochs_completed=completed,
+        resumed=resume,
+        stopped_by_time=recipe.max_time_s is not None and completed < recipe.epochs,
+        history=reporter.history,
+    )
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> Path:
+    """Write a bare state_dict atomically: never a half-written weights file."""
+    partial = path.with_suffix(".part")
+    torch.save(state, partial)
+    os.replace(partial, path)
+    return path
+
+
+def lr_factor(progress: float, scheduler: str) -> float:
+    """Learning-rate multiplier at `progress` in [0, 1] of the run.
+
+    Computed from progress rather than stored step counts, so a run resumed with a larger
+    budget stretches its schedule instead of failing or restarting it.
+    """
+    p = min(max(progress, 0.0), 1.0)
+    if scheduler == "constant":
+        return 1.0
+    if scheduler == "onecycle":
+        if p < WARMUP_FRACTION:
+            return FINAL_LR_FACTOR + (1 - FINAL_LR_FACTOR) * p / WARMUP_FRACTION
+        p = (p - WARMUP_FRACTION) / (1 - WARMUP_FRACTION)
+    return FINAL_LR_FACTOR + (1 - FINAL_LR_FACTOR) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+class BudgetedSystem(pl.LightningModule):
+    """Base for every kind's LightningModule: holds `network` and `recipe`, and schedules
+    the learning rate over the fraction of the budget used (steps or wall-clock)."""
+
+    network: torch.nn.Module
+    recipe: BaseRecipe
+
+    def _progress(self) -> float:
+        total = self.trainer.estimated_stepping_batches
+        done = self.global_step / total if total and math.isfinite(total) else 0.0
+        limit = self.recipe.max_time_s
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        if limit and timer is not None:
+            # The Timer's elapsed time survives a resume from checkpoint.
+            done = max(done, timer.time_elapsed("train") / limit)
+        return done
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = self.network.parameters()
+        r = self.recipe
+        if r.optimizer == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=r.lr, momentum=0.937, nesterov=True, weight_decay=r.weight_decay
+            )
+        else:
+            opt = torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda _step: lr_factor(self._progress(), r.scheduler)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

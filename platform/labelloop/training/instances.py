@@ -1,0 +1,173 @@
+"""Instances of touching cells: targets that teach a network where cells meet, the
+watershed that splits its output back into one region per cell, and matching for scoring.
+
+A semantic label map merges touching cells of one class into one blob, so counts read off
+it are a lower bound. In instance mode the network instead learns three kinds of pixel per
+label: background, a cell's interior, and a cell's contour (its outermost pixel ring,
+including where it touches another cell). Interiors of touching cells are then separated
+by two contour pixels; each interior blob seeds a watershed that grows back over the
+contour, giving every cell its full extent.
+
+An instance map is int32 (H, W): 0 = background, 1..N = instances; `classes[i]` is the
+1-based label index of instance i (classes[0] = 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+from skimage.segmentation import watershed
+
+from labelloop.domain import Mask, Shape
+from labelloop.geometry import shape_mask
+
+REGION_KINDS = frozenset({"mask", "polygon", "ellipse"})
+_EIGHT = np.ones((3, 3), bool)
+
+
+def rasterize_instances(
+    shapes: Sequence[Shape],
+    labels: Sequence[str],
+    height: int,
+    width: int,
+    kinds: frozenset[str] = REGION_KINDS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Instance map and classes from region shapes, painted like `rasterize_classes`
+    (largest first, so a small cell touching a large one keeps its pixels).
+
+    A polygon or ellipse is one instance; a mask is one instance per connected part, since
+    masks often come from class-region PNGs where one file holds every cell of a class.
+    Instances painted over entirely are dropped.
+    """
+    index = {name: i + 1 for i, name in enumerate(labels)}
+    regions: list[tuple[int, int, np.ndarray]] = []
+    for s in shapes:
+        if s.kind not in kinds or s.label not in index:
+            continue
+        m = shape_mask(s, height, width)
+        if m is None or not m.any():
+            continue
+        if isinstance(s, Mask):
+            comp, n = ndimage.label(m, structure=_EIGHT)
+            for j in range(1, n + 1):
+                part = comp == j
+                regions.append((int(part.sum()), index[s.label], part))
+        else:
+            regions.append((int(m.sum()), index[s.label], m))
+    inst = np.zeros((height, width), np.int32)
+    cls = [0]
+    for _, c, m in sorted(regions, key=lambda r: -r[0]):
+        cls.append(c)
+        inst[m] = len(cls) - 1
+    return _relabel(inst, np.asarray(cls, np.int32))
+
+
+def contour_mask(inst: np.ndarray) -> np.ndarray:
+    """Instance pixels with an 8-neighbour of another instance or of background."""
+    hi = ndimage.maximum_filter(inst, size=3, mode="nearest")
+    lo = ndimage.minimum_filter(inst, size=3, mode="nearest")
+    return (inst > 0) & ((hi != inst) | (lo != inst))
+
+
+def instance_targets(inst: np.ndarray, classes: np.ndarray, n_labels: int) -> np.ndarray:
+    """uint8 training target: 0 background, l = interior of label l, n_labels + l = contour
+    of label l (l in 1..n_labels)."""
+    target = classes[inst].astype(np.uint8)
+    contour = contour_mask(inst)
+    target[contour] += n_labels
+    return target
+
+
+def instances_from_probs(
+    probs: np.ndarray, n_labels: int, *, min_area: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split the network's instance-mode softmax (1 + 2L, H, W) into instances.
+
+    Foreground is every pixel whose most likely class is not background. Each connected
+    interior blob of a label (at least min_area // 2 pixels) seeds a watershed over the
+    foreground, flooding from low to high contour probability; foreground no seed
+    reaches (e.g. a cell so small it is all contour) becomes an instance of its own with
+    its most likely label. Instances smaller than `min_area` pixels are dropped.
+    """
+    if probs.ndim != 3 or probs.shape[0] != 1 + 2 * n_labels:
+        raise ValueError(
+            f"expected instance probabilities of shape ({1 + 2 * n_labels}, H, W) for "
+            f"{n_labels} labels, got {probs.shape}"
+        )
+    top = probs.argmax(axis=0)
+    fg = top > 0
+    markers = np.zeros(top.shape, np.int32)
+    cls = [0]
+    for lab in range(1, n_labels + 1):
+        comp, n = ndimage.label(top == lab, structure=_EIGHT)
+        if n == 0:
+            continue
+        areas = np.bincount(comp.ravel())
+        for j in np.flatnonzero(areas[1:] >= max(1, min_area // 2)) + 1:
+            cls.append(lab)
+            markers[comp == j] = len(cls) - 1
+    contour = probs[1 + n_labels :].sum(axis=0)
+    inst = watershed(contour, markers, mask=fg) if len(cls) > 1 else np.zeros_like(markers)
+    inst = inst.astype(np.int32)
+    rest, n = ndimage.label(fg & (inst == 0), structure=_EIGHT)
+    if n:
+        # Per label, the summed interior + contour probability over each leftover blob.
+        per_label = probs[1 : 1 + n_labels] + probs[1 + n_labels :]
+        ids = np.arange(1, n + 1)
+        score = np.stack([ndimage.sum(per_label[k], rest, ids) for k in range(n_labels)])
+        offset = len(cls) - 1
+        inst[rest > 0] = rest[rest > 0] + offset
+        cls.extend((score.argmax(axis=0) + 1).tolist())
+    classes = np.asarray(cls, np.int32)
+    areas = np.bincount(inst.ravel(), minlength=len(classes))
+    small = np.flatnonzero(areas < min_area)
+    small = small[small > 0]
+    if small.size:
+        inst[np.isin(inst, small)] = 0
+    return _relabel(inst, classes)
+
+
+def semantic_map(inst: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """uint8 label map (0 background, l = label l) of an instance map."""
+    return classes[inst].astype(np.uint8)
+
+
+def _relabel(inst: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber instances 1..N in order, dropping ids with no pixels left."""
+    present = np.flatnonzero(np.bincount(inst.ravel(), minlength=len(classes)))
+    present = present[present > 0]
+    lut = np.zeros(len(classes), np.int32)
+    lut[present] = np.arange(1, len(present) + 1, dtype=np.int32)
+    return lut[inst], np.concatenate([[0], classes[present]]).astype(np.int32)
+
+
+def match_instances(
+    pred: np.ndarray,
+    pred_classes: np.ndarray,
+    truth: np.ndarray,
+    truth_classes: np.ndarray,
+    n_labels: int,
+    *,
+    iou: float = 0.5,
+) -> np.ndarray:
+    """True positives per label (index 1..n_labels; index 0 unused): pairs of a predicted
+    and a true instance of the same label overlapping with IoU > `iou`. At IoU > 0.5 a
+    true instance can match at most one prediction, so no assignment step is needed."""
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in size")
+    tp = np.zeros(n_labels + 1, np.int64)
+    n_p, n_t = int(pred.max(initial=0)), int(truth.max(initial=0))
+    if n_p == 0 or n_t == 0:
+        return tp
+    joint = np.bincount(
+        truth.astype(np.int64).ravel() * (n_p + 1) + pred.ravel(), minlength=(n_t + 1) * (n_p + 1)
+    ).reshape(n_t + 1, n_p + 1)
+    area_t, area_p = joint.sum(axis=1), joint.sum(axis=0)
+    inter = joint[1:, 1:]
+    union = area_t[1:, None] + area_p[None, 1:] - inter
+    hit = (inter > iou * union) & (truth_classes[1:, None] == pred_classes[None, 1:])
+    ti, _ = np.nonzero(hit)
+    np.add.at(tp, truth_classes[1:][ti], 1)
+    return tp

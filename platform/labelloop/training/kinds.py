@@ -1,0 +1,115 @@
+"""The model kinds the platform trains, behind one small interface and a name registry.
+
+A kind owns everything that differs between segmentation, detection and classification:
+its recipe class, how it trains from a frozen manifest, how it loads saved weights, how it
+is evaluated (and which metric the promotion gate compares), and how it predicts shapes
+and counts for new images. Runs, the registry, pool scoring, counting and push-back only
+talk to this interface, so they never branch on the task themselves.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from torch import nn
+
+from labelloop.domain import Shape
+from labelloop.errors import ConfigError
+from labelloop.training.harness import Progress, TrainOutcome
+from labelloop.training.recipe import BaseRecipe
+
+Fetch = Callable[[str], bytes]
+
+
+@dataclass
+class Prediction:
+    """A model's answer for one image, in that image's pixel coordinates.
+
+    `shapes` become pre-annotations and overlays (boxes carry their score); `counts` is
+    per label name (every label present, zeros included). `confidence` in [0, 1] is the
+    model's overall certainty for this image, the fallback for uncertainty scoring;
+    `arrays` holds what a kind's scoring methods need (e.g. "probs" (C, H, W) for
+    segmentation, "class_probs" (N, C) per detected box, "probs" (C,) for a classifier).
+    """
+
+    shapes: list[Shape]
+    counts: dict[str, int]
+    confidence: float
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class TrainFn(Protocol):
+    def __call__(
+        self,
+        manifest: dict[str, Any],
+        recipe: Any,
+        fetch: Fetch,
+        workdir: Path,
+        *,
+        on_progress: Progress | None = None,
+    ) -> TrainOutcome: ...
+
+
+class LoadFn(Protocol):
+    def __call__(self, weights: bytes | Path, recipe: Any, labels: Sequence[str]) -> nn.Module: ...
+
+
+class EvaluateFn(Protocol):
+    def __call__(
+        self,
+        model: nn.Module,
+        manifest: dict[str, Any],
+        fetch: Fetch,
+        *,
+        split: str,
+        labels: Sequence[str],
+        recipe: Any,
+    ) -> dict[str, Any]: ...
+
+
+class PredictFn(Protocol):
+    def __call__(
+        self,
+        model: nn.Module,
+        images: Sequence[np.ndarray],
+        *,
+        recipe: Any,
+        labels: Sequence[str],
+    ) -> list[Prediction]: ...
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One model kind. `primary_metric` is a key of `evaluate`'s result, higher is better:
+    the number the promotion gate compares on the frozen test split."""
+
+    task: str
+    recipe_cls: type[BaseRecipe]
+    primary_metric: str
+    train: TrainFn
+    load: LoadFn
+    evaluate: EvaluateFn
+    predict: PredictFn
+    default_scoring: str
+
+
+# task -> module that defines `KIND`, imported on first use.
+KIND_MODULES: dict[str, str] = {
+    "segmentation": "labelloop.training.segmentation_kind",
+    "detection": "labelloop.training.detection.kind",
+    "classification": "labelloop.training.classification.kind",
+}
+
+
+def get_kind(task: str) -> ModelKind:
+    module = KIND_MODULES.get(task)
+    if module is None:
+        raise ConfigError(
+            f"no model kind for task {task!r}; valid tasks: {', '.join(sorted(KIND_MODULES))}"
+        )
+    return importlib.import_module(module).KIND

@@ -1,0 +1,114 @@
+"""Building the network a recipe names, with errors that list what would have been valid.
+
+The network is a plain nn.Module (segmentation_models_pytorch); loss, metrics and the
+optimiser live in the LightningModule, so a saved state_dict reloads without Lightning.
+"""
+
+from __future__ import annotations
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from labelloop.errors import ConfigError, ExternalServiceError
+from labelloop.training.recipe import Recipe
+
+# Architectures whose decoder takes one channel count per encoder stage.
+_PER_STAGE_DECODERS = frozenset({"unet", "unetplusplus", "manet"})
+TIMM_PREFIX = "tu-"
+
+
+def valid_archs() -> list[str]:
+    return sorted(smp.MODEL_ARCHITECTURES_MAPPING)
+
+
+def valid_encoders() -> list[str]:
+    return sorted(smp.encoders.encoders)
+
+
+def _check_encoder(name: str) -> None:
+    if name in smp.encoders.encoders:
+        return
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        if timm.is_model(name[len(TIMM_PREFIX) :]):
+            return
+        raise ConfigError(
+            f"unknown timm encoder {name!r}: {name[len(TIMM_PREFIX) :]!r} is not a timm model "
+            "(see timm.list_models())"
+        )
+    raise ConfigError(
+        f"unknown encoder {name!r}; valid choices: {', '.join(valid_encoders())}, "
+        f"or '{TIMM_PREFIX}<timm model name>'"
+    )
+
+
+def output_channels(recipe: Recipe, n_labels: int) -> int:
+    """Channels the network needs for `n_labels` labels in the recipe's mode: background +
+    labels (multiclass), one per label (binary), background + interior and contour per
+    label (instance)."""
+    if recipe.mode == "binary":
+        return n_labels
+    if recipe.mode == "instance":
+        return 1 + 2 * n_labels
+    return n_labels + 1
+
+
+def build_network(recipe: Recipe, num_classes: int, *, pretrained: bool = True) -> nn.Module:
+    """A segmentation network with `num_classes` output channels (see `output_channels`;
+    for multiclass that is len(labels) + 1). Raw logits come out; softmax or sigmoid is
+    applied by the caller.
+
+    `pretrained=False` skips downloading `recipe.encoder_weights`, for when a state_dict
+    is about to overwrite them anyway.
+    """
+    arch = recipe.arch.lower()
+    if arch not in smp.MODEL_ARCHITECTURES_MAPPING:
+        raise ConfigError(
+            f"unknown architecture {recipe.arch!r}; valid choices: {', '.join(valid_archs())}"
+        )
+    _check_encoder(recipe.encoder)
+    least = {"binary": 1, "instance": 3}.get(recipe.mode, 2)
+    if num_classes < least:
+        raise ConfigError(
+            f"{recipe.mode} segmentation needs at least {least} output channels, got {num_classes}"
+        )
+    kwargs: dict = {"encoder_depth": recipe.encoder_depth}
+    if recipe.decoder_channels is not None:
+        if arch not in _PER_STAGE_DECODERS:
+            raise ConfigError(
+                f"decoder_channels applies only to {', '.join(sorted(_PER_STAGE_DECODERS))}; "
+                f"set it to null for {recipe.arch!r}"
+            )
+        kwargs["decoder_channels"] = list(recipe.decoder_channels)
+    weights = recipe.encoder_weights if pretrained else None
+    try:
+        return smp.create_model(
+            arch,
+            encoder_name=recipe.encoder,
+            encoder_weights=weights,
+            in_channels=3,
+            classes=num_classes,
+            **kwargs,
+        )
+    except (KeyError, ValueError, TypeError, AssertionError) as exc:
+        raise ConfigError(
+            f"cannot build {recipe.arch!r} with encoder {recipe.encoder!r} "
+            f"(depth {recipe.encoder_depth}, weights {weights!r}): {exc}"
+        ) from exc
+    except OSError as exc:
+        # Downloading pretrained weights is the only network access here.
+        raise ExternalServiceError(
+            f"cannot fetch encoder weights {weights!r} for {recipe.encoder!r}: {exc}"
+        ) from exc
+
+
+def channels_last_on_cpu(model: nn.Module, device: torch.device) -> bool:
+    """Switch the model to channels-last memory on CPU, where oneDNN convolutions run
+    markedly faster that way (about 1.2x training, 1.5-2x inference on 2 cores); weights,
+    outputs and saved state dicts are the same. True when callers should convert inputs."""
+    if device.type != "cpu":
+        return False
+    model.to(memory_format=torch.channels_last)
+    return True

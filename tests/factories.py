@@ -1,0 +1,125 @@
+"""Small factories for real files: PNG images and Label Studio exports as the tool writes them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from labelloop.imaging import encode_png
+
+
+def png(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    return encode_png(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def rect(
+    label: str,
+    x: float,
+    y: float,
+    w: float,
+    h: float,
+    *,
+    width: int = 64,
+    height: int = 48,
+    rid: str = "r1",
+    from_name: str = "box",
+) -> dict:
+    """A rectanglelabels result in percent, as Label Studio exports it."""
+    return {
+        "id": rid,
+        "type": "rectanglelabels",
+        "from_name": from_name,
+        "to_name": "image",
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "value": {
+            "x": x,
+            "y": y,
+            "width": w,
+            "height": h,
+            "rotation": 0,
+            "rectanglelabels": [label],
+        },
+    }
+
+
+def poly(
+    label: str, points: list[list[float]], *, width: int = 64, height: int = 48, rid: str = "p1"
+) -> dict:
+    return {
+        "id": rid,
+        "type": "polygonlabels",
+        "from_name": "poly",
+        "to_name": "image",
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "value": {"points": points, "polygonlabels": [label], "closed": True},
+    }
+
+
+def task(
+    task_id: int,
+    image: str,
+    results: list[list[dict]] | None = None,
+    *,
+    project: int = 7,
+    cancelled: bool = False,
+) -> dict:
+    anns = [
+        {
+            "id": task_id * 100 + i,
+            "completed_by": 1,
+            "result": r,
+            "was_cancelled": cancelled,
+            "ground_truth": False,
+            "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": f"2026-01-0{i + 1}T00:00:00Z",
+            "lead_time": 3.2,
+            "task": task_id,
+        }
+        for i, r in enumerate(results or [])
+    ]
+    return {
+        "id": task_id,
+        "data": {"image": f"/data/local-files/?d={image}"},
+        "annotations": anns,
+        "predictions": [],
+        "project": project,
+        "meta": {},
+        "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:00:00Z",
+    }
+
+
+def write_export(folder: Path, tasks: list[dict], images: dict[str, bytes]) -> Path:
+    for name, data in images.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    path = folder / "export.json"
+    path.write_text(json.dumps(tasks))
+    return path
+
+
+def small_export(folder: Path, n: int = 3) -> Path:
+    """n annotated tasks (RBC + WBC boxes, a Platelets polygon) and their images."""
+    images = {f"images/img{i}.png": png(seed=i) for i in range(n)}
+    tasks = [
+        task(
+            i + 1,
+            f"images/img{i}.png",
+            [
+                [
+                    rect("RBC", 10, 10, 20, 20, rid=f"a{i}"),
+                    rect("WBC", 50, 40, 30, 30, rid=f"b{i}"),
+                    poly("Platelets", [[70, 70], [80, 70], [80, 85]], rid=f"c{i}"),
+                ]
+            ],
+        )
+        for i in range(n)
+    ]
+    return write_export(folder, tasks, images)

@@ -1,0 +1,74 @@
+"""The whole loop through a real `celery worker` process, Redis broker and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from labelloop.context import Context, set_context
+from labelloop.db.models import AnnotationRound, ModelVersion, Push, RoundItem, Score, TrainingRun
+from labelloop.projects import create_project
+from tests.factories import png, small_export
+
+pytestmark = pytest.mark.integration
+
+TINY = {"epochs": 1, "batch_size": 2, "image_size": 64}
+
+
+def _count(ctx: Context, model, *where) -> int:
+    with ctx.db.session() as s:
+        return s.scalar(select(func.count()).select_from(model).where(*where))
+
+
+def test_round_pipeline_on_real_worker(service_settings, start_worker, celery_app, tmp_path):
+    from labelloop_workers import tasks
+    from labelloop_workers.pipeline import round_pipeline
+
+    ctx = Context(service_settings)
+    set_context(ctx)
+    with ctx.db.session() as s:
+        create_project(s, "celery-e2e", "segmentation", ["RBC", "WBC", "Platelets"])
+    export = small_export(tmp_path / "src", n=8)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(5):
+        (pool / f"p{i}.png").write_bytes(png(seed=100 + i))
+    worker = start_worker()
+    sig = round_pipeline(
+        "celery-e2e",
+        budget=3,
+        overrides=TINY,
+        out_dir=str(tmp_path / "out"),
+        sources=[{"path": str(export)}, {"path": str(pool)}],
+    )
+    state = sig.apply_async().get(timeout=600)
+    assert state["ingests"][0]["annotations_new"] == 8
+    assert state["ingests"][1]["unlabeled"] == 5
+    mv_id = state["model_version_id"]
+    assert _count(ctx, Score, Score.model_version_id == mv_id) == 5
+    assert _count(ctx, RoundItem, RoundItem.round_id == state["round_id"]) == 3
+    assert (Path(state["push_destination"]) / "tasks.json").is_file()
+    with ctx.db.session() as s:
+        mv = s.get(ModelVersion, mv_id)
+        assert mv.stage == "production" and "mean_dice" in mv.metrics["test"]
+        assert s.get(TrainingRun, state["training_run_id"]).status == "succeeded"
+
+    # Re-running the training task for the same dataset version and recipe is a no-op.
+    again = tasks.train.delay(
+        {"project": "celery-e2e", "dataset_version_id": state["dataset_version_id"]}, overrides=TINY
+    ).get(timeout=120)
+    assert again["model_version_id"] == mv_id
+    assert _count(ctx, ModelVersion, ModelVersion.project_id == mv.project_id) == 1
+    assert _count(ctx, TrainingRun, TrainingRun.project_id == mv.project_id) == 1
+    # ...and so is re-running select with the same parameters.
+    sel = tasks.select.delay({**state}, budget=3).get(timeout=60)
+    assert sel["round_id"] == state["round_id"]
+    assert _count(ctx, AnnotationRound, AnnotationRound.project_id == mv.project_id) == 1
+    assert _count(ctx, Push, Push.round_id == state["round_id"]) == 1
+    # The nightly round stops early: nothing new to learn from.
+    nightly = tasks.project_round.delay("celery-e2e", 3).get(timeout=60)
+    assert nightly["stopped"].startswith("no new annotations")
+    assert _count(ctx, TrainingRun, TrainingRun.project_id == mv.project_id) == 1
+    assert "succeeded" in worker.tail(200_000)

@@ -1,0 +1,84 @@
+"""`labelloop push --to labelstudio`: a real round lands in a real Label Studio server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from labelloop.cli.main import app
+from labelloop.config import Settings
+from labelloop.context import Context, set_context
+from labelloop.datasets import freeze
+from labelloop.db import migrate
+from labelloop.formats.labelstudio import results_to_shapes
+from labelloop.ingest import ingest_path
+from labelloop.pool import score_pool
+from labelloop.projects import create_project
+from labelloop.runs import execute_run, request_run
+from labelloop.selection import select_round
+from labelloop.sinks.labelstudio import LabelStudioSink
+from tests.factories import png, small_export
+
+pytestmark = [pytest.mark.integration, pytest.mark.labelstudio]
+
+
+def test_cli_push_creates_tasks_with_predictions(labelstudio, tmp_path, monkeypatch):
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("LABELLOOP_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("LABELLOOP_LABELSTUDIO_URL", labelstudio.url)
+    monkeypatch.setenv("LABELLOOP_LABELSTUDIO_TOKEN", labelstudio.token)
+    for var in ("LABELLOOP_DATABASE_URL", "LABELLOOP_BLOB_URL", "LABELLOOP_BROKER_URL"):
+        monkeypatch.delenv(var, raising=False)
+    settings = Settings()
+    migrate.upgrade(settings.database_url)
+    ctx = Context(settings)
+    set_context(ctx)
+    with ctx.db.session() as s:
+        create_project(s, "ls-push", "segmentation", ["RBC", "WBC", "Platelets"])
+    ingest_path(ctx, "ls-push", small_export(tmp_path / "src", n=6))
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(5):
+        (pool / f"u{i}.png").write_bytes(png(seed=70 + i))
+    ingest_path(ctx, "ls-push", pool)
+    req = request_run(
+        ctx,
+        freeze(ctx, "ls-push").dataset_version_id,
+        overrides={"epochs": 1, "batch_size": 2, "image_size": 64},
+    )
+    mv = execute_run(ctx, req.run_id)
+    score_pool(ctx, mv)
+    rnd = select_round(ctx, "ls-push", budget=3, model_version_id=mv)
+
+    runner = CliRunner()
+    args = ["push", "--project", "ls-push", "--to", "labelstudio", "--ls-title", "smears", "--json"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    out = json.loads(first.stdout)
+    assert out["tasks"] == 3 and out["destination"].startswith(labelstudio.url)
+
+    sink = LabelStudioSink(labelstudio.url, labelstudio.token)
+    project_id = int(out["destination"].rsplit("/", 1)[1])
+    tasks = sink.tasks(project_id)
+    assert len(tasks) == 3
+    by_image = {str(t["data"]["labelloop_image_id"]): t for t in tasks}
+    assert set(by_image) == {str(i) for i, _, _ in rnd.items}
+    for image_id, _rank, score in rnd.items:
+        task = by_image[str(image_id)]
+        assert task["data"]["labelloop_round"] == rnd.number
+        assert task["data"]["uncertainty"] == pytest.approx(score)
+        assert str(task["id"]) == out["id_map"][str(image_id)]
+        preds = sink.predictions(task["id"])
+        assert len(preds) == 1
+        assert preds[0]["model_version"] == out["model_version"]
+        assert preds[0]["score"] == pytest.approx(1 - score, abs=1e-5)
+        shapes = results_to_shapes(preds[0]["result"], file="ls", record=str(task["id"]))
+        assert shapes and all(s.kind == "mask" for s in shapes)
+
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["id_map"] == out["id_map"]
+    assert len(sink.tasks(project_id)) == 3
+    assert all(len(sink.predictions(t["id"])) == 1 for t in sink.tasks(project_id))

@@ -1,0 +1,146 @@
+"""The command line as a user meets it: JSON output, exit code 2 with a clear message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from labelloop.cli.main import app
+from tests.factories import small_export
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABELLOOP_DATA_DIR", str(tmp_path / "data"))
+    for var in ("LABELLOOP_DATABASE_URL", "LABELLOOP_BLOB_URL", "LABELLOOP_BROKER_URL"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path / "data"
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_help_lists_every_stage():
+    result = run("--help")
+    assert result.exit_code == 0
+    for cmd in ("ingest", "dataset", "train", "score", "select", "push", "status", "demo", "db"):
+        assert cmd in result.output
+
+
+def test_project_ingest_freeze_status_json(tmp_path):
+    r = run(
+        "project",
+        "create",
+        "cells",
+        "--task",
+        "segmentation",
+        "--labels",
+        "RBC,WBC,Platelets",
+        "--json",
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["created"] is True
+    export = small_export(tmp_path, n=4)
+    r = run("ingest", str(export), "--project", "cells", "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    assert report["shapes_per_class"] == {"RBC": 4, "WBC": 4, "Platelets": 4}
+    assert report["skipped"] == []
+    r = run("dataset", "freeze", "--project", "cells", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["number"] == 1
+    r = run("status", "--project", "cells", "--json")
+    st = json.loads(r.output)
+    assert st["images"] == {"total": 4, "labelled": 4, "unlabeled": 0}
+    assert st["annotations_per_class"]["WBC"] == 4
+    assert len(st["dataset_versions"]) == 1 and st["model_versions"] == []
+
+
+def test_unknown_task_is_exit_2_with_choices():
+    r = run("project", "create", "x", "--task", "tracking", "--labels", "A")
+    assert r.exit_code == 2
+    assert "unknown task 'tracking'" in r.output and "segmentation" in r.output
+
+
+def test_missing_project_names_existing_ones(tmp_path):
+    run("project", "create", "alpha", "--task", "segmentation", "--labels", "A")
+    r = run("status", "--project", "beta", "--json")
+    assert r.exit_code == 2
+    assert json.loads(r.stdout)["type"] == "NotFoundError"
+    assert "alpha" in r.output
+
+
+def test_ingest_missing_file_is_exit_2(tmp_path):
+    run("project", "create", "cells", "--task", "segmentation", "--labels", "RBC")
+    r = run("ingest", str(tmp_path / "nope.json"), "--project", "cells")
+    assert r.exit_code == 2
+    assert "nope.json" in r.output and "no such file" in r.output
+
+
+def test_select_without_a_model_explains_what_to_do(tmp_path):
+    run("project", "create", "cells", "--task", "segmentation", "--labels", "RBC,WBC,Platelets")
+    run("ingest", str(small_export(tmp_path, n=2)), "--project", "cells")
+    r = run("select", "--project", "cells", "--budget", "3")
+    assert r.exit_code == 2
+    assert "run `labelloop train`" in r.output
+
+
+def test_console_script_exit_code(tmp_path, data_dir):
+    """The installed entry point, as a shell sees it."""
+    exe = [sys.executable, "-m", "labelloop.cli", "status", "--project", "none"]
+    proc = subprocess.run(
+        exe,
+        capture_output=True,
+        text=True,
+        env={"LABELLOOP_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "no project named 'none'" in proc.stderr
+
+
+def test_ingest_help_names_every_registered_format():
+    from labelloop.ingest.formats import formats
+
+    result = run("ingest", "--help")
+    for name in formats():
+        assert name in result.output
+
+
+def test_pipeline_run_through_the_embedded_worker(tmp_path):
+    from tests.factories import png
+
+    run("project", "create", "pipe", "--task", "segmentation", "--labels", "RBC,WBC,Platelets")
+    export = small_export(tmp_path / "src", n=6)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(4):
+        (pool / f"u{i}.png").write_bytes(png(seed=30 + i))
+    r = run(
+        "pipeline",
+        "run",
+        "--project",
+        "pipe",
+        "--budget",
+        "2",
+        "--epochs",
+        "1",
+        "--source",
+        str(export),
+        "--source",
+        str(pool),
+        "--json",
+    )
+    assert r.exit_code == 0, r.output
+    state = json.loads(r.stdout)
+    assert [i["format"] for i in state["ingests"]] == ["labelstudio", "images"]
+    assert state["score"]["scored"] == 4
+    assert {"dataset_version_id", "model_version_id", "round_id", "push_id"} <= set(state)
+    st = json.loads(run("status", "--project", "pipe", "--json").stdout)
+    assert st["model_versions"][0]["epochs"] == 1
+    assert st["rounds"][0]["size"] == 2 and st["rounds"][0]["pushes"][0]["tasks"] == 2

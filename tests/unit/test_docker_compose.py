@@ -1,0 +1,257 @@
+"""The deployment files in docker/: start order, health checks, queues, shared settings.
+
+No Docker engine is needed: compose.yml is read as YAML and the Dockerfiles as text, and
+the values are checked against the code they deploy (queue table, Settings fields). When a
+Compose CLI is installed, it also validates and interpolates compose.yml.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from labelloop.config import Settings
+from labelloop_workers.routes import QUEUES
+
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
+COMPOSE = DOCKER / "compose.yml"
+ENV_EXAMPLE = DOCKER / ".env.example"
+DOCKERFILES = ("Dockerfile", "Dockerfile.gpu")
+WORKERS = ("worker-cpu", "worker-gpu", "worker-train-cpu")
+DB_CLIENTS = (*WORKERS, "beat")
+LABELLOOP_SERVICES = ("prestart", *DB_CLIENTS)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict) -> dict:
+    return compose["services"]
+
+
+def _queues(command: list[str]) -> set[str]:
+    """The queues a `celery ... worker -Q a,b` command consumes."""
+    assert command[:3] == ["celery", "-A", "labelloop_workers.app"], command
+    assert "worker" in command, command
+    return set(command[command.index("-Q") + 1].split(","))
+
+
+def _option(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+def _env_example() -> dict[str, str]:
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def test_stack_has_its_services_and_no_api_yet(services: dict) -> None:
+    assert set(services) == {"postgres", "redis", "label-studio", *LABELLOOP_SERVICES}
+
+
+def test_prestart_migrates_once_postgres_is_healthy(services: dict) -> None:
+    prestart = services["prestart"]
+    assert prestart["command"] == ["labelloop", "db", "upgrade"]
+    assert prestart["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert prestart["restart"] == "no"
+    assert prestart["environment"]["LABELLOOP_MIGRATIONS_DIR"] == "/app/migrations"
+
+
+@pytest.mark.parametrize("name", DB_CLIENTS)
+def test_database_clients_wait_for_migrations(services: dict, name: str) -> None:
+    deps = services[name]["depends_on"]
+    assert deps["prestart"] == {"condition": "service_completed_successfully"}
+    assert deps["postgres"] == {"condition": "service_healthy"}
+    assert deps["redis"] == {"condition": "service_healthy"}
+
+
+def test_infrastructure_has_real_healthchecks(services: dict) -> None:
+    tests = {
+        name: " ".join(services[name]["healthcheck"]["test"])
+        for name in ("postgres", "redis", "label-studio")
+    }
+    assert "pg_isready -h 127.0.0.1" in tests["postgres"]
+    assert "redis-cli ping" in tests["redis"]
+    assert "http://127.0.0.1:8080/health" in tests["label-studio"]
+    for name in tests:
+        assert "disable" not in services[name]["healthcheck"]
+
+
+def test_workers_consume_every_queue_of_the_routing_table(services: dict) -> None:
+    cpu, gpu = services["worker-cpu"]["command"], services["worker-gpu"]["command"]
+    assert _queues(cpu) == {"io", "cpu"}
+    assert _queues(gpu) == {"gpu"}
+    # Training: one task at a time, in the worker process that holds the GPU.
+    assert _option(gpu, "-P") == "solo" and _option(gpu, "-c") == "1"
+    assert services["worker-train-cpu"]["command"] == gpu
+    assert set().union(*(_queues(services[w]["command"]) for w in WORKERS)) == set(QUEUES)
+    assert services["beat"]["command"][:4] == ["celery", "-A", "labelloop_workers.app", "beat"]
+
+
+def test_gpu_workers_are_optional_profiles(services: dict) -> None:
+    assert services["worker-gpu"]["profiles"] == ["gpu"]
+    assert services["worker-train-cpu"]["profiles"] == ["cpu-training"]
+    devices = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert services["worker-gpu"]["build"]["dockerfile"] == "docker/Dockerfile.gpu"
+    for name in ("postgres", "redis", "label-studio", "prestart", "worker-cpu", "beat"):
+        assert "profiles" not in services[name], name
+
+
+def test_env_anchor_reaches_every_labelloop_service(compose: dict, services: dict) -> None:
+    assert re.search(r"^x-labelloop-env: &labelloop-env$", COMPOSE.read_text(), re.MULTILINE)
+    env = compose["x-labelloop-env"]
+    assert env["LABELLOOP_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert "@postgres:5432/" in env["LABELLOOP_DATABASE_URL"]
+    assert env["LABELLOOP_BROKER_URL"] == "redis://redis:6379/0"
+    assert env["LABELLOOP_LABELSTUDIO_URL"] == "http://label-studio:8080"
+    for name in LABELLOOP_SERVICES:
+        assert services[name]["environment"] == env, name
+
+
+def test_env_anchor_names_only_real_settings(compose: dict) -> None:
+    """A misspelt LABELLOOP_* variable would be ignored silently by Settings."""
+    fields = {f"LABELLOOP_{name.upper()}" for name in Settings.model_fields}
+    fields.add("LABELLOOP_MIGRATIONS_DIR")  # read by labelloop.db.migrate, not Settings
+    names = {k for k in compose["x-labelloop-env"] if k.startswith("LABELLOOP_")}
+    assert names - fields == set()
+    assert {"LABELLOOP_DATABASE_URL", "LABELLOOP_BROKER_URL", "LABELLOOP_DATA_DIR"} <= names
+
+
+def _tested_label_studio() -> str:
+    """The Label Studio version the integration tests run against (Makefile)."""
+    makefile = (DOCKER.parent / "Makefile").read_text()
+    return re.search(r"^LABEL_STUDIO_VERSION \?= (\S+)$", makefile, re.MULTILINE).group(1)
+
+
+def test_label_studio_sees_the_workers_data_read_only(services: dict) -> None:
+    ls = services["label-studio"]
+    image = f"heartexlabs/label-studio:{_tested_label_studio()}"
+    assert ls["image"] == f"${{LABEL_STUDIO_IMAGE:-{image}}}"
+    assert ls["ports"] == ["${LABEL_STUDIO_PORT:-8080}:8080"]
+    env = ls["environment"]
+    assert env["LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED"] == "true"
+    root = env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"]
+    assert f"labelloop-data:{root}:ro" in ls["volumes"]
+    # Outside /label-studio: the image's entrypoint may chown what lies under it.
+    assert not root.startswith("/label-studio")
+    for name in LABELLOOP_SERVICES:
+        assert "labelloop-data:/data" in services[name]["volumes"], name
+    assert services["worker-cpu"]["environment"]["LABELLOOP_DATA_DIR"] == "/data"
+
+
+def test_every_volume_is_a_declared_named_volume(compose: dict, services: dict) -> None:
+    used = {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])}
+    assert used == set(compose["volumes"])
+    assert not any(v.startswith((".", "/")) for v in used)
+
+
+def test_env_example_defines_every_required_variable() -> None:
+    required = set(re.findall(r"\$\{(\w+):\?", COMPOSE.read_text()))
+    assert required == {"POSTGRES_PASSWORD", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN"}
+    example = _env_example()
+    assert required <= set(example)
+    assert all(example[name] for name in required)
+    # Label Studio stores the token in a 40-character column.
+    assert 6 <= len(example["LABEL_STUDIO_USER_TOKEN"]) <= 40
+
+
+def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    lines = [ln for ln in dockerfile.read_text().splitlines() if not ln.lstrip().startswith("#")]
+    text = re.sub(r"\\\n", " ", "\n".join(lines))
+    return [
+        (ln.split(None, 1)[0].upper(), ln.split(None, 1)[1])
+        for ln in text.splitlines()
+        if ln.strip()
+    ]
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerfile_runs_as_non_root_and_installs_with_constraints(name: str) -> None:
+    instructions = _instructions(DOCKER / name)
+    stages = [i for i, (op, _) in enumerate(instructions) if op == "FROM"]
+    final = instructions[stages[-1] :]
+    users = [arg for op, arg in final if op == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    commands = [c.strip() for op, arg in instructions if op == "RUN" for c in arg.split("&&")]
+    installs = [c.split() for c in commands if c.startswith("pip install")]
+    project = [c for c in installs if "." in c]
+    assert project and all("--upgrade" not in c for c in project), installs
+    for cmd in installs:
+        if cmd != ["pip", "install", "--upgrade", "pip"]:
+            assert cmd[2:4] == ["-c", "constraints.txt"], cmd
+    assert ("ARG", 'TORCH_INDEX_URL=""') in instructions
+    copies = [arg for op, arg in final if op == "COPY"]
+    assert "migrations ./migrations" in copies and "alembic.ini ./" in copies
+    env = " ".join(arg for op, arg in final if op == "ENV")
+    assert "LABELLOOP_MIGRATIONS_DIR=/app/migrations" in env
+    assert any(op == "HEALTHCHECK" for op, _ in final)
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerignore_lets_in_what_the_dockerfile_copies(name: str) -> None:
+    ignore = (DOCKER / f"{name}.dockerignore").read_text().splitlines()
+    assert ignore[ignore.index("*") + 1 :]  # an allow-list: everything else stays out
+    sources = [
+        arg.split()[:-1]
+        for op, arg in _instructions(DOCKER / name)
+        if op == "COPY" and not arg.startswith("--from")
+    ]
+    for source in (s for group in sources for s in group):
+        assert f"!{source}" in ignore, source
+
+
+def _compose_cli() -> list[str] | None:
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    found = shutil.which("docker-compose")
+    return [found] if found else None
+
+
+def test_compose_cli_accepts_and_interpolates_the_file() -> None:
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    # A clean environment: only .env.example feeds the interpolation.
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    base = [*cli, "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE)]
+    check = subprocess.run([*base, "config", "-q"], capture_output=True, text=True, env=env)
+    assert check.returncode == 0, check.stderr
+    out = subprocess.run(
+        [*base, "--profile", "gpu", "--profile", "cpu-training", "config"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+    resolved = yaml.safe_load(out)["services"]
+    example = _env_example()
+    url = (
+        f"postgresql+psycopg://{example['POSTGRES_USER']}:{example['POSTGRES_PASSWORD']}"
+        f"@postgres:5432/{example['POSTGRES_DB']}"
+    )
+    for name in LABELLOOP_SERVICES:
+        assert resolved[name]["environment"]["LABELLOOP_DATABASE_URL"] == url, name
+    assert resolved["label-studio"]["image"] == f"heartexlabs/label-studio:{_tested_label_studio()}"
+    missing = subprocess.run(
+        [*cli, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, env=env
+    )
+    if not (DOCKER / ".env").exists():  # a developer's own docker/.env would fill the gaps
+        assert missing.returncode != 0
+        assert "in docker/.env" in missing.stderr + missing.stdout  # the `:?` message

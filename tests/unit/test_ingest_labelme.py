@@ -1,0 +1,226 @@
+"""LabelMe JSON ingest end to end: every shape type, embedded images, and broken files."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image as PILImage
+from sqlalchemy import select
+
+from labelloop.db.models import Image
+from labelloop.errors import InputError
+from labelloop.geometry import decode_mask
+from labelloop.ingest import ingest_path
+from labelloop.ingest.formats import detect_format
+from tests.factories import png
+from tests.unit.ingest_fixtures import (
+    NOTHING,
+    active_shapes,
+    item_meta,
+    make_project,
+    mutated,
+    read_all,
+    row_counts,
+)
+
+CELLS = ["RBC", "WBC", "Platelets"]
+
+
+def _mask_b64(region: np.ndarray) -> str:
+    buf = io.BytesIO()
+    PILImage.fromarray(region.astype(np.uint8)).save(buf, format="PNG")  # 0/1, as LabelMe
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def shape(label: str, kind: str, points: list, **extra) -> dict:
+    return {
+        "label": label,
+        "points": points,
+        "group_id": None,
+        "description": "",
+        "shape_type": kind,
+        "flags": {},
+        "mask": None,
+        **extra,
+    }
+
+
+def labelme(image_path: str, shapes: list[dict], *, data: str | None = None, size=(64, 48)):
+    return {
+        "version": "5.5.0",
+        "flags": {},
+        "shapes": shapes,
+        "imagePath": image_path,
+        "imageData": data,
+        "imageHeight": size[1],
+        "imageWidth": size[0],
+    }
+
+
+REGION = np.zeros((6, 8), dtype=bool)
+REGION[1:5, 2:7] = True  # 20 pixels
+ALL_KINDS = [
+    shape("RBC", "rectangle", [[30, 20], [10, 4]]),
+    shape("WBC", "polygon", [[40, 10], [60, 10], [60, 30], [40, 30]], group_id=3),
+    shape("Platelets", "circle", [[20, 30], [23, 34]]),
+    shape("Platelets", "point", [[5, 5]]),
+    shape("RBC", "line", [[1, 1], [9, 9]]),
+    shape("RBC", "linestrip", [[1, 1], [9, 9], [5, 2]]),
+    shape("RBC", "mask", [[50, 40], [57, 45]], mask=_mask_b64(REGION)),
+]
+
+
+@pytest.fixture
+def project(ctx):
+    return make_project(ctx, "cells", "segmentation", CELLS)
+
+
+def _write(folder: Path, name: str, doc: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_every_shape_type(ctx, project, tmp_path):
+    (tmp_path / "a.png").write_bytes(png(seed=1))
+    _write(tmp_path, "a.json", labelme("a.png", ALL_KINDS))
+    assert detect_format(tmp_path) == "labelme"
+    report = ingest_path(ctx, project, tmp_path)
+    assert (report.format, report.records, report.annotations_new) == ("labelme", 1, 1)
+    assert report.shapes_per_kind == {
+        "box": 1,
+        "polygon": 1,
+        "ellipse": 1,
+        "keypoint": 1,
+        "mask": 1,
+    }
+    shapes = {s["kind"]: s for s in active_shapes(ctx)}
+    box = shapes["box"]
+    assert (box["x"], box["y"], box["w"], box["h"]) == (10, 4, 20, 16)
+    assert shapes["polygon"]["attributes"] == {"group_id": 3}
+    assert (shapes["ellipse"]["rx"], shapes["ellipse"]["ry"]) == (5, 5)
+    mask = decode_mask(shapes["mask"]["size"], shapes["mask"]["counts"])
+    assert mask.shape == (48, 64) and mask.sum() == 20
+    assert mask[41:45, 52:57].all()  # the region's (1:5, 2:7) at corner (50, 40)
+    assert item_meta(ctx)["a"]["ignored_shapes"] == {"line": 1, "linestrip": 1}
+
+
+def test_embedded_image_data_when_the_file_is_absent(ctx, project, tmp_path):
+    data = png(seed=4)
+    doc = labelme("gone/a.png", [ALL_KINDS[0]], data=base64.b64encode(data).decode())
+    _write(tmp_path / "ann", "a.json", doc)
+    report = ingest_path(ctx, project, tmp_path / "ann")
+    assert report.images_new == 1
+    with ctx.db.session() as s:
+        assert s.scalar(select(Image.sha256)) == hashlib.sha256(data).hexdigest()
+    assert item_meta(ctx)["a"]["image_path"] == "embedded imageData"
+
+
+def test_windows_image_path_outside_the_json_folder_needs_image_root(ctx, project, tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(png(seed=2))
+    _write(tmp_path / "ann", "a.json", labelme("..\\images\\a.png", [ALL_KINDS[0]]))
+    with pytest.raises(InputError, match=r"pass --image-root"):
+        ingest_path(ctx, project, tmp_path / "ann")
+    assert row_counts(ctx) == NOTHING
+    report = ingest_path(ctx, project, tmp_path / "ann", image_root=tmp_path)
+    assert report.annotations_new == 1
+
+
+def test_a_single_json_file(ctx, project, tmp_path):
+    (tmp_path / "a.png").write_bytes(png(seed=1))
+    path = _write(tmp_path, "a.json", labelme("a.png", ALL_KINDS[:2]))
+    assert detect_format(path) == "labelme"
+    assert ingest_path(ctx, project, path).shapes_per_class == {"RBC": 1, "WBC": 1}
+
+
+@pytest.mark.parametrize(
+    ("bad", "record", "reason"),
+    [
+        (shape("RBC", "polygon", [[1, 1], [5, 5]]), "shape 1 (RBC)", "needs at least 3 points"),
+        (shape("RBC", "cuboid", [[1, 1]]), "shape 1 (RBC)", "unsupported shape_type 'cuboid'"),
+        (shape("RBC", "circle", [[9, 9], [9, 9]]), "shape 1 (RBC)", "zero radius"),
+        (shape("", "point", [[9, 9]]), "shape 1", "shape has no label"),
+        (shape("RBC", "point", [["x", 9]]), "shape 1 (RBC)", "x 'x' is not a number"),
+        (
+            shape("RBC", "mask", [[60, 45], [67, 50]], mask=_mask_b64(REGION)),
+            "shape 1 (RBC)",
+            "does not fit the 64x48 image",
+        ),
+    ],
+)
+def test_bad_shapes_name_file_shape_and_reason(ctx, project, tmp_path, bad, record, reason):
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.png").write_bytes(png(seed=ord(name)))
+    _write(tmp_path, "a.json", labelme("a.png", [ALL_KINDS[0]]))
+    _write(tmp_path, "b.json", labelme("b.png", [bad]))
+    with pytest.raises(InputError) as err:
+        ingest_path(ctx, project, tmp_path)
+    assert err.value.file.endswith("b.json")
+    assert err.value.record == f"image b / {record}"
+    assert reason in err.value.reason
+    assert row_counts(ctx) == NOTHING
+    report = ingest_path(ctx, project, tmp_path, skip_invalid=True)
+    assert report.annotations_new == 1 and len(report.skipped) == 1
+
+
+def test_file_level_defects_are_record_errors(ctx, project, tmp_path):
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / f"{name}.png").write_bytes(png(seed=ord(name)))
+    _write(tmp_path, "a.json", labelme("a.png", [ALL_KINDS[0]]))
+    truncated = json.dumps(labelme("b.png", ALL_KINDS))[:-30]
+    (tmp_path / "b.json").write_text(truncated)
+    _write(tmp_path, "c.json", labelme("c.png", [ALL_KINDS[0]], size=(640, 480)))
+    _write(tmp_path, "d.json", labelme("../../etc/d.png", [ALL_KINDS[0]]))
+    (tmp_path / "d.png").unlink()
+    (tmp_path / "e.json").write_text('{"not": "labelme"}')
+    report = ingest_path(ctx, project, tmp_path, skip_invalid=True)
+    assert report.annotations_new == 1
+    reasons = {s.record: s.reason for s in report.skipped}
+    assert reasons["image b"].startswith("invalid JSON")
+    assert "say 640x480 but the image is 64x48" in reasons["image c"]
+    assert "not found next to the JSON" in reasons["image d"]
+    assert "not a LabelMe file" in reasons["image e"]
+
+
+def test_reingest_is_idempotent(ctx, project, tmp_path):
+    (tmp_path / "a.png").write_bytes(png(seed=1))
+    _write(tmp_path, "a.json", labelme("a.png", ALL_KINDS))
+    ingest_path(ctx, project, tmp_path)
+    before = row_counts(ctx)
+    again = ingest_path(ctx, project, tmp_path)
+    assert (again.annotations_new, again.annotations_unchanged) == (0, 1)
+    assert row_counts(ctx) == before
+
+
+_VALID = json.dumps(labelme("a.png", ALL_KINDS), indent=1).encode()
+
+
+def _fuzz(doc: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "a.png").write_bytes(png())
+        (root / "a.json").write_bytes(doc)
+        read_all("labelme", root)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=400))
+def test_fuzz_arbitrary_bytes_only_raise_input_errors(data):
+    _fuzz(data)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated(_VALID))
+def test_fuzz_mutated_json_only_raises_input_errors(data):
+    _fuzz(data)

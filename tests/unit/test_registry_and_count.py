@@ -1,0 +1,169 @@
+"""The model registry as an ML engineer uses it: versions, the promotion gate, forced
+promotion with a reason, resumable runs through the blob store, and `labelloop count`."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from labelloop.cli.main import app
+from labelloop.config import Settings
+from labelloop.context import Context
+from labelloop.datasets import freeze
+from labelloop.db.models import ModelVersion, Promotion, TrainingRun
+from labelloop.errors import ConfigError
+from labelloop.ingest import ingest_path
+from labelloop.projects import create_project
+from labelloop.registry import load_model_version
+from labelloop.runs import execute_run, request_run
+from labelloop.training.recipe import parse_recipe
+from tests.factories import png, small_export
+
+TINY = {"epochs": 1, "batch_size": 2, "image_size": 64}
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def cli_env(ctx, monkeypatch):
+    """The CLI builds its own settings from the environment: point them at `ctx`."""
+    monkeypatch.setenv("LABELLOOP_DATA_DIR", str(ctx.settings.data_dir))
+    for var in ("LABELLOOP_DATABASE_URL", "LABELLOOP_BLOB_URL", "LABELLOOP_BROKER_URL"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def project(ctx, tmp_path):
+    with ctx.db.session() as s:
+        create_project(s, "reg", "segmentation", ["RBC", "WBC", "Platelets"])
+    src = small_export(tmp_path / "src", n=6)
+    ingest_path(ctx, "reg", src)
+    return freeze(ctx, "reg").dataset_version_id, src
+
+
+def test_second_model_is_compared_on_the_same_split_and_forced_with_a_reason(ctx, project):
+    dv, _ = project
+    first = execute_run(ctx, request_run(ctx, dv, overrides=TINY).run_id)
+    second = execute_run(ctx, request_run(ctx, dv, overrides={**TINY, "seed": 1}).run_id)
+    with ctx.db.session() as s:
+        a, b = s.get(ModelVersion, first), s.get(ModelVersion, second)
+        cmp = b.metrics["comparison"]
+        # Both numbers were measured on the candidate's frozen test split.
+        assert cmp["production_id"] == first and cmp["dataset_version_id"] == dv
+        assert cmp["production"] == pytest.approx(a.metrics["test"]["mean_dice"], abs=1e-6)
+        promoted = cmp["candidate"] > cmp["production"]
+        assert (a.stage, b.stage) == (
+            ("archived", "production") if promoted else ("production", "candidate")
+        )
+
+    r = runner.invoke(app, ["models", "--project", "reg", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert [m["id"] for m in rows] == [first, second]
+    assert all(m["metric"] == "mean_dice" and len(m["sha256"]) == 64 for m in rows)
+    assert rows[0]["recipe_hash"] != rows[1]["recipe_hash"]
+
+    loser = first if promoted else second
+    with ctx.db.session() as s:
+        name = s.get(ModelVersion, loser).name
+    r = runner.invoke(app, ["promote", name, "--reason", "better on the new stain", "--json"])
+    assert r.exit_code == 0, r.output
+    with ctx.db.session() as s:
+        assert s.get(ModelVersion, loser).stage == "production"
+        assert s.get(ModelVersion, second if loser == first else first).stage == "archived"
+        last = s.query(Promotion).order_by(Promotion.id.desc()).first()
+        assert last.forced and last.reason == "better on the new stain"
+    r = runner.invoke(app, ["promote", name, "--reason", "  "])
+    assert r.exit_code == 2 and "--reason" in r.output
+
+
+def test_a_recipe_for_another_task_is_refused(ctx, project):
+    dv, _ = project
+    with pytest.raises(ConfigError, match="unknown field|Extra inputs|detection"):
+        request_run(ctx, dv, parse_recipe({"task": "segmentation", "anchors": 3}))
+    with pytest.raises(ConfigError, match="project is 'segmentation'|segmentation"):
+        parse_recipe({"task": "detection"}, task="segmentation")
+
+
+def test_a_run_resumes_from_the_checkpoint_in_the_blob_store(ctx, project, tmp_path):
+    dv, _ = project
+    req = request_run(ctx, dv, overrides={**TINY, "epochs": 2})
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_epoch(p: dict) -> None:
+        if p.get("final") and p.get("epoch") == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        execute_run(ctx, req.run_id, on_progress=stop_after_first_epoch)
+    with ctx.db.session() as s:
+        run = s.get(TrainingRun, req.run_id)
+        key, status = run.checkpoint_key, run.status
+    assert status == "failed" and key and ctx.blobs.exists(key)
+
+    # Another host: same database and blob store, an empty work folder.
+    other = Context(
+        Settings(
+            data_dir=tmp_path / "host2",
+            database_url=ctx.settings.database_url,
+            blob_url=ctx.settings.blob_url,
+        )
+    )
+    mv = execute_run(other, req.run_id)
+    with other.db.session() as s:
+        metrics = s.get(ModelVersion, mv).metrics
+        run = s.get(TrainingRun, req.run_id)
+        assert run.checkpoint_key is None and run.attempts == 2
+    assert metrics["resumed"] is True and metrics["epochs"] == 2
+    assert not ctx.blobs.exists(key)  # the finished run's resume point is cleaned up
+
+
+def test_count_writes_overlays_and_compares_with_labels(ctx, project, tmp_path):
+    dv, src = project
+    mv = execute_run(ctx, request_run(ctx, dv, overrides=TINY).run_id)
+    loaded = load_model_version(ctx, mv)
+    assert loaded.kind.task == "segmentation"
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    labelled = sorted((src.parent / "images").glob("*.png"))[:2]
+    for p in labelled:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "new.png").write_bytes(png(seed=99))
+    with ctx.db.session() as s:
+        name = s.get(ModelVersion, mv).name
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["count", str(folder), "--model", name, "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    assert len(report["images"]) == 3
+    with_truth = [im for im in report["images"] if im["truth"] is not None]
+    assert len(with_truth) == len(labelled)
+    assert with_truth[0]["truth"] == {"RBC": 1, "WBC": 1, "Platelets": 1}
+    assert set(report["accuracy"]) == {"RBC", "WBC", "Platelets"}
+    for im in report["images"]:
+        assert Image.open(im["overlay"]).size == Image.open(im["file"]).size
+    rows = list(csv.DictReader(open(out / "counts.csv")))
+    assert len(rows) == 3 and {"RBC", "true_RBC"} <= set(rows[0])
+    assert json.loads((out / "counts.json").read_text())["model"] == name
+    assert not [p for p in out.iterdir() if p.name.startswith(".count-")]
+
+
+def test_count_with_a_broken_image_fails_cleanly(ctx, project, tmp_path):
+    dv, _ = project
+    mv = execute_run(ctx, request_run(ctx, dv, overrides=TINY).run_id)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(png(seed=1))
+    (folder / "b.png").write_bytes(png(seed=2)[:60])  # truncated
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["count", str(folder), "--model", str(mv), "--out", str(out)])
+    assert r.exit_code == 2
+    assert "b.png" in r.output
+    assert not out.exists() or list(out.iterdir()) == []
+    r = runner.invoke(app, ["count", str(tmp_path / "nope"), "--model", str(mv), "--out", str(out)])
+    assert r.exit_code == 2 and "nope" in r.output

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from labelloop.training.data import MEAN, STD
+from labelloop.training.evaluate import (
+    binary_metrics,
+    evaluate_segmentation,
+    instance_metrics,
+    segmentation_metrics,
+)
+from labelloop.training.recipe import Recipe
+from tests.unit.segmentation_fixtures import BACKGROUND, COLOURS, LABELS, make_manifest
+
+NAMES = ["A", "B", "C"]
+
+
+def test_perfect_predictions_give_dice_one():
+    truth = np.zeros((20, 20), np.uint8)
+    truth[2:6, 2:6] = 1
+    truth[10:18, 10:18] = 2
+    m = segmentation_metrics([truth, truth], [truth, truth], NAMES)
+    assert m["per_class"]["A"]["dice"] == 1.0 and m["per_class"]["B"]["iou"] == 1.0
+    assert m["per_class"]["C"]["dice"] is None  # absent everywhere: no score, not 0 or 1
+    assert m["mean_dice"] == 1.0 and m["mean_iou"] == 1.0 and m["pixel_accuracy"] == 1.0
+    assert m["mean_count_mae"] == 0.0 and m["n_images"] == 2
+
+
+def test_metrics_are_micro_over_pixels_and_count_error_per_image():
+    truth = np.zeros((10, 10), np.uint8)
+    truth[0:2, 0:5] = 1  # 10 px
+    pred = np.zeros_like(truth)
+    pred[0:2, 0:4] = 1  # 8 px, all inside truth
+    pred[8:10, 8:10] = 1  # 4 px false positive, a second blob
+    empty = np.zeros_like(truth)
+    m = segmentation_metrics([pred, empty], [truth, empty], NAMES)
+    a = m["per_class"]["A"]
+    assert (a["tp"], a["fp"], a["fn"]) == (8, 4, 2)
+    assert a["dice"] == pytest.approx(16 / 22) and a["iou"] == pytest.approx(8 / 14)
+    assert a["count_mae"] == pytest.approx(0.5)  # 2 vs 1 blobs in image 1, 0 vs 0 in image 2
+    assert m["pixel_accuracy"] == pytest.approx(194 / 200)
+    assert m["mean_dice"] == pytest.approx(16 / 22)
+    # 6 of 200 pixels decided wrongly for A; B and C never appear, so no error for them.
+    assert a["pixel_error"] == pytest.approx(6 / 200)
+    assert m["per_class"]["B"]["pixel_error"] == 0.0
+
+
+def test_pixel_error_of_a_hand_made_membrane_mask():
+    truth = np.zeros((1, 4, 5), bool)
+    truth[0, :, 2] = True  # a vertical membrane, 4 px
+    pred = np.zeros_like(truth)
+    pred[0, :3, 2] = True  # 3 found, 1 missed
+    pred[0, 0, 3] = True  # 1 false membrane
+    m = binary_metrics([pred], [truth], ["membrane"])
+    mem = m["per_class"]["membrane"]
+    assert (mem["tp"], mem["fp"], mem["fn"]) == (3, 1, 1)
+    assert mem["pixel_error"] == pytest.approx(2 / 20) and m["pixel_error"] == pytest.approx(0.1)
+    assert m["pixel_accuracy"] == pytest.approx(0.9)
+    assert mem["dice"] == pytest.approx(6 / 8) and mem["iou"] == pytest.approx(3 / 5)
+
+
+def test_binary_metrics_score_overlapping_labels_independently():
+    truth = np.zeros((2, 6, 6), bool)
+    truth[0, :3] = True
+    truth[1, 1:4] = True  # overlaps label 0 on row 1-2
+    pred = truth.copy()
+    pred[1, 5, 2:6] = True  # 4 false pixels for label 1 only, a second blob
+    m = binary_metrics([pred], [truth], ["A", "B"])
+    assert m["per_class"]["A"]["dice"] == 1.0 and m["per_class"]["A"]["pixel_error"] == 0.0
+    assert m["per_class"]["B"]["fp"] == 4 and m["per_class"]["B"]["pixel_error"] == 4 / 36
+    assert m["per_class"]["B"]["count_mae"] == 1.0  # 2 blobs predicted, 1 true
+
+
+def test_instance_metrics_count_instances_and_match_at_iou_half():
+    truth = np.zeros((8, 12), np.int32)
+    truth[1:5, 1:5] = 1
+    truth[1:5, 5:9] = 2  # touching the first: one blob, two cells
+    pred = np.zeros_like(truth)
+    pred[1:5, 1:9] = 1  # merged: IoU 0.5 with each, not above
+    m = instance_metrics([(pred, np.array([0, 1]))], [(truth, np.array([0, 1, 1]))], ["cell"])
+    cell = m["per_class"]["cell"]
+    assert cell["dice"] == 1.0  # the pixels are right...
+    assert (cell["true_count"], cell["pred_count"], cell["count_mae"]) == (2, 1, 1.0)
+    assert cell["matched_50"] == 0 and m["mean_f1_50"] == 0.0  # ...the instances are not
+    split = np.where(truth > 0, truth, 0)
+    m = instance_metrics([(split, np.array([0, 1, 1]))], [(truth, np.array([0, 1, 1]))], ["cell"])
+    assert m["mean_f1_50"] == 1.0 and m["mean_count_mae"] == 0.0
+
+
+class _ColourOracle(nn.Module):
+    """Classifies each pixel by its colour: a perfect model for the synthetic discs."""
+
+    def __init__(self):
+        super().__init__()
+        colours = [BACKGROUND] + [COLOURS[n] for n in LABELS]
+        ref = (np.array(colours, np.float32) - MEAN) / STD
+        self.ref = nn.Parameter(torch.from_numpy(ref), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dist = ((x[:, None] - self.ref[None, :, :, None, None]) ** 2).sum(2)
+        return -100.0 * dist
+
+
+def test_evaluate_with_a_perfect_model_scores_one():
+    manifest, blobs = make_manifest({"test": 3})
+    m = evaluate_segmentation(_ColourOracle(), manifest, blobs.__getitem__, split="test")
+    assert m["split"] == "test" and m["n_images"] == 3
+    assert m["mean_dice"] == 1.0 and m["pixel_accuracy"] == 1.0 and m["mean_count_mae"] == 0.0
+    assert sum(c["true_count"] for c in m["per_class"].values()) == sum(
+        len(it["shapes"]) for it in manifest["items"]
+    )
+
+
+class _ColourSigmoid(nn.Module):
+    """The colour oracle in binary mode: one logit per label, high where its colour is."""
+
+    def __init__(self):
+        super().__init__()
+        self.oracle = _ColourOracle()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.oracle(x)
+        return logits[:, 1:] - logits[:, :1]
+
+
+def test_evaluate_in_binary_mode_with_a_perfect_model_scores_one():
+    manifest, blobs = make_manifest({"test": 2})
+    m = evaluate_segmentation(
+        _ColourSigmoid(), manifest, blobs.__getitem__, recipe=Recipe(mode="binary")
+    )
+    assert m["mode"] == "binary" and m["mean_dice"] == 1.0 and m["pixel_error"] == 0.0

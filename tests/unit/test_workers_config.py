@@ -1,0 +1,36 @@
+"""The Celery configuration the invariants rely on (no broker needed to check it)."""
+
+from __future__ import annotations
+
+from labelloop.config import Settings
+from labelloop_workers.app import VISIBILITY_TIMEOUT_S, make_app
+from labelloop_workers.routes import QUEUES, ROUTES
+
+
+def _app():
+    app = make_app(Settings(broker_url="redis://127.0.0.1:6379/0"))
+    app.loader.import_default_modules()
+    return app
+
+
+def test_every_labelloop_task_has_an_explicit_route():
+    app = _app()
+    names = {n for n in app.tasks if n.startswith("labelloop.")}
+    assert names == set(ROUTES), names ^ set(ROUTES)
+    assert set(ROUTES.values()) <= set(QUEUES)
+    assert ROUTES["labelloop.train"] == "gpu"
+
+
+def test_late_ack_prefetch_one_and_long_visibility():
+    conf = _app().conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.broker_transport_options["visibility_timeout"] == VISIBILITY_TIMEOUT_S
+    assert Settings().training_lock_ttl_s < VISIBILITY_TIMEOUT_S
+
+
+def test_every_beat_entry_expires():
+    schedule = _app().conf.beat_schedule
+    assert schedule
+    for entry in schedule.values():
+        assert entry["options"]["expires"] > 0

@@ -1,0 +1,53 @@
+"""The whole loop as one Celery chain: (ingest ->) freeze -> train -> score -> select -> push."""
+
+from __future__ import annotations
+
+from celery import chain
+from celery.canvas import Signature
+
+from labelloop_workers import tasks
+
+
+def round_pipeline(
+    project: str,
+    *,
+    budget: int,
+    sources: list[dict] | None = None,
+    strategy: str = "uncertainty",
+    target: str = "file",
+    out_dir: str | None = None,
+    overrides: dict | None = None,
+) -> Signature:
+    """`sources`: kwargs for each ingest (path, fmt, ...), ingested in order before freezing."""
+    steps: list[Signature] = []
+    state = {"project": project}
+    for i, src in enumerate(sources or []):
+        steps.append(tasks.ingest.s(state, **src) if i == 0 else tasks.ingest.s(**src))
+    steps.append(tasks.freeze.s(state) if not steps else tasks.freeze.s())
+    steps += _after_freeze_steps(budget, strategy, target, out_dir, overrides)
+    return chain(*steps)
+
+
+def _after_freeze_steps(
+    budget: int, strategy: str, target: str, out_dir: str | None, overrides: dict | None
+) -> list[Signature]:
+    return [
+        tasks.train.s(overrides=overrides),
+        tasks.score.s(),
+        tasks.select.s(budget=budget, strategy=strategy),
+        tasks.push.s(target=target, out_dir=out_dir),
+    ]
+
+
+def after_freeze(
+    state: dict,
+    *,
+    budget: int,
+    strategy: str = "uncertainty",
+    target: str = "file",
+    out_dir: str | None = None,
+    overrides: dict | None = None,
+) -> Signature:
+    """train -> score -> select -> push, starting from a freeze's state."""
+    first, *rest = _after_freeze_steps(budget, strategy, target, out_dir, overrides)
+    return chain(first.clone(args=(state,)), *rest)
