@@ -62,6 +62,17 @@ def poly(
     }
 
 
+def choice(label: str, *, rid: str = "c1") -> dict:
+    """A choices result (an image-level class), as Label Studio exports it."""
+    return {
+        "id": rid,
+        "type": "choices",
+        "from_name": "class",
+        "to_name": "image",
+        "value": {"choices": [label]},
+    }
+
+
 def task(
     task_id: int,
     image: str,
@@ -120,6 +131,16 @@ def small_export(folder: Path, n: int = 3) -> Path:
                 ]
             ],
         )
+        for i in range(n)
+    ]
+    return write_export(folder, tasks, images)
+
+
+def class_export(folder: Path, n: int = 6, labels: tuple[str, ...] = ("RBC", "WBC", "Platelets")):
+    """n tasks, each with one image-level class (choices), cycling through `labels`."""
+    images = {f"images/img{i}.png": png(seed=i) for i in range(n)}
+    tasks = [
+        task(i + 1, f"images/img{i}.png", [[choice(labels[i % len(labels)], rid=f"t{i}")]])
         for i in range(n)
     ]
     return write_export(folder, tasks, images)

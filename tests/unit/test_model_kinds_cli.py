@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from labelloop.cli.main import app
-from tests.factories import png, small_export
+from tests.factories import class_export, png, small_export
 
 runner = CliRunner()
 
@@ -23,7 +23,7 @@ TINY = {
         "head_channels": 16,
         "mosaic": 0.0,
     },
-    "classification": {"epochs": 2, "batch_size": 4, "image_size": 32, "source": "crops"},
+    "classification": {"epochs": 2, "batch_size": 4, "image_size": 32},
 }
 METRIC = {"detection": "map50", "classification": "macro_f1"}
 
@@ -44,7 +44,8 @@ def run(*args: str) -> dict | list:
 @pytest.mark.parametrize("task", ["detection", "classification"])
 def test_train_score_count_push(task, tmp_path):
     run("project", "create", "p", "--task", task, "--labels", "RBC,WBC,Platelets")
-    run("ingest", str(small_export(tmp_path / "src", n=6)), "--project", "p")
+    export = class_export if task == "classification" else small_export
+    run("ingest", str(export(tmp_path / "src", n=9)), "--project", "p")
     pool = tmp_path / "pool"
     pool.mkdir()
     for i in range(3):
@@ -74,8 +75,8 @@ def test_train_score_count_push(task, tmp_path):
 
 
 def test_a_recipe_for_the_wrong_task_is_exit_2(tmp_path):
-    run("project", "create", "d", "--task", "detection", "--labels", "RBC")
-    run("ingest", str(small_export(tmp_path / "src", n=3)), "--project", "d", "--skip-invalid")
+    run("project", "create", "d", "--task", "detection", "--labels", "RBC,WBC,Platelets")
+    run("ingest", str(small_export(tmp_path / "src", n=3)), "--project", "d")
     run("dataset", "freeze", "--project", "d")
     recipe = tmp_path / "r.yaml"
     recipe.write_text("task: segmentation\nepochs: 1\n")
