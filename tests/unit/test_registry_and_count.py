@@ -82,9 +82,11 @@ def test_second_model_is_compared_on_the_same_split_and_forced_with_a_reason(ctx
 
 def test_a_recipe_for_another_task_is_refused(ctx, project):
     dv, _ = project
-    with pytest.raises(ConfigError, match="unknown field|Extra inputs|detection"):
+    with pytest.raises(ConfigError, match="anchors: Extra inputs are not permitted"):
         request_run(ctx, dv, parse_recipe({"task": "segmentation", "anchors": 3}))
-    with pytest.raises(ConfigError, match="project is 'segmentation'|segmentation"):
+    with pytest.raises(
+        ConfigError, match="is for task 'detection' but the project is 'segmentation'"
+    ):
         parse_recipe({"task": "detection"}, task="segmentation")
 
 
@@ -147,7 +149,8 @@ def test_count_writes_overlays_and_compares_with_labels(ctx, project, tmp_path):
     assert set(report["accuracy"]) == {"RBC", "WBC", "Platelets"}
     for im in report["images"]:
         assert Image.open(im["overlay"]).size == Image.open(im["file"]).size
-    rows = list(csv.DictReader(open(out / "counts.csv")))
+    with open(out / "counts.csv") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 3 and {"RBC", "true_RBC"} <= set(rows[0])
     assert json.loads((out / "counts.json").read_text())["model"] == name
     assert not [p for p in out.iterdir() if p.name.startswith(".count-")]
