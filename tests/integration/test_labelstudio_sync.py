@@ -256,6 +256,16 @@ def test_cli_reports_json_and_never_prints_the_token(tmp_path, labelstudio, clie
     assert report["ingest"]["shapes_per_class"] == {"RBC": 1}
     assert labelstudio.token not in r.output
 
+    # `ingest labelstudio` is the same incremental pull: only the edited task comes back.
+    client.annotations.create(ids[0], result=[rect("WBC", 40, 40, 20, 20)])
+    ingest = ["ingest", "labelstudio", "-p", "cells", "--url", labelstudio.url]
+    r = runner.invoke(app, [*ingest, "--ls-project", str(ls_project), "--json"])
+    assert r.exit_code == 0, r.output
+    again = json.loads(r.output)
+    assert again["changed_task_ids"] == ids[:1] and again["ingest"]["annotations_new"] == 1
+    r = runner.invoke(app, ["ingest", "labelstudio", "-p", "cells"])
+    assert r.exit_code == 2 and "--ls-project" in r.output
+
     monkeypatch.setenv("LABELLOOP_LABELSTUDIO_TOKEN", "0" * 40)
     r = runner.invoke(app, [*args, "--ls-project", str(ls_project)])
     assert r.exit_code == 2

@@ -18,6 +18,7 @@ from labelloop.cli.sync import sync_app
 from labelloop.config import Settings
 from labelloop.context import Context, set_context
 from labelloop.db import migrate
+from labelloop.errors import InputError
 
 app = typer.Typer(
     name="labelloop",
@@ -140,7 +141,13 @@ def project_list(as_json: JsonOpt = False) -> None:
 @app.command()
 @handle_errors
 def ingest(
-    path: Annotated[Path, typer.Argument(help="Export file or folder.")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="Export file, folder or .zip; or the word `labelstudio` with --ls-project "
+            "to pull from a live Label Studio server (same as `sync labelstudio`)."
+        ),
+    ],
     project: ProjectOpt,
     fmt: Annotated[
         str,
@@ -174,15 +181,51 @@ def ingest(
             "default: label_config.xml beside the export)."
         ),
     ] = None,
+    ls_project: Annotated[
+        int | None,
+        typer.Option(help="With PATH `labelstudio`: the Label Studio project id to pull."),
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="With PATH `labelstudio`: server URL (default: LABELLOOP_LABELSTUDIO_URL)."
+        ),
+    ] = None,
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="With PATH `labelstudio`: ignore the last sync point."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Take annotations and images into the project: one transaction, idempotent.
 
     A bad record fails the whole ingest (nothing is written) and the error names the file,
-    the record and the reason; --skip-invalid ingests the rest and lists what it skipped."""
+    the record and the reason; --skip-invalid ingests the rest and lists what it skipped.
+    `labelloop ingest labelstudio --ls-project ID` pulls only what changed on a live Label
+    Studio server since the last pull (token from LABELLOOP_LABELSTUDIO_TOKEN)."""
     from labelloop.ingest import ingest_path
     from labelloop.ingest.formats import parse_label_map
 
+    if str(path) == "labelstudio" and not path.exists():
+        if ls_project is None:
+            raise InputError(
+                "`ingest labelstudio` needs --ls-project ID (the Label Studio project)"
+            )
+        from labelloop.cli.sync import run_labelstudio_sync
+
+        run_labelstudio_sync(
+            project,
+            ls_project,
+            url=url,
+            label_map=label_map,
+            skip_invalid=skip_invalid,
+            full=full,
+            source=None,
+            as_json=as_json,
+        )
+        return
+    if ls_project is not None or url is not None:
+        raise InputError("--ls-project and --url go with `ingest labelstudio`, not with a PATH")
     ctx = context()
     with progress("ingest", None, _interactive(as_json)) as update:
         report = ingest_path(

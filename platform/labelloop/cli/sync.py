@@ -55,6 +55,30 @@ def sync_labelstudio_cmd(
     One transaction: edited annotations become new revisions, cancelled and deleted ones
     stop counting, and the sync point moves only when everything was written. The token
     comes from LABELLOOP_LABELSTUDIO_TOKEN (never a flag, so it stays out of shell history)."""
+    run_labelstudio_sync(
+        project,
+        ls_project,
+        url=url,
+        label_map=label_map,
+        skip_invalid=skip_invalid,
+        full=full,
+        source=source,
+        as_json=as_json,
+    )
+
+
+def run_labelstudio_sync(
+    project: str,
+    ls_project: int,
+    *,
+    url: str | None,
+    label_map: list[str] | None,
+    skip_invalid: bool,
+    full: bool,
+    source: str | None,
+    as_json: bool,
+) -> None:
+    """The sync behind both `sync labelstudio` and `ingest labelstudio`."""
     from labelloop.cli.main import context
     from labelloop.ingest.formats import parse_label_map
     from labelloop.ingest.labelstudio_sync import sync_labelstudio
