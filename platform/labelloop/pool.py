@@ -2,7 +2,8 @@
 
 Scores are stored per (model version, image, method) with the prediction beside them
 (its shapes as JSON in the blob store, per-class counts and the model's confidence), so
-selection and push read stored results and never run the model again."""
+selection and push read stored results and never run the model again. Embeddings are
+stored per (model version, image) for the diversity strategies."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 from labelloop.context import Context
 from labelloop.db.models import Annotation, Image, ModelVersion, Project, Score, SourceItem
 from labelloop.domain import shapes_to_json
+from labelloop.embeddings import add_embeddings, stored_ids
 from labelloop.errors import NotFoundError
 from labelloop.imaging import decode_image
 from labelloop.registry import load_model_version
@@ -59,14 +61,48 @@ def pool_image_ids(s: Session, project_id: int) -> list[int]:
 @dataclass
 class ScoreResult:
     model_version_id: int
-    method: str
-    scored: int
-    already: int
+    methods: list[str]
+    scored: int  # pool images that got at least one new score
+    already: int  # pool images every method had scored before
     seconds: float
+    embedded: int = 0  # images (pool and labelled) whose embedding was added
+
+    @property
+    def method(self) -> str:
+        return self.methods[0]
 
     @property
     def images_per_s(self) -> float:
         return self.scored / self.seconds if self.seconds else 0.0
+
+
+def scoring_plan(
+    ctx: Context, model_version_id: int, methods: list[str] | None = None
+) -> tuple[list[str], list[int]]:
+    """The methods (default: the task's) and the pool images some of them have not scored."""
+    with ctx.db.session() as s:
+        mv = s.get(ModelVersion, model_version_id)
+        if mv is None:
+            raise NotFoundError(f"no model version with id {model_version_id}")
+        task = s.get(Project, mv.project_id).task
+        methods = list(dict.fromkeys(methods or [default_method(task)]))
+        for m in methods:
+            get_method(m, task)  # a typo fails before any work, listing valid names
+        pool = pool_image_ids(s, mv.project_id)
+        done = _done(s, model_version_id, methods)
+    return methods, [i for i in pool if any(i not in done[m] for m in methods)]
+
+
+def _done(s: Session, model_version_id: int, methods: list[str]) -> dict[str, set[int]]:
+    rows = s.execute(
+        select(Score.method, Score.image_id).where(
+            Score.model_version_id == model_version_id, Score.method.in_(methods)
+        )
+    ).all()
+    done: dict[str, set[int]] = {m: set() for m in methods}
+    for m, i in rows:
+        done[m].add(i)
+    return done
 
 
 def score_pool(
@@ -74,60 +110,112 @@ def score_pool(
     model_version_id: int,
     *,
     method: str | None = None,
+    methods: list[str] | None = None,
+    image_ids: list[int] | None = None,
     batch_size: int = 8,
+    embed: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> ScoreResult:
-    """Score every pool image not yet scored by this model version and method."""
+    """Score every pool image not yet scored by this model version and method(s).
+
+    One prediction per image serves every method (multi-pass methods add the passes they
+    need, once per mode). `image_ids` limits the work to a shard of the pool (the Celery
+    score task splits large pools this way). With `embed`, the pooled encoder features of
+    pool and labelled images are stored too, for diversity strategies. One transaction
+    per chunk: a crash loses at most one chunk, and re-running fills in what is missing.
+    """
     started = time.monotonic()
+    methods, todo = scoring_plan(ctx, model_version_id, methods or ([method] if method else None))
     with ctx.db.session() as s:
         mv = s.get(ModelVersion, model_version_id)
-        if mv is None:
-            raise NotFoundError(f"no model version with id {model_version_id}")
         task = s.get(Project, mv.project_id).task
-        method = method or default_method(task)
-        scorer = get_method(method, task)
-        pool = pool_image_ids(s, mv.project_id)
-        done = set(
-            s.scalars(
-                select(Score.image_id).where(
-                    Score.model_version_id == model_version_id, Score.method == method
-                )
-            ).all()
-        )
-        todo = [i for i in pool if i not in done]
-        images = {
-            img.id: (img.blob_key, img.sha256)
-            for img in s.scalars(select(Image).where(Image.id.in_(todo)))
+        pool = set(pool_image_ids(s, mv.project_id))
+        if image_ids is not None:
+            todo = [i for i in todo if i in set(image_ids)]
+        done = _done(s, model_version_id, methods)
+        to_embed: list[int] = []
+        if embed:
+            have = stored_ids(s, model_version_id)
+            scope = pool | labelled_image_ids(s, mv.project_id)
+            if image_ids is not None:
+                scope &= set(image_ids)
+            to_embed = sorted(i for i in scope if i not in have)
+        blob_of = {
+            img.id: img.blob_key
+            for img in s.scalars(select(Image).where(Image.id.in_(set(todo) | set(to_embed))))
         }
+    scorers = {m: get_method(m, task) for m in methods}
     loaded = load_model_version(ctx, model_version_id)
+    if embed and loaded.kind.embed is None:
+        to_embed = []
+    pending_embed = set(to_embed)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        arrays = [decode_image(ctx.blobs.get_bytes(images[i][0]), name=images[i][0]) for i in chunk]
+        arrays = [decode_image(ctx.blobs.get_bytes(blob_of[i]), name=blob_of[i]) for i in chunk]
         preds = loaded.predict(arrays)
+        views = _views_for(loaded, arrays, scorers.values())
         rows = []
-        for image_id, pred in zip(chunk, preds, strict=True):
-            shapes_key, _ = ctx.blobs.put_bytes(
-                json.dumps(shapes_to_json(pred.shapes), separators=(",", ":")).encode(),
-                prefix="predictions",
-                suffix=".json",
-            )
-            rows.append(
-                Score(
-                    model_version_id=model_version_id,
-                    image_id=image_id,
-                    method=method,
-                    value=float(scorer.score_arrays(pred.arrays)),
-                    details={
-                        "shapes_key": shapes_key,
-                        "counts": pred.counts,
-                        "confidence": round(float(pred.confidence), 6),
-                    },
+        for j, (image_id, pred) in enumerate(zip(chunk, preds, strict=True)):
+            details = _prediction_details(ctx, pred)
+            for m, scorer in scorers.items():
+                if image_id in done[m]:
+                    continue
+                value = scorer.score_prediction(pred, views.get(scorer.passes, {}).get(j, ()))
+                rows.append(
+                    Score(
+                        model_version_id=model_version_id,
+                        image_id=image_id,
+                        method=m,
+                        value=float(value),
+                        details=details,
+                    )
                 )
-            )
-        with ctx.db.session() as s:  # one transaction per chunk: a crash loses one chunk
+        vectors = None
+        embed_now = [i for i in chunk if i in pending_embed]
+        if embed_now:
+            vectors = loaded.embed([arrays[chunk.index(i)] for i in embed_now])
+            pending_embed -= set(embed_now)
+        with ctx.db.session() as s:
             s.add_all(rows)
+            if vectors is not None:
+                add_embeddings(s, model_version_id, embed_now, vectors)
         if on_progress:
             on_progress(min(start + batch_size, len(todo)), len(todo))
+    rest = sorted(pending_embed)  # labelled images: embeddings only
+    for start in range(0, len(rest), batch_size):
+        chunk = rest[start : start + batch_size]
+        arrays = [decode_image(ctx.blobs.get_bytes(blob_of[i]), name=blob_of[i]) for i in chunk]
+        vectors = loaded.embed(arrays)
+        with ctx.db.session() as s:
+            add_embeddings(s, model_version_id, chunk, vectors)
+    already = len([i for i in pool if all(i in done[m] for m in methods)])
+    if image_ids is not None:
+        already = len([i for i in image_ids if i in pool and all(i in done[m] for m in methods)])
     return ScoreResult(
-        model_version_id, method, len(todo), len(done & set(pool)), time.monotonic() - started
+        model_version_id, methods, len(todo), already, time.monotonic() - started, len(to_embed)
     )
+
+
+def _views_for(loaded, arrays: list, scorers) -> dict[str, dict[int, list]]:
+    """Views per pass mode the scorers need: {mode: {index in chunk: [View, ...]}}."""
+    need: dict[str, int] = {}
+    for sc in scorers:
+        if sc.passes:
+            need[sc.passes] = max(need.get(sc.passes, 0), sc.n_passes)
+    out: dict[str, dict[int, list]] = {}
+    for mode, n in need.items():
+        out[mode] = dict(enumerate(loaded.views(arrays, mode, n)))
+    return out
+
+
+def _prediction_details(ctx: Context, pred) -> dict:
+    shapes_key, _ = ctx.blobs.put_bytes(
+        json.dumps(shapes_to_json(pred.shapes), separators=(",", ":")).encode(),
+        prefix="predictions",
+        suffix=".json",
+    )
+    return {
+        "shapes_key": shapes_key,
+        "counts": pred.counts,
+        "confidence": round(float(pred.confidence), 6),
+    }

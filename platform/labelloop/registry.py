@@ -18,9 +18,9 @@ from labelloop.context import Context
 from labelloop.datasets import load_manifest
 from labelloop.db.models import ModelVersion, Project, Promotion
 from labelloop.domain import Stage
-from labelloop.errors import InputError, NotFoundError
+from labelloop.errors import ConfigError, InputError, NotFoundError
 from labelloop.storage import sha256_bytes
-from labelloop.training.kinds import ModelKind, Prediction, get_kind
+from labelloop.training.kinds import ModelKind, Prediction, View, get_kind
 from labelloop.training.recipe import BaseRecipe, parse_recipe
 
 
@@ -33,6 +33,18 @@ class LoadedModel:
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         return self.kind.predict(self.model, images, recipe=self.recipe, labels=self.labels)
+
+    def views(self, images: Sequence[np.ndarray], mode: str, passes: int) -> list[list[View]]:
+        if self.kind.views is None:
+            raise ConfigError(f"{self.kind.task} models have no multi-pass prediction")
+        return self.kind.views(
+            self.model, images, recipe=self.recipe, labels=self.labels, mode=mode, passes=passes
+        )
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        if self.kind.embed is None:
+            raise ConfigError(f"{self.kind.task} models have no embeddings")
+        return self.kind.embed(self.model, images, recipe=self.recipe)
 
 
 @lru_cache(maxsize=8)

@@ -35,7 +35,24 @@ def test_detection_methods_read_box_scores(name):
 
 
 def test_methods_belong_to_their_task():
-    assert set(available_methods("detection")) == {"box_entropy_mean", "least_confidence_max"}
-    assert set(available_methods("classification")) == {"entropy", "margin", "least_confidence"}
+    assert set(available_methods("detection")) == {
+        "box_entropy_mean",
+        "least_confidence_max",
+        "class_entropy_mean",
+        "one_minus_conf_mean",
+        "tta_localisation",
+        "count_variance",
+    }
+    assert set(available_methods("classification")) == {
+        "entropy",
+        "margin",
+        "least_confidence",
+        "bald",
+    }
     with pytest.raises(ConfigError, match="valid choices: box_entropy_mean"):
         get_method("entropy_mean", "detection")
+    # One name, one idea, two tasks: the task decides which.
+    assert get_method("bald", "classification").task == "classification"
+    assert get_method("bald", "segmentation").task == "segmentation"
+    with pytest.raises(ConfigError, match="several tasks"):
+        get_method("bald")

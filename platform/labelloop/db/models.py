@@ -12,6 +12,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -213,6 +214,22 @@ class Score(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class Embedding(Base):
+    """Pooled encoder features of one image under one model version (float32, little
+    endian): what diversity strategies (core-set, hybrid) compare."""
+
+    __tablename__ = "embedding"
+    __table_args__ = (UniqueConstraint("model_version_id", "image_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_version.id", ondelete="CASCADE"), index=True
+    )
+    image_id: Mapped[int] = mapped_column(ForeignKey("image.id"), index=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class AnnotationRound(Base):
     __tablename__ = "annotation_round"
     __table_args__ = (UniqueConstraint("project_id", "params_hash"),)
@@ -237,6 +254,9 @@ class RoundItem(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("image.id"))
     rank: Mapped[int] = mapped_column(Integer)
     score: Mapped[float | None] = mapped_column(Float)
+    # Which annotator batch of the round the image is in (1..): rounds are cut into
+    # batches of the per-annotator size, in rank order.
+    batch: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class Push(Base):

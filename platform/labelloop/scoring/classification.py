@@ -7,10 +7,15 @@ two classes or ten.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from labelloop.scoring.base import ScoringMethod, register
+from labelloop.scoring.base import MultiPassMethod, ScoringMethod, register
+
+if TYPE_CHECKING:
+    from labelloop.training.kinds import View
 
 _EPS = 1e-12
 
@@ -58,3 +63,21 @@ class LeastConfidence(ScoringMethod):
         p = _check(probs)
         c = p.shape[0]
         return float(np.clip((1.0 - p.max()) * c / (c - 1), 0.0, 1.0))
+
+
+@register
+class ClassificationBald(MultiPassMethod):
+    """Mutual information between the prediction and the weights under Monte-Carlo
+    dropout (the classifier's dropout before its head), over log C."""
+
+    name = "bald"
+    task = "classification"
+    passes = "mc"
+    n_passes = 10
+
+    def score_views(self, arrays: dict[str, np.ndarray], views: Sequence[View]) -> float:
+        stack = np.stack([_check(v.arrays["probs"]) for v in views])  # (T, C)
+        mean = stack.mean(axis=0)
+        h_mean = -(mean * np.log(np.clip(mean, _EPS, 1.0))).sum()
+        h_each = -(stack * np.log(np.clip(stack, _EPS, 1.0))).sum(axis=1).mean()
+        return float(np.clip((h_mean - h_each) / math.log(stack.shape[1]), 0.0, 1.0))

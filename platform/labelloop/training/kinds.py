@@ -43,6 +43,20 @@ class Prediction:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+@dataclass
+class View:
+    """One extra look at an image for multi-pass uncertainty: a test-time-augmentation view
+    mapped back to the image's own frame, or one Monte-Carlo dropout pass. Only what the
+    scoring methods read: the kind's arrays (same layout as `Prediction.arrays`) and the
+    per-label counts that view implies."""
+
+    arrays: dict[str, np.ndarray]
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+PassMode = str  # "tta" (flips / quarter turns) or "mc" (dropout kept on)
+
+
 class TrainFn(Protocol):
     def __call__(
         self,
@@ -83,6 +97,25 @@ class PredictFn(Protocol):
     ) -> list[Prediction]: ...
 
 
+class ViewsFn(Protocol):
+    def __call__(
+        self,
+        model: nn.Module,
+        images: Sequence[np.ndarray],
+        *,
+        recipe: Any,
+        labels: Sequence[str],
+        mode: PassMode,
+        passes: int,
+    ) -> list[list[View]]: ...
+
+
+class EmbedFn(Protocol):
+    def __call__(
+        self, model: nn.Module, images: Sequence[np.ndarray], *, recipe: Any
+    ) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class ModelKind:
     """One model kind. `primary_metric` is a key of `evaluate`'s result, higher is better:
@@ -96,6 +129,11 @@ class ModelKind:
     evaluate: EvaluateFn
     predict: PredictFn
     default_scoring: str
+    # Extra passes per image for multi-pass scoring methods (TTA / MC dropout): one list
+    # of Views per image. Modes a kind cannot run raise ConfigError naming the fix.
+    views: ViewsFn | None = None
+    # Pooled encoder features (N, D) float32: what diversity strategies compare.
+    embed: EmbedFn | None = None
 
 
 # task -> module that defines `KIND`, imported on first use.

@@ -84,7 +84,7 @@ def build_network(recipe: Recipe, num_classes: int, *, pretrained: bool = True) 
         kwargs["decoder_channels"] = list(recipe.decoder_channels)
     weights = recipe.encoder_weights if pretrained else None
     try:
-        return smp.create_model(
+        model = smp.create_model(
             arch,
             encoder_name=recipe.encoder,
             encoder_weights=weights,
@@ -102,6 +102,11 @@ def build_network(recipe: Recipe, num_classes: int, *, pretrained: bool = True) 
         raise ExternalServiceError(
             f"cannot fetch encoder weights {weights!r} for {recipe.encoder!r}: {exc}"
         ) from exc
+    dropout = getattr(recipe, "dropout", 0.0)
+    if dropout > 0:
+        # Before the head, on the decoder's last features: what MC-dropout scoring samples.
+        model.segmentation_head = nn.Sequential(nn.Dropout2d(dropout), *model.segmentation_head)
+    return model
 
 
 def channels_last_on_cpu(model: nn.Module, device: torch.device) -> bool:

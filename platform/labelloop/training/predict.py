@@ -11,6 +11,7 @@ import io
 import pickle
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import cv2
@@ -21,6 +22,7 @@ from torch import nn
 from labelloop.errors import ConfigError, InputError
 from labelloop.training.data import STRIDE, pad_to_stride, resize_image, to_input
 from labelloop.training.networks import build_network, channels_last_on_cpu
+from labelloop.training.passes import DIHEDRAL, mc_dropout, unmap_probs
 from labelloop.training.recipe import Recipe
 
 
@@ -71,38 +73,120 @@ def predict_probs(
     below 1 the network sees the image resized by that factor (as in training with
     `input_scale`) and its probabilities are resized back bilinearly.
     """
+    views = predict_prob_views(
+        model,
+        images,
+        batch_size,
+        activation=activation,
+        mode="tta" if tta else "plain",
+        scale=scale,
+    )
+    return [v.mean(axis=0) if tta else v[0] for v in views]
+
+
+def predict_prob_views(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    batch_size: int = 8,
+    *,
+    activation: str = "softmax",
+    mode: str = "plain",
+    passes: int = 8,
+    scale: float = 1.0,
+) -> list[np.ndarray]:
+    """Per image (T, C, H, W) float32 probabilities of T passes at the image's own size:
+    "plain" (T = 1), "tta" (the 8 flips / quarter turns, each mapped back) or "mc"
+    (`passes` Monte-Carlo dropout passes; the network must have dropout)."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if activation not in ("softmax", "sigmoid"):
         raise ValueError(f"activation must be softmax or sigmoid, got {activation!r}")
+    if mode not in ("plain", "tta", "mc"):
+        raise ValueError(f"mode must be plain, tta or mc, got {mode!r}")
+    _check_images(images)
     device = next(model.parameters()).device
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for idx, img in enumerate(images):
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise InputError(
-                f"image {idx} must be RGB uint8 (H, W, 3), got {img.dtype} {img.shape}"
-            )
     inputs = [resize_image(img, scale) for img in images]
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for idx, img in enumerate(inputs):
         groups[_padded(img.shape[:2])].append(idx)
     out: list[np.ndarray | None] = [None] * len(images)
     was_training = model.training
     model.eval()
     channels_last = channels_last_on_cpu(model, device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def run(inp: torch.Tensor) -> torch.Tensor:
+        return _activate(model(inp.contiguous(memory_format=fmt)), activation)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (T, B, C, H, W)
+        if mode == "tta":
+            return torch.stack(
+                [
+                    unmap_probs(run((x.flip(-1) if f else x).rot90(k, dims=(-2, -1))), f, k)
+                    for f, k in DIHEDRAL
+                ]
+            )
+        if mode == "mc":
+            return torch.stack([run(x) for _ in range(passes)])
+        return run(x)[None]
+
+    hint = "train with `dropout: 0.2` in the segmentation recipe"
+    try:
+        with torch.inference_mode(), mc_dropout(model, hint) if mode == "mc" else nullcontext():
+            for idxs in groups.values():
+                for start in range(0, len(idxs), batch_size):
+                    chunk = idxs[start : start + batch_size]
+                    x = np.stack([to_input(pad_to_stride(inputs[i])) for i in chunk])
+                    probs = forward(torch.from_numpy(x).to(device)).float().cpu().numpy()
+                    for j, i in enumerate(chunk):
+                        h, w = inputs[i].shape[:2]
+                        out[i] = np.stack(
+                            [_resize_probs(p[:, :h, :w], images[i].shape[:2]) for p in probs[:, j]]
+                        )
+    finally:
+        model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def embed_images(
+    model: nn.Module, images: Sequence[np.ndarray], batch_size: int = 8, *, scale: float = 1.0
+) -> np.ndarray:
+    """(N, D) float32: the encoder's deepest feature map averaged over space, per image.
+    What diversity selection compares: images the encoder sees alike sit close."""
+    _check_images(images)
+    encoder = getattr(model, "encoder", None)
+    if encoder is None:
+        raise ConfigError("this network has no `encoder` to take embeddings from")
+    device = next(model.parameters()).device
+    inputs = [resize_image(img, scale) for img in images]
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for idx, img in enumerate(inputs):
+        groups[_padded(img.shape[:2])].append(idx)
+    out: list[np.ndarray | None] = [None] * len(images)
+    was_training = model.training
+    model.eval()
+    fmt = torch.channels_last if channels_last_on_cpu(model, device) else torch.contiguous_format
     try:
         with torch.inference_mode():
             for idxs in groups.values():
                 for start in range(0, len(idxs), batch_size):
                     chunk = idxs[start : start + batch_size]
                     x = np.stack([to_input(pad_to_stride(inputs[i])) for i in chunk])
-                    x_t = torch.from_numpy(x).to(device)
-                    probs = _forward(model, x_t, activation, tta, channels_last).float().cpu()
-                    for i, p in zip(chunk, probs.numpy(), strict=True):
-                        h, w = inputs[i].shape[:2]
-                        out[i] = _resize_probs(p[:, :h, :w], images[i].shape[:2])
+                    x_t = torch.from_numpy(x).to(device).contiguous(memory_format=fmt)
+                    deepest = encoder(x_t)[-1].float().mean(dim=(-2, -1)).cpu().numpy()
+                    for j, i in enumerate(chunk):
+                        out[i] = deepest[j]
     finally:
         model.train(was_training)
-    return out  # type: ignore[return-value]
+    return np.stack(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+
+
+def _check_images(images: Sequence[np.ndarray]) -> None:
+    for idx, img in enumerate(images):
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise InputError(
+                f"image {idx} must be RGB uint8 (H, W, 3), got {img.dtype} {img.shape}"
+            )
 
 
 def _resize_probs(probs: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
@@ -115,25 +199,6 @@ def _resize_probs(probs: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
 
 def _activate(logits: torch.Tensor, activation: str) -> torch.Tensor:
     return logits.sigmoid() if activation == "sigmoid" else logits.softmax(dim=1)
-
-
-def _forward(
-    model: nn.Module, x: torch.Tensor, activation: str, tta: bool, channels_last: bool
-) -> torch.Tensor:
-    def run(inp: torch.Tensor) -> torch.Tensor:
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        return _activate(model(inp.contiguous(memory_format=fmt)), activation)
-
-    if not tta:
-        return run(x)
-    total = torch.zeros(())
-    for flip in (False, True):
-        xf = x.flip(-1) if flip else x
-        for k in range(4):
-            out = run(xf.rot90(k, dims=(-2, -1)))
-            out = out.rot90(-k, dims=(-2, -1))
-            total = total + (out.flip(-1) if flip else out)
-    return total / 8
 
 
 def predict_outputs(

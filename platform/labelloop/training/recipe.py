@@ -173,6 +173,10 @@ class SegmentationRecipe(BaseRecipe):
     # per image, for structures that stay a few pixels wide at that scale. `image_size`
     # is the crop size at the reduced scale.
     input_scale: float = Field(1.0, ge=0.1, le=1.0)
+    # Channel dropout on the decoder's last features, before the segmentation head. Off by
+    # default; > 0 (e.g. 0.2) is what Monte-Carlo dropout scoring (bald, mc_variance)
+    # samples from.
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="before")
     @classmethod

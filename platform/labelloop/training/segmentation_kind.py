@@ -33,9 +33,15 @@ from labelloop.counting import (
 )
 from labelloop.training.evaluate import evaluate_segmentation
 from labelloop.training.instances import instances_from_probs, semantic_map
-from labelloop.training.kinds import Fetch, ModelKind, Prediction
+from labelloop.training.kinds import Fetch, ModelKind, PassMode, Prediction, View
 from labelloop.training.networks import output_channels
-from labelloop.training.predict import load_model, predict_outputs, uncertainty_probs
+from labelloop.training.predict import (
+    embed_images,
+    load_model,
+    predict_outputs,
+    predict_prob_views,
+    uncertainty_probs,
+)
 from labelloop.training.recipe import SegmentationRecipe
 from labelloop.training.train import train_segmentation
 
@@ -98,6 +104,38 @@ def _predict(
     return [prediction_from_output(out, recipe, labels) for out in outputs]
 
 
+def _views(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    *,
+    recipe: SegmentationRecipe,
+    labels: Sequence[str],
+    mode: PassMode,
+    passes: int,
+) -> list[list[View]]:
+    """Per image, one View per pass with the same arrays layout as a prediction's "probs"
+    (and "label_probs" in binary mode)."""
+    binary = recipe.mode == "binary"
+    stacks = predict_prob_views(
+        model,
+        list(images),
+        recipe.batch_size,
+        activation="sigmoid" if binary else "softmax",
+        mode=mode,
+        passes=passes,
+        scale=recipe.input_scale,
+    )
+    if binary:
+        return [
+            [View({"probs": uncertainty_probs(p), "label_probs": p}) for p in st] for st in stacks
+        ]
+    return [[View({"probs": p}) for p in st] for st in stacks]
+
+
+def _embed(model: nn.Module, images: Sequence[np.ndarray], *, recipe: SegmentationRecipe):
+    return embed_images(model, list(images), recipe.batch_size, scale=recipe.input_scale)
+
+
 KIND = ModelKind(
     task="segmentation",
     recipe_cls=SegmentationRecipe,
@@ -107,4 +145,6 @@ KIND = ModelKind(
     evaluate=_evaluate,
     predict=_predict,
     default_scoring="entropy_mean",
+    views=_views,
+    embed=_embed,
 )

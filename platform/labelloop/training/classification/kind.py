@@ -12,6 +12,7 @@ from labelloop.training.classification.evaluate import evaluate_classification
 from labelloop.training.classification.predict import load_classifier, predict
 from labelloop.training.classification.recipe import ClassificationRecipe
 from labelloop.training.classification.train import train_classification
+from labelloop.training.classification.views import classification_embed, classification_views
 from labelloop.training.kinds import Fetch, ModelKind
 
 
@@ -43,4 +44,6 @@ KIND = ModelKind(
     evaluate=_evaluate,
     predict=predict,
     default_scoring="entropy",
+    views=classification_views,
+    embed=classification_embed,
 )

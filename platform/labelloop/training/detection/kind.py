@@ -11,6 +11,7 @@ from labelloop.training.detection.evaluate import evaluate_detection
 from labelloop.training.detection.predict import load_detector, predict_detection
 from labelloop.training.detection.recipe import DetectionRecipe
 from labelloop.training.detection.train import train_detection
+from labelloop.training.detection.views import detection_embed, detection_views
 from labelloop.training.kinds import ModelKind
 
 
@@ -28,4 +29,6 @@ KIND = ModelKind(
     predict=predict_detection,
     # The least confident kept box decides: one doubtful cell is worth an annotator's look.
     default_scoring="least_confidence_max",
+    views=detection_views,
+    embed=detection_embed,
 )

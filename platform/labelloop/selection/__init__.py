@@ -1,0 +1,14 @@
+"""Selection: strategies (a name registry) and the stage that turns them into rounds."""
+
+from labelloop.selection.rounds import RoundResult, latest_round, select_round
+from labelloop.selection.strategies import STRATEGIES, Candidates, Strategy, get_strategy
+
+__all__ = [
+    "STRATEGIES",
+    "Candidates",
+    "RoundResult",
+    "Strategy",
+    "get_strategy",
+    "latest_round",
+    "select_round",
+]

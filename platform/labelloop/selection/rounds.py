@@ -1,0 +1,243 @@
+"""Selection: a strategy over stored scores -> an annotation round of ordered image ids.
+
+The stage owns the rules every strategy must obey: never re-select an image that is
+labelled or already out with annotators in an open round, respect the budget, and deal
+the round into per-annotator batches. Strategies (see `strategies.py`) only rank."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from labelloop.context import Context
+from labelloop.datasets import current_annotations
+from labelloop.db.models import AnnotationRound, Image, ModelVersion, RoundItem, Score
+from labelloop.embeddings import load_embeddings, pixel_embedding
+from labelloop.errors import InputError, NotFoundError
+from labelloop.imaging import decode_image
+from labelloop.pool import default_method, labelled_image_ids, pool_image_ids
+from labelloop.projects import get_project
+from labelloop.selection.strategies import Candidates, check_params, get_strategy
+
+
+@dataclass
+class RoundResult:
+    round_id: int
+    number: int
+    created: bool
+    strategy: str
+    items: list[tuple[int, int, float | None]]  # (image_id, rank, score)
+    batches: dict[int, int] | None = None  # image_id -> annotator batch (1..)
+
+
+def _hash(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+
+
+def _close_finished_rounds(s, project_id: int, labelled: set[int]) -> None:
+    for rnd in s.scalars(
+        select(AnnotationRound).where(
+            AnnotationRound.project_id == project_id, AnnotationRound.status == "open"
+        )
+    ):
+        ids = s.scalars(select(RoundItem.image_id).where(RoundItem.round_id == rnd.id)).all()
+        if ids and all(i in labelled for i in ids):
+            rnd.status = "done"
+
+
+def select_round(
+    ctx: Context,
+    project_name: str,
+    *,
+    budget: int,
+    strategy: str = "uncertainty",
+    model_version_id: int | None = None,
+    method: str | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    params: dict[str, Any] | None = None,
+) -> RoundResult:
+    """A new round of at most `budget` images, or the open round these parameters already
+    made. `batch_size` deals the round into per-annotator batches round-robin in rank
+    order, so every annotator gets a share of the least confident images."""
+    if budget < 1:
+        raise InputError(f"budget must be at least 1, got {budget}")
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    strat = get_strategy(strategy)
+    params = check_params(strat, dict(params or {}))
+    with ctx.db.session() as s:
+        project = get_project(s, project_name)
+        method = method or default_method(project.task)
+        if model_version_id is None:
+            model_version_id = s.scalar(
+                select(ModelVersion.id)
+                .where(ModelVersion.project_id == project.id)
+                .order_by((ModelVersion.stage == "production").desc(), ModelVersion.id.desc())
+                .limit(1)
+            )
+        if model_version_id is None and strat.needs_model:
+            raise InputError(
+                f"strategy {strategy!r} needs a trained model; train first, or start cold "
+                "with --strategy random or coreset"
+            )
+        key = {
+            "strategy": strategy,
+            "budget": budget,
+            "model_version_id": model_version_id,
+            "method": method if strat.needs_scores else None,
+            "seed": seed,
+        }
+        if params:
+            key["params"] = params
+        if batch_size:
+            key["batch_size"] = batch_size
+        labelled = labelled_image_ids(s, project.id)
+        _close_finished_rounds(s, project.id, labelled)
+        # The same parameters return the same round while it is open and holds images; once
+        # it is done (or came out empty) the next call chains a new hash after it.
+        params_hash = _hash(key)
+        while (
+            existing := s.scalar(
+                select(AnnotationRound).where(
+                    AnnotationRound.project_id == project.id,
+                    AnnotationRound.params_hash == params_hash,
+                )
+            )
+        ) is not None:
+            rows = s.execute(
+                select(RoundItem.image_id, RoundItem.rank, RoundItem.score, RoundItem.batch)
+                .where(RoundItem.round_id == existing.id)
+                .order_by(RoundItem.rank)
+            ).all()
+            if existing.status == "open" and rows:
+                return RoundResult(
+                    existing.id,
+                    existing.number,
+                    False,
+                    strategy,
+                    [(i, r, sc) for i, r, sc, _ in rows],
+                    {i: b for i, _, _, b in rows},
+                )
+            params_hash = _hash({**key, "after_round": existing.id})
+        out_now = set(
+            s.scalars(
+                select(RoundItem.image_id)
+                .join(AnnotationRound)
+                .where(AnnotationRound.project_id == project.id, AnnotationRound.status == "open")
+            ).all()
+        )
+        pool = [i for i in pool_image_ids(s, project.id) if i not in out_now]
+        cand = _candidates(ctx, s, project.id, pool, model_version_id, method, labelled)
+        if strat.needs_scores and pool and not any(i in cand.scores for i in pool):
+            raise InputError(
+                f"no stored {method} scores for model version {model_version_id}; "
+                "run the score stage first"
+            )
+        ranked = strat.rank(cand, budget, seed, params)[:budget]
+        if not ranked:
+            raise InputError(
+                f"nothing to select in project {project_name!r}: every image is labelled or "
+                "already out with annotators in an open round"
+            )
+        if len(set(ranked)) != len(ranked) or not set(ranked) <= set(pool):
+            raise RuntimeError(f"strategy {strategy!r} returned ids outside the eligible pool")
+        number = (
+            s.scalar(
+                select(func.max(AnnotationRound.number)).where(
+                    AnnotationRound.project_id == project.id
+                )
+            )
+            or 0
+        ) + 1
+        rnd = AnnotationRound(
+            project_id=project.id,
+            number=number,
+            model_version_id=model_version_id,
+            strategy=strategy,
+            params=key,
+            params_hash=params_hash,
+        )
+        s.add(rnd)
+        s.flush()
+        n_batches = math.ceil(len(ranked) / batch_size) if batch_size else 1
+        items = [(i, rank, cand.scores.get(i)) for rank, i in enumerate(ranked, start=1)]
+        batches = {i: (rank - 1) % n_batches + 1 for i, rank, _ in items}
+        s.add_all(
+            RoundItem(round_id=rnd.id, image_id=i, rank=r, score=sc, batch=batches[i])
+            for i, r, sc in items
+        )
+        return RoundResult(rnd.id, number, True, strategy, items, batches)
+
+
+def _candidates(
+    ctx: Context,
+    s: Session,
+    project_id: int,
+    pool: list[int],
+    model_version_id: int | None,
+    method: str,
+    labelled: set[int],
+) -> Candidates:
+    scores: dict[int, float] = {}
+    counts: dict[int, dict[str, int]] = {}
+    if model_version_id is not None:
+        for image_id, m, value, details in s.execute(
+            select(Score.image_id, Score.method, Score.value, Score.details).where(
+                Score.model_version_id == model_version_id, Score.image_id.in_(pool)
+            )
+        ):
+            if m == method:
+                scores[image_id] = value
+            if details and "counts" in details:
+                counts.setdefault(image_id, details["counts"])
+    labelled_counts: Counter[str] = Counter()
+    for ann in current_annotations(s, project_id).values():
+        labelled_counts.update(sh["label"] for sh in ann.shapes)
+
+    def embeddings() -> tuple[np.ndarray, np.ndarray]:
+        ids = [*pool, *sorted(labelled)]
+        if model_version_id is not None:
+            vecs = load_embeddings(s, model_version_id, ids)
+            missing = [i for i in ids if i not in vecs]
+            if missing:
+                raise InputError(
+                    f"model version {model_version_id} has no embeddings for {len(missing)} "
+                    "images; run the score stage first"
+                )
+        else:  # cold start: no model yet, describe images by their pixels
+            q = select(Image.id, Image.blob_key).where(Image.id.in_(ids))
+            keys = dict(s.execute(q).tuples().all())
+            vecs = {
+                i: pixel_embedding(decode_image(ctx.blobs.get_bytes(keys[i]), name=keys[i]))
+                for i in ids
+            }
+        dim = len(next(iter(vecs.values()))) if vecs else 0
+        pool_m = np.stack([vecs[i] for i in pool]) if pool else np.zeros((0, dim))
+        lab = sorted(labelled)
+        lab_m = np.stack([vecs[i] for i in lab]) if lab else np.zeros((0, dim))
+        return pool_m, lab_m
+
+    return Candidates(pool, scores, counts, dict(labelled_counts), embeddings)
+
+
+def latest_round(ctx: Context, project_name: str) -> int:
+    with ctx.db.session() as s:
+        project = get_project(s, project_name)
+        rid = s.scalar(
+            select(AnnotationRound.id)
+            .where(AnnotationRound.project_id == project.id)
+            .order_by(AnnotationRound.number.desc())
+            .limit(1)
+        )
+    if rid is None:
+        raise NotFoundError(f"project {project_name!r} has no annotation round; run select first")
+    return rid

@@ -1,0 +1,187 @@
+"""Selection strategies: tiny named objects that only rank candidates (MONAI Label style).
+
+A strategy sees the eligible pool images with what the scoring stage stored for them
+(uncertainty, predicted counts, embeddings) and returns at most `budget` image ids in the
+order annotators should take them. The rules every strategy obeys (never an image that
+is labelled or already out with annotators, the budget) are enforced around it, in
+`rounds.select_round`.
+
+- `random` (needs nothing): a seeded uniform sample; the baseline, and a cold start.
+- `uncertainty` (scores): the top `budget` by stored uncertainty.
+- `coreset` (embeddings, or pixels): k-center greedy, far from everything labelled.
+- `hybrid` (scores + embeddings): the `prefilter` x budget most uncertain, then k-center.
+- `class_balance` (scores + counts): uncertainty boosted for predicted rare classes.
+
+`coreset` without a model (cold start) embeds images by their pixel statistics.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from labelloop.errors import InputError
+from labelloop.selection.kcenter import kcenter_greedy
+
+
+@dataclass
+class Candidates:
+    """The eligible pool as a strategy sees it. `embeddings()` loads lazily (pool rows in
+    the order of `ids`, then the labelled images' rows), since only diversity needs them."""
+
+    ids: list[int]
+    scores: dict[int, float] = field(default_factory=dict)
+    counts: dict[int, dict[str, int]] = field(default_factory=dict)
+    labelled_counts: dict[str, int] = field(default_factory=dict)
+    embeddings: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
+
+
+class Strategy(Protocol):
+    name: ClassVar[str]
+    needs_scores: ClassVar[bool]
+    needs_model: ClassVar[bool]
+    defaults: ClassVar[dict[str, Any]]
+
+    def rank(
+        self, cand: Candidates, budget: int, seed: int, params: dict[str, Any]
+    ) -> list[int]: ...
+
+
+def _by_uncertainty(cand: Candidates) -> list[int]:
+    scored = [i for i in cand.ids if i in cand.scores]
+    return sorted(scored, key=lambda i: (-cand.scores[i], i))
+
+
+def _embeddings(cand: Candidates, name: str) -> tuple[np.ndarray, np.ndarray]:
+    if cand.embeddings is None:
+        raise InputError(f"strategy {name!r} needs image embeddings; run the score stage first")
+    return cand.embeddings()
+
+
+class RandomStrategy:
+    name = "random"
+    needs_scores = False
+    needs_model = False
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def rank(self, cand, budget, seed, params):
+        return random.Random(seed).sample(sorted(cand.ids), min(budget, len(cand.ids)))
+
+
+class UncertaintyStrategy:
+    """Top-k by stored uncertainty (higher = less confident); ties broken by image id."""
+
+    name = "uncertainty"
+    needs_scores = True
+    needs_model = True
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def rank(self, cand, budget, seed, params):
+        return _by_uncertainty(cand)[:budget]
+
+
+class CoresetStrategy:
+    """k-center greedy over embeddings, the labelled images as initial centres."""
+
+    name = "coreset"
+    needs_scores = False
+    needs_model = False
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def rank(self, cand, budget, seed, params):
+        pool, labelled = _embeddings(cand, self.name)
+        picks = kcenter_greedy(pool, labelled, budget, seed=seed)
+        return [cand.ids[p] for p in picks]
+
+
+class HybridStrategy:
+    """Uncertainty first, diversity second: of the `prefilter` x budget least confident
+    images, the k-center greedy batch. Pure top-k tends to fill a round with near
+    duplicates (ten fields of the same blurry slide); this keeps the doubt and drops the
+    duplicates."""
+
+    name = "hybrid"
+    needs_scores = True
+    needs_model = True
+    defaults: ClassVar[dict[str, Any]] = {"prefilter": 3.0}
+
+    def rank(self, cand, budget, seed, params):
+        factor = float(params.get("prefilter", self.defaults["prefilter"]))
+        if factor < 1:
+            raise InputError(f"hybrid: prefilter must be at least 1, got {factor}")
+        short = _by_uncertainty(cand)[: max(budget, round(factor * budget))]
+        pool, labelled = _embeddings(cand, self.name)
+        row = {i: r for r, i in enumerate(cand.ids)}
+        picks = kcenter_greedy(pool[[row[i] for i in short]], labelled, budget, seed=seed)
+        return [short[p] for p in picks]
+
+
+class ClassBalanceStrategy:
+    """Uncertainty x (1 + weight x rarity of what the image is predicted to hold).
+
+    Rarity of a class is 1 / its share of the labelled shapes, scaled so the rarest class
+    is 1; an image's bonus is the count-weighted mean rarity of its predicted cells. A
+    field predicted to hold a WBC or platelets among RBCs gets up to (1 + weight) times
+    its uncertainty, so rare classes reach annotators before the model has learned them.
+    """
+
+    name = "class_balance"
+    needs_scores = True
+    needs_model = True
+    defaults: ClassVar[dict[str, Any]] = {"weight": 1.0}
+
+    def rank(self, cand, budget, seed, params):
+        weight = float(params.get("weight", self.defaults["weight"]))
+        classes = sorted(
+            {c for cnt in cand.counts.values() for c in cnt} | set(cand.labelled_counts)
+        )
+        total = sum(cand.labelled_counts.values())
+        inv = {c: (total + len(classes)) / (cand.labelled_counts.get(c, 0) + 1) for c in classes}
+        top = max(inv.values(), default=1.0)
+        rarity = {c: v / top for c, v in inv.items()}
+
+        def value(i: int) -> float:
+            cnt = cand.counts.get(i, {})
+            n = sum(cnt.values())
+            bonus = sum(k * rarity.get(c, 0.0) for c, k in cnt.items()) / n if n else 0.0
+            return cand.scores[i] * (1.0 + weight * bonus)
+
+        scored = [i for i in cand.ids if i in cand.scores]
+        return sorted(scored, key=lambda i: (-value(i), i))[:budget]
+
+
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s()
+    for s in (
+        RandomStrategy,
+        UncertaintyStrategy,
+        CoresetStrategy,
+        HybridStrategy,
+        ClassBalanceStrategy,
+    )
+}
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise InputError(
+            f"unknown strategy {name!r}; choose one of: {', '.join(sorted(STRATEGIES))}"
+        ) from None
+
+
+def check_params(strategy: Strategy, params: dict[str, Any]) -> dict[str, Any]:
+    """The strategy's defaults overlaid with `params`; unknown names are refused."""
+    unknown = set(params) - set(strategy.defaults)
+    if unknown:
+        valid = ", ".join(sorted(strategy.defaults)) or "none"
+        raise InputError(
+            f"strategy {strategy.name!r} has no parameter {', '.join(sorted(unknown))}; "
+            f"valid: {valid}"
+        )
+    return {**strategy.defaults, **params}

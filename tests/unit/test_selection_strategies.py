@@ -1,0 +1,107 @@
+"""Strategies rank what they are given; the stage keeps the rules (labelled, open rounds,
+budget, batches) and stores embeddings for diversity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labelloop.datasets import freeze
+from labelloop.errors import InputError
+from labelloop.ingest import ingest_path
+from labelloop.pool import score_pool
+from labelloop.projects import create_project
+from labelloop.runs import execute_run, request_run
+from labelloop.selection import Candidates, get_strategy, select_round
+from labelloop.selection.kcenter import kcenter_greedy
+from labelloop.selection.strategies import check_params
+from tests.factories import png, small_export
+
+TINY = {"epochs": 1, "batch_size": 2, "image_size": 64}
+
+
+def test_kcenter_covers_clusters_before_filling_one():
+    rng = np.random.default_rng(0)
+    centres = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], float)
+    pool = np.concatenate([c + 0.01 * rng.standard_normal((10, 3)) for c in centres])
+    picks = kcenter_greedy(pool, np.zeros((0, 3)), 4, seed=3)
+    assert sorted(p // 10 for p in picks) == [0, 1, 2, 3]  # one per cluster
+    # Labelled points near cluster 0 and 1: the next picks come from clusters 2 and 3.
+    picks = kcenter_greedy(pool, centres[:2], 2)
+    assert sorted(p // 10 for p in picks) == [2, 3]
+    assert kcenter_greedy(pool, centres, 100) and len(kcenter_greedy(pool, centres, 100)) == 40
+
+
+def _cand(**kw) -> Candidates:
+    return Candidates(ids=[1, 2, 3, 4, 5, 6], **kw)
+
+
+def test_hybrid_keeps_doubt_and_drops_near_duplicates():
+    scores = {1: 0.9, 2: 0.89, 3: 0.88, 4: 0.5, 5: 0.2, 6: 0.1}
+    emb = np.array([[1, 0], [1, 0.01], [1, 0.02], [0, 1], [0.7, 0.7], [-1, 0]], float)
+    cand = _cand(scores=scores, embeddings=lambda: (emb, np.zeros((0, 2))))
+    top = get_strategy("uncertainty").rank(cand, 2, 0, {})
+    assert top == [1, 2]  # two near-identical images
+    hybrid = get_strategy("hybrid").rank(cand, 2, 0, {"prefilter": 2.0})
+    assert set(hybrid) <= {1, 2, 3, 4} and 4 in hybrid  # doubtful and different
+    with pytest.raises(InputError, match="prefilter must be at least 1"):
+        get_strategy("hybrid").rank(cand, 2, 0, {"prefilter": 0.5})
+
+
+def test_class_balance_prefers_images_predicted_to_hold_rare_cells():
+    scores = {i: 0.5 for i in range(1, 7)}
+    counts = {i: {"RBC": 20, "WBC": 0} for i in range(1, 7)}
+    counts[5] = {"RBC": 18, "WBC": 2}
+    cand = _cand(scores=scores, counts=counts, labelled_counts={"RBC": 500, "WBC": 5})
+    assert get_strategy("class_balance").rank(cand, 1, 0, {})[0] == 5
+    assert get_strategy("uncertainty").rank(cand, 1, 0, {})[0] == 1  # ties: lowest id
+
+
+def test_params_are_checked_against_the_strategy():
+    with pytest.raises(InputError, match="has no parameter alpha; valid: prefilter"):
+        check_params(get_strategy("hybrid"), {"alpha": 1})
+    with pytest.raises(InputError, match="valid: none"):
+        check_params(get_strategy("random"), {"x": 1})
+    with pytest.raises(InputError, match="choose one of: class_balance, coreset"):
+        get_strategy("bald")
+
+
+@pytest.fixture
+def project(ctx, tmp_path):
+    with ctx.db.session() as s:
+        create_project(s, "sel", "segmentation", ["RBC", "WBC", "Platelets"])
+    ingest_path(ctx, "sel", small_export(tmp_path / "src", n=6))
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(8):
+        (pool / f"u{i}.png").write_bytes(png(seed=70 + i))
+    ingest_path(ctx, "sel", pool)
+    return "sel"
+
+
+def test_cold_start_coreset_on_pixels_then_rounds_with_batches(ctx, project):
+    with pytest.raises(InputError, match="needs a trained model"):
+        select_round(ctx, project, budget=3, strategy="uncertainty")
+    cold = select_round(ctx, project, budget=5, strategy="coreset", batch_size=2)
+    assert len(cold.items) == 5 and cold.created
+    # Dealt round-robin into ceil(5 / 2) = 3 batches of at most 2.
+    assert [cold.batches[i] for i, _, _ in cold.items] == [1, 2, 3, 1, 2]
+    again = select_round(ctx, project, budget=5, strategy="coreset", batch_size=2)
+    assert (again.round_id, again.created, again.batches) == (cold.round_id, False, cold.batches)
+
+
+def test_scoring_several_methods_stores_embeddings_for_diversity(ctx, project):
+    dv = freeze(ctx, project).dataset_version_id
+    mv = execute_run(ctx, request_run(ctx, dv, overrides=TINY).run_id)
+    methods = ["entropy_mean", "entropy_top10", "tta_disagreement"]
+    result = score_pool(ctx, mv, methods=methods)
+    assert (result.scored, result.embedded) == (8, 14)  # 8 pool + 6 labelled images
+    assert score_pool(ctx, mv, methods=methods).scored == 0
+    with pytest.raises(Exception, match="dropout"):
+        score_pool(ctx, mv, method="bald")
+    picked = []
+    for name in ("hybrid", "coreset", "class_balance"):
+        rnd = select_round(ctx, project, budget=2, strategy=name, model_version_id=mv)
+        assert len(rnd.items) == 2
+        picked += [i for i, _, _ in rnd.items]
+    assert len(set(picked)) == 6  # open rounds keep their images from later rounds
