@@ -57,6 +57,8 @@ class TaskSpec:
     uncertainty: float | None
     counts: dict[str, int]
     result: list[dict]
+    batch: int = 1
+    shapes: list = field(default_factory=list)  # the prediction, canonical
 
 
 @dataclass
@@ -67,6 +69,7 @@ class PushResult:
     round_number: int
     model_version: str | None
     id_map: dict[int, str] = field(default_factory=dict)
+    views: list[int] = field(default_factory=list)  # Label Studio Data Manager tabs
 
 
 def controls_for(config_xml: str) -> tuple[dict[str, str], str]:
@@ -121,7 +124,7 @@ def _round_batch(ctx: Context, round_id: int) -> RoundBatch:
     specs = []
     for item, img in rows:
         sc = scores.get(img.id)
-        result, counts = [], {}
+        result, counts, shapes = [], {}, []
         if sc is not None and "shapes_key" in sc.details:
             shapes = shapes_from_json(json.loads(ctx.blobs.get_bytes(sc.details["shapes_key"])))
             result = shapes_to_results(
@@ -139,6 +142,8 @@ def _round_batch(ctx: Context, round_id: int) -> RoundBatch:
                 item.score,
                 counts,
                 result,
+                item.batch,
+                shapes,
             )
         )
     return RoundBatch(number, pname, mv_name, labels, config, specs)
@@ -175,13 +180,7 @@ def push_to_file(ctx: Context, round_id: int, out_dir: str | Path | None = None)
         name = f"{spec.sha256[:16]}.{spec.blob_key.rsplit('.', 1)[-1]}"
         (folder / "images" / name).write_bytes(ctx.blobs.get_bytes(spec.blob_key))
         task = {
-            "data": {
-                "image": f"/data/local-files/?d=images/{name}",
-                "labelloop_image_id": spec.image_id,
-                "labelloop_round": number,
-                "uncertainty": spec.uncertainty,
-                "rank": spec.rank,
-            }
+            "data": {"image": f"/data/local-files/?d=images/{name}", **_task_fields(spec, number)}
         }
         if spec.result:
             task["predictions"] = [
@@ -197,6 +196,7 @@ def push_to_file(ctx: Context, round_id: int, out_dir: str | Path | None = None)
     tmp.write_text(json.dumps(tasks, indent=1))
     tmp.replace(folder / "tasks.json")
     (folder / "label_config.xml").write_text(batch.config)
+    _write_cvat(folder, batch, {s.image_id: id_map[s.image_id].split("/", 1)[1] for s in specs})
     with open(folder / "tasks.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image", "image_id", "rank", "uncertainty", *[f"count_{lb}" for lb in labels]])
@@ -212,6 +212,24 @@ def push_to_file(ctx: Context, round_id: int, out_dir: str | Path | None = None)
             )
     push_id = _record(ctx, round_id, "file", str(folder), id_map)
     return PushResult(push_id, "file", str(folder), number, mv_name, id_map)
+
+
+def _write_cvat(folder: Path, batch: RoundBatch, names: dict[int, str]) -> None:
+    """`cvat/annotations.xml` ('CVAT for images 1.1', the predictions) and `cvat/images.txt`
+    (the images in rank order): create a CVAT task from `images/` (sorted by the list),
+    then upload the XML as CVAT 1.1."""
+    from labelloop.formats.cvat import CvatImage, cvat_xml
+
+    cvat = folder / "cvat"
+    cvat.mkdir(exist_ok=True)
+    images = [
+        CvatImage(names[sp.image_id], sp.width, sp.height, list(sp.shapes)) for sp in batch.specs
+    ]
+    title = f"labelloop {batch.project} round {batch.number}"
+    tmp = cvat / "annotations.xml.tmp"
+    tmp.write_text(cvat_xml(images, batch.labels, title), encoding="utf-8")
+    tmp.replace(cvat / "annotations.xml")
+    (cvat / "images.txt").write_text("".join(f"{im.name}\n" for im in images))
 
 
 def push_to_labelstudio(
@@ -250,20 +268,44 @@ def push_to_labelstudio(
                 key=spec.sha256,
                 filename=f"{spec.sha256[:16]}.{spec.blob_key.rsplit('.', 1)[-1]}",
                 image_bytes=ctx.blobs.get_bytes(spec.blob_key),
-                data_extra={
-                    "labelloop_image_id": spec.image_id,
-                    "labelloop_round": number,
-                    "uncertainty": spec.uncertainty,
-                    "rank": spec.rank,
-                },
+                data_extra=_task_fields(spec, number),
                 prediction=prediction,
             )
         )
     key_to_task = sink.push(ls_project, push_tasks)
     id_map = {spec.image_id: str(key_to_task[spec.sha256]) for spec in specs}
+    # Annotators open the round's tab and meet the least confident image first; with
+    # several annotator batches, each gets a tab of its own.
+    views = [
+        sink.ensure_view(
+            ls_project, f"labelloop round {number}", {"labelloop_round": number}, "uncertainty"
+        )
+    ]
+    batches = sorted({spec.batch for spec in specs})
+    if len(batches) > 1:
+        views += [
+            sink.ensure_view(
+                ls_project,
+                f"labelloop round {number} · batch {b}",
+                {"labelloop_round": number, "labelloop_batch": b},
+                "uncertainty",
+            )
+            for b in batches
+        ]
     destination = f"{url.rstrip('/')}/projects/{ls_project}"
     push_id = _record(ctx, round_id, "labelstudio", destination, id_map)
-    return PushResult(push_id, "labelstudio", destination, number, mv_name, id_map)
+    return PushResult(push_id, "labelstudio", destination, number, mv_name, id_map, views)
+
+
+def _task_fields(spec: TaskSpec, number: int) -> dict:
+    """Task data fields every push sets: our ids, and what annotators sort and filter by."""
+    return {
+        "labelloop_image_id": spec.image_id,
+        "labelloop_round": number,
+        "labelloop_batch": spec.batch,
+        "uncertainty": spec.uncertainty,
+        "rank": spec.rank,
+    }
 
 
 def push_round(ctx: Context, round_id: int, target: str = "file", **kwargs) -> PushResult:

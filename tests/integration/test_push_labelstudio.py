@@ -50,7 +50,7 @@ def test_cli_push_creates_tasks_with_predictions(labelstudio, tmp_path, monkeypa
     )
     mv = execute_run(ctx, req.run_id)
     score_pool(ctx, mv)
-    rnd = select_round(ctx, "ls-push", budget=3, model_version_id=mv)
+    rnd = select_round(ctx, "ls-push", budget=3, model_version_id=mv, batch_size=2)
 
     runner = CliRunner()
     args = ["push", "--project", "ls-push", "--to", "labelstudio", "--ls-title", "smears", "--json"]
@@ -68,6 +68,7 @@ def test_cli_push_creates_tasks_with_predictions(labelstudio, tmp_path, monkeypa
     for image_id, _rank, score in rnd.items:
         task = by_image[str(image_id)]
         assert task["data"]["labelloop_round"] == rnd.number
+        assert task["data"]["labelloop_batch"] == rnd.batches[image_id]
         assert task["data"]["uncertainty"] == pytest.approx(score)
         assert str(task["id"]) == out["id_map"][str(image_id)]
         preds = sink.predictions(task["id"])
@@ -77,8 +78,25 @@ def test_cli_push_creates_tasks_with_predictions(labelstudio, tmp_path, monkeypa
         shapes = results_to_shapes(preds[0]["result"], file="ls", record=str(task["id"]))
         assert shapes and all(s.kind == "mask" for s in shapes)
 
+    # The project shows this model's predictions; the round has a Data Manager tab (and
+    # one per annotator batch) that opens on the least confident image.
+    assert sink._client.projects.get(project_id).model_version == out["model_version"]
+    views = {v["data"]["title"]: v for v in sink.views(project_id)}
+    title = f"labelloop round {rnd.number}"
+    assert {title, f"{title} · batch 1", f"{title} · batch 2"} <= set(views)
+    assert views[title]["data"]["ordering"] == ["-tasks:data.uncertainty"]
+    ordered = [t.id for t in sink._client.tasks.list(project=project_id, view=views[title]["id"])]
+    expected = [int(out["id_map"][str(i)]) for i, _, _ in rnd.items]  # rank order
+    assert ordered == expected
+    batch2 = [
+        t.id
+        for t in sink._client.tasks.list(project=project_id, view=views[f"{title} · batch 2"]["id"])
+    ]
+    assert batch2 == [int(out["id_map"][str(i)]) for i, _, _ in rnd.items if rnd.batches[i] == 2]
+
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["id_map"] == out["id_map"]
     assert len(sink.tasks(project_id)) == 3
     assert all(len(sink.predictions(t["id"])) == 1 for t in sink.tasks(project_id))
+    assert len(sink.views(project_id)) == len(views)  # tabs updated, not duplicated

@@ -72,6 +72,21 @@ def test_scores_select_and_push_file(ctx, trained, tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(r["rank"]) for r in rows] == [1, 2, 3, 4]
     assert {"count_RBC", "count_WBC", "count_Platelets"} <= set(rows[0])
+    assert {t["data"]["labelloop_batch"] for t in tasks} == {1}
+
+    # The same predictions as a CVAT 1.1 file, read back by the CVAT reader.
+    from labelloop.ingest.readers.cvat_xml import read_cvat_xml
+    from labelloop.ingest.records import ReadOptions
+
+    names = (folder / "cvat" / "images.txt").read_text().split()
+    assert names == [t["data"]["image"].rsplit("/", 1)[1] for t in tasks]
+    back = list(read_cvat_xml(folder / "cvat", ReadOptions(image_root=folder / "images")))
+    assert [Path(r.uri).name for r in back] == names
+    for rec, t in zip(back, tasks, strict=True):
+        assert rec.error is None
+        pred = results_to_shapes(t["predictions"][0]["result"], file="tasks.json", record="t")
+        got = rec.annotations[0].shapes if rec.annotations else []
+        assert sorted(s.label for s in got) == sorted(s.label for s in pred)
 
     st = project_status(ctx, "loop")
     assert st["images"] == {"total": 12, "labelled": 6, "unlabeled": 6}

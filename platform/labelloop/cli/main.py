@@ -383,6 +383,10 @@ def _model_id(ctx: Context, project: str, name: str | None) -> int:
     return mv
 
 
+def _split_list(values: list[str] | None) -> list[str]:
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
 @app.command()
 @handle_errors
 def score(
@@ -390,21 +394,59 @@ def score(
     model: Annotated[
         str | None, typer.Option(help="Model version name (default: production).")
     ] = None,
-    method: Annotated[str | None, typer.Option(help="Scoring method (default per task).")] = None,
+    method: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Scoring method(s), repeatable or comma-separated (default per task); "
+            "`labelloop score --list-methods` shows them. One prediction serves them all."
+        ),
+    ] = None,
+    list_methods: Annotated[
+        bool, typer.Option("--list-methods", help="List the project's scoring methods.")
+    ] = False,
+    embed: Annotated[
+        bool, typer.Option(help="Also store embeddings (for coreset / hybrid selection).")
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Score the unlabeled pool with a model version (stored; re-running adds only new images)."""
-    from labelloop.pool import score_pool
+    """Score the unlabeled pool with a model version (stored per model version, image and
+    method; re-running adds only what is missing).
+
+    Methods read the model's probabilities: per-pixel entropy / margin / least confidence
+    aggregated by mean, top 10 % or foreground weight (segmentation); box scores, class
+    entropy, TTA localisation and count variance (detection); entropy, margin, BALD
+    (classification). Multi-pass methods (bald, mc_variance, tta_*) cost 7-10 forward
+    passes per image."""
+    from labelloop.pool import default_method, score_pool
+    from labelloop.projects import get_project
+    from labelloop.scoring import available_methods
 
     ctx = context()
+    if list_methods:
+        with ctx.db.session() as s:
+            task = get_project(s, project).task
+        names = available_methods(task)
+        if as_json:
+            emit_json({"task": task, "default": default_method(task), "methods": names})
+        else:
+            console.print(f"{task} (default {default_method(task)}): {', '.join(names)}")
+        return
     mv = _model_id(ctx, project, model)
     with progress("score", None, _interactive(as_json)) as update:
-        result = score_pool(ctx, mv, method=method, on_progress=lambda d, t: update(d, t))
+        result = score_pool(
+            ctx,
+            mv,
+            methods=_split_list(method) or None,
+            embed=embed,
+            on_progress=lambda d, t: update(d, t),
+        )
     data = {
         "model_version_id": mv,
         "method": result.method,
+        "methods": result.methods,
         "scored": result.scored,
         "already_scored": result.already,
+        "embedded": result.embedded,
         "seconds": round(result.seconds, 2),
         "images_per_s": round(result.images_per_s, 2),
     }
@@ -412,8 +454,9 @@ def score(
         emit_json(data)
     else:
         console.print(
-            f"scored {result.scored} images with {result.method} "
-            f"({result.already} already scored; {data['images_per_s']} images/s)"
+            f"scored {result.scored} images with {', '.join(result.methods)} "
+            f"({result.already} already scored; {data['images_per_s']} images/s; "
+            f"{result.embedded} embeddings added)"
         )
 
 
@@ -422,33 +465,76 @@ def score(
 def select_cmd(
     project: ProjectOpt,
     budget: Annotated[int, typer.Option(help="How many images to send to annotators.")],
-    strategy: Annotated[str, typer.Option(help="uncertainty | random")] = "uncertainty",
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="uncertainty | random | coreset | hybrid | class_balance "
+            "(coreset and random also work before any model: a cold start)"
+        ),
+    ] = "uncertainty",
     model: Annotated[str | None, typer.Option(help="Model version name.")] = None,
+    method: Annotated[
+        str | None, typer.Option(help="Which stored scores rank the pool (default per task).")
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Per-annotator batch size: the round is dealt into batches."),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help="Strategy parameter key=value, e.g. prefilter=4 (hybrid)."),
+    ] = None,
     seed: int = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Pick the next annotation round from stored scores (never labelled or already-out images)."""
-    from labelloop.selection import select_round
+    from labelloop.selection import get_strategy, select_round
 
     ctx = context()
-    mv = _model_id(ctx, project, model) if (model or strategy != "random") else None
+    strat = get_strategy(strategy)
+    mv = _model_id(ctx, project, model) if (model or strat.needs_model) else None
     result = select_round(
-        ctx, project, budget=budget, strategy=strategy, model_version_id=mv, seed=seed
+        ctx,
+        project,
+        budget=budget,
+        strategy=strategy,
+        model_version_id=mv,
+        method=method,
+        seed=seed,
+        batch_size=batch_size,
+        params=_parse_params(param),
     )
     data = {
         "round_id": result.round_id,
         "number": result.number,
         "created": result.created,
         "strategy": result.strategy,
-        "items": [{"image_id": i, "rank": r, "score": sc} for i, r, sc in result.items],
+        "items": [
+            {"image_id": i, "rank": r, "score": sc, "batch": (result.batches or {}).get(i, 1)}
+            for i, r, sc in result.items
+        ],
     }
     if as_json:
         emit_json(data)
     else:
+        batches = len(set((result.batches or {}).values())) or 1
         console.print(
-            f"round {result.number}: {len(result.items)} images "
+            f"round {result.number}: {len(result.items)} images in {batches} batch(es) "
             f"({'new' if result.created else 'existing'}, {result.strategy})"
         )
+
+
+def _parse_params(values: list[str] | None) -> dict:
+    out: dict = {}
+    for item in _split_list(values):
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--param takes key=value, got {item!r}")
+        try:
+            out[key] = float(raw) if any(c in raw for c in ".e") else int(raw)
+        except ValueError:
+            out[key] = raw
+    return out
 
 
 @app.command()

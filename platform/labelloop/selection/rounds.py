@@ -215,7 +215,7 @@ def _candidates(
                 )
         else:  # cold start: no model yet, describe images by their pixels
             q = select(Image.id, Image.blob_key).where(Image.id.in_(ids))
-            keys = dict(s.execute(q).tuples().all())
+            keys = {i: k for i, k in s.execute(q).all()}
             vecs = {
                 i: pixel_embedding(decode_image(ctx.blobs.get_bytes(keys[i]), name=keys[i]))
                 for i in ids

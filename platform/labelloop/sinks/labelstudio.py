@@ -148,6 +148,61 @@ class LabelStudioSink:
             self._set_model_version(project_id, versions[-1])
         return {t.key: ids[t.key] for t in tasks}
 
+    def ensure_view(
+        self,
+        project_id: int,
+        title: str,
+        equals: dict[str, int | str],
+        order_by: str,
+        *,
+        descending: bool = True,
+    ) -> int:
+        """A Data Manager tab showing the tasks whose data fields equal `equals`, sorted by
+        the data field `order_by`; the tab with this title is updated, never duplicated.
+        Returns its id."""
+        items = [
+            {
+                "filter": f"filter:tasks:data.{name}",
+                "operator": "equal",
+                "type": "Number" if isinstance(value, int | float) else "String",
+                "value": value,
+            }
+            for name, value in equals.items()
+        ]
+        data = {
+            "title": title,
+            "filters": {"conjunction": "and", "items": items},
+            "ordering": [f"{'-' if descending else ''}tasks:data.{order_by}"],
+        }
+        views = self._call(
+            f"GET /api/dm/views?project={project_id}",
+            lambda: self._client.views.list(project=project_id),
+        )
+        same = sorted(
+            v.id for v in views if v.id is not None and (v.data or {}).get("title") == title
+        )
+        if same:
+            self._call(
+                f"PATCH /api/dm/views/{same[0]}",
+                lambda: self._client.views.update(str(same[0]), data=data, project=project_id),
+            )
+            return same[0]
+        created = self._call(
+            "POST /api/dm/views",
+            lambda: self._client.views.create(data=data, project=project_id),
+        )
+        if created.id is None:
+            raise ExternalServiceError(f"Label Studio at {self.url} created a view with no id")
+        return created.id
+
+    def views(self, project_id: int) -> list[dict[str, Any]]:
+        return self._call(
+            f"GET /api/dm/views?project={project_id}",
+            lambda: [
+                v.model_dump(mode="json") for v in self._client.views.list(project=project_id)
+            ],
+        )
+
     def find_tasks(self, project_id: int, keys: Sequence[str]) -> dict[str, int]:
         """key -> task id for the keys that already have a task (the oldest one wins)."""
         return {k: task_id for k, (task_id, _) in self._lookup(project_id, keys).items()}
