@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     split_seed: int = 0
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     training_lock_ttl_s: int = 6 * 3600
+    score_shard_size: int = Field(
+        default=256, ge=1, description="pool images per scoring task (Celery chord shards)"
+    )
     nightly_cron: str = Field(default="0 2 * * *", description="beat crontab (m h dom mon dow)")
     nightly_budget: int = Field(default=20, description="images per nightly annotation round")
     nightly_push_to: str = Field(default="file", description="file | labelstudio")

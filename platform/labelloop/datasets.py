@@ -68,16 +68,43 @@ def _group_keys(s: Session, project_id: int) -> dict[int, str]:
     return groups
 
 
-def _ensure_eval_splits(items: list[dict], groups: dict[int, str]) -> None:
+def _pinned_splits(s: Session, project_id: int) -> dict[int, str]:
+    """Images whose source pinned a split (`ingest --split`, a dataset's official test
+    list): they keep it in every version, whatever the hash says."""
+    valid = {sp.value for sp in Split}
+    pinned: dict[int, str] = {}
+    for image_id, meta in s.execute(
+        select(SourceItem.image_id, SourceItem.meta)
+        .where(SourceItem.project_id == project_id)
+        .order_by(SourceItem.id)
+    ):
+        if meta and meta.get("split") in valid:
+            pinned.setdefault(image_id, meta["split"])
+    return pinned
+
+
+def _ensure_eval_splits(
+    items: list[dict],
+    groups: dict[int, str],
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    pinned: set[int] = frozenset(),  # type: ignore[assignment]
+) -> None:
     """Small sets can hash no group into val or test; move the lowest-hash train groups
-    there so evaluation always has data. Deterministic, and a no-op once a set is large."""
+    there so evaluation always has data. Deterministic, and a no-op once a set is large.
+    A split whose fraction is 0 is left empty, and pinned images never move."""
     present = Counter(it["split"] for it in items)
+    fixed = {groups[i] for i in pinned}
     train_groups = sorted(
-        {groups[it["image_id"]] for it in items if it["split"] == "train"},
+        {
+            groups[it["image_id"]]
+            for it in items
+            if it["split"] == "train" and groups[it["image_id"]] not in fixed
+        },
         key=lambda g: hashlib.sha256(g.encode()).hexdigest(),
     )
+    wanted = {Split.test.value: fractions[2], Split.val.value: fractions[1]}
     for needed in (Split.test.value, Split.val.value):
-        if present[needed] == 0 and len(train_groups) > 1:
+        if wanted[needed] > 0 and present[needed] == 0 and len(train_groups) > 1:
             g = train_groups.pop(0)
             for it in items:
                 if groups[it["image_id"]] == g:
@@ -96,6 +123,7 @@ def build_manifest(
     images = {img.id: img for img in s.scalars(select(Image).where(Image.id.in_(chosen)))}
     meta_groups = _group_keys(s, project.id)
     groups = {iid: meta_groups.get(iid, f"sha:{images[iid].sha256}") for iid in chosen}
+    pinned = _pinned_splits(s, project.id)
     items = []
     for iid, ann in chosen.items():
         img = images[iid]
@@ -106,12 +134,12 @@ def build_manifest(
                 "blob_key": img.blob_key,
                 "width": img.width,
                 "height": img.height,
-                "split": split_for(groups[iid], seed, fractions).value,
+                "split": pinned.get(iid) or split_for(groups[iid], seed, fractions).value,
                 "group": groups[iid],
                 "shapes": ann.shapes,
             }
         )
-    _ensure_eval_splits(items, groups)
+    _ensure_eval_splits(items, groups, fractions, set(pinned) & set(chosen))
     items.sort(key=lambda it: it["sha256"])
     manifest = {
         "version": MANIFEST_VERSION,

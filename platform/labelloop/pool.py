@@ -93,6 +93,17 @@ def scoring_plan(
     return methods, [i for i in pool if any(i not in done[m] for m in methods)]
 
 
+def embedding_plan(ctx: Context, model_version_id: int) -> list[int]:
+    """Labelled images this model version has no embedding for (pool images get theirs
+    while they are scored): diversity strategies measure distance to the labelled set."""
+    with ctx.db.session() as s:
+        mv = s.get(ModelVersion, model_version_id)
+        if mv is None:
+            raise NotFoundError(f"no model version with id {model_version_id}")
+        have = stored_ids(s, model_version_id)
+        return sorted(i for i in labelled_image_ids(s, mv.project_id) if i not in have)
+
+
 def _done(s: Session, model_version_id: int, methods: list[str]) -> dict[str, set[int]]:
     rows = s.execute(
         select(Score.method, Score.image_id).where(

@@ -72,3 +72,39 @@ def test_round_pipeline_on_real_worker(service_settings, start_worker, celery_ap
     assert nightly["stopped"].startswith("no new annotations")
     assert _count(ctx, TrainingRun, TrainingRun.project_id == mv.project_id) == 1
     assert "succeeded" in worker.tail(200_000)
+
+
+def test_large_pool_scores_as_a_chord_and_the_chain_goes_on(
+    service_settings, start_worker, celery_app, tmp_path
+):
+    from celery import chain
+
+    from labelloop.datasets import freeze
+    from labelloop.db.models import Embedding
+    from labelloop.ingest import ingest_path
+    from labelloop.runs import execute_run, request_run
+    from labelloop_workers import tasks
+
+    ctx = Context(service_settings)
+    set_context(ctx)
+    with ctx.db.session() as s:
+        create_project(s, "celery-chord", "segmentation", ["RBC", "WBC", "Platelets"])
+    ingest_path(ctx, "celery-chord", small_export(tmp_path / "src", n=4))
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(7):
+        (pool / f"p{i}.png").write_bytes(png(seed=200 + i))
+    ingest_path(ctx, "celery-chord", pool)
+    dv = freeze(ctx, "celery-chord").dataset_version_id
+    mv = execute_run(ctx, request_run(ctx, dv, overrides=TINY).run_id)
+    # Two workers share the shards: 7 pool + 4 labelled images in shards of 3.
+    start_worker(extra_env={"LABELLOOP_SCORE_SHARD_SIZE": "3"})
+    start_worker(queues="cpu", extra_env={"LABELLOOP_SCORE_SHARD_SIZE": "3"})
+    state = {"project": "celery-chord", "dataset_version_id": dv, "model_version_id": mv}
+    methods = "entropy_mean"
+    out = chain(tasks.score.s(state, method=methods), tasks.select.s(budget=3)).apply_async()
+    result = out.get(timeout=300)
+    assert result["score"]["shards"] == 4 and result["score"]["scored"] == 7
+    assert _count(ctx, Score, Score.model_version_id == mv) == 7
+    assert _count(ctx, Embedding, Embedding.model_version_id == mv) == 11
+    assert _count(ctx, RoundItem, RoundItem.round_id == result["round_id"]) == 3

@@ -56,7 +56,7 @@ def test_every_shape_survives_the_round_trip(tmp_path):
 def test_names_are_escaped():
     from defusedxml.ElementTree import fromstring
 
-    name = 'we"ird & <name>\'s.png'
+    name = "we\"ird & <name>'s.png"
     root = fromstring(cvat_xml([CvatImage(name, 4, 4, [])], ["a&b"], "t<1>").encode())
     assert root.find("image").get("name") == name
     assert root.find("meta/task/name").text == "t<1>"

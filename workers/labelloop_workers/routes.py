@@ -11,6 +11,8 @@ ROUTES: dict[str, str] = {
     "labelloop.freeze": "cpu",
     "labelloop.train": "gpu",
     "labelloop.score": "cpu",
+    "labelloop.score_shard": "cpu",
+    "labelloop.score_done": "cpu",
     "labelloop.select": "cpu",
     "labelloop.push": "io",
     "labelloop.nightly": "cpu",

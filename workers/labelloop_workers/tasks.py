@@ -9,7 +9,7 @@ the stage functions of `labelloop`; the same code runs in the embedded demo.
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import chord, shared_task
 from sqlalchemy import select as sql_select
 
 from labelloop.context import get_context
@@ -17,7 +17,7 @@ from labelloop.datasets import freeze as freeze_stage
 from labelloop.db.models import ModelVersion, Project
 from labelloop.errors import ExternalServiceError
 from labelloop.ingest import ingest_path
-from labelloop.pool import score_pool
+from labelloop.pool import embedding_plan, score_pool, scoring_plan
 from labelloop.push import push_round
 from labelloop.runs import execute_run, request_run
 from labelloop.selection import select_round
@@ -82,17 +82,43 @@ def train(self, state: State, overrides: dict | None = None, lock_retry_s: int =
     return {**state, "training_run_id": req.run_id, "model_version_id": mv_id}
 
 
-@shared_task(name="labelloop.score")
-def score(state: State, method: str | None = None) -> State:
-    result = score_pool(get_context(), state["model_version_id"], method=method)
-    return {
-        **state,
-        "score": {
-            "method": result.method,
-            "scored": result.scored,
-            "images_per_s": round(result.images_per_s, 2),
-        },
+@shared_task(name="labelloop.score", bind=True)
+def score(self, state: State, method: str | None = None) -> State:
+    """Score the pool; a pool larger than one shard fans out as a chord of shard tasks
+    (each idempotent: it fills in only what is missing), so many cpu workers share it.
+    The chain continues after the chord's callback."""
+    ctx = get_context()
+    mv = state["model_version_id"]
+    methods, todo = scoring_plan(ctx, mv, [method] if method else None)
+    work = todo + embedding_plan(ctx, mv)
+    size = ctx.settings.score_shard_size
+    if ctx.settings.embedded or len(work) <= size:
+        result = score_pool(ctx, mv, methods=methods)
+        summary = {"scored": result.scored, "images_per_s": round(result.images_per_s, 2)}
+        return {**state, "score": {"method": methods[0], "methods": methods, **summary}}
+    shards = [work[i : i + size] for i in range(0, len(work), size)]
+    fan_out = chord(
+        [score_shard.s(mv, methods, ids) for ids in shards], score_done.s(state, methods)
+    )
+    raise self.replace(fan_out)
+
+
+@shared_task(name="labelloop.score_shard")
+def score_shard(model_version_id: int, methods: list[str], image_ids: list[int]) -> dict:
+    result = score_pool(get_context(), model_version_id, methods=methods, image_ids=image_ids)
+    return {"scored": result.scored, "seconds": result.seconds}
+
+
+@shared_task(name="labelloop.score_done")
+def score_done(shards: list[dict], state: State, methods: list[str]) -> State:
+    scored = sum(r["scored"] for r in shards)
+    busy = sum(r["seconds"] for r in shards)
+    summary = {
+        "scored": scored,
+        "shards": len(shards),
+        "images_per_s": round(scored / busy, 2) if busy else 0.0,  # per worker
     }
+    return {**state, "score": {"method": methods[0], "methods": methods, **summary}}
 
 
 @shared_task(name="labelloop.select")

@@ -181,6 +181,13 @@ def ingest(
             "default: label_config.xml beside the export)."
         ),
     ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="Pin these images to train, val or test in every future dataset version "
+            "(e.g. a dataset's official test set)."
+        ),
+    ] = None,
     ls_project: Annotated[
         int | None,
         typer.Option(help="With PATH `labelstudio`: the Label Studio project id to pull."),
@@ -237,6 +244,7 @@ def ingest(
             label_map=parse_label_map(label_map),
             image_root=image_root,
             label_config=label_config,
+            split=split,
             on_record=lambda n: update(n, None, ""),
         )
     data = report.to_dict()
@@ -608,9 +616,10 @@ def status(project: ProjectOpt, as_json: JsonOpt = False) -> None:
 
 
 def _register_modules() -> None:
-    from labelloop.cli.models import register
+    from labelloop.cli import models, simulate
 
-    register(app)
+    models.register(app)
+    simulate.register(app)
 
 
 def _load_plugins() -> None:

@@ -213,6 +213,8 @@ class _Writer:
             self.s.flush()
         elif item.image_id != img.id:  # the task's image was replaced upstream
             item.image_id, item.uri = img.id, rec.uri
+        if "split" in rec.meta and (item.meta or {}).get("split") != rec.meta["split"]:
+            item.meta = {**(item.meta or {}), "split": rec.meta["split"]}  # re-pinned
         if not rec.annotations:
             self.report.unlabeled += 1
         for ann in rec.annotations:

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from importlib import import_module
 from pathlib import Path
 
 from labelloop.context import Context
+from labelloop.domain import Split
 from labelloop.errors import InputError
 from labelloop.ingest.archive import safe_extract
 from labelloop.ingest.core import IngestReport, ingest_records
-from labelloop.ingest.records import Format, ReadOptions
+from labelloop.ingest.records import Format, ReadOptions, SourceRecord
 from labelloop.projects import get_project
 
 READERS = ["labelstudio_file", "cvat_xml", "coco", "voc", "yolo", "labelme", "masks", "images"]
@@ -54,6 +55,12 @@ def parse_label_map(pairs: list[str] | str | None) -> dict[str, str]:
     return out
 
 
+def pin_split(records: Iterable[SourceRecord], split: str) -> Iterator[SourceRecord]:
+    for rec in records:
+        rec.meta = {**rec.meta, "split": split}
+        yield rec
+
+
 def ingest_path(
     ctx: Context,
     project_name: str,
@@ -65,11 +72,16 @@ def ingest_path(
     image_root: str | Path | None = None,
     source: str | None = None,
     label_config: str | Path | None = None,
+    split: str | None = None,
     on_record: Callable[[int], None] | None = None,
 ) -> IngestReport:
     """The ingest stage: one transaction for the whole path; nothing is written on error.
 
-    A .zip is extracted safely into a temporary folder named after the archive first."""
+    A .zip is extracted safely into a temporary folder named after the archive first.
+    `split` (train / val / test) pins every image of this ingest to that split in all
+    future dataset versions, e.g. a dataset's official test set."""
+    if split is not None and split not in {sp.value for sp in Split}:
+        raise InputError(f"split must be train, val or test, got {split!r}")
     path = Path(path)
     if not path.exists():
         raise InputError("no such file or folder", file=str(path))
@@ -82,8 +94,10 @@ def ingest_path(
             opts = ReadOptions(
                 source=source, image_root=root, label_config=config, origin=f"zip:{path.name}"
             )
-            return _ingest(ctx, project_name, inner, fmt, opts, skip_invalid, label_map, on_record)
-    return _ingest(ctx, project_name, path, fmt, opts, skip_invalid, label_map, on_record)
+            return _ingest(
+                ctx, project_name, inner, fmt, opts, skip_invalid, label_map, on_record, split
+            )
+    return _ingest(ctx, project_name, path, fmt, opts, skip_invalid, label_map, on_record, split)
 
 
 def _ingest(
@@ -95,11 +109,14 @@ def _ingest(
     skip_invalid: bool,
     label_map: dict[str, str] | None,
     on_record: Callable[[int], None] | None,
+    split: str | None = None,
 ) -> IngestReport:
     name = detect_format(path) if fmt == "auto" else fmt
     if name not in formats():
         raise InputError(f"unknown format {fmt!r}; choose one of: auto, {', '.join(formats())}")
     records = formats()[name].read(path, opts)
+    if split is not None:
+        records = pin_split(records, split)
     report = IngestReport(format=name)
     with ctx.db.session() as s:
         project = get_project(s, project_name)

@@ -1,0 +1,119 @@
+"""`labelloop simulate`: label-efficiency curves with an oracle (see `spec.py`).
+
+Runs are (strategy, seed) pairs plus one full-pool reference per seed. Each finished run
+is appended to `runs.jsonl` under the output folder with the spec's hash, so an
+interrupted simulation resumes where it stopped; the summary (`simulation.json`) and the
+plot (`simulation.png`) are rewritten from all finished runs at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from labelloop.simulate.loop import FULL, run_one
+from labelloop.simulate.oracle import SimulationData, data_from_source
+from labelloop.simulate.report import plot, summarise
+from labelloop.simulate.spec import SimulationSpec, load_spec
+
+__all__ = ["FULL", "SimulationData", "SimulationSpec", "load_spec", "simulate"]
+
+_DATA: SimulationData | None = None  # set before forking workers: they inherit it
+
+
+def spec_hash(spec: SimulationSpec) -> str:
+    core = spec.model_dump(mode="json", exclude={"jobs", "name"})
+    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _jobs(spec: SimulationSpec) -> list[tuple[str, int]]:
+    jobs = [(FULL, seed) for seed in spec.seeds] if spec.include_full else []
+    return jobs + [(s, seed) for seed in spec.seeds for s in spec.strategies]
+
+
+def _work(args: tuple) -> dict[str, Any]:
+    spec_json, strategy, seed, workdir, label_map, core = args
+    if core is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core})  # one core per run: training uses one thread
+    spec = SimulationSpec.model_validate_json(spec_json)
+    assert _DATA is not None
+    return run_one(spec, _DATA, strategy, seed, Path(workdir), label_map)
+
+
+def simulate(
+    spec: SimulationSpec,
+    out_dir: Path,
+    data: SimulationData | None = None,
+    *,
+    on_run: Callable[[dict[str, Any], int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) every run of `spec`; returns the summary. `data` defaults to the
+    spec's source."""
+    global _DATA
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if data is None:
+        if spec.source is None:
+            raise ValueError("the spec has no source and no data was given")
+        data = data_from_source(spec.source)
+    label_map = spec.source.label_map if spec.source else {}
+    digest = spec_hash(spec)
+    log = out_dir / "runs.jsonl"
+    done: list[dict] = []
+    if log.exists():
+        for line in log.read_text().splitlines():
+            row = json.loads(line)
+            if row.get("spec") == digest:
+                done.append(row)
+    finished = {(r["strategy"], r["seed"]) for r in done}
+    todo = [j for j in _jobs(spec) if j not in finished]
+    total = len(_jobs(spec))
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    args = [
+        (
+            spec.model_dump_json(),
+            strategy,
+            seed,
+            str(out_dir / "work" / f"{strategy}-{seed}"),
+            label_map,
+            cores[i % len(cores)] if spec.jobs > 1 and cores else None,
+        )
+        for i, (strategy, seed) in enumerate(todo)
+    ]
+    _DATA = data
+
+    def record(run: dict[str, Any]) -> None:
+        row = {**run, "spec": digest}
+        with log.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        done.append(row)
+        if on_run:
+            on_run(run, len(done), total)
+
+    try:
+        if spec.jobs > 1 and len(args) > 1:
+            with mp.get_context("fork").Pool(spec.jobs, maxtasksperchild=1) as pool:
+                for run in pool.imap_unordered(_work, args):
+                    record(run)
+        else:
+            for a in args:
+                record(_work((*a[:5], None)))
+    finally:
+        _DATA = None
+    summary = summarise(done, spec.metric, spec.extra_metrics)
+    summary.update(
+        {
+            "name": spec.name,
+            "spec": spec.model_dump(mode="json"),
+            "pool": len(data.pool),
+            "test": len(data.test),
+            "runs": sorted(done, key=lambda r: (r["strategy"], r["seed"])),
+        }
+    )
+    (out_dir / "simulation.json").write_text(json.dumps(summary, indent=1))
+    plot(summary, out_dir / "simulation.png", spec.name, spec.extra_metrics)
+    return summary

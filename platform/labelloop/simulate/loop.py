@@ -1,0 +1,173 @@
+"""One simulated run: the real stages (ingest, freeze, train, score, select) on a private
+embedded database, with an oracle that reveals a selected image's labels by ingesting them.
+
+Every run of a simulation (strategy x seed) gets its own SQLite file and blob folder, so
+runs share nothing and may go in parallel processes. The test images are ingested with
+their labels and pinned to the test split; pool images enter unlabelled, which makes them
+the pool that scoring and selection see, exactly as in a project.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from labelloop.config import Settings
+from labelloop.context import Context, set_context
+from labelloop.datasets import freeze
+from labelloop.db import migrate
+from labelloop.db.models import ModelVersion, SourceItem
+from labelloop.ingest.core import ingest_records
+from labelloop.ingest.records import SourceRecord
+from labelloop.pool import score_pool
+from labelloop.projects import create_project, get_project
+from labelloop.runs import execute_run, request_run
+from labelloop.selection import get_strategy, select_round
+from labelloop.simulate.oracle import SimulationData
+from labelloop.simulate.spec import SimulationSpec
+from labelloop.training.recipe import recipe_class
+
+FULL = "full"  # the reference run: the whole pool labelled at once
+
+
+def metric_value(metrics: dict[str, Any], dotted: str) -> float | None:
+    cur: Any = metrics
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return float(cur) if isinstance(cur, int | float) else None
+
+
+def _settings(workdir: Path, seed: int) -> Settings:
+    # Every URL explicit: a user's LABELLOOP_* environment must not point a simulation at
+    # their production database.
+    return Settings(
+        data_dir=workdir,
+        database_url="",
+        blob_url="",
+        broker_url="memory://",
+        result_backend="",
+        redis_url="",
+        split_fractions=(1.0, 0.0, 0.0),
+        split_seed=seed,
+    )
+
+
+def _ingest(ctx: Context, project: str, records: list[SourceRecord], label_map) -> None:
+    with ctx.db.session() as s:
+        ingest_records(
+            s,
+            ctx.blobs,
+            get_project(s, project),
+            records,
+            label_map=label_map,
+            max_pixels=ctx.settings.max_image_pixels,
+        )
+
+
+def _overrides(spec: SimulationSpec, seed: int, labelled: int) -> dict[str, Any]:
+    out = {**spec.recipe, "seed": seed}
+    fields = recipe_class(spec.task.value).model_fields
+    if spec.samples_per_epoch and "repeats" in fields:
+        out["repeats"] = max(1, math.ceil(spec.samples_per_epoch / labelled))
+    return out
+
+
+def run_one(
+    spec: SimulationSpec,
+    data: SimulationData,
+    strategy: str,
+    seed: int,
+    workdir: Path,
+    label_map: dict[str, str] | None = None,
+    on_step: Callable[[dict], None] | None = None,
+) -> dict[str, Any]:
+    """Train at each size of `spec.sizes` (or once on the whole pool for FULL), choosing the
+    next images with `strategy`; returns {"strategy", "seed", "points": [...]}."""
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    settings = _settings(workdir, seed)
+    migrate.upgrade(settings.database_url)
+    ctx = Context(settings)
+    set_context(ctx)
+    try:
+        return _run(ctx, spec, data, strategy, seed, label_map or {}, on_step)
+    finally:
+        set_context(None)
+        ctx.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run(ctx, spec, data, strategy, seed, label_map, on_step) -> dict[str, Any]:
+    name = spec.name
+    with ctx.db.session() as s:
+        create_project(s, name, spec.task.value, spec.labels)
+    test = [dataclasses.replace(r, meta={**r.meta, "split": "test"}) for r in data.test]
+    hidden = [dataclasses.replace(r, annotations=[]) for r in data.pool]
+    _ingest(ctx, name, test + hidden, label_map)
+    by_id = {r.external_id: r for r in data.pool}
+    with ctx.db.session() as s:
+        image_of = dict(
+            s.execute(
+                select(SourceItem.external_id, SourceItem.image_id).where(
+                    SourceItem.external_id.in_(list(by_id))
+                )
+            ).all()
+        )
+    record_of = {image_of[k]: by_id[k] for k in by_id}
+    sizes = [len(data.pool)] if strategy == FULL else [s for s in spec.sizes if s < len(data.pool)]
+    order = sorted(by_id)
+    labelled = set(random.Random(seed).sample(order, sizes[0]))
+    _ingest(ctx, name, [by_id[k] for k in sorted(labelled)], label_map)
+    points = []
+    for step in range(len(sizes)):
+        started = time.monotonic()
+        dv = freeze(ctx, name).dataset_version_id
+        run = request_run(ctx, dv, overrides=_overrides(spec, seed, len(labelled)))
+        mv_id = execute_run(ctx, run.run_id)
+        with ctx.db.session() as s:
+            metrics = s.get(ModelVersion, mv_id).metrics
+        point: dict[str, Any] = {
+            "labelled": len(labelled),
+            "metric": metric_value(metrics["test"], spec.metric),
+            **{m: metric_value(metrics["test"], m) for m in spec.extra_metrics},
+            "train_seconds": metrics.get("train_seconds"),
+            "epochs": metrics.get("epochs"),
+        }
+        last = step == len(sizes) - 1
+        if not last:
+            k = sizes[step + 1] - len(labelled)
+            t0 = time.monotonic()
+            strat = get_strategy(strategy)
+            method = spec.methods.get(strategy)
+            if strat.needs_scores or strat.name in ("coreset", "hybrid"):
+                score_pool(ctx, mv_id, methods=[method] if method else None)
+            rnd = select_round(
+                ctx,
+                name,
+                budget=k,
+                strategy=strategy,
+                model_version_id=mv_id,
+                method=method,
+                seed=seed * 1000 + step,
+                params=spec.params.get(strategy),
+            )
+            chosen = [record_of[i] for i, _, _ in rnd.items]
+            _ingest(ctx, name, chosen, label_map)  # the oracle answers
+            labelled |= {r.external_id for r in chosen}
+            point["select_seconds"] = round(time.monotonic() - t0, 2)
+            point["selected"] = [r.external_id for r in chosen]
+        point["step_seconds"] = round(time.monotonic() - started, 2)
+        points.append(point)
+        if on_step:
+            on_step({"strategy": strategy, "seed": seed, **point})
+    return {"strategy": strategy, "seed": seed, "points": points}
