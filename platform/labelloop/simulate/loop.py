@@ -108,7 +108,7 @@ def run_one(
 
 
 def _run(ctx, spec, data, strategy, seed, label_map, on_step) -> dict[str, Any]:
-    name = spec.name
+    name = "simulation"  # a private database per run: the display name stays in the spec
     with ctx.db.session() as s:
         create_project(s, name, spec.task.value, spec.labels)
     test = [dataclasses.replace(r, meta={**r.meta, "split": "test"}) for r in data.test]
