@@ -41,6 +41,10 @@ class Settings(BaseSettings):
         description="hosts (and 's3://bucket's) a Label Studio sync may read task images from "
         "besides the Label Studio server itself; JSON list in the environment",
     )
+    cvat_url: str = Field(default="", description="CVAT server for `push --to cvat`")
+    cvat_token: SecretStr = SecretStr("")
+    cvat_user: str = ""
+    cvat_password: SecretStr = SecretStr("")
     split_seed: int = 0
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     training_lock_ttl_s: int = 6 * 3600

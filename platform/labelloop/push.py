@@ -169,8 +169,27 @@ def _record(
 
 def push_to_file(ctx: Context, round_id: int, out_dir: str | Path | None = None) -> PushResult:
     """A self-contained folder: Label Studio import JSON with predictions, the images, the
-    labeling config and a CSV of (image, score, rank, predicted counts)."""
+    labeling config, a CSV of (image, score, rank, predicted counts) and the CVAT 1.1 file."""
     batch = _round_batch(ctx, round_id)
+    folder, id_map = write_round_folder(ctx, batch, out_dir)
+    push_id = _record(ctx, round_id, "file", str(folder), id_map)
+    return PushResult(push_id, "file", str(folder), batch.number, batch.model_version, id_map)
+
+
+def round_batch(ctx: Context, round_id: int) -> RoundBatch:
+    return _round_batch(ctx, round_id)
+
+
+def record_push(
+    ctx: Context, round_id: int, target: str, destination: str, id_map: dict[int, str]
+) -> int:
+    return _record(ctx, round_id, target, destination, id_map)
+
+
+def write_round_folder(
+    ctx: Context, batch: RoundBatch, out_dir: str | Path | None = None
+) -> tuple[Path, dict[int, str]]:
+    """Write the round's folder; returns it and the image id -> `images/<file>` map."""
     number, labels, mv_name, specs = batch.number, batch.labels, batch.model_version, batch.specs
     out = Path(out_dir) if out_dir else ctx.settings.data_dir / "exports" / batch.project
     folder = out / f"round-{number:03d}"
@@ -210,8 +229,7 @@ def push_to_file(ctx: Context, round_id: int, out_dir: str | Path | None = None)
                     *[spec.counts.get(lb, "") for lb in labels],
                 ]
             )
-    push_id = _record(ctx, round_id, "file", str(folder), id_map)
-    return PushResult(push_id, "file", str(folder), number, mv_name, id_map)
+    return folder, id_map
 
 
 def _write_cvat(folder: Path, batch: RoundBatch, names: dict[int, str]) -> None:
@@ -311,6 +329,10 @@ def _task_fields(spec: TaskSpec, number: int) -> dict:
 def push_round(ctx: Context, round_id: int, target: str = "file", **kwargs) -> PushResult:
     if target == "file":
         return push_to_file(ctx, round_id, kwargs.get("out_dir"))
+    if target == "cvat":
+        from labelloop.sinks.cvat import push_to_cvat
+
+        return push_to_cvat(ctx, round_id, out_dir=kwargs.get("out_dir"), url=kwargs.get("url"))
     if target == "labelstudio":
         return push_to_labelstudio(
             ctx,
@@ -319,4 +341,4 @@ def push_round(ctx: Context, round_id: int, target: str = "file", **kwargs) -> P
             token=kwargs.get("token"),
             title=kwargs.get("title"),
         )
-    raise ConfigError(f"unknown push target {target!r}; choose one of: file, labelstudio")
+    raise ConfigError(f"unknown push target {target!r}; choose one of: file, labelstudio, cvat")

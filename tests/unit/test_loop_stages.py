@@ -119,3 +119,14 @@ def test_a_finished_round_is_not_handed_out_again(ctx, trained):
         s.get(AnnotationRound, first.round_id).status = "done"
     again = select_round(ctx, "loop", budget=6, strategy="random", seed=3)
     assert again.created and again.round_id != first.round_id
+
+
+def test_push_to_cvat_says_what_it_needs(ctx, trained, monkeypatch):
+    from labelloop.errors import ConfigError
+
+    score_pool(ctx, trained)
+    rnd = select_round(ctx, "loop", budget=2, model_version_id=trained)
+    with pytest.raises(ConfigError, match="LABELLOOP_CVAT_URL"):
+        push_round(ctx, rnd.round_id, "cvat")
+    with pytest.raises(ConfigError, match="choose one of: file, labelstudio, cvat"):
+        push_round(ctx, rnd.round_id, "dropbox")
