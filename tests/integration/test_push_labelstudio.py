@@ -100,3 +100,55 @@ def test_cli_push_creates_tasks_with_predictions(labelstudio, tmp_path, monkeypa
     assert len(sink.tasks(project_id)) == 3
     assert all(len(sink.predictions(t["id"])) == 1 for t in sink.tasks(project_id))
     assert len(sink.views(project_id)) == len(views)  # tabs updated, not duplicated
+
+
+def test_celery_round_to_labelstudio_is_idempotent(
+    labelstudio, service_settings, start_worker, celery_app, tmp_path
+):
+    """score -> select -> push through a real worker into the real server, twice."""
+    from celery import chain
+
+    from labelloop_workers import tasks as t
+
+    ctx = Context(service_settings)
+    set_context(ctx)
+    with ctx.db.session() as s:
+        create_project(s, "ls-celery", "segmentation", ["RBC", "WBC", "Platelets"])
+    ingest_path(ctx, "ls-celery", small_export(tmp_path / "src", n=5))
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(6):
+        (pool / f"u{i}.png").write_bytes(png(seed=90 + i))
+    ingest_path(ctx, "ls-celery", pool)
+    dv = freeze(ctx, "ls-celery").dataset_version_id
+    overrides = {"epochs": 1, "batch_size": 2, "image_size": 64}
+    mv = execute_run(ctx, request_run(ctx, dv, overrides=overrides).run_id)
+    start_worker(
+        extra_env={
+            "LABELLOOP_LABELSTUDIO_URL": labelstudio.url,
+            "LABELLOOP_LABELSTUDIO_TOKEN": labelstudio.token,
+        }
+    )
+    state = {"project": "ls-celery", "dataset_version_id": dv, "model_version_id": mv}
+
+    def round_trip() -> dict:
+        sig = chain(
+            t.score.s(state),
+            t.select.s(budget=4, strategy="hybrid"),
+            t.push.s(target="labelstudio", title="ls-celery round"),
+        )
+        return sig.apply_async().get(timeout=300)
+
+    first = round_trip()
+    sink = LabelStudioSink(labelstudio.url, labelstudio.token)
+    project_id = int(first["push_destination"].rsplit("/", 1)[1])
+    tasks = sink.tasks(project_id)
+    assert len(tasks) == 4
+    assert all(len(sink.predictions(task["id"])) == 1 for task in tasks)
+    second = round_trip()
+    assert second["round_id"] == first["round_id"]
+    assert len(sink.tasks(project_id)) == 4
+    assert all(len(sink.predictions(task["id"])) == 1 for task in sink.tasks(project_id))
+    assert (
+        sum(v["data"]["title"].startswith("labelloop round") for v in sink.views(project_id)) == 1
+    )

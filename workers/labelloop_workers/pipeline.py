@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import chain
 from celery.canvas import Signature
 
+from labelloop.selection import get_strategy
 from labelloop_workers import tasks
 
 
@@ -31,9 +32,12 @@ def round_pipeline(
 def _after_freeze_steps(
     budget: int, strategy: str, target: str, out_dir: str | None, overrides: dict | None
 ) -> list[Signature]:
+    # Embeddings only when the strategy reads them (diversity): they cost a forward pass.
+    embed = strategy in ("coreset", "hybrid")
+    get_strategy(strategy)  # a typo fails here, before any training
     return [
         tasks.train.s(overrides=overrides),
-        tasks.score.s(),
+        tasks.score.s(embed=embed),
         tasks.select.s(budget=budget, strategy=strategy),
         tasks.push.s(target=target, out_dir=out_dir),
     ]

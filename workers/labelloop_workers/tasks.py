@@ -83,29 +83,32 @@ def train(self, state: State, overrides: dict | None = None, lock_retry_s: int =
 
 
 @shared_task(name="labelloop.score", bind=True)
-def score(self, state: State, method: str | None = None) -> State:
+def score(self, state: State, method: str | None = None, embed: bool = True) -> State:
     """Score the pool; a pool larger than one shard fans out as a chord of shard tasks
     (each idempotent: it fills in only what is missing), so many cpu workers share it.
     The chain continues after the chord's callback."""
     ctx = get_context()
     mv = state["model_version_id"]
     methods, todo = scoring_plan(ctx, mv, [method] if method else None)
-    work = todo + embedding_plan(ctx, mv)
+    work = todo + (embedding_plan(ctx, mv) if embed else [])
     size = ctx.settings.score_shard_size
     if ctx.settings.embedded or len(work) <= size:
-        result = score_pool(ctx, mv, methods=methods)
+        result = score_pool(ctx, mv, methods=methods, embed=embed)
         summary = {"scored": result.scored, "images_per_s": round(result.images_per_s, 2)}
         return {**state, "score": {"method": methods[0], "methods": methods, **summary}}
     shards = [work[i : i + size] for i in range(0, len(work), size)]
     fan_out = chord(
-        [score_shard.s(mv, methods, ids) for ids in shards], score_done.s(state, methods)
+        [score_shard.s(mv, methods, ids, embed) for ids in shards], score_done.s(state, methods)
     )
     raise self.replace(fan_out)
 
 
 @shared_task(name="labelloop.score_shard")
-def score_shard(model_version_id: int, methods: list[str], image_ids: list[int]) -> dict:
-    result = score_pool(get_context(), model_version_id, methods=methods, image_ids=image_ids)
+def score_shard(
+    model_version_id: int, methods: list[str], image_ids: list[int], embed: bool = True
+) -> dict:
+    ctx = get_context()
+    result = score_pool(ctx, model_version_id, methods=methods, image_ids=image_ids, embed=embed)
     return {"scored": result.scored, "seconds": result.seconds}
 
 
@@ -122,14 +125,25 @@ def score_done(shards: list[dict], state: State, methods: list[str]) -> State:
 
 
 @shared_task(name="labelloop.select")
-def select(state: State, budget: int, strategy: str = "uncertainty", seed: int = 0) -> State:
+def select(
+    state: State,
+    budget: int,
+    strategy: str = "uncertainty",
+    seed: int = 0,
+    method: str | None = None,
+    batch_size: int | None = None,
+    params: dict | None = None,
+) -> State:
     result = select_round(
         get_context(),
         state["project"],
         budget=budget,
         strategy=strategy,
         model_version_id=state.get("model_version_id"),
+        method=method or (state.get("score") or {}).get("method"),
         seed=seed,
+        batch_size=batch_size,
+        params=params,
     )
     return {**state, "round_id": result.round_id}
 
