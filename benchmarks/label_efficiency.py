@@ -102,7 +102,7 @@ SPECS = {
             "distortion": 0.3,
             "augment": {"hue_shift": 0, "saturation_shift": 0, "scale": 0.15},
         },
-        "strategies": ["random", "uncertainty", "hybrid", "coreset"],
+        "strategies": ["random", "uncertainty", "hybrid"],
         "methods": {"uncertainty": "entropy_mean", "hybrid": "entropy_mean"},
         "sizes": [2, 4, 7, 12],
         "metric": "mean_dice",

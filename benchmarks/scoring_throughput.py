@@ -59,14 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        settings = Settings(
-            data_dir=tmp_path / "data",
-            database_url="",
-            blob_url="",
-            broker_url="memory://",
-            result_backend="",
-            redis_url="",
-        )
+        settings = Settings.embedded_at(tmp_path / "data")
         migrate.upgrade(settings.database_url)
         ctx = Context(settings)
         set_context(ctx)

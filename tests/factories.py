@@ -144,3 +144,38 @@ def class_export(folder: Path, n: int = 6, labels: tuple[str, ...] = ("RBC", "WB
         for i in range(n)
     ]
     return write_export(folder, tasks, images)
+
+
+TINY_RECIPE = {"epochs": 1, "batch_size": 2, "image_size": 64}
+
+
+def trained_project(
+    ctx,
+    name: str,
+    folder: Path,
+    *,
+    labelled: int = 6,
+    pool: int = 6,
+    pool_seed: int = 50,
+    train: bool = True,
+) -> tuple[int, int | None]:
+    """A segmentation project with `labelled` annotated tasks and a `pool` of unlabelled
+    images, frozen and (with `train`) trained with a tiny recipe: (dataset version id,
+    model version id)."""
+    from labelloop.datasets import freeze
+    from labelloop.ingest import ingest_path
+    from labelloop.projects import create_project
+    from labelloop.runs import execute_run, request_run
+
+    with ctx.db.session() as s:
+        create_project(s, name, "segmentation", ["RBC", "WBC", "Platelets"])
+    ingest_path(ctx, name, small_export(folder / "src", n=labelled))
+    images = folder / "pool"
+    images.mkdir(parents=True)
+    for i in range(pool):
+        (images / f"u{i}.png").write_bytes(png(seed=pool_seed + i))
+    ingest_path(ctx, name, images)
+    if not train:
+        return 0, None
+    dv = freeze(ctx, name).dataset_version_id
+    return dv, execute_run(ctx, request_run(ctx, dv, overrides=TINY_RECIPE).run_id)

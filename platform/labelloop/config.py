@@ -72,6 +72,20 @@ class Settings(BaseSettings):
             raise ValueError("split_fractions must sum to 1")
         return self
 
+    @classmethod
+    def embedded_at(cls, data_dir: Path, **overrides) -> Settings:
+        """Embedded settings in `data_dir` with every URL explicit, whatever LABELLOOP_* the
+        environment holds: a demo or a simulation must never reach a production database."""
+        values = {
+            "data_dir": data_dir,
+            "database_url": "",
+            "blob_url": "",
+            "broker_url": "memory://",
+            "result_backend": "",
+            "redis_url": "",
+        }
+        return cls(**{**values, **overrides})
+
     @property
     def embedded(self) -> bool:
         """True when the broker lives in this process (demo / single-machine use)."""

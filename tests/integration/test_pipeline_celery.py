@@ -79,24 +79,13 @@ def test_large_pool_scores_as_a_chord_and_the_chain_goes_on(
 ):
     from celery import chain
 
-    from labelloop.datasets import freeze
     from labelloop.db.models import Embedding
-    from labelloop.ingest import ingest_path
-    from labelloop.runs import execute_run, request_run
     from labelloop_workers import tasks
+    from tests.factories import trained_project
 
     ctx = Context(service_settings)
     set_context(ctx)
-    with ctx.db.session() as s:
-        create_project(s, "celery-chord", "segmentation", ["RBC", "WBC", "Platelets"])
-    ingest_path(ctx, "celery-chord", small_export(tmp_path / "src", n=4))
-    pool = tmp_path / "pool"
-    pool.mkdir()
-    for i in range(7):
-        (pool / f"p{i}.png").write_bytes(png(seed=200 + i))
-    ingest_path(ctx, "celery-chord", pool)
-    dv = freeze(ctx, "celery-chord").dataset_version_id
-    mv = execute_run(ctx, request_run(ctx, dv, overrides=TINY).run_id)
+    dv, mv = trained_project(ctx, "celery-chord", tmp_path, labelled=4, pool=7, pool_seed=200)
     # Two workers share the shards: 7 pool + 4 labelled images in shards of 3.
     start_worker(extra_env={"LABELLOOP_SCORE_SHARD_SIZE": "3"})
     start_worker(queues="cpu", extra_env={"LABELLOOP_SCORE_SHARD_SIZE": "3"})

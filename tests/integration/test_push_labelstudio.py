@@ -19,7 +19,7 @@ from labelloop.projects import create_project
 from labelloop.runs import execute_run, request_run
 from labelloop.selection import select_round
 from labelloop.sinks.labelstudio import LabelStudioSink
-from tests.factories import png, small_export
+from tests.factories import png, small_export, trained_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.labelstudio]
 
@@ -112,17 +112,7 @@ def test_celery_round_to_labelstudio_is_idempotent(
 
     ctx = Context(service_settings)
     set_context(ctx)
-    with ctx.db.session() as s:
-        create_project(s, "ls-celery", "segmentation", ["RBC", "WBC", "Platelets"])
-    ingest_path(ctx, "ls-celery", small_export(tmp_path / "src", n=5))
-    pool = tmp_path / "pool"
-    pool.mkdir()
-    for i in range(6):
-        (pool / f"u{i}.png").write_bytes(png(seed=90 + i))
-    ingest_path(ctx, "ls-celery", pool)
-    dv = freeze(ctx, "ls-celery").dataset_version_id
-    overrides = {"epochs": 1, "batch_size": 2, "image_size": 64}
-    mv = execute_run(ctx, request_run(ctx, dv, overrides=overrides).run_id)
+    dv, mv = trained_project(ctx, "ls-celery", tmp_path, labelled=5, pool=6, pool_seed=90)
     start_worker(
         extra_env={
             "LABELLOOP_LABELSTUDIO_URL": labelstudio.url,

@@ -8,16 +8,12 @@ import pytest
 
 from labelloop.datasets import freeze
 from labelloop.errors import InputError
-from labelloop.ingest import ingest_path
 from labelloop.pool import score_pool
-from labelloop.projects import create_project
 from labelloop.runs import execute_run, request_run
 from labelloop.selection import Candidates, get_strategy, select_round
 from labelloop.selection.kcenter import kcenter_greedy
 from labelloop.selection.strategies import check_params
-from tests.factories import png, small_export
-
-TINY = {"epochs": 1, "batch_size": 2, "image_size": 64}
+from tests.factories import TINY_RECIPE, trained_project
 
 
 def test_kcenter_covers_clusters_before_filling_one():
@@ -68,14 +64,7 @@ def test_params_are_checked_against_the_strategy():
 
 @pytest.fixture
 def project(ctx, tmp_path):
-    with ctx.db.session() as s:
-        create_project(s, "sel", "segmentation", ["RBC", "WBC", "Platelets"])
-    ingest_path(ctx, "sel", small_export(tmp_path / "src", n=6))
-    pool = tmp_path / "pool"
-    pool.mkdir()
-    for i in range(8):
-        (pool / f"u{i}.png").write_bytes(png(seed=70 + i))
-    ingest_path(ctx, "sel", pool)
+    trained_project(ctx, "sel", tmp_path, labelled=6, pool=8, pool_seed=70, train=False)
     return "sel"
 
 
@@ -92,7 +81,7 @@ def test_cold_start_coreset_on_pixels_then_rounds_with_batches(ctx, project):
 
 def test_scoring_several_methods_stores_embeddings_for_diversity(ctx, project):
     dv = freeze(ctx, project).dataset_version_id
-    mv = execute_run(ctx, request_run(ctx, dv, overrides=TINY).run_id)
+    mv = execute_run(ctx, request_run(ctx, dv, overrides=TINY_RECIPE).run_id)
     methods = ["entropy_mean", "entropy_top10", "tta_disagreement"]
     result = score_pool(ctx, mv, methods=methods)
     assert (result.scored, result.embedded) == (8, 14)  # 8 pool + 6 labelled images

@@ -121,14 +121,7 @@ def register(app: typer.Typer) -> None:
         data_dir = data_dir.resolve()
         if fresh and data_dir.exists():
             shutil.rmtree(data_dir)
-        settings = Settings(
-            data_dir=data_dir,
-            broker_url="memory://",
-            database_url="",
-            blob_url="",
-            result_backend="",
-            redis_url="",
-        )
+        settings = Settings.embedded_at(data_dir)
         migrate.upgrade(settings.database_url)
         show = not as_json
         if show:

@@ -148,17 +148,20 @@ def mutual_information(stack: np.ndarray) -> np.ndarray:
     return np.clip(h_mean - h_each, 0.0, None) / math.log(stack.shape[2])
 
 
-@register
-class Bald(MultiPassMethod):
-    """Mean pixel mutual information across Monte-Carlo dropout passes (BALD)."""
-
-    name = "bald"
+class _MutualInformation(MultiPassMethod):
     task = "segmentation"
-    passes = "mc"
     n_passes = 8
 
     def score_views(self, arrays: dict[str, np.ndarray], views: Sequence[View]) -> float:
         return float(np.clip(mutual_information(_stack(views)).mean(), 0.0, 1.0))
+
+
+@register
+class Bald(_MutualInformation):
+    """Mean pixel mutual information across Monte-Carlo dropout passes (BALD)."""
+
+    name = "bald"
+    passes = "mc"
 
 
 @register
@@ -177,13 +180,8 @@ class McVariance(MultiPassMethod):
 
 
 @register
-class TtaDisagreement(MultiPassMethod):
+class TtaDisagreement(_MutualInformation):
     """Mean pixel mutual information across the 8 flips and quarter turns."""
 
     name = "tta_disagreement"
-    task = "segmentation"
     passes = "tta"
-    n_passes = 8
-
-    def score_views(self, arrays: dict[str, np.ndarray], views: Sequence[View]) -> float:
-        return float(np.clip(mutual_information(_stack(views)).mean(), 0.0, 1.0))

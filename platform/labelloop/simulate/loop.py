@@ -48,18 +48,8 @@ def metric_value(metrics: dict[str, Any], dotted: str) -> float | None:
 
 
 def _settings(workdir: Path, seed: int) -> Settings:
-    # Every URL explicit: a user's LABELLOOP_* environment must not point a simulation at
-    # their production database.
-    return Settings(
-        data_dir=workdir,
-        database_url="",
-        blob_url="",
-        broker_url="memory://",
-        result_backend="",
-        redis_url="",
-        split_fractions=(1.0, 0.0, 0.0),
-        split_seed=seed,
-    )
+    # Every labelled pool image trains (no val split: the last epoch's model is measured).
+    return Settings.embedded_at(workdir, split_fractions=(1.0, 0.0, 0.0), split_seed=seed)
 
 
 def _ingest(ctx: Context, project: str, records: list[SourceRecord], label_map) -> None:
