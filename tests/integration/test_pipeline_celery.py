@@ -97,3 +97,43 @@ def test_large_pool_scores_as_a_chord_and_the_chain_goes_on(
     assert _count(ctx, Score, Score.model_version_id == mv) == 7
     assert _count(ctx, Embedding, Embedding.model_version_id == mv) == 11
     assert _count(ctx, RoundItem, RoundItem.round_id == result["round_id"]) == 3
+
+
+TINY_KINDS = {
+    "detection": {
+        "epochs": 2,
+        "batch_size": 2,
+        "image_size": 96,
+        "neck_channels": 16,
+        "head_channels": 16,
+        "mosaic": 0.0,
+    },
+    "classification": {"epochs": 2, "batch_size": 4, "image_size": 32},
+}
+
+
+@pytest.mark.parametrize("task", ["detection", "classification"])
+def test_every_model_kind_trains_through_the_worker(
+    task, service_settings, start_worker, celery_app, tmp_path
+):
+    from labelloop.datasets import freeze
+    from labelloop.ingest import ingest_path
+    from labelloop_workers import tasks
+    from tests.factories import class_export
+
+    ctx = Context(service_settings)
+    set_context(ctx)
+    name = f"celery-{task}"
+    with ctx.db.session() as s:
+        create_project(s, name, task, ["RBC", "WBC", "Platelets"])
+    export = class_export if task == "classification" else small_export
+    ingest_path(ctx, name, export(tmp_path / "src", n=9))
+    dv = freeze(ctx, name).dataset_version_id
+    start_worker(queues="gpu")
+    state = {"project": name, "dataset_version_id": dv}
+    out = tasks.train.delay(state, overrides=TINY_KINDS[task]).get(timeout=600)
+    with ctx.db.session() as s:
+        mv = s.get(ModelVersion, out["model_version_id"])
+        assert mv.recipe["task"] == task and mv.stage == "production"
+        assert mv.metrics["primary_metric"] == ("map50" if task == "detection" else "macro_f1")
+        assert s.get(TrainingRun, out["training_run_id"]).status == "succeeded"
