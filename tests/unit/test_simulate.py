@@ -149,3 +149,12 @@ def test_cli_runs_a_spec_file(tmp_path, monkeypatch):
     assert set(out["strategies"]) == {"random", "coreset"} and out["pool"] == 4
     bad = CliRunner().invoke(app, ["simulate", str(tmp_path / "missing.yaml")])
     assert bad.exit_code == 2 and "missing.yaml" in bad.output
+
+
+def test_full_references_survive_a_change_of_strategies_or_sizes():
+    from labelloop.simulate import spec_hash
+
+    a, b = _spec(), _spec(sizes=[2, 3], strategies=["random"], seeds=[0, 1, 2, 3])
+    assert spec_hash(a, FULL) == spec_hash(b, FULL)
+    assert spec_hash(a, "random") != spec_hash(b, "random")
+    assert spec_hash(a, FULL) != spec_hash(_spec(recipe={**TINY, "epochs": 2}), FULL)

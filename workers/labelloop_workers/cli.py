@@ -161,7 +161,8 @@ def register(app: typer.Typer) -> None:
         render_status(st, console)
         console.print(
             f"\nimport file for Label Studio: {state['push_destination']}/tasks.json "
-            f"(labeling config beside it)\ndemo finished in {wall:.0f} s; "
+            f"(labeling config beside it); for CVAT: {state['push_destination']}/cvat/"
+            f"annotations.xml\ndemo finished in {wall:.0f} s; "
             f"inspect with: LABELLOOP_DATA_DIR={data_dir} labelloop status -p demo"
         )
 

@@ -26,8 +26,13 @@ __all__ = ["FULL", "SimulationData", "SimulationSpec", "load_spec", "simulate"]
 _DATA: SimulationData | None = None  # set before forking workers: they inherit it
 
 
-def spec_hash(spec: SimulationSpec) -> str:
-    core = spec.model_dump(mode="json", exclude={"jobs", "name"})
+def spec_hash(spec: SimulationSpec, strategy: str | None = None) -> str:
+    """What a finished run depends on. The full-pool reference ignores the strategies and
+    label sizes, so changing those keeps the (expensive) references already trained."""
+    skip = {"jobs", "name", "seeds"}
+    if strategy == FULL:
+        skip |= {"strategies", "methods", "params", "sizes", "include_full"}
+    core = spec.model_dump(mode="json", exclude=skip)
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -61,14 +66,16 @@ def simulate(
             raise ValueError("the spec has no source and no data was given")
         data = data_from_source(spec.source)
     label_map = spec.source.label_map if spec.source else {}
-    digest = spec_hash(spec)
     log = out_dir / "runs.jsonl"
     done: list[dict] = []
+    wanted = set(_jobs(spec))
     if log.exists():
         for line in log.read_text().splitlines():
             row = json.loads(line)
-            if row.get("spec") == digest:
+            key = (row["strategy"], row["seed"])
+            if key in wanted and row.get("spec") == spec_hash(spec, row["strategy"]):
                 done.append(row)
+                wanted.discard(key)  # one row per run, the first one written
     finished = {(r["strategy"], r["seed"]) for r in done}
     todo = [j for j in _jobs(spec) if j not in finished]
     total = len(_jobs(spec))
@@ -87,7 +94,7 @@ def simulate(
     _DATA = data
 
     def record(run: dict[str, Any]) -> None:
-        row = {**run, "spec": digest}
+        row = {**run, "spec": spec_hash(spec, run["strategy"])}
         with log.open("a") as f:
             f.write(json.dumps(row) + "\n")
         done.append(row)
