@@ -57,6 +57,10 @@ class UncertaintyStrategy:
 STRATEGIES: dict[str, Strategy] = {s.name: s() for s in (RandomStrategy, UncertaintyStrategy)}
 
 
+class NothingToSelect(InputError):
+    """The pool is empty: every image is labelled or out with annotators already."""
+
+
 def get_strategy(name: str) -> Strategy:
     try:
         return STRATEGIES[name]
@@ -171,7 +175,7 @@ def select_round(
             )
         ranked = strat.rank([Candidate(i, scores.get(i)) for i in pool], budget, seed)
         if not ranked:
-            raise InputError(
+            raise NothingToSelect(
                 f"nothing to select in project {project_name!r}: every image is labelled or "
                 "already out with annotators in an open round"
             )

@@ -13,8 +13,11 @@ ROUTES: dict[str, str] = {
     "labelloop.score": "cpu",
     "labelloop.select": "cpu",
     "labelloop.push": "io",
-    "labelloop.nightly": "cpu",
-    "labelloop.project_round": "cpu",
+    # a pipeline run: trigger (beat) -> pipeline (sync Label Studio, freeze) -> train ...
+    "labelloop.trigger": "cpu",
+    "labelloop.pipeline": "io",
+    "labelloop.pipeline_finish": "cpu",
+    "labelloop.sweep": "cpu",
 }
 
 

@@ -287,9 +287,16 @@ def train(
     req = request_run(ctx, dv, rec, overrides=overrides)
     mv_id = req.model_version_id
     if mv_id is None:
-        with progress("train", None, _interactive(as_json)) as update:
+        from labelloop.locks import project_lock
+
+        # The workers' lock: a CLI training never runs beside a worker's for this project.
+        with (
+            project_lock(ctx.settings, project) as held,
+            progress("train", None, _interactive(as_json)) as update,
+        ):
 
             def on_progress(p: dict) -> None:
+                held.check()
                 total = p.get("epochs")
                 info = f"loss {p['loss']:.3f}" if isinstance(p.get("loss"), float) else ""
                 update(int(p.get("epoch", 0)), total, info)
@@ -479,9 +486,10 @@ def status(project: ProjectOpt, as_json: JsonOpt = False) -> None:
 
 
 def _register_modules() -> None:
-    from labelloop.cli.models import register
+    from labelloop.cli import automation, models
 
-    register(app)
+    models.register(app)
+    automation.register(app, project_app)
 
 
 def _load_plugins() -> None:
