@@ -108,6 +108,8 @@ def _resolve_params(project: Project, ctx: Context, params: PipelineParams) -> d
         "push_to": push_to,
         "strategy": params.strategy,
         "recipe": recipe,
+        # A trigger that asks for a recipe wants it trained even on unchanged data.
+        "recipe_requested": bool(params.recipe),
         "sync": params.sync,
     }
 

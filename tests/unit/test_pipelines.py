@@ -115,6 +115,7 @@ def test_project_defaults_and_overrides_are_resolved_into_params(ctx, project):
         "push_to": "file",
         "strategy": "uncertainty",
         "recipe": {"epochs": 3, "batch_size": 2},
+        "recipe_requested": True,
         "sync": True,
     }
 

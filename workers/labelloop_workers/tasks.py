@@ -28,7 +28,7 @@ from labelloop import pipelines
 from labelloop.config import get_settings
 from labelloop.context import Context, get_context
 from labelloop.datasets import freeze as freeze_stage
-from labelloop.db.models import Project
+from labelloop.db.models import ModelVersion, Project
 from labelloop.errors import Cancelled, InputError
 from labelloop.ingest import ingest_path
 from labelloop.pipelines import PipelineStatus
@@ -207,14 +207,14 @@ def pipeline(self, state: State) -> State:
         "dataset_version_created": frozen.created,
     }
     recipe = params.get("recipe") or None
-    done = trained_version(ctx, frozen.dataset_version_id, overrides=recipe)
-    if not frozen.created and done is not None:
+    done = None if frozen.created else _already_trained(ctx, frozen.dataset_version_id, params)
+    if done is not None:
         return _stop(
             ctx,
             run_id,
             {**state, "model_version_id": done},
             f"no new annotations since dataset version {frozen.number}, which is already "
-            "trained with this recipe",
+            f"trained (model version {done})",
         )
     rest = after_freeze(
         state,
@@ -231,6 +231,22 @@ def pipeline(self, state: State) -> State:
     # task skip itself.
     _stage(self, state, "train", task_id=rest.tasks[0].id)
     return {**state, "continued": True}
+
+
+def _already_trained(ctx: Context, dataset_version_id: int, params: dict) -> int | None:
+    """Nothing new to learn from: the data is unchanged and a model was trained on it
+    (with exactly the requested recipe, when the trigger asked for one)."""
+    recipe = params.get("recipe") or None
+    same = trained_version(ctx, dataset_version_id, overrides=recipe)
+    if same is not None or params.get("recipe_requested"):
+        return same
+    with ctx.db.session() as s:
+        return s.scalar(
+            sql_select(ModelVersion.id)
+            .where(ModelVersion.dataset_version_id == dataset_version_id)
+            .order_by(ModelVersion.id.desc())
+            .limit(1)
+        )
 
 
 def _stop(ctx: Context, run_id: int, state: State, reason: str) -> State:
