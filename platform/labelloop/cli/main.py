@@ -63,9 +63,18 @@ def context(*, migrate_sqlite: bool = True) -> Context:
 
 @db_app.command("upgrade")
 @handle_errors
-def db_upgrade(revision: str = "head", as_json: JsonOpt = False) -> None:
-    """Apply migrations up to REVISION (default: head)."""
+def db_upgrade(
+    revision: str = "head",
+    wait: Annotated[
+        float,
+        typer.Option(help="Seconds to wait for the database to accept connections first."),
+    ] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Apply migrations up to REVISION (default: head). Deployments run this once before
+    the API, workers and beat start (`--wait` for a database that is still starting)."""
     url = Settings().database_url
+    migrate.wait_for_database(url, wait)
     migrate.upgrade(url, revision)
     current = migrate.current_revision(url)
     if as_json:
