@@ -459,7 +459,6 @@ def _describe(s: Session, run: PipelineRun, project: str) -> dict[str, Any]:
     events = s.scalar(
         select(func.count(WebhookEvent.id)).where(WebhookEvent.pipeline_run_id == run.id)
     )
-    iso = lambda d: as_utc(d).isoformat() if d is not None else None  # noqa: E731
     return {
         "id": run.id,
         "project": project,
@@ -476,9 +475,13 @@ def _describe(s: Session, run: PipelineRun, project: str) -> dict[str, Any]:
         "dataset_version_id": (run.state or {}).get("dataset_version_id"),
         "model_version_id": (run.state or {}).get("model_version_id"),
         "training": training,
-        "created_at": iso(run.created_at),
-        "started_at": iso(run.started_at),
-        "finished_at": iso(run.finished_at),
-        "scheduled_for": iso(run.scheduled_for),
-        "not_before": iso(run.not_before),
+        "created_at": _iso(run.created_at),
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "scheduled_for": _iso(run.scheduled_for),
+        "not_before": _iso(run.not_before),
     }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return as_utc(value).isoformat() if value is not None else None

@@ -240,30 +240,9 @@ def register_webhook(
     with ctx.db.session() as s:
         get_project(s, project_name)  # a clear error before any request
     url = webhook_url(base_url, project_name)
-    sink = LabelStudioSink(ls_url, token)
-    client = sink._client
-    sink._call(f"GET /api/projects/{ls_project}", lambda: client.projects.get(ls_project))
-    hooks = sink._call("GET /api/webhooks", lambda: client.webhooks.list(project=str(ls_project)))
-    fields = {
-        "url": url,
-        "send_payload": True,
-        "send_for_all_actions": False,
-        "headers": {SECRET_HEADER: secret},
-        "is_active": True,
-        "actions": list(ACTIONS),
-    }
-    existing = next((h for h in hooks if h.url == url and h.project == ls_project), None)
-    if existing is not None:
-        sink._call(
-            f"PATCH /api/webhooks/{existing.id}",
-            lambda: client.webhooks.update(existing.id, **fields),
-        )
-        hook_id, created = existing.id, False
-    else:
-        hook = sink._call(
-            "POST /api/webhooks", lambda: client.webhooks.create(project=ls_project, **fields)
-        )
-        hook_id, created = hook.id, True
+    hook_id, created = LabelStudioSink(ls_url, token).ensure_webhook(
+        ls_project, url, actions=ACTIONS, headers={SECRET_HEADER: secret}
+    )
     with ctx.db.session() as s:
         project = get_project(s, project_name)
         link = link_labelstudio(

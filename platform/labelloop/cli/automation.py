@@ -99,7 +99,7 @@ def _recipe_overrides(recipe: Path | None, epochs: int | None) -> dict[str, Any]
         if not isinstance(data, dict):
             raise InputError("a recipe file holds a mapping of fields", file=str(recipe))
         overrides.update(data)
-    if epochs:
+    if epochs is not None:
         overrides["epochs"] = epochs
     return overrides
 

@@ -30,10 +30,7 @@ def _project_out(ctx: Context, project: Project) -> ProjectOut:
         task=project.task,
         labels=label_names(project),
         triggers=TriggersOut(**trig.model_dump(exclude={"debounce_max_s"})),
-        labelstudio=[
-            {k: v for k, v in lk.items() if k != "label_map"} | {"label_map": lk.get("label_map")}
-            for lk in labelstudio_links(project)
-        ],
+        labelstudio=[dict(lk) for lk in labelstudio_links(project)],
     )
 
 
