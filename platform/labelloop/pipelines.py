@@ -87,7 +87,9 @@ def active_run(s: Session, project_id: int) -> PipelineRun | None:
     return s.scalar(select(PipelineRun).where(PipelineRun.active_project_id == project_id))
 
 
-def _resolve_params(project: Project, ctx: Context, params: PipelineParams) -> dict[str, Any]:
+def resolve_params(project: Project, ctx: Context, params: PipelineParams) -> dict[str, Any]:
+    """The run's parameters: the request's, else the project's, else the defaults;
+    InputError names what is invalid."""
     from labelloop.runs import default_recipe
     from labelloop.selection import get_strategy
 
@@ -133,6 +135,8 @@ def request_pipeline(
     if trigger not in TRIGGERS:
         raise InputError(f"unknown trigger {trigger!r}; one of {', '.join(TRIGGERS)}")
     params = params or PipelineParams()
+    with ctx.db.session() as s:  # validate first: never while holding the project's lock
+        resolve_params(get_project(s, project_name), ctx, params)
     for _ in range(3):
         try:
             with ctx.db.session(serialized=True) as s:
@@ -166,7 +170,7 @@ def request_in_session(
         )
         if seen is not None:
             return PipelineRequest(seen.id, False, seen.coalesced_into_id, duplicate=True)
-    resolved = _resolve_params(project, ctx, params)
+    resolved = resolve_params(project, ctx, params)
     active = active_run(s, project.id)
     if active is not None and _stale(active, ctx, now):
         active.status = PipelineStatus.failed.value

@@ -71,11 +71,22 @@ def check_schema(settings: Settings) -> None:
     raise ConfigError("the database schema is not up to date; run `labelloop db upgrade`")
 
 
+def warm_up() -> None:
+    """Import and validate what the first trigger would otherwise load while it holds its
+    project's lock (recipe validation imports timm: a second or more)."""
+    from labelloop.domain import TaskKind
+    from labelloop.runs import default_recipe
+
+    for task in TaskKind:  # with_overrides validates every field, defaults included
+        default_recipe(task.value).with_overrides({})
+
+
 def create_app(
     settings: Settings | None = None, *, dispatcher: Dispatcher | None = None
 ) -> FastAPI:
     settings = settings or Settings()
     check_schema(settings)
+    warm_up()
     ctx = Context(settings)
     set_context(ctx)  # an embedded worker in this process uses the same context
     dispatcher = dispatcher or get_dispatcher(settings)

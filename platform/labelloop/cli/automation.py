@@ -184,8 +184,8 @@ def register(app: typer.Typer, project_app: typer.Typer) -> None:
             sync=sync,
         )
         dispatcher = get_dispatcher(ctx.settings)
+        req = request_pipeline(ctx, project, trigger="cli", params=params)
         with dispatcher.serving():
-            req = request_pipeline(ctx, project, trigger="cli", params=params)
             launch(ctx, dispatcher, req)
             target = req.run_id if req.created else req.coalesced_into
             if not req.created and not as_json:
