@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["demo_round.py", "ingest_labelstudio.py"]
+SCRIPTS = ["demo_round.py", "ingest_labelstudio.py", "api_load.py"]
 
 if __name__ == "__main__":
     for script in SCRIPTS:

@@ -47,13 +47,41 @@ class Settings(BaseSettings):
     cvat_password: SecretStr = SecretStr("")
     split_seed: int = 0
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    training_lock_ttl_s: int = 6 * 3600
+    # A dead worker's training lock frees itself after this; a live one renews it every
+    # third of it, so a training of any length keeps its lock.
+    training_lock_ttl_s: int = Field(default=300, ge=3)
+    lock_retry_s: float = Field(default=30, gt=0, description="wait before retrying a busy lock")
+    # Redis redelivers a task that was not acknowledged within this (a killed worker's);
+    # it must be longer than the longest training.
+    visibility_timeout_s: int = Field(default=12 * 3600, ge=1)
+    task_max_retries: int = Field(
+        default=8, ge=0, description="retries of a task after a transient error (exponential)"
+    )
+    task_retry_backoff_max_s: int = Field(default=600, ge=1)
     score_shard_size: int = Field(
         default=256, ge=1, description="pool images per scoring task (Celery chord shards)"
     )
-    nightly_cron: str = Field(default="0 2 * * *", description="beat crontab (m h dom mon dow)")
+    nightly_cron: str = Field(
+        default="0 2 * * *", description="default beat crontab per project (m h dom mon dow)"
+    )
     nightly_budget: int = Field(default=20, description="images per nightly annotation round")
     nightly_push_to: str = Field(default="file", description="file | labelstudio")
+    # Webhook-triggered retraining (each project may override these).
+    retrain_min_annotations: int = Field(
+        default=20, ge=1, description="annotation events that trigger a retrain"
+    )
+    retrain_debounce_s: float = Field(
+        default=60, ge=0, description="quiet time after the last event before a retrain starts"
+    )
+    retrain_debounce_max_s: float = Field(
+        default=600, ge=0, description="longest a retrain waits for a burst of events to end"
+    )
+    # A queued or running pipeline without any sign of life for this long is abandoned.
+    pipeline_stale_s: int = Field(default=24 * 3600, ge=60)
+    # REST API: bearer tokens by name (JSON object in the environment), and the shared
+    # secret Label Studio sends with every webhook.
+    api_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    webhook_secret: SecretStr = SecretStr("")
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

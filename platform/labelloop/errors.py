@@ -31,3 +31,11 @@ class ConfigError(LabelloopError):
 
 class ExternalServiceError(LabelloopError):
     """Label Studio, CVAT or storage failed; callers may retry."""
+
+
+class ConflictError(LabelloopError):
+    """The request contradicts the current state (e.g. cancelling a finished run)."""
+
+
+class Cancelled(LabelloopError):
+    """Someone cancelled the run; the work stops at the next checkpoint of progress."""

@@ -1,5 +1,5 @@
 """Status of a project as plain data: the CLI renders it, `--json` prints it, the API
-returns it. One function, so every surface reports the same numbers."""
+returns it. One set of functions, so every surface reports the same numbers."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from labelloop.db.models import (
     AnnotationRound,
     DatasetVersion,
     ModelVersion,
+    Promotion,
     Push,
     PushItem,
     RoundItem,
@@ -32,21 +33,7 @@ def project_status(ctx: Context, project_name: str, *, round_items: int = 20) ->
         per_class: Counter[str] = Counter()
         for ann in current.values():
             per_class.update(sh["label"] for sh in ann.shapes)
-        datasets = [
-            {
-                "id": dv.id,
-                "number": dv.number,
-                "hash": dv.content_hash[:12],
-                "images": dv.stats.get("images"),
-                "splits": dv.stats.get("splits"),
-                "created_at": dv.created_at.isoformat(),
-            }
-            for dv in s.scalars(
-                select(DatasetVersion)
-                .where(DatasetVersion.project_id == pid)
-                .order_by(DatasetVersion.number)
-            )
-        ]
+        datasets = _datasets(s, pid)
         dv_numbers = {d["id"]: d["number"] for d in datasets}
         models = []
         for mv in s.scalars(
@@ -83,55 +70,7 @@ def project_status(ctx: Context, project_name: str, *, round_items: int = 20) ->
                 select(TrainingRun).where(TrainingRun.project_id == pid).order_by(TrainingRun.id)
             )
         ]
-        rounds = []
-        for rnd in s.scalars(
-            select(AnnotationRound)
-            .where(AnnotationRound.project_id == pid)
-            .order_by(AnnotationRound.number)
-        ):
-            items = s.execute(
-                select(RoundItem.image_id, RoundItem.rank, RoundItem.score)
-                .where(RoundItem.round_id == rnd.id)
-                .order_by(RoundItem.rank)
-                .limit(round_items)
-            ).all()
-            counts = {}
-            if rnd.model_version_id:
-                for sc in s.scalars(
-                    select(Score).where(
-                        Score.model_version_id == rnd.model_version_id,
-                        Score.image_id.in_([i for i, _, _ in items]),
-                    )
-                ):
-                    counts[sc.image_id] = sc.details.get("counts", {})
-            pushes = [
-                {
-                    "id": p.id,
-                    "target": p.target,
-                    "destination": p.destination,
-                    "tasks": s.scalar(
-                        select(func.count(PushItem.id)).where(PushItem.push_id == p.id)
-                    ),
-                }
-                for p in s.scalars(select(Push).where(Push.round_id == rnd.id).order_by(Push.id))
-            ]
-            rounds.append(
-                {
-                    "id": rnd.id,
-                    "number": rnd.number,
-                    "strategy": rnd.strategy,
-                    "status": rnd.status,
-                    "model_version_id": rnd.model_version_id,
-                    "size": s.scalar(
-                        select(func.count(RoundItem.id)).where(RoundItem.round_id == rnd.id)
-                    ),
-                    "items": [
-                        {"image_id": i, "rank": r, "score": sc, "predicted_counts": counts.get(i)}
-                        for i, r, sc in items
-                    ],
-                    "pushes": pushes,
-                }
-            )
+        rounds = _rounds(s, pid, round_items)
         return {
             "project": {"name": project.name, "task": project.task, "labels": label_names(project)},
             "images": {
@@ -145,3 +84,132 @@ def project_status(ctx: Context, project_name: str, *, round_items: int = 20) ->
             "model_versions": models,
             "rounds": rounds,
         }
+
+
+def _datasets(s, pid: int) -> list[dict]:
+    return [
+        {
+            "id": dv.id,
+            "number": dv.number,
+            "hash": dv.content_hash[:12],
+            "content_hash": dv.content_hash,
+            "parent_id": dv.parent_id,
+            "images": dv.stats.get("images"),
+            "splits": dv.stats.get("splits"),
+            "shapes": dv.stats.get("shapes"),
+            "created_at": dv.created_at.isoformat(),
+        }
+        for dv in s.scalars(
+            select(DatasetVersion)
+            .where(DatasetVersion.project_id == pid)
+            .order_by(DatasetVersion.number)
+        )
+    ]
+
+
+def _rounds(s, pid: int, round_items: int) -> list[dict]:
+    rounds = []
+    for rnd in s.scalars(
+        select(AnnotationRound)
+        .where(AnnotationRound.project_id == pid)
+        .order_by(AnnotationRound.number)
+    ):
+        items = s.execute(
+            select(RoundItem.image_id, RoundItem.rank, RoundItem.score)
+            .where(RoundItem.round_id == rnd.id)
+            .order_by(RoundItem.rank)
+            .limit(round_items)
+        ).all()
+        counts = {}
+        if rnd.model_version_id:
+            for sc in s.scalars(
+                select(Score).where(
+                    Score.model_version_id == rnd.model_version_id,
+                    Score.image_id.in_([i for i, _, _ in items]),
+                )
+            ):
+                counts[sc.image_id] = sc.details.get("counts", {})
+        pushes = [
+            {
+                "id": p.id,
+                "target": p.target,
+                "destination": p.destination,
+                "tasks": s.scalar(select(func.count(PushItem.id)).where(PushItem.push_id == p.id)),
+            }
+            for p in s.scalars(select(Push).where(Push.round_id == rnd.id).order_by(Push.id))
+        ]
+        rounds.append(
+            {
+                "id": rnd.id,
+                "number": rnd.number,
+                "strategy": rnd.strategy,
+                "status": rnd.status,
+                "model_version_id": rnd.model_version_id,
+                "size": s.scalar(
+                    select(func.count(RoundItem.id)).where(RoundItem.round_id == rnd.id)
+                ),
+                "items": [
+                    {"image_id": i, "rank": r, "score": sc, "predicted_counts": counts.get(i)}
+                    for i, r, sc in items
+                ],
+                "pushes": pushes,
+            }
+        )
+    return rounds
+
+
+def dataset_versions(ctx: Context, project_name: str) -> list[dict]:
+    """A project's frozen dataset versions, oldest first."""
+    with ctx.db.session() as s:
+        return _datasets(s, get_project(s, project_name).id)
+
+
+def annotation_rounds(ctx: Context, project_name: str, *, items: int = 20) -> list[dict]:
+    """A project's annotation rounds with their first `items` images and pushes."""
+    with ctx.db.session() as s:
+        return _rounds(s, get_project(s, project_name).id, items)
+
+
+def model_versions(ctx: Context, project_name: str) -> list[dict]:
+    """A project's model versions: stage, test metric, dataset version, recipe hash, and
+    why each reached its stage."""
+    with ctx.db.session() as s:
+        p = get_project(s, project_name)
+        rows = []
+        for mv in s.scalars(
+            select(ModelVersion).where(ModelVersion.project_id == p.id).order_by(ModelVersion.id)
+        ):
+            dv = s.get(DatasetVersion, mv.dataset_version_id)
+            run = s.get(TrainingRun, mv.training_run_id)
+            last = s.scalar(
+                select(Promotion)
+                .where(Promotion.model_version_id == mv.id)
+                .order_by(Promotion.id.desc())
+                .limit(1)
+            )
+            metric = mv.metrics.get("primary_metric") or "mean_dice"
+            rows.append(
+                {
+                    "id": mv.id,
+                    "name": mv.name,
+                    "stage": mv.stage,
+                    "task": mv.recipe.get("task", p.task),
+                    "dataset_version": dv.number if dv else None,
+                    "dataset_version_id": mv.dataset_version_id,
+                    "training_run_id": mv.training_run_id,
+                    "recipe_hash": run.recipe_hash if run else None,
+                    "sha256": mv.sha256,
+                    "metric": metric,
+                    "test": (mv.metrics.get("test") or {}).get(metric),
+                    "metrics": mv.metrics.get("test") or {},
+                    "val_metrics": mv.metrics.get("val") or {},
+                    "comparison": mv.metrics.get("comparison"),
+                    "train_seconds": mv.metrics.get("train_seconds"),
+                    "epochs": mv.metrics.get("epochs"),
+                    "resumed": mv.metrics.get("resumed"),
+                    "stage_reason": last.reason if last else None,
+                    "forced": last.forced if last else None,
+                    "created_at": mv.created_at.isoformat(),
+                }
+            )
+    return rows

@@ -26,7 +26,7 @@ from labelloop.db.models import (
     utcnow,
 )
 from labelloop.domain import RunStatus, TaskKind
-from labelloop.errors import ConfigError, NotFoundError
+from labelloop.errors import Cancelled, ConfigError, NotFoundError
 from labelloop.training.recipe import BaseRecipe, parse_recipe
 
 _log = logging.getLogger(__name__)
@@ -55,18 +55,7 @@ def request_run(
 ) -> RunRequest:
     """Get or create the run for this dataset version and recipe (idempotent)."""
     with ctx.db.session() as s:
-        dv = s.get(DatasetVersion, dataset_version_id)
-        if dv is None:
-            raise NotFoundError(f"no dataset version with id {dataset_version_id}")
-        project = s.get(Project, dv.project_id)
-        recipe = recipe or default_recipe(project.task)
-        if recipe.task != project.task:
-            raise ConfigError(
-                f"recipe is for {recipe.task} but project {project.name!r} is a "
-                f"{project.task} project"
-            )
-        if overrides:
-            recipe = recipe.with_overrides(overrides)
+        dv, recipe = _dataset_and_recipe(s, dataset_version_id, recipe, overrides)
         rh = recipe.recipe_hash()
         run = s.scalar(
             select(TrainingRun).where(
@@ -88,11 +77,52 @@ def request_run(
         return RunRequest(run.id, created, run.status, mv)
 
 
+def _dataset_and_recipe(
+    s, dataset_version_id: int, recipe: BaseRecipe | None, overrides: dict | None
+) -> tuple[DatasetVersion, BaseRecipe]:
+    dv = s.get(DatasetVersion, dataset_version_id)
+    if dv is None:
+        raise NotFoundError(f"no dataset version with id {dataset_version_id}")
+    project = s.get(Project, dv.project_id)
+    recipe = recipe or default_recipe(project.task)
+    if recipe.task != project.task:
+        raise ConfigError(
+            f"recipe is for {recipe.task} but project {project.name!r} is a {project.task} project"
+        )
+    if overrides:
+        recipe = recipe.with_overrides(overrides)
+    return dv, recipe
+
+
+def trained_version(
+    ctx: Context,
+    dataset_version_id: int,
+    recipe: BaseRecipe | None = None,
+    overrides: dict | None = None,
+) -> int | None:
+    """The model version already trained on this dataset version with this recipe, if any
+    (what a pipeline checks before deciding there is nothing new to learn)."""
+    with ctx.db.session() as s:
+        dv, recipe = _dataset_and_recipe(s, dataset_version_id, recipe, overrides)
+        return s.scalar(
+            select(ModelVersion.id)
+            .join(TrainingRun, ModelVersion.training_run_id == TrainingRun.id)
+            .where(
+                TrainingRun.dataset_version_id == dv.id,
+                TrainingRun.recipe_hash == recipe.recipe_hash(),
+            )
+        )
+
+
 class _ProgressWriter:
     """Writes progress to the run row, at most every `every_s` seconds (the DB, not the
     broker, is where an ML engineer or the API reads a run's state), and mirrors each
     epoch's checkpoint into the blob store, so a task redelivered to another host resumes
-    from it. The previous checkpoint blob is deleted once the new one is recorded."""
+    from it. The previous checkpoint blob is deleted once the new one is recorded.
+
+    Each write also reads the run's status: a run cancelled from the API or CLI raises
+    Cancelled here, which stops the trainer after its current step (the checkpoint of
+    the last finished epoch stays, so a later request resumes from it)."""
 
     def __init__(
         self,
@@ -118,6 +148,8 @@ class _ProgressWriter:
         self._last = now
         with self.ctx.db.session() as s:
             run = s.get(TrainingRun, self.run_id)
+            if run.status == RunStatus.cancelled:
+                raise Cancelled(f"training run {self.run_id} was cancelled")
             run.progress = {k: v for k, v in progress.items() if isinstance(v, int | float | str)}
 
     def _mirror(self, path: Path, epoch: int) -> None:
@@ -166,6 +198,7 @@ def execute_run(
     run_id: int,
     *,
     task_id: str | None = None,
+    worker: str | None = None,
     on_progress: Callable[[dict], None] | None = None,
 ) -> int:
     """Train, evaluate on the frozen test split, store the artifact, record the version.
@@ -192,6 +225,7 @@ def execute_run(
         run.status = RunStatus.running.value
         run.attempts += 1
         run.task_id = task_id
+        run.worker = worker
         run.started_at = run.started_at or utcnow()
         run.error = None
         recipe = parse_recipe(run.recipe)
@@ -216,6 +250,9 @@ def execute_run(
             model, manifest, ctx.blobs.get_bytes, split="test", labels=labels, recipe=recipe
         )
         key, digest = ctx.blobs.put_bytes(weights, prefix="models", suffix=".pt")
+    except Cancelled:  # the reason is on the row already, written by whoever cancelled
+        _mark(ctx, run_id, status=RunStatus.cancelled.value, finished_at=utcnow())
+        raise
     except BaseException as exc:
         _mark(
             ctx,

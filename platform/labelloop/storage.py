@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
@@ -63,6 +64,15 @@ class BlobStore:
     def get_bytes(self, key: str) -> bytes:
         with self.fs.open(self._path(key), "rb") as f:
             return f.read()
+
+    def iter_bytes(self, key: str, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """Read a blob in chunks (downloads of model artifacts stream, never load whole)."""
+        with self.fs.open(self._path(key), "rb") as f:
+            while block := f.read(chunk):
+                yield block
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self._path(key)))
 
     def delete(self, key: str) -> None:
         """Remove a blob that nothing refers to any more (superseded checkpoints); a missing

@@ -205,6 +205,10 @@ class LabelStudioServer:
                 # without a ceiling, git walks up into whatever repository holds the venv.
                 "GIT_CEILING_DIRECTORIES": str(venv.parent),
                 "PYTHONUNBUFFERED": "1",
+                # Webhooks go to `labelloop serve` on loopback, an address Label Studio's
+                # SSRF guard refuses by default (deployments on a private network set the
+                # same, see docker/compose.yml).
+                "USE_DEFAULT_BANNED_SUBNETS": "false",
             }
         )
         return env

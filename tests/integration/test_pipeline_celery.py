@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -67,11 +68,24 @@ def test_round_pipeline_on_real_worker(service_settings, start_worker, celery_ap
     assert sel["round_id"] == state["round_id"]
     assert _count(ctx, AnnotationRound, AnnotationRound.project_id == mv.project_id) == 1
     assert _count(ctx, Push, Push.round_id == state["round_id"]) == 1
-    # The nightly round stops early: nothing new to learn from.
-    nightly = tasks.project_round.delay("celery-e2e", 3).get(timeout=60)
-    assert nightly["stopped"].startswith("no new annotations")
+    # The nightly pipeline (what beat sends) stops early: nothing new to learn from.
+    fired = tasks.trigger.delay("celery-e2e", trigger="beat").get(timeout=60)
+    assert fired["created"]
+    run = _wait_pipeline(ctx, fired["pipeline_run_id"])
+    assert run["status"] == "stopped" and run["message"].startswith("no new annotations")
+    assert run["trigger"] == "beat" and run["dataset_version_id"] == state["dataset_version_id"]
     assert _count(ctx, TrainingRun, TrainingRun.project_id == mv.project_id) == 1
     assert "succeeded" in worker.tail(200_000)
+
+
+def _wait_pipeline(ctx: Context, run_id: int, timeout: float = 120) -> dict:
+    from labelloop.pipelines import run_info
+
+    deadline = time.monotonic() + timeout
+    while (run := run_info(ctx, run_id))["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, run
+        time.sleep(0.3)
+    return run
 
 
 def test_large_pool_scores_as_a_chord_and_the_chain_goes_on(

@@ -24,8 +24,9 @@ COMPOSE = DOCKER / "compose.yml"
 ENV_EXAMPLE = DOCKER / ".env.example"
 DOCKERFILES = ("Dockerfile", "Dockerfile.gpu")
 WORKERS = ("worker-cpu", "worker-gpu", "worker-train-cpu")
-DB_CLIENTS = (*WORKERS, "beat")
+DB_CLIENTS = (*WORKERS, "beat", "api")
 LABELLOOP_SERVICES = ("prestart", *DB_CLIENTS)
+TARGETS = ("api", "beat", "worker")  # build targets of docker/Dockerfile
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +59,14 @@ def _env_example() -> dict[str, str]:
     return values
 
 
-def test_stack_has_its_services_and_no_api_yet(services: dict) -> None:
+def test_stack_has_its_services(services: dict) -> None:
     assert set(services) == {"postgres", "redis", "label-studio", *LABELLOOP_SERVICES}
 
 
 def test_prestart_migrates_once_postgres_is_healthy(services: dict) -> None:
     prestart = services["prestart"]
-    assert prestart["command"] == ["labelloop", "db", "upgrade"]
+    # Waits for connections itself too (orchestrators without depends_on), then migrates.
+    assert prestart["command"] == ["labelloop", "db", "upgrade", "--wait", "120"]
     assert prestart["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     assert prestart["restart"] == "no"
     assert prestart["environment"]["LABELLOOP_MIGRATIONS_DIR"] == "/app/migrations"
@@ -90,6 +92,56 @@ def test_infrastructure_has_real_healthchecks(services: dict) -> None:
         assert "disable" not in services[name]["healthcheck"]
 
 
+def test_api_serves_on_the_port_its_health_check_and_mapping_use(services: dict) -> None:
+    api = services["api"]
+    command = api["command"]
+    assert command[:2] == ["labelloop", "serve"]
+    assert _option(command, "--host") == "0.0.0.0" and _option(command, "--port") == "8000"
+    assert api["ports"] == ["${LABELLOOP_API_PORT:-8000}:8000"]
+    check = " ".join(api["healthcheck"]["test"])
+    assert "http://127.0.0.1:8000/health" in check and "disable" not in api["healthcheck"]
+    assert api["build"]["target"] == "api" and "profiles" not in api
+
+
+def test_the_api_health_route_exists():
+    from labelloop.api.routers.health import router
+
+    assert "/health" in {r.path for r in router.routes}
+
+
+def test_redis_persists_its_queue(services: dict) -> None:
+    command = services["redis"]["command"]
+    assert _option(command, "--appendonly") == "yes"
+    assert _option(command, "--appendfsync") in ("everysec", "always")
+    assert "redis-data:/data" in services["redis"]["volumes"]
+
+
+def test_label_studio_may_call_the_api_but_not_metadata_addresses(services: dict) -> None:
+    env = services["label-studio"]["environment"]
+    assert env["LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS"] == "false"
+    assert "169.254.0.0/16" in env["LABEL_STUDIO_USER_ADDITIONAL_BANNED_SUBNETS"].split(",")
+
+
+def test_beat_uses_the_schedule_from_the_database(services: dict) -> None:
+    from labelloop_workers.app import make_app
+
+    command = services["beat"]["command"]
+    scheduler = _option(command, "--scheduler")
+    assert scheduler == make_app(Settings()).conf.beat_scheduler
+    module, _, cls = scheduler.partition(":")
+    assert getattr(__import__(module, fromlist=[cls]), cls).__name__ == cls
+    assert services["beat"]["build"]["target"] == "beat"
+
+
+def test_build_targets_exist_in_the_dockerfile(services: dict) -> None:
+    stages = _stages(_instructions(DOCKER / "Dockerfile"))
+    for name, service in services.items():
+        build = service.get("build")
+        if build and build["dockerfile"] == "docker/Dockerfile":
+            assert build["target"] in stages, name
+            assert build["target"] in TARGETS, name
+
+
 def test_workers_consume_every_queue_of_the_routing_table(services: dict) -> None:
     cpu, gpu = services["worker-cpu"]["command"], services["worker-gpu"]["command"]
     assert _queues(cpu) == {"io", "cpu"}
@@ -99,6 +151,7 @@ def test_workers_consume_every_queue_of_the_routing_table(services: dict) -> Non
     assert services["worker-train-cpu"]["command"] == gpu
     assert set().union(*(_queues(services[w]["command"]) for w in WORKERS)) == set(QUEUES)
     assert services["beat"]["command"][:4] == ["celery", "-A", "labelloop_workers.app", "beat"]
+    assert services["worker-cpu"]["build"]["target"] == "worker"
 
 
 def test_gpu_workers_are_optional_profiles(services: dict) -> None:
@@ -107,7 +160,7 @@ def test_gpu_workers_are_optional_profiles(services: dict) -> None:
     devices = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert services["worker-gpu"]["build"]["dockerfile"] == "docker/Dockerfile.gpu"
-    for name in ("postgres", "redis", "label-studio", "prestart", "worker-cpu", "beat"):
+    for name in ("postgres", "redis", "label-studio", "prestart", "worker-cpu", "beat", "api"):
         assert "profiles" not in services[name], name
 
 
@@ -159,14 +212,24 @@ def test_every_volume_is_a_declared_named_volume(compose: dict, services: dict) 
     assert not any(v.startswith((".", "/")) for v in used)
 
 
-def test_env_example_defines_every_required_variable() -> None:
+def test_env_example_defines_every_required_variable(monkeypatch) -> None:
     required = set(re.findall(r"\$\{(\w+):\?", COMPOSE.read_text()))
-    assert required == {"POSTGRES_PASSWORD", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN"}
+    assert required == {
+        "POSTGRES_PASSWORD",
+        "LABEL_STUDIO_PASSWORD",
+        "LABEL_STUDIO_USER_TOKEN",
+        "LABELLOOP_API_TOKENS",
+        "LABELLOOP_WEBHOOK_SECRET",
+    }
     example = _env_example()
     assert required <= set(example)
     assert all(example[name] for name in required)
     # Label Studio stores the token in a 40-character column.
     assert 6 <= len(example["LABEL_STUDIO_USER_TOKEN"]) <= 40
+    # The API tokens are read by Settings (from the environment) as a JSON object.
+    monkeypatch.setenv("LABELLOOP_API_TOKENS", example["LABELLOOP_API_TOKENS"])
+    tokens = Settings().api_tokens
+    assert tokens and all(len(tok.get_secret_value()) >= 32 for tok in tokens.values())
 
 
 def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
@@ -180,11 +243,44 @@ def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
     ]
 
 
+def _stages(instructions: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """Stage name (or its index) -> its instructions, FROM included."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for op, arg in instructions:
+        if op == "FROM":
+            words = arg.split()
+            name = words[-1] if len(words) >= 3 and words[-2].upper() == "AS" else str(len(stages))
+            current = stages.setdefault(name, [])
+        current.append((op, arg))
+    return stages
+
+
+def _runtime(name: str) -> list[tuple[str, str]]:
+    """The stage the images run: `runtime` (which the targets build on), else the last."""
+    stages = _stages(_instructions(DOCKER / name))
+    return stages.get("runtime") or list(stages.values())[-1]
+
+
+def test_every_target_builds_on_the_runtime_and_has_its_health_check() -> None:
+    stages = _stages(_instructions(DOCKER / "Dockerfile"))
+    assert list(stages)[-1] == "worker"  # the default target
+    for target in TARGETS:
+        ops = stages[target]
+        assert ops[0] == ("FROM", f"runtime AS {target}")
+        assert [op for op, _ in ops].count("HEALTHCHECK") == 1, target
+        assert [op for op, _ in ops].count("CMD") == 1, target
+    cmd = lambda t: next(a for op, a in stages[t] if op == "CMD")  # noqa: E731
+    assert '"labelloop", "serve"' in cmd("api") and '"0.0.0.0"' in cmd("api")
+    assert "8000/health" in next(a for op, a in stages["api"] if op == "HEALTHCHECK")
+    assert '"beat"' in cmd("beat") and "ProjectScheduler" in cmd("beat")
+    assert '"worker", "-Q", "io,cpu"' in cmd("worker")
+
+
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_dockerfile_runs_as_non_root_and_installs_with_constraints(name: str) -> None:
     instructions = _instructions(DOCKER / name)
-    stages = [i for i, (op, _) in enumerate(instructions) if op == "FROM"]
-    final = instructions[stages[-1] :]
+    final = _runtime(name)
     users = [arg for op, arg in final if op == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     commands = [c.strip() for op, arg in instructions if op == "RUN" for c in arg.split("&&")]
@@ -199,7 +295,8 @@ def test_dockerfile_runs_as_non_root_and_installs_with_constraints(name: str) ->
     assert "migrations ./migrations" in copies and "alembic.ini ./" in copies
     env = " ".join(arg for op, arg in final if op == "ENV")
     assert "LABELLOOP_MIGRATIONS_DIR=/app/migrations" in env
-    assert any(op == "HEALTHCHECK" for op, _ in final)
+    if name == "Dockerfile.gpu":  # one image, one stage; the CPU targets have their own
+        assert any(op == "HEALTHCHECK" for op, _ in final)
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)

@@ -34,3 +34,23 @@ def test_every_beat_entry_expires():
     assert schedule
     for entry in schedule.values():
         assert entry["options"]["expires"] > 0
+
+
+def test_beat_builds_its_schedule_from_the_database():
+    conf = _app().conf
+    assert conf.beat_scheduler == "labelloop_workers.schedule:ProjectScheduler"
+
+
+def test_visibility_timeout_and_restore_sweep_come_from_settings():
+    app = make_app(Settings(broker_url="redis://127.0.0.1:6379/0", visibility_timeout_s=20))
+    options = app.conf.broker_transport_options
+    assert options["visibility_timeout"] == 20
+    # A killed worker's task comes back within about visibility + interval seconds.
+    assert options["unacked_restore_interval"] == 5 and options["unacked_restore_throttle"] == 1
+
+
+def test_the_celery_dispatcher_is_found_by_entry_point():
+    from labelloop.dispatch import get_dispatcher
+    from labelloop_workers.dispatch import CeleryDispatcher
+
+    assert isinstance(get_dispatcher(Settings()), CeleryDispatcher)

@@ -13,8 +13,20 @@ from labelloop.config import Settings, get_settings
 from labelloop_workers.routes import celery_queues, celery_routes
 from labelloop_workers.schedule import beat_schedule
 
-# Longer than the longest training: Redis redelivers unacked tasks after this.
-VISIBILITY_TIMEOUT_S = 12 * 3600
+# The default of Settings.visibility_timeout_s: longer than the longest training, since
+# Redis redelivers a task that was not acknowledged within it.
+VISIBILITY_TIMEOUT_S = Settings.model_fields["visibility_timeout_s"].default
+
+
+def transport_options(settings: Settings) -> dict:
+    """Redis: redeliver after the visibility timeout, and look for such messages often
+    enough that a killed worker's task comes back soon after it (kombu's default sweep is
+    about every 100 s)."""
+    return {
+        "visibility_timeout": settings.visibility_timeout_s,
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
+        "unacked_restore_throttle": 1,
+    }
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -37,11 +49,12 @@ def make_app(settings: Settings | None = None) -> Celery:
         accept_content=["json"],
         task_track_started=True,
         result_expires=7 * 24 * 3600,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
-        result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_transport_options=transport_options(settings),
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         beat_schedule=beat_schedule(settings),
+        beat_scheduler="labelloop_workers.schedule:ProjectScheduler",
         timezone="UTC",
     )
     return app

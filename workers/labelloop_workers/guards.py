@@ -1,50 +1,22 @@
-"""Guards around tasks: one training per project at a time.
-
-With Redis configured the lock is a Redis lock with an expiry (a dead worker's lock
-frees itself); embedded, a file lock in the data dir does the same job in one machine."""
+"""Guards around tasks: one training per project at a time (see `labelloop.locks`: a Redis
+lock with expiry and renewal, or a file lock when embedded), and the errors a task
+retries with backoff because they pass (a service restarting, a dropped connection)."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from labelloop.config import Settings
+from labelloop.errors import ExternalServiceError
+from labelloop.locks import HeldLock, LockBusy, LockLost, project_lock
 
+# Label Studio / CVAT / storage (ExternalServiceError, and socket-level errors of fsspec
+# backends), and the database connection (dropped, restarting, failing over).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    ExternalServiceError,
+    OperationalError,
+    InterfaceError,
+    ConnectionError,
+    TimeoutError,
+)
 
-class LockBusy(Exception):
-    """Another holder has the lock; the caller retries later."""
-
-
-@contextmanager
-def project_lock(settings: Settings, project: str, ttl_s: int | None = None) -> Iterator[None]:
-    ttl_s = ttl_s or settings.training_lock_ttl_s
-    name = f"labelloop:lock:train:{project}"
-    if settings.redis_url:
-        import redis
-
-        client = redis.Redis.from_url(settings.redis_url)
-        lock = client.lock(name, timeout=ttl_s, blocking=False)
-        if not lock.acquire(blocking=False):
-            raise LockBusy(name)
-        try:
-            yield
-        finally:
-            # expired while we worked: nothing left to release
-            with contextlib.suppress(redis.exceptions.LockError):
-                lock.release()
-        return
-    path = Path(settings.data_dir) / "locks" / f"train-{project}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockBusy(name) from None
-        yield
-    finally:
-        os.close(fd)
+__all__ = ["TRANSIENT_ERRORS", "HeldLock", "LockBusy", "LockLost", "project_lock"]

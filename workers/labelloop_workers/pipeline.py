@@ -1,4 +1,9 @@
-"""The whole loop as one Celery chain: (ingest ->) freeze -> train -> score -> select -> push."""
+"""The loop as Celery chains: (ingest ->) freeze -> train -> score -> select -> push.
+
+`round_pipeline` is the whole chain for `labelloop pipeline run` and the demo; a pipeline
+run (labelloop.pipelines) starts with the `labelloop.pipeline` task, which syncs and
+freezes and then, unless there is nothing new to learn from, continues with
+`after_freeze(..., finish=True)`."""
 
 from __future__ import annotations
 
@@ -51,7 +56,10 @@ def after_freeze(
     target: str = "file",
     out_dir: str | None = None,
     overrides: dict | None = None,
+    finish: bool = False,
 ) -> Signature:
-    """train -> score -> select -> push, starting from a freeze's state."""
+    """train -> score -> select -> push (-> pipeline_finish), starting from a freeze's state."""
     first, *rest = _after_freeze_steps(budget, strategy, target, out_dir, overrides)
+    if finish:
+        rest.append(tasks.pipeline_finish.s())
     return chain(first.clone(args=(state,)), *rest)

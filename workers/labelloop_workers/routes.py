@@ -15,8 +15,11 @@ ROUTES: dict[str, str] = {
     "labelloop.score_done": "cpu",
     "labelloop.select": "cpu",
     "labelloop.push": "io",
-    "labelloop.nightly": "cpu",
-    "labelloop.project_round": "cpu",
+    # a pipeline run: trigger (beat) -> pipeline (sync Label Studio, freeze) -> train ...
+    "labelloop.trigger": "cpu",
+    "labelloop.pipeline": "io",
+    "labelloop.pipeline_finish": "cpu",
+    "labelloop.sweep": "cpu",
 }
 
 

@@ -64,9 +64,18 @@ def context(*, migrate_sqlite: bool = True) -> Context:
 
 @db_app.command("upgrade")
 @handle_errors
-def db_upgrade(revision: str = "head", as_json: JsonOpt = False) -> None:
-    """Apply migrations up to REVISION (default: head)."""
+def db_upgrade(
+    revision: str = "head",
+    wait: Annotated[
+        float,
+        typer.Option(help="Seconds to wait for the database to accept connections first."),
+    ] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Apply migrations up to REVISION (default: head). Deployments run this once before
+    the API, workers and beat start (`--wait` for a database that is still starting)."""
     url = Settings().database_url
+    migrate.wait_for_database(url, wait)
     migrate.upgrade(url, revision)
     current = migrate.current_revision(url)
     if as_json:
@@ -338,9 +347,16 @@ def train(
     req = request_run(ctx, dv, rec, overrides=overrides)
     mv_id = req.model_version_id
     if mv_id is None:
-        with progress("train", None, _interactive(as_json)) as update:
+        from labelloop.locks import project_lock
+
+        # The workers' lock: a CLI training never runs beside a worker's for this project.
+        with (
+            project_lock(ctx.settings, project) as held,
+            progress("train", None, _interactive(as_json)) as update,
+        ):
 
             def on_progress(p: dict) -> None:
+                held.check()
                 total = p.get("epochs")
                 info = f"loss {p['loss']:.3f}" if isinstance(p.get("loss"), float) else ""
                 update(int(p.get("epoch", 0)), total, info)
@@ -382,11 +398,12 @@ def status(project: ProjectOpt, as_json: JsonOpt = False) -> None:
 
 
 def _register_modules() -> None:
-    from labelloop.cli import models, rounds, simulate
+    from labelloop.cli import automation, models, rounds, simulate
 
     rounds.register(app)
     models.register(app)
     simulate.register(app)
+    automation.register(app, project_app)
 
 
 def _load_plugins() -> None:

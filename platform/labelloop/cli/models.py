@@ -53,46 +53,9 @@ def resolve_model(ctx, model: str | None, project: str | None) -> int:
 
 
 def list_models(ctx, project: str) -> list[dict]:
-    from sqlalchemy import select
+    from labelloop.reports import model_versions
 
-    from labelloop.db.models import DatasetVersion, ModelVersion, Promotion, TrainingRun
-    from labelloop.projects import get_project
-
-    with ctx.db.session() as s:
-        p = get_project(s, project)
-        rows = []
-        for mv in s.scalars(
-            select(ModelVersion).where(ModelVersion.project_id == p.id).order_by(ModelVersion.id)
-        ):
-            dv = s.get(DatasetVersion, mv.dataset_version_id)
-            run = s.get(TrainingRun, mv.training_run_id)
-            last = s.scalar(
-                select(Promotion)
-                .where(Promotion.model_version_id == mv.id)
-                .order_by(Promotion.id.desc())
-                .limit(1)
-            )
-            metric = mv.metrics.get("primary_metric") or "mean_dice"
-            rows.append(
-                {
-                    "id": mv.id,
-                    "name": mv.name,
-                    "stage": mv.stage,
-                    "task": mv.recipe.get("task", p.task),
-                    "dataset_version": dv.number if dv else None,
-                    "recipe_hash": run.recipe_hash if run else None,
-                    "sha256": mv.sha256,
-                    "metric": metric,
-                    "test": (mv.metrics.get("test") or {}).get(metric),
-                    "comparison": mv.metrics.get("comparison"),
-                    "train_seconds": mv.metrics.get("train_seconds"),
-                    "epochs": mv.metrics.get("epochs"),
-                    "stage_reason": last.reason if last else None,
-                    "forced": last.forced if last else None,
-                    "created_at": mv.created_at.isoformat(),
-                }
-            )
-    return rows
+    return model_versions(ctx, project)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from alembic import command
@@ -33,6 +34,30 @@ def alembic_config(url: str) -> Config:
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
+
+
+def wait_for_database(url: str, timeout_s: float, every_s: float = 1.0) -> None:
+    """Return once the database accepts a connection; ConfigError after `timeout_s`
+    (0: try once). The prestart of a deployment calls this before migrating."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return
+        except OperationalError as exc:
+            if time.monotonic() >= deadline:
+                reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+                raise ConfigError(
+                    f"the database does not accept connections after {timeout_s:.0f} s: {reason}"
+                ) from None
+            time.sleep(every_s)
+        finally:
+            engine.dispose()
 
 
 def upgrade(url: str, revision: str = "head") -> None:

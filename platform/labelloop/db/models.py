@@ -157,6 +157,8 @@ class TrainingRun(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     task_id: Mapped[str | None] = mapped_column(String(200))
+    # The worker (Celery node name) of the latest attempt: who holds the training now.
+    worker: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -277,3 +279,56 @@ class PushItem(Base):
     push_id: Mapped[int] = mapped_column(ForeignKey("push.id", ondelete="CASCADE"), index=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("image.id"))
     external_task_id: Mapped[str] = mapped_column(String(200))
+
+
+class PipelineRun(Base):
+    """One request to run the loop for a project (sync -> freeze -> train -> ... -> push),
+    from beat, a webhook, the API or the CLI.
+
+    `active_project_id` holds the project id while the run is queued or running and is
+    cleared when it ends: its unique key is what allows one pipeline per project at a time,
+    across processes and hosts. A trigger that finds one active is recorded as `coalesced`
+    into it. `scheduled_for` makes a beat firing idempotent (one run per project and slot)."""
+
+    __tablename__ = "pipeline_run"
+    __table_args__ = (UniqueConstraint("project_id", "scheduled_for"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("project.id", ondelete="CASCADE"), index=True
+    )
+    active_project_id: Mapped[int | None] = mapped_column(Integer, unique=True)
+    trigger: Mapped[str] = mapped_column(String(16))
+    requested_by: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    stage: Mapped[str | None] = mapped_column(String(16))
+    coalesced_into_id: Mapped[int | None] = mapped_column(ForeignKey("pipeline_run.id"))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    message: Mapped[str | None] = mapped_column(Text)
+    task_id: Mapped[str | None] = mapped_column(String(200))
+    training_run_id: Mapped[int | None] = mapped_column(ForeignKey("training_run.id"))
+    scheduled_for: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookEvent(Base):
+    """One annotation event Label Studio sent. `pipeline_run_id` is the pipeline that took
+    it into account; events without one are still pending (they count towards a retrain)."""
+
+    __tablename__ = "webhook_event"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("project.id", ondelete="CASCADE"), index=True
+    )
+    action: Mapped[str] = mapped_column(String(40))
+    ls_project: Mapped[int | None] = mapped_column(Integer)
+    annotation_ids: Mapped[list[Any]] = mapped_column(default=list)
+    annotations: Mapped[int] = mapped_column(Integer, default=0)
+    pipeline_run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("pipeline_run.id", ondelete="SET NULL"), index=True
+    )
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -9,6 +9,8 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+IMMEDIATE = "labelloop_sqlite_immediate"
+
 
 def make_engine(url: str) -> Engine:
     """SQLite gets WAL + a busy timeout so the in-process worker and the CLI can share it;
@@ -32,7 +34,11 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(conn) -> None:  # pragma: no cover - trivial
-            conn.exec_driver_sql("BEGIN")
+            # IMMEDIATE takes the write lock up front: a transaction that reads and then
+            # decides what to write (one pipeline per project) waits its turn instead of
+            # failing with "database is locked" when another writer got in between.
+            immediate = conn.get_execution_options().get(IMMEDIATE, False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
@@ -45,9 +51,14 @@ class Database:
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A transaction: commits on success, rolls back everything on any error."""
+    def session(self, *, serialized: bool = False) -> Iterator[Session]:
+        """A transaction: commits on success, rolls back everything on any error.
+
+        `serialized`: the transaction reads and then writes what it read decided; on SQLite
+        it takes the write lock from the start (PostgreSQL callers use an advisory lock)."""
         s = self._factory()
+        if serialized and self.url.startswith("sqlite"):
+            s.connection(execution_options={IMMEDIATE: True})
         try:
             yield s
             s.commit()

@@ -1,11 +1,12 @@
 """Selection: strategies (a name registry) and the stage that turns them into rounds."""
 
-from labelloop.selection.rounds import RoundResult, latest_round, select_round
+from labelloop.selection.rounds import NothingToSelect, RoundResult, latest_round, select_round
 from labelloop.selection.strategies import STRATEGIES, Candidates, Strategy, get_strategy
 
 __all__ = [
     "STRATEGIES",
     "Candidates",
+    "NothingToSelect",
     "RoundResult",
     "Strategy",
     "get_strategy",

@@ -28,6 +28,10 @@ from labelloop.projects import get_project
 from labelloop.selection.strategies import Candidates, check_params, get_strategy
 
 
+class NothingToSelect(InputError):
+    """The pool is empty: every image is labelled or out with annotators already."""
+
+
 @dataclass
 class RoundResult:
     round_id: int
@@ -144,7 +148,7 @@ def select_round(
             )
         ranked = strat.rank(cand, budget, seed, params)[:budget]
         if not ranked:
-            raise InputError(
+            raise NothingToSelect(
                 f"nothing to select in project {project_name!r}: every image is labelled or "
                 "already out with annotators in an open round"
             )

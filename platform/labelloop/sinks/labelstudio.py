@@ -106,6 +106,43 @@ class LabelStudioSink:
             )
         return created.id
 
+    # -- webhooks --------------------------------------------------------------------
+
+    def ensure_webhook(
+        self, project_id: int, url: str, *, actions: Sequence[str], headers: dict[str, str]
+    ) -> tuple[int, bool]:
+        """The project's webhook to `url`, created or brought up to date (payload on, these
+        actions and headers, active); returns (webhook id, created)."""
+        self._call(f"GET /api/projects/{project_id}", lambda: self._client.projects.get(project_id))
+        hooks = self._call(
+            "GET /api/webhooks", lambda: self._client.webhooks.list(project=str(project_id))
+        )
+        fields = {
+            "url": url,
+            "send_payload": True,
+            "send_for_all_actions": False,
+            "headers": dict(headers),
+            "is_active": True,
+            "actions": list(actions),
+        }
+        existing = next((h for h in hooks if h.url == url and h.project == project_id), None)
+        if existing is not None and existing.id is not None:
+            hook_id = existing.id
+            self._call(
+                f"PATCH /api/webhooks/{hook_id}",
+                lambda: self._client.webhooks.update(hook_id, **fields),
+            )
+            return hook_id, False
+        hook = self._call(
+            "POST /api/webhooks",
+            lambda: self._client.webhooks.create(project=project_id, **fields),
+        )
+        if hook.id is None:
+            raise ExternalServiceError(
+                f"Label Studio at {self.url} created a webhook without an id"
+            )
+        return hook.id, True
+
     # -- push ------------------------------------------------------------------------
 
     def push(

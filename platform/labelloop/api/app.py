@@ -1,0 +1,126 @@
+"""The FastAPI application: `create_app(settings)` builds it (uvicorn calls it as a factory).
+
+Endpoints call the same stage and pipeline functions as the CLI and the workers, and hand
+runs to the workers through the dispatcher (labelloop.dispatch), never doing the work in
+the request. Errors of the project's own types become JSON `{"detail": ...}` with a
+matching status: not found 404, bad input 422, conflicting state 409, a failing service
+(broker, Label Studio) 503.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from labelloop.config import Settings
+from labelloop.context import Context, set_context
+from labelloop.db import migrate
+from labelloop.dispatch import Dispatcher, get_dispatcher
+from labelloop.errors import (
+    ConfigError,
+    ConflictError,
+    ExternalServiceError,
+    InputError,
+    LabelloopError,
+    NotFoundError,
+)
+from labelloop.locks import LockBusy
+
+_log = logging.getLogger(__name__)
+
+STATUS = (
+    (NotFoundError, 404),
+    (InputError, 422),
+    (ConflictError, 409),
+    (LockBusy, 409),
+    (ExternalServiceError, 503),
+    (ConfigError, 500),
+)
+
+DESCRIPTION = """\
+For ML engineers: trigger a retrain of a project's model (optionally with recipe
+overrides), watch its progress (epoch, step, loss), cancel it, compare model versions by
+their metrics, download an artifact, promote a version. Label Studio posts annotation
+events to `/webhooks/labelstudio/{project}`.
+
+Authenticate with `Authorization: Bearer <token>`, a token of `LABELLOOP_API_TOKENS`.
+"""
+
+TAGS = [
+    {"name": "runs", "description": "Pipeline runs: sync -> freeze -> train -> score -> push."},
+    {"name": "projects", "description": "Projects, dataset versions, model versions, rounds."},
+    {"name": "model versions", "description": "Artifacts and promotion."},
+    {"name": "webhooks", "description": "Label Studio annotation events (shared secret)."},
+    {"name": "health", "description": "Liveness, for load balancers (no token)."},
+]
+
+
+def check_schema(settings: Settings) -> None:
+    """Embedded SQLite is migrated on first use; a server database must be migrated by the
+    deployment (`labelloop db upgrade`, the compose `prestart`)."""
+    url = settings.database_url
+    if migrate.current_revision(url) == migrate.head_revision(url):
+        return
+    if url.startswith("sqlite"):
+        migrate.upgrade(url)
+        return
+    raise ConfigError("the database schema is not up to date; run `labelloop db upgrade`")
+
+
+def warm_up() -> None:
+    """Import and validate what the first trigger would otherwise load while it holds its
+    project's lock (recipe validation imports timm: a second or more)."""
+    from labelloop.domain import TaskKind
+    from labelloop.runs import default_recipe
+
+    for task in TaskKind:  # with_overrides validates every field, defaults included
+        default_recipe(task.value).with_overrides({})
+
+
+def create_app(
+    settings: Settings | None = None, *, dispatcher: Dispatcher | None = None
+) -> FastAPI:
+    settings = settings or Settings()
+    check_schema(settings)
+    warm_up()
+    ctx = Context(settings)
+    set_context(ctx)  # an embedded worker in this process uses the same context
+    dispatcher = dispatcher or get_dispatcher(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with dispatcher.serving():
+            yield
+        ctx.close()
+
+    app = FastAPI(
+        title="labelloop",
+        description=DESCRIPTION,
+        version="1",
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    app.state.dispatcher = dispatcher
+    app.state.tokens = {
+        name: token.get_secret_value()
+        for name, token in settings.api_tokens.items()
+        if token.get_secret_value()
+    }
+
+    @app.exception_handler(LabelloopError)
+    async def _labelloop_error(request: Request, exc: LabelloopError) -> JSONResponse:
+        code = next((c for kind, c in STATUS if isinstance(exc, kind)), 400)
+        if code >= 500:
+            _log.error("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    from labelloop.api.routers import health, models, projects, runs, webhooks
+
+    for module in (runs, projects, models, webhooks, health):
+        app.include_router(module.router)
+    return app

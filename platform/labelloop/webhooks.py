@@ -1,0 +1,259 @@
+"""Label Studio webhooks: annotation events in, a debounced retrain out.
+
+Label Studio POSTs `{"action": ..., "project": {...}, ...}` for each event; with the
+payload enabled the annotation events carry (Label Studio 1.23, `webhooks/models.py`):
+
+  ANNOTATION_CREATED / ANNOTATION_UPDATED  "annotation": {id, task, project, result, ...}
+  ANNOTATIONS_CREATED                      "annotation": [{...}, ...]   (bulk, a list)
+  ANNOTATIONS_DELETED                      "annotations": [{"id": ...}, ...]
+
+Each event is stored (`webhook_event`). When a project's pending events (those no pipeline
+has taken into account yet) reach `min_annotations` annotations, a pipeline run is queued
+with a quiet time of `debounce_s`: events of the same burst join that queued run (and
+push its start back, up to `debounce_max_s` after it was queued), so a burst of fifty
+annotations starts one pipeline. Events arriving while a pipeline runs stay pending;
+when it finishes, `follow_up` queues the next one if they reached the threshold.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+
+from labelloop.context import Context
+from labelloop.db.models import PipelineRun, Project, WebhookEvent, utcnow
+from labelloop.errors import InputError
+from labelloop.pipelines import (
+    PipelineParams,
+    PipelineRequest,
+    PipelineStatus,
+    active_run,
+    as_utc,
+    lock_project,
+    request_in_session,
+)
+from labelloop.projects import get_project
+from labelloop.triggers import effective_triggers, labelstudio_links, link_labelstudio
+
+SECRET_HEADER = "X-Labelloop-Webhook-Secret"
+ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
+
+
+@dataclass(frozen=True)
+class AnnotationEvent:
+    action: str
+    ls_project: int | None
+    annotation_ids: list[int]
+
+
+def parse_event(payload: Any) -> AnnotationEvent | None:
+    """An annotation event from a webhook body; None for actions labelloop does not track.
+
+    InputError names what is missing for a tracked action (for instance a webhook that
+    was registered without its payload)."""
+    if not isinstance(payload, dict):
+        raise InputError("webhook body must be a JSON object")
+    action = payload.get("action")
+    if not isinstance(action, str) or not action:
+        raise InputError("webhook body has no 'action'")
+    if action not in ACTIONS:
+        return None
+    key = "annotations" if action == "ANNOTATIONS_DELETED" else "annotation"
+    items = payload.get(key)
+    if isinstance(items, dict):
+        items = [items]
+    if not isinstance(items, list) or not items:
+        raise InputError(
+            f"{action} webhook has no {key!r} (register the webhook with its payload: "
+            "`labelloop webhooks register`)"
+        )
+    ids = []
+    for i, item in enumerate(items):
+        ann_id = item.get("id") if isinstance(item, dict) else None
+        if not isinstance(ann_id, int):
+            raise InputError(f"{action} webhook: {key}[{i}] has no integer 'id'")
+        ids.append(ann_id)
+    project = payload.get("project")
+    ls_project = project.get("id") if isinstance(project, dict) else None
+    if ls_project is None and isinstance(items[0], dict):
+        ls_project = items[0].get("project")
+    if ls_project is not None and not isinstance(ls_project, int):
+        raise InputError(f"{action} webhook: project id {ls_project!r} is not an integer")
+    return AnnotationEvent(action, ls_project, ids)
+
+
+def secret_matches(configured: str, given: str | None) -> bool:
+    """Constant-time comparison; an unset secret matches nothing."""
+    return (
+        bool(configured)
+        and given is not None
+        and hmac.compare_digest(configured.encode(), given.encode())
+    )
+
+
+@dataclass
+class EventOutcome:
+    event_id: int
+    status: str  # pending | joined | triggered | waiting | paused
+    pending_annotations: int
+    threshold: int
+    pipeline_run_id: int | None = None
+    request: PipelineRequest | None = None  # a new run to dispatch
+
+
+def record_event(ctx: Context, project_name: str, event: AnnotationEvent) -> EventOutcome:
+    """Store the event and decide, in the same transaction, whether it starts a retrain."""
+    with ctx.db.session(serialized=True) as s:
+        project = get_project(s, project_name)
+        _check_linked(project, event)
+        lock_project(s, project.id)
+        trig = effective_triggers(project, ctx.settings)
+        row = WebhookEvent(
+            project_id=project.id,
+            action=event.action,
+            ls_project=event.ls_project,
+            annotation_ids=event.annotation_ids,
+            annotations=len(event.annotation_ids),
+        )
+        s.add(row)
+        s.flush()
+        out = EventOutcome(row.id, "pending", 0, trig.min_annotations)
+        active = active_run(s, project.id)
+        if active is not None and active.status == PipelineStatus.queued:
+            # A queued run has not synced yet: it takes this event's annotation along.
+            row.pipeline_run_id = active.id
+            _push_back(active, trig.debounce_s, trig.debounce_max_s)
+            out.status, out.pipeline_run_id = "joined", active.id
+            return out
+        out.pending_annotations = pending_annotations(s, project.id)
+        if active is not None:
+            out.status, out.pipeline_run_id = "waiting", active.id
+            return out
+        if not trig.active:
+            out.status = "paused"
+            return out
+        if out.pending_annotations >= trig.min_annotations:
+            out.request = _queue(s, ctx, project, trig.debounce_s)
+            out.status, out.pipeline_run_id = "triggered", out.request.run_id
+        return out
+
+
+def pending_annotations(s, project_id: int) -> int:
+    return (
+        s.scalar(
+            select(func.coalesce(func.sum(WebhookEvent.annotations), 0)).where(
+                WebhookEvent.project_id == project_id, WebhookEvent.pipeline_run_id.is_(None)
+            )
+        )
+        or 0
+    )
+
+
+def _queue(s, ctx: Context, project: Project, delay_s: float) -> PipelineRequest:
+    req = request_in_session(
+        s, ctx, project, "webhook", "labelstudio", PipelineParams(), delay_s, None
+    )
+    if req.created:
+        s.execute(
+            WebhookEvent.__table__.update()
+            .where(WebhookEvent.project_id == project.id, WebhookEvent.pipeline_run_id.is_(None))
+            .values(pipeline_run_id=req.run_id)
+        )
+    return req
+
+
+def _push_back(run: PipelineRun, debounce_s: float, max_s: float) -> None:
+    """Debounce: the run starts `debounce_s` after the burst's last event, but no later
+    than `max_s` after it was queued."""
+    created = as_utc(run.created_at)
+    latest = created + timedelta(seconds=max_s) if created else None
+    wanted = utcnow() + timedelta(seconds=debounce_s)
+    run.not_before = min(wanted, latest) if latest else wanted
+    run.updated_at = utcnow()
+
+
+def _check_linked(project: Project, event: AnnotationEvent) -> None:
+    linked = {lk["ls_project"] for lk in labelstudio_links(project)}
+    if not linked:
+        raise InputError(
+            f"project {project.name!r} has no linked Label Studio project; run "
+            f"`labelloop webhooks register --project {project.name} --ls-project ID --url ...`"
+        )
+    if event.ls_project is not None and event.ls_project not in linked:
+        raise InputError(
+            f"Label Studio project {event.ls_project} is not linked to project "
+            f"{project.name!r} (linked: {', '.join(str(i) for i in sorted(linked))})"
+        )
+
+
+def follow_up(ctx: Context, project_id: int) -> PipelineRequest | None:
+    """After a pipeline ends: queue the next one when the events that arrived meanwhile
+    reached the threshold (the caller dispatches it)."""
+    with ctx.db.session(serialized=True) as s:
+        lock_project(s, project_id)
+        project = s.get(Project, project_id)
+        trig = effective_triggers(project, ctx.settings)
+        if not trig.active or active_run(s, project_id) is not None:
+            return None
+        if pending_annotations(s, project_id) < trig.min_annotations:
+            return None
+        return _queue(s, ctx, project, trig.debounce_s)
+
+
+# -- registration in Label Studio ---------------------------------------------------------
+
+
+def webhook_url(base_url: str, project: str) -> str:
+    return f"{base_url.rstrip('/')}/webhooks/labelstudio/{project}"
+
+
+def register_webhook(
+    ctx: Context,
+    project_name: str,
+    *,
+    ls_project: int,
+    base_url: str,
+    ls_url: str | None = None,
+    token: str | None = None,
+    label_map: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Create (or update) the project's webhook in Label Studio and link the Label Studio
+    project as a source of `project_name`. Idempotent: the webhook is found by its URL."""
+    from labelloop.errors import ConfigError
+    from labelloop.sinks.labelstudio import LabelStudioSink
+
+    secret = ctx.settings.webhook_secret.get_secret_value()
+    if not secret:
+        raise ConfigError("set LABELLOOP_WEBHOOK_SECRET first: Label Studio sends it back")
+    ls_url = (ls_url or ctx.settings.labelstudio_url).rstrip("/")
+    token = token or ctx.settings.labelstudio_token.get_secret_value()
+    if not ls_url or not token:
+        raise ConfigError("registering needs LABELLOOP_LABELSTUDIO_URL and _TOKEN")
+    if not base_url.startswith(("http://", "https://")):
+        raise InputError(
+            f"--url must be the http(s) address of `labelloop serve`, got {base_url!r}"
+        )
+    with ctx.db.session() as s:
+        get_project(s, project_name)  # a clear error before any request
+    url = webhook_url(base_url, project_name)
+    hook_id, created = LabelStudioSink(ls_url, token).ensure_webhook(
+        ls_project, url, actions=ACTIONS, headers={SECRET_HEADER: secret}
+    )
+    with ctx.db.session() as s:
+        project = get_project(s, project_name)
+        link = link_labelstudio(
+            project, ls_url, ls_project, label_map=label_map, webhook_id=hook_id
+        )
+    return {
+        "webhook_id": hook_id,
+        "created": created,
+        "url": url,
+        "ls_url": ls_url,
+        "ls_project": ls_project,
+        "actions": list(ACTIONS),
+        "link": link,
+    }

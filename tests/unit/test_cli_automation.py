@@ -1,0 +1,116 @@
+"""`labelloop runs`, `project schedule`, `webhooks register`, `serve`, `db upgrade --wait`:
+exit code 2 with a message naming what is wrong; a run end to end, embedded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from labelloop.cli.main import app
+from tests.factories import small_export
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABELLOOP_DATA_DIR", str(tmp_path / "data"))
+    for var in (
+        "LABELLOOP_DATABASE_URL",
+        "LABELLOOP_BLOB_URL",
+        "LABELLOOP_BROKER_URL",
+        "LABELLOOP_API_TOKENS",
+        "LABELLOOP_WEBHOOK_SECRET",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path / "data"
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture
+def project(tmp_path):
+    r = run("project", "create", "cells", "--task", "segmentation", "--labels", "RBC,WBC,Platelets")
+    assert r.exit_code == 0, r.output
+    return "cells"
+
+
+def test_project_schedule_shows_changes_and_refuses_bad_values(project, tmp_path):
+    r = run("project", "schedule", "cells", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["cron"] == "0 2 * * *"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("epochs: 3\n")
+    r = run(
+        "project", "schedule", "cells", "--cron", "*/30 * * * *", "--min-annotations", "7",
+        "--paused", "--recipe", str(recipe), "--json",
+    )  # fmt: skip
+    shown = json.loads(r.output)
+    assert (shown["cron"], shown["min_annotations"], shown["active"]) == ("*/30 * * * *", 7, False)
+    assert shown["recipe"] == {"epochs": 3}
+    r = run("project", "schedule", "cells", "--cron", "0 25 * * *")
+    assert r.exit_code == 2 and "25 > 23" in r.output
+    r = run("project", "schedule", "cells", "--push-to", "fax")
+    assert r.exit_code == 2 and "push_to must be one of" in r.output
+    r = run("project", "schedule", "cells", "--cron", "default", "--json")
+    assert json.loads(r.output)["cron"] == "0 2 * * *"
+    assert run("project", "schedule", "nope").exit_code == 2
+
+
+def test_runs_commands_name_what_is_wrong(project):
+    r = run("runs", "show", "999")
+    assert r.exit_code == 2 and "no pipeline run with id 999" in r.output
+    r = run("runs", "cancel", "999")
+    assert r.exit_code == 2
+    r = run("runs", "start", "-p", "cells", "--no-wait")
+    assert r.exit_code == 2 and "needs a real broker" in r.output
+    r = run("runs", "start", "-p", "nope")
+    assert r.exit_code == 2 and "no project named 'nope'" in r.output
+    r = run("runs", "start", "-p", "cells", "--epochs", "0")
+    assert r.exit_code == 2 and "epochs" in r.output
+    assert run("runs", "list", "-p", "cells", "--json").output.strip() == "[]"
+
+
+def test_serve_and_webhooks_refuse_to_start_unconfigured(project, monkeypatch):
+    r = run("serve")
+    assert r.exit_code == 2 and "LABELLOOP_API_TOKENS" in r.output
+    monkeypatch.setenv("LABELLOOP_API_TOKENS", '{"a": "b"}')
+    r = run("serve", "--workers", "2")
+    assert r.exit_code == 2 and "needs a real broker" in r.output
+    r = run("webhooks", "register", "-p", "cells", "--ls-project", "1", "--url", "http://x")
+    assert r.exit_code == 2 and "LABELLOOP_WEBHOOK_SECRET" in r.output
+    monkeypatch.setenv("LABELLOOP_WEBHOOK_SECRET", "s")
+    monkeypatch.setenv("LABELLOOP_LABELSTUDIO_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("LABELLOOP_LABELSTUDIO_TOKEN", "t")
+    r = run("webhooks", "register", "-p", "cells", "--ls-project", "1", "--url", "ftp://x")
+    assert r.exit_code == 2 and "http(s) address" in r.output
+
+
+def test_db_upgrade_waits_then_names_the_database_problem(monkeypatch):
+    monkeypatch.setenv("LABELLOOP_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:9/none")
+    r = run("db", "upgrade", "--wait", "1")
+    assert r.exit_code == 2 and "does not accept connections after 1 s" in r.output
+
+
+def test_runs_start_embedded_trains_then_stops_early(project, tmp_path):
+    r = run("ingest", str(small_export(tmp_path, n=6)), "--project", "cells")
+    assert r.exit_code == 0, r.output
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text("epochs: 1\nbatch_size: 2\nimage_size: 64\n")
+    r = run("runs", "start", "-p", "cells", "--recipe", str(tiny), "--json")
+    assert r.exit_code == 0, r.output
+    first = json.loads(r.output)["run"]
+    # No pool image to select: the model is trained and recorded, nothing is sent out.
+    assert first["status"] == "succeeded" and "nothing to select" in first["message"]
+    assert first["training"]["status"] == "succeeded" and first["model_version_id"]
+    r = run("runs", "start", "-p", "cells", "--json")
+    second = json.loads(r.output)["run"]
+    assert second["status"] == "stopped" and "no new annotations" in second["message"]
+    listed = json.loads(run("runs", "list", "-p", "cells", "--json").output)
+    assert [x["status"] for x in listed] == ["stopped", "succeeded"]
+    assert json.loads(run("runs", "show", str(first["id"]), "--json").output)["id"] == first["id"]
+    r = run("runs", "cancel", str(first["id"]))
+    assert r.exit_code == 2 and "already succeeded" in r.output
