@@ -33,15 +33,15 @@ def detection_metrics(
     labels: Sequence[str],
     *,
     score_threshold: float,
-    max_detections: int = 300,
 ) -> dict[str, Any]:
     """mAP@0.5 ("map50", the primary metric), mAP@0.5:0.95 ("map"), per-class AP50/AP and
-    per-class count MAE per image. Counts are boxes scoring at least `score_threshold`
-    against ground-truth boxes; truths are (boxes (N, 4) xyxy, class indices (N,))."""
+    per-class count MAE per image. mAP follows COCO (each image's 100 best boxes); counts
+    are boxes scoring at least `score_threshold` against ground-truth boxes; truths are
+    (boxes (N, 4) xyxy, class indices (N,))."""
     if len(predictions) != len(truths):
         raise ValueError(f"{len(predictions)} predictions for {len(truths)} images")
-    coco = map_metric(max_detections, class_metrics=True)
-    coco50 = map_metric(max_detections, class_metrics=True, iou_thresholds=[0.5])
+    coco = map_metric(class_metrics=True)
+    coco50 = map_metric(class_metrics=True, iou_thresholds=[0.5])
     c = len(labels)
     count_err = np.zeros(c)
     true_total, pred_total = np.zeros(c, np.int64), np.zeros(c, np.int64)
@@ -112,6 +112,5 @@ def evaluate_detection(
         [(s[1], s[2]) for s in samples],
         labels,
         score_threshold=recipe.score_threshold,
-        max_detections=recipe.max_detections,
     )
     return {**result, "split": split}

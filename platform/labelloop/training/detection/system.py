@@ -26,12 +26,19 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 GRAD_CLIP_NORM = 10.0
 
 
-def map_metric(max_detections: int, **kwargs: Any) -> MeanAveragePrecision:
+# COCO's detection limits per image. pycocotools computes mAP@0.5:0.95 (and every
+# per-class AP) at exactly 100 detections whatever the list says, and reports -1 when 100
+# is not in it, so the list stays COCO's: predictions beyond 100 per image are not scored
+# (BCCD fields hold at most ~60 cells).
+COCO_MAX_DETECTIONS = [1, 10, 100]
+
+
+def map_metric(**kwargs: Any) -> MeanAveragePrecision:
     return MeanAveragePrecision(
         box_format="xyxy",
         iou_type="bbox",
         backend="pycocotools",
-        max_detection_thresholds=[1, 10, max_detections],
+        max_detection_thresholds=COCO_MAX_DETECTIONS,
         **kwargs,
     )
 
@@ -51,7 +58,7 @@ class DetectionSystem(BudgetedSystem):
             self.network = network
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.float64))
         self.loss_fn = DetectionLoss(recipe)
-        self.val_map = map_metric(recipe.max_detections)
+        self.val_map = map_metric()
 
     @property
     def trained(self) -> nn.Module:
