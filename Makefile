@@ -59,7 +59,7 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: venv
+bench: venv bench-venv
 	$(BIN)/python benchmarks/run_all.py
 
 clean:

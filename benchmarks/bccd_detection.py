@@ -4,8 +4,10 @@ Both contenders get the same data (BCCD read by labelloop's VOC reader, its own
 ImageSets/Main train/val/test split, the two images whose files hold zero-size boxes left
 out, as `ingest --skip-invalid` leaves them), the same 416 px input, batch 16, the same
 wall-clock training budget (validation every epoch included) and the same test scoring:
-labelloop's `detection_metrics` (torchmetrics / pycocotools mAP, count MAE at conf 0.25)
-over each model's test predictions at conf 0.001, in original image pixels.
+labelloop's `detection_metrics` (torchmetrics / pycocotools COCO mAP) over each model's
+test predictions at conf 0.001 (a box per class above it, as both frameworks rank boxes
+for mAP), in original image pixels; count MAE over the boxes each framework's predict
+keeps at conf 0.25.
 
 - labelloop: `get_kind("detection")` train -> load -> evaluate on the frozen manifest,
   recipe defaults unless `--set field=value` overrides them.
@@ -135,6 +137,7 @@ def train_labelloop(args: argparse.Namespace) -> None:
         outcome = kind.train(manifest, recipe, fetch, Path(tmp), on_progress=report)
         train_s = time.monotonic() - started
         model = kind.load(outcome.weights_path, recipe, labels)
+        shutil.copy(outcome.weights_path, Path(args.child_out).with_suffix(".pt"))
     t0 = time.monotonic()
     test = kind.evaluate(model, manifest, fetch, split="test", labels=labels, recipe=recipe)
     result = {
@@ -237,8 +240,13 @@ def run_contenders(jobs: list[tuple[str, list[str], int | None]], log_dir: Path)
         with LoadSampler() as load:
             t0 = time.monotonic()
             procs = [(name, start(name, cmd, core)) for name, cmd, core in jobs]
-            for name, proc in procs:
-                wait(name, proc)
+            try:
+                for name, proc in procs:
+                    wait(name, proc)
+            finally:  # one failed: do not leave the other training alone on the machine
+                for _, proc in procs:
+                    if proc.poll() is None:
+                        proc.terminate()
         for name, _, core in jobs:
             phases[name] = {"core": core, "wall_s": round(time.monotonic() - t0, 1)}
             phases[name]["loadavg_1m"] = load.summary()
@@ -257,20 +265,22 @@ def score_yolo(out: Path, manifest: dict[str, Any], fetch: Any) -> dict[str, Any
     labels = manifest["labels"]
     preds = json.loads((out / "predictions.json").read_text())
     items = split_items(manifest, "test")
-    dets, truths = [], []
+
+    def dets(p: dict[str, Any]) -> Detections:
+        return Detections(
+            boxes=np.asarray(p["boxes"], np.float32).reshape(-1, 4),
+            scores=np.asarray(p["scores"], np.float32),
+            labels=np.asarray(p["labels"], np.int64),
+            class_probs=np.zeros((len(p["scores"]), len(labels)), np.float32),
+        )
+
+    ranked, kept, truths = [], [], []
     for item in items:
         _, boxes, classes = load_sample(item, labels, fetch)
-        p = preds[item["name"]]
-        dets.append(
-            Detections(
-                boxes=np.asarray(p["boxes"], np.float32).reshape(-1, 4),
-                scores=np.asarray(p["scores"], np.float32),
-                labels=np.asarray(p["labels"], np.int64),
-                class_probs=np.zeros((len(p["scores"]), len(labels)), np.float32),
-            )
-        )
+        ranked.append(dets(preds[item["name"]]))
+        kept.append(dets(preds[item["name"]]["kept"]))
         truths.append((boxes, classes))
-    return detection_metrics(dets, truths, labels, score_threshold=COUNT_THRESHOLD)
+    return detection_metrics(ranked, truths, labels, score_threshold=COUNT_THRESHOLD, counted=kept)
 
 
 def yolo_history(out: Path) -> list[dict[str, Any]]:

@@ -7,7 +7,11 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["demo_round.py", "ingest_labelstudio.py"]
+SCRIPTS = [
+    "demo_round.py",
+    "ingest_labelstudio.py",
+    "bccd_detection.py",  # needs .venv-bench (make bench-venv)
+]
 
 if __name__ == "__main__":
     for script in SCRIPTS:

@@ -168,3 +168,42 @@ def test_postprocess_suppresses_duplicates_per_class_only():
     dist = torch.log(torch.expm1(torch.ones(1, 2, 4)))
     out = postprocess(DetOutput(cls, dist, torch.tensor([[8.0, 8], [8, 8]]), strides), recipe, 0.1)
     assert out[0]["labels"].tolist() == [0, 1]
+
+
+def test_postprocess_multi_label_ranks_a_point_under_each_likely_class():
+    recipe = DetectionRecipe(image_size=64, reg_max=0)
+    _, strides = grid(1, 1)
+    logits = torch.logit(torch.tensor([[[0.9, 0.3, 0.0001]]]))
+    dist = torch.log(torch.expm1(torch.ones(1, 1, 4)))
+    out = DetOutput(logits, dist, torch.tensor([[8.0, 8.0]]), strides)
+    (single,) = postprocess(out, recipe, 0.1)
+    (multi,) = postprocess(out, recipe, 0.1, multi_label=True)
+    assert single["labels"].tolist() == [0]
+    assert multi["labels"].tolist() == [0, 1]
+    assert multi["scores"].tolist() == pytest.approx([0.9, 0.3])
+
+
+def test_metrics_count_the_kept_boxes_when_given():
+    truth = (np.array([[10, 10, 60, 60]], np.float32), np.array([0]))
+    ranked = _dets([[10, 10, 60, 60], [10, 10, 60, 60]], [0.9, 0.4], [0, 1])
+    kept = _dets([[10, 10, 60, 60]], [0.9], [0])
+    both = detection_metrics([ranked], [truth], LABELS, score_threshold=0.25)
+    assert both["per_class"]["WBC"]["count_mae"] == 1.0
+    m = detection_metrics([ranked], [truth], LABELS, score_threshold=0.25, counted=[kept])
+    assert m["per_class"]["WBC"]["count_mae"] == 0.0 and m["map50"] == 1.0
+
+
+@pytest.mark.parametrize("reg_max", [0, 16])
+def test_fresh_head_predicts_boxes_a_few_cells_wide_at_every_level(reg_max):
+    from labelloop.training.detection.network import build_detector, decode_boxes
+
+    recipe = DetectionRecipe(
+        encoder="resnet10t", image_size=64, neck_channels=8, head_channels=8, reg_max=reg_max
+    )
+    torch.manual_seed(0)
+    net = build_detector(recipe, 3).eval()
+    out = net(torch.zeros(1, 3, 64, 64))
+    boxes = decode_boxes(out, reg_max)[0]
+    widths = (boxes[:, 2] - boxes[:, 0]) / out.strides[:, 0]
+    # Random weights add noise; the biases put the mean near 4 cells (uniform DFL: 15).
+    assert 2.5 < float(widths.mean()) < 5.5
