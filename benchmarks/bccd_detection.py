@@ -15,8 +15,10 @@ keeps at conf 0.25.
   budget, run by benchmarks/ultralytics_runner.py in `.venv-bench` (`make bench-venv`);
   ultralytics is never imported here. Its own test-split mAP is recorded for reference.
 
-By default the two train one after the other, each on every core; `--concurrent` runs
-them at the same time, each pinned to one core (taskset) with one thread.
+By default the two train at the same time, each pinned to its own core (taskset) with
+one thread: equal conditions on a shared machine, and ultralytics' own CPU setting (it
+trains on one thread, without loader workers, on a 2-core machine). `--sequential` runs
+them one after the other instead, labelloop then using every core.
 
 Usage: .venv/bin/python benchmarks/bccd_detection.py [--minutes 30] [--only labelloop]
 Writes benchmarks/results/bccd_detection.json and bccd_detection.png.
@@ -199,7 +201,7 @@ def labelloop_cmd(args: argparse.Namespace, out: Path) -> list[str]:
     return cmd
 
 
-def yolo_cmd(args: argparse.Namespace, data_yaml: Path, out: Path, workers: int) -> list[str]:
+def yolo_cmd(args: argparse.Namespace, data_yaml: Path, out: Path) -> list[str]:
     return [
         str(BENCH_PYTHON),
         str(RUNNER),
@@ -215,8 +217,6 @@ def yolo_cmd(args: argparse.Namespace, data_yaml: Path, out: Path, workers: int)
         str(args.batch),
         "--seed",
         str(args.seed),
-        "--workers",
-        str(workers),
     ]
 
 
@@ -358,7 +358,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", choices=["labelloop", "yolov8n"], default=None)
-    ap.add_argument("--concurrent", action="store_true", help="both at once, one core each")
+    ap.add_argument(
+        "--sequential", action="store_true", help="one after the other, not one core each"
+    )
     ap.add_argument(
         "--set",
         action="append",
@@ -382,7 +384,7 @@ def main() -> None:
     work = CACHE / args.name
     work.mkdir(parents=True, exist_ok=True)
     jobs: list[tuple[str, list[str], int | None]] = []
-    cores = {"labelloop": 0, "yolov8n": 1} if args.concurrent else {}
+    cores = {} if args.sequential else {"labelloop": 0, "yolov8n": 1}
     if "labelloop" in want:
         jobs.append(
             ("labelloop", labelloop_cmd(args, work / "labelloop.json"), cores.get("labelloop"))
@@ -391,8 +393,7 @@ def main() -> None:
         data_yaml = write_yolo_dataset(manifest, fetch, CACHE / "bccd_yolo")
         yolo_out = work / "yolov8n"
         shutil.rmtree(yolo_out, ignore_errors=True)
-        workers = 0 if args.concurrent else 2
-        jobs.append(("yolov8n", yolo_cmd(args, data_yaml, yolo_out, workers), cores.get("yolov8n")))
+        jobs.append(("yolov8n", yolo_cmd(args, data_yaml, yolo_out), cores.get("yolov8n")))
 
     load_start = os.getloadavg()
     phases = run_contenders(jobs, work)
@@ -422,7 +423,7 @@ def main() -> None:
         "budget_min": args.minutes,
         "image_size": args.image_size,
         "batch_size": args.batch,
-        "mode": "concurrent, one core each" if args.concurrent else "one after the other",
+        "mode": "one after the other" if args.sequential else "side by side, one core each",
         "metric": "labelloop detection_metrics (torchmetrics/pycocotools) on test predictions "
         f"at conf 0.001; counts at conf {COUNT_THRESHOLD}",
         "contenders": contenders,

@@ -34,7 +34,6 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=1000, help="upper bound; the budget decides")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -54,7 +53,7 @@ def main() -> None:
         time=args.minutes / 60,
         pretrained=False,
         device="cpu",
-        workers=args.workers,
+        workers=0,  # what ultralytics itself picks for CPU training
         cache="ram",
         amp=False,
         seed=args.seed,

@@ -1,22 +1,22 @@
 """The detector as plain nn.Modules: timm backbone -> PAN neck -> decoupled head.
 
-Backbone choice (measured on two shared CPU cores, forward + backward of the backbone alone,
-batch 8 at 416 px, from scratch; YOLOv8n for scale: 3.2 M params, 8.7 GFLOPs at 640):
+Backbone choice: the whole detector (neck 64, head 64), forward + backward of a batch of
+16 at 416 px on one thread, in CPU seconds (wall time on a shared machine is too noisy to
+rank by), and test mAP@0.5 on BCCD after 8 epochs from scratch:
 
-    hgnetv2_b0               1.9 M params  2.6 GFLOPs@640   1.7 s
-    lcnet_075                0.6 M         0.8              2.5 s
-    mobilenetv3_large_075    1.8 M         1.2              4.3 s
-    efficientnet_lite0       3.0 M         3.0              5.0 s
-    mobilenetv4_conv_small   1.3 M         1.5              5.6 s
-    regnetx_002              2.3 M         1.6              9.8 s
-    resnet10t                4.9 M         9.0             13.5 s
-    cs3darknet_s             2.8 M         4.5             13.8 s
+    regnetx_002              3.0 M params   1.94 s   0.732
+    lcnet_075                1.3 M          1.83 s   (0.46 after 11 epochs, older recipe)
+    lcnet_100                1.7 M          2.13 s
+    cs3darknet_focus_s       3.5 M          2.64 s
+    hgnetv2_b0               2.6 M          3.01 s   0.595
+    mobilenetv3_large_075    2.5 M          3.16 s
+    (ultralytics YOLOv8n     3.0 M          2.2 s, for scale)
 
-`hgnetv2_b0` is the default: the fastest here despite more FLOPs than the mobile nets,
-because its stem reaches stride 4 at once and its blocks are dense 3x3 convolutions with
-few channels (which CPUs run well) rather than depthwise convolutions and squeeze-excite
-(which they run poorly, backward especially). Its stride-8/16/32 features are wide
-(256/512/1024 channels), so the neck's 1x1 lateral convolutions bring them down first.
+`regnetx_002` is the default: its grouped 3x3 convolutions run well on one CPU thread,
+it learned faster per epoch than hgnetv2_b0 and lcnet_075, and its stride-8/16/32
+features are narrow (56/152/368 channels), so the neck's 1x1 lateral convolutions are
+cheap. hgnetv2_b0 spends much of its time on
+elementwise passes (learnable affine after every activation) over large early maps.
 
 The head is YOLOv8-like: per level a class branch and a box branch; a box is four
 distances (left, top, right, bottom) from the grid point, predicted as a distribution over
