@@ -3,15 +3,16 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 LS_VENV := .venv-ls
+BENCH_VENV := .venv-bench
 LABEL_STUDIO_VERSION ?= 1.23.2
 PIP_FLAGS ?= -q
 
-.PHONY: help venv ls-venv demo test test-unit test-integration lint format bench clean
+.PHONY: help venv ls-venv bench-venv demo test test-unit test-integration lint format bench clean
 
 help:
 	@echo "make demo    one full active-learning round on synthetic blood smears"
 	@echo "make test    unit + integration tests (PostgreSQL, Redis, Celery worker, Label Studio)"
-	@echo "make test-unit | test-integration | lint | format | bench | clean"
+	@echo "make test-unit | test-integration | lint | format | bench | bench-venv | clean"
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +27,17 @@ $(LS_VENV)/.installed:
 	$(LS_VENV)/bin/pip install $(PIP_FLAGS) label-studio==$(LABEL_STUDIO_VERSION)
 	touch $@
 
+# Reference detectors for benchmarks/bccd_detection.py only (ultralytics is AGPL): a venv
+# of its own, never a labelloop dependency.
+$(BENCH_VENV)/.installed: constraints.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install $(PIP_FLAGS) -U pip
+	$(BENCH_VENV)/bin/pip install $(PIP_FLAGS) -c constraints.txt torch torchvision ultralytics
+	touch $@
+
 venv: $(BIN)/.installed
 ls-venv: $(LS_VENV)/.installed
+bench-venv: $(BENCH_VENV)/.installed
 
 demo: venv
 	$(BIN)/labelloop demo
@@ -49,7 +59,7 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: venv
+bench: venv bench-venv
 	$(BIN)/python benchmarks/run_all.py
 
 clean:

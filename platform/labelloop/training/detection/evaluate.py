@@ -16,7 +16,7 @@ from torch import nn
 from labelloop.errors import ConfigError
 from labelloop.training.data import split_items
 from labelloop.training.detection.data import Fetch, load_sample
-from labelloop.training.detection.predict import Detections, detect
+from labelloop.training.detection.predict import Detections, detect_passes
 from labelloop.training.detection.recipe import DetectionRecipe
 from labelloop.training.detection.system import map_metric
 
@@ -33,19 +33,24 @@ def detection_metrics(
     labels: Sequence[str],
     *,
     score_threshold: float,
-    max_detections: int = 300,
+    counted: Sequence[Detections] | None = None,
 ) -> dict[str, Any]:
     """mAP@0.5 ("map50", the primary metric), mAP@0.5:0.95 ("map"), per-class AP50/AP and
-    per-class count MAE per image. Counts are boxes scoring at least `score_threshold`
+    per-class count MAE per image. mAP follows COCO (each image's 100 best boxes); counts
+    are the boxes of `counted` (default: `predictions`) scoring at least `score_threshold`,
     against ground-truth boxes; truths are (boxes (N, 4) xyxy, class indices (N,))."""
-    if len(predictions) != len(truths):
-        raise ValueError(f"{len(predictions)} predictions for {len(truths)} images")
-    coco = map_metric(max_detections, class_metrics=True)
-    coco50 = map_metric(max_detections, class_metrics=True, iou_thresholds=[0.5])
+    counted = predictions if counted is None else counted
+    if not len(predictions) == len(counted) == len(truths):
+        raise ValueError(
+            f"{len(predictions)} ranked and {len(counted)} counted predictions "
+            f"for {len(truths)} images"
+        )
+    coco = map_metric(class_metrics=True)
+    coco50 = map_metric(class_metrics=True, iou_thresholds=[0.5])
     c = len(labels)
     count_err = np.zeros(c)
     true_total, pred_total = np.zeros(c, np.int64), np.zeros(c, np.int64)
-    for det, (gt_boxes, gt_labels) in zip(predictions, truths, strict=True):
+    for det, count_det, (gt_boxes, gt_labels) in zip(predictions, counted, truths, strict=True):
         pred = {
             "boxes": torch.as_tensor(det.boxes, dtype=torch.float32).reshape(-1, 4),
             "scores": torch.as_tensor(det.scores, dtype=torch.float32),
@@ -57,7 +62,7 @@ def detection_metrics(
         }
         coco.update([pred], [true])
         coco50.update([pred], [true])
-        kept = np.asarray(det.labels)[np.asarray(det.scores) >= score_threshold]
+        kept = np.asarray(count_det.labels)[np.asarray(count_det.scores) >= score_threshold]
         n_pred = np.bincount(kept, minlength=c)[:c]
         n_true = np.bincount(np.asarray(gt_labels, np.int64), minlength=c)[:c]
         count_err += np.abs(n_pred - n_true)
@@ -103,15 +108,19 @@ def evaluate_detection(
     if not items:
         raise ConfigError(f"manifest has no {split!r} images to evaluate on")
     samples = [load_sample(it, labels, fetch) for it in items]
-    # mAP needs the low-scoring tail of the ranking; counts use the recipe's threshold.
-    dets = detect(
-        model, [s[0] for s in samples], recipe, score_threshold=recipe.eval_score_threshold
+    # mAP needs the low-scoring tail of the ranking (a box per class); counts are what
+    # `predict` keeps: one box per point above the recipe's threshold.
+    ranked, kept = detect_passes(
+        model,
+        [s[0] for s in samples],
+        recipe,
+        [(recipe.eval_score_threshold, True), (recipe.score_threshold, False)],
     )
     result = detection_metrics(
-        dets,
+        ranked,
         [(s[1], s[2]) for s in samples],
         labels,
         score_threshold=recipe.score_threshold,
-        max_detections=recipe.max_detections,
+        counted=kept,
     )
     return {**result, "split": split}

@@ -1,22 +1,22 @@
 """The detector as plain nn.Modules: timm backbone -> PAN neck -> decoupled head.
 
-Backbone choice (measured on two shared CPU cores, forward + backward of the backbone alone,
-batch 8 at 416 px, from scratch; YOLOv8n for scale: 3.2 M params, 8.7 GFLOPs at 640):
+Backbone choice: the whole detector (neck 64, head 64), forward + backward of a batch of
+16 at 416 px on one thread, in CPU seconds (wall time on a shared machine is too noisy to
+rank by), and test mAP@0.5 on BCCD after 8 epochs from scratch:
 
-    hgnetv2_b0               1.9 M params  2.6 GFLOPs@640   1.7 s
-    lcnet_075                0.6 M         0.8              2.5 s
-    mobilenetv3_large_075    1.8 M         1.2              4.3 s
-    efficientnet_lite0       3.0 M         3.0              5.0 s
-    mobilenetv4_conv_small   1.3 M         1.5              5.6 s
-    regnetx_002              2.3 M         1.6              9.8 s
-    resnet10t                4.9 M         9.0             13.5 s
-    cs3darknet_s             2.8 M         4.5             13.8 s
+    regnetx_002              3.0 M params   1.94 s   0.732
+    lcnet_075                1.3 M          1.83 s   (0.46 after 11 epochs, older recipe)
+    lcnet_100                1.7 M          2.13 s
+    cs3darknet_focus_s       3.5 M          2.64 s
+    hgnetv2_b0               2.6 M          3.01 s   0.595
+    mobilenetv3_large_075    2.5 M          3.16 s
+    (ultralytics YOLOv8n     3.0 M          2.2 s, for scale)
 
-`hgnetv2_b0` is the default: the fastest here despite more FLOPs than the mobile nets,
-because its stem reaches stride 4 at once and its blocks are dense 3x3 convolutions with
-few channels (which CPUs run well) rather than depthwise convolutions and squeeze-excite
-(which they run poorly, backward especially). Its stride-8/16/32 features are wide
-(256/512/1024 channels), so the neck's 1x1 lateral convolutions bring them down first.
+`regnetx_002` is the default: its grouped 3x3 convolutions run well on one CPU thread,
+it learned faster per epoch than hgnetv2_b0 and lcnet_075, and its stride-8/16/32
+features are narrow (56/152/368 channels), so the neck's 1x1 lateral convolutions are
+cheap. hgnetv2_b0 spends much of its time on
+elementwise passes (learnable affine after every activation) over large early maps.
 
 The head is YOLOv8-like: per level a class branch and a box branch; a box is four
 distances (left, top, right, bottom) from the grid point, predicted as a distribution over
@@ -117,11 +117,20 @@ class DecoupledHead(nn.Module):
 
     def init_bias(self, image_size: int) -> None:
         """Start with few confident points (about 5 objects per image per class) and boxes
-        of about one grid cell, so early losses are sane instead of huge."""
+        about four grid cells wide (two from the point to each side).
+
+        Small start boxes matter for small objects: task-aligned targets are the IoU of a
+        point's predicted box with its object, and they also weight the box losses, so a
+        25 px platelet under the 120 px boxes of uniform DFL bins (7.5 bins a side) gets
+        targets near 0.04 and learns very slowly. Boxes of ~4 cells per level fit what
+        each level ends up holding (platelets at stride 8, RBCs at 16, WBCs at 32)."""
         for cls_branch, box_branch, s in zip(self.cls, self.box, STRIDES, strict=True):
             prior = 5 / self.num_classes / (image_size / s) ** 2
             nn.init.constant_(cls_branch[-1].bias, math.log(prior / (1 - prior)))
-            nn.init.constant_(box_branch[-1].bias, 1.0)
+            out = box_branch[-1].bias
+            reg_max = out.numel() // 4 if out.numel() > 4 else 0
+            with torch.no_grad():
+                out.copy_(init_box_bias(reg_max).repeat(4))
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         cls, box = [], []
@@ -129,6 +138,20 @@ class DecoupledHead(nn.Module):
             cls.append(cb(f).flatten(2))
             box.append(bb(f).flatten(2))
         return torch.cat(cls, 2).transpose(1, 2), torch.cat(box, 2).transpose(1, 2)
+
+
+def init_box_bias(reg_max: int, distance: float = 2.0) -> torch.Tensor:
+    """Per-side output biases whose decoded distance is about `distance` cells: geometric
+    bin logits for DFL (mean r / (1 - r) = distance), inverse softplus without DFL."""
+    if not reg_max:
+        return torch.tensor([math.log(math.expm1(distance))])
+    bins = torch.arange(reg_max, dtype=torch.float64)
+    lo, hi = -20.0, 0.0  # log r; the mean grows with it, up to the uniform (reg_max - 1) / 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        mean = float((torch.softmax(bins * mid, 0) * bins).sum())
+        lo, hi = (mid, hi) if mean < distance else (lo, mid)
+    return (bins * (lo + hi) / 2).float()
 
 
 def grid_points(

@@ -44,15 +44,26 @@ def postprocess(
     out: DetOutput,
     recipe: DetectionRecipe,
     score_threshold: float,
+    *,
+    multi_label: bool = False,
 ) -> list[dict[str, torch.Tensor]]:
-    """Per image: boxes (input pixels), scores, labels, class_probs after class-aware NMS."""
+    """Per image: boxes (input pixels), scores, labels, class_probs after class-aware NMS.
+
+    A grid point yields its best class, or with `multi_label` one box per class scoring
+    above the threshold: what mAP is scored on (as COCO-style evaluations of YOLO
+    detectors do), since a doubtful cell then still ranks under its second class.
+    Counts and pre-annotations keep one box per point."""
     probs = out.cls_logits.float().sigmoid()
     boxes = decode_boxes(out, recipe.reg_max).float()
     results = []
     for p, b in zip(probs, boxes, strict=True):
-        scores, labels = p.max(-1)
-        keep = scores > score_threshold
-        p, b, scores, labels = p[keep], b[keep], scores[keep], labels[keep]
+        if multi_label:
+            point, labels = (p > score_threshold).nonzero(as_tuple=True)
+            p, b, scores = p[point], b[point], p[point, labels]
+        else:
+            scores, labels = p.max(-1)
+            keep = scores > score_threshold
+            p, b, scores, labels = p[keep], b[keep], scores[keep], labels[keep]
         if len(scores) > PRE_NMS_TOPK:
             top = scores.topk(PRE_NMS_TOPK).indices
             p, b, scores, labels = p[top], b[top], scores[top], labels[top]
@@ -91,9 +102,22 @@ def detect(
     *,
     score_threshold: float | None = None,
     batch_size: int | None = None,
+    multi_label: bool = False,
 ) -> list[Detections]:
-    """Detections for each RGB uint8 image, in that image's pixels."""
+    """Detections for each RGB uint8 image, in that image's pixels (see `postprocess`)."""
     threshold = recipe.score_threshold if score_threshold is None else score_threshold
+    return detect_passes(model, images, recipe, [(threshold, multi_label)], batch_size)[0]
+
+
+def detect_passes(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    recipe: DetectionRecipe,
+    passes: Sequence[tuple[float, bool]],
+    batch_size: int | None = None,
+) -> list[list[Detections]]:
+    """One forward pass per image, post-processed once per (score threshold, multi_label)
+    in `passes`: evaluation needs both the ranked tail for mAP and the kept boxes for counts."""
     bs = batch_size or recipe.batch_size
     size = recipe.image_size
     for idx, img in enumerate(images):
@@ -102,7 +126,7 @@ def detect(
                 f"image {idx} must be RGB uint8 (H, W, 3), got {img.dtype} {img.shape}"
             )
     device = next(model.parameters()).device
-    out: list[Detections] = []
+    out: list[list[Detections]] = [[] for _ in passes]
     was_training = model.training
     model.eval()
     try:
@@ -114,21 +138,22 @@ def detect(
                     [to_input(warp(img, m, size)) for img, m in zip(chunk, mats, strict=True)]
                 )
                 raw = model(torch.from_numpy(x).to(device))
-                for img, m, det in zip(
-                    chunk, mats, postprocess(raw, recipe, threshold), strict=True
-                ):
-                    boxes = det["boxes"].cpu().numpy()
-                    out.append(
-                        Detections(
-                            boxes=unmap_boxes(boxes, m, img.shape[:2]),
-                            scores=det["scores"].cpu().numpy().astype(np.float32),
-                            labels=det["labels"].cpu().numpy().astype(np.int64),
-                            class_probs=det["class_probs"].cpu().numpy().astype(np.float32),
-                        )
-                    )
+                for results, (threshold, multi) in zip(out, passes, strict=True):
+                    dets = postprocess(raw, recipe, threshold, multi_label=multi)
+                    for img, m, det in zip(chunk, mats, dets, strict=True):
+                        results.append(_in_image(det, m, img.shape[:2]))
     finally:
         model.train(was_training)
     return out
+
+
+def _in_image(det: dict[str, torch.Tensor], m: np.ndarray, hw: tuple[int, int]) -> Detections:
+    return Detections(
+        boxes=unmap_boxes(det["boxes"].cpu().numpy(), m, hw),
+        scores=det["scores"].cpu().numpy().astype(np.float32),
+        labels=det["labels"].cpu().numpy().astype(np.int64),
+        class_probs=det["class_probs"].cpu().numpy().astype(np.float32),
+    )
 
 
 def to_prediction(det: Detections, labels: Sequence[str]) -> Prediction:

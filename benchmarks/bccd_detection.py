@@ -1,0 +1,448 @@
+"""BCCD detection: labelloop's detector beside ultralytics YOLOv8n, both from scratch.
+
+Both contenders get the same data (BCCD read by labelloop's VOC reader, its own
+ImageSets/Main train/val/test split, the two images whose files hold zero-size boxes left
+out, as `ingest --skip-invalid` leaves them), the same 416 px input, batch 16, the same
+wall-clock training budget (validation every epoch included) and the same test scoring:
+labelloop's `detection_metrics` (torchmetrics / pycocotools COCO mAP) over each model's
+test predictions at conf 0.001 (a box per class above it, as both frameworks rank boxes
+for mAP), in original image pixels; count MAE over the boxes each framework's predict
+keeps at conf 0.25.
+
+- labelloop: `get_kind("detection")` train -> load -> evaluate on the frozen manifest,
+  recipe defaults unless `--set field=value` overrides them.
+- YOLOv8n: `yolov8n.yaml`, pretrained=False, ultralytics' own defaults and its `time=`
+  budget, run by benchmarks/ultralytics_runner.py in `.venv-bench` (`make bench-venv`);
+  ultralytics is never imported here. Its own test-split mAP is recorded for reference.
+
+By default the two train at the same time, each pinned to its own core (taskset) with
+one thread: equal conditions on a shared machine, and ultralytics' own CPU setting (it
+trains on one thread, without loader workers, on a 2-core machine). `--sequential` runs
+them one after the other instead, labelloop then using every core.
+
+Usage: .venv/bin/python benchmarks/bccd_detection.py [--minutes 30] [--only labelloop]
+Writes benchmarks/results/bccd_detection.json and bccd_detection.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.datasets import bccd_manifest  # noqa: E402
+from labelloop.training.data import split_items  # noqa: E402
+from labelloop.training.detection.data import item_boxes, load_sample  # noqa: E402
+from labelloop.training.detection.evaluate import detection_metrics  # noqa: E402
+from labelloop.training.detection.predict import Detections  # noqa: E402
+from labelloop.training.kinds import get_kind  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+CACHE = ROOT / "benchmarks" / ".cache"
+BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
+RUNNER = ROOT / "benchmarks" / "ultralytics_runner.py"
+COUNT_THRESHOLD = 0.25  # both: labelloop's recipe default and ultralytics' predict default
+
+
+def write_yolo_dataset(manifest: dict[str, Any], fetch: Any, root: Path) -> Path:
+    """The manifest's images and boxes as an ultralytics data set (labels: class cx cy w h,
+    normalised); returns its data.yaml."""
+    labels = manifest["labels"]
+    if root.exists():
+        shutil.rmtree(root)
+    for split in ("train", "val", "test"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for item in split_items(manifest, split):
+            (root / "images" / split / f"{item['name']}.jpg").write_bytes(fetch(item["blob_key"]))
+            boxes, classes = item_boxes(item, labels)
+            w, h = item["width"], item["height"]
+            rows = [
+                f"{c} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} "
+                f"{(b[2] - b[0]) / w:.6f} {(b[3] - b[1]) / h:.6f}"
+                for b, c in zip(boxes, classes, strict=True)
+            ]
+            (root / "labels" / split / f"{item['name']}.txt").write_text("\n".join(rows) + "\n")
+    data = {
+        "path": str(root),
+        "train": "images/train",
+        "val": "images/val",
+        "test": "images/test",
+        "names": dict(enumerate(labels)),
+    }
+    (root / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return root / "data.yaml"
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def train_labelloop(args: argparse.Namespace) -> None:
+    """Child process: train labelloop's detector under the budget, evaluate on test."""
+    kind = get_kind("detection")
+    manifest, fetch = bccd_manifest("detection")
+    labels = manifest["labels"]
+    fields = {
+        "image_size": args.image_size,
+        "batch_size": args.batch,
+        "epochs": 1000,
+        "max_time_s": args.minutes * 60,
+        "seed": args.seed,
+        **parse_overrides(args.set),
+    }
+    recipe = kind.recipe_cls.from_dict(fields)
+    history: list[dict[str, Any]] = []
+    started = time.monotonic()
+
+    def report(event: dict[str, Any]) -> None:
+        if event.get("final"):
+            history.append(
+                {
+                    "epoch": event["epoch"],
+                    "time_s": round(time.monotonic() - started, 1),
+                    "loss": event.get("loss"),
+                    "val_map50": event.get("val_map50"),
+                    "val_map": event.get("val_map"),
+                }
+            )
+            print(
+                f"[labelloop] epoch {event['epoch']:3d}  {history[-1]['time_s']:6.0f} s  "
+                f"loss {event['loss']:.3f}  val mAP50 {event.get('val_map50', float('nan')):.3f}",
+                flush=True,
+            )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        outcome = kind.train(manifest, recipe, fetch, Path(tmp), on_progress=report)
+        train_s = time.monotonic() - started
+        model = kind.load(outcome.weights_path, recipe, labels)
+        shutil.copy(outcome.weights_path, Path(args.child_out).with_suffix(".pt"))
+    t0 = time.monotonic()
+    test = kind.evaluate(model, manifest, fetch, split="test", labels=labels, recipe=recipe)
+    result = {
+        "recipe": recipe.model_dump(mode="json"),
+        "epochs": outcome.epochs_completed,
+        "best_epoch": outcome.best_epoch,
+        "train_wall_s": round(train_s, 1),
+        "train_loop_s": round(outcome.duration_s, 1),
+        "test_eval_s": round(time.monotonic() - t0, 1),
+        "history": history,
+        "test": test,
+    }
+    Path(args.child_out).write_text(json.dumps(result, indent=2))
+
+
+class LoadSampler:
+    """1-minute load average every `every` seconds while contenders run: the machine is
+    shared, so the report says how busy it was."""
+
+    def __init__(self, every: float = 30.0):
+        self.every, self.samples = every, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, float | None]:
+        s = self.samples
+        return {
+            "mean": round(float(np.mean(s)), 2) if s else None,
+            "max": round(float(np.max(s)), 2) if s else None,
+        }
+
+
+def _pinned(cmd: list[str], core: int | None) -> tuple[list[str], dict[str, str]]:
+    env = dict(os.environ)
+    if core is None:
+        return cmd, env
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return ["taskset", "-c", str(core), *cmd], env
+
+
+def labelloop_cmd(args: argparse.Namespace, out: Path) -> list[str]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--child-out", str(out)]
+    cmd += ["--minutes", str(args.minutes), "--image-size", str(args.image_size)]
+    cmd += ["--batch", str(args.batch), "--seed", str(args.seed)]
+    for pair in args.set:
+        cmd += ["--set", pair]
+    return cmd
+
+
+def yolo_cmd(args: argparse.Namespace, data_yaml: Path, out: Path) -> list[str]:
+    return [
+        str(BENCH_PYTHON),
+        str(RUNNER),
+        "--data",
+        str(data_yaml),
+        "--out",
+        str(out),
+        "--minutes",
+        str(args.minutes),
+        "--imgsz",
+        str(args.image_size),
+        "--batch",
+        str(args.batch),
+        "--seed",
+        str(args.seed),
+    ]
+
+
+def run_contenders(jobs: list[tuple[str, list[str], int | None]], log_dir: Path) -> dict:
+    """Run (name, cmd, core) jobs: all at once when pinned to cores, else one by one."""
+    phases: dict[str, Any] = {}
+    concurrent = all(core is not None for _, _, core in jobs)
+
+    def start(name: str, cmd: list[str], core: int | None) -> subprocess.Popen:
+        full, env = _pinned(cmd, core)
+        log = open(log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed by the child's exit
+        print(f"== {name}: {' '.join(full)}  (log {log.name})", flush=True)
+        return subprocess.Popen(full, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait(name: str, proc: subprocess.Popen) -> None:
+        if proc.wait() != 0:
+            tail = (log_dir / f"{name}.log").read_text()[-3000:]
+            raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{tail}")
+
+    if concurrent:
+        with LoadSampler() as load:
+            t0 = time.monotonic()
+            procs = [(name, start(name, cmd, core)) for name, cmd, core in jobs]
+            try:
+                for name, proc in procs:
+                    wait(name, proc)
+            finally:  # one failed: do not leave the other training alone on the machine
+                for _, proc in procs:
+                    if proc.poll() is None:
+                        proc.terminate()
+        for name, _, core in jobs:
+            phases[name] = {"core": core, "wall_s": round(time.monotonic() - t0, 1)}
+            phases[name]["loadavg_1m"] = load.summary()
+    else:
+        for name, cmd, core in jobs:
+            with LoadSampler() as load:
+                t0 = time.monotonic()
+                wait(name, start(name, cmd, core))
+            phases[name] = {"core": core, "wall_s": round(time.monotonic() - t0, 1)}
+            phases[name]["loadavg_1m"] = load.summary()
+    return phases
+
+
+def score_yolo(out: Path, manifest: dict[str, Any], fetch: Any) -> dict[str, Any]:
+    """YOLOv8n's test predictions scored by labelloop's metric code."""
+    labels = manifest["labels"]
+    preds = json.loads((out / "predictions.json").read_text())
+    items = split_items(manifest, "test")
+
+    def dets(p: dict[str, Any]) -> Detections:
+        return Detections(
+            boxes=np.asarray(p["boxes"], np.float32).reshape(-1, 4),
+            scores=np.asarray(p["scores"], np.float32),
+            labels=np.asarray(p["labels"], np.int64),
+            class_probs=np.zeros((len(p["scores"]), len(labels)), np.float32),
+        )
+
+    ranked, kept, truths = [], [], []
+    for item in items:
+        _, boxes, classes = load_sample(item, labels, fetch)
+        ranked.append(dets(preds[item["name"]]))
+        kept.append(dets(preds[item["name"]]["kept"]))
+        truths.append((boxes, classes))
+    return detection_metrics(ranked, truths, labels, score_threshold=COUNT_THRESHOLD, counted=kept)
+
+
+def yolo_history(out: Path) -> list[dict[str, Any]]:
+    lines = (out / "history.csv").read_text().strip().splitlines()
+    keys = [k.strip() for k in lines[0].split(",")]
+    rows = [dict(zip(keys, (float(v) for v in ln.split(",")), strict=True)) for ln in lines[1:]]
+    return [
+        {
+            "epoch": int(r["epoch"]),
+            "time_s": round(r["time"], 1),
+            "val_map50": r.get("metrics/mAP50(B)"),
+            "val_map": r.get("metrics/mAP50-95(B)"),
+        }
+        for r in rows
+    ]
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary["contenders"])
+    labels = summary["labels"]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    groups = [*labels, "mAP@0.5", "mAP@0.5:0.95"]
+    x = np.arange(len(groups))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        test = summary["contenders"][name]["test"]
+        vals = [test["per_class"][c]["ap50"] or 0.0 for c in labels] + [test["map50"], test["map"]]
+        bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, label=name)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        hist = summary["contenders"][name]["history"]
+        bx.plot(
+            [h["time_s"] / 60 for h in hist],
+            [h["val_map50"] for h in hist],
+            marker=".",
+            label=f"{name} ({len(hist)} epochs)",
+        )
+    ax.set_xticks(x, [f"AP50 {g}" if g in labels else g for g in groups], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_title("BCCD test split (72 images), same metric code")
+    ax.legend(loc="lower left")
+    bx.set_xlabel("training time (min)")
+    bx.set_ylabel("val mAP@0.5 (each framework's own per-epoch validation)")
+    bx.set_ylim(0, 1.0)
+    bx.grid(alpha=0.3)
+    bx.legend(loc="lower right")
+    bx.set_title(f"budget {summary['budget_min']} min each, {summary['mode']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _table(summary: dict[str, Any]) -> str:
+    labels = summary["labels"]
+    rows = []
+    for name, c in summary["contenders"].items():
+        t = c["test"]
+        ap = " / ".join(f"{t['per_class'][n]['ap50'] or 0.0:.3f}" for n in labels)
+        mae = " / ".join(f"{t['per_class'][n]['count_mae']:.2f}" for n in labels)
+        rows.append(
+            f"{name:10s} epochs {c['epochs']:3d}  train {c['train_wall_s']:6.0f} s  "
+            f"mAP50 {t['map50']:.3f}  mAP {t['map']:.3f}  AP50 {ap}  count MAE {mae}"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=30.0, help="training budget per contender")
+    ap.add_argument("--image-size", type=int, default=416)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=["labelloop", "yolov8n"], default=None)
+    ap.add_argument(
+        "--sequential", action="store_true", help="one after the other, not one core each"
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="labelloop recipe override (YAML value; augment.scale=0.3 nests)",
+    )
+    ap.add_argument("--name", default="bccd_detection", help="stem of the result files")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="folder for JSON and PNG")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        train_labelloop(args)
+        return
+
+    manifest, fetch = bccd_manifest("detection")
+    want = [args.only] if args.only else ["labelloop", "yolov8n"]
+    if "yolov8n" in want and not BENCH_PYTHON.exists():
+        raise SystemExit(f"{BENCH_PYTHON} not found: run `make bench-venv` first")
+    work = CACHE / args.name
+    work.mkdir(parents=True, exist_ok=True)
+    jobs: list[tuple[str, list[str], int | None]] = []
+    cores = {} if args.sequential else {"labelloop": 0, "yolov8n": 1}
+    if "labelloop" in want:
+        jobs.append(
+            ("labelloop", labelloop_cmd(args, work / "labelloop.json"), cores.get("labelloop"))
+        )
+    if "yolov8n" in want:
+        data_yaml = write_yolo_dataset(manifest, fetch, CACHE / "bccd_yolo")
+        yolo_out = work / "yolov8n"
+        shutil.rmtree(yolo_out, ignore_errors=True)
+        jobs.append(("yolov8n", yolo_cmd(args, data_yaml, yolo_out), cores.get("yolov8n")))
+
+    load_start = os.getloadavg()
+    phases = run_contenders(jobs, work)
+    contenders: dict[str, Any] = {}
+    if "labelloop" in want:
+        ours = json.loads((work / "labelloop.json").read_text())
+        contenders["labelloop"] = {**ours, **phases["labelloop"]}
+    if "yolov8n" in want:
+        yolo_out = work / "yolov8n"
+        own = json.loads((yolo_out / "own_val.json").read_text())
+        run = json.loads((yolo_out / "summary.json").read_text())
+        contenders["yolov8n"] = {
+            "model": "yolov8n.yaml, pretrained=False, ultralytics defaults",
+            "ultralytics": run["ultralytics"],
+            "epochs": run["epochs"],
+            "train_wall_s": run["train_wall_s"],
+            "history": yolo_history(yolo_out),
+            "test": score_yolo(yolo_out, manifest, fetch),
+            "own_test_metrics": own,
+            **phases["yolov8n"],
+        }
+    summary = {
+        "dataset": "BCCD (VOC), its own ImageSets/Main split; 2 images with zero-size boxes "
+        "left out (as ingest --skip-invalid)",
+        "images": {s: len(split_items(manifest, s)) for s in ("train", "val", "test")},
+        "labels": manifest["labels"],
+        "budget_min": args.minutes,
+        "image_size": args.image_size,
+        "batch_size": args.batch,
+        "mode": "one after the other" if args.sequential else "side by side, one core each",
+        "metric": "labelloop detection_metrics (torchmetrics/pycocotools) on test predictions "
+        f"at conf 0.001; counts at conf {COUNT_THRESHOLD}",
+        "contenders": contenders,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_1m_start": round(load_start[0], 2),
+            "loadavg_1m_end": round(os.getloadavg()[0], 2),
+        },
+    }
+    out_dir = args.results.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / f"{args.name}.png"
+    summary["png"] = png.name
+    (out_dir / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(summary, png)
+    print(_table(summary))
+    print(f"wrote {png.name} and {args.name}.json")
+
+
+if __name__ == "__main__":
+    main()

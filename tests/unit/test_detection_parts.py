@@ -1,0 +1,209 @@
+"""The detector's parts on hand-made inputs: metrics, letterbox mapping, DFL decoding,
+task-aligned assignment, NMS and the mapping of boxes back to the original image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from labelloop.training.detection.assigner import assign
+from labelloop.training.detection.data import letterbox_matrix, map_boxes, unmap_boxes
+from labelloop.training.detection.evaluate import detection_metrics
+from labelloop.training.detection.loss import dfl_loss
+from labelloop.training.detection.network import DetOutput, box_distances
+from labelloop.training.detection.predict import Detections, detect, postprocess
+from labelloop.training.detection.recipe import DetectionRecipe
+
+LABELS = ["RBC", "WBC", "Platelets"]
+
+
+def grid(h: int, w: int, stride: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cell centres (A, 2) of one level and their strides (A, 1)."""
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    points = torch.stack([xs, ys], -1).reshape(-1, 2) * stride
+    return points, torch.full((h * w, 1), float(stride))
+
+
+def _dets(boxes, scores, labels) -> Detections:
+    return Detections(
+        boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+        scores=np.asarray(scores, np.float32),
+        labels=np.asarray(labels, np.int64),
+        class_probs=np.zeros((len(scores), 3), np.float32),
+    )
+
+
+def test_metrics_perfect_boxes_score_one_overall_and_per_class():
+    truth = (
+        np.array([[10, 10, 60, 60], [100, 100, 130, 130], [200, 50, 300, 150]], np.float32),
+        np.array([0, 2, 1]),
+    )
+    pred = _dets(truth[0], [0.9, 0.8, 0.7], truth[1])
+    m = detection_metrics([pred], [truth], LABELS, score_threshold=0.25)
+    assert m["map50"] == m["map"] == 1.0
+    for name in LABELS:
+        assert m["per_class"][name]["ap50"] == m["per_class"][name]["ap"] == 1.0
+        assert m["per_class"][name]["count_mae"] == 0.0
+
+
+def test_metrics_partly_wrong_boxes_rank_below_one_and_counts_use_the_threshold():
+    truth = (np.array([[10, 10, 60, 60], [100, 100, 130, 130]], np.float32), np.array([0, 0]))
+    # One exact box, one shifted to IoU ~0.6 (counts at 0.5, not at 0.75), one low-score extra.
+    pred = _dets(
+        [[10, 10, 60, 60], [106, 100, 136, 130], [300, 300, 320, 320]], [0.9, 0.8, 0.1], [0, 0, 0]
+    )
+    m = detection_metrics([pred], [truth], LABELS, score_threshold=0.25)
+    assert m["map50"] == pytest.approx(1.0)
+    assert 0.4 < m["map"] < 0.9
+    assert m["per_class"]["RBC"]["count_mae"] == 0.0  # the 0.1 box is not counted
+    assert m["per_class"]["WBC"]["ap50"] is None  # no ground truth, no prediction
+
+
+def test_letterbox_maps_and_unmaps_boxes_exactly():
+    m = letterbox_matrix((480, 640), 416)
+    boxes = np.array([[0, 0, 640, 480], [100.5, 20, 300, 479]], np.float32)
+    mapped = map_boxes(boxes, m)
+    assert mapped[0].tolist() == pytest.approx([0, 52, 416, 364])  # centred vertically
+    np.testing.assert_allclose(unmap_boxes(mapped, m, (480, 640)), boxes, atol=1e-3)
+
+
+def test_dfl_targets_decode_to_their_distance_and_minimise_the_loss():
+    reg_max = 16
+    target = torch.tensor([[3.3, 0.0, 7.5, 14.2]])
+    # The distribution DFL trains towards: mass on the two bins either side of each target.
+    logits = torch.full((1, 4, reg_max), -30.0)
+    for side, t in enumerate(target[0].tolist()):
+        left = int(t)
+        logits[0, side, left] = np.log(max(1 - (t - left), 1e-12))
+        if left + 1 < reg_max:
+            logits[0, side, left + 1] = np.log(max(t - left, 1e-12))
+    raw = logits.flatten(1)
+    assert box_distances(raw, reg_max)[0].tolist() == pytest.approx(target[0].tolist(), abs=1e-3)
+    best = dfl_loss(raw, target, reg_max)
+    shifted = dfl_loss(logits.roll(1, dims=-1).flatten(1), target, reg_max)
+    assert float(best) < float(shifted)
+
+
+def test_assignment_takes_the_best_aligned_points_inside_each_box():
+    points, _ = grid(4, 4)  # stride 8: 4..28
+    a = len(points)
+    gt = torch.tensor([[[2.0, 2.0, 18.0, 18.0], [10.0, 10.0, 30.0, 30.0]]])  # (1, 2, 4)
+    pred = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(1, a, 1)
+    exact = 0  # point (4, 4) predicts box 0 exactly; point (28, 28) predicts box 1 exactly
+    pred[0, exact] = gt[0, 0]
+    pred[0, 15] = gt[0, 1]
+    scores = torch.full((1, a, 3), 0.5)
+    out = assign(
+        scores,
+        pred,
+        points,
+        torch.tensor([[1, 2]]),
+        gt,
+        torch.ones(1, 2, dtype=torch.bool),
+        topk=1,
+    )
+    assert out.foreground[0].nonzero().flatten().tolist() == [exact, 15]
+    assert out.labels[0, exact] == 1 and out.labels[0, 15] == 2
+    assert out.gt_index[0, 15] == 1
+    assert out.boxes[0, 15].tolist() == gt[0, 1].tolist()
+    # IoU-aware class targets: the best point of each box gets that box's IoU (1 here).
+    assert out.scores[0, exact].tolist() == pytest.approx([0.0, 1.0, 0.0])
+    assert float(out.scores.sum()) == pytest.approx(2.0)
+
+
+def test_assignment_ignores_padding_rows():
+    points, _ = grid(2, 2)
+    gt = torch.tensor([[[0.0, 0.0, 16.0, 16.0], [0.0, 0.0, 0.0, 0.0]]])
+    out = assign(
+        torch.full((1, 4, 1), 0.5),
+        gt[:, :1].expand(1, 4, 4).clone(),
+        points,
+        torch.zeros(1, 2, dtype=torch.long),
+        gt,
+        torch.tensor([[True, False]]),
+    )
+    assert bool(out.foreground.any()) and bool((out.gt_index == 0).all())
+
+
+class _OneBox(nn.Module):
+    """Emits one confident box at a fixed place in input pixels (a stand-in network)."""
+
+    def __init__(self, box: list[float], size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.box, self.size = box, size
+
+    def forward(self, x: torch.Tensor) -> DetOutput:
+        points, strides = grid(self.size // 8, self.size // 8)
+        a = len(points)
+        cls = torch.full((len(x), a, 3), -20.0)
+        x0, y0, x1, y1 = self.box
+        centre = torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2])
+        idx = int(((points - centre) ** 2).sum(-1).argmin())
+        cls[:, idx, 1] = 5.0
+        p = points[idx]
+        dist = torch.tensor([p[0] - x0, p[1] - y0, x1 - p[0], y1 - p[1]]) / strides[idx]
+        box = torch.zeros(len(x), a, 4)
+        box[:, idx] = torch.log(torch.expm1(dist))  # inverse softplus: reg_max=0 decoding
+        return DetOutput(cls, box, points, strides)
+
+
+def test_detect_maps_boxes_back_to_the_original_image():
+    recipe = DetectionRecipe(image_size=160, reg_max=0, batch_size=2)
+    m = letterbox_matrix((120, 160), 160)  # 160x120 image, 20 px grey bars top and bottom
+    want = np.array([[40.0, 30.0, 80.0, 90.0]], np.float32)
+    model = _OneBox(map_boxes(want, m)[0].tolist(), 160)
+    image = np.zeros((120, 160, 3), np.uint8)
+    (det,) = detect(model, [image], recipe)
+    assert det.labels.tolist() == [1]
+    np.testing.assert_allclose(det.boxes, want, atol=1e-3)
+
+
+def test_postprocess_suppresses_duplicates_per_class_only():
+    recipe = DetectionRecipe(image_size=64, reg_max=0, nms_iou=0.5)
+    _, strides = grid(2, 1)
+    cls = torch.tensor([[[4.0, -9, -9], [-9, 3.0, -9]]])  # same place, two classes
+    dist = torch.log(torch.expm1(torch.ones(1, 2, 4)))
+    out = postprocess(DetOutput(cls, dist, torch.tensor([[8.0, 8], [8, 8]]), strides), recipe, 0.1)
+    assert out[0]["labels"].tolist() == [0, 1]
+
+
+def test_postprocess_multi_label_ranks_a_point_under_each_likely_class():
+    recipe = DetectionRecipe(image_size=64, reg_max=0)
+    _, strides = grid(1, 1)
+    logits = torch.logit(torch.tensor([[[0.9, 0.3, 0.0001]]]))
+    dist = torch.log(torch.expm1(torch.ones(1, 1, 4)))
+    out = DetOutput(logits, dist, torch.tensor([[8.0, 8.0]]), strides)
+    (single,) = postprocess(out, recipe, 0.1)
+    (multi,) = postprocess(out, recipe, 0.1, multi_label=True)
+    assert single["labels"].tolist() == [0]
+    assert multi["labels"].tolist() == [0, 1]
+    assert multi["scores"].tolist() == pytest.approx([0.9, 0.3])
+
+
+def test_metrics_count_the_kept_boxes_when_given():
+    truth = (np.array([[10, 10, 60, 60]], np.float32), np.array([0]))
+    ranked = _dets([[10, 10, 60, 60], [10, 10, 60, 60]], [0.9, 0.4], [0, 1])
+    kept = _dets([[10, 10, 60, 60]], [0.9], [0])
+    both = detection_metrics([ranked], [truth], LABELS, score_threshold=0.25)
+    assert both["per_class"]["WBC"]["count_mae"] == 1.0
+    m = detection_metrics([ranked], [truth], LABELS, score_threshold=0.25, counted=[kept])
+    assert m["per_class"]["WBC"]["count_mae"] == 0.0 and m["map50"] == 1.0
+
+
+@pytest.mark.parametrize("reg_max", [0, 16])
+def test_fresh_head_predicts_boxes_a_few_cells_wide_at_every_level(reg_max):
+    from labelloop.training.detection.network import build_detector, decode_boxes
+
+    recipe = DetectionRecipe(
+        encoder="resnet10t", image_size=64, neck_channels=8, head_channels=8, reg_max=reg_max
+    )
+    torch.manual_seed(0)
+    net = build_detector(recipe, 3).eval()
+    out = net(torch.zeros(1, 3, 64, 64))
+    boxes = decode_boxes(out, reg_max)[0]
+    widths = (boxes[:, 2] - boxes[:, 0]) / out.strides[:, 0]
+    # Random weights add noise; the biases put the mean near 4 cells (uniform DFL: 15).
+    assert 2.5 < float(widths.mean()) < 5.5
