@@ -83,6 +83,7 @@ def build_recipe(args: argparse.Namespace) -> SegmentationRecipe:
         "batch_size": args.batch,
         "repeats": args.repeats,
         "lr": args.lr,
+        "weight_decay": args.weight_decay,
         "loss": args.loss,
         "class_weights": args.class_weights,
         "distortion": args.distortion,
@@ -182,6 +183,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=8, help="crops per train image per epoch")
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--weight-decay", type=float, default=1e-4)
     ap.add_argument("--loss", default="dice_bce")
     ap.add_argument("--class-weights", default="none", choices=["none", "balanced"])
     ap.add_argument("--distortion", type=float, default=0.5)
