@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -81,18 +82,68 @@ def bccd_manifest(task: str = "detection") -> tuple[dict, Fetch]:
     return manifest, blobs.__getitem__
 
 
+def _isbi_pair(i: int) -> tuple[np.ndarray, np.ndarray]:
+    image = np.asarray(Image.open(ISBI / "train" / "image" / f"{i}.png").convert("L"))
+    label = np.asarray(Image.open(ISBI / "train" / "label" / f"{i}.png").convert("L"))
+    return image, label < 128
+
+
+def membrane_offset(ids: Iterable[int]) -> tuple[float, float]:
+    """Where ISBI's membrane masks sit relative to the dark membranes they trace, (dy, dx)
+    in pixels (positive: the image's membranes lie below / right of the mask), from the
+    given images only.
+
+    For each image, the mean intensity under the mask shifted by -1, 0 and +1 pixel along
+    each axis is fitted with a parabola; its vertex is where the mask is darkest, i.e.
+    best aligned. The 30 labelled images agree to within a few tenths of a pixel."""
+    dys, dxs = [], []
+    for i in ids:
+        image, mask = _isbi_pair(i)
+        img = image.astype(np.float64)[8:-8, 8:-8]
+
+        def mean_under(dy: int, dx: int, img=img, mask=mask) -> float:
+            return float(img[np.roll(mask, (dy, dx), axis=(0, 1))[8:-8, 8:-8]].mean())
+
+        for out, (a, b, c) in (
+            (dys, (mean_under(-1, 0), mean_under(0, 0), mean_under(1, 0))),
+            (dxs, (mean_under(0, -1), mean_under(0, 0), mean_under(0, 1))),
+        ):
+            out.append((a - c) / (2 * (a - 2 * b + c)))
+    return float(np.median(dys)), float(np.median(dxs))
+
+
+def shift_image(image: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    """Translate by (dy, dx) pixels with bilinear interpolation, borders reflected."""
+    m = np.float32([[1, 0, dx], [0, 1, dy]])
+    h, w = image.shape[:2]
+    return cv2.warpAffine(
+        image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+    )
+
+
 def isbi_manifest(
-    test_ids: range = range(25, 30), val_ids: range = range(22, 25)
+    test_ids: range = range(25, 30),
+    val_ids: range = range(22, 25),
+    shift: tuple[float, float] | None = None,
 ) -> tuple[dict, Fetch]:
     """ISBI 2012: label 0 (black) is membrane, the class learned here; images 25-29 are
-    held out for test and 22-24 for validation by default, the rest train."""
+    held out for test and 22-24 for validation by default, the rest train.
+
+    `shift` (dy, dx) translates every image (test images too; masks untouched) by that
+    many pixels before it enters the manifest: with -membrane_offset(train ids) the
+    images' membranes sit where their masks are drawn (see `membrane_offset`)."""
     _require(ISBI)
+    from labelloop.imaging import encode_png
+
     blobs: dict[str, bytes] = {}
     items = []
     for i in range(30):
-        image = (ISBI / "train" / "image" / f"{i}.png").read_bytes()
-        label = np.asarray(Image.open(ISBI / "train" / "label" / f"{i}.png").convert("L"))
-        membrane = label < 128
+        if shift is None:
+            image = (ISBI / "train" / "image" / f"{i}.png").read_bytes()
+            membrane = _isbi_pair(i)[1]
+        else:
+            gray, membrane = _isbi_pair(i)
+            image = encode_png(np.repeat(shift_image(gray, *shift)[..., None], 3, axis=2))
         split = "test" if i in test_ids else "val" if i in val_ids else "train"
         items.append(_item(blobs, image, split, [mask_shape(membrane, "membrane")], f"isbi-{i}"))
     manifest = {

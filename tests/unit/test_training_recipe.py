@@ -47,6 +47,8 @@ def test_inconsistent_values_are_config_errors(tmp_path):
         Recipe.from_dict({"encoder_depth": 5, "decoder_channels": [16, 8]})
     with pytest.raises(ConfigError, match="loss"):
         Recipe.from_dict({"loss": "hinge"})
+    with pytest.raises(ConfigError, match="precision"):
+        Recipe.from_dict({"precision": "16"})
     path = tmp_path / "r.yaml"
     path.write_text("- not\n- a mapping\n")
     with pytest.raises(ConfigError, match="mapping"):

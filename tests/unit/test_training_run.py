@@ -53,6 +53,15 @@ def test_two_epochs_produce_loadable_weights_and_metrics(data, tmp_path):
     assert torch.allclose(torch.from_numpy(probs.sum(0)), torch.ones(64, 64), atol=1e-4)
 
 
+def test_bf16_training_saves_float32_weights(data, tmp_path):
+    manifest, blobs = data
+    recipe = Recipe(epochs=1, precision="bf16", **TINY)
+    out = train_segmentation(manifest, recipe, blobs.__getitem__, tmp_path)
+    state = torch.load(out.weights_path, weights_only=True)
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float32}
+    assert out.metrics["mean_dice"] is not None
+
+
 def test_resume_from_last_checkpoint_runs_only_the_missing_epochs(data, tmp_path):
     manifest, blobs = data
     first = train_segmentation(manifest, Recipe(epochs=1, **TINY), blobs.__getitem__, tmp_path)

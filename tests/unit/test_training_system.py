@@ -5,8 +5,14 @@ import pytest
 import torch
 
 from labelloop.errors import ConfigError
+from labelloop.training import harness
 from labelloop.training.data import IGNORE_INDEX, balanced_class_weights, balanced_pos_weights
-from labelloop.training.harness import FINAL_LR_FACTOR, lr_factor
+from labelloop.training.harness import (
+    FINAL_LR_FACTOR,
+    compute_threads,
+    lr_factor,
+    trainer_precision,
+)
 from labelloop.training.system import build_loss, label_masks
 
 
@@ -93,3 +99,21 @@ def test_instance_label_masks_count_interior_and_contour_as_the_label():
     assert truth[0, 0].tolist() == [[True, True, False], [False, False, False]]
     assert pred[0, 1].tolist() == [[False, False, False], [True, True, True]]
     assert valid[0, 0].tolist() == [[True, True, True], [True, True, False]]
+
+
+def test_precision_maps_to_lightning_and_auto_follows_the_hardware(monkeypatch):
+    assert trainer_precision("32") == "32-true"
+    assert trainer_precision("bf16") == "bf16-mixed"
+    monkeypatch.setattr(harness, "native_bf16", lambda device: False)
+    assert trainer_precision("auto") == "32-true"
+    monkeypatch.setattr(harness, "native_bf16", lambda device: True)
+    assert trainer_precision("auto") == "bf16-mixed"
+
+
+def test_threads_follow_omp_num_threads_when_set(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert compute_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")
+    assert compute_threads() >= 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert compute_threads() >= 1

@@ -165,13 +165,25 @@ class _StampCheckpoints(Callback):
         checkpoint[_META_KEY] = dict(self.meta)
 
 
+def compute_threads() -> int:
+    """OMP_NUM_THREADS when set to a positive number, else the cores this process may use."""
+    try:
+        wanted = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        wanted = 0
+    if wanted > 0:
+        return wanted
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1)
+
+
 @contextlib.contextmanager
 def quiet_and_threaded() -> Iterator[None]:
-    """Use the cores this process may run on, keep OpenCV from oversubscribing them, and
+    """Use the cores this process may run on (or OMP_NUM_THREADS where the operator set
+    it, e.g. on a host shared with other jobs), keep OpenCV from oversubscribing them, and
     drop Lightning's start-up chatter; everything is restored afterwards."""
     threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(max(1, cores or 1))
+    torch.set_num_threads(compute_threads())
     cv2.setNumThreads(1)
     noisy = [
         logging.getLogger(n)
@@ -278,6 +290,7 @@ def fit(
     trainer = pl.Trainer(
         accelerator="auto",
         devices=1,
+        precision=trainer_precision(recipe.precision),
         max_epochs=recipe.epochs,
         max_time=timedelta(seconds=recipe.max_time_s) if recipe.max_time_s else None,
         # Order matters: `best` updates its state before `latest` writes it to disk.
@@ -311,6 +324,24 @@ def fit(
         stopped_by_time=recipe.max_time_s is not None and completed < recipe.epochs,
         history=reporter.history,
     )
+
+
+def native_bf16(device: str) -> bool:
+    """Whether `device` ("cpu" / "cuda") computes in bfloat16 natively rather than by
+    emulation (which is slower than float32): AVX512-BF16 or AMX on CPU."""
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def trainer_precision(precision: str) -> str:
+    """Lightning's precision for a recipe's `precision` ("32", "bf16", "auto"), on the
+    device Lightning's accelerator="auto" picks."""
+    if precision == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        precision = "bf16" if native_bf16(device) else "32"
+    return "bf16-mixed" if precision == "bf16" else "32-true"
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path) -> Path:

@@ -139,13 +139,14 @@ class SegmentationSystem(BudgetedSystem):
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
         x, y = batch
-        loss = self.loss_fn(self(x), y)
+        # Losses in float32 even under bf16 autocast (Dice sums many small terms).
+        loss = self.loss_fn(self(x).float(), y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        logits = self(x)
+        logits = self(x).float()
         self.log("val_loss", self.loss_fn(logits, y), on_epoch=True, batch_size=len(x))
         pred, truth, valid = label_masks(logits, y, self.recipe.mode, len(self.labels))
         pred, truth = pred & valid, truth & valid
