@@ -49,6 +49,7 @@ CASES = [
     ("entropy_fg", False),
     ("tta_disagreement", False),
     ("bald", False),
+    ("mc_variance", False),
 ]
 
 

@@ -18,6 +18,7 @@ import yaml
 
 from labelloop.config import Settings
 from labelloop_workers.routes import QUEUES
+from tests.support import require
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 COMPOSE = DOCKER / "compose.yml"
@@ -323,8 +324,8 @@ def _compose_cli() -> list[str] | None:
 
 def test_compose_cli_accepts_and_interpolates_the_file() -> None:
     cli = _compose_cli()
-    if cli is None:
-        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    require(cli is not None, "neither `docker compose` nor `docker-compose` is installed")
+    assert cli is not None
     # A clean environment: only .env.example feeds the interpolation.
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
     base = [*cli, "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE)]
