@@ -128,6 +128,48 @@ SPECS = {
 LOADERS = {"isbi": isbi_data, "bccd": bccd_data}
 
 
+def markdown_table(summary: dict) -> str:
+    """The BENCHMARKS.md table: labels needed for 95 % of the full-pool metric, area under
+    the curve and its paired gain over random (mean +/- sd over seeds), final values."""
+    pool = summary["pool"]
+    full, target = summary["full"], summary["target"]
+    extra = [k for k in next(iter(summary["strategies"].values()))["curves"] if k != "metric"]
+    head = [
+        "strategy",
+        "labels for 95 % of full" + ("" if target is None else f" ({target:.3f})"),
+        "per seed",
+        "AUC",
+        "AUC gain over random (paired)",
+        f"{summary['metric']} at the last size",
+        *[f"{k} at the last size" for k in extra],
+    ]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, st in summary["strategies"].items():
+        need = st["labels_for_target"]
+        per_seed = ", ".join(
+            "–" if v is None else str(v)
+            for _, v in sorted(st["labels_for_target_per_seed"].items())
+        )
+        gain = st.get("auc_gain_over_random", {})
+        cells = [
+            name,
+            f"not reached by {st['sizes'][-1]}" if need is None else f"{need} of {pool}",
+            per_seed,
+            f"{st['auc']['mean']:.4f} ± {st['auc']['sd']:.4f}",
+            "–"
+            if name == "random"
+            else f"{gain.get('mean', float('nan')):+.4f} ± {gain.get('sd', float('nan')):.4f}",
+            f"{st['curves']['metric']['mean'][-1]:.3f} ± {st['curves']['metric']['sd'][-1]:.3f}",
+            *[f"{st['curves'][k]['mean'][-1]:.3f}" for k in extra],
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    rows.append(
+        f"| full pool ({pool} images) | | | | | {full['mean']:.3f} ± {full['sd']:.3f} |"
+        + " |" * len(extra)
+    )
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", choices=sorted(SPECS))
@@ -135,7 +177,17 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--spec", type=Path, help="JSON overrides of the built-in spec")
     parser.add_argument("--fresh", action="store_true", help="ignore finished runs")
+    parser.add_argument(
+        "--table", action="store_true", help="print the Markdown table of the last result"
+    )
     args = parser.parse_args()
+    if args.table:
+        print(
+            markdown_table(
+                json.loads((RESULTS / f"label_efficiency_{args.dataset}.json").read_text())
+            )
+        )
+        return
     spec_data = {**SPECS[args.dataset], "seeds": list(range(args.seeds)), "jobs": args.jobs}
     if args.spec:
         spec_data.update(json.loads(args.spec.read_text()))
@@ -166,6 +218,7 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     shutil.copy(cache / "simulation.png", out.with_suffix(".png"))
     print(json.dumps({k: v for k, v in summary.items() if k not in ("runs", "spec")}, indent=1))
+    print(markdown_table(summary))
 
 
 if __name__ == "__main__":
