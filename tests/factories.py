@@ -116,9 +116,10 @@ def write_export(folder: Path, tasks: list[dict], images: dict[str, bytes]) -> P
     return path
 
 
-def small_export(folder: Path, n: int = 3) -> Path:
-    """n annotated tasks (RBC + WBC boxes, a Platelets polygon) and their images."""
-    images = {f"images/img{i}.png": png(seed=i) for i in range(n)}
+def small_export(folder: Path, n: int = 3, seed: int = 0) -> Path:
+    """n annotated tasks (RBC + WBC boxes, a Platelets polygon) and their images; another
+    `seed` gives other pixels."""
+    images = {f"images/img{i}.png": png(seed=seed + i) for i in range(n)}
     tasks = [
         task(
             i + 1,

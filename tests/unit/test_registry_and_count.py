@@ -170,3 +170,25 @@ def test_count_with_a_broken_image_fails_cleanly(ctx, project, tmp_path):
     assert not out.exists() or list(out.iterdir()) == []
     r = runner.invoke(app, ["count", str(tmp_path / "nope"), "--model", str(mv), "--out", str(out)])
     assert r.exit_code == 2 and "nope" in r.output
+
+
+def test_production_is_re_evaluated_only_when_the_test_split_changed(ctx, project, tmp_path):
+    dv, _ = project
+    first = execute_run(ctx, request_run(ctx, dv, overrides=TINY).run_id)
+    second = execute_run(ctx, request_run(ctx, dv, overrides={**TINY, "seed": 1}).run_id)
+    with ctx.db.session() as s:
+        cmp = s.get(ModelVersion, second).metrics["comparison"]
+    assert cmp["production_measured"].startswith("stored")  # same dataset version
+
+    # New images pinned to the test split: production must be measured there again.
+    more = small_export(tmp_path / "more", n=3, seed=100)
+    ingest_path(ctx, "reg", more, split="test", source="more")
+    dv2 = freeze(ctx, "reg").dataset_version_id
+    assert dv2 != dv
+    third = execute_run(ctx, request_run(ctx, dv2, overrides={**TINY, "seed": 2}).run_id)
+    with ctx.db.session() as s:
+        cmp = s.get(ModelVersion, third).metrics["comparison"]
+        prod = s.get(ModelVersion, cmp["production_id"])
+    assert cmp["production_id"] in (first, second)
+    assert cmp["production_measured"].startswith("evaluated")
+    assert cmp["dataset_version_id"] == dv2 and prod.dataset_version_id == dv
