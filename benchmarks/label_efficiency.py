@@ -180,6 +180,11 @@ def main() -> None:
     parser.add_argument(
         "--table", action="store_true", help="print the Markdown table of the last result"
     )
+    parser.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="train nothing: summarise the runs finished so far (results say how many)",
+    )
     args = parser.parse_args()
     if args.table:
         print(
@@ -207,7 +212,7 @@ def main() -> None:
             flush=True,
         )
 
-    summary = simulate(spec, cache, data, on_run=progress)
+    summary = simulate(spec, cache, data, on_run=progress, run_missing=not args.finished_only)
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
     summary["machine"] = {
         "cpus": len(__import__("os").sched_getaffinity(0)),

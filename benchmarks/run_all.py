@@ -22,8 +22,8 @@ SCRIPTS = [
     "training_overhead.py",  # ~5 min
     "inference_throughput.py",  # ~2 min
     "bccd_detection.py",  # ~35 min: 30 min budget, both contenders side by side
-    "label_efficiency.py isbi",  # ~1.5 h with --jobs 2
-    "label_efficiency.py bccd",  # ~2 h with --jobs 2
+    "label_efficiency.py isbi",  # ~41 min with --jobs 2
+    "label_efficiency.py bccd",  # ~80 min with --jobs 2
 ]
 
 

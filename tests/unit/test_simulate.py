@@ -79,6 +79,12 @@ def test_simulation_reveals_only_what_each_strategy_selects(tmp_path):
     # Resumed: finished runs are not run again.
     again = simulate(_spec(), tmp_path / "out", data, on_run=lambda r, d, t: calls.append(d))
     assert len(calls) == 8 and again["strategies"].keys() == summary["strategies"].keys()
+    # A third seed asked for but nothing run: the summary covers the finished two.
+    more = _spec(seeds=[0, 1, 2])
+    partial = simulate(
+        more, tmp_path / "out", data, on_run=lambda r, d, t: calls.append(d), run_missing=False
+    )
+    assert len(calls) == 8 and partial["strategies"]["uncertainty"]["seeds"] == 2
 
 
 def test_summary_labels_for_target_and_auc():

@@ -56,9 +56,11 @@ def simulate(
     data: SimulationData | None = None,
     *,
     on_run: Callable[[dict[str, Any], int, int], None] | None = None,
+    run_missing: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) every run of `spec`; returns the summary. `data` defaults to the
-    spec's source."""
+    spec's source. With `run_missing=False` nothing is trained: the summary and plot are
+    rewritten from the runs finished so far (a look at a simulation still under way)."""
     global _DATA
     out_dir.mkdir(parents=True, exist_ok=True)
     if data is None:
@@ -77,7 +79,7 @@ def simulate(
                 done.append(row)
                 wanted.discard(key)  # one row per run, the first one written
     finished = {(r["strategy"], r["seed"]) for r in done}
-    todo = [j for j in _jobs(spec) if j not in finished]
+    todo = [j for j in _jobs(spec) if j not in finished] if run_missing else []
     total = len(_jobs(spec))
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     args = [
