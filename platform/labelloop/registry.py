@@ -159,9 +159,10 @@ def consider_promotion(ctx: Context, model_version_id: int) -> bool:
         prod_mv = s.get(ModelVersion, prod_id)
         prod_dv, prod_stored = prod_mv.dataset_version_id, (prod_mv.metrics or {}).get("test")
     stored = (prod_stored or {}).get(metric)
-    if stored is not None and split_fingerprint(load_manifest(ctx, prod_dv)) == split_fingerprint(
-        manifest
-    ):
+    same_split = prod_dv == dv_id or split_fingerprint(
+        load_manifest(ctx, prod_dv)
+    ) == split_fingerprint(manifest)
+    if stored is not None and same_split:
         # Same images with the same annotations: evaluation is deterministic, so the number
         # production got on its own test split is the number it would get here.
         prod_value, measured = stored, "stored: identical test split"
