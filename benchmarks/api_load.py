@@ -202,8 +202,8 @@ def _settings(env: dict[str, str]):
 def _prepare(env: dict[str, str], threshold: int) -> None:
     from labelloop.context import Context
     from labelloop.db import migrate
+    from labelloop.pipelines.triggers import link_labelstudio, update_triggers
     from labelloop.projects import create_project
-    from labelloop.triggers import link_labelstudio, update_triggers
 
     settings = _settings(env)
     migrate.upgrade(settings.database_url)

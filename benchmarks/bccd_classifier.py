@@ -35,7 +35,7 @@ from labelloop.training.classification.plots import plot_confusion  # noqa: E402
 from labelloop.training.classification.predict import load_classifier  # noqa: E402
 from labelloop.training.classification.recipe import ClassificationRecipe  # noqa: E402
 from labelloop.training.classification.train import train_classification  # noqa: E402
-from labelloop.training.data import split_items  # noqa: E402
+from labelloop.training.segmentation.data import split_items  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

@@ -190,7 +190,7 @@ def _status_mb(key: str) -> float:
 
 
 def _labelloop_parse(export: Path, workdir: Path) -> int:
-    from labelloop.formats.labelstudio import (
+    from labelloop.labelstudio.convert import (
         iter_export_tasks,
         results_to_shapes,
         task_annotations,
@@ -270,7 +270,7 @@ def measure_here(name: str, export: Path, workdir: Path, out: Path) -> None:
     # Imports happen before the clock starts; the baseline RSS shows what they cost.
     if name.startswith("labelloop"):
         import labelloop.cli.main
-        import labelloop.formats.labelstudio  # noqa: F401
+        import labelloop.labelstudio.convert  # noqa: F401
 
         if name == "labelloop_ingest":
             _labelloop_setup()

@@ -32,13 +32,13 @@ sys.path.insert(0, str(ROOT))
 
 from labelloop.config import Settings  # noqa: E402
 from labelloop.context import Context, set_context  # noqa: E402
-from labelloop.datasets import freeze  # noqa: E402
+from labelloop.datasets.freeze import freeze  # noqa: E402
 from labelloop.db import migrate  # noqa: E402
 from labelloop.db.models import Embedding, Score  # noqa: E402
 from labelloop.ingest import ingest_path  # noqa: E402
-from labelloop.pool import score_pool  # noqa: E402
 from labelloop.projects import create_project  # noqa: E402
 from labelloop.runs import execute_run, request_run  # noqa: E402
+from labelloop.scoring.stage import score_pool  # noqa: E402
 from labelloop.synthetic import generate_dataset  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

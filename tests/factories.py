@@ -163,7 +163,7 @@ def trained_project(
     """A segmentation project with `labelled` annotated tasks and a `pool` of unlabelled
     images, frozen and (with `train`) trained with a tiny recipe: (dataset version id,
     model version id)."""
-    from labelloop.datasets import freeze
+    from labelloop.datasets.freeze import freeze
     from labelloop.ingest import ingest_path
     from labelloop.projects import create_project
     from labelloop.runs import execute_run, request_run

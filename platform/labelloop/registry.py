@@ -15,12 +15,12 @@ from sqlalchemy import select
 from torch import nn
 
 from labelloop.context import Context
-from labelloop.datasets import load_manifest
+from labelloop.datasets.freeze import load_manifest
 from labelloop.db.models import ModelVersion, Project, Promotion
 from labelloop.domain import Stage
 from labelloop.errors import ConfigError, InputError, NotFoundError
 from labelloop.storage import sha256_bytes
-from labelloop.training.kinds import ModelKind, Prediction, View, get_kind
+from labelloop.training.kind import ModelKind, Prediction, View, get_kind
 from labelloop.training.recipe import BaseRecipe, parse_recipe
 
 

@@ -8,7 +8,7 @@ from collections import Counter
 from sqlalchemy import func, select
 
 from labelloop.context import Context
-from labelloop.datasets import current_annotations
+from labelloop.datasets.freeze import current_annotations
 from labelloop.db.models import (
     AnnotationRound,
     DatasetVersion,

@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from labelloop.context import Context
-from labelloop.datasets import load_manifest
+from labelloop.datasets.freeze import load_manifest
 from labelloop.db.models import (
     DatasetVersion,
     ModelVersion,
@@ -205,7 +205,7 @@ def execute_run(
 
     Returns the model version id; a run that already produced one returns it unchanged."""
     from labelloop.registry import consider_promotion
-    from labelloop.training.kinds import get_kind
+    from labelloop.training.kind import get_kind
 
     with ctx.db.session() as s:
         run = s.get(TrainingRun, run_id)

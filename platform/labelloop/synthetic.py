@@ -22,9 +22,9 @@ import numpy as np
 from scipy import ndimage
 
 from labelloop.domain import Box, Mask, Polygon, Shape, shapes_to_json
-from labelloop.formats.labelstudio import DEFAULT_CONTROLS, label_config_xml, shapes_to_results
 from labelloop.geometry import mask_shape
 from labelloop.imaging import encode_png
+from labelloop.labelstudio.convert import DEFAULT_CONTROLS, label_config_xml, shapes_to_results
 
 LABELS = ("RBC", "WBC", "Platelets")
 _BACKGROUND = np.array([234.0, 212.0, 216.0])

@@ -14,8 +14,8 @@ from sqlalchemy import select
 
 from labelloop.context import Context, set_context
 from labelloop.db.models import PipelineRun, Project
+from labelloop.pipelines.triggers import update_triggers
 from labelloop.projects import create_project, get_project
-from labelloop.triggers import update_triggers
 from tests.integration.services import wait_for
 from tests.support import REPO
 

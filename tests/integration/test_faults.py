@@ -30,11 +30,11 @@ from labelloop.db.models import (
     SourceItem,
     TrainingRun,
 )
-from labelloop.dispatch import launch
 from labelloop.ingest import ingest_path
-from labelloop.pipelines import PipelineParams, request_pipeline, run_info
+from labelloop.pipelines.dispatch import launch
+from labelloop.pipelines.runs import PipelineParams, request_pipeline, run_info
+from labelloop.pipelines.triggers import link_labelstudio
 from labelloop.projects import create_project
-from labelloop.triggers import link_labelstudio
 from labelloop_workers.dispatch import CeleryDispatcher
 from tests.factories import png, small_export
 from tests.integration.services import PrivateRedis, free_port, redis_server_binary, wait_for

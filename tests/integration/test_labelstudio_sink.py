@@ -13,7 +13,7 @@ from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
 from labelloop.errors import ExternalServiceError
 from labelloop.imaging import encode_png
-from labelloop.sinks.labelstudio import KEY_FIELD, LabelStudioSink, PushTask
+from labelloop.labelstudio.client import KEY_FIELD, LabelStudioSink, PushTask
 from tests.integration.labelstudio_server import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.labelstudio]

@@ -11,13 +11,13 @@ from label_studio_sdk.client import LabelStudio
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from labelloop.datasets import current_annotations
+from labelloop.datasets.freeze import current_annotations
 from labelloop.db.models import Annotation, Image, Project, SourceItem
 from labelloop.domain import Box, Polygon, shapes_from_json
 from labelloop.errors import InputError
-from labelloop.ingest.labelstudio_sync import sync_key, sync_labelstudio
+from labelloop.labelstudio.client import LabelStudioSink, PushTask
+from labelloop.labelstudio.sync import sync_key, sync_labelstudio
 from labelloop.projects import create_project
-from labelloop.sinks.labelstudio import LabelStudioSink, PushTask
 from tests.factories import png, poly, rect
 
 pytestmark = [pytest.mark.integration, pytest.mark.labelstudio]

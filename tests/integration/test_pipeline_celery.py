@@ -79,7 +79,7 @@ def test_round_pipeline_on_real_worker(service_settings, start_worker, celery_ap
 
 
 def _wait_pipeline(ctx: Context, run_id: int, timeout: float = 120) -> dict:
-    from labelloop.pipelines import run_info
+    from labelloop.pipelines.runs import run_info
 
     deadline = time.monotonic() + timeout
     while (run := run_info(ctx, run_id))["status"] in ("queued", "running"):
@@ -130,7 +130,7 @@ TINY_KINDS = {
 def test_every_model_kind_trains_through_the_worker(
     task, service_settings, start_worker, celery_app, tmp_path
 ):
-    from labelloop.datasets import freeze
+    from labelloop.datasets.freeze import freeze
     from labelloop.ingest import ingest_path
     from labelloop_workers import tasks
     from tests.factories import class_export

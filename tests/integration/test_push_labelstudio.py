@@ -10,15 +10,15 @@ from typer.testing import CliRunner
 from labelloop.cli.main import app
 from labelloop.config import Settings
 from labelloop.context import Context, set_context
-from labelloop.datasets import freeze
+from labelloop.datasets.freeze import freeze
 from labelloop.db import migrate
-from labelloop.formats.labelstudio import results_to_shapes
 from labelloop.ingest import ingest_path
-from labelloop.pool import score_pool
+from labelloop.labelstudio.client import LabelStudioSink
+from labelloop.labelstudio.convert import results_to_shapes
 from labelloop.projects import create_project
 from labelloop.runs import execute_run, request_run
+from labelloop.scoring.stage import score_pool
 from labelloop.selection import select_round
-from labelloop.sinks.labelstudio import LabelStudioSink
 from tests.factories import png, small_export, trained_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.labelstudio]

@@ -17,9 +17,9 @@ from sqlalchemy import func, select
 
 from labelloop.context import Context, set_context
 from labelloop.db.models import DatasetVersion, ModelVersion, PipelineRun, Project, WebhookEvent
+from labelloop.labelstudio.client import LabelStudioSink, PushTask
+from labelloop.pipelines.webhooks import ACTIONS, SECRET_HEADER
 from labelloop.projects import create_project
-from labelloop.sinks.labelstudio import LabelStudioSink, PushTask
-from labelloop.webhooks import ACTIONS, SECRET_HEADER
 from tests.factories import png, poly, rect
 from tests.integration.services import ApiServer, wait_for
 from tests.support import REPO

@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 
 from labelloop.api.app import create_app
 from labelloop.db.models import PipelineRun, WebhookEvent
+from labelloop.pipelines.triggers import link_labelstudio, update_triggers
+from labelloop.pipelines.webhooks import SECRET_HEADER
 from labelloop.projects import create_project, get_project
-from labelloop.triggers import link_labelstudio, update_triggers
-from labelloop.webhooks import SECRET_HEADER
 from tests.factories import png, small_export
 
 TOKENS = {"alice": "a" * 32, "bob": "b" * 32}

@@ -16,7 +16,7 @@ from labelloop.scoring import available_methods
 from labelloop.training.classification.network import build_classifier
 from labelloop.training.classification.predict import classify_crops, load_classifier, predict
 from labelloop.training.classification.recipe import ClassificationRecipe
-from labelloop.training.kinds import get_kind
+from labelloop.training.kind import get_kind
 
 LABELS = ["disc", "square"]
 KIND = get_kind("classification")

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from labelloop.counting import (
+from labelloop.geometry import rasterize_classes
+from labelloop.objects import (
     counts_from_instances,
     counts_from_label_map,
     counts_from_masks,
@@ -11,7 +12,6 @@ from labelloop.counting import (
     masks_to_shapes,
     probs_to_label_map,
 )
-from labelloop.geometry import rasterize_classes
 
 LABELS = ["RBC", "WBC", "Platelets"]
 

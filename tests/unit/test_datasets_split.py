@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from labelloop.datasets import _ensure_eval_splits, manifest_hash, split_for
+from labelloop.datasets.freeze import _ensure_eval_splits, manifest_hash, split_for
 
 
 def test_split_is_a_pure_function_of_seed_and_group():
@@ -58,7 +58,7 @@ def test_zero_fractions_stay_empty_and_pinned_images_never_move():
 def test_ingest_split_pins_images_in_every_version(ctx, tmp_path):
     import pytest
 
-    from labelloop.datasets import freeze
+    from labelloop.datasets.freeze import freeze
     from labelloop.errors import InputError
     from labelloop.ingest import ingest_path
     from labelloop.projects import create_project

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from labelloop.cvat.reader import read_cvat_xml
+from labelloop.cvat.writer import CvatImage, cvat_xml
 from labelloop.domain import Box, Ellipse, Keypoint, Polygon, Tag
-from labelloop.formats.cvat import CvatImage, cvat_xml
 from labelloop.geometry import decode_mask, mask_shape
-from labelloop.ingest.readers.cvat_xml import read_cvat_xml
 from labelloop.ingest.records import ReadOptions
 from tests.factories import png
 

@@ -16,7 +16,8 @@ from PIL import Image
 
 from labelloop.domain import Box, Ellipse, Keypoint, Mask, Polygon, Tag
 from labelloop.errors import ConfigError, InputError
-from labelloop.formats.labelstudio import (
+from labelloop.geometry import decode_mask, mask_shape
+from labelloop.labelstudio.convert import (
     DEFAULT_CONTROLS,
     decode_brush,
     encode_brush,
@@ -29,7 +30,6 @@ from labelloop.formats.labelstudio import (
     shapes_to_results,
     task_annotations,
 )
-from labelloop.geometry import decode_mask, mask_shape
 from tests.support import require_shared_data
 
 LS = ("exports", "label-studio")

@@ -7,7 +7,7 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from labelloop.datasets import freeze
+from labelloop.datasets.freeze import freeze
 from labelloop.db.models import Annotation, DatasetVersion, Image, SourceItem
 from labelloop.errors import InputError
 from labelloop.ingest import ingest_path
@@ -232,7 +232,7 @@ def _json_min_rows() -> list[dict]:
 
 
 def test_json_min_export_needs_and_uses_the_label_config(ctx, project, tmp_path):
-    from labelloop.formats.labelstudio import label_config_xml
+    from labelloop.labelstudio.convert import label_config_xml
 
     images = {f"images/img{i}.png": png(seed=i) for i in range(2)}
     export = write_export(tmp_path, _json_min_rows(), images)
@@ -291,7 +291,7 @@ def test_skipped_records_are_not_counted_as_written(ctx, project, tmp_path):
 
 
 def test_labels_follow_a_task_to_its_replaced_image(ctx, project, tmp_path):
-    from labelloop.pool import pool_image_ids
+    from labelloop.scoring.stage import pool_image_ids
 
     write_export(
         tmp_path,

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from labelloop.counting import counts_from_instances, counts_from_label_map
 from labelloop.domain import Ellipse
 from labelloop.geometry import mask_shape
-from labelloop.training.instances import (
+from labelloop.objects import counts_from_instances, counts_from_label_map
+from labelloop.training.segmentation.instances import (
     instance_targets,
     instances_from_probs,
     match_instances,

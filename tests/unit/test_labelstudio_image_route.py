@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from labelloop.errors import InputError
-from labelloop.ingest.labelstudio_remote import ImageRoute, image_route
+from labelloop.labelstudio.remote import ImageRoute, image_route
 
 SERVER = "http://ls.local:8080"
 

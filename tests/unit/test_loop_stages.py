@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from labelloop.datasets import freeze
+from labelloop.datasets.freeze import freeze
 from labelloop.errors import InputError
-from labelloop.formats.labelstudio import parse_label_config, results_to_shapes
 from labelloop.ingest import ingest_path
-from labelloop.pool import score_pool
+from labelloop.labelstudio.convert import parse_label_config, results_to_shapes
 from labelloop.projects import create_project
-from labelloop.push import push_round
+from labelloop.push.stage import push_round
 from labelloop.reports import project_status
 from labelloop.runs import execute_run, request_run
+from labelloop.scoring.stage import score_pool
 from labelloop.selection import select_round
 from tests.factories import png, small_export
 
@@ -75,7 +75,7 @@ def test_scores_select_and_push_file(ctx, trained, tmp_path):
     assert {t["data"]["labelloop_batch"] for t in tasks} == {1}
 
     # The same predictions as a CVAT 1.1 file, read back by the CVAT reader.
-    from labelloop.ingest.readers.cvat_xml import read_cvat_xml
+    from labelloop.cvat.reader import read_cvat_xml
     from labelloop.ingest.records import ReadOptions
 
     names = (folder / "cvat" / "images.txt").read_text().split()

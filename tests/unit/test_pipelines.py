@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from labelloop import pipelines
 from labelloop.db.models import PipelineRun, TrainingRun, WebhookEvent
 from labelloop.errors import ConflictError, InputError, NotFoundError
-from labelloop.pipelines import PipelineParams, PipelineStatus, request_pipeline
+from labelloop.pipelines import runs as pipelines
+from labelloop.pipelines.runs import PipelineParams, PipelineStatus, request_pipeline
 from labelloop.projects import create_project
 
 
@@ -101,8 +101,8 @@ def test_bad_parameters_are_refused_and_nothing_is_written(ctx, project):
 
 
 def test_project_defaults_and_overrides_are_resolved_into_params(ctx, project):
+    from labelloop.pipelines.triggers import update_triggers
     from labelloop.projects import get_project
-    from labelloop.triggers import update_triggers
 
     with ctx.db.session() as s:
         update_triggers(get_project(s, project), {"budget": 7, "recipe": {"epochs": 3}})
@@ -155,7 +155,7 @@ def test_a_debounced_run_waits_for_its_quiet_time(ctx, project):
 
 
 def test_cancel_marks_the_run_and_its_training(ctx, project):
-    from labelloop.datasets import freeze
+    from labelloop.datasets.freeze import freeze
     from labelloop.ingest import ingest_path
     from labelloop.runs import request_run
     from tests.factories import small_export

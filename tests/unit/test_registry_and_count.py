@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from labelloop.cli.main import app
 from labelloop.config import Settings
 from labelloop.context import Context
-from labelloop.datasets import freeze
+from labelloop.datasets.freeze import freeze
 from labelloop.db.models import ModelVersion, Promotion, TrainingRun
 from labelloop.errors import ConfigError
 from labelloop.ingest import ingest_path

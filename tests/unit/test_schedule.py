@@ -10,8 +10,8 @@ from celery.schedules import crontab
 from sqlalchemy import select
 
 from labelloop.db.models import PipelineRun
+from labelloop.pipelines.triggers import update_triggers
 from labelloop.projects import create_project, get_project
-from labelloop.triggers import update_triggers
 from labelloop_workers.schedule import (
     ENTRY_PREFIX,
     NIGHTLY_EXPIRES_S,

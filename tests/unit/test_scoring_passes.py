@@ -9,10 +9,10 @@ from torch import nn
 
 from labelloop.errors import ConfigError
 from labelloop.scoring import get_method
-from labelloop.training.kinds import Prediction, View
+from labelloop.training.kind import Prediction, View
 from labelloop.training.passes import DIHEDRAL, mc_dropout, transform_image, unmap_boxes
-from labelloop.training.predict import embed_images, predict_prob_views, predict_probs
 from labelloop.training.recipe import Recipe
+from labelloop.training.segmentation.predict import embed_images, predict_prob_views, predict_probs
 
 
 def _binary_probs(q: np.ndarray) -> np.ndarray:
@@ -157,7 +157,7 @@ def test_tta_views_average_to_tta_probs_and_mc_needs_dropout():
 
 
 def test_segmentation_dropout_and_embeddings():
-    from labelloop.training.networks import build_network
+    from labelloop.training.segmentation.network import build_network
 
     recipe = Recipe(encoder_depth=3, dropout=0.2)
     net = build_network(recipe, 3, pretrained=False).eval()

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labelloop.datasets import freeze
+from labelloop.datasets.freeze import freeze
 from labelloop.errors import InputError
-from labelloop.pool import score_pool
 from labelloop.runs import execute_run, request_run
+from labelloop.scoring.stage import score_pool
 from labelloop.selection import Candidates, get_strategy, select_round
 from labelloop.selection.kcenter import kcenter_greedy
 from labelloop.selection.strategies import check_params

@@ -10,7 +10,9 @@ import pytest
 from matplotlib.path import Path as MplPath
 
 from labelloop.domain import Polygon, shapes_from_json
-from labelloop.formats.labelstudio import (
+from labelloop.geometry import decode_mask, shape_mask
+from labelloop.imaging import decode_image
+from labelloop.labelstudio.convert import (
     image_reference,
     iter_export_tasks,
     parse_label_config,
@@ -18,8 +20,6 @@ from labelloop.formats.labelstudio import (
     results_to_shapes,
     task_annotations,
 )
-from labelloop.geometry import decode_mask, shape_mask
-from labelloop.imaging import decode_image
 from labelloop.synthetic import LABELS, generate_dataset, generate_smear, mask_outline, smear_seed
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from labelloop.errors import ConfigError, InputError
-from labelloop.training.data import (
+from labelloop.training.recipe import Recipe
+from labelloop.training.segmentation.data import (
     IGNORE_INDEX,
     SegmentationDataModule,
     SegmentationDataset,
@@ -13,7 +14,6 @@ from labelloop.training.data import (
     load_item,
     pad_to_stride,
 )
-from labelloop.training.recipe import Recipe
 from tests.unit.segmentation_fixtures import COLOURS, LABELS, make_manifest
 
 

@@ -5,14 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from labelloop.training.data import MEAN, STD
-from labelloop.training.evaluate import (
+from labelloop.training.recipe import Recipe
+from labelloop.training.segmentation.data import MEAN, STD
+from labelloop.training.segmentation.evaluate import (
     binary_metrics,
     evaluate_segmentation,
     instance_metrics,
     segmentation_metrics,
 )
-from labelloop.training.recipe import Recipe
 from tests.unit.segmentation_fixtures import BACKGROUND, COLOURS, LABELS, make_manifest
 
 NAMES = ["A", "B", "C"]

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from labelloop.scoring import get_method
-from labelloop.training.instances import instance_targets, rasterize_instances
-from labelloop.training.predict import predict_probs, uncertainty_probs
 from labelloop.training.recipe import Recipe
-from labelloop.training.segmentation_kind import KIND, prediction_from_output
+from labelloop.training.segmentation.instances import instance_targets, rasterize_instances
+from labelloop.training.segmentation.kind import KIND, prediction_from_output
+from labelloop.training.segmentation.predict import predict_probs, uncertainty_probs
 from tests.unit.segmentation_fixtures import LABELS, draw, make_manifest
 
 TINY = {

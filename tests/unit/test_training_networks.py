@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from labelloop.errors import ConfigError
-from labelloop.training.networks import build_network
 from labelloop.training.recipe import Recipe
+from labelloop.training.segmentation.network import build_network
 
 
 def test_bad_encoder_error_lists_valid_choices():

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from labelloop.errors import ConfigError, InputError
-from labelloop.training.networks import build_network
-from labelloop.training.predict import load_model, predict_probs
 from labelloop.training.recipe import Recipe
+from labelloop.training.segmentation.network import build_network
+from labelloop.training.segmentation.predict import load_model, predict_probs
 
 RECIPE = Recipe(encoder_depth=3, decoder_channels=(16, 16, 8))
 

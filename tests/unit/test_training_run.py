@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from labelloop.errors import ConfigError
-from labelloop.training.predict import load_model, predict_probs
 from labelloop.training.recipe import Recipe
-from labelloop.training.train import train_segmentation
+from labelloop.training.segmentation.predict import load_model, predict_probs
+from labelloop.training.segmentation.train import train_segmentation
 from tests.unit.segmentation_fixtures import draw, make_manifest
 
 TINY = {

@@ -6,14 +6,18 @@ import torch
 
 from labelloop.errors import ConfigError
 from labelloop.training import harness
-from labelloop.training.data import IGNORE_INDEX, balanced_class_weights, balanced_pos_weights
 from labelloop.training.harness import (
     FINAL_LR_FACTOR,
     compute_threads,
     lr_factor,
     trainer_precision,
 )
-from labelloop.training.system import build_loss, label_masks
+from labelloop.training.segmentation.data import (
+    IGNORE_INDEX,
+    balanced_class_weights,
+    balanced_pos_weights,
+)
+from labelloop.training.segmentation.system import build_loss, label_masks
 
 
 def test_balanced_weights_favour_rare_classes_and_average_one_per_pixel():

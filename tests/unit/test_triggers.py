@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from labelloop.errors import InputError
-from labelloop.projects import create_project, get_project
-from labelloop.triggers import (
+from labelloop.pipelines.triggers import (
     effective_triggers,
     labelstudio_links,
     link_labelstudio,
     parse_cron,
     update_triggers,
 )
+from labelloop.projects import create_project, get_project
 
 
 @pytest.mark.parametrize(

@@ -8,13 +8,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from labelloop import pipelines
 from labelloop.db.models import PipelineRun, WebhookEvent
 from labelloop.errors import InputError
-from labelloop.pipelines import PipelineStatus
+from labelloop.pipelines import runs as pipelines
+from labelloop.pipelines.runs import PipelineStatus
+from labelloop.pipelines.triggers import link_labelstudio, update_triggers
+from labelloop.pipelines.webhooks import follow_up, parse_event, record_event, secret_matches
 from labelloop.projects import create_project, get_project
-from labelloop.triggers import link_labelstudio, update_triggers
-from labelloop.webhooks import follow_up, parse_event, record_event, secret_matches
 
 LS_PROJECT = 7
 

@@ -50,7 +50,7 @@ def test_visibility_timeout_and_restore_sweep_come_from_settings():
 
 
 def test_the_celery_dispatcher_is_found_by_entry_point():
-    from labelloop.dispatch import get_dispatcher
+    from labelloop.pipelines.dispatch import get_dispatcher
     from labelloop_workers.dispatch import CeleryDispatcher
 
     assert isinstance(get_dispatcher(Settings()), CeleryDispatcher)

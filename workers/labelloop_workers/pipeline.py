@@ -1,7 +1,7 @@
 """The loop as Celery chains: (ingest ->) freeze -> train -> score -> select -> push.
 
 `round_pipeline` is the whole chain for `labelloop pipeline run` and the demo; a pipeline
-run (labelloop.pipelines) starts with the `labelloop.pipeline` task, which syncs and
+run (labelloop.pipelines.runs) starts with the `labelloop.pipeline` task, which syncs and
 freezes and then, unless there is nothing new to learn from, continues with
 `after_freeze(..., finish=True)`."""
 

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from labelloop.config import Settings, get_settings
 from labelloop.context import Context, get_context
 from labelloop.db.models import Project
-from labelloop.triggers import effective_triggers, parse_cron
+from labelloop.pipelines.triggers import effective_triggers, parse_cron
 
 NIGHTLY_EXPIRES_S = 6 * 3600
 SWEEP_EVERY_MIN = 10

@@ -7,7 +7,7 @@ lives in the stage functions of `labelloop`; the same code runs in the embedded 
 `shared_task` binds them to whichever app is current: the production app of
 `labelloop_workers.app` or the demo's embedded one.
 
-A state carrying `pipeline_run_id` belongs to a pipeline run (labelloop.pipelines): each
+A state carrying `pipeline_run_id` belongs to a pipeline run (labelloop.pipelines.runs): each
 task first records its stage there and skips itself (dropping the rest of the chain)
 when the run was cancelled or already ended, and a task that fails for good marks the
 run failed with its error. Transient errors (Label Studio, storage, the database
@@ -24,17 +24,17 @@ from celery import Task, chord, shared_task
 from celery.exceptions import Ignore
 from sqlalchemy import select as sql_select
 
-from labelloop import pipelines
 from labelloop.config import get_settings
 from labelloop.context import Context, get_context
-from labelloop.datasets import freeze as freeze_stage
+from labelloop.datasets.freeze import freeze as freeze_stage
 from labelloop.db.models import ModelVersion, Project
 from labelloop.errors import Cancelled, InputError
 from labelloop.ingest import ingest_path
-from labelloop.pipelines import PipelineStatus
-from labelloop.pool import embedding_plan, score_pool, scoring_plan
-from labelloop.push import push_round
+from labelloop.pipelines import runs as pipelines
+from labelloop.pipelines.runs import PipelineStatus
+from labelloop.push.stage import push_round
 from labelloop.runs import execute_run, request_run, trained_version
+from labelloop.scoring.stage import embedding_plan, score_pool, scoring_plan
 from labelloop.selection import NothingToSelect, select_round
 from labelloop_workers.guards import TRANSIENT_ERRORS, LockBusy, LockLost, project_lock
 
@@ -131,7 +131,7 @@ def trigger(
     one; a beat slot already requested is a no-op, so a redelivered firing runs once."""
     from datetime import datetime
 
-    from labelloop.dispatch import launch
+    from labelloop.pipelines.dispatch import launch
 
     ctx = get_context()
     req = pipelines.request_pipeline(
@@ -156,8 +156,8 @@ def pipeline(self, state: State) -> State:
     """Begin the run (after its debounce quiet time), sync the linked Label Studio projects,
     freeze, and stop early when there is nothing new to learn from; otherwise hand the rest
     to the train -> score -> select -> push chain."""
-    from labelloop.ingest.labelstudio_sync import sync_labelstudio
-    from labelloop.triggers import labelstudio_links
+    from labelloop.labelstudio.sync import sync_labelstudio
+    from labelloop.pipelines.triggers import labelstudio_links
     from labelloop_workers.pipeline import after_freeze
 
     ctx = get_context()
@@ -257,8 +257,8 @@ def _stop(ctx: Context, run_id: int, state: State, reason: str) -> State:
 
 def _follow_up(ctx: Context, project: str) -> None:
     """Webhook events that arrived while the run worked may already call for the next."""
-    from labelloop.dispatch import launch
-    from labelloop.webhooks import follow_up
+    from labelloop.pipelines.dispatch import launch
+    from labelloop.pipelines.webhooks import follow_up
 
     with ctx.db.session() as s:
         project_id = s.scalar(sql_select(Project.id).where(Project.name == project))
@@ -418,7 +418,7 @@ def select(
     return {**state, "round_id": result.round_id}
 
 
-@shared_task(name="labelloop.push", bind=True, base=StageTask, **RETRY)
+@shared_task(name="labelloop.push.stage", bind=True, base=StageTask, **RETRY)
 def push(
     self,
     state: State,
@@ -442,8 +442,8 @@ def sweep() -> dict:
     """Beat's safety net: end pipeline runs that lost every sign of life (their messages
     were lost), and start the retrain that webhook events call for when no run was there
     to pick them up."""
-    from labelloop.dispatch import launch
-    from labelloop.webhooks import follow_up
+    from labelloop.pipelines.dispatch import launch
+    from labelloop.pipelines.webhooks import follow_up
 
     ctx = get_context()
     abandoned = pipelines.abandon_stale(ctx)

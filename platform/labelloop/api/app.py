@@ -1,7 +1,7 @@
 """The FastAPI application: `create_app(settings)` builds it (uvicorn calls it as a factory).
 
 Endpoints call the same stage and pipeline functions as the CLI and the workers, and hand
-runs to the workers through the dispatcher (labelloop.dispatch), never doing the work in
+runs to the workers through the dispatcher (labelloop.pipelines.dispatch), never doing the work in
 the request. Errors of the project's own types become JSON `{"detail": ...}` with a
 matching status: not found 404, bad input 422, conflicting state 409, a failing service
 (broker, Label Studio) 503.
@@ -19,7 +19,6 @@ from fastapi.responses import JSONResponse
 from labelloop.config import Settings
 from labelloop.context import Context, set_context
 from labelloop.db import migrate
-from labelloop.dispatch import Dispatcher, get_dispatcher
 from labelloop.errors import (
     ConfigError,
     ConflictError,
@@ -29,6 +28,7 @@ from labelloop.errors import (
     NotFoundError,
 )
 from labelloop.locks import LockBusy
+from labelloop.pipelines.dispatch import Dispatcher, get_dispatcher
 
 _log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """`labelloop serve`, `runs ...`, `webhooks register`, `project schedule`: retraining that
 runs itself, and the same operations as the REST API, directly.
 
-Each command calls the functions the API calls (labelloop.pipelines, labelloop.webhooks)
+Each command calls the functions the API calls (`labelloop.pipelines.runs`, `.webhooks`)
 and hands runs to the workers through the same dispatcher."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _wait(ctx, run_id: int, timeout_s: float, show: bool) -> dict[str, Any]:
     from rich.status import Status
 
     from labelloop.errors import LabelloopError
-    from labelloop.pipelines import run_info
+    from labelloop.pipelines.runs import run_info
 
     deadline = time.monotonic() + timeout_s
     status = Status(f"run {run_id}: queued", console=err_console) if show else None
@@ -167,9 +167,9 @@ def register(app: typer.Typer, project_app: typer.Typer) -> None:
         """Queue the project's pipeline for the workers (what POST /projects/{p}/runs does);
         coalesced into the run already active, if there is one. Embedded (memory://), it
         runs in this process."""
-        from labelloop.dispatch import get_dispatcher, launch
         from labelloop.errors import ConfigError
-        from labelloop.pipelines import PipelineParams, request_pipeline, run_info
+        from labelloop.pipelines.dispatch import get_dispatcher, launch
+        from labelloop.pipelines.runs import PipelineParams, request_pipeline, run_info
 
         ctx = _context()
         if ctx.settings.embedded and not wait:
@@ -208,7 +208,7 @@ def register(app: typer.Typer, project_app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """A project's pipeline runs, newest first."""
-        from labelloop.pipelines import list_runs
+        from labelloop.pipelines.runs import list_runs
 
         rows = list_runs(_context(), project, limit=limit)
         if as_json:
@@ -233,7 +233,7 @@ def register(app: typer.Typer, project_app: typer.Typer) -> None:
     @handle_errors
     def runs_show(run_id: int, as_json: JsonOpt = False) -> None:
         """A run's status, stage, ids and training progress."""
-        from labelloop.pipelines import run_info
+        from labelloop.pipelines.runs import run_info
 
         run = run_info(_context(), run_id)
         if as_json:
@@ -250,8 +250,8 @@ def register(app: typer.Typer, project_app: typer.Typer) -> None:
     ) -> None:
         """Cancel a queued or running pipeline run; its training stops at the next progress
         report and keeps its last checkpoint."""
-        from labelloop.dispatch import get_dispatcher
-        from labelloop.pipelines import cancel, run_info
+        from labelloop.pipelines.dispatch import get_dispatcher
+        from labelloop.pipelines.runs import cancel, run_info
 
         ctx = _context()
         result = cancel(ctx, run_id, reason)
@@ -285,7 +285,7 @@ def register(app: typer.Typer, project_app: typer.Typer) -> None:
         the pipeline syncs. Label Studio sends LABELLOOP_WEBHOOK_SECRET back in a header;
         the token comes from LABELLOOP_LABELSTUDIO_TOKEN."""
         from labelloop.ingest.formats import parse_label_map
-        from labelloop.webhooks import register_webhook
+        from labelloop.pipelines.webhooks import register_webhook
 
         result = register_webhook(
             _context(),
@@ -332,8 +332,8 @@ def register(app: typer.Typer, project_app: typer.Typer) -> None:
     ) -> None:
         """Show or change what starts the project's pipeline: its crontab (beat), the
         webhook threshold and debounce, the round size and push target."""
+        from labelloop.pipelines.triggers import effective_triggers, update_triggers
         from labelloop.projects import get_project
-        from labelloop.triggers import effective_triggers, update_triggers
 
         changes: dict[str, Any] = {}
         if cron is not None:

@@ -279,7 +279,7 @@ def dataset_freeze(
     as_json: JsonOpt = False,
 ) -> None:
     """Freeze the current labels as a dataset version (unchanged data returns the existing one)."""
-    from labelloop.datasets import freeze
+    from labelloop.datasets.freeze import freeze
 
     result = freeze(context(), project, seed=seed)
     data = {

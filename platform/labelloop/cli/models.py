@@ -168,8 +168,8 @@ def register(app: typer.Typer) -> None:
         and `counts.json` into `--out`. Images already labelled in the project (same
         content) are compared with their labels: count MAE and relative error per class.
         """
-        from labelloop.cellcount import count_images
         from labelloop.cli.main import context
+        from labelloop.counting.stage import count_images
 
         ctx = context()
         mv = resolve_model(ctx, model, project)

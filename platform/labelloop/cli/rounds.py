@@ -98,9 +98,9 @@ def register(app: typer.Typer) -> None:
         entropy, TTA localisation and count variance (detection); entropy, margin, BALD
         (classification). Multi-pass methods (bald, mc_variance, tta_*) cost 7-10 forward
         passes per image."""
-        from labelloop.pool import default_method, score_pool
         from labelloop.projects import get_project
         from labelloop.scoring import available_methods
+        from labelloop.scoring.stage import default_method, score_pool
 
         ctx = _context()
         if list_methods:
@@ -228,7 +228,7 @@ def register(app: typer.Typer) -> None:
         from labelloop.db.models import AnnotationRound
         from labelloop.errors import NotFoundError
         from labelloop.projects import get_project
-        from labelloop.push import push_round
+        from labelloop.push.stage import push_round
         from labelloop.selection import latest_round
 
         ctx = _context()

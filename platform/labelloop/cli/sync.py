@@ -81,7 +81,7 @@ def run_labelstudio_sync(
     """The sync behind both `sync labelstudio` and `ingest labelstudio`."""
     from labelloop.cli.main import context
     from labelloop.ingest.formats import parse_label_map
-    from labelloop.ingest.labelstudio_sync import sync_labelstudio
+    from labelloop.labelstudio.sync import sync_labelstudio
 
     ctx = context()
     with progress("sync", None, not as_json and sys.stderr.isatty()) as update:

@@ -1,7 +1,10 @@
 """Format registry and the ingest stage entry point.
 
-Each reader module in `labelloop.ingest.readers` exposes `FORMAT`; the order below is the
-order `--format auto` tries them (specific formats before the generic image folder)."""
+Each reader module exposes `FORMAT`. Readers of one tool's exports live with that tool
+(`labelloop.labelstudio.reader`, `labelloop.cvat.reader`), the generic ones in
+`labelloop.ingest.readers`; they are named here by module path and imported on first use,
+so the ingest stage never imports a tool package. The order below is the order
+`--format auto` tries them (specific formats before the generic image folder)."""
 
 from __future__ import annotations
 
@@ -20,14 +23,23 @@ from labelloop.ingest.core import IngestReport, ingest_records
 from labelloop.ingest.records import Format, ReadOptions, SourceRecord
 from labelloop.projects import get_project
 
-READERS = ["labelstudio_file", "cvat_xml", "coco", "voc", "yolo", "labelme", "masks", "images"]
+READERS = [
+    "labelloop.labelstudio.reader",
+    "labelloop.cvat.reader",
+    "labelloop.ingest.readers.coco",
+    "labelloop.ingest.readers.voc",
+    "labelloop.ingest.readers.yolo",
+    "labelloop.ingest.readers.labelme",
+    "labelloop.ingest.readers.masks",
+    "labelloop.ingest.readers.images",
+]
 
 
 @cache
 def formats() -> dict[str, Format]:
     out: dict[str, Format] = {}
     for module in READERS:
-        fmt: Format = import_module(f"labelloop.ingest.readers.{module}").FORMAT
+        fmt: Format = import_module(module).FORMAT
         out[fmt.name] = fmt
     return out
 

@@ -16,7 +16,7 @@ import numpy as np
 from labelloop.errors import ConfigError
 
 if TYPE_CHECKING:
-    from labelloop.training.kinds import Prediction, View
+    from labelloop.training.kind import Prediction, View
 
 
 class ScoringMethod(ABC):

@@ -15,7 +15,7 @@ import numpy as np
 from labelloop.scoring.base import MultiPassMethod, ScoringMethod, register
 
 if TYPE_CHECKING:
-    from labelloop.training.kinds import View
+    from labelloop.training.kind import View
 
 _EPS = 1e-12
 

@@ -18,13 +18,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from labelloop.context import Context
-from labelloop.datasets import current_annotations
+from labelloop.datasets.freeze import current_annotations
 from labelloop.db.models import AnnotationRound, Image, ModelVersion, RoundItem, Score
-from labelloop.embeddings import load_embeddings, pixel_embedding
 from labelloop.errors import InputError, NotFoundError
 from labelloop.imaging import decode_image
-from labelloop.pool import default_method, labelled_image_ids, pool_image_ids
 from labelloop.projects import get_project
+from labelloop.scoring.embeddings import load_embeddings, pixel_embedding
+from labelloop.scoring.stage import default_method, labelled_image_ids, pool_image_ids
 from labelloop.selection.strategies import Candidates, check_params, get_strategy
 
 

@@ -22,14 +22,14 @@ from sqlalchemy import select
 
 from labelloop.config import Settings
 from labelloop.context import Context, set_context
-from labelloop.datasets import freeze
+from labelloop.datasets.freeze import freeze
 from labelloop.db import migrate
 from labelloop.db.models import ModelVersion, SourceItem
 from labelloop.ingest.core import ingest_records
 from labelloop.ingest.records import SourceRecord
-from labelloop.pool import score_pool
 from labelloop.projects import create_project, get_project
 from labelloop.runs import execute_run, request_run
+from labelloop.scoring.stage import score_pool
 from labelloop.selection import get_strategy, select_round
 from labelloop.simulate.oracle import SimulationData
 from labelloop.simulate.spec import SimulationSpec

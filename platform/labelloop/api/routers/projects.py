@@ -15,9 +15,9 @@ from labelloop.api.schemas import (
 )
 from labelloop.context import Context
 from labelloop.db.models import Project
+from labelloop.pipelines.triggers import effective_triggers, labelstudio_links
 from labelloop.projects import get_project, label_names
 from labelloop.reports import annotation_rounds, dataset_versions, model_versions
-from labelloop.triggers import effective_triggers, labelstudio_links
 
 router = APIRouter(prefix="/projects", tags=["projects"], dependencies=[Depends(require_token)])
 NOT_FOUND = {404: {"model": ErrorOut, "description": "no such project"}}

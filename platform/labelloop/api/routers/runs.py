@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
-from labelloop import pipelines
 from labelloop.api.auth import get_ctx, require_token
 from labelloop.api.schemas import CancelIn, ErrorOut, RunOut, TriggerIn, TriggerOut
 from labelloop.context import Context
-from labelloop.dispatch import launch
+from labelloop.pipelines import runs as pipelines
+from labelloop.pipelines.dispatch import launch
 
 router = APIRouter(tags=["runs"])
 ERRORS = {

@@ -19,7 +19,7 @@ from typing import Any
 
 import ijson
 
-from labelloop.datasets import GROUP_KEYS
+from labelloop.datasets.freeze import GROUP_KEYS
 from labelloop.domain import Shape
 from labelloop.errors import InputError
 from labelloop.ingest.readers._imagefiles import file_loader

@@ -26,7 +26,7 @@ from labelloop.errors import ConfigError, InputError
 from labelloop.geometry import shape_bbox
 from labelloop.imaging import decode_image
 from labelloop.training.classification.recipe import ClassificationRecipe
-from labelloop.training.data import (
+from labelloop.training.segmentation.data import (
     Fetch,
     _seed_worker_transform,
     balanced_class_weights,

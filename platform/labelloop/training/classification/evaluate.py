@@ -24,7 +24,7 @@ from labelloop.training.classification.data import (
     load_samples,
 )
 from labelloop.training.classification.recipe import ClassificationRecipe
-from labelloop.training.data import Fetch, split_items
+from labelloop.training.segmentation.data import Fetch, split_items
 
 
 def confusion_matrix(

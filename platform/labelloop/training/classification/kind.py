@@ -13,7 +13,7 @@ from labelloop.training.classification.predict import load_classifier, predict
 from labelloop.training.classification.recipe import ClassificationRecipe
 from labelloop.training.classification.train import train_classification
 from labelloop.training.classification.views import classification_embed, classification_views
-from labelloop.training.kinds import Fetch, ModelKind
+from labelloop.training.kind import Fetch, ModelKind
 
 
 def _load(weights: bytes | Path, recipe: ClassificationRecipe, labels: Sequence[str]) -> nn.Module:

@@ -20,8 +20,8 @@ from labelloop.training.classification.data import cut_crop, whole_image
 from labelloop.training.classification.evaluate import predict_sample_probs
 from labelloop.training.classification.network import build_classifier
 from labelloop.training.classification.recipe import ClassificationRecipe
-from labelloop.training.kinds import Prediction
-from labelloop.training.predict import load_state_dict
+from labelloop.training.kind import Prediction
+from labelloop.training.segmentation.predict import load_state_dict
 
 
 def load_classifier(

@@ -18,7 +18,6 @@ from labelloop.training.classification.evaluate import evaluate_samples
 from labelloop.training.classification.network import build_classifier
 from labelloop.training.classification.recipe import ClassificationRecipe
 from labelloop.training.classification.system import ClassificationSystem
-from labelloop.training.data import Fetch
 from labelloop.training.harness import (
     WEIGHTS_FILE,
     Progress,
@@ -27,6 +26,7 @@ from labelloop.training.harness import (
     quiet_and_threaded,
     save_weights,
 )
+from labelloop.training.segmentation.data import Fetch
 
 
 def train_classification(

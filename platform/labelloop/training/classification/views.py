@@ -14,7 +14,7 @@ from labelloop.errors import ConfigError
 from labelloop.training.classification.data import inputs_to_tensor, whole_image
 from labelloop.training.classification.evaluate import predict_sample_probs
 from labelloop.training.classification.recipe import ClassificationRecipe
-from labelloop.training.kinds import PassMode, View
+from labelloop.training.kind import PassMode, View
 from labelloop.training.passes import DIHEDRAL, mc_dropout, transform_image
 
 

@@ -25,8 +25,8 @@ from labelloop.domain import Keypoint, Tag, shapes_from_json
 from labelloop.errors import ConfigError, InputError
 from labelloop.geometry import shape_bbox
 from labelloop.imaging import decode_image
-from labelloop.training.data import split_items, to_input
 from labelloop.training.detection.recipe import DetectionRecipe
+from labelloop.training.segmentation.data import split_items, to_input
 
 Fetch = Callable[[str], bytes]
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]  # image (H,W,3) uint8, boxes (N,4), classes (N,)

@@ -12,7 +12,7 @@ from labelloop.training.detection.predict import load_detector, predict_detectio
 from labelloop.training.detection.recipe import DetectionRecipe
 from labelloop.training.detection.train import train_detection
 from labelloop.training.detection.views import detection_embed, detection_views
-from labelloop.training.kinds import ModelKind
+from labelloop.training.kind import ModelKind
 
 
 def _load(weights: bytes | Path, recipe: DetectionRecipe, labels: Sequence[str]) -> nn.Module:

@@ -18,12 +18,12 @@ from torchvision.ops import batched_nms
 
 from labelloop.domain import Box
 from labelloop.errors import ConfigError, InputError
-from labelloop.training.data import to_input
 from labelloop.training.detection.data import letterbox_matrix, unmap_boxes, warp
 from labelloop.training.detection.network import Detector, DetOutput, build_detector, decode_boxes
 from labelloop.training.detection.recipe import DetectionRecipe
-from labelloop.training.kinds import Prediction
-from labelloop.training.predict import load_state_dict
+from labelloop.training.kind import Prediction
+from labelloop.training.segmentation.data import to_input
+from labelloop.training.segmentation.predict import load_state_dict
 
 # Boxes passed to NMS per image at most, best scores first: bounds NMS time early in
 # training, when thousands of points clear a low score threshold.

@@ -13,7 +13,6 @@ from typing import Any
 import pytorch_lightning as pl
 
 from labelloop.errors import ConfigError
-from labelloop.training.data import split_items
 from labelloop.training.detection.data import DetectionDataModule, Fetch
 from labelloop.training.detection.evaluate import evaluate_detection
 from labelloop.training.detection.network import build_detector
@@ -27,6 +26,7 @@ from labelloop.training.harness import (
     quiet_and_threaded,
     save_weights,
 )
+from labelloop.training.segmentation.data import split_items
 
 
 def train_detection(

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from labelloop.errors import ConfigError
-from labelloop.training.data import to_input
 from labelloop.training.detection.data import letterbox_matrix, warp
 from labelloop.training.detection.predict import Detections, detect, to_prediction
 from labelloop.training.detection.recipe import DetectionRecipe
-from labelloop.training.kinds import PassMode, View
+from labelloop.training.kind import PassMode, View
 from labelloop.training.passes import DIHEDRAL, transform_image, unmap_boxes
+from labelloop.training.segmentation.data import to_input
 
 
 def detection_views(

@@ -29,7 +29,7 @@ from labelloop.db.models import (
 )
 from labelloop.domain import shapes_from_json
 from labelloop.errors import ConfigError, NotFoundError
-from labelloop.formats.labelstudio import label_config_xml, parse_label_config, shapes_to_results
+from labelloop.labelstudio.convert import label_config_xml, parse_label_config, shapes_to_results
 
 PROJECT_KINDS = {
     "segmentation": ["mask", "polygon", "box"],
@@ -236,7 +236,7 @@ def _write_cvat(folder: Path, batch: RoundBatch, names: dict[int, str]) -> None:
     """`cvat/annotations.xml` ('CVAT for images 1.1', the predictions) and `cvat/images.txt`
     (the images in rank order): create a CVAT task from `images/` (sorted by the list),
     then upload the XML as CVAT 1.1."""
-    from labelloop.formats.cvat import CvatImage, cvat_xml
+    from labelloop.cvat.writer import CvatImage, cvat_xml
 
     cvat = folder / "cvat"
     cvat.mkdir(exist_ok=True)
@@ -259,7 +259,7 @@ def push_to_labelstudio(
     title: str | None = None,
 ) -> PushResult:
     """Create (or reuse) tasks in a Label Studio project and attach the predictions."""
-    from labelloop.sinks.labelstudio import LabelStudioSink, PushTask
+    from labelloop.labelstudio.client import LabelStudioSink, PushTask
 
     url = url or ctx.settings.labelstudio_url
     token = token or ctx.settings.labelstudio_token.get_secret_value()
@@ -330,7 +330,7 @@ def push_round(ctx: Context, round_id: int, target: str = "file", **kwargs) -> P
     if target == "file":
         return push_to_file(ctx, round_id, kwargs.get("out_dir"))
     if target == "cvat":
-        from labelloop.sinks.cvat import push_to_cvat
+        from labelloop.cvat.push import push_to_cvat
 
         return push_to_cvat(ctx, round_id, out_dir=kwargs.get("out_dir"), url=kwargs.get("url"))
     if target == "labelstudio":

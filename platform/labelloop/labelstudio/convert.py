@@ -19,16 +19,9 @@ import numpy as np
 
 from labelloop.domain import Box, Ellipse, Keypoint, Mask, Polygon, Shape, Tag
 from labelloop.errors import ConfigError, InputError
-from labelloop.formats.labelstudio_config import (
-    DEFAULT_CONTROLS,
-    KIND_CONTROLS,
-    ControlTag,
-    ImageTag,
-    LabelConfig,
-    label_config_xml,
-    parse_label_config,
-)
-from labelloop.formats.labelstudio_export import (
+from labelloop.geometry import decode_mask, mask_shape
+from labelloop.imaging import DEFAULT_MAX_PIXELS
+from labelloop.labelstudio.export import (
     ExportedAnnotation,
     image_reference,
     is_json_min,
@@ -37,8 +30,15 @@ from labelloop.formats.labelstudio_export import (
     resolve_local_image,
     task_annotations,
 )
-from labelloop.geometry import decode_mask, mask_shape
-from labelloop.imaging import DEFAULT_MAX_PIXELS
+from labelloop.labelstudio.label_config import (
+    DEFAULT_CONTROLS,
+    KIND_CONTROLS,
+    ControlTag,
+    ImageTag,
+    LabelConfig,
+    label_config_xml,
+    parse_label_config,
+)
 
 __all__ = [
     "DEFAULT_CONTROLS",

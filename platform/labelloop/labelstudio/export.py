@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import ijson
 
 from labelloop.errors import InputError
-from labelloop.formats.labelstudio_config import LabelConfig
+from labelloop.labelstudio.label_config import LabelConfig
 
 _BOM = b"\xef\xbb\xbf"
 

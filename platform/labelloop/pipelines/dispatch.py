@@ -1,6 +1,6 @@
 """How the library hands a pipeline run to the workers, without importing them.
 
-The API, the CLI and the beat/webhook triggers decide *whether* to run (labelloop.pipelines);
+The API, the CLI and the beat/webhook triggers decide *whether* to run (labelloop.pipelines.runs);
 a dispatcher sends the run's first task to the broker. The workers package provides the
 Celery one through the `labelloop.dispatchers` entry-point group, the same way it adds
 its CLI commands, so `labelloop` never imports `labelloop_workers`.
@@ -16,7 +16,7 @@ from typing import Protocol
 from labelloop.config import Settings
 from labelloop.context import Context
 from labelloop.errors import ConfigError, ExternalServiceError
-from labelloop.pipelines import PipelineRequest, PipelineStatus, finish
+from labelloop.pipelines.runs import PipelineRequest, PipelineStatus, finish
 
 _log = logging.getLogger(__name__)
 GROUP = "labelloop.dispatchers"

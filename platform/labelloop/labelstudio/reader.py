@@ -8,7 +8,8 @@ from pathlib import Path
 import ijson
 
 from labelloop.errors import InputError
-from labelloop.formats.labelstudio import (
+from labelloop.ingest.records import Format, ReadOptions, RecordAnnotation, SourceRecord
+from labelloop.labelstudio.convert import (
     ExportedAnnotation,
     LabelConfig,
     image_reference,
@@ -19,7 +20,6 @@ from labelloop.formats.labelstudio import (
     results_to_shapes,
     task_annotations,
 )
-from labelloop.ingest.records import Format, ReadOptions, RecordAnnotation, SourceRecord
 
 
 def _annotator(ann: ExportedAnnotation) -> str | None:

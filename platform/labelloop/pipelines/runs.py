@@ -30,8 +30,8 @@ from labelloop.context import Context
 from labelloop.db.models import PipelineRun, Project, TrainingRun, WebhookEvent, utcnow
 from labelloop.domain import RunStatus
 from labelloop.errors import ConfigError, ConflictError, InputError, NotFoundError
+from labelloop.pipelines.triggers import PUSH_TARGETS, effective_triggers
 from labelloop.projects import get_project
-from labelloop.triggers import PUSH_TARGETS, effective_triggers
 
 ADVISORY_CLASS = 0x6C6C  # "ll": the namespace of labelloop's advisory locks
 
@@ -52,7 +52,7 @@ TRIGGERS = ("api", "cli", "beat", "webhook")
 
 class PipelineParams(BaseModel):
     """What a pipeline run does besides its defaults; unset fields come from the project's
-    trigger settings (labelloop.triggers) and then from the global Settings."""
+    trigger settings (labelloop.pipelines.triggers) and then from the global Settings."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -138,7 +138,7 @@ class ModelKind:
 
 # task -> module that defines `KIND`, imported on first use.
 KIND_MODULES: dict[str, str] = {
-    "segmentation": "labelloop.training.segmentation_kind",
+    "segmentation": "labelloop.training.segmentation.kind",
     "detection": "labelloop.training.detection.kind",
     "classification": "labelloop.training.classification.kind",
 }

@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from labelloop.errors import ConfigError, InputError
-from labelloop.training.data import STRIDE, pad_to_stride, resize_image, to_input
-from labelloop.training.networks import build_network, channels_last_on_cpu
 from labelloop.training.passes import DIHEDRAL, mc_dropout, unmap_probs
 from labelloop.training.recipe import Recipe
+from labelloop.training.segmentation.data import STRIDE, pad_to_stride, resize_image, to_input
+from labelloop.training.segmentation.network import build_network, channels_last_on_cpu
 
 
 def load_state_dict(weights: bytes | Path) -> dict[str, torch.Tensor]:

@@ -11,10 +11,10 @@ from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 from labelloop.errors import ConfigError
-from labelloop.training.data import IGNORE_INDEX
 from labelloop.training.harness import BudgetedSystem
-from labelloop.training.networks import channels_last_on_cpu
 from labelloop.training.recipe import MODE_LOSSES, Recipe
+from labelloop.training.segmentation.data import IGNORE_INDEX
+from labelloop.training.segmentation.network import channels_last_on_cpu
 
 
 class _ComboLoss(nn.Module):

@@ -38,7 +38,7 @@ from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.core.parse_error import ParsingError
 
 from labelloop.errors import ExternalServiceError, InputError
-from labelloop.formats.labelstudio_config import parse_label_config
+from labelloop.labelstudio.label_config import parse_label_config
 
 log = logging.getLogger(__name__)
 

@@ -18,16 +18,16 @@ from sqlalchemy.orm import Session
 from labelloop.context import Context
 from labelloop.db.models import Annotation, Image, ModelVersion, Project, Score, SourceItem
 from labelloop.domain import shapes_to_json
-from labelloop.embeddings import add_embeddings, stored_ids
 from labelloop.errors import NotFoundError
 from labelloop.imaging import decode_image
 from labelloop.registry import load_model_version
 from labelloop.scoring import get_method
+from labelloop.scoring.embeddings import add_embeddings, stored_ids
 
 
 def default_method(task: str) -> str:
     """The scoring method a task's model kind names as its default."""
-    from labelloop.training.kinds import get_kind
+    from labelloop.training.kind import get_kind
 
     return get_kind(task).default_scoring
 

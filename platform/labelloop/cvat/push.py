@@ -13,7 +13,7 @@ from pathlib import Path
 
 from labelloop.context import Context
 from labelloop.errors import ConfigError, ExternalServiceError
-from labelloop.push import PushResult, record_push, round_batch, write_round_folder
+from labelloop.push.stage import PushResult, record_push, round_batch, write_round_folder
 
 
 def _client(url: str, token: str, user: str, password: str):

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 from sqlalchemy import select
 
 from labelloop.context import Context
-from labelloop.datasets import current_annotations
+from labelloop.datasets.freeze import current_annotations
 from labelloop.db.models import Image as ImageRow
 from labelloop.db.models import ModelVersion
 from labelloop.domain import Box, Mask, Polygon, Shape, Tag, shapes_from_json

@@ -1,7 +1,7 @@
 """Reading a live Label Studio project over its API (label-studio-sdk 2.x).
 
 Connection, token handling and the mapping of HTTP failures to ExternalServiceError are
-those of `labelloop.sinks.labelstudio.LabelStudioSink`, so pushing and pulling report
+those of `labelloop.labelstudio.client.LabelStudioSink`, so pushing and pulling report
 the same way and neither ever puts the token into a message.
 
 Image references decide where bytes may come from. `/data/upload/...` and
@@ -23,8 +23,8 @@ from urllib.parse import urlparse
 import httpx
 
 from labelloop.errors import ConfigError, ExternalServiceError, InputError
-from labelloop.formats.labelstudio import LabelConfig, parse_label_config
-from labelloop.sinks.labelstudio import LabelStudioSink
+from labelloop.labelstudio.client import LabelStudioSink
+from labelloop.labelstudio.convert import LabelConfig, parse_label_config
 
 PAGE_SIZE = 100
 ID_PAGE_SIZE = 1000

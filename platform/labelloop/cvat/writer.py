@@ -1,7 +1,7 @@
 """Canonical shapes -> 'CVAT for images 1.1' XML, the file a CVAT user uploads by hand
 (Actions > Upload annotations > CVAT 1.1) onto a task made from the same images.
 
-The inverse of `ingest.readers.cvat_xml`, and tested as its round trip: boxes (rotation
+The inverse of `labelloop.cvat.reader`, and tested as its round trip: boxes (rotation
 turns around the box centre in CVAT, around the top-left corner here), polygons, points,
 ellipses, tags and masks (CVAT's RLE: row-major run lengths over the mask's own box,
 starting with background). Predictions go out with `source="auto"`, so CVAT shows them as

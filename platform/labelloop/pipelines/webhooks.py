@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 from labelloop.context import Context
 from labelloop.db.models import PipelineRun, Project, WebhookEvent, utcnow
 from labelloop.errors import InputError
-from labelloop.pipelines import (
+from labelloop.pipelines.runs import (
     PipelineParams,
     PipelineRequest,
     PipelineStatus,
@@ -36,8 +36,8 @@ from labelloop.pipelines import (
     lock_project,
     request_in_session,
 )
+from labelloop.pipelines.triggers import effective_triggers, labelstudio_links, link_labelstudio
 from labelloop.projects import get_project
-from labelloop.triggers import effective_triggers, labelstudio_links, link_labelstudio
 
 SECRET_HEADER = "X-Labelloop-Webhook-Secret"
 ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
@@ -224,7 +224,7 @@ def register_webhook(
     """Create (or update) the project's webhook in Label Studio and link the Label Studio
     project as a source of `project_name`. Idempotent: the webhook is found by its URL."""
     from labelloop.errors import ConfigError
-    from labelloop.sinks.labelstudio import LabelStudioSink
+    from labelloop.labelstudio.client import LabelStudioSink
 
     secret = ctx.settings.webhook_secret.get_secret_value()
     if not secret:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from labelloop.counting import (
+from labelloop.objects import (
     counts_from_instances,
     counts_from_label_map,
     counts_from_masks,
@@ -31,19 +31,19 @@ from labelloop.counting import (
     masks_to_shapes,
     probs_to_label_map,
 )
-from labelloop.training.evaluate import evaluate_segmentation
-from labelloop.training.instances import instances_from_probs, semantic_map
-from labelloop.training.kinds import Fetch, ModelKind, PassMode, Prediction, View
-from labelloop.training.networks import output_channels
-from labelloop.training.predict import (
+from labelloop.training.kind import Fetch, ModelKind, PassMode, Prediction, View
+from labelloop.training.recipe import SegmentationRecipe
+from labelloop.training.segmentation.evaluate import evaluate_segmentation
+from labelloop.training.segmentation.instances import instances_from_probs, semantic_map
+from labelloop.training.segmentation.network import output_channels
+from labelloop.training.segmentation.predict import (
     embed_images,
     load_model,
     predict_outputs,
     predict_prob_views,
     uncertainty_probs,
 )
-from labelloop.training.recipe import SegmentationRecipe
-from labelloop.training.train import train_segmentation
+from labelloop.training.segmentation.train import train_segmentation
 
 
 def _load(weights: bytes | Path, recipe: SegmentationRecipe, labels: Sequence[str]) -> nn.Module:

@@ -24,9 +24,13 @@ from labelloop.domain import Shape, shapes_from_json
 from labelloop.errors import ConfigError, InputError
 from labelloop.geometry import rasterize_classes, shape_mask
 from labelloop.imaging import decode_image
-from labelloop.training.instances import REGION_KINDS, instance_targets, rasterize_instances
-from labelloop.training.networks import output_channels
 from labelloop.training.recipe import Recipe
+from labelloop.training.segmentation.instances import (
+    REGION_KINDS,
+    instance_targets,
+    rasterize_instances,
+)
+from labelloop.training.segmentation.network import output_channels
 
 Fetch = Callable[[str], bytes]
 

@@ -17,7 +17,7 @@ What counts: every annotation of a pulled task goes through `ingest_records` (ed
 content = a new revision superseding the old; was_cancelled = a "skipped" revision).
 Annotations that disappeared from a pulled task, and those of tasks deleted upstream, are
 marked "deleted". Several annotators on one task stay separate rows; which one a dataset
-uses is decided in `labelloop.datasets.current_annotations` (ground truth first, then the
+uses is decided in `labelloop.datasets.freeze.current_annotations` (ground truth first, then the
 most recently updated).
 """
 
@@ -34,10 +34,10 @@ from sqlalchemy.orm import Session
 from labelloop.context import Context
 from labelloop.db.models import Annotation, Image, Project, SourceItem
 from labelloop.errors import InputError
-from labelloop.formats.labelstudio import image_reference, results_to_shapes, task_annotations
 from labelloop.ingest.core import IngestReport, ingest_records
-from labelloop.ingest.labelstudio_remote import LabelStudioSource, RemoteProject
 from labelloop.ingest.records import RecordAnnotation, SourceRecord
+from labelloop.labelstudio.convert import image_reference, results_to_shapes, task_annotations
+from labelloop.labelstudio.remote import LabelStudioSource, RemoteProject
 from labelloop.projects import get_project, label_names
 
 OVERLAP_S = 300.0

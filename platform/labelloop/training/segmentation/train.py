@@ -13,8 +13,6 @@ from typing import Any
 import pytorch_lightning as pl
 
 from labelloop.errors import ConfigError
-from labelloop.training.data import Fetch, SegmentationDataModule, split_items
-from labelloop.training.evaluate import evaluate_segmentation
 from labelloop.training.harness import (
     WEIGHTS_FILE,
     Progress,
@@ -23,9 +21,11 @@ from labelloop.training.harness import (
     quiet_and_threaded,
     save_weights,
 )
-from labelloop.training.networks import build_network
 from labelloop.training.recipe import Recipe
-from labelloop.training.system import SegmentationSystem
+from labelloop.training.segmentation.data import Fetch, SegmentationDataModule, split_items
+from labelloop.training.segmentation.evaluate import evaluate_segmentation
+from labelloop.training.segmentation.network import build_network
+from labelloop.training.segmentation.system import SegmentationSystem
 
 __all__ = ["TrainOutcome", "train_segmentation"]
 

@@ -19,31 +19,31 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from labelloop.counting import (
+from labelloop.domain import Shape
+from labelloop.errors import InputError
+from labelloop.geometry import rasterize_classes
+from labelloop.objects import (
     DEFAULT_MIN_AREA,
     counts_from_instances,
     counts_from_label_map,
     counts_from_masks,
     probs_to_label_map,
 )
-from labelloop.domain import Shape
-from labelloop.errors import InputError
-from labelloop.geometry import rasterize_classes
-from labelloop.training.data import (
+from labelloop.training.recipe import Recipe
+from labelloop.training.segmentation.data import (
     Fetch,
     load_shapes,
     manifest_labels,
     rasterize_labels,
     split_items,
 )
-from labelloop.training.instances import (
+from labelloop.training.segmentation.instances import (
     instances_from_probs,
     match_instances,
     rasterize_instances,
     semantic_map,
 )
-from labelloop.training.predict import predict_outputs
-from labelloop.training.recipe import Recipe
+from labelloop.training.segmentation.predict import predict_outputs
 
 Instances = tuple[np.ndarray, np.ndarray]  # instance map (H, W) int32, classes per id
 

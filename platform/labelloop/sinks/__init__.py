@@ -1,1 +1,0 @@
-"""Where a round's images go for labeling (Label Studio, ...)."""

@@ -1,0 +1,1 @@
+"""The segmentation kind: U-Net family (smp) for semantic, binary and instance masks."""
