@@ -7,7 +7,7 @@ BENCH_VENV := .venv-bench
 LABEL_STUDIO_VERSION ?= 1.23.2
 PIP_FLAGS ?= -q
 
-.PHONY: help venv ls-venv bench-venv demo test test-unit test-integration lint format bench clean
+.PHONY: help venv ls-venv bench-venv browser demo test test-unit test-integration lint format bench clean
 
 help:
 	@echo "make demo    one full active-learning round on synthetic blood smears"
@@ -39,21 +39,31 @@ venv: $(BIN)/.installed
 ls-venv: $(LS_VENV)/.installed
 bench-venv: $(BENCH_VENV)/.installed
 
+# Browser tests drive Debian's chromium through Playwright for Python (Playwright's own
+# browser download is not used). Installed with apt-get when missing and we may.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
+	  else echo "chromium is missing: install Debian's chromium package for the browser tests" >&2; fi; }
+
 demo: venv
 	$(BIN)/labelloop demo
 
-test: venv ls-venv
+test: venv ls-venv browser
 	$(BIN)/pytest
 
 test-unit: venv
 	$(BIN)/pytest tests/unit
 
-test-integration: venv ls-venv
+test-integration: venv ls-venv browser
 	$(BIN)/pytest tests/integration
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: venv
 	$(BIN)/ruff format .

@@ -6,7 +6,7 @@ import pytest
 
 from tests.support import require_shared_data
 
-pytest_plugins = ["tests.integration.ls_fixtures"]
+pytest_plugins = ["tests.integration.ls_fixtures", "tests.integration.browser"]
 
 
 @pytest.fixture
