@@ -7,6 +7,7 @@ used): `make test` installs the package when it is missing. Screenshots go to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -61,10 +62,9 @@ def page(browser, request) -> Iterator[object]:
     pg.console_errors = errors  # type: ignore[attr-defined]
     yield pg
     ARTIFACTS.mkdir(exist_ok=True)
-    try:
+    # The page may already be gone; the test's own result is what matters.
+    with contextlib.suppress(Exception):
         pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
-    except Exception:  # the page may already be gone; the test result is what matters
-        pass
     context.close()
 
 

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.integration
 
 def test_chromium_renders_a_local_page(page, tmp_path):
     (tmp_path / "index.html").write_text(
-        "<html><head><title>labelloop</title><link rel='icon' href='data:,'></head><body><p id='n'>42</p></body></html>"
+        "<html><head><title>labelloop</title><link rel='icon' href='data:,'></head>"
+        "<body><p id='n'>42</p></body></html>"
     )
 
     class Handler(http.server.SimpleHTTPRequestHandler):
