@@ -34,8 +34,8 @@ from labelloop.training.classification.evaluate import (  # noqa: E402
 from labelloop.training.classification.plots import plot_confusion  # noqa: E402
 from labelloop.training.classification.predict import load_classifier  # noqa: E402
 from labelloop.training.classification.recipe import ClassificationRecipe  # noqa: E402
-from labelloop.training.classification.train import train_classification  # noqa: E402
-from labelloop.training.segmentation.data import split_items  # noqa: E402
+from labelloop.training.common import split_items  # noqa: E402
+from labelloop.training.kind import get_kind  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -96,7 +96,9 @@ def main() -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
-        outcome = train_classification(manifest, recipe, fetch, workdir, on_progress=report)
+        outcome = get_kind("classification").train(
+            manifest, recipe, fetch, workdir, on_progress=report
+        )
         model = load_classifier(outcome.weights_path, recipe, labels)
     wall = time.monotonic() - started
     eval_start = time.monotonic()

@@ -46,11 +46,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.datasets import bccd_manifest  # noqa: E402
+from labelloop.training.common import split_items  # noqa: E402
 from labelloop.training.detection.data import item_boxes, load_sample  # noqa: E402
 from labelloop.training.detection.evaluate import detection_metrics  # noqa: E402
 from labelloop.training.detection.predict import Detections  # noqa: E402
 from labelloop.training.kind import get_kind  # noqa: E402
-from labelloop.training.segmentation.data import split_items  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CACHE = ROOT / "benchmarks" / ".cache"

@@ -40,12 +40,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from labelloop.imaging import decode_image, encode_png
 from labelloop.synthetic import generate_smear, smear_seed
+from labelloop.training.common import MEAN, STD
 from labelloop.training.harness import quiet_and_threaded
-from labelloop.training.recipe import SegmentationRecipe
-from labelloop.training.segmentation.data import MEAN, STD
 from labelloop.training.segmentation.kind import KIND
 from labelloop.training.segmentation.network import build_network
 from labelloop.training.segmentation.predict import predict_probs
+from labelloop.training.segmentation.recipe import SegmentationRecipe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LABELS = ["RBC", "WBC", "Platelets"]

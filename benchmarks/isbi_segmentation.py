@@ -46,12 +46,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.datasets import isbi_manifest, membrane_offset  # noqa: E402
+from labelloop.training.common import split_items  # noqa: E402
 from labelloop.training.harness import compute_threads  # noqa: E402
-from labelloop.training.recipe import SegmentationRecipe  # noqa: E402
-from labelloop.training.segmentation.data import load_shapes, rasterize_labels, split_items  # noqa: E402
+from labelloop.training.segmentation.data import load_shapes, rasterize_labels  # noqa: E402
 from labelloop.training.segmentation.evaluate import binary_metrics  # noqa: E402
 from labelloop.training.segmentation.kind import KIND  # noqa: E402
 from labelloop.training.segmentation.predict import predict_outputs  # noqa: E402
+from labelloop.training.segmentation.recipe import SegmentationRecipe  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 REFERENCE = {"membrane_dice": 0.79, "pixel_error": 0.113, "minutes": 10}

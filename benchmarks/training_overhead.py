@@ -36,10 +36,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.datasets import synthetic_manifest
+from labelloop.training.common import split_items
 from labelloop.training.harness import fit, quiet_and_threaded
-from labelloop.training.recipe import SegmentationRecipe
-from labelloop.training.segmentation.data import SegmentationDataModule, split_items
+from labelloop.training.segmentation.data import SegmentationDataModule
 from labelloop.training.segmentation.network import build_network, channels_last_on_cpu
+from labelloop.training.segmentation.recipe import SegmentationRecipe
 from labelloop.training.segmentation.system import SegmentationSystem, build_loss
 
 RESULTS = Path(__file__).resolve().parent / "results"

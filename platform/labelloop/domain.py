@@ -13,13 +13,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from labelloop.kinds import TASKS
 
-class TaskKind(StrEnum):
-    """What a project's models learn; it decides the trainer and the scoring method."""
-
-    segmentation = "segmentation"
-    detection = "detection"
-    classification = "classification"
+# What a project's models learn; it decides the trainer and the scoring method. One
+# member per entry of `labelloop.kinds.KINDS`.
+TaskKind = StrEnum("TaskKind", [(name, name) for name in TASKS], module=__name__)
 
 
 class Split(StrEnum):

@@ -11,8 +11,9 @@ from labelloop.errors import ConfigError
 from labelloop.scoring import get_method
 from labelloop.training.kind import Prediction, View
 from labelloop.training.passes import DIHEDRAL, mc_dropout, transform_image, unmap_boxes
-from labelloop.training.recipe import Recipe
-from labelloop.training.segmentation.predict import embed_images, predict_prob_views, predict_probs
+from labelloop.training.segmentation.predict import predict_prob_views, predict_probs
+from labelloop.training.segmentation.recipe import SegmentationRecipe
+from labelloop.training.segmentation.views import embed_images
 
 
 def _binary_probs(q: np.ndarray) -> np.ndarray:
@@ -159,7 +160,7 @@ def test_tta_views_average_to_tta_probs_and_mc_needs_dropout():
 def test_segmentation_dropout_and_embeddings():
     from labelloop.training.segmentation.network import build_network
 
-    recipe = Recipe(encoder_depth=3, dropout=0.2)
+    recipe = SegmentationRecipe(encoder_depth=3, dropout=0.2)
     net = build_network(recipe, 3, pretrained=False).eval()
     assert isinstance(net.segmentation_head[0], nn.Dropout2d)
     rng = np.random.default_rng(1)

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from labelloop.errors import ConfigError, InputError
-from labelloop.training.recipe import Recipe
 from labelloop.training.segmentation.data import (
     IGNORE_INDEX,
     SegmentationDataModule,
@@ -14,6 +13,7 @@ from labelloop.training.segmentation.data import (
     load_item,
     pad_to_stride,
 )
+from labelloop.training.segmentation.recipe import SegmentationRecipe
 from tests.unit.segmentation_fixtures import COLOURS, LABELS, make_manifest
 
 
@@ -31,7 +31,7 @@ def test_load_item_rasterises_shapes_to_the_class_of_each_colour():
 
 def test_train_dataset_crops_to_image_size_and_keeps_classes():
     manifest, blobs = make_manifest({"train": 4})
-    recipe = Recipe(image_size=32, augment={"enabled": False})
+    recipe = SegmentationRecipe(image_size=32, augment={"enabled": False})
     ds = SegmentationDataset(
         manifest["items"], LABELS, blobs.__getitem__, build_train_transform(recipe), repeats=3
     )
@@ -55,7 +55,9 @@ def test_eval_dataset_pads_to_stride_and_marks_padding_ignored():
 
 def test_datamodule_batches_and_class_count():
     manifest, blobs = make_manifest({"train": 5, "val": 2})
-    dm = SegmentationDataModule(manifest, Recipe(image_size=32, batch_size=4), blobs.__getitem__)
+    dm = SegmentationDataModule(
+        manifest, SegmentationRecipe(image_size=32, batch_size=4), blobs.__getitem__
+    )
     dm.setup("fit")
     assert dm.num_classes == 3
     x, y = next(iter(dm.train_dataloader()))
@@ -71,7 +73,7 @@ def test_bad_inputs_fail_before_training():
         load_item(manifest["items"][0], LABELS, blobs.__getitem__)
     manifest["project"]["task"] = "detection"
     with pytest.raises(ConfigError, match="detection"):
-        SegmentationDataModule(manifest, Recipe(), blobs.__getitem__)
+        SegmentationDataModule(manifest, SegmentationRecipe(), blobs.__getitem__)
 
 
 def test_binary_targets_are_per_label_masks_that_may_overlap():
@@ -95,7 +97,7 @@ def test_binary_targets_are_per_label_masks_that_may_overlap():
 
 def test_distortion_warps_image_and_mask_alike():
     manifest, blobs = make_manifest({"train": 2})
-    recipe = Recipe(
+    recipe = SegmentationRecipe(
         mode="binary", image_size=64, distortion=1.0, augment={"flips": False, "rot90": False}
     )
     ds = SegmentationDataset(
@@ -108,7 +110,7 @@ def test_distortion_warps_image_and_mask_alike():
     red = x[0] > x[2] + 1.0
     agree = (red == (y[0] == 1)).float().mean()
     assert agree > 0.97
-    plain = Recipe(mode="binary", image_size=64, augment={"enabled": False})
+    plain = SegmentationRecipe(mode="binary", image_size=64, augment={"enabled": False})
     _, y0 = SegmentationDataset(
         manifest["items"], LABELS, blobs.__getitem__, build_train_transform(plain), mode="binary"
     )[0]

@@ -5,14 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from labelloop.training.recipe import Recipe
-from labelloop.training.segmentation.data import MEAN, STD
+from labelloop.training.common import MEAN, STD
 from labelloop.training.segmentation.evaluate import (
     binary_metrics,
     evaluate_segmentation,
     instance_metrics,
     segmentation_metrics,
 )
+from labelloop.training.segmentation.recipe import SegmentationRecipe
 from tests.unit.segmentation_fixtures import BACKGROUND, COLOURS, LABELS, make_manifest
 
 NAMES = ["A", "B", "C"]
@@ -129,6 +129,6 @@ class _ColourSigmoid(nn.Module):
 def test_evaluate_in_binary_mode_with_a_perfect_model_scores_one():
     manifest, blobs = make_manifest({"test": 2})
     m = evaluate_segmentation(
-        _ColourSigmoid(), manifest, blobs.__getitem__, recipe=Recipe(mode="binary")
+        _ColourSigmoid(), manifest, blobs.__getitem__, recipe=SegmentationRecipe(mode="binary")
     )
     assert m["mode"] == "binary" and m["mean_dice"] == 1.0 and m["pixel_error"] == 0.0

@@ -8,10 +8,14 @@ import torch
 from torch import nn
 
 from labelloop.scoring import get_method
-from labelloop.training.recipe import Recipe
 from labelloop.training.segmentation.instances import instance_targets, rasterize_instances
-from labelloop.training.segmentation.kind import KIND, prediction_from_output
-from labelloop.training.segmentation.predict import predict_probs, uncertainty_probs
+from labelloop.training.segmentation.kind import KIND
+from labelloop.training.segmentation.predict import (
+    predict_probs,
+    prediction_from_output,
+    uncertainty_probs,
+)
+from labelloop.training.segmentation.recipe import SegmentationRecipe
 from tests.unit.segmentation_fixtures import LABELS, draw, make_manifest
 
 TINY = {
@@ -26,7 +30,7 @@ TINY = {
 
 def test_binary_mode_learns_the_disc_masks(tmp_path):
     manifest, blobs = make_manifest({"train": 8, "val": 2})
-    recipe = Recipe(mode="binary", epochs=8, **TINY)
+    recipe = SegmentationRecipe(mode="binary", epochs=8, **TINY)
     events: list[dict] = []
     out = KIND.train(manifest, recipe, blobs.__getitem__, tmp_path, on_progress=events.append)
     dice = [e["val_dice"] for e in events if e["final"]]
@@ -85,11 +89,11 @@ def test_instance_prediction_outlines_and_counts_each_touching_cell():
     _, shapes = draw([("Red", 20, 24, 8), ("Red", 34, 24, 8), ("Blue", 50, 50, 6)])
     inst, classes = rasterize_instances(shapes, LABELS, 64, 64)
     probs = np.eye(5, dtype=np.float32)[instance_targets(inst, classes, 2)].transpose(2, 0, 1)
-    recipe = Recipe(mode="instance")
+    recipe = SegmentationRecipe(mode="instance")
     pred = prediction_from_output(probs, recipe, LABELS)
     assert pred.counts == {"Red": 2, "Blue": 1}
     assert sorted(s.label for s in pred.shapes) == ["Blue", "Red", "Red"]
     assert pred.arrays["instances"].max() == 3 and pred.arrays["probs"].shape == (5, 64, 64)
     one_per_class = np.eye(3, dtype=np.float32)[classes[inst]].transpose(2, 0, 1)
-    semantic = prediction_from_output(one_per_class, Recipe(), LABELS)
+    semantic = prediction_from_output(one_per_class, SegmentationRecipe(), LABELS)
     assert semantic.counts == {"Red": 1, "Blue": 1}  # without instances the pair is one blob

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from labelloop.errors import ConfigError, InputError
-from labelloop.training.recipe import Recipe
 from labelloop.training.segmentation.network import build_network
 from labelloop.training.segmentation.predict import load_model, predict_probs
+from labelloop.training.segmentation.recipe import SegmentationRecipe
 
-RECIPE = Recipe(encoder_depth=3, decoder_channels=(16, 16, 8))
+RECIPE = SegmentationRecipe(encoder_depth=3, decoder_channels=(16, 16, 8))
 
 
 class _Payload:

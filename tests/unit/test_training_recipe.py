@@ -3,24 +3,24 @@ from __future__ import annotations
 import pytest
 
 from labelloop.errors import ConfigError
-from labelloop.training.recipe import Recipe
+from labelloop.training.segmentation.recipe import SegmentationRecipe
 
 
 def test_hash_is_stable_across_construction_and_yaml_round_trip():
-    a = Recipe(lr=0.01, epochs=5)
-    b = Recipe.from_str("epochs: 5\nlr: 0.01\n")
+    a = SegmentationRecipe(lr=0.01, epochs=5)
+    b = SegmentationRecipe.from_str("epochs: 5\nlr: 0.01\n")
     assert a.recipe_hash() == b.recipe_hash()
-    assert Recipe.from_str(a.to_yaml()).recipe_hash() == a.recipe_hash()
+    assert SegmentationRecipe.from_str(a.to_yaml()).recipe_hash() == a.recipe_hash()
     assert len(a.recipe_hash()) == 64
 
 
 def test_hash_changes_with_any_field_including_nested():
-    base = Recipe()
+    base = SegmentationRecipe()
     changed = [
-        Recipe(lr=base.lr * 2),
-        Recipe(seed=1),
-        Recipe(loss="focal"),
-        Recipe.from_dict({"augment": {"hue_shift": 0}}),
+        SegmentationRecipe(lr=base.lr * 2),
+        SegmentationRecipe(seed=1),
+        SegmentationRecipe(loss="focal"),
+        SegmentationRecipe.from_dict({"augment": {"hue_shift": 0}}),
     ]
     hashes = {r.recipe_hash() for r in changed}
     assert base.recipe_hash() not in hashes
@@ -28,44 +28,44 @@ def test_hash_changes_with_any_field_including_nested():
 
 
 def test_resume_key_ignores_budget_only():
-    base = Recipe()
-    assert Recipe(epochs=99, max_time_s=10).resume_key() == base.resume_key()
-    assert Recipe(lr=0.5).resume_key() != base.resume_key()
+    base = SegmentationRecipe()
+    assert SegmentationRecipe(epochs=99, max_time_s=10).resume_key() == base.resume_key()
+    assert SegmentationRecipe(lr=0.5).resume_key() != base.resume_key()
 
 
 def test_unknown_fields_are_rejected_with_their_name():
     with pytest.raises(ConfigError, match="learning_rate"):
-        Recipe.from_str("learning_rate: 0.1\n")
+        SegmentationRecipe.from_str("learning_rate: 0.1\n")
     with pytest.raises(ConfigError, match=r"augment\.rotate"):
-        Recipe.from_dict({"augment": {"rotate": True}})
+        SegmentationRecipe.from_dict({"augment": {"rotate": True}})
 
 
 def test_inconsistent_values_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="multiple of 32"):
-        Recipe.from_dict({"image_size": 100})
+        SegmentationRecipe.from_dict({"image_size": 100})
     with pytest.raises(ConfigError, match="decoder_channels"):
-        Recipe.from_dict({"encoder_depth": 5, "decoder_channels": [16, 8]})
+        SegmentationRecipe.from_dict({"encoder_depth": 5, "decoder_channels": [16, 8]})
     with pytest.raises(ConfigError, match="loss"):
-        Recipe.from_dict({"loss": "hinge"})
+        SegmentationRecipe.from_dict({"loss": "hinge"})
     with pytest.raises(ConfigError, match="precision"):
-        Recipe.from_dict({"precision": "16"})
+        SegmentationRecipe.from_dict({"precision": "16"})
     path = tmp_path / "r.yaml"
     path.write_text("- not\n- a mapping\n")
     with pytest.raises(ConfigError, match="mapping"):
-        Recipe.from_yaml(path)
+        SegmentationRecipe.from_yaml(path)
 
 
 def test_encoder_depth_alone_gets_matching_decoder_channels():
-    r = Recipe.from_dict({"encoder_depth": 5})
+    r = SegmentationRecipe.from_dict({"encoder_depth": 5})
     assert r.decoder_channels is not None and len(r.decoder_channels) == 5
     assert (
-        Recipe.from_dict({"encoder_depth": 3}).decoder_channels
-        == Recipe(encoder_depth=3).decoder_channels
+        SegmentationRecipe.from_dict({"encoder_depth": 3}).decoder_channels
+        == SegmentationRecipe(encoder_depth=3).decoder_channels
     )
 
 
 def test_with_overrides_validates_and_merges():
-    base = Recipe()
+    base = SegmentationRecipe()
     r = base.with_overrides({"encoder_depth": 4, "augment": {"hue_shift": 0}, "epochs": 3})
     assert r.encoder_depth == 4 and len(r.decoder_channels) == 4
     assert r.augment.hue_shift == 0 and r.augment.flips == base.augment.flips
@@ -75,17 +75,17 @@ def test_with_overrides_validates_and_merges():
 
 
 def test_mode_picks_its_default_loss_and_refuses_losses_of_another_mode():
-    assert Recipe().mode == "multiclass" and Recipe().loss == "dice_ce"
-    assert Recipe.from_dict({"mode": "binary"}).loss == "dice_bce"
-    assert Recipe.from_dict({"mode": "instance", "loss": "focal"}).loss == "focal"
+    assert SegmentationRecipe().mode == "multiclass" and SegmentationRecipe().loss == "dice_ce"
+    assert SegmentationRecipe.from_dict({"mode": "binary"}).loss == "dice_bce"
+    assert SegmentationRecipe.from_dict({"mode": "instance", "loss": "focal"}).loss == "focal"
     with pytest.raises(ConfigError, match="'bce' does not fit mode 'multiclass'"):
-        Recipe.from_dict({"loss": "bce"})
+        SegmentationRecipe.from_dict({"loss": "bce"})
     with pytest.raises(ConfigError, match="valid for binary: dice_bce, bce, focal, dice_focal"):
-        Recipe.from_dict({"mode": "binary", "loss": "dice_ce"})
+        SegmentationRecipe.from_dict({"mode": "binary", "loss": "dice_ce"})
     with pytest.raises(ConfigError, match="mode"):
-        Recipe.from_dict({"mode": "panoptic"})
+        SegmentationRecipe.from_dict({"mode": "panoptic"})
     # Switching mode alone re-derives the loss; an explicit loss is kept and checked.
-    binary = Recipe(mode="binary", loss="bce")
+    binary = SegmentationRecipe(mode="binary", loss="bce")
     assert binary.with_overrides({"mode": "multiclass"}).loss == "dice_ce"
-    assert Recipe().with_overrides({"mode": "binary", "loss": "focal"}).loss == "focal"
-    assert Recipe(mode="binary").recipe_hash() != Recipe().recipe_hash()
+    assert SegmentationRecipe().with_overrides({"mode": "binary", "loss": "focal"}).loss == "focal"
+    assert SegmentationRecipe(mode="binary").recipe_hash() != SegmentationRecipe().recipe_hash()

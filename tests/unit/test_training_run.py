@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from labelloop.errors import ConfigError
-from labelloop.training.recipe import Recipe
+from labelloop.training.segmentation.kind import KIND
 from labelloop.training.segmentation.predict import load_model, predict_probs
-from labelloop.training.segmentation.train import train_segmentation
+from labelloop.training.segmentation.recipe import SegmentationRecipe
 from tests.unit.segmentation_fixtures import draw, make_manifest
 
 TINY = {
@@ -29,10 +29,8 @@ def data():
 def test_two_epochs_produce_loadable_weights_and_metrics(data, tmp_path):
     manifest, blobs = data
     events: list[dict] = []
-    recipe = Recipe(epochs=2, **TINY)
-    out = train_segmentation(
-        manifest, recipe, blobs.__getitem__, tmp_path, on_progress=events.append
-    )
+    recipe = SegmentationRecipe(epochs=2, **TINY)
+    out = KIND.train(manifest, recipe, blobs.__getitem__, tmp_path, on_progress=events.append)
 
     assert (out.epochs_run, out.epochs_completed, out.resumed) == (2, 2, False)
     assert out.best_epoch in (1, 2)
@@ -55,8 +53,8 @@ def test_two_epochs_produce_loadable_weights_and_metrics(data, tmp_path):
 
 def test_bf16_training_saves_float32_weights(data, tmp_path):
     manifest, blobs = data
-    recipe = Recipe(epochs=1, precision="bf16", **TINY)
-    out = train_segmentation(manifest, recipe, blobs.__getitem__, tmp_path)
+    recipe = SegmentationRecipe(epochs=1, precision="bf16", **TINY)
+    out = KIND.train(manifest, recipe, blobs.__getitem__, tmp_path)
     state = torch.load(out.weights_path, weights_only=True)
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float32}
     assert out.metrics["mean_dice"] is not None
@@ -64,42 +62,49 @@ def test_bf16_training_saves_float32_weights(data, tmp_path):
 
 def test_resume_from_last_checkpoint_runs_only_the_missing_epochs(data, tmp_path):
     manifest, blobs = data
-    first = train_segmentation(manifest, Recipe(epochs=1, **TINY), blobs.__getitem__, tmp_path)
+    first = KIND.train(manifest, SegmentationRecipe(epochs=1, **TINY), blobs.__getitem__, tmp_path)
     assert (first.epochs_run, first.epochs_completed) == (1, 1)
 
     events: list[dict] = []
-    second = train_segmentation(
-        manifest, Recipe(epochs=2, **TINY), blobs.__getitem__, tmp_path, on_progress=events.append
+    second = KIND.train(
+        manifest,
+        SegmentationRecipe(epochs=2, **TINY),
+        blobs.__getitem__,
+        tmp_path,
+        on_progress=events.append,
     )
     assert second.resumed
     assert (second.epochs_run, second.epochs_completed) == (1, 2)
     assert [e["epoch"] for e in events if e["final"]] == [2]
 
     # Delivered again once finished: nothing left to train, the same weights come back.
-    third = train_segmentation(manifest, Recipe(epochs=2, **TINY), blobs.__getitem__, tmp_path)
+    third = KIND.train(manifest, SegmentationRecipe(epochs=2, **TINY), blobs.__getitem__, tmp_path)
     assert (third.epochs_run, third.epochs_completed) == (0, 2)
     assert third.best_epoch == second.best_epoch
 
 
 def test_checkpoint_of_another_recipe_is_not_resumed(data, tmp_path):
     manifest, blobs = data
-    train_segmentation(manifest, Recipe(epochs=1, **TINY), blobs.__getitem__, tmp_path)
+    KIND.train(manifest, SegmentationRecipe(epochs=1, **TINY), blobs.__getitem__, tmp_path)
     with pytest.raises(ConfigError, match="different recipe"):
-        train_segmentation(
-            manifest, Recipe(epochs=1, **{**TINY, "lr": 0.02}), blobs.__getitem__, tmp_path
+        KIND.train(
+            manifest,
+            SegmentationRecipe(epochs=1, **{**TINY, "lr": 0.02}),
+            blobs.__getitem__,
+            tmp_path,
         )
 
 
 def test_training_without_val_split_keeps_last_epoch(tmp_path):
     manifest, blobs = make_manifest({"train": 4})
-    out = train_segmentation(manifest, Recipe(epochs=1, **TINY), blobs.__getitem__, tmp_path)
+    out = KIND.train(manifest, SegmentationRecipe(epochs=1, **TINY), blobs.__getitem__, tmp_path)
     assert out.metrics == {} and out.best_epoch == 1 and out.weights_path.exists()
 
 
 def test_unreadable_last_checkpoint_is_set_aside_and_training_starts_over(data, tmp_path):
     manifest, blobs = data
     (tmp_path / "last.ckpt").write_bytes(b"truncated by a killed worker")
-    out = train_segmentation(manifest, Recipe(epochs=1, **TINY), blobs.__getitem__, tmp_path)
+    out = KIND.train(manifest, SegmentationRecipe(epochs=1, **TINY), blobs.__getitem__, tmp_path)
     assert not out.resumed and out.epochs_run == 1
     assert (tmp_path / "last.unreadable").read_bytes() == b"truncated by a killed worker"
 
@@ -110,8 +115,8 @@ def test_last_checkpoint_follows_every_epoch_even_without_improvement(tmp_path):
     for item in manifest["items"]:
         if item["split"] == "val":
             item["shapes"] = []
-    out = train_segmentation(manifest, Recipe(epochs=2, **TINY), blobs.__getitem__, tmp_path)
+    out = KIND.train(manifest, SegmentationRecipe(epochs=2, **TINY), blobs.__getitem__, tmp_path)
     assert out.best_epoch == 1
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["epoch"] == 1  # 0-based: 2nd
-    more = train_segmentation(manifest, Recipe(epochs=3, **TINY), blobs.__getitem__, tmp_path)
+    more = KIND.train(manifest, SegmentationRecipe(epochs=3, **TINY), blobs.__getitem__, tmp_path)
     assert (more.epochs_run, more.epochs_completed, more.best_epoch) == (1, 3, 1)

@@ -6,17 +6,14 @@ import torch
 
 from labelloop.errors import ConfigError
 from labelloop.training import harness
+from labelloop.training.common import balanced_class_weights
 from labelloop.training.harness import (
     FINAL_LR_FACTOR,
     compute_threads,
     lr_factor,
     trainer_precision,
 )
-from labelloop.training.segmentation.data import (
-    IGNORE_INDEX,
-    balanced_class_weights,
-    balanced_pos_weights,
-)
+from labelloop.training.segmentation.data import IGNORE_INDEX, balanced_pos_weights
 from labelloop.training.segmentation.system import build_loss, label_masks
 
 

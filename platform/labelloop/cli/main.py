@@ -19,6 +19,7 @@ from labelloop.config import Settings
 from labelloop.context import Context, set_context
 from labelloop.db import migrate
 from labelloop.errors import InputError
+from labelloop.kinds import TASKS
 
 app = typer.Typer(
     name="labelloop",
@@ -100,7 +101,7 @@ def db_current(as_json: JsonOpt = False) -> None:
 @handle_errors
 def project_create(
     name: str,
-    task: Annotated[str, typer.Option(help="segmentation | detection | classification")],
+    task: Annotated[str, typer.Option(help=" | ".join(TASKS))],
     labels: Annotated[
         str, typer.Option(help="Comma-separated class names, e.g. RBC,WBC,Platelets")
     ],

@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from labelloop.cli.output import console, emit_json, handle_errors, progress
+from labelloop.kinds import DEFAULT_TASK, TASKS
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
@@ -128,9 +129,7 @@ def register(app: typer.Typer) -> None:
     @app.command("recipe")
     @handle_errors
     def recipe_cmd(
-        task: Annotated[
-            str, typer.Argument(help="segmentation, detection or classification.")
-        ] = "segmentation",
+        task: Annotated[str, typer.Argument(help=f"One of: {', '.join(TASKS)}.")] = DEFAULT_TASK,
         as_json: JsonOpt = False,
     ) -> None:
         """Print a task's default training recipe: every field a recipe file may set

@@ -15,6 +15,7 @@ import defusedxml.ElementTree as safe_et
 from defusedxml import DefusedXmlException
 
 from labelloop.errors import ConfigError, InputError
+from labelloop.kinds import kind_entry
 
 # Controls whose results carry label values, keyed by lower-case tag -> child tag of a value.
 LABELED_CONTROLS = {
@@ -39,6 +40,8 @@ KIND_CONTROLS: dict[str, tuple[str, str]] = {
     "tag": ("Choices", "class"),
 }
 DEFAULT_CONTROLS: dict[str, str] = {kind: name for kind, (_, name) in KIND_CONTROLS.items()}
+# Lower-case control tag -> the canonical shape kind its results are read as.
+CONTROL_KINDS: dict[str, str] = {tag.lower(): kind for kind, (tag, _) in KIND_CONTROLS.items()}
 
 _KNOWN_COLOURS = {"rbc": "#e53935", "wbc": "#8e24aa", "platelets": "#fb8c00", "platelet": "#fb8c00"}
 _PALETTE = (
@@ -191,3 +194,9 @@ def label_config_xml(labels: list[str], kinds: list[str]) -> str:
         lines.append(f"  </{tag}>")
     lines.append("</View>")
     return "\n".join(lines) + "\n"
+
+
+def task_label_config(labels: list[str], task: str) -> str:
+    """The labeling config a project of `task` is pushed with: a control for each shape
+    kind its annotators draw (`labelloop.kinds`)."""
+    return label_config_xml(labels, list(kind_entry(task).label_kinds))

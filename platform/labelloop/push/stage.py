@@ -29,21 +29,8 @@ from labelloop.db.models import (
 )
 from labelloop.domain import shapes_from_json
 from labelloop.errors import ConfigError, NotFoundError
-from labelloop.labelstudio.convert import label_config_xml, parse_label_config, shapes_to_results
-
-PROJECT_KINDS = {
-    "segmentation": ["mask", "polygon", "box"],
-    "detection": ["box", "keypoint"],
-    "classification": ["tag"],
-}
-CONTROL_KIND = {
-    "brushlabels": "mask",
-    "polygonlabels": "polygon",
-    "rectanglelabels": "box",
-    "keypointlabels": "keypoint",
-    "ellipselabels": "ellipse",
-    "choices": "tag",
-}
+from labelloop.labelstudio.convert import parse_label_config, shapes_to_results
+from labelloop.labelstudio.label_config import CONTROL_KINDS, task_label_config
 
 
 @dataclass
@@ -77,7 +64,7 @@ def controls_for(config_xml: str) -> tuple[dict[str, str], str]:
     cfg = parse_label_config(config_xml)
     controls: dict[str, str] = {}
     for c in cfg.controls:
-        kind = CONTROL_KIND.get(c.type.lower())
+        kind = CONTROL_KINDS.get(c.type.lower())
         if kind and kind not in controls:
             controls[kind] = c.name
     return controls, cfg.to_name_default
@@ -119,7 +106,7 @@ def _round_batch(ctx: Context, round_id: int) -> RoundBatch:
                 q = q.where(Score.method == method)
             scores = {sc.image_id: sc for sc in s.scalars(q)}
         number, pname, mv_name = rnd.number, project.name, mv.name if mv else None
-        config = label_config_xml(labels, PROJECT_KINDS[project.task])
+        config = task_label_config(labels, project.task)
     controls, to_name = controls_for(config)
     specs = []
     for item, img in rows:

@@ -1,8 +1,10 @@
-"""Uncertainty scoring methods, looked up by name (`get_method`)."""
+"""Uncertainty scoring methods, looked up by name (`get_method`).
 
-from labelloop.scoring import classification as _classification  # noqa: F401  (registers)
-from labelloop.scoring import detection as _detection  # noqa: F401
-from labelloop.scoring import segmentation as _segmentation  # noqa: F401
+Each task kind's methods live in the module its `labelloop.kinds` entry names; importing
+this package imports those modules, which register their methods.
+"""
+
+from labelloop.kinds import KINDS, load
 from labelloop.scoring.base import (
     MultiPassMethod,
     ScoringMethod,
@@ -10,5 +12,8 @@ from labelloop.scoring.base import (
     get_method,
     register,
 )
+
+for _kind in KINDS:
+    load(_kind.scoring)
 
 __all__ = ["MultiPassMethod", "ScoringMethod", "available_methods", "get_method", "register"]

@@ -40,7 +40,7 @@ class ScoringMethod(ABC):
         """Uncertainty of one prediction (probabilities, layout defined by the task)."""
 
     def score_arrays(self, arrays: dict[str, np.ndarray]) -> float:
-        """Score a model's prediction arrays (see `training.kinds.Prediction.arrays`)."""
+        """Score a model's prediction arrays (see `training.kind.Prediction.arrays`)."""
         if self.reads not in arrays:
             raise ConfigError(
                 f"scoring method {self.name!r} needs {self.reads!r} from the model's "

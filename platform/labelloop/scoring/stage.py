@@ -20,16 +20,15 @@ from labelloop.db.models import Annotation, Image, ModelVersion, Project, Score,
 from labelloop.domain import shapes_to_json
 from labelloop.errors import NotFoundError
 from labelloop.imaging import decode_image
+from labelloop.kinds import kind_entry
 from labelloop.registry import load_model_version
 from labelloop.scoring import get_method
 from labelloop.scoring.embeddings import add_embeddings, stored_ids
 
 
 def default_method(task: str) -> str:
-    """The scoring method a task's model kind names as its default."""
-    from labelloop.training.kind import get_kind
-
-    return get_kind(task).default_scoring
+    """The scoring method a task's kind names as its default (see `labelloop.kinds`)."""
+    return kind_entry(task).default_scoring
 
 
 def labelled_image_ids(s: Session, project_id: int) -> set[int]:

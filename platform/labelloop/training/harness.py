@@ -1,10 +1,12 @@
-"""The training harness every model kind shares: checkpoints, resume, budget, progress.
+"""The training harness every model kind shares: one training template, checkpoints,
+resume, budget, progress.
 
-A kind (segmentation, detection, classification) builds its LightningModule and
-DataModule and hands them to `fit`. `fit` writes `last.ckpt` after every epoch and
-`best.ckpt` for the best monitored validation metric into the work folder, continues from
-`last.ckpt` when a redelivered task finds one, refuses a folder that belongs to another
-recipe or dataset, and returns the best epoch's network weights.
+`train` is the one way a run goes: seed, build the kind's DataModule and LightningModule,
+`fit`, save the weights, evaluate on the val split. A kind fills it in with a
+`TrainingPlan`. `fit` writes `last.ckpt` after every epoch and `best.ckpt` for the best
+monitored validation metric into the work folder, continues from `last.ckpt` when a
+redelivered task finds one, refuses a folder that belongs to another recipe or dataset,
+and returns the best epoch's network weights.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, Timer
 from pytorch_lightning.loggers import CSVLogger
+from torch import nn
 
 from labelloop.errors import ConfigError
+from labelloop.training.common import Fetch, ManifestDataModule
 from labelloop.training.recipe import BaseRecipe
 
 Progress = Callable[[dict[str, Any]], None]
@@ -398,3 +402,70 @@ class BudgetedSystem(pl.LightningModule):
             opt, lambda _step: lr_factor(self._progress(), r.scheduler)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What a model kind fills into `train`, the one training template."""
+
+    task: str  # the recipes it trains (`BaseRecipe.task`)
+    # A validation metric the system logs, higher is better: it picks the best epoch.
+    monitor: str
+    build_datamodule: Callable[[dict[str, Any], Any, Fetch], ManifestDataModule]
+    # The LightningModule around a fresh network, given the DataModule (labels, weights).
+    build_system: Callable[[Any, Any], BudgetedSystem]
+    # The kind's evaluation of the trained network on the val split (labels, recipe and
+    # already loaded samples come from the DataModule).
+    evaluate_val: Callable[[nn.Module, Any, Any], dict[str, Any]]
+
+
+def train(
+    plan: TrainingPlan,
+    manifest: dict[str, Any],
+    recipe: BaseRecipe,
+    fetch: Fetch,
+    workdir: Path,
+    *,
+    on_progress: Progress | None = None,
+    log_csv: bool = False,
+) -> TrainOutcome:
+    """Train (or resume) the recipe's network on the manifest's train split; the best
+    epoch by `plan.monitor` is kept and its val metrics go into the outcome. Everything
+    goes into `workdir` (see `fit`): Lightning checkpoints, then `model.pt`, a bare
+    state_dict of the kept epoch's network."""
+    t0 = time.monotonic()
+    if recipe.task != plan.task:
+        raise ConfigError(f"{plan.task} training got a {recipe.task!r} recipe")
+    workdir = Path(workdir)
+    with quiet_and_threaded():
+        pl.seed_everything(recipe.seed, workers=True, verbose=False)
+        dm = plan.build_datamodule(manifest, recipe, fetch)
+        has_val = dm.has_val()
+        system = plan.build_system(dm, recipe)
+        result = fit(
+            system,
+            dm,
+            recipe,
+            manifest,
+            workdir,
+            monitor=plan.monitor,
+            has_val=has_val,
+            on_progress=on_progress,
+            log_csv=log_csv,
+        )
+        weights_path = save_weights(result.state, workdir / WEIGHTS_FILE)
+        network = system.network.cpu().eval()
+        metrics = plan.evaluate_val(network, dm, recipe) if has_val else {}
+    return TrainOutcome(
+        weights_path=weights_path,
+        metrics=metrics,
+        epochs_run=result.epochs_run,
+        epochs_completed=result.epochs_completed,
+        best_epoch=result.best_epoch,
+        last_epoch=result.epochs_completed,
+        duration_s=time.monotonic() - t0,
+        resumed=result.resumed,
+        stopped_by_time=result.stopped_by_time,
+        recipe_hash=recipe.recipe_hash(),
+        history=result.history,
+    )

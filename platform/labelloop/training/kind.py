@@ -1,16 +1,16 @@
-"""The model kinds the platform trains, behind one small interface and a name registry.
+"""The model kinds the platform trains, behind one small interface.
 
 A kind owns everything that differs between segmentation, detection and classification:
-its recipe class, how it trains from a frozen manifest, how it loads saved weights, how it
-is evaluated (and which metric the promotion gate compares), and how it predicts shapes
-and counts for new images. Runs, the registry, pool scoring, counting and push-back only
-talk to this interface, so they never branch on the task themselves.
+how it trains from a frozen manifest (its filling of the harness's training template), how
+it loads saved weights, how it is evaluated, and how it predicts shapes and counts for new
+images; its recipe class, default scoring method and promotion metric are its entry in
+`labelloop.kinds`. Runs, the registry, pool scoring, counting and push-back only talk to
+this interface, so they never branch on the task themselves.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,12 +18,12 @@ from typing import Any, Protocol
 import numpy as np
 from torch import nn
 
+from labelloop import kinds
 from labelloop.domain import Shape
-from labelloop.errors import ConfigError
-from labelloop.training.harness import Progress, TrainOutcome
-from labelloop.training.recipe import BaseRecipe
-
-Fetch = Callable[[str], bytes]
+from labelloop.training import harness
+from labelloop.training.common import Fetch
+from labelloop.training.harness import Progress, TrainingPlan, TrainOutcome
+from labelloop.training.recipe import BaseRecipe, recipe_class
 
 
 @dataclass
@@ -55,18 +55,6 @@ class View:
 
 
 PassMode = str  # "tta" (flips / quarter turns) or "mc" (dropout kept on)
-
-
-class TrainFn(Protocol):
-    def __call__(
-        self,
-        manifest: dict[str, Any],
-        recipe: Any,
-        fetch: Fetch,
-        workdir: Path,
-        *,
-        on_progress: Progress | None = None,
-    ) -> TrainOutcome: ...
 
 
 class LoadFn(Protocol):
@@ -118,36 +106,58 @@ class EmbedFn(Protocol):
 
 @dataclass(frozen=True)
 class ModelKind:
-    """One model kind. `primary_metric` is a key of `evaluate`'s result, higher is better:
-    the number the promotion gate compares on the frozen test split."""
+    """One model kind: `kind.py` of its subpackage defines it as `KIND`."""
 
-    task: str
-    recipe_cls: type[BaseRecipe]
-    primary_metric: str
-    train: TrainFn
+    training: TrainingPlan
     load: LoadFn
     evaluate: EvaluateFn
     predict: PredictFn
-    default_scoring: str
     # Extra passes per image for multi-pass scoring methods (TTA / MC dropout): one list
     # of Views per image. Modes a kind cannot run raise ConfigError naming the fix.
     views: ViewsFn | None = None
     # Pooled encoder features (N, D) float32: what diversity strategies compare.
     embed: EmbedFn | None = None
 
+    @property
+    def task(self) -> str:
+        return self.training.task
 
-# task -> module that defines `KIND`, imported on first use.
-KIND_MODULES: dict[str, str] = {
-    "segmentation": "labelloop.training.segmentation.kind",
-    "detection": "labelloop.training.detection.kind",
-    "classification": "labelloop.training.classification.kind",
-}
+    @property
+    def recipe_cls(self) -> type[BaseRecipe]:
+        return recipe_class(self.task)
+
+    @property
+    def primary_metric(self) -> str:
+        """A key of `evaluate`'s result, higher is better: the number the promotion gate
+        compares on the frozen test split."""
+        return kinds.kind_entry(self.task).primary_metric
+
+    @property
+    def default_scoring(self) -> str:
+        return kinds.kind_entry(self.task).default_scoring
+
+    def train(
+        self,
+        manifest: dict[str, Any],
+        recipe: Any,
+        fetch: Fetch,
+        workdir: Path,
+        *,
+        on_progress: Progress | None = None,
+        log_csv: bool = False,
+    ) -> TrainOutcome:
+        """Train (or resume) a run in `workdir`; see `harness.train`."""
+        return harness.train(
+            self.training,
+            manifest,
+            recipe,
+            fetch,
+            workdir,
+            on_progress=on_progress,
+            log_csv=log_csv,
+        )
 
 
 def get_kind(task: str) -> ModelKind:
-    module = KIND_MODULES.get(task)
-    if module is None:
-        raise ConfigError(
-            f"no model kind for task {task!r}; valid tasks: {', '.join(sorted(KIND_MODULES))}"
-        )
-    return importlib.import_module(module).KIND
+    """The model kind of `task` (ConfigError for an unknown one), imported on first use."""
+    return kinds.load(kinds.kind_entry(task).model)

@@ -16,22 +16,24 @@ from typing import Any
 import albumentations as A
 import cv2
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from pydantic import ValidationError
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import WeightedRandomSampler
 
-from labelloop.domain import shapes_from_json
 from labelloop.errors import ConfigError, InputError
 from labelloop.geometry import shape_bbox
-from labelloop.imaging import decode_image
 from labelloop.training.classification.recipe import ClassificationRecipe
-from labelloop.training.segmentation.data import (
+from labelloop.training.common import (
+    AugmentedDataset,
     Fetch,
-    _seed_worker_transform,
+    ManifestDataModule,
     balanced_class_weights,
+    item_record,
+    item_shapes,
+    load_image,
+    manifest_labels,
     split_items,
     to_input,
+    train_transform,
 )
 
 BBox = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
@@ -41,13 +43,7 @@ REGION_KINDS = frozenset({"box", "polygon", "mask", "ellipse"})
 
 
 def classification_labels(manifest: dict[str, Any]) -> list[str]:
-    task = (manifest.get("project") or {}).get("task")
-    if task not in (None, "classification"):
-        raise ConfigError(f"manifest is for a {task!r} project, not classification")
-    labels = list(manifest.get("labels") or [])
-    if len(labels) < 2:
-        raise ConfigError(f"a classifier needs at least 2 labels, the manifest has {labels}")
-    return labels
+    return manifest_labels(manifest, "classification", at_least=2)
 
 
 def crop_window(bbox: BBox, margin: float, width: int, height: int) -> tuple[Window, Window]:
@@ -108,20 +104,13 @@ def _wanted_kinds(recipe: ClassificationRecipe) -> frozenset[str]:
     return frozenset({"tag"}) if recipe.source == "image" else REGION_KINDS
 
 
-def _record(item: dict[str, Any]) -> str:
-    return str(item.get("image_id", item.get("blob_key")))
-
-
 def item_samples(
     item: dict[str, Any], image: np.ndarray, labels: Sequence[str], recipe: ClassificationRecipe
 ) -> list[tuple[np.ndarray, int]]:
     """The (input, class index) samples of one decoded manifest item."""
     index = {name: i for i, name in enumerate(labels)}
-    where = {"file": item.get("blob_key"), "record": _record(item)}
-    try:
-        shapes = shapes_from_json(item.get("shapes") or [])
-    except ValidationError as exc:
-        raise InputError(f"bad annotation: {exc}", **where) from exc
+    where = {"file": item.get("blob_key"), "record": item_record(item)}
+    shapes = item_shapes(item)
     wanted = _wanted_kinds(recipe)
     used = [(i, s) for i, s in enumerate(shapes) if s.kind in wanted]
     for i, shape in used:
@@ -163,14 +152,7 @@ def load_samples(
     for item in items:
         if not any(s.get("kind") in wanted for s in item.get("shapes") or []):
             continue  # nothing to learn from: do not spend time decoding it
-        image = decode_image(fetch(item["blob_key"]), name=item["blob_key"])
-        h, w = image.shape[:2]
-        if (item.get("width"), item.get("height")) not in ((w, h), (None, None)):
-            raise InputError(
-                f"image is {w}x{h} but the manifest says {item.get('width')}x{item.get('height')}",
-                file=item["blob_key"],
-                record=_record(item),
-            )
+        image = load_image(item, fetch)
         for crop, target in item_samples(item, image, labels, recipe):
             crops.append(crop)
             targets.append(target)
@@ -180,43 +162,26 @@ def load_samples(
 
 
 def build_train_transform(recipe: ClassificationRecipe) -> A.Compose:
-    """Flips, right-angle turns, stain and brightness jitter, a small zoom/shift, blur."""
+    """A small zoom/shift, then flips, right-angle turns, stain and brightness jitter, blur."""
     aug = recipe.augment
-    steps: list[A.BasicTransform] = []
-    if aug.enabled:
-        if aug.scale > 0:
-            steps.append(
-                A.Affine(
-                    scale=(1 - aug.scale, 1 + aug.scale),
-                    translate_percent=(-aug.scale / 2, aug.scale / 2),
-                    border_mode=cv2.BORDER_REFLECT_101,
-                    p=0.5,
-                )
+    geometry: list[A.BasicTransform] = []
+    if aug.enabled and aug.scale > 0:
+        geometry.append(
+            A.Affine(
+                scale=(1 - aug.scale, 1 + aug.scale),
+                translate_percent=(-aug.scale / 2, aug.scale / 2),
+                border_mode=cv2.BORDER_REFLECT_101,
+                p=0.5,
             )
-        if aug.flips:
-            steps += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
-        if aug.rot90:
-            steps.append(A.RandomRotate90(p=0.5))
-        if aug.brightness_contrast > 0:
-            lim = aug.brightness_contrast
-            steps.append(
-                A.RandomBrightnessContrast(brightness_limit=lim, contrast_limit=lim, p=0.5)
-            )
-        if aug.hue_shift or aug.saturation_shift:
-            steps.append(
-                A.HueSaturationValue(
-                    hue_shift_limit=aug.hue_shift,
-                    sat_shift_limit=aug.saturation_shift,
-                    val_shift_limit=0,
-                    p=0.5,
-                )
-            )
-        if aug.blur > 0:
-            steps.append(A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.3, 1.0), p=aug.blur))
-    return A.Compose(steps, seed=recipe.seed)
+        )
+    return train_transform(
+        recipe,
+        geometry=geometry,
+        blur=lambda p: A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.3, 1.0), p=p),
+    )
 
 
-class ClassificationDataset(Dataset):
+class ClassificationDataset(AugmentedDataset):
     """Samples of one split; with `transform` (training) each access is re-augmented."""
 
     def __init__(self, samples: SampleSet, transform: A.Compose | None = None):
@@ -234,26 +199,17 @@ class ClassificationDataset(Dataset):
         return torch.from_numpy(to_input(crop)), target
 
 
-def inputs_to_tensor(crops: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
-    """(N, S, S, 3) uint8 -> the network's normalised (N, 3, S, S) float32 batch."""
-    return torch.from_numpy(np.stack([to_input(c) for c in crops]))
-
-
-class ClassificationDataModule(pl.LightningDataModule):
+class ClassificationDataModule(ManifestDataModule):
     """Train/val loaders over a frozen classification (or detection-style) manifest."""
 
-    def __init__(self, manifest: dict[str, Any], recipe: ClassificationRecipe, fetch: Fetch):
-        super().__init__()
-        self.manifest = manifest
-        self.recipe = recipe
-        self.fetch = fetch
-        self.labels = classification_labels(manifest)
-        self.train_set: ClassificationDataset | None = None
-        self.val_set: ClassificationDataset | None = None
+    # A last batch of one sample breaks batch norm in training.
+    drop_last_train = True
+    recipe: ClassificationRecipe
+    train_set: ClassificationDataset | None
+    val_set: ClassificationDataset | None
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.labels)
+    def __init__(self, manifest: dict[str, Any], recipe: ClassificationRecipe, fetch: Fetch):
+        super().__init__(manifest, recipe, fetch, classification_labels(manifest))
 
     def _samples(self, split: str) -> SampleSet:
         return load_samples(split_items(self.manifest, split), self.labels, self.recipe, self.fetch)
@@ -267,6 +223,12 @@ class ClassificationDataModule(pl.LightningDataModule):
             self.train_set = ClassificationDataset(samples, build_train_transform(self.recipe))
         if self.val_set is None:
             self.val_set = ClassificationDataset(self._samples("val"))
+
+    def has_val(self) -> bool:
+        """Whether the val split has samples: its images may carry nothing to classify."""
+        self.setup("fit")
+        assert self.val_set is not None
+        return len(self.val_set) > 0
 
     def class_counts(self) -> np.ndarray:
         self.setup("fit")
@@ -282,34 +244,14 @@ class ClassificationDataModule(pl.LightningDataModule):
         assert self.train_set is not None
         return balanced_class_weights([self.train_set.samples.targets], self.num_classes)
 
-    def _loader(self, ds: Dataset, shuffle: bool, sampler: Any = None) -> DataLoader:
-        workers = self.recipe.num_workers
-        return DataLoader(
-            ds,
-            batch_size=self.recipe.batch_size,
-            shuffle=shuffle and sampler is None,
-            sampler=sampler,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            worker_init_fn=_seed_worker_transform if workers > 0 else None,
-            # A last batch of one sample breaks batch norm in training.
-            drop_last=shuffle and len(ds) > self.recipe.batch_size,
-        )
-
-    def train_dataloader(self) -> DataLoader:
+    def train_sampler(self) -> WeightedRandomSampler | None:
+        """With balance="sampler", samples drawn with probability 1/class frequency."""
+        if self.recipe.balance != "sampler":
+            return None
         assert self.train_set is not None
-        sampler = None
-        if self.recipe.balance == "sampler":
-            counts = self.class_counts().astype(np.float64)
-            per_sample = 1.0 / counts[self.train_set.samples.targets]
-            gen = torch.Generator().manual_seed(self.recipe.seed)
-            sampler = WeightedRandomSampler(
-                per_sample.tolist(), len(self.train_set), replacement=True, generator=gen
-            )
-        return self._loader(self.train_set, shuffle=True, sampler=sampler)
-
-    def val_dataloader(self) -> DataLoader | list:
-        assert self.val_set is not None
-        if len(self.val_set) == 0:
-            return []
-        return self._loader(self.val_set, shuffle=False)
+        counts = self.class_counts().astype(np.float64)
+        per_sample = 1.0 / counts[self.train_set.samples.targets]
+        gen = torch.Generator().manual_seed(self.recipe.seed)
+        return WeightedRandomSampler(
+            per_sample.tolist(), len(self.train_set), replacement=True, generator=gen
+        )

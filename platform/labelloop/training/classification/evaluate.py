@@ -20,11 +20,10 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 from labelloop.training.classification.data import (
     SampleSet,
     classification_labels,
-    inputs_to_tensor,
     load_samples,
 )
 from labelloop.training.classification.recipe import ClassificationRecipe
-from labelloop.training.segmentation.data import Fetch, split_items
+from labelloop.training.common import Fetch, inference, inputs_to_tensor, split_items
 
 
 def confusion_matrix(
@@ -85,15 +84,10 @@ def predict_sample_probs(
         raise ValueError("batch_size must be at least 1")
     device = next(model.parameters()).device
     out: list[np.ndarray] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(crops), batch_size):
-                x = inputs_to_tensor(crops[start : start + batch_size]).to(device)
-                out.append(model(x).softmax(dim=1).float().cpu().numpy())
-    finally:
-        model.train(was_training)
+    with inference(model):
+        for start in range(0, len(crops), batch_size):
+            x = inputs_to_tensor(crops[start : start + batch_size]).to(device)
+            out.append(model(x).softmax(dim=1).float().cpu().numpy())
     if not out:
         return np.zeros((0, 0), np.float32)
     return np.concatenate(out)

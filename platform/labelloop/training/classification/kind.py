@@ -8,42 +8,52 @@ from typing import Any
 
 from torch import nn
 
-from labelloop.training.classification.evaluate import evaluate_classification
+from labelloop.training.classification.data import ClassificationDataModule
+from labelloop.training.classification.evaluate import evaluate_classification, evaluate_samples
+from labelloop.training.classification.network import build_classifier
 from labelloop.training.classification.predict import load_classifier, predict
 from labelloop.training.classification.recipe import ClassificationRecipe
-from labelloop.training.classification.train import train_classification
+from labelloop.training.classification.system import ClassificationSystem
 from labelloop.training.classification.views import classification_embed, classification_views
-from labelloop.training.kind import Fetch, ModelKind
+from labelloop.training.harness import TrainingPlan
+from labelloop.training.kind import ModelKind
+
+
+def _system(dm: ClassificationDataModule, recipe: ClassificationRecipe) -> ClassificationSystem:
+    weights = dm.class_weights()
+    return ClassificationSystem(
+        build_classifier(recipe, dm.num_classes),
+        recipe,
+        dm.labels,
+        class_weights=weights.tolist() if weights is not None else None,
+    )
+
+
+def _evaluate_val(
+    network: nn.Module, dm: ClassificationDataModule, recipe: ClassificationRecipe
+) -> dict[str, Any]:
+    """On the val samples the DataModule already cut, rather than cutting them again."""
+    assert dm.val_set is not None
+    metrics = evaluate_samples(network, dm.val_set.samples, dm.labels, recipe.batch_size)
+    metrics["split"] = "val"
+    return metrics
 
 
 def _load(weights: bytes | Path, recipe: ClassificationRecipe, labels: Sequence[str]) -> nn.Module:
     return load_classifier(weights, recipe, labels)
 
 
-def _evaluate(
-    model: nn.Module,
-    manifest: dict[str, Any],
-    fetch: Fetch,
-    *,
-    split: str,
-    labels: Sequence[str],
-    recipe: ClassificationRecipe,
-) -> dict[str, Any]:
-    return evaluate_classification(
-        model, manifest, fetch, split=split, labels=labels, recipe=recipe
-    )
-
-
 KIND = ModelKind(
-    task="classification",
-    recipe_cls=ClassificationRecipe,
-    # Macro-F1, not accuracy: a model that calls every cell an RBC is 86% accurate on BCCD.
-    primary_metric="macro_f1",
-    train=train_classification,
+    training=TrainingPlan(
+        task="classification",
+        monitor="val_macro_f1",
+        build_datamodule=ClassificationDataModule,
+        build_system=_system,
+        evaluate_val=_evaluate_val,
+    ),
     load=_load,
-    evaluate=_evaluate,
+    evaluate=evaluate_classification,
     predict=predict,
-    default_scoring="entropy",
     views=classification_views,
     embed=classification_embed,
 )

@@ -20,8 +20,8 @@ from labelloop.training.classification.data import cut_crop, whole_image
 from labelloop.training.classification.evaluate import predict_sample_probs
 from labelloop.training.classification.network import build_classifier
 from labelloop.training.classification.recipe import ClassificationRecipe
+from labelloop.training.common import check_images, load_state_dict
 from labelloop.training.kind import Prediction
-from labelloop.training.segmentation.predict import load_state_dict
 
 
 def load_classifier(
@@ -37,11 +37,6 @@ def load_classifier(
             f"weights do not fit {recipe.encoder} with {len(labels)} classes: {exc}"
         ) from exc
     return model.eval()
-
-
-def _check_image(idx: int, img: np.ndarray) -> None:
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise InputError(f"image {idx} must be RGB uint8 (H, W, 3), got {img.dtype} {img.shape}")
 
 
 def _counts(labels: Sequence[str], top: Sequence[int]) -> dict[str, int]:
@@ -63,8 +58,7 @@ def predict(
             "this classifier was trained on cell crops (source: crops) and needs the cells' "
             "boxes: use classify_crops(model, image, boxes, ...) instead of whole-image predict"
         )
-    for idx, img in enumerate(images):
-        _check_image(idx, img)
+    check_images(images)
     inputs = [whole_image(img, recipe.image_size) for img in images]
     probs = predict_sample_probs(model, inputs, recipe.batch_size)
     out = []
@@ -95,7 +89,7 @@ def classify_crops(
     `score`, counts per label, `confidence` = mean top probability (1.0 without shapes),
     and arrays["class_probs"] (N, C) in the order of `boxes`.
     """
-    _check_image(0, image)
+    check_images([image])
     crops = []
     for i, shape in enumerate(boxes):
         bbox = shape_bbox(shape)

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from labelloop.errors import ConfigError
-from labelloop.training.classification.data import inputs_to_tensor, whole_image
+from labelloop.training.classification.data import whole_image
 from labelloop.training.classification.evaluate import predict_sample_probs
 from labelloop.training.classification.recipe import ClassificationRecipe
+from labelloop.training.common import inference, inputs_to_tensor
 from labelloop.training.kind import PassMode, View
 from labelloop.training.passes import DIHEDRAL, mc_dropout, transform_image
 
@@ -86,15 +87,10 @@ def classification_embed(
     if not images:
         return np.zeros((0, 0), np.float32)
     x = _inputs(images, recipe)
-    was_training = model.training
-    model.eval()
     feats = []
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(x), recipe.batch_size):
-                t = inputs_to_tensor(x[start : start + recipe.batch_size]).to(_device(model))
-                pooled = model.forward_head(model.forward_features(t), pre_logits=True)
-                feats.append(pooled.float().reshape(len(t), -1).cpu().numpy())
-    finally:
-        model.train(was_training)
+    with inference(model):
+        for start in range(0, len(x), recipe.batch_size):
+            t = inputs_to_tensor(x[start : start + recipe.batch_size]).to(_device(model))
+            pooled = model.forward_head(model.forward_features(t), pre_logits=True)
+            feats.append(pooled.float().reshape(len(t), -1).cpu().numpy())
     return np.concatenate(feats).astype(np.float32)

@@ -10,25 +10,31 @@ blur follow in albumentations, which moves the boxes with the pixels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import albumentations as A
 import cv2
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from pydantic import ValidationError
-from torch.utils.data import DataLoader, Dataset
 
-from labelloop.domain import Keypoint, Tag, shapes_from_json
-from labelloop.errors import ConfigError, InputError
+from labelloop.domain import Keypoint, Tag
+from labelloop.errors import InputError
 from labelloop.geometry import shape_bbox
-from labelloop.imaging import decode_image
+from labelloop.training.common import (
+    AugmentedDataset,
+    Fetch,
+    ManifestDataModule,
+    item_record,
+    item_shapes,
+    load_image,
+    manifest_labels,
+    split_items,
+    to_input,
+    train_transform,
+)
 from labelloop.training.detection.recipe import DetectionRecipe
-from labelloop.training.segmentation.data import split_items, to_input
 
-Fetch = Callable[[str], bytes]
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]  # image (H,W,3) uint8, boxes (N,4), classes (N,)
 
 FILL = 114  # letterbox grey, as YOLO pads
@@ -37,36 +43,19 @@ MIN_VISIBLE = 0.25
 MIN_SIDE = 2.0  # px, in network input pixels
 
 
-def detection_labels(manifest: dict[str, Any]) -> list[str]:
-    task = (manifest.get("project") or {}).get("task")
-    if task != "detection":
-        raise ConfigError(f"manifest is for a {task!r} project, not detection")
-    labels = list(manifest.get("labels") or [])
-    if not labels:
-        raise ConfigError("manifest has no labels; a detection project needs at least one")
-    return labels
-
-
 def item_boxes(item: dict[str, Any], labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Boxes (N, 4) float32 xyxy (clipped to the image) and class indices (N,) of an item."""
-    record = str(item.get("image_id", item.get("blob_key")))
     index = {name: i for i, name in enumerate(labels)}
     w, h = item.get("width"), item.get("height")
-    try:
-        shapes = shapes_from_json(item.get("shapes") or [])
-    except ValidationError as exc:
-        raise InputError(
-            f"bad annotation: {exc}", file=item.get("blob_key"), record=record
-        ) from exc
     boxes, classes = [], []
-    for shape in shapes:
+    for shape in item_shapes(item):
         if isinstance(shape, Tag | Keypoint):
             continue
         if shape.label not in index:
             raise InputError(
                 f"label {shape.label!r} is not one of the manifest labels {list(labels)}",
                 file=item.get("blob_key"),
-                record=record,
+                record=item_record(item),
             )
         bbox = shape_bbox(shape)
         if bbox is None:
@@ -83,14 +72,7 @@ def item_boxes(item: dict[str, Any], labels: Sequence[str]) -> tuple[np.ndarray,
 
 
 def load_sample(item: dict[str, Any], labels: Sequence[str], fetch: Fetch) -> Sample:
-    image = decode_image(fetch(item["blob_key"]), name=item["blob_key"])
-    h, w = image.shape[:2]
-    if (item.get("width"), item.get("height")) not in ((w, h), (None, None)):
-        raise InputError(
-            f"image is {w}x{h} but the manifest says {item.get('width')}x{item.get('height')}",
-            file=item["blob_key"],
-            record=str(item.get("image_id")),
-        )
+    image = load_image(item, fetch)
     boxes, classes = item_boxes(item, labels)
     return image, boxes, classes
 
@@ -150,29 +132,17 @@ def clip_boxes(
 
 
 def build_pixel_transform(recipe: DetectionRecipe) -> A.Compose:
-    """Flips, 90-degree turns, stain/brightness jitter and blur, moving boxes along."""
-    aug = recipe.augment
-    steps: list[A.BasicTransform] = []
-    if aug.flips:
-        steps += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
-    if aug.rot90:
-        steps.append(A.RandomRotate90(p=0.5))
-    if aug.brightness_contrast > 0:
-        lim = aug.brightness_contrast
-        steps.append(A.RandomBrightnessContrast(brightness_limit=lim, contrast_limit=lim, p=0.5))
-    if aug.hue_shift or aug.saturation_shift:
-        steps.append(
-            A.HueSaturationValue(
-                hue_shift_limit=aug.hue_shift, sat_shift_limit=aug.saturation_shift, p=0.5
-            )
-        )
-    if aug.blur > 0:
-        steps.append(A.Blur(blur_limit=(3, 5), p=aug.blur))
-    bbox = A.BboxParams(format="pascal_voc", label_fields=["classes"], clip=True)
-    return A.Compose(steps, bbox_params=bbox, seed=recipe.seed)
+    """Flips, 90-degree turns, stain/brightness jitter and blur, moving boxes along (the
+    geometry before them is the letterbox / mosaic warp)."""
+    return train_transform(
+        recipe,
+        blur=lambda p: A.Blur(blur_limit=(3, 5), p=p),
+        value_shift=20,
+        bbox_params=A.BboxParams(format="pascal_voc", label_fields=["classes"], clip=True),
+    )
 
 
-class DetectionDataset(Dataset):
+class DetectionDataset(AugmentedDataset):
     """Items of one split, decoded once. Training draws mosaics / jittered letterboxes
     (`train=True`); evaluation returns the plain letterbox. Each access yields
     (image (3, S, S) float32, boxes (N, 4) float32 in input pixels, classes (N,) int64)."""
@@ -202,8 +172,7 @@ class DetectionDataset(Dataset):
 
     def reseed(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
-        if self.transform is not None:
-            self.transform.set_random_seed(seed)
+        super().reseed(seed)
 
     def set_mosaic(self, on: bool) -> None:
         self.mosaic_on.fill_(1.0 if on else 0.0)
@@ -289,58 +258,23 @@ def collate(
     return images, boxes, classes, mask
 
 
-def _seed_worker(worker_id: int) -> None:
-    """Each loader worker gets its own augmentation stream (from torch's per-worker seed)."""
-    info = torch.utils.data.get_worker_info()
-    if info is not None and isinstance(info.dataset, DetectionDataset):
-        info.dataset.reseed(info.seed % 2**32)
-
-
-class DetectionDataModule(pl.LightningDataModule):
+class DetectionDataModule(ManifestDataModule):
     """Train/val loaders over a frozen detection manifest."""
 
-    def __init__(self, manifest: dict[str, Any], recipe: DetectionRecipe, fetch: Fetch):
-        super().__init__()
-        self.labels = detection_labels(manifest)
-        self.manifest = manifest
-        self.recipe = recipe
-        self.fetch = fetch
-        self.train_set: DetectionDataset | None = None
-        self.val_set: DetectionDataset | None = None
+    collate_fn = staticmethod(collate)
+    recipe: DetectionRecipe
+    train_set: DetectionDataset | None
+    val_set: DetectionDataset | None
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.labels)
+    def __init__(self, manifest: dict[str, Any], recipe: DetectionRecipe, fetch: Fetch):
+        super().__init__(manifest, recipe, fetch, manifest_labels(manifest, "detection"))
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
-            items = split_items(self.manifest, "train")
-            if not items:
-                raise ConfigError("manifest has no training images (split 'train')")
             self.train_set = DetectionDataset(
-                items, self.labels, self.fetch, self.recipe, train=True
+                self.train_items(), self.labels, self.fetch, self.recipe, train=True
             )
         if self.val_set is None:
             self.val_set = DetectionDataset(
                 split_items(self.manifest, "val"), self.labels, self.fetch, self.recipe
             )
-
-    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        workers = self.recipe.num_workers
-        return DataLoader(
-            ds,
-            batch_size=self.recipe.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            worker_init_fn=_seed_worker if workers > 0 else None,
-            collate_fn=collate,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        assert self.val_set is not None
-        return self._loader(self.val_set, shuffle=False) if len(self.val_set) else []

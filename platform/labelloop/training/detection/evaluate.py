@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from labelloop.errors import ConfigError
-from labelloop.training.detection.data import Fetch, load_sample
+from labelloop.training.common import Fetch, split_items
+from labelloop.training.detection.data import load_sample
 from labelloop.training.detection.predict import Detections, detect_passes
 from labelloop.training.detection.recipe import DetectionRecipe
 from labelloop.training.detection.system import map_metric
-from labelloop.training.segmentation.data import split_items
 
 
 def _value(x: torch.Tensor) -> float | None:

@@ -4,15 +4,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
+from labelloop.training.detection.data import DetectionDataModule
 from labelloop.training.detection.evaluate import evaluate_detection
+from labelloop.training.detection.network import build_detector
 from labelloop.training.detection.predict import load_detector, predict_detection
 from labelloop.training.detection.recipe import DetectionRecipe
-from labelloop.training.detection.train import train_detection
+from labelloop.training.detection.system import DetectionSystem
 from labelloop.training.detection.views import detection_embed, detection_views
+from labelloop.training.harness import TrainingPlan
 from labelloop.training.kind import ModelKind
+
+
+def _system(dm: DetectionDataModule, recipe: DetectionRecipe) -> DetectionSystem:
+    return DetectionSystem(build_detector(recipe, dm.num_classes), recipe, dm.labels)
+
+
+def _evaluate_val(
+    network: nn.Module, dm: DetectionDataModule, recipe: DetectionRecipe
+) -> dict[str, Any]:
+    return evaluate_detection(
+        network, dm.manifest, dm.fetch, split="val", labels=dm.labels, recipe=recipe
+    )
 
 
 def _load(weights: bytes | Path, recipe: DetectionRecipe, labels: Sequence[str]) -> nn.Module:
@@ -20,15 +36,16 @@ def _load(weights: bytes | Path, recipe: DetectionRecipe, labels: Sequence[str])
 
 
 KIND = ModelKind(
-    task="detection",
-    recipe_cls=DetectionRecipe,
-    primary_metric="map50",
-    train=train_detection,
+    training=TrainingPlan(
+        task="detection",
+        monitor="val_map50",
+        build_datamodule=DetectionDataModule,
+        build_system=_system,
+        evaluate_val=_evaluate_val,
+    ),
     load=_load,
     evaluate=evaluate_detection,
     predict=predict_detection,
-    # The least confident kept box decides: one doubtful cell is worth an annotator's look.
-    default_scoring="least_confidence_max",
     views=detection_views,
     embed=detection_embed,
 )

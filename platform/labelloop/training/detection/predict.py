@@ -17,13 +17,12 @@ from torch import nn
 from torchvision.ops import batched_nms
 
 from labelloop.domain import Box
-from labelloop.errors import ConfigError, InputError
+from labelloop.errors import ConfigError
+from labelloop.training.common import check_images, inference, inputs_to_tensor, load_state_dict
 from labelloop.training.detection.data import letterbox_matrix, unmap_boxes, warp
 from labelloop.training.detection.network import Detector, DetOutput, build_detector, decode_boxes
 from labelloop.training.detection.recipe import DetectionRecipe
 from labelloop.training.kind import Prediction
-from labelloop.training.segmentation.data import to_input
-from labelloop.training.segmentation.predict import load_state_dict
 
 # Boxes passed to NMS per image at most, best scores first: bounds NMS time early in
 # training, when thousands of points clear a low score threshold.
@@ -120,30 +119,19 @@ def detect_passes(
     in `passes`: evaluation needs both the ranked tail for mAP and the kept boxes for counts."""
     bs = batch_size or recipe.batch_size
     size = recipe.image_size
-    for idx, img in enumerate(images):
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise InputError(
-                f"image {idx} must be RGB uint8 (H, W, 3), got {img.dtype} {img.shape}"
-            )
+    check_images(images)
     device = next(model.parameters()).device
     out: list[list[Detections]] = [[] for _ in passes]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(images), bs):
-                chunk = images[start : start + bs]
-                mats = [letterbox_matrix(img.shape[:2], size) for img in chunk]
-                x = np.stack(
-                    [to_input(warp(img, m, size)) for img, m in zip(chunk, mats, strict=True)]
-                )
-                raw = model(torch.from_numpy(x).to(device))
-                for results, (threshold, multi) in zip(out, passes, strict=True):
-                    dets = postprocess(raw, recipe, threshold, multi_label=multi)
-                    for img, m, det in zip(chunk, mats, dets, strict=True):
-                        results.append(_in_image(det, m, img.shape[:2]))
-    finally:
-        model.train(was_training)
+    with inference(model):
+        for start in range(0, len(images), bs):
+            chunk = images[start : start + bs]
+            mats = [letterbox_matrix(img.shape[:2], size) for img in chunk]
+            x = inputs_to_tensor([warp(img, m, size) for img, m in zip(chunk, mats, strict=True)])
+            raw = model(x.to(device))
+            for results, (threshold, multi) in zip(out, passes, strict=True):
+                dets = postprocess(raw, recipe, threshold, multi_label=multi)
+                for img, m, det in zip(chunk, mats, dets, strict=True):
+                    results.append(_in_image(det, m, img.shape[:2]))
     return out
 
 

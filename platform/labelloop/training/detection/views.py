@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from labelloop.errors import ConfigError
+from labelloop.training.common import inference, inputs_to_tensor
 from labelloop.training.detection.data import letterbox_matrix, warp
 from labelloop.training.detection.predict import Detections, detect, to_prediction
 from labelloop.training.detection.recipe import DetectionRecipe
 from labelloop.training.kind import PassMode, View
 from labelloop.training.passes import DIHEDRAL, transform_image, unmap_boxes
-from labelloop.training.segmentation.data import to_input
 
 
 def detection_views(
@@ -56,21 +56,13 @@ def detection_embed(
     image."""
     size, bs = recipe.image_size, recipe.batch_size
     feats: list[np.ndarray] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(images), bs):
-                chunk = images[start : start + bs]
-                x = np.stack(
-                    [
-                        to_input(warp(img, letterbox_matrix(img.shape[:2], size), size))
-                        for img in chunk
-                    ]
-                )
-                x_t = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
-                deepest = model.backbone(x_t)[-1].float().mean(dim=(-2, -1))
-                feats.extend(deepest.cpu().numpy())
-    finally:
-        model.train(was_training)
+    with inference(model):
+        for start in range(0, len(images), bs):
+            chunk = images[start : start + bs]
+            x = inputs_to_tensor(
+                [warp(img, letterbox_matrix(img.shape[:2], size), size) for img in chunk]
+            )
+            x_t = x.contiguous(memory_format=torch.channels_last)
+            deepest = model.backbone(x_t)[-1].float().mean(dim=(-2, -1))
+            feats.extend(deepest.cpu().numpy())
     return np.stack(feats).astype(np.float32) if feats else np.zeros((0, 0), np.float32)

@@ -9,76 +9,56 @@ augmentation and compute, and a broken image fails the run before any training s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import albumentations as A
 import cv2
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from pydantic import ValidationError
-from torch.utils.data import DataLoader, Dataset
 
-from labelloop.domain import Shape, shapes_from_json
+from labelloop.domain import Shape
 from labelloop.errors import ConfigError, InputError
 from labelloop.geometry import rasterize_classes, shape_mask
-from labelloop.imaging import decode_image
-from labelloop.training.recipe import Recipe
+from labelloop.training.common import (
+    AugmentedDataset,
+    Fetch,
+    ManifestDataModule,
+    balanced_class_weights,
+    item_record,
+    item_shapes,
+    load_image,
+    manifest_labels,
+    split_items,
+    to_input,
+    train_transform,
+)
 from labelloop.training.segmentation.instances import (
     REGION_KINDS,
     instance_targets,
     rasterize_instances,
 )
 from labelloop.training.segmentation.network import output_channels
-
-Fetch = Callable[[str], bytes]
+from labelloop.training.segmentation.recipe import SegmentationRecipe
 
 # Label-map value for pixels that are padding, not image: losses and metrics skip them.
 IGNORE_INDEX = 255
-# ImageNet statistics, so that pretrained encoders see the input range they were trained on.
-MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
-STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
 # Every encoder in use downsamples by at most 32.
 STRIDE = 32
 
 
-def manifest_labels(manifest: dict[str, Any]) -> list[str]:
-    labels = list(manifest.get("labels") or [])
-    if not labels:
-        raise ConfigError("manifest has no labels; a segmentation project needs at least one")
+def segmentation_labels(manifest: dict[str, Any]) -> list[str]:
+    """The labels of a segmentation manifest; at most 254, so a uint8 label map holds them
+    with background and IGNORE_INDEX."""
+    labels = manifest_labels(manifest, "segmentation")
     if len(labels) >= IGNORE_INDEX:
         raise ConfigError(f"at most {IGNORE_INDEX - 1} labels fit a uint8 label map")
     return labels
 
 
-def check_segmentation_manifest(manifest: dict[str, Any]) -> None:
-    task = (manifest.get("project") or {}).get("task")
-    if task != "segmentation":
-        raise ConfigError(f"manifest is for a {task!r} project, not segmentation")
-    manifest_labels(manifest)
-
-
-def split_items(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
-    return [it for it in manifest.get("items", []) if it.get("split") == split]
-
-
 def load_shapes(item: dict[str, Any], fetch: Fetch) -> tuple[np.ndarray, list[Shape]]:
     """Decode one manifest item: RGB uint8 (H, W, 3) and its parsed shapes."""
-    record = str(item.get("image_id", item.get("blob_key")))
-    image = decode_image(fetch(item["blob_key"]), name=item["blob_key"])
-    h, w = image.shape[:2]
-    if (item.get("width"), item.get("height")) not in ((w, h), (None, None)):
-        raise InputError(
-            f"image is {w}x{h} but the manifest says {item.get('width')}x{item.get('height')}",
-            file=item["blob_key"],
-            record=record,
-        )
-    try:
-        shapes = shapes_from_json(item.get("shapes") or [])
-    except (ValidationError, ValueError) as exc:
-        raise InputError(f"bad annotation: {exc}", file=item["blob_key"], record=record) from exc
-    return image, shapes
+    return load_image(item, fetch), item_shapes(item)
 
 
 def load_item(
@@ -95,8 +75,9 @@ def load_item(
     try:
         target = make_target(shapes, labels, *image.shape[:2], mode=mode, scale=scale)
     except ValueError as exc:
-        record = str(item.get("image_id", item.get("blob_key")))
-        raise InputError(f"bad annotation: {exc}", file=item["blob_key"], record=record) from exc
+        raise InputError(
+            f"bad annotation: {exc}", file=item["blob_key"], record=item_record(item)
+        ) from exc
     return resize_image(image, scale), target
 
 
@@ -175,11 +156,6 @@ def _reduce_onehot(masks: np.ndarray, size: tuple[int, int], argmax: bool = Fals
     return (frac >= 0.5).astype(np.uint8)
 
 
-def to_input(image: np.ndarray) -> np.ndarray:
-    """RGB uint8 (H, W, 3) -> normalised float32 (3, H, W), the network's input."""
-    return ((image.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1).copy()
-
-
 def pad_to_stride(arr: np.ndarray, *, fill: int | None = None, stride: int = STRIDE) -> np.ndarray:
     """Pad bottom/right so H and W are multiples of `stride`; crop back with [:h, :w].
 
@@ -197,7 +173,7 @@ def pad_to_stride(arr: np.ndarray, *, fill: int | None = None, stride: int = STR
     return np.pad(arr, pad, mode=mode)
 
 
-def build_train_transform(recipe: Recipe) -> A.Compose:
+def build_train_transform(recipe: SegmentationRecipe) -> A.Compose:
     """Random crop/pad to image_size plus the recipe's augmentations (uint8 in, uint8 out).
 
     Borders are reflected for image and mask alike, so padded areas are mirrored cells
@@ -223,29 +199,10 @@ def build_train_transform(recipe: Recipe) -> A.Compose:
                 p=recipe.distortion,
             )
         )
-    if aug.enabled:
-        if aug.flips:
-            steps += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
-        if aug.rot90:
-            steps.append(A.RandomRotate90(p=0.5))
-        if aug.brightness_contrast > 0:
-            lim = aug.brightness_contrast
-            steps.append(
-                A.RandomBrightnessContrast(brightness_limit=lim, contrast_limit=lim, p=0.5)
-            )
-        if aug.hue_shift or aug.saturation_shift:
-            steps.append(
-                A.HueSaturationValue(
-                    hue_shift_limit=aug.hue_shift,
-                    sat_shift_limit=aug.saturation_shift,
-                    val_shift_limit=0,
-                    p=0.5,
-                )
-            )
-    return A.Compose(steps, seed=recipe.seed)
+    return train_transform(recipe, geometry=steps)
 
 
-class SegmentationDataset(Dataset):
+class SegmentationDataset(AugmentedDataset):
     """Items of one split, decoded once. With `transform` (training) each access draws a
     random crop/augmentation and each image appears `repeats` times per epoch; without it
     (evaluation) the whole image is returned, padded to a multiple of 32 with padding marked
@@ -287,23 +244,6 @@ class SegmentationDataset(Dataset):
         return len({s[0].shape for s in self.samples}) <= 1
 
 
-def balanced_class_weights(targets: Sequence[np.ndarray], num_classes: int) -> np.ndarray:
-    """Per-class loss weights proportional to 1/sqrt(pixel frequency), normalised so the
-    average pixel weighs 1. The square root keeps a class of a few pixels from dominating;
-    classes absent from `targets` get weight 1."""
-    counts = np.zeros(num_classes, np.float64)
-    for t in targets:
-        counts += np.bincount(t.ravel(), minlength=IGNORE_INDEX + 1)[:num_classes]
-    if counts.sum() == 0:
-        return np.ones(num_classes, np.float32)
-    freq = counts / counts.sum()
-    weights = np.ones(num_classes, np.float64)
-    present = freq > 0
-    weights[present] = 1.0 / np.sqrt(freq[present])
-    weights /= (freq * weights).sum()
-    return weights.astype(np.float32)
-
-
 def balanced_pos_weights(targets: Sequence[np.ndarray]) -> np.ndarray:
     """Binary mode's counterpart of `balanced_class_weights`: per label, the ratio of the
     positive to the negative weight, sqrt(negatives / positives) (1 for an absent label).
@@ -320,28 +260,15 @@ def balanced_pos_weights(targets: Sequence[np.ndarray]) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _seed_worker_transform(worker_id: int) -> None:
-    """Albumentations keeps its own RNG, copied unchanged into every worker process;
-    reseed it per worker (from torch's per-worker seed, itself derived from the run seed)
-    so workers do not all draw the same augmentations."""
-    info = torch.utils.data.get_worker_info()
-    transform = getattr(info.dataset, "transform", None) if info is not None else None
-    if transform is not None:
-        transform.set_random_seed(info.seed % 2**32)
-
-
-class SegmentationDataModule(pl.LightningDataModule):
+class SegmentationDataModule(ManifestDataModule):
     """Train/val loaders over a frozen segmentation manifest."""
 
-    def __init__(self, manifest: dict[str, Any], recipe: Recipe, fetch: Fetch):
-        super().__init__()
-        check_segmentation_manifest(manifest)
-        self.manifest = manifest
-        self.recipe = recipe
-        self.fetch = fetch
-        self.labels = manifest_labels(manifest)
-        self.train_set: SegmentationDataset | None = None
-        self.val_set: SegmentationDataset | None = None
+    recipe: SegmentationRecipe
+    train_set: SegmentationDataset | None
+    val_set: SegmentationDataset | None
+
+    def __init__(self, manifest: dict[str, Any], recipe: SegmentationRecipe, fetch: Fetch):
+        super().__init__(manifest, recipe, fetch, segmentation_labels(manifest))
 
     @property
     def num_classes(self) -> int:
@@ -350,11 +277,8 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
-            items = split_items(self.manifest, "train")
-            if not items:
-                raise ConfigError("manifest has no training images (split 'train')")
             self.train_set = SegmentationDataset(
-                items,
+                self.train_items(),
                 self.labels,
                 self.fetch,
                 build_train_transform(self.recipe),
@@ -383,26 +307,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             return balanced_pos_weights(targets)
         return balanced_class_weights(targets, self.num_classes)
 
-    def _loader(self, ds: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        workers = self.recipe.num_workers
-        return DataLoader(
-            ds,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            worker_init_fn=_seed_worker_transform if workers > 0 else None,
-            drop_last=False,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None
-        return self._loader(self.train_set, self.recipe.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        assert self.val_set is not None
-        if len(self.val_set) == 0:
-            return []
+    def val_batch_size(self) -> int:
         # Whole images of different sizes cannot share a batch.
-        bs = self.recipe.batch_size if self.val_set.same_size() else 1
-        return self._loader(self.val_set, bs, shuffle=False)
+        assert self.val_set is not None
+        return self.recipe.batch_size if self.val_set.same_size() else 1

@@ -29,13 +29,11 @@ from labelloop.objects import (
     counts_from_masks,
     probs_to_label_map,
 )
-from labelloop.training.recipe import Recipe
+from labelloop.training.common import Fetch, item_record, split_items
 from labelloop.training.segmentation.data import (
-    Fetch,
     load_shapes,
-    manifest_labels,
     rasterize_labels,
-    split_items,
+    segmentation_labels,
 )
 from labelloop.training.segmentation.instances import (
     instances_from_probs,
@@ -44,6 +42,7 @@ from labelloop.training.segmentation.instances import (
     semantic_map,
 )
 from labelloop.training.segmentation.predict import predict_outputs
+from labelloop.training.segmentation.recipe import SegmentationRecipe
 
 Instances = tuple[np.ndarray, np.ndarray]  # instance map (H, W) int32, classes per id
 
@@ -243,8 +242,9 @@ def _truth(
             return rasterize_instances(shapes, labels, h, w)
         return rasterize_classes(shapes, labels, h, w)
     except ValueError as exc:
-        record = str(item.get("image_id", item.get("blob_key")))
-        raise InputError(f"bad annotation: {exc}", file=item["blob_key"], record=record) from exc
+        raise InputError(
+            f"bad annotation: {exc}", file=item["blob_key"], record=item_record(item)
+        ) from exc
 
 
 def evaluate_segmentation(
@@ -254,7 +254,7 @@ def evaluate_segmentation(
     split: str = "test",
     labels: Sequence[str] | None = None,
     *,
-    recipe: Recipe | None = None,
+    recipe: SegmentationRecipe | None = None,
     batch_size: int = 8,
     min_area: int = DEFAULT_MIN_AREA,
 ) -> dict[str, Any]:
@@ -263,8 +263,8 @@ def evaluate_segmentation(
 
     `labels` defaults to the manifest's and must be in the order the model was trained on.
     """
-    labels = list(labels) if labels is not None else manifest_labels(manifest)
-    recipe = (recipe or Recipe()).model_copy(update={"batch_size": batch_size})
+    labels = list(labels) if labels is not None else segmentation_labels(manifest)
+    recipe = (recipe or SegmentationRecipe()).model_copy(update={"batch_size": batch_size})
     preds: list[Any] = []
     truths: list[Any] = []
     items = split_items(manifest, split)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from labelloop.errors import ConfigError, ExternalServiceError
-from labelloop.training.recipe import Recipe
+from labelloop.training.segmentation.recipe import SegmentationRecipe
 
 # Architectures whose decoder takes one channel count per encoder stage.
 _PER_STAGE_DECODERS = frozenset({"unet", "unetplusplus", "manet"})
@@ -44,7 +44,7 @@ def _check_encoder(name: str) -> None:
     )
 
 
-def output_channels(recipe: Recipe, n_labels: int) -> int:
+def output_channels(recipe: SegmentationRecipe, n_labels: int) -> int:
     """Channels the network needs for `n_labels` labels in the recipe's mode: background +
     labels (multiclass), one per label (binary), background + interior and contour per
     label (instance)."""
@@ -55,7 +55,9 @@ def output_channels(recipe: Recipe, n_labels: int) -> int:
     return n_labels + 1
 
 
-def build_network(recipe: Recipe, num_classes: int, *, pretrained: bool = True) -> nn.Module:
+def build_network(
+    recipe: SegmentationRecipe, num_classes: int, *, pretrained: bool = True
+) -> nn.Module:
     """A segmentation network with `num_classes` output channels (see `output_channels`;
     for multiclass that is len(labels) + 1). Raw logits come out; softmax or sigmoid is
     applied by the caller.

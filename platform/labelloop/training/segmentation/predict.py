@@ -1,16 +1,27 @@
-"""Loading saved weights safely and predicting full-resolution probabilities.
+"""Loading a saved network and predicting full-resolution probabilities and shapes.
 
 Every mode's network gives logits; `predict_probs` turns them into softmax (multiclass,
 instance) or sigmoid (binary) probabilities at each image's own size, optionally averaged
-over the 8 flips and rotations of the image (test-time augmentation).
+over the 8 flips and rotations of the image (test-time augmentation); `predict_segmentation`
+reads them as shapes, counts and arrays.
+
+What a prediction holds depends on the recipe's mode:
+- multiclass: one Mask per connected region, counts of connected regions; "probs" is the
+  softmax (L + 1, H, W) and "label_map" its argmax.
+- binary: one Mask per connected region of each label's mask (labels may overlap);
+  "label_probs" is the sigmoid (L, H, W); "probs" is (2, H, W), [1 - q, q] with q the
+  least certain label's probability at each pixel (see `uncertainty_probs`), so
+  the softmax uncertainty scorers apply unchanged; "label_map" gives each pixel the most
+  likely label above 0.5.
+- instance: one Mask per watershed instance and counts of instances, so touching cells
+  count separately; "probs" is the softmax (1 + 2L, H, W) over background / interiors /
+  contours, "instances" the instance map and "label_map" the label map it implies.
 """
 
 from __future__ import annotations
 
-import io
-import pickle
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -19,30 +30,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from labelloop.errors import ConfigError, InputError
+from labelloop.errors import ConfigError
+from labelloop.objects import (
+    counts_from_instances,
+    counts_from_label_map,
+    counts_from_masks,
+    instance_shapes,
+    label_map_to_shapes,
+    masks_to_shapes,
+    probs_to_label_map,
+)
+from labelloop.training.common import check_images, inference, inputs_to_tensor, load_state_dict
+from labelloop.training.kind import Prediction
 from labelloop.training.passes import DIHEDRAL, mc_dropout, unmap_probs
-from labelloop.training.recipe import Recipe
-from labelloop.training.segmentation.data import STRIDE, pad_to_stride, resize_image, to_input
+from labelloop.training.segmentation.data import STRIDE, pad_to_stride, resize_image
+from labelloop.training.segmentation.instances import instances_from_probs, semantic_map
 from labelloop.training.segmentation.network import build_network, channels_last_on_cpu
+from labelloop.training.segmentation.recipe import SegmentationRecipe
 
 
-def load_state_dict(weights: bytes | Path) -> dict[str, torch.Tensor]:
-    """Read a state_dict with weights_only=True: tensors and plain containers only, so a
-    tampered weights file cannot run code when it is opened."""
-    name = str(weights) if isinstance(weights, Path) else "<weights bytes>"
-    source = weights if isinstance(weights, Path) else io.BytesIO(weights)
-    try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise InputError(f"not a plain weights file (state_dict): {exc}", file=name) from exc
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise InputError("weights file does not hold a state_dict of tensors", file=name)
-    return state
-
-
-def load_model(weights: bytes | Path, recipe: Recipe, num_classes: int) -> nn.Module:
+def load_model(weights: bytes | Path, recipe: SegmentationRecipe, num_classes: int) -> nn.Module:
     """The recipe's network with saved weights, in eval mode on CPU."""
     state = load_state_dict(weights)
     model = build_network(recipe, num_classes, pretrained=False)
@@ -103,15 +110,10 @@ def predict_prob_views(
         raise ValueError(f"activation must be softmax or sigmoid, got {activation!r}")
     if mode not in ("plain", "tta", "mc"):
         raise ValueError(f"mode must be plain, tta or mc, got {mode!r}")
-    _check_images(images)
+    check_images(images)
     device = next(model.parameters()).device
     inputs = [resize_image(img, scale) for img in images]
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for idx, img in enumerate(inputs):
-        groups[_padded(img.shape[:2])].append(idx)
     out: list[np.ndarray | None] = [None] * len(images)
-    was_training = model.training
-    model.eval()
     channels_last = channels_last_on_cpu(model, device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -131,62 +133,26 @@ def predict_prob_views(
         return run(x)[None]
 
     hint = "train with `dropout: 0.2` in the segmentation recipe"
-    try:
-        with torch.inference_mode(), mc_dropout(model, hint) if mode == "mc" else nullcontext():
-            for idxs in groups.values():
-                for start in range(0, len(idxs), batch_size):
-                    chunk = idxs[start : start + batch_size]
-                    x = np.stack([to_input(pad_to_stride(inputs[i])) for i in chunk])
-                    probs = forward(torch.from_numpy(x).to(device)).float().cpu().numpy()
-                    for j, i in enumerate(chunk):
-                        h, w = inputs[i].shape[:2]
-                        out[i] = np.stack(
-                            [_resize_probs(p[:, :h, :w], images[i].shape[:2]) for p in probs[:, j]]
-                        )
-    finally:
-        model.train(was_training)
+    with inference(model), mc_dropout(model, hint) if mode == "mc" else nullcontext():
+        for chunk in batches_of_equal_size(inputs, batch_size):
+            x = inputs_to_tensor([pad_to_stride(inputs[i]) for i in chunk])
+            probs = forward(x.to(device)).float().cpu().numpy()
+            for j, i in enumerate(chunk):
+                h, w = inputs[i].shape[:2]
+                out[i] = np.stack(
+                    [_resize_probs(p[:, :h, :w], images[i].shape[:2]) for p in probs[:, j]]
+                )
     return out  # type: ignore[return-value]
 
 
-def embed_images(
-    model: nn.Module, images: Sequence[np.ndarray], batch_size: int = 8, *, scale: float = 1.0
-) -> np.ndarray:
-    """(N, D) float32: the encoder's deepest feature map averaged over space, per image.
-    What diversity selection compares: images the encoder sees alike sit close."""
-    _check_images(images)
-    encoder = getattr(model, "encoder", None)
-    if encoder is None:
-        raise ConfigError("this network has no `encoder` to take embeddings from")
-    device = next(model.parameters()).device
-    inputs = [resize_image(img, scale) for img in images]
+def batches_of_equal_size(inputs: Sequence[np.ndarray], batch_size: int) -> Iterator[list[int]]:
+    """Indices of `inputs` in batches of at most `batch_size` images that pad to one size."""
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for idx, img in enumerate(inputs):
         groups[_padded(img.shape[:2])].append(idx)
-    out: list[np.ndarray | None] = [None] * len(images)
-    was_training = model.training
-    model.eval()
-    fmt = torch.channels_last if channels_last_on_cpu(model, device) else torch.contiguous_format
-    try:
-        with torch.inference_mode():
-            for idxs in groups.values():
-                for start in range(0, len(idxs), batch_size):
-                    chunk = idxs[start : start + batch_size]
-                    x = np.stack([to_input(pad_to_stride(inputs[i])) for i in chunk])
-                    x_t = torch.from_numpy(x).to(device).contiguous(memory_format=fmt)
-                    deepest = encoder(x_t)[-1].float().mean(dim=(-2, -1)).cpu().numpy()
-                    for j, i in enumerate(chunk):
-                        out[i] = deepest[j]
-    finally:
-        model.train(was_training)
-    return np.stack(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
-
-
-def _check_images(images: Sequence[np.ndarray]) -> None:
-    for idx, img in enumerate(images):
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise InputError(
-                f"image {idx} must be RGB uint8 (H, W, 3), got {img.dtype} {img.shape}"
-            )
+    for idxs in groups.values():
+        for start in range(0, len(idxs), batch_size):
+            yield idxs[start : start + batch_size]
 
 
 def _resize_probs(probs: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
@@ -202,7 +168,7 @@ def _activate(logits: torch.Tensor, activation: str) -> torch.Tensor:
 
 
 def predict_outputs(
-    model: nn.Module, images: Sequence[np.ndarray], recipe: Recipe
+    model: nn.Module, images: Sequence[np.ndarray], recipe: SegmentationRecipe
 ) -> list[np.ndarray]:
     """The recipe mode's probabilities per image: softmax (C, H, W) for multiclass and
     instance, sigmoid (L, H, W) per label for binary; with the recipe's TTA setting."""
@@ -231,3 +197,46 @@ def uncertainty_probs(label_probs: np.ndarray) -> np.ndarray:
 
 def _padded(hw: tuple[int, ...]) -> tuple[int, int]:
     return (-(-hw[0] // STRIDE) * STRIDE, -(-hw[1] // STRIDE) * STRIDE)
+
+
+def prediction_from_output(
+    out: np.ndarray, recipe: SegmentationRecipe, labels: Sequence[str]
+) -> Prediction:
+    """Shapes, counts and arrays from one image's probabilities (see `predict_outputs`)."""
+    if recipe.mode == "binary":
+        masks = out > 0.5
+        label_map = np.where(masks.any(0), out.argmax(0) + 1, 0).astype(np.uint8)
+        probs = uncertainty_probs(out)
+        return Prediction(
+            shapes=list(masks_to_shapes(masks, labels)),
+            counts=counts_from_masks(masks, labels),
+            confidence=float(probs.max(axis=0).mean()),
+            arrays={"probs": probs, "label_probs": out, "label_map": label_map},
+        )
+    if recipe.mode == "instance":
+        inst, classes = instances_from_probs(out, len(labels))
+        return Prediction(
+            shapes=instance_shapes(inst, classes, labels),
+            counts=counts_from_instances(classes, labels),
+            confidence=float(out.max(axis=0).mean()),
+            arrays={"probs": out, "instances": inst, "label_map": semantic_map(inst, classes)},
+        )
+    label_map = probs_to_label_map(out)
+    return Prediction(
+        shapes=list(label_map_to_shapes(label_map, labels)),
+        counts=counts_from_label_map(label_map, labels),
+        confidence=float(out.max(axis=0).mean()),
+        arrays={"probs": out, "label_map": label_map},
+    )
+
+
+def predict_segmentation(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    *,
+    recipe: SegmentationRecipe,
+    labels: Sequence[str],
+) -> list[Prediction]:
+    """`ModelKind.predict`: shapes, counts and arrays per image (see the module docstring)."""
+    outputs = predict_outputs(model, list(images), recipe)
+    return [prediction_from_output(out, recipe, labels) for out in outputs]

@@ -12,9 +12,9 @@ from torchvision.ops import sigmoid_focal_loss
 
 from labelloop.errors import ConfigError
 from labelloop.training.harness import BudgetedSystem
-from labelloop.training.recipe import MODE_LOSSES, Recipe
 from labelloop.training.segmentation.data import IGNORE_INDEX
 from labelloop.training.segmentation.network import channels_last_on_cpu
+from labelloop.training.segmentation.recipe import MODE_LOSSES, SegmentationRecipe
 
 
 class _ComboLoss(nn.Module):
@@ -116,7 +116,7 @@ class SegmentationSystem(BudgetedSystem):
     def __init__(
         self,
         network: nn.Module,
-        recipe: Recipe,
+        recipe: SegmentationRecipe,
         labels: Sequence[str],
         class_weights: Sequence[float] | None = None,
     ):

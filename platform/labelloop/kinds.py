@@ -1,0 +1,90 @@
+"""The task kinds a project can have: one entry each, importable without torch.
+
+A kind's code is named here by dotted path and imported on first use, so reading this
+table (project validation, CLI choices, Label Studio configs, scoring defaults) never loads
+a deep-learning stack, and a segmentation worker never imports detection code. Everything
+that branches on a project's task derives from this table: `domain.TaskKind`, the recipe
+class (`training.recipe.recipe_class`), the model kind (`training.kind.get_kind`), the
+scoring methods and default (`scoring`), the labeling config pushed to annotators
+(`labelstudio.label_config.task_label_config`) and the metric the promotion gate compares.
+
+Adding a kind: a subpackage `labelloop/training/<kind>/` (recipe.py with the recipe class,
+kind.py with `KIND`, plus the modules those use), a module registering its scoring methods,
+and one `KindEntry` below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from labelloop.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class KindEntry:
+    """One task kind. Paths are "package.module" or "package.module:attribute"."""
+
+    name: str
+    recipe: str  # "module:Class" of its `training.recipe.BaseRecipe` subclass
+    model: str  # "module:KIND", its `training.kind.ModelKind`
+    scoring: str  # module whose import registers its scoring methods
+    default_scoring: str  # a method of that module: what rounds rank by unless told
+    # A key of the kind's evaluation, higher is better: what the promotion gate compares.
+    primary_metric: str
+    # Canonical shape kinds annotators draw for it: one labeling-config control each.
+    label_kinds: tuple[str, ...]
+
+
+KINDS: tuple[KindEntry, ...] = (
+    KindEntry(
+        name="segmentation",
+        recipe="labelloop.training.segmentation.recipe:SegmentationRecipe",
+        model="labelloop.training.segmentation.kind:KIND",
+        scoring="labelloop.scoring.segmentation",
+        default_scoring="entropy_mean",
+        primary_metric="mean_dice",
+        label_kinds=("mask", "polygon", "box"),
+    ),
+    KindEntry(
+        name="detection",
+        recipe="labelloop.training.detection.recipe:DetectionRecipe",
+        model="labelloop.training.detection.kind:KIND",
+        scoring="labelloop.scoring.detection",
+        # The least confident kept box decides: one doubtful cell is worth an annotator's look.
+        default_scoring="least_confidence_max",
+        primary_metric="map50",
+        label_kinds=("box", "keypoint"),
+    ),
+    KindEntry(
+        name="classification",
+        recipe="labelloop.training.classification.recipe:ClassificationRecipe",
+        model="labelloop.training.classification.kind:KIND",
+        scoring="labelloop.scoring.classification",
+        default_scoring="entropy",
+        # Macro-F1, not accuracy: a model that calls every cell an RBC is 86% accurate on BCCD.
+        primary_metric="macro_f1",
+        label_kinds=("tag",),
+    ),
+)
+
+_BY_NAME: dict[str, KindEntry] = {k.name: k for k in KINDS}
+TASKS: tuple[str, ...] = tuple(_BY_NAME)
+# The task a recipe without one is read as.
+DEFAULT_TASK = TASKS[0]
+
+
+def kind_entry(task: str) -> KindEntry:
+    """The entry of `task`; ConfigError listing the valid tasks for an unknown one."""
+    entry = _BY_NAME.get(task)
+    if entry is None:
+        raise ConfigError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    return entry
+
+
+def load(path: str) -> Any:
+    """The module, or the module's attribute, that a "module[:attribute]" path names."""
+    module, _, attr = path.partition(":")
+    loaded = importlib.import_module(module)
+    return getattr(loaded, attr) if attr else loaded

@@ -1,0 +1,115 @@
+"""The segmentation recipe: architecture, output mode, loss and crops of a U-Net-family run."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from labelloop.training.recipe import BaseRecipe
+
+LossName = Literal["dice_ce", "ce", "focal", "dice_focal", "bce", "dice_bce"]
+SegmentationMode = Literal["multiclass", "binary", "instance"]
+
+# Decoder widths per encoder depth, used when a recipe sets the depth but not the widths.
+# Narrow on purpose: the full-resolution decoder stages dominate CPU time, and cells are
+# simple shapes that do not need smp's default (256, 128, 64, 32, 16).
+DEFAULT_DECODER_CHANNELS: dict[int, tuple[int, ...]] = {
+    3: (64, 32, 16),
+    4: (64, 48, 32, 16),
+    5: (128, 64, 48, 32, 16),
+}
+
+# Losses each output mode can train with: softmax modes take (Dice +) cross-entropy or
+# focal; sigmoid (binary) mode takes (Dice +) binary cross-entropy or focal.
+MODE_LOSSES: dict[str, tuple[str, ...]] = {
+    "multiclass": ("dice_ce", "ce", "focal", "dice_focal"),
+    "binary": ("dice_bce", "bce", "focal", "dice_focal"),
+    "instance": ("dice_ce", "ce", "focal", "dice_focal"),
+}
+DEFAULT_LOSS = {"multiclass": "dice_ce", "binary": "dice_bce", "instance": "dice_ce"}
+
+
+class SegmentationRecipe(BaseRecipe):
+    """A U-Net-family run (segmentation-models-pytorch).
+
+    `mode` decides what the network outputs and how it is read:
+    - "multiclass": softmax over background + labels; one class per pixel.
+    - "binary": one sigmoid channel per label; labels may overlap (e.g. EM membranes).
+    - "instance": softmax over background, each label's interior and each label's
+      contour, so touching cells of one class are split by watershed from the interiors;
+      counts are then instances rather than connected blobs.
+    """
+
+    task: Literal["segmentation"] = "segmentation"
+    mode: SegmentationMode = "multiclass"
+    arch: str = "unet"
+    # Depth 3 (stride 8) sees ~100 px of context, enough for blood cells, and kept platelets
+    # (a few pixels wide) learnable where deeper, narrower-ending decoders missed them.
+    encoder_depth: int = Field(3, ge=3, le=5)
+    decoder_channels: tuple[int, ...] | None = (64, 32, 16)
+    # Random 128 px crops: four times the optimiser steps per CPU-second of whole 256 px
+    # images (Dice on synthetic smears was as good), and cells placed anywhere in the crop.
+    # Random crops drawn per training image per epoch: small datasets of large images get
+    # epochs long enough that per-epoch validation and checkpointing stay cheap.
+    repeats: int = Field(2, ge=1, le=1000)
+    # Defaults per mode (DEFAULT_LOSS) when not given; see MODE_LOSSES for valid choices.
+    loss: LossName = "dice_ce"
+    # "balanced": CE/focal weights from train pixel frequencies (1/sqrt(freq)), so rare small
+    # classes such as platelets get learned at all instead of being swamped by background;
+    # in binary mode the same ratio becomes each label's BCE positive weight.
+    class_weights: Literal["balanced", "none"] = "balanced"
+    # Probability of an elastic or grid distortion per training crop: the augmentation that
+    # matters for thin, wavy structures (EM membranes); smears do without it.
+    distortion: float = Field(0.0, ge=0.0, le=1.0)
+    # Test-time augmentation: average probabilities over the 8 flips/rotations (8x slower
+    # prediction, usually a point or two of Dice on isotropic images).
+    tta: bool = False
+    # Images (and targets) are resized by this factor before the network, in training and
+    # prediction, and probabilities are resized back: 0.5 costs a quarter of the compute
+    # per image, for structures that stay a few pixels wide at that scale. `image_size`
+    # is the crop size at the reduced scale.
+    input_scale: float = Field(1.0, ge=0.1, le=1.0)
+    # Channel dropout on the decoder's last features, before the segmentation head. Off by
+    # default; > 0 (e.g. 0.2) is what Monte-Carlo dropout scoring (bald, mc_variance)
+    # samples from.
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_for(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if "decoder_channels" not in data:
+            depth = data.get("encoder_depth", cls.model_fields["encoder_depth"].default)
+            if depth in DEFAULT_DECODER_CHANNELS:
+                data = {**data, "decoder_channels": DEFAULT_DECODER_CHANNELS[depth]}
+        if "loss" not in data and data.get("mode") in DEFAULT_LOSS:
+            data = {**data, "loss": DEFAULT_LOSS[data["mode"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SegmentationRecipe:
+        if self.image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
+        if self.decoder_channels is not None and len(self.decoder_channels) != self.encoder_depth:
+            raise ValueError(
+                f"decoder_channels has {len(self.decoder_channels)} entries but encoder_depth "
+                f"is {self.encoder_depth}; they must match"
+            )
+        if self.loss not in MODE_LOSSES[self.mode]:
+            raise ValueError(
+                f"loss {self.loss!r} does not fit mode {self.mode!r}; valid for {self.mode}: "
+                f"{', '.join(MODE_LOSSES[self.mode])}"
+            )
+        return self
+
+    def _override_data(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        data = super()._override_data(overrides)
+        # Changing encoder_depth alone re-derives decoder_channels for the new depth, and
+        # changing mode alone re-derives the loss.
+        if "encoder_depth" in overrides and "decoder_channels" not in overrides:
+            data.pop("decoder_channels")
+        if "mode" in overrides and "loss" not in overrides:
+            data.pop("loss")
+        return data
