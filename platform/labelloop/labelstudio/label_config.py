@@ -40,22 +40,6 @@ KIND_CONTROLS: dict[str, tuple[str, str]] = {
 }
 DEFAULT_CONTROLS: dict[str, str] = {kind: name for kind, (_, name) in KIND_CONTROLS.items()}
 
-# Project task -> the shape kinds its pushed labeling config offers.
-PROJECT_KINDS = {
-    "segmentation": ["mask", "polygon", "box"],
-    "detection": ["box", "keypoint"],
-    "classification": ["tag"],
-}
-# Control tag (lower case) -> the canonical shape kind it draws.
-CONTROL_KIND = {
-    "brushlabels": "mask",
-    "polygonlabels": "polygon",
-    "rectanglelabels": "box",
-    "keypointlabels": "keypoint",
-    "ellipselabels": "ellipse",
-    "choices": "tag",
-}
-
 _KNOWN_COLOURS = {"rbc": "#e53935", "wbc": "#8e24aa", "platelets": "#fb8c00", "platelet": "#fb8c00"}
 _PALETTE = (
     "#1e88e5",
@@ -150,17 +134,6 @@ def parse_label_config(xml: str) -> LabelConfig:
                 )
             )
     return LabelConfig(images=tuple(images), controls=tuple(controls))
-
-
-def controls_for(config_xml: str) -> tuple[dict[str, str], str]:
-    """Map canonical shape kinds to the config's control names, and the image name."""
-    cfg = parse_label_config(config_xml)
-    controls: dict[str, str] = {}
-    for c in cfg.controls:
-        kind = CONTROL_KIND.get(c.type.lower())
-        if kind and kind not in controls:
-            controls[kind] = c.name
-    return controls, cfg.to_name_default
 
 
 def _attr(el: Element, key: str) -> str:

@@ -41,12 +41,7 @@ from labelloop.context import Context
 from labelloop.errors import ConfigError, ExternalServiceError, InputError
 from labelloop.labelstudio.client import PAGE_SIZE, LabelStudioClient
 from labelloop.labelstudio.convert import shapes_to_results
-from labelloop.labelstudio.label_config import (
-    PROJECT_KINDS,
-    controls_for,
-    label_config_xml,
-    parse_label_config,
-)
+from labelloop.labelstudio.label_config import label_config_xml, parse_label_config
 from labelloop.push.stage import (
     PushOptions,
     PushResult,
@@ -66,6 +61,20 @@ LOOKUP_BATCH = 20
 # a request size that proxies accept.
 UPLOAD_BATCH_FILES = 50
 UPLOAD_BATCH_BYTES = 64 * 1024 * 1024
+
+PROJECT_KINDS = {
+    "segmentation": ["mask", "polygon", "box"],
+    "detection": ["box", "keypoint"],
+    "classification": ["tag"],
+}
+CONTROL_KIND = {
+    "brushlabels": "mask",
+    "polygonlabels": "polygon",
+    "rectanglelabels": "box",
+    "keypointlabels": "keypoint",
+    "ellipselabels": "ellipse",
+    "choices": "tag",
+}
 
 T = TypeVar("T")
 
@@ -161,6 +170,17 @@ def round_files(batch: RoundBatch) -> dict[str, str]:
 def round_config(batch: RoundBatch) -> str:
     """The labeling config a round's project gets: its labels, the kinds of its task."""
     return label_config_xml(batch.labels, PROJECT_KINDS[batch.task])
+
+
+def controls_for(config_xml: str) -> tuple[dict[str, str], str]:
+    """Map canonical shape kinds to the config's control names, and the image name."""
+    cfg = parse_label_config(config_xml)
+    controls: dict[str, str] = {}
+    for c in cfg.controls:
+        kind = CONTROL_KIND.get(c.type.lower())
+        if kind and kind not in controls:
+            controls[kind] = c.name
+    return controls, cfg.to_name_default
 
 
 def _round_results(batch: RoundBatch) -> tuple[str, list[list[dict]]]:
