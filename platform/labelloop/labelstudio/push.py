@@ -167,11 +167,6 @@ def round_files(batch: RoundBatch) -> dict[str, str]:
     return {"tasks.json": json.dumps(tasks, indent=1), "label_config.xml": config}
 
 
-def round_config(batch: RoundBatch) -> str:
-    """The labeling config a round's project gets: its labels, the kinds of its task."""
-    return label_config_xml(batch.labels, PROJECT_KINDS[batch.task])
-
-
 def controls_for(config_xml: str) -> tuple[dict[str, str], str]:
     """Map canonical shape kinds to the config's control names, and the image name."""
     cfg = parse_label_config(config_xml)
@@ -184,8 +179,9 @@ def controls_for(config_xml: str) -> tuple[dict[str, str], str]:
 
 
 def _round_results(batch: RoundBatch) -> tuple[str, list[list[dict]]]:
-    """The config and, per spec, the prediction as results of that config."""
-    config = round_config(batch)
+    """The labeling config a round's project gets (its labels, a control per shape kind
+    of its task) and, per spec, the prediction as results of that config."""
+    config = label_config_xml(batch.labels, PROJECT_KINDS[batch.task])
     controls, to_name = controls_for(config)
     results = [
         shapes_to_results(sp.shapes, sp.width, sp.height, controls=controls, to_name=to_name)
