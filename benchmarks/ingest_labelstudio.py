@@ -190,11 +190,8 @@ def _status_mb(key: str) -> float:
 
 
 def _labelloop_parse(export: Path, workdir: Path) -> int:
-    from labelloop.labelstudio.convert import (
-        iter_export_tasks,
-        results_to_shapes,
-        task_annotations,
-    )
+    from labelloop.labelstudio.convert import results_to_shapes
+    from labelloop.labelstudio.export import iter_export_tasks, task_annotations
 
     n = 0
     for task in iter_export_tasks(export):
@@ -270,7 +267,8 @@ def measure_here(name: str, export: Path, workdir: Path, out: Path) -> None:
     # Imports happen before the clock starts; the baseline RSS shows what they cost.
     if name.startswith("labelloop"):
         import labelloop.cli.main
-        import labelloop.labelstudio.convert  # noqa: F401
+        import labelloop.labelstudio.convert
+        import labelloop.labelstudio.export  # noqa: F401
 
         if name == "labelloop_ingest":
             _labelloop_setup()

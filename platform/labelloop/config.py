@@ -65,7 +65,9 @@ class Settings(BaseSettings):
         default="0 2 * * *", description="default beat crontab per project (m h dom mon dow)"
     )
     nightly_budget: int = Field(default=20, description="images per nightly annotation round")
-    nightly_push_to: str = Field(default="file", description="file | labelstudio")
+    nightly_push_to: str = Field(
+        default="file", description="push target of pipelines (labelloop.push.targets)"
+    )
     # Webhook-triggered retraining (each project may override these).
     retrain_min_annotations: int = Field(
         default=20, ge=1, description="annotation events that trigger a retrain"

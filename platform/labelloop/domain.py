@@ -1,6 +1,6 @@
 """Canonical domain types shared by every stage.
 
-Every source format is converted into these shapes, and every sink converts out of
+Every source format is converted into these shapes, and every push target converts out of
 them, so stages never see a tool's own JSON. Geometry is always in pixels of the
 stored image (origin top-left), which makes shapes independent of the tool that drew
 them.

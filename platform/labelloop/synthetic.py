@@ -24,7 +24,8 @@ from scipy import ndimage
 from labelloop.domain import Box, Mask, Polygon, Shape, shapes_to_json
 from labelloop.geometry import mask_shape
 from labelloop.imaging import encode_png
-from labelloop.labelstudio.convert import DEFAULT_CONTROLS, label_config_xml, shapes_to_results
+from labelloop.labelstudio.convert import shapes_to_results
+from labelloop.labelstudio.label_config import DEFAULT_CONTROLS, label_config_xml
 
 LABELS = ("RBC", "WBC", "Platelets")
 _BACKGROUND = np.array([234.0, 212.0, 216.0])

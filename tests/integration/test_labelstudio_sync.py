@@ -15,7 +15,8 @@ from labelloop.datasets.freeze import current_annotations
 from labelloop.db.models import Annotation, Image, Project, SourceItem
 from labelloop.domain import Box, Polygon, shapes_from_json
 from labelloop.errors import InputError
-from labelloop.labelstudio.client import LabelStudioSink, PushTask
+from labelloop.labelstudio.client import LabelStudioClient
+from labelloop.labelstudio.push import PushTask, push_tasks
 from labelloop.labelstudio.sync import sync_key, sync_labelstudio
 from labelloop.projects import create_project
 from tests.factories import png, poly, rect
@@ -51,13 +52,13 @@ def sync(ctx, labelstudio):
 
 def _ls_project(labelstudio, client, labels: list[str], n_upload: int) -> tuple[int, list[int]]:
     """A project with `n_upload` uploaded images and one image served from local files."""
-    sink = LabelStudioSink(labelstudio.url, labelstudio.token)
-    project = sink.ensure_project(f"sync {uuid.uuid4().hex[:8]}", _config(labels))
+    ls = LabelStudioClient(labelstudio.url, labelstudio.token)
+    project = ls.ensure_project(f"sync {uuid.uuid4().hex[:8]}", _config(labels))
     tasks = [
         PushTask(key=f"k{i}", filename=f"cell_{i}.png", image_bytes=png(W, H, seed=i))
         for i in range(n_upload)
     ]
-    ids = sink.push(project, tasks)
+    ids = push_tasks(ls, project, tasks)
     folder = labelstudio.document_root / f"sync-{project}"
     folder.mkdir()
     (folder / "local.png").write_bytes(png(W, H, seed=99))

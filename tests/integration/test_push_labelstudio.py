@@ -13,7 +13,7 @@ from labelloop.context import Context, set_context
 from labelloop.datasets.freeze import freeze
 from labelloop.db import migrate
 from labelloop.ingest import ingest_path
-from labelloop.labelstudio.client import LabelStudioSink
+from labelloop.labelstudio.client import LabelStudioClient
 from labelloop.labelstudio.convert import results_to_shapes
 from labelloop.projects import create_project
 from labelloop.runs import execute_run, request_run
@@ -59,9 +59,9 @@ def test_cli_push_creates_tasks_with_predictions(labelstudio, tmp_path, monkeypa
     out = json.loads(first.stdout)
     assert out["tasks"] == 3 and out["destination"].startswith(labelstudio.url)
 
-    sink = LabelStudioSink(labelstudio.url, labelstudio.token)
+    ls = LabelStudioClient(labelstudio.url, labelstudio.token)
     project_id = int(out["destination"].rsplit("/", 1)[1])
-    tasks = sink.tasks(project_id)
+    tasks = ls.tasks(project_id)
     assert len(tasks) == 3
     by_image = {str(t["data"]["labelloop_image_id"]): t for t in tasks}
     assert set(by_image) == {str(i) for i, _, _ in rnd.items}
@@ -71,7 +71,7 @@ def test_cli_push_creates_tasks_with_predictions(labelstudio, tmp_path, monkeypa
         assert task["data"]["labelloop_batch"] == rnd.batches[image_id]
         assert task["data"]["uncertainty"] == pytest.approx(score)
         assert str(task["id"]) == out["id_map"][str(image_id)]
-        preds = sink.predictions(task["id"])
+        preds = ls.predictions(task["id"])
         assert len(preds) == 1
         assert preds[0]["model_version"] == out["model_version"]
         assert preds[0]["score"] == pytest.approx(1 - score, abs=1e-5)
@@ -80,26 +80,25 @@ def test_cli_push_creates_tasks_with_predictions(labelstudio, tmp_path, monkeypa
 
     # The project shows this model's predictions; the round has a Data Manager tab (and
     # one per annotator batch) that opens on the least confident image.
-    assert sink._client.projects.get(project_id).model_version == out["model_version"]
-    views = {v["data"]["title"]: v for v in sink.views(project_id)}
+    assert ls.sdk.projects.get(project_id).model_version == out["model_version"]
+    views = {v["data"]["title"]: v for v in ls.views(project_id)}
     title = f"labelloop round {rnd.number}"
     assert {title, f"{title} · batch 1", f"{title} · batch 2"} <= set(views)
     assert views[title]["data"]["ordering"] == ["-tasks:data.uncertainty"]
-    ordered = [t.id for t in sink._client.tasks.list(project=project_id, view=views[title]["id"])]
+    ordered = [t.id for t in ls.sdk.tasks.list(project=project_id, view=views[title]["id"])]
     expected = [int(out["id_map"][str(i)]) for i, _, _ in rnd.items]  # rank order
     assert ordered == expected
     batch2 = [
-        t.id
-        for t in sink._client.tasks.list(project=project_id, view=views[f"{title} · batch 2"]["id"])
+        t.id for t in ls.sdk.tasks.list(project=project_id, view=views[f"{title} · batch 2"]["id"])
     ]
     assert batch2 == [int(out["id_map"][str(i)]) for i, _, _ in rnd.items if rnd.batches[i] == 2]
 
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["id_map"] == out["id_map"]
-    assert len(sink.tasks(project_id)) == 3
-    assert all(len(sink.predictions(t["id"])) == 1 for t in sink.tasks(project_id))
-    assert len(sink.views(project_id)) == len(views)  # tabs updated, not duplicated
+    assert len(ls.tasks(project_id)) == 3
+    assert all(len(ls.predictions(t["id"])) == 1 for t in ls.tasks(project_id))
+    assert len(ls.views(project_id)) == len(views)  # tabs updated, not duplicated
 
 
 def test_celery_round_to_labelstudio_is_idempotent(
@@ -130,15 +129,13 @@ def test_celery_round_to_labelstudio_is_idempotent(
         return sig.apply_async().get(timeout=300)
 
     first = round_trip()
-    sink = LabelStudioSink(labelstudio.url, labelstudio.token)
+    ls = LabelStudioClient(labelstudio.url, labelstudio.token)
     project_id = int(first["push_destination"].rsplit("/", 1)[1])
-    tasks = sink.tasks(project_id)
+    tasks = ls.tasks(project_id)
     assert len(tasks) == 4
-    assert all(len(sink.predictions(task["id"])) == 1 for task in tasks)
+    assert all(len(ls.predictions(task["id"])) == 1 for task in tasks)
     second = round_trip()
     assert second["round_id"] == first["round_id"]
-    assert len(sink.tasks(project_id)) == 4
-    assert all(len(sink.predictions(task["id"])) == 1 for task in sink.tasks(project_id))
-    assert (
-        sum(v["data"]["title"].startswith("labelloop round") for v in sink.views(project_id)) == 1
-    )
+    assert len(ls.tasks(project_id)) == 4
+    assert all(len(ls.predictions(task["id"])) == 1 for task in ls.tasks(project_id))
+    assert sum(v["data"]["title"].startswith("labelloop round") for v in ls.views(project_id)) == 1

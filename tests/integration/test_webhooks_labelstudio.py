@@ -17,8 +17,9 @@ from sqlalchemy import func, select
 
 from labelloop.context import Context, set_context
 from labelloop.db.models import DatasetVersion, ModelVersion, PipelineRun, Project, WebhookEvent
-from labelloop.labelstudio.client import LabelStudioSink, PushTask
-from labelloop.pipelines.webhooks import ACTIONS, SECRET_HEADER
+from labelloop.labelstudio.client import LabelStudioClient
+from labelloop.labelstudio.push import PushTask, push_tasks
+from labelloop.labelstudio.webhooks import ACTIONS, SECRET_HEADER
 from labelloop.projects import create_project
 from tests.factories import png, poly, rect
 from tests.integration.services import ApiServer, wait_for
@@ -68,9 +69,10 @@ def test_a_burst_of_annotations_in_label_studio_retrains_once(
     with ctx.db.session() as s:
         create_project(s, project, "segmentation", LABELS)
 
-    sink = LabelStudioSink(labelstudio.url, labelstudio.token)
-    ls_project = sink.ensure_project(f"webhooks {project}", CONFIG)
-    ids = sink.push(
+    ls = LabelStudioClient(labelstudio.url, labelstudio.token)
+    ls_project = ls.ensure_project(f"webhooks {project}", CONFIG)
+    ids = push_tasks(
+        ls,
         ls_project,
         [
             PushTask(key=f"k{i}", filename=f"smear_{i}.png", image_bytes=png(64, 48, seed=900 + i))

@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 
 from labelloop.api.app import create_app
 from labelloop.db.models import PipelineRun, WebhookEvent
+from labelloop.labelstudio.webhooks import SECRET_HEADER
 from labelloop.pipelines.triggers import link_labelstudio, update_triggers
-from labelloop.pipelines.webhooks import SECRET_HEADER
 from labelloop.projects import create_project, get_project
 from tests.factories import png, small_export
 

@@ -18,17 +18,21 @@ from labelloop.domain import Box, Ellipse, Keypoint, Mask, Polygon, Tag
 from labelloop.errors import ConfigError, InputError
 from labelloop.geometry import decode_mask, mask_shape
 from labelloop.labelstudio.convert import (
-    DEFAULT_CONTROLS,
     decode_brush,
     encode_brush,
-    image_reference,
-    iter_export_tasks,
-    label_config_xml,
-    parse_label_config,
-    resolve_local_image,
     results_to_shapes,
     shapes_to_results,
+)
+from labelloop.labelstudio.export import (
+    image_reference,
+    iter_export_tasks,
+    resolve_local_image,
     task_annotations,
+)
+from labelloop.labelstudio.label_config import (
+    DEFAULT_CONTROLS,
+    label_config_xml,
+    parse_label_config,
 )
 from tests.support import require_shared_data
 

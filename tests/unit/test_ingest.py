@@ -232,7 +232,7 @@ def _json_min_rows() -> list[dict]:
 
 
 def test_json_min_export_needs_and_uses_the_label_config(ctx, project, tmp_path):
-    from labelloop.labelstudio.convert import label_config_xml
+    from labelloop.labelstudio.label_config import label_config_xml
 
     images = {f"images/img{i}.png": png(seed=i) for i in range(2)}
     export = write_export(tmp_path, _json_min_rows(), images)

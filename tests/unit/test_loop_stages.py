@@ -11,7 +11,8 @@ import pytest
 from labelloop.datasets.freeze import freeze
 from labelloop.errors import InputError
 from labelloop.ingest import ingest_path
-from labelloop.labelstudio.convert import parse_label_config, results_to_shapes
+from labelloop.labelstudio.convert import results_to_shapes
+from labelloop.labelstudio.label_config import parse_label_config
 from labelloop.projects import create_project
 from labelloop.push.stage import push_round
 from labelloop.reports import project_status

@@ -90,7 +90,7 @@ def test_bad_parameters_are_refused_and_nothing_is_written(ctx, project):
             ctx, project, trigger="api", params=PipelineParams(recipe={"no_such_field": 1})
         )
     with pytest.raises(InputError, match="push_to"):
-        request_pipeline(ctx, project, trigger="api", params=PipelineParams(push_to="cvat"))
+        request_pipeline(ctx, project, trigger="api", params=PipelineParams(push_to="fax"))
     with pytest.raises(InputError, match="unknown strategy"):
         request_pipeline(ctx, project, trigger="api", params=PipelineParams(strategy="best"))
     with pytest.raises(NotFoundError, match="no project named 'nope'"):

@@ -12,14 +12,14 @@ from matplotlib.path import Path as MplPath
 from labelloop.domain import Polygon, shapes_from_json
 from labelloop.geometry import decode_mask, shape_mask
 from labelloop.imaging import decode_image
-from labelloop.labelstudio.convert import (
+from labelloop.labelstudio.convert import results_to_shapes
+from labelloop.labelstudio.export import (
     image_reference,
     iter_export_tasks,
-    parse_label_config,
     resolve_local_image,
-    results_to_shapes,
     task_annotations,
 )
+from labelloop.labelstudio.label_config import parse_label_config
 from labelloop.synthetic import LABELS, generate_dataset, generate_smear, mask_outline, smear_seed
 
 

@@ -10,10 +10,11 @@ from sqlalchemy import func, select
 
 from labelloop.db.models import PipelineRun, WebhookEvent
 from labelloop.errors import InputError
+from labelloop.labelstudio.webhooks import parse_event, secret_matches
 from labelloop.pipelines import runs as pipelines
 from labelloop.pipelines.runs import PipelineStatus
 from labelloop.pipelines.triggers import link_labelstudio, update_triggers
-from labelloop.pipelines.webhooks import follow_up, parse_event, record_event, secret_matches
+from labelloop.pipelines.webhooks import follow_up, record_event
 from labelloop.projects import create_project, get_project
 
 LS_PROJECT = 7

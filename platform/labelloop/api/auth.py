@@ -12,7 +12,7 @@ from fastapi import Depends, Header, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from labelloop.context import Context
-from labelloop.pipelines.webhooks import SECRET_HEADER, secret_matches
+from labelloop.labelstudio.webhooks import SECRET_HEADER, secret_matches
 
 bearer = HTTPBearer(
     auto_error=False,

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from labelloop.push.targets import NAMES as PUSH_TARGETS
+
 
 class ErrorOut(BaseModel):
     detail: str = Field(description="what was wrong, naming the field, id or name")
@@ -23,7 +25,7 @@ class TriggersOut(BaseModel):
     min_annotations: int = Field(description="annotation events that start a retrain")
     debounce_s: float = Field(description="quiet time after the last event")
     budget: int = Field(description="images selected per round")
-    push_to: str
+    push_to: str = Field(description=" | ".join(PUSH_TARGETS))
     recipe: dict[str, Any] = Field(description="recipe overrides of the project's pipelines")
 
 
@@ -153,7 +155,9 @@ class TriggerIn(BaseModel):
         default_factory=dict, description="recipe overrides, e.g. {'epochs': 30, 'lr': 0.001}"
     )
     budget: int | None = Field(None, ge=1, description="images to select (default: project's)")
-    push_to: str | None = Field(None, description="file | labelstudio (default: project's)")
+    push_to: str | None = Field(
+        None, description=f"{' | '.join(PUSH_TARGETS)} (default: project's)"
+    )
     strategy: str = Field("uncertainty", description="selection strategy")
     sync: bool = Field(True, description="pull the linked Label Studio projects first")
 

@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from labelloop.cli.output import console, emit_json, err_console, handle_errors
+from labelloop.push.targets import NAMES as PUSH_TARGETS
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="Project name.")]
@@ -158,7 +159,7 @@ def register(app: typer.Typer, project_app: typer.Typer) -> None:
             typer.Option(help="YAML file of recipe fields to override.", exists=True),
         ] = None,
         budget: Annotated[int | None, typer.Option(help="Images to select.")] = None,
-        push_to: Annotated[str | None, typer.Option(help="file | labelstudio")] = None,
+        push_to: Annotated[str | None, typer.Option(help=" | ".join(PUSH_TARGETS))] = None,
         sync: Annotated[bool, typer.Option(help="Sync linked Label Studio projects.")] = True,
         wait: Annotated[bool, typer.Option(help="Wait for the run to end.")] = True,
         timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 24 * 3600,
@@ -285,7 +286,7 @@ def register(app: typer.Typer, project_app: typer.Typer) -> None:
         the pipeline syncs. Label Studio sends LABELLOOP_WEBHOOK_SECRET back in a header;
         the token comes from LABELLOOP_LABELSTUDIO_TOKEN."""
         from labelloop.ingest.formats import parse_label_map
-        from labelloop.pipelines.webhooks import register_webhook
+        from labelloop.labelstudio.webhooks import register_webhook
 
         result = register_webhook(
             _context(),
@@ -318,7 +319,7 @@ def register(app: typer.Typer, project_app: typer.Typer) -> None:
             float | None, typer.Option(help="Seconds of quiet before it starts.", min=0)
         ] = None,
         budget: Annotated[int | None, typer.Option(help="Images per round.", min=1)] = None,
-        push_to: Annotated[str | None, typer.Option(help="file | labelstudio")] = None,
+        push_to: Annotated[str | None, typer.Option(help=" | ".join(PUSH_TARGETS))] = None,
         active: Annotated[
             bool | None, typer.Option("--active/--paused", help="Run the triggers, or not.")
         ] = None,

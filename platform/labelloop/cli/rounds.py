@@ -12,6 +12,7 @@ import typer
 from labelloop.cli.output import console, emit_json, handle_errors, progress
 from labelloop.context import Context
 from labelloop.errors import InputError
+from labelloop.push.targets import targets_help
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="Project name.")]
@@ -208,9 +209,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def push(
         project: ProjectOpt,
-        to: Annotated[
-            str, typer.Option("--to", help="file | labelstudio | cvat (a CVAT task via cvat-sdk)")
-        ] = "file",
+        to: Annotated[str, typer.Option("--to", help=f"Push target. {targets_help()}.")] = "file",
         round_number: Annotated[
             int | None, typer.Option("--round", help="Round number (default: the latest).")
         ] = None,

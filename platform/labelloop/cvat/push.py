@@ -1,4 +1,6 @@
-"""Push a round into a CVAT server as a task with the model's pre-annotations (cvat-sdk).
+"""The `cvat` push target: a round becomes a CVAT task with the model's pre-annotations
+(cvat-sdk). `round_files` gives the same pre-annotations as a 'CVAT for images 1.1' file
+for the `file` target.
 
 The round folder is written first, exactly as `push --to file` writes it; the task is then
 created from its images in rank order (`sorting_method: predefined`) and the folder's
@@ -9,11 +11,26 @@ image. cvat-sdk is an optional dependency (`pip install 'labelloop[cvat]'`).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from labelloop.context import Context
+from labelloop.cvat.writer import CvatImage, cvat_xml
 from labelloop.errors import ConfigError, ExternalServiceError
-from labelloop.push.stage import PushResult, record_push, round_batch, write_round_folder
+from labelloop.push.file import write_round_folder
+from labelloop.push.stage import PushOptions, PushResult, RoundBatch, record_push, round_batch
+
+ANNOTATIONS = "cvat/annotations.xml"
+IMAGE_LIST = "cvat/images.txt"
+
+
+def round_files(batch: RoundBatch) -> dict[str, str]:
+    """`cvat/annotations.xml` ('CVAT for images 1.1', the predictions) and `cvat/images.txt`
+    (the images in rank order): create a CVAT task from `images/` (sorted by the list),
+    then upload the XML as CVAT 1.1."""
+    images = [CvatImage(sp.file_name, sp.width, sp.height, list(sp.shapes)) for sp in batch.specs]
+    title = f"labelloop {batch.project} round {batch.number}"
+    return {
+        ANNOTATIONS: cvat_xml(images, batch.labels, title),
+        IMAGE_LIST: "".join(f"{im.name}\n" for im in images),
+    }
 
 
 def _client(url: str, token: str, user: str, password: str):
@@ -31,21 +48,19 @@ def _client(url: str, token: str, user: str, password: str):
     raise ConfigError("CVAT push needs LABELLOOP_CVAT_TOKEN or LABELLOOP_CVAT_USER + _PASSWORD")
 
 
-def push_to_cvat(
-    ctx: Context, round_id: int, *, out_dir: str | Path | None = None, url: str | None = None
-) -> PushResult:
+def push_to_cvat(ctx: Context, round_id: int, options: PushOptions) -> PushResult:
     st = ctx.settings
-    url = url or st.cvat_url
+    url = options.url or st.cvat_url
     if not url:
         raise ConfigError("CVAT push needs LABELLOOP_CVAT_URL (or --ls-url for the CVAT server)")
     batch = round_batch(ctx, round_id)
-    folder, id_map = write_round_folder(ctx, batch, out_dir)
-    names = (folder / "cvat" / "images.txt").read_text().split()
+    folder, id_map = write_round_folder(ctx, batch, options.out_dir)
+    names = (folder / IMAGE_LIST).read_text().split()
     resources = [str(folder / "images" / n) for n in names]
-    client = _client(
-        url, st.cvat_token.get_secret_value(), st.cvat_user, st.cvat_password.get_secret_value()
-    )
     try:
+        client = _client(
+            url, st.cvat_token.get_secret_value(), st.cvat_user, st.cvat_password.get_secret_value()
+        )
         from cvat_sdk import models
 
         with client:
@@ -57,7 +72,7 @@ def push_to_cvat(
                 spec=spec,
                 resources=resources,
                 data_params={"sorting_method": "predefined", "image_quality": 95},
-                annotation_path=str(folder / "cvat" / "annotations.xml"),
+                annotation_path=str(folder / ANNOTATIONS),
                 annotation_format="CVAT 1.1",
             )
             task_id = task.id

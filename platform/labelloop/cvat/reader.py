@@ -23,9 +23,15 @@ from defusedxml.ElementTree import iterparse
 from labelloop.domain import Box, Ellipse, Keypoint, Mask, Polygon, Shape, Tag
 from labelloop.errors import InputError
 from labelloop.geometry import encode_mask
-from labelloop.ingest.readers._imagefiles import file_loader
 from labelloop.ingest.readers.image_lookup import ImageFinder
-from labelloop.ingest.records import Format, ReadOptions, RecordAnnotation, SourceRecord
+from labelloop.ingest.records import (
+    Format,
+    ReadOptions,
+    RecordAnnotation,
+    SourceRecord,
+    error_record,
+    image_record,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -171,30 +177,22 @@ def _record(
         shapes = _shapes(el, width, height, meta, record, file, ignored)
         image_path = finder.find(name, subset=subset, file=file, record=record)
     except InputError as exc:
-        return SourceRecord(
-            source=source,
-            external_id=external_id,
-            uri=name,
-            file=file,
-            load=bytes,
-            name=record,
-            error=InputError(exc.reason, file=exc.file or file, record=exc.record or record),
+        return error_record(
+            exc, source=source, external_id=external_id, file=file, name=record, uri=name
         )
     info: dict = {"subset": subset, "cvat_task_id": task_id, "cvat_image_id": image_id}
     info = {k: v for k, v in info.items() if v is not None}
-    info["image_path"] = str(image_path)
     if ignored:
         info["ignored_shapes"] = dict(sorted(ignored.items()))
-    annotations = [RecordAnnotation(external_id=ANNOTATION_ID, shapes=shapes)] if shapes else []
-    return SourceRecord(
+    return image_record(
         source=source,
         external_id=external_id,
         uri=name,
         file=file,
-        load=file_loader(image_path, file=file, record=record),
-        annotations=annotations,
-        meta=info,
         name=record,
+        image=image_path,
+        annotations=[RecordAnnotation(external_id=ANNOTATION_ID, shapes=shapes)] if shapes else [],
+        meta=info,
     )
 
 

@@ -1,4 +1,5 @@
-"""What a reader yields: one image as a source knows it, with its annotations."""
+"""What a reader yields: one image as a source knows it, with its annotations, and the
+two ways every reader builds one (an image with its annotations, or the record's error)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,72 @@ class SourceRecord:
 
     def __post_init__(self) -> None:
         self.name = self.name or self.external_id
+
+
+def file_loader(path: Path, *, file: str, record: str) -> Callable[[], bytes]:
+    """Reads the image when the ingest asks for it; a read failure is the record's error."""
+
+    def load() -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise InputError(
+                f"image file {path} cannot be read ({exc.strerror})", file=file, record=record
+            ) from None
+
+    return load
+
+
+def image_record(
+    *,
+    source: str,
+    external_id: str,
+    uri: str,
+    file: str,
+    name: str,
+    image: Path | str,
+    annotations: list[RecordAnnotation],
+    meta: dict | None = None,
+    load: Callable[[], bytes] | None = None,
+) -> SourceRecord:
+    """A record whose image was found: `meta["image_path"]` says where, and the image is
+    read from that file when the ingest asks (unless `load` reads it from elsewhere)."""
+    return SourceRecord(
+        source=source,
+        external_id=external_id,
+        uri=uri,
+        file=file,
+        load=load or file_loader(Path(image), file=file, record=name),
+        annotations=annotations,
+        meta={"image_path": str(image), **(meta or {})},
+        name=name,
+    )
+
+
+def error_record(
+    error: InputError | str,
+    *,
+    source: str,
+    external_id: str,
+    file: str,
+    name: str,
+    uri: str = "",
+) -> SourceRecord:
+    """The record a reader yields instead of raising, so the stream goes on. The error
+    names the file and the record: its own when it has them, else the reader's."""
+    if isinstance(error, str):
+        error = InputError(error, file=file, record=name)
+    else:
+        error = InputError(error.reason, file=error.file or file, record=error.record or name)
+    return SourceRecord(
+        source=source,
+        external_id=external_id,
+        uri=uri,
+        file=file,
+        load=bytes,
+        name=name,
+        error=error,
+    )
 
 
 @dataclass(frozen=True)

@@ -21,46 +21,6 @@ from labelloop.domain import Box, Ellipse, Keypoint, Mask, Polygon, Shape, Tag
 from labelloop.errors import ConfigError, InputError
 from labelloop.geometry import decode_mask, mask_shape
 from labelloop.imaging import DEFAULT_MAX_PIXELS
-from labelloop.labelstudio.export import (
-    ExportedAnnotation,
-    image_reference,
-    is_json_min,
-    iter_export_tasks,
-    json_min_results,
-    resolve_local_image,
-    task_annotations,
-)
-from labelloop.labelstudio.label_config import (
-    DEFAULT_CONTROLS,
-    KIND_CONTROLS,
-    ControlTag,
-    ImageTag,
-    LabelConfig,
-    label_config_xml,
-    parse_label_config,
-)
-
-__all__ = [
-    "DEFAULT_CONTROLS",
-    "KIND_CONTROLS",
-    "RESULT_TYPES",
-    "ControlTag",
-    "ExportedAnnotation",
-    "ImageTag",
-    "LabelConfig",
-    "decode_brush",
-    "encode_brush",
-    "image_reference",
-    "is_json_min",
-    "iter_export_tasks",
-    "json_min_results",
-    "label_config_xml",
-    "parse_label_config",
-    "resolve_local_image",
-    "results_to_shapes",
-    "shapes_to_results",
-    "task_annotations",
-]
 
 # Canonical kind <-> result type of the *Labels control that draws it.
 RESULT_TYPES = {

@@ -8,18 +8,24 @@ from pathlib import Path
 import ijson
 
 from labelloop.errors import InputError
-from labelloop.ingest.records import Format, ReadOptions, RecordAnnotation, SourceRecord
-from labelloop.labelstudio.convert import (
+from labelloop.ingest.records import (
+    Format,
+    ReadOptions,
+    RecordAnnotation,
+    SourceRecord,
+    error_record,
+    image_record,
+)
+from labelloop.labelstudio.convert import results_to_shapes
+from labelloop.labelstudio.export import (
     ExportedAnnotation,
-    LabelConfig,
     image_reference,
     is_json_min,
     iter_export_tasks,
-    parse_label_config,
     resolve_local_image,
-    results_to_shapes,
     task_annotations,
 )
+from labelloop.labelstudio.label_config import LabelConfig, parse_label_config
 
 
 def _annotator(ann: ExportedAnnotation) -> str | None:
@@ -82,15 +88,12 @@ def read_labelstudio_export(path: Path, opts: ReadOptions) -> Iterator[SourceRec
     for index, task in enumerate(iter_export_tasks(path, strict=False)):
         if not isinstance(task, dict) or ("data" not in task and not is_json_min(task)):
             what = "not a JSON object" if not isinstance(task, dict) else "has no 'data'"
-            err = InputError(f"task {what}", file=str(path), record=f"task #{index}")
-            yield SourceRecord(
+            yield error_record(
+                f"task {what}",
                 source=source or "labelstudio:file",
                 external_id=f"#{index}",
-                uri="",
                 file=str(path),
-                load=bytes,
                 name=f"task #{index}",
-                error=err,
             )
             continue
         task_id = str(task.get("id", f"#{index}"))
@@ -101,16 +104,7 @@ def read_labelstudio_export(path: Path, opts: ReadOptions) -> Iterator[SourceRec
         try:
             yield _record(task, path, root, src, task_id, record, image_key, config)
         except InputError as exc:
-            err = InputError(exc.reason, file=exc.file or str(path), record=exc.record or record)
-            yield SourceRecord(
-                source=src,
-                external_id=task_id,
-                uri="",
-                file=str(path),
-                load=bytes,
-                name=record,
-                error=err,
-            )
+            yield error_record(exc, source=src, external_id=task_id, file=str(path), name=record)
 
 
 def _label_config(path: Path, opts: ReadOptions) -> LabelConfig | None:
@@ -155,26 +149,14 @@ def _record(
         raise InputError(
             f"image {exc.record or ref}: {exc.reason}", file=str(path), record=record
         ) from None
-
-    def load() -> bytes:
-        try:
-            return image_path.read_bytes()
-        except OSError as exc:
-            raise InputError(
-                f"image file {image_path} cannot be read ({exc.strerror})",
-                file=str(path),
-                record=record,
-            ) from None
-
-    return SourceRecord(
+    return image_record(
         source=src,
         external_id=task_id,
         uri=ref,
         file=str(path),
-        load=load,
-        annotations=anns,
-        meta={"image_path": str(image_path)},
         name=record,
+        image=image_path,
+        annotations=anns,
     )
 
 
@@ -182,6 +164,6 @@ FORMAT = Format(
     "labelstudio",
     read_labelstudio_export,
     detect,
-    "Label Studio JSON export: streamed with ijson; shapes via labelloop.formats "
+    "Label Studio JSON export: streamed with ijson; shapes via labelloop.labelstudio.convert "
     "(brush RLE through label-studio-sdk)",
 )

@@ -1,7 +1,7 @@
 """Reading a live Label Studio project over its API (label-studio-sdk 2.x).
 
 Connection, token handling and the mapping of HTTP failures to ExternalServiceError are
-those of `labelloop.labelstudio.client.LabelStudioSink`, so pushing and pulling report
+those of `labelloop.labelstudio.client.LabelStudioClient`, so pushing and pulling report
 the same way and neither ever puts the token into a message.
 
 Image references decide where bytes may come from. `/data/upload/...` and
@@ -23,8 +23,8 @@ from urllib.parse import urlparse
 import httpx
 
 from labelloop.errors import ConfigError, ExternalServiceError, InputError
-from labelloop.labelstudio.client import LabelStudioSink
-from labelloop.labelstudio.convert import LabelConfig, parse_label_config
+from labelloop.labelstudio.client import LabelStudioClient
+from labelloop.labelstudio.label_config import LabelConfig, parse_label_config
 
 PAGE_SIZE = 100
 ID_PAGE_SIZE = 1000
@@ -111,9 +111,9 @@ class LabelStudioSource:
                 "no Label Studio token: set LABELLOOP_LABELSTUDIO_TOKEN (an API or personal "
                 "access token of a user who can read the project)"
             )
-        self._api = LabelStudioSink(url, token, timeout=timeout)
-        self._client = self._api._client
-        self._call = self._api._call
+        self._api = LabelStudioClient(url, token, timeout=timeout)
+        self._client = self._api.sdk
+        self._call = self._api.call
         self.url = self._api.url
         self.image_hosts = list(image_hosts)
         self._timeout = timeout

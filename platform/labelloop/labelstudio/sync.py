@@ -35,8 +35,9 @@ from labelloop.context import Context
 from labelloop.db.models import Annotation, Image, Project, SourceItem
 from labelloop.errors import InputError
 from labelloop.ingest.core import IngestReport, ingest_records
-from labelloop.ingest.records import RecordAnnotation, SourceRecord
-from labelloop.labelstudio.convert import image_reference, results_to_shapes, task_annotations
+from labelloop.ingest.records import RecordAnnotation, SourceRecord, error_record
+from labelloop.labelstudio.convert import results_to_shapes
+from labelloop.labelstudio.export import image_reference, task_annotations
 from labelloop.labelstudio.remote import LabelStudioSource, RemoteProject
 from labelloop.projects import get_project, label_names
 
@@ -250,8 +251,7 @@ class _Pull:
                 for ann in task_annotations(task, include_cancelled=True)
             ]
         except InputError as exc:
-            err = InputError(exc.reason, file=self.file, record=exc.record or name)
-            return SourceRecord(self.source, tid, "", self.file, bytes, name=name, error=err)
+            return error_record(exc, source=self.source, external_id=tid, file=self.file, name=name)
         return SourceRecord(
             source=self.source,
             external_id=tid,

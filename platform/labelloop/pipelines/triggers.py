@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from labelloop.config import Settings
 from labelloop.db.models import Project
 from labelloop.errors import InputError
+from labelloop.push.targets import NAMES as PUSH_TARGETS
 
-PUSH_TARGETS = ("file", "labelstudio")
 _CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
 
 
@@ -48,7 +48,7 @@ class ProjectTriggers(BaseModel):
     min_annotations: int | None = Field(None, ge=1, description="events that start a retrain")
     debounce_s: float | None = Field(None, ge=0, description="quiet time before it starts")
     budget: int | None = Field(None, ge=1, description="images selected per round")
-    push_to: str | None = Field(None, description="file | labelstudio")
+    push_to: str | None = Field(None, description=" | ".join(PUSH_TARGETS))
     recipe: dict[str, Any] = Field(
         default_factory=dict, description="recipe overrides every pipeline of the project uses"
     )

@@ -7,8 +7,9 @@ from fastapi import APIRouter, Body, Depends, Request, status
 from labelloop.api.auth import get_ctx, require_webhook_secret
 from labelloop.api.schemas import ErrorOut, WebhookOut
 from labelloop.context import Context
+from labelloop.labelstudio.webhooks import SECRET_HEADER, parse_event
 from labelloop.pipelines.dispatch import launch
-from labelloop.pipelines.webhooks import SECRET_HEADER, parse_event, record_event
+from labelloop.pipelines.webhooks import record_event
 
 router = APIRouter(tags=["webhooks"])
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,6 @@ from PIL import Image, UnidentifiedImageError
 from labelloop.errors import InputError
 from labelloop.imaging import DEFAULT_MAX_PIXELS
 from labelloop.ingest.readers.images import IMAGE_SUFFIXES
-from labelloop.ingest.records import SourceRecord
 
 # Lower and upper case, because exports from Windows tools keep '.JPG'.
 SUFFIX_VARIANTS = tuple(sorted(IMAGE_SUFFIXES)) + tuple(s.upper() for s in sorted(IMAGE_SUFFIXES))
@@ -63,6 +62,11 @@ def relative_ref(ref: str) -> str:
     if len(ref) > 1 and ref[1] == ":":
         ref = ref[2:]
     return ref.lstrip("/")
+
+
+def relative_uri(image: Path, root: Path) -> str:
+    """How a record names its image: the path below `root`, else the file name."""
+    return image.relative_to(root).as_posix() if image.is_relative_to(root) else image.name
 
 
 def with_suffixes(folder: Path, stem: str) -> list[Path]:
@@ -117,18 +121,6 @@ def open_raster(
         raise InputError(f"{name} cannot be decoded ({exc})", file=file, record=record) from None
 
 
-def file_loader(path: Path, *, file: str, record: str) -> Callable[[], bytes]:
-    def load() -> bytes:
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise InputError(
-                f"image file {path} cannot be read ({exc.strerror})", file=file, record=record
-            ) from None
-
-    return load
-
-
 def read_text(path: Path, *, file: str, record: str | None = None) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
@@ -147,16 +139,6 @@ def finite(value: object, what: str, *, file: str, record: str) -> float:
     if not math.isfinite(out):
         raise InputError(f"{what} {value!r} is not a finite number", file=file, record=record)
     return out
-
-
-def error_record(
-    exc: InputError, *, source: str, external_id: str, file: str, name: str
-) -> SourceRecord:
-    """The record a reader yields instead of raising, so the stream goes on."""
-    err = InputError(exc.reason, file=exc.file or file, record=exc.record or name)
-    return SourceRecord(
-        source=source, external_id=external_id, uri="", file=file, load=bytes, name=name, error=err
-    )
 
 
 def bool_mask(im: Image.Image) -> np.ndarray:

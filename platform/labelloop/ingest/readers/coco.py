@@ -22,10 +22,16 @@ import ijson
 from labelloop.datasets.freeze import GROUP_KEYS
 from labelloop.domain import Shape
 from labelloop.errors import InputError
-from labelloop.ingest.readers._imagefiles import file_loader
 from labelloop.ingest.readers.coco_shapes import Category, ImageInfo, annotation_shapes, id_key
 from labelloop.ingest.readers.image_lookup import ImageFinder
-from labelloop.ingest.records import Format, ReadOptions, RecordAnnotation, SourceRecord
+from labelloop.ingest.records import (
+    Format,
+    ReadOptions,
+    RecordAnnotation,
+    SourceRecord,
+    error_record,
+    image_record,
+)
 
 _BOM = b"\xef\xbb\xbf"
 _ARRAYS = ("images", "annotations", "categories")
@@ -131,17 +137,11 @@ class _Reader:
                 file=self.name,
             ) from None
 
-    def error_record(
-        self, external_id: str, record: str, reason: str, uri: str = ""
+    def bad_record(
+        self, external_id: str, record: str, error: InputError | str, uri: str = ""
     ) -> SourceRecord:
-        return SourceRecord(
-            source=self.source,
-            external_id=external_id,
-            uri=uri,
-            file=self.name,
-            load=bytes,
-            name=record,
-            error=InputError(reason, file=self.name, record=record),
+        return error_record(
+            error, source=self.source, external_id=external_id, file=self.name, name=record, uri=uri
         )
 
 
@@ -214,7 +214,7 @@ def _image_record(
     reader: _Reader, db: sqlite3.Connection, raw: Any, index: int, known: set[str]
 ) -> SourceRecord:
     if not isinstance(raw, dict):
-        return reader.error_record(
+        return reader.bad_record(
             f"{reader.subset}/#{index}", f"images[{index}]", "image entry is not an object"
         )
     key, file_name = id_key(raw.get("id")), raw.get("file_name")
@@ -223,9 +223,9 @@ def _image_record(
     record = f"image {ident} '{file_name}'"
     uri = file_name if isinstance(file_name, str) else ""
     if key is None:
-        return reader.error_record(external_id, record, "image has no usable id", uri)
+        return reader.bad_record(external_id, record, "image has no usable id", uri)
     if key in known:
-        return reader.error_record(external_id, record, f"image id {key} appears twice", uri)
+        return reader.bad_record(external_id, record, f"image id {key} appears twice", uri)
     known.add(key)
     rows = db.execute("SELECT seq, body FROM ann WHERE image = ? ORDER BY seq", (key,))
     try:
@@ -237,26 +237,24 @@ def _image_record(
             shapes += annotation_shapes(json.loads(body), seq, image, reader.categories)
         path = reader.finder.find(uri, subset=reader.subset, file=reader.name, record=record)
     except InputError as exc:
-        return reader.error_record(external_id, exc.record or record, exc.reason, uri)
+        return reader.bad_record(external_id, record, exc, uri)
     meta: dict[str, Any] = {"subset": reader.subset, "coco_image_id": raw.get("id")}
-    meta["image_path"] = str(path)
     extra = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
     for k in GROUP_KEYS:
         value = raw.get(k, extra.get(k))
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             meta[k] = value
-    name = reader.name
-    return SourceRecord(
+    return image_record(
         source=reader.source,
         external_id=external_id,
         uri=uri,
-        file=name,
-        load=file_loader(path, file=name, record=record),
+        file=reader.name,
+        name=record,
+        image=path,
         annotations=[RecordAnnotation(external_id=reader.file.stem, shapes=shapes)]
         if shapes
         else [],
         meta=meta,
-        name=record,
     )
 
 
@@ -267,14 +265,14 @@ def _orphans(
     rows = db.execute("SELECT image, COUNT(*), MIN(seq) FROM ann GROUP BY image ORDER BY 3")
     for key, count, first in rows:
         if key not in known:
-            yield reader.error_record(
+            yield reader.bad_record(
                 f"{reader.subset}/{key}",
                 f"image {key}",
                 f"{count} annotation(s) (first: annotations[{first}]) refer to image id {key}, "
                 "which is not in 'images'",
             )
     for seq in unusable:
-        yield reader.error_record(
+        yield reader.bad_record(
             f"{reader.subset}/annotations[{seq}]",
             f"annotations[{seq}]",
             "annotation is not an object with a usable image_id",

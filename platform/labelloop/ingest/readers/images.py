@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from labelloop.errors import InputError
-from labelloop.ingest.records import Format, ReadOptions, SourceRecord
+from labelloop.ingest.records import Format, ReadOptions, SourceRecord, file_loader
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 
@@ -38,13 +38,7 @@ def read_image_folder(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
         if path.is_dir() and not real.is_relative_to(root):
             raise InputError(f"symlink points outside {root}", file=str(f))
         rel = str(f.relative_to(path)) if path.is_dir() else f.name
-
-        def load(p: Path = real, name: str = str(f)) -> bytes:
-            try:
-                return p.read_bytes()
-            except OSError as exc:
-                raise InputError(f"cannot read ({exc.strerror})", file=name) from None
-
+        load = file_loader(real, file=str(f), record=rel)
         yield SourceRecord(source=src, external_id=rel, uri=rel, file=str(f), load=load)
 
 

@@ -27,16 +27,23 @@ from labelloop.geometry import mask_shape
 from labelloop.ingest.readers._imagefiles import (
     bool_mask,
     bytes_size,
-    error_record,
-    file_loader,
     finite,
     first_inside,
     image_size,
     open_raster,
     relative_ref,
+    relative_uri,
     with_suffixes,
 )
-from labelloop.ingest.records import Format, ReadOptions, RecordAnnotation, SourceRecord
+from labelloop.ingest.records import (
+    Format,
+    ReadOptions,
+    RecordAnnotation,
+    SourceRecord,
+    error_record,
+    file_loader,
+    image_record,
+)
 
 IGNORED_TYPES = frozenset({"line", "linestrip"})
 
@@ -110,7 +117,7 @@ def _load_json(path: Path, name: str) -> dict:
 
 def _image(
     data: dict, path: Path, root: Path, image_root: Path, name: str
-) -> tuple[Callable[[], bytes], tuple[int, int], str, str]:
+) -> tuple[Callable[[], bytes], tuple[int, int], str, Path | str]:
     """(loader, (width, height), uri, where it came from) for the JSON's image."""
     file = str(path)
     ref = data.get("imagePath")
@@ -122,8 +129,7 @@ def _image(
     found = first_inside(cands, [root, image_root])
     if found is not None:
         size = image_size(found, file=file, record=name)
-        uri = found.relative_to(root).as_posix() if found.is_relative_to(root) else found.name
-        return file_loader(found, file=file, record=name), size, uri, str(found)
+        return file_loader(found, file=file, record=name), size, relative_uri(found, root), found
     embedded = data.get("imageData")
     if isinstance(embedded, str) and embedded:
         try:
@@ -171,21 +177,22 @@ def _record(
             ignored[kind] += 1
             continue
         shapes.extend(_shapes(raw, label.strip(), kind, (width, height), file, where))
-    meta: dict = {"image_path": origin}
+    meta: dict = {}
     if ignored:
         meta["ignored_shapes"] = dict(ignored)
     flags = data.get("flags")
     if isinstance(flags, dict) and (on := sorted(k for k, v in flags.items() if v is True)):
         meta["flags"] = on
-    return SourceRecord(
+    return image_record(
         source=source,
         external_id=key,
         uri=uri,
         file=file,
-        load=load,
+        name=name,
+        image=origin,
         annotations=[RecordAnnotation(external_id="labelme", shapes=shapes)],
         meta=meta,
-        name=name,
+        load=load,
     )
 
 

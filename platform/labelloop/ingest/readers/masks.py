@@ -23,13 +23,12 @@ from labelloop.domain import Mask
 from labelloop.errors import InputError
 from labelloop.geometry import mask_shape
 from labelloop.ingest.readers._imagefiles import (
-    error_record,
-    file_loader,
     first_inside,
     image_size,
     is_image,
     open_raster,
     read_text,
+    relative_uri,
     with_suffixes,
 )
 from labelloop.ingest.readers._labelmap import (
@@ -38,7 +37,14 @@ from labelloop.ingest.readers._labelmap import (
     load_label_map,
     object_ids,
 )
-from labelloop.ingest.records import Format, ReadOptions, RecordAnnotation, SourceRecord
+from labelloop.ingest.records import (
+    Format,
+    ReadOptions,
+    RecordAnnotation,
+    SourceRecord,
+    error_record,
+    image_record,
+)
 
 IMAGE_DIRS = ("images", "image", "imgs", "JPEGImages", "JpegImages")
 MASK_DIRS = ("masks", "mask", "labels", "label", "SegmentationClass")
@@ -254,26 +260,20 @@ def _record(
             file=str(mask),
             record=name,
         )
-    file = str(mask or image)
-    meta: dict = {"image_path": str(image)}
-    if key in layout.subsets:
-        meta["subset"] = layout.subsets[key]
     anns = []
     if mask is not None:
         size = image_size(image, file=str(image), record=name)
         shapes = mask_file_shapes(mask, layout.object_file(key), layout.labels, size, record=name)
         anns.append(RecordAnnotation(external_id="mask", shapes=list(shapes)))
-    return SourceRecord(
+    return image_record(
         source=source,
         external_id=key,
-        uri=image.relative_to(image_root).as_posix()
-        if image.is_relative_to(image_root)
-        else image.name,
-        file=file,
-        load=file_loader(image, file=file, record=name),
-        annotations=anns,
-        meta=meta,
+        uri=relative_uri(image, image_root),
+        file=str(mask or image),
         name=name,
+        image=image,
+        annotations=anns,
+        meta={"subset": layout.subsets[key]} if key in layout.subsets else None,
     )
 
 

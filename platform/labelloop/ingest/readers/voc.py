@@ -22,16 +22,22 @@ from labelloop.domain import Box, Shape
 from labelloop.errors import InputError
 from labelloop.ingest.readers import masks
 from labelloop.ingest.readers._imagefiles import (
-    error_record,
-    file_loader,
     finite,
     first_inside,
     image_size,
     is_image,
     relative_ref,
+    relative_uri,
     with_suffixes,
 )
-from labelloop.ingest.records import Format, ReadOptions, RecordAnnotation, SourceRecord
+from labelloop.ingest.records import (
+    Format,
+    ReadOptions,
+    RecordAnnotation,
+    SourceRecord,
+    error_record,
+    image_record,
+)
 
 _VOC_ROOT = re.compile(rb"<annotation[\s>]")
 _FLAGS = ("difficult", "truncated", "occluded")
@@ -291,24 +297,16 @@ def _record(
             *(shapes or []),
             *masks.mask_file_shapes(mask, obj, lay.seg.labels, size, record=name),
         ]
-    meta: dict = {"image_path": str(image)}
-    if image_id in lay.subsets:
-        meta["subset"] = lay.subsets[image_id]
-    anns = [] if shapes is None else [RecordAnnotation(external_id="voc", shapes=shapes)]
-    uri = (
-        image.relative_to(lay.image_root).as_posix()
-        if image.is_relative_to(lay.image_root)
-        else image.name
-    )
-    return SourceRecord(
+    meta = {"subset": lay.subsets[image_id]} if image_id in lay.subsets else {}
+    return image_record(
         source=source,
         external_id=image_id,
-        uri=uri,
+        uri=relative_uri(image, lay.image_root),
         file=file,
-        load=file_loader(image, file=file, record=name),
-        annotations=anns,
-        meta=meta,
         name=name,
+        image=image,
+        annotations=[] if shapes is None else [RecordAnnotation(external_id="voc", shapes=shapes)],
+        meta=meta,
     )
 
 

@@ -19,8 +19,6 @@ import yaml
 from labelloop.domain import Box, Polygon, Shape
 from labelloop.errors import InputError
 from labelloop.ingest.readers._imagefiles import (
-    error_record,
-    file_loader,
     finite,
     first_inside,
     image_size,
@@ -28,7 +26,14 @@ from labelloop.ingest.readers._imagefiles import (
     read_text,
     with_suffixes,
 )
-from labelloop.ingest.records import Format, ReadOptions, RecordAnnotation, SourceRecord
+from labelloop.ingest.records import (
+    Format,
+    ReadOptions,
+    RecordAnnotation,
+    SourceRecord,
+    error_record,
+    image_record,
+)
 
 YAML_FILES = ("data.yaml", "dataset.yaml", "data.yml", "dataset.yml")
 NAME_FILES = ("classes.txt", "obj.names")
@@ -194,18 +199,15 @@ def _record(
         size = image_size(image, file=file, record=name)
         shapes = list(parse_label_file(label, size, names, name))
         anns.append(RecordAnnotation(external_id="yolo", shapes=shapes))
-    meta: dict = {"image_path": str(image)}
-    if subset:
-        meta["subset"] = subset
-    return SourceRecord(
+    return image_record(
         source=source,
         external_id=key,
         uri=key,
         file=file,
-        load=file_loader(image, file=file, record=name),
-        annotations=anns,
-        meta=meta,
         name=name,
+        image=image,
+        annotations=anns,
+        meta={"subset": subset} if subset else None,
     )
 
 

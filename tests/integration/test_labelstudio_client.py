@@ -1,4 +1,5 @@
-"""LabelStudioSink against a real Label Studio server: tasks, uploads, predictions, re-push."""
+"""The Label Studio client and task push against a real server: tasks, uploads,
+predictions, re-push, errors."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
 from labelloop.errors import ExternalServiceError
 from labelloop.imaging import encode_png
-from labelloop.labelstudio.client import KEY_FIELD, LabelStudioSink, PushTask
+from labelloop.labelstudio.client import LabelStudioClient
+from labelloop.labelstudio.push import KEY_FIELD, PushTask, push_tasks
 from tests.integration.labelstudio_server import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.labelstudio]
@@ -89,8 +91,8 @@ def _tasks(round_no: int, version: str, score_shift: float = 0.0) -> list[PushTa
 
 
 @pytest.fixture
-def sink(labelstudio) -> LabelStudioSink:
-    return LabelStudioSink(labelstudio.url, labelstudio.token)
+def ls(labelstudio) -> LabelStudioClient:
+    return LabelStudioClient(labelstudio.url, labelstudio.token)
 
 
 @pytest.fixture
@@ -98,21 +100,21 @@ def client(labelstudio) -> LabelStudio:
     return LabelStudio(base_url=labelstudio.url, api_key=labelstudio.token)
 
 
-def _by_key(sink: LabelStudioSink, project: int) -> dict[str, dict]:
-    return {t["data"][KEY_FIELD]: t for t in sink.tasks(project)}
+def _by_key(ls: LabelStudioClient, project: int) -> dict[str, dict]:
+    return {t["data"][KEY_FIELD]: t for t in ls.tasks(project)}
 
 
-def test_push_uploads_images_attaches_predictions_and_reuses_tasks(labelstudio, sink, client):
-    title = f"sink {uuid.uuid4().hex[:8]}"
-    project = sink.ensure_project(title, CONFIG)
-    assert sink.ensure_project(title, CONFIG) == project
+def test_push_uploads_images_attaches_predictions_and_reuses_tasks(labelstudio, ls, client):
+    title = f"client {uuid.uuid4().hex[:8]}"
+    project = ls.ensure_project(title, CONFIG)
+    assert ls.ensure_project(title, CONFIG) == project
 
     first = _tasks(1, "round-1")
-    ids = sink.push(project, first)
+    ids = push_tasks(ls, project, first)
     assert set(ids) == {t.key for t in first}
     assert len(set(ids.values())) == 3
 
-    rows = _by_key(sink, project)
+    rows = _by_key(ls, project)
     assert set(rows) == set(ids)
     for i, t in enumerate(first):
         row = rows[t.key]
@@ -124,7 +126,7 @@ def test_push_uploads_images_attaches_predictions_and_reuses_tasks(labelstudio, 
         assert image_url.startswith("/data/upload/"), image_url
         assert image_url.endswith(f"cell_{i}.png")
 
-        preds = sink.predictions(ids[t.key])
+        preds = ls.predictions(ids[t.key])
         assert len(preds) == 1
         (pred,) = preds
         assert pred["model_version"] == "round-1"
@@ -146,29 +148,29 @@ def test_push_uploads_images_attaches_predictions_and_reuses_tasks(labelstudio, 
 
     # The same round again with new scores: same tasks, the prediction is replaced.
     again = _tasks(2, "round-1", score_shift=0.05)
-    assert sink.push(project, again) == ids
-    rows = _by_key(sink, project)
+    assert push_tasks(ls, project, again) == ids
+    rows = _by_key(ls, project)
     assert len(rows) == 3
     for i, t in enumerate(again):
         assert rows[t.key]["data"]["labelloop_round"] == 2
         assert rows[t.key]["data"]["image"].endswith(f"cell_{i}.png")
-        preds = sink.predictions(ids[t.key])
+        preds = ls.predictions(ids[t.key])
         assert [(p["model_version"], round(p["score"], 4)) for p in preds] == [
             ("round-1", round(0.25 + i / 10, 4))
         ]
 
     # A new model version adds its prediction beside the earlier one.
-    assert sink.push(project, _tasks(3, "round-3")) == ids
-    assert len(sink.tasks(project)) == 3
+    assert push_tasks(ls, project, _tasks(3, "round-3")) == ids
+    assert len(ls.tasks(project)) == 3
     for key, task_id in ids.items():
-        versions = sorted(p["model_version"] for p in sink.predictions(task_id))
+        versions = sorted(p["model_version"] for p in ls.predictions(task_id))
         assert versions == ["round-1", "round-3"], key
     assert client.projects.get(project).model_version == "round-3"
     uploads = client.files.list(project, all_=True)
     assert len(uploads) == 3  # re-pushes upload nothing
 
 
-def test_push_with_local_file_urls_uploads_nothing(labelstudio, sink, client):
+def test_push_with_local_file_urls_uploads_nothing(labelstudio, ls, client):
     folder = labelstudio.document_root / f"pool-{uuid.uuid4().hex[:8]}"
     folder.mkdir()
     tasks = [
@@ -177,16 +179,19 @@ def test_push_with_local_file_urls_uploads_nothing(labelstudio, sink, client):
     ]
     for t in tasks:
         (folder / t.filename).write_bytes(t.image_bytes)
-    project = sink.ensure_project(f"local {folder.name}", CONFIG)
+    project = ls.ensure_project(f"local {folder.name}", CONFIG)
     client.import_storage.local.create(project=project, path=str(folder), use_blob_urls=True)
     names = {t.key: t.filename for t in tasks}
 
-    ids = sink.push(
-        project, tasks, image_url_for=lambda key: f"/data/local-files/?d={folder.name}/{names[key]}"
+    ids = push_tasks(
+        ls,
+        project,
+        tasks,
+        image_url_for=lambda key: f"/data/local-files/?d={folder.name}/{names[key]}",
     )
-    assert sink.push(project, tasks, image_url_for=lambda key: "unused") == ids
+    assert push_tasks(ls, project, tasks, image_url_for=lambda key: "unused") == ids
 
-    rows = _by_key(sink, project)
+    rows = _by_key(ls, project)
     assert set(rows) == {"local-0", "local-1"}
     auth = {"Authorization": f"Token {labelstudio.token}"}
     for t in tasks:
@@ -195,24 +200,24 @@ def test_push_with_local_file_urls_uploads_nothing(labelstudio, sink, client):
         got = httpx.get(labelstudio.url + url, headers=auth, timeout=30)
         assert got.status_code == 200
         assert got.content == t.image_bytes
-        assert sink.predictions(ids[t.key]) == []
+        assert ls.predictions(ids[t.key]) == []
     assert client.files.list(project, all_=True) == []
 
 
-def test_http_failures_become_external_service_errors(labelstudio, sink):
-    bad = LabelStudioSink(labelstudio.url, "0" * 40)
+def test_http_failures_become_external_service_errors(labelstudio, ls):
+    bad = LabelStudioClient(labelstudio.url, "0" * 40)
     with pytest.raises(ExternalServiceError) as err:
         bad.ensure_project("never", CONFIG)
     assert "HTTP 401" in str(err.value)
     assert labelstudio.url in str(err.value)
 
     with pytest.raises(ExternalServiceError) as err:
-        sink.ensure_project(f"broken {uuid.uuid4().hex[:8]}", "<View><Image name=")
+        ls.ensure_project(f"broken {uuid.uuid4().hex[:8]}", "<View><Image name=")
     assert "HTTP 400" in str(err.value)
     assert labelstudio.token not in str(err.value)
 
     closed = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ExternalServiceError) as err:
-        LabelStudioSink(closed, labelstudio.token, timeout=5).tasks(1)
+        LabelStudioClient(closed, labelstudio.token, timeout=5).tasks(1)
     assert "unreachable" in str(err.value)
     assert closed in str(err.value)

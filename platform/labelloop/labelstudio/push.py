@@ -1,0 +1,501 @@
+"""The `labelstudio` push target: a round's images become tasks in a Label Studio project,
+with the model's predictions, a Data Manager tab per round (and per annotator batch) and
+the model version shown by default. `round_files` gives the same tasks as an import file
+for the `file` target.
+
+Predictions carry `model_version` and a `score`; Label Studio sorts by prediction score,
+and annotators should meet the least confident images first, so the pushed score is the
+model's confidence (1 - normalised uncertainty) and the raw uncertainty travels as the
+task field `uncertainty`.
+
+Images are UPLOADED by default. A task that points at a path on our side (a
+`/data/local-files/?d=...` URL) only displays when Label Studio runs with local-file
+serving enabled, shares our filesystem and has a Local Files storage on that project
+whose folder holds the file; an uploaded file needs none of that and keeps working when
+our blob store moves. Callers that do have such a setup (or a URL the browser can reach)
+pass `image_url_for(key)` and nothing is uploaded.
+
+Uploads go through `POST /api/projects/{id}/import?commit_to_project=false`, which stores
+the files without making tasks; the tasks are then created in one JSON import that
+already carries every data field and the prediction. A task therefore never exists
+without its `labelloop_key`, so an interrupted push leaves at most orphan files, never a
+task that a retry could not recognise.
+
+Idempotence: every task carries `data.labelloop_key` (our stable image key). A push first
+looks the keys up in the project and reuses those tasks: their extra data fields are
+updated in place, and a prediction with the same `model_version` is replaced (updated),
+never duplicated; a prediction with a new model_version is added beside older ones, so
+the labeling interface can still show earlier rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from labelloop.context import Context
+from labelloop.errors import ConfigError, ExternalServiceError, InputError
+from labelloop.labelstudio.client import PAGE_SIZE, LabelStudioClient
+from labelloop.labelstudio.convert import shapes_to_results
+from labelloop.labelstudio.label_config import CONTROL_KINDS, parse_label_config, task_label_config
+from labelloop.push.stage import (
+    PushOptions,
+    PushResult,
+    RoundBatch,
+    TaskSpec,
+    record_push,
+    round_batch,
+)
+
+log = logging.getLogger(__name__)
+
+KEY_FIELD = "labelloop_key"
+DEFAULT_IMAGE_FIELD = "image"
+# Keys per lookup query: the filter travels in the URL, which proxies cap at about 8 KB.
+LOOKUP_BATCH = 20
+# Django refuses more than 100 files per request by default; stay well below, and below
+# a request size that proxies accept.
+UPLOAD_BATCH_FILES = 50
+UPLOAD_BATCH_BYTES = 64 * 1024 * 1024
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class PushTask:
+    """One image to label. `prediction` is {"result": [...], "score": float,
+    "model_version": str} with `result` in Label Studio's format, or None."""
+
+    key: str
+    filename: str
+    image_bytes: bytes
+    data_extra: dict[str, Any] = field(default_factory=dict)
+    prediction: dict[str, Any] | None = None
+
+
+# -- a round as Label Studio tasks ----------------------------------------------------------
+
+
+def push_to_labelstudio(ctx: Context, round_id: int, options: PushOptions) -> PushResult:
+    """Create (or reuse) tasks in a Label Studio project and attach the predictions."""
+    url = options.url or ctx.settings.labelstudio_url
+    token = options.token or ctx.settings.labelstudio_token.get_secret_value()
+    if not url or not token:
+        raise ConfigError(
+            "Label Studio push needs LABELLOOP_LABELSTUDIO_URL and "
+            "LABELLOOP_LABELSTUDIO_TOKEN (the URL may also come from --ls-url)"
+        )
+    batch = round_batch(ctx, round_id)
+    number, mv_name, specs = batch.number, batch.model_version, batch.specs
+    config, results = _round_results(batch)
+    client = LabelStudioClient(url, token)
+    ls_project = client.ensure_project(options.title or f"labelloop {batch.project}", config)
+    tasks = [
+        PushTask(
+            key=spec.sha256,
+            filename=spec.file_name,
+            image_bytes=ctx.blobs.get_bytes(spec.blob_key),
+            data_extra=task_fields(spec, number),
+            prediction=_prediction(spec, result, mv_name),
+        )
+        for spec, result in zip(specs, results, strict=True)
+    ]
+    key_to_task = push_tasks(client, ls_project, tasks)
+    id_map = {spec.image_id: str(key_to_task[spec.sha256]) for spec in specs}
+    # Annotators open the round's tab and meet the least confident image first; with
+    # several annotator batches, each gets a tab of its own.
+    views = [
+        ensure_view(
+            client,
+            ls_project,
+            f"labelloop round {number}",
+            {"labelloop_round": number},
+            "uncertainty",
+        )
+    ]
+    batches = sorted({spec.batch for spec in specs})
+    if len(batches) > 1:
+        views += [
+            ensure_view(
+                client,
+                ls_project,
+                f"labelloop round {number} · batch {b}",
+                {"labelloop_round": number, "labelloop_batch": b},
+                "uncertainty",
+            )
+            for b in batches
+        ]
+    destination = f"{url.rstrip('/')}/projects/{ls_project}"
+    push_id = record_push(ctx, round_id, "labelstudio", destination, id_map)
+    return PushResult(push_id, "labelstudio", destination, number, mv_name, id_map, views)
+
+
+def round_files(batch: RoundBatch) -> dict[str, str]:
+    """The round folder's Label Studio import: `tasks.json` (tasks with predictions,
+    images as local-file URLs under the folder) and the `label_config.xml` they fit."""
+    config, results = _round_results(batch)
+    tasks = []
+    for spec, result in zip(batch.specs, results, strict=True):
+        task: dict[str, Any] = {
+            "data": {
+                "image": f"/data/local-files/?d=images/{spec.file_name}",
+                **task_fields(spec, batch.number),
+            }
+        }
+        prediction = _prediction(spec, result, batch.model_version)
+        if prediction:
+            task["predictions"] = [prediction]
+        tasks.append(task)
+    return {"tasks.json": json.dumps(tasks, indent=1), "label_config.xml": config}
+
+
+def controls_for(config_xml: str) -> tuple[dict[str, str], str]:
+    """Map canonical shape kinds to the config's control names, and the image name."""
+    cfg = parse_label_config(config_xml)
+    controls: dict[str, str] = {}
+    for c in cfg.controls:
+        kind = CONTROL_KINDS.get(c.type.lower())
+        if kind and kind not in controls:
+            controls[kind] = c.name
+    return controls, cfg.to_name_default
+
+
+def _round_results(batch: RoundBatch) -> tuple[str, list[list[dict]]]:
+    """The labeling config a round's project gets (its labels, a control per shape kind
+    of its task) and, per spec, the prediction as results of that config."""
+    config = task_label_config(batch.labels, batch.task)
+    controls, to_name = controls_for(config)
+    results = [
+        shapes_to_results(sp.shapes, sp.width, sp.height, controls=controls, to_name=to_name)
+        if sp.shapes
+        else []
+        for sp in batch.specs
+    ]
+    return config, results
+
+
+def _prediction(spec: TaskSpec, result: list[dict], model_version: str | None) -> dict | None:
+    if not result:
+        return None
+    return {"model_version": model_version, "score": confidence(spec.uncertainty), "result": result}
+
+
+def confidence(uncertainty: float | None) -> float | None:
+    return None if uncertainty is None else round(max(0.0, min(1.0, 1.0 - uncertainty)), 6)
+
+
+def task_fields(spec: TaskSpec, number: int) -> dict:
+    """Task data fields every push sets: our ids, and what annotators sort and filter by."""
+    return {
+        "labelloop_image_id": spec.image_id,
+        "labelloop_round": number,
+        "labelloop_batch": spec.batch,
+        "uncertainty": spec.uncertainty,
+        "rank": spec.rank,
+    }
+
+
+# -- tasks, predictions, tabs -------------------------------------------------------------
+
+
+def push_tasks(
+    client: LabelStudioClient,
+    project_id: int,
+    tasks: Sequence[PushTask],
+    *,
+    image_url_for: Callable[[str], str] | None = None,
+) -> dict[str, int]:
+    """Create or reuse one task per PushTask; returns key -> Label Studio task id."""
+    _check_tasks(tasks)
+    if not tasks:
+        return {}
+    image_field = _image_field(client, project_id)
+    for t in tasks:
+        clash = {KEY_FIELD, image_field} & set(t.data_extra)
+        if clash:
+            raise InputError(f"data_extra may not set {sorted(clash)}", record=t.key)
+    existing = _lookup(client, project_id, [t.key for t in tasks])
+    fresh = [t for t in tasks if t.key not in existing]
+    for t in tasks:
+        if t.key in existing:
+            _refresh_task(client, *existing[t.key], t)
+    if fresh:
+        urls = (
+            {t.key: image_url_for(t.key) for t in fresh}
+            if image_url_for
+            else _upload(client, project_id, fresh)
+        )
+        _create_tasks(client, project_id, fresh, urls, image_field)
+    ids = find_tasks(client, project_id, [t.key for t in tasks])
+    missing = [t.key for t in tasks if t.key not in ids]
+    if missing:
+        raise ExternalServiceError(
+            f"Label Studio at {client.url} did not create tasks for {len(missing)} image(s) "
+            f"in project {project_id}, e.g. {missing[0]}"
+        )
+    versions = [t.prediction["model_version"] for t in tasks if t.prediction]
+    if versions:
+        _set_model_version(client, project_id, versions[-1])
+    return {t.key: ids[t.key] for t in tasks}
+
+
+def ensure_view(
+    client: LabelStudioClient,
+    project_id: int,
+    title: str,
+    equals: dict[str, int | str],
+    order_by: str,
+    *,
+    descending: bool = True,
+) -> int:
+    """A Data Manager tab showing the tasks whose data fields equal `equals`, sorted by
+    the data field `order_by`; the tab with this title is updated, never duplicated.
+    Returns its id."""
+    items = [
+        {
+            "filter": f"filter:tasks:data.{name}",
+            "operator": "equal",
+            "type": "Number" if isinstance(value, int | float) else "String",
+            "value": value,
+        }
+        for name, value in equals.items()
+    ]
+    data = {
+        "title": title,
+        "filters": {"conjunction": "and", "items": items},
+        "ordering": [f"{'-' if descending else ''}tasks:data.{order_by}"],
+    }
+    views = client.call(
+        f"GET /api/dm/views?project={project_id}",
+        lambda: client.sdk.views.list(project=project_id),
+    )
+    same = sorted(v.id for v in views if v.id is not None and (v.data or {}).get("title") == title)
+    if same:
+        client.call(
+            f"PATCH /api/dm/views/{same[0]}",
+            lambda: client.sdk.views.update(str(same[0]), data=data, project=project_id),
+        )
+        return same[0]
+    created = client.call(
+        "POST /api/dm/views",
+        lambda: client.sdk.views.create(data=data, project=project_id),
+    )
+    if created.id is None:
+        raise ExternalServiceError(f"Label Studio at {client.url} created a view with no id")
+    return created.id
+
+
+def find_tasks(client: LabelStudioClient, project_id: int, keys: Sequence[str]) -> dict[str, int]:
+    """key -> task id for the keys that already have a task (the oldest one wins)."""
+    return {k: task_id for k, (task_id, _) in _lookup(client, project_id, keys).items()}
+
+
+def _lookup(
+    client: LabelStudioClient, project_id: int, keys: Sequence[str]
+) -> dict[str, tuple[int, dict]]:
+    """key -> (task id, task data), queried by data.labelloop_key in small batches."""
+    found: dict[str, tuple[int, dict]] = {}
+    unique = list(dict.fromkeys(keys))
+    for batch in _chunks(unique, LOOKUP_BATCH):
+        query = json.dumps(
+            {
+                "filters": {
+                    "conjunction": "or",
+                    "items": [
+                        {
+                            "filter": f"filter:tasks:data.{KEY_FIELD}",
+                            "operator": "equal",
+                            "type": "String",
+                            "value": k,
+                        }
+                        for k in batch
+                    ],
+                }
+            }
+        )
+        rows = client.call(
+            f"GET /api/tasks?project={project_id}",
+            lambda q=query: [
+                (t.id, dict(t.data or {}))
+                for t in client.sdk.tasks.list(
+                    project=project_id,
+                    query=q,
+                    fields="task_only",
+                    include="id,data",
+                    page_size=PAGE_SIZE,
+                )
+                if t.id is not None
+            ],
+        )
+        for task_id, data in sorted(rows, key=lambda row: row[0]):
+            key = data.get(KEY_FIELD)
+            if key in batch and key not in found:
+                found[key] = (task_id, data)
+    return found
+
+
+def _image_field(client: LabelStudioClient, project_id: int) -> str:
+    config = client.call(
+        f"GET /api/projects/{project_id}",
+        lambda: client.sdk.projects.get(project_id).label_config,
+    )
+    images = parse_label_config(config).images if config else ()
+    return images[0].data_key if images else DEFAULT_IMAGE_FIELD
+
+
+def _upload(
+    client: LabelStudioClient, project_id: int, tasks: Sequence[PushTask]
+) -> dict[str, str]:
+    """Store the image files in the project; key -> URL for task data."""
+    urls: dict[str, str] = {}
+    batches: list[list[PushTask]] = [[]]
+    size = 0
+    for t in tasks:
+        if batches[-1] and (
+            len(batches[-1]) >= UPLOAD_BATCH_FILES or size + len(t.image_bytes) > UPLOAD_BATCH_BYTES
+        ):
+            batches.append([])
+            size = 0
+        batches[-1].append(t)
+        size += len(t.image_bytes)
+    for batch in batches:
+        files = {
+            f"file_{i}": (
+                t.filename,
+                t.image_bytes,
+                mimetypes.guess_type(t.filename)[0] or "image/png",
+            )
+            for i, t in enumerate(batch)
+        }
+        reply = client.post_files(
+            f"api/projects/{project_id}/import", files, params={"commit_to_project": False}
+        )
+        upload_ids = reply.get("file_upload_ids") or []
+        if len(upload_ids) != len(batch):
+            raise ExternalServiceError(
+                f"Label Studio at {client.url} stored {len(upload_ids)} of {len(batch)} files "
+                f"in project {project_id}"
+            )
+        uploads = client.call(
+            f"GET /api/projects/{project_id}/file-uploads",
+            lambda ids=upload_ids: client.sdk.files.list(project_id, ids=json.dumps(ids)),
+        )
+        names = {u.id: u.file for u in uploads}
+        for t, upload_id in zip(batch, upload_ids, strict=True):
+            if upload_id not in names:
+                raise ExternalServiceError(
+                    f"Label Studio at {client.url} lost uploaded file {upload_id} "
+                    f"({t.filename}) in project {project_id}"
+                )
+            # Label Studio serves uploads at MEDIA_URL ("/data/") + the stored name.
+            urls[t.key] = f"{client.base_path}/data/{names[upload_id].lstrip('/')}"
+    return urls
+
+
+def _create_tasks(
+    client: LabelStudioClient,
+    project_id: int,
+    tasks: Sequence[PushTask],
+    urls: dict[str, str],
+    image_field: str,
+) -> None:
+    payload = []
+    for t in tasks:
+        item: dict[str, Any] = {
+            "data": {**t.data_extra, image_field: urls[t.key], KEY_FIELD: t.key}
+        }
+        if t.prediction:
+            item["predictions"] = [_prediction_fields(t.prediction)]
+        payload.append(item)
+    for batch in _chunks(payload, 500):
+        client.call(
+            f"POST /api/projects/{project_id}/import",
+            lambda b=batch: client.sdk.projects.import_tasks(
+                project_id, request=b, return_task_ids=True
+            ),
+        )
+
+
+def _refresh_task(
+    client: LabelStudioClient, task_id: int, data: dict[str, Any], t: PushTask
+) -> None:
+    """Bring a reused task's extra fields and prediction up to date."""
+    merged = {**data, **t.data_extra}
+    if merged != data:
+        client.call(
+            f"PATCH /api/tasks/{task_id}",
+            lambda: client.sdk.tasks.update(str(task_id), data=merged),
+        )
+    if not t.prediction:
+        return
+    fields = _prediction_fields(t.prediction)
+    current = client.call(
+        f"GET /api/predictions?task={task_id}",
+        lambda: client.sdk.predictions.list(task=task_id),
+    )
+    same = sorted(
+        p.id for p in current if p.model_version == fields["model_version"] and p.id is not None
+    )
+    if not same:
+        client.call(
+            "POST /api/predictions",
+            lambda: client.sdk.predictions.create(task=task_id, **fields),
+        )
+        return
+    client.call(
+        f"PATCH /api/predictions/{same[0]}",
+        lambda: client.sdk.predictions.update(
+            same[0], result=fields["result"], score=fields["score"]
+        ),
+    )
+    for extra in same[1:]:
+        client.call(
+            f"DELETE /api/predictions/{extra}",
+            lambda e=extra: client.sdk.predictions.delete(e),
+        )
+
+
+def _set_model_version(client: LabelStudioClient, project_id: int, version: str) -> None:
+    """Show this version's predictions by default; Label Studio only accepts versions
+    that exist as predictions or live models, so a refusal is logged, not raised."""
+    try:
+        client.call(
+            f"PATCH /api/projects/{project_id}",
+            lambda: client.sdk.projects.update(project_id, model_version=version),
+        )
+    except ExternalServiceError as exc:
+        log.warning("project %s keeps its model_version: %s", project_id, exc)
+
+
+def _check_tasks(tasks: Sequence[PushTask]) -> None:
+    seen: set[str] = set()
+    for t in tasks:
+        if not t.key:
+            raise InputError("empty task key", record=t.filename)
+        if t.key in seen:
+            raise InputError("the same key appears twice in one push", record=t.key)
+        seen.add(t.key)
+        if not t.image_bytes:
+            raise InputError("image is empty", file=t.filename, record=t.key)
+        if t.prediction is not None:
+            missing = {"result", "score", "model_version"} - set(t.prediction)
+            if missing:
+                raise InputError(f"prediction lacks {sorted(missing)}", record=t.key)
+
+
+def _prediction_fields(p: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "result": list(p["result"]),
+        "score": float(p["score"]),
+        "model_version": str(p["model_version"]),
+    }
+
+
+def _chunks(items: Sequence[T], n: int) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
