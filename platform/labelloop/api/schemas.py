@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from labelloop.pipelines.runs import PipelineParams
+
 
 class ErrorOut(BaseModel):
     detail: str = Field(description="what was wrong, naming the field, id or name")
@@ -146,16 +148,9 @@ class RunOut(BaseModel):
     not_before: str | None = Field(description="a debounced run starts no earlier than this")
 
 
-class TriggerIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    recipe: dict[str, Any] = Field(
-        default_factory=dict, description="recipe overrides, e.g. {'epochs': 30, 'lr': 0.001}"
-    )
-    budget: int | None = Field(None, ge=1, description="images to select (default: project's)")
-    push_to: str | None = Field(None, description="file | labelstudio (default: project's)")
-    strategy: str = Field("uncertainty", description="selection strategy")
-    sync: bool = Field(True, description="pull the linked Label Studio projects first")
+class TriggerIn(PipelineParams):
+    """A retrain's parameters; unset ones come from the project's triggers, then the
+    global defaults."""
 
 
 class TriggerOut(BaseModel):

@@ -35,6 +35,7 @@ from labelloop.pipelines.runs import (
     as_utc,
     lock_project,
     request_in_session,
+    resolve_params,
 )
 from labelloop.pipelines.triggers import effective_triggers, labelstudio_links, link_labelstudio
 from labelloop.projects import get_project
@@ -154,9 +155,8 @@ def pending_annotations(s, project_id: int) -> int:
 
 
 def _queue(s, ctx: Context, project: Project, delay_s: float) -> PipelineRequest:
-    req = request_in_session(
-        s, ctx, project, "webhook", "labelstudio", PipelineParams(), delay_s, None
-    )
+    params = resolve_params(project, ctx, PipelineParams())
+    req = request_in_session(s, ctx, project, "webhook", "labelstudio", params, delay_s, None)
     if req.created:
         s.execute(
             WebhookEvent.__table__.update()
