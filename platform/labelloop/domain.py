@@ -20,6 +20,10 @@ from labelloop.kinds import TASKS
 TaskKind = StrEnum("TaskKind", [(name, name) for name in TASKS], module=__name__)
 
 
+# Source metadata keys that name a patient / slide: images sharing one stay in one split.
+GROUP_KEYS = ("patient_id", "patient", "slide_id", "slide", "group")
+
+
 class Split(StrEnum):
     train = "train"
     val = "val"

@@ -12,6 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from torch import nn
 
 from labelloop.context import Context
@@ -70,6 +71,22 @@ def load_model_version(ctx: Context, model_version_id: int) -> LoadedModel:
         labels = tuple(lc.name for lc in project.labels)
         key, sha, recipe = mv.artifact_key, mv.sha256, mv.recipe
     return _load(ctx.settings.blob_url, key, sha, json.dumps(recipe, sort_keys=True), labels)
+
+
+def find_model(s: Session, project_id: int | None, model: str | None = None) -> int | None:
+    """The model version a caller means: `model` by name (or numeric id), within the
+    project when one is given; without a name, the project's production model, else its
+    newest (what scoring, selection and counting use by default). None when there is none."""
+    q = select(ModelVersion.id)
+    if project_id is not None:
+        q = q.where(ModelVersion.project_id == project_id)
+    if model:
+        named = ModelVersion.name == model
+        q = q.where(named | (ModelVersion.id == int(model)) if model.isdigit() else named)
+    elif project_id is None:
+        raise InputError("name a model version or a project")
+    production_first = (ModelVersion.stage == Stage.production).desc()
+    return s.scalar(q.order_by(production_first, ModelVersion.id.desc()).limit(1))
 
 
 def production_model(ctx: Context, project_id: int) -> int | None:

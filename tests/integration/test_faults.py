@@ -196,7 +196,7 @@ def test_redis_restart_loses_no_queued_task(pg_url, service_env, start_worker, t
 def test_dropped_database_connection_retries_the_stage_without_half_written_rows(
     pg_url, service_env, service_settings, start_worker, celery_app, tmp_path
 ):
-    from labelloop_workers import tasks
+    from labelloop_workers import stages
 
     ctx = Context(service_settings)
     set_context(ctx)
@@ -230,7 +230,7 @@ def test_dropped_database_connection_retries_the_stage_without_half_written_rows
         written = sum(1 for _ in blobs.rglob("*.png")) if blobs.exists() else 0
         return busy > 0 and written >= 40
 
-    result = tasks.ingest.delay({"project": project}, path=str(folder), fmt="images")
+    result = stages.ingest.delay({"project": project}, path=str(folder), fmt="images")
     wait_for(in_transaction, 120, "the ingest to be half-way through its transaction", every=0.05)
     killed = admin.execute(
         "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "

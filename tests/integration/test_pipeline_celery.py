@@ -24,7 +24,7 @@ def _count(ctx: Context, model, *where) -> int:
 
 
 def test_round_pipeline_on_real_worker(service_settings, start_worker, celery_app, tmp_path):
-    from labelloop_workers import tasks
+    from labelloop_workers import pipeline, stages
     from labelloop_workers.pipeline import round_pipeline
 
     ctx = Context(service_settings)
@@ -57,19 +57,19 @@ def test_round_pipeline_on_real_worker(service_settings, start_worker, celery_ap
         assert s.get(TrainingRun, state["training_run_id"]).status == "succeeded"
 
     # Re-running the training task for the same dataset version and recipe is a no-op.
-    again = tasks.train.delay(
+    again = stages.train.delay(
         {"project": "celery-e2e", "dataset_version_id": state["dataset_version_id"]}, overrides=TINY
     ).get(timeout=120)
     assert again["model_version_id"] == mv_id
     assert _count(ctx, ModelVersion, ModelVersion.project_id == mv.project_id) == 1
     assert _count(ctx, TrainingRun, TrainingRun.project_id == mv.project_id) == 1
     # ...and so is re-running select with the same parameters.
-    sel = tasks.select.delay({**state}, budget=3).get(timeout=60)
+    sel = stages.select.delay({**state}, budget=3).get(timeout=60)
     assert sel["round_id"] == state["round_id"]
     assert _count(ctx, AnnotationRound, AnnotationRound.project_id == mv.project_id) == 1
     assert _count(ctx, Push, Push.round_id == state["round_id"]) == 1
     # The nightly pipeline (what beat sends) stops early: nothing new to learn from.
-    fired = tasks.trigger.delay("celery-e2e", trigger="beat").get(timeout=60)
+    fired = pipeline.trigger.delay("celery-e2e", trigger="beat").get(timeout=60)
     assert fired["created"]
     run = _wait_pipeline(ctx, fired["pipeline_run_id"])
     assert run["status"] == "stopped" and run["message"].startswith("no new annotations")
@@ -94,7 +94,7 @@ def test_large_pool_scores_as_a_chord_and_the_chain_goes_on(
     from celery import chain
 
     from labelloop.db.models import Embedding
-    from labelloop_workers import tasks
+    from labelloop_workers import stages
     from tests.factories import trained_project
 
     ctx = Context(service_settings)
@@ -105,7 +105,7 @@ def test_large_pool_scores_as_a_chord_and_the_chain_goes_on(
     start_worker(queues="cpu", extra_env={"LABELLOOP_SCORE_SHARD_SIZE": "3"})
     state = {"project": "celery-chord", "dataset_version_id": dv, "model_version_id": mv}
     methods = "entropy_mean"
-    out = chain(tasks.score.s(state, method=methods), tasks.select.s(budget=3)).apply_async()
+    out = chain(stages.score.s(state, method=methods), stages.select.s(budget=3)).apply_async()
     result = out.get(timeout=300)
     assert result["score"]["shards"] == 4 and result["score"]["scored"] == 7
     assert _count(ctx, Score, Score.model_version_id == mv) == 7
@@ -132,7 +132,7 @@ def test_every_model_kind_trains_through_the_worker(
 ):
     from labelloop.datasets.freeze import freeze
     from labelloop.ingest import ingest_path
-    from labelloop_workers import tasks
+    from labelloop_workers import stages
     from tests.factories import class_export
 
     ctx = Context(service_settings)
@@ -145,7 +145,7 @@ def test_every_model_kind_trains_through_the_worker(
     dv = freeze(ctx, name).dataset_version_id
     start_worker(queues="gpu")
     state = {"project": name, "dataset_version_id": dv}
-    out = tasks.train.delay(state, overrides=TINY_KINDS[task]).get(timeout=600)
+    out = stages.train.delay(state, overrides=TINY_KINDS[task]).get(timeout=600)
     with ctx.db.session() as s:
         mv = s.get(ModelVersion, out["model_version_id"])
         assert mv.recipe["task"] == task and mv.stage == "production"

@@ -107,7 +107,7 @@ def test_celery_round_to_labelstudio_is_idempotent(
     """score -> select -> push through a real worker into the real server, twice."""
     from celery import chain
 
-    from labelloop_workers import tasks as t
+    from labelloop_workers import stages as t
 
     ctx = Context(service_settings)
     set_context(ctx)

@@ -144,3 +144,17 @@ def test_pipeline_run_through_the_embedded_worker(tmp_path):
     st = json.loads(run("status", "--project", "pipe", "--json").stdout)
     assert st["model_versions"][0]["epochs"] == 1
     assert st["rounds"][0]["size"] == 2 and st["rounds"][0]["pushes"][0]["tasks"] == 2
+
+
+def test_every_command_has_a_help_line():
+    import click
+    from typer.main import get_command
+
+    def walk(group: click.Group, path: str) -> None:
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                walk(command, f"{path} {name}")
+            else:
+                assert (command.help or "").strip(), f"{path} {name} has no help"
+
+    walk(get_command(app), "labelloop")

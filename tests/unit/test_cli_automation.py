@@ -114,3 +114,34 @@ def test_runs_start_embedded_trains_then_stops_early(project, tmp_path):
     assert json.loads(run("runs", "show", str(first["id"]), "--json").output)["id"] == first["id"]
     r = run("runs", "cancel", str(first["id"]))
     assert r.exit_code == 2 and "already succeeded" in r.output
+
+
+def test_zero_epochs_and_bad_recipe_files_are_refused_alike_by_train_and_runs_start(
+    project, tmp_path
+):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1\n")
+    for command in (["train"], ["runs", "start"]):
+        r = run(*command, "-p", "cells", "--epochs", "0")
+        assert r.exit_code == 2 and "--epochs" in r.output, command
+        assert "greater than or equal to 1" in r.output
+        r = run(*command, "-p", "cells", "--recipe", str(bad))
+        assert r.exit_code == 2 and "bad.yaml" in r.output and "not valid YAML" in r.output
+
+
+def test_a_recipe_file_means_the_same_in_train_and_runs_start(project, tmp_path):
+    """Both read it as overrides of the task's default recipe: the run the pipeline would
+    train is the one `train` already trained, so the pipeline stops early."""
+    assert run("ingest", str(small_export(tmp_path, n=6)), "--project", "cells").exit_code == 0
+    assert run("dataset", "freeze", "-p", "cells").exit_code == 0
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text("epochs: 1\nbatch_size: 2\nimage_size: 64\naugment: {hue_shift: 0}\n")
+    r = run("train", "-p", "cells", "--recipe", str(tiny), "--json")
+    assert r.exit_code == 0, r.output
+    trained = json.loads(r.output)["model_version"]
+    assert trained["epochs"] == 1
+    r = run("runs", "start", "-p", "cells", "--recipe", str(tiny), "--json")
+    assert r.exit_code == 0, r.output
+    started = json.loads(r.output)["run"]
+    assert started["status"] == "stopped", started
+    assert started["message"].endswith(f"already trained (model version {trained['id']})")

@@ -135,7 +135,7 @@ def test_begin_claims_pending_events_and_only_its_task_may_begin(ctx, project):
     assert stranger.skip and "belongs to task" in stranger.skip
     began = pipelines.begin(ctx, req.run_id, req.task_id)
     assert began.skip is None and began.project == project and began.events == 3
-    assert began.params["budget"] == ctx.settings.nightly_budget
+    assert began.params.budget == ctx.settings.nightly_budget
     info = pipelines.run_info(ctx, req.run_id)
     assert info["status"] == "running" and info["stage"] == "sync" and info["webhook_events"] == 3
     # A retry of the same task (same id) begins again: the sync stage is idempotent.

@@ -60,7 +60,7 @@ def test_expiry_follows_the_crontab():
 
 
 def test_the_scheduler_follows_the_database_and_fires_once_per_slot(ctx, app, projects, tmp_path):
-    from labelloop_workers import tasks
+    from labelloop_workers import pipeline
 
     beat = ProjectScheduler(app=app, schedule_filename=str(tmp_path / "beat"), lazy=False)
     try:
@@ -92,8 +92,8 @@ def test_the_scheduler_follows_the_database_and_fires_once_per_slot(ctx, app, pr
 
     # The task the message asks for, run here: one pipeline run per slot, however often
     # the firing is delivered.
-    first = tasks.trigger.apply(args=args, kwargs=kwargs).get()
-    again = tasks.trigger.apply(args=args, kwargs=kwargs).get()
+    first = pipeline.trigger.apply(args=args, kwargs=kwargs).get()
+    again = pipeline.trigger.apply(args=args, kwargs=kwargs).get()
     assert first["created"] and again["duplicate"]
     assert again["pipeline_run_id"] == first["pipeline_run_id"]
     with ctx.db.session() as s:

@@ -35,7 +35,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         "labelloop",
         broker=settings.broker_url,
         backend=settings.result_backend,
-        include=["labelloop_workers.tasks"],
+        include=["labelloop_workers.stages", "labelloop_workers.pipeline"],
     )
     app.conf.update(
         task_queues=celery_queues(),

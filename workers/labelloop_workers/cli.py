@@ -1,4 +1,4 @@
-"""Commands the workers package adds to `labelloop` (registered by entry point):
+"""Commands the workers package adds to `labelloop` (`register`, found by entry point):
 `demo` (one full round on synthetic data through an embedded worker) and `pipeline run`
 (the same chain, on the embedded worker or enqueued to a real broker)."""
 
@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from labelloop.cli.options import EpochsOpt, JsonOpt, ProjectOpt, recipe_overrides
 from labelloop.cli.output import console, emit_json, err_console, handle_errors
 from labelloop.cli.render import render_status
 from labelloop.config import Settings
@@ -19,6 +20,15 @@ from labelloop.db import migrate
 from labelloop.errors import LabelloopError
 
 DEMO_LABELS = ["RBC", "WBC", "Platelets"]
+
+demo_app = typer.Typer()
+pipeline_app = typer.Typer(help="The whole loop as one Celery chain.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    """The `labelloop.cli` entry point: add `demo` and the `pipeline` group to `app`."""
+    app.add_typer(demo_app)
+    app.add_typer(pipeline_app, name="pipeline")
 
 
 def _watch(ctx: Context, project: str, result, timeout_s: float, show: bool) -> dict:
@@ -90,134 +100,131 @@ def run_round_embedded(
         return _watch(ctx, project, result, timeout_s, show)
 
 
-def register(app: typer.Typer) -> None:
-    pipeline_app = typer.Typer(help="The whole loop as one Celery chain.", no_args_is_help=True)
-    app.add_typer(pipeline_app, name="pipeline")
+@demo_app.command()
+@handle_errors
+def demo(
+    data_dir: Annotated[
+        Path, typer.Option(help="Where the demo keeps its database, blobs and exports.")
+    ] = Path("labelloop-demo"),
+    fresh: Annotated[bool, typer.Option(help="Delete the demo folder first.")] = True,
+    labeled: Annotated[int, typer.Option(help="Synthetic annotated images.")] = 40,
+    pool: Annotated[int, typer.Option(help="Synthetic unlabeled images.")] = 80,
+    budget: Annotated[int, typer.Option(help="Images selected for annotation.")] = 10,
+    epochs: EpochsOpt = None,
+    train_seconds: Annotated[
+        float, typer.Option(help="Wall-clock training budget (keeps the demo under 5 min).")
+    ] = 85,
+    seed: int = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """One full active-learning round on synthetic blood smears, embedded (SQLite, local
+    blobs, an in-process Celery worker running the production task code)."""
+    from labelloop.projects import create_project
+    from labelloop.reports import project_status
+    from labelloop.synthetic import generate_dataset
 
-    @app.command()
-    @handle_errors
-    def demo(
-        data_dir: Annotated[
-            Path, typer.Option(help="Where the demo keeps its database, blobs and exports.")
-        ] = Path("labelloop-demo"),
-        fresh: Annotated[bool, typer.Option(help="Delete the demo folder first.")] = True,
-        labeled: Annotated[int, typer.Option(help="Synthetic annotated images.")] = 40,
-        pool: Annotated[int, typer.Option(help="Synthetic unlabeled images.")] = 80,
-        budget: Annotated[int, typer.Option(help="Images selected for annotation.")] = 10,
-        epochs: Annotated[int | None, typer.Option(help="Override training epochs.")] = None,
-        train_seconds: Annotated[
-            float, typer.Option(help="Wall-clock training budget (keeps the demo under 5 min).")
-        ] = 85,
-        seed: int = 0,
-        as_json: Annotated[bool, typer.Option("--json")] = False,
-    ) -> None:
-        """One full active-learning round on synthetic blood smears, embedded (SQLite, local
-        blobs, an in-process Celery worker running the production task code)."""
-        from labelloop.projects import create_project
-        from labelloop.reports import project_status
-        from labelloop.synthetic import generate_dataset
+    started = time.monotonic()
+    data_dir = data_dir.resolve()
+    if fresh and data_dir.exists():
+        shutil.rmtree(data_dir)
+    settings = Settings.embedded_at(data_dir)
+    migrate.upgrade(settings.database_url)
+    show = not as_json
+    if show:
+        err_console.print(
+            f"generating {labeled} annotated + {pool} unlabeled synthetic smears "
+            f"in {data_dir / 'source'}"
+        )
+    summary = generate_dataset(data_dir / "source", n_labeled=labeled, n_pool=pool, seed=seed)
+    ctx = Context(settings)
+    with ctx.db.session() as s:
+        create_project(s, "demo", "segmentation", DEMO_LABELS)
+    sources = [
+        {"path": str(data_dir / "source" / "export.json"), "fmt": "labelstudio"},
+        {"path": str(data_dir / "source" / "pool"), "fmt": "images"},
+    ]
+    state = run_round_embedded(
+        settings,
+        "demo",
+        budget=budget,
+        sources=sources,
+        out_dir=str(data_dir / "exports"),
+        show=show,
+        overrides={"max_time_s": train_seconds, **recipe_overrides(None, epochs)},
+    )
+    st = project_status(ctx, "demo")
+    wall = time.monotonic() - started
+    if as_json:
+        emit_json(
+            {
+                "wall_seconds": round(wall, 1),
+                "pipeline": state,
+                "status": st,
+                "synthetic": getattr(summary, "__dict__", str(summary)),
+            }
+        )
+        return
+    render_status(st, console)
+    console.print(
+        f"\nimport file for Label Studio: {state['push_destination']}/tasks.json "
+        f"(labeling config beside it); for CVAT: {state['push_destination']}/cvat/"
+        f"annotations.xml\ndemo finished in {wall:.0f} s; "
+        f"inspect with: LABELLOOP_DATA_DIR={data_dir} labelloop status -p demo"
+    )
 
-        started = time.monotonic()
-        data_dir = data_dir.resolve()
-        if fresh and data_dir.exists():
-            shutil.rmtree(data_dir)
-        settings = Settings.embedded_at(data_dir)
-        migrate.upgrade(settings.database_url)
-        show = not as_json
-        if show:
-            err_console.print(
-                f"generating {labeled} annotated + {pool} unlabeled synthetic smears "
-                f"in {data_dir / 'source'}"
-            )
-        summary = generate_dataset(data_dir / "source", n_labeled=labeled, n_pool=pool, seed=seed)
-        ctx = Context(settings)
-        with ctx.db.session() as s:
-            create_project(s, "demo", "segmentation", DEMO_LABELS)
-        sources = [
-            {"path": str(data_dir / "source" / "export.json"), "fmt": "labelstudio"},
-            {"path": str(data_dir / "source" / "pool"), "fmt": "images"},
-        ]
+
+@pipeline_app.command("run")
+@handle_errors
+def pipeline_run(
+    project: ProjectOpt,
+    budget: Annotated[int, typer.Option()],
+    source: Annotated[
+        list[Path] | None,
+        typer.Option(help="Export files/folders to ingest first (format auto-detected)."),
+    ] = None,
+    to: Annotated[str, typer.Option("--to", help="file | labelstudio")] = "file",
+    wait: Annotated[bool, typer.Option(help="Wait for the result (a real broker).")] = True,
+    epochs: EpochsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run (ingest ->) freeze -> train -> score -> select -> push as one Celery chain.
+
+    With the embedded broker (memory://) an in-process worker runs it; with a real
+    broker it is enqueued for the workers (see docs/operations.md)."""
+    from labelloop_workers.app import make_app
+    from labelloop_workers.pipeline import round_pipeline
+
+    settings = Settings()
+    sources = [{"path": str(p)} for p in source or []]
+    overrides = recipe_overrides(None, epochs) or None
+    if settings.embedded:
+        if settings.database_url.startswith("sqlite"):
+            migrate.upgrade(settings.database_url)  # embedded: migrate on first use
         state = run_round_embedded(
             settings,
-            "demo",
+            project,
             budget=budget,
             sources=sources,
-            out_dir=str(data_dir / "exports"),
-            show=show,
-            overrides={"max_time_s": train_seconds, **({"epochs": epochs} if epochs else {})},
+            out_dir=None,
+            show=not as_json,
+            target=to,
+            overrides=overrides,
         )
-        st = project_status(ctx, "demo")
-        wall = time.monotonic() - started
-        if as_json:
-            emit_json(
-                {
-                    "wall_seconds": round(wall, 1),
-                    "pipeline": state,
-                    "status": st,
-                    "synthetic": getattr(summary, "__dict__", str(summary)),
-                }
-            )
+    else:
+        app_ = make_app(settings)
+        app_.set_current()
+        sig = round_pipeline(
+            project, budget=budget, sources=sources, target=to, overrides=overrides
+        )
+        res = sig.apply_async()
+        if not wait:
+            if as_json:
+                emit_json({"task_id": res.id})
+            else:
+                console.print(f"queued {res.id}")
             return
-        render_status(st, console)
-        console.print(
-            f"\nimport file for Label Studio: {state['push_destination']}/tasks.json "
-            f"(labeling config beside it); for CVAT: {state['push_destination']}/cvat/"
-            f"annotations.xml\ndemo finished in {wall:.0f} s; "
-            f"inspect with: LABELLOOP_DATA_DIR={data_dir} labelloop status -p demo"
-        )
-
-    @pipeline_app.command("run")
-    @handle_errors
-    def pipeline_run(
-        project: Annotated[str, typer.Option("--project", "-p")],
-        budget: Annotated[int, typer.Option()],
-        source: Annotated[
-            list[Path] | None,
-            typer.Option(help="Export files/folders to ingest first (format auto-detected)."),
-        ] = None,
-        to: Annotated[str, typer.Option("--to", help="file | labelstudio")] = "file",
-        wait: Annotated[bool, typer.Option(help="Wait for the result (a real broker).")] = True,
-        epochs: Annotated[int | None, typer.Option(help="Override training epochs.")] = None,
-        as_json: Annotated[bool, typer.Option("--json")] = False,
-    ) -> None:
-        """Run (ingest ->) freeze -> train -> score -> select -> push as one Celery chain.
-
-        With the embedded broker (memory://) an in-process worker runs it; with a real
-        broker it is enqueued for the workers (see docs/operations.md)."""
-        from labelloop_workers.app import make_app
-        from labelloop_workers.pipeline import round_pipeline
-
-        settings = Settings()
-        sources = [{"path": str(p)} for p in source or []]
-        overrides = {"epochs": epochs} if epochs else None
-        if settings.embedded:
-            if settings.database_url.startswith("sqlite"):
-                migrate.upgrade(settings.database_url)  # embedded: migrate on first use
-            state = run_round_embedded(
-                settings,
-                project,
-                budget=budget,
-                sources=sources,
-                out_dir=None,
-                show=not as_json,
-                target=to,
-                overrides=overrides,
-            )
-        else:
-            app_ = make_app(settings)
-            app_.set_current()
-            sig = round_pipeline(
-                project, budget=budget, sources=sources, target=to, overrides=overrides
-            )
-            res = sig.apply_async()
-            if not wait:
-                if as_json:
-                    emit_json({"task_id": res.id})
-                else:
-                    console.print(f"queued {res.id}")
-                return
-            state = res.get(timeout=24 * 3600)
-        if as_json:
-            emit_json(state)
-        else:
-            console.print(state)
+        state = res.get(timeout=24 * 3600)
+    if as_json:
+        emit_json(state)
+    else:
+        console.print(state)

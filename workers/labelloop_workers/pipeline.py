@@ -1,17 +1,42 @@
-"""The loop as Celery chains: (ingest ->) freeze -> train -> score -> select -> push.
+"""Orchestration: the loop as Celery chains, and the tasks that run a pipeline run.
 
-`round_pipeline` is the whole chain for `labelloop pipeline run` and the demo; a pipeline
-run (labelloop.pipelines.runs) starts with the `labelloop.pipeline` task, which syncs and
-freezes and then, unless there is nothing new to learn from, continues with
-`after_freeze(..., finish=True)`."""
+`round_pipeline` is the whole chain, (ingest ->) freeze -> train -> score -> select ->
+push, for `labelloop pipeline run` and the demo. A pipeline run (labelloop.pipelines.runs)
+is requested by `trigger` (beat), the API, the CLI or a webhook, and starts with the
+`labelloop.pipeline` task: `labelloop.pipelines.decision.next_step` begins it, syncs,
+freezes and decides; unless it stops there, the task sends `after_freeze(...)`, which
+ends with `labelloop.pipeline_finish`. `sweep` is beat's housekeeping.
+"""
 
 from __future__ import annotations
 
-from celery import chain
-from celery.canvas import Signature
+import logging
+import uuid
+from datetime import datetime
 
+from celery import chain, shared_task
+from celery.canvas import Signature
+from celery.exceptions import Ignore
+
+from labelloop.context import get_context
+from labelloop.pipelines import decision
+from labelloop.pipelines.dispatch import launch
+from labelloop.pipelines.runs import (
+    PipelineParams,
+    PipelineStatus,
+    RunParams,
+    request_pipeline,
+    set_task,
+)
+from labelloop.pipelines.state import ChainState
 from labelloop.selection import get_strategy
-from labelloop_workers import tasks
+from labelloop_workers import stages
+from labelloop_workers.stages import RETRY, Message, StageTask, dispatcher, enter
+
+_log = logging.getLogger(__name__)
+
+
+# -- chains ---------------------------------------------------------------------------
 
 
 def round_pipeline(
@@ -25,11 +50,11 @@ def round_pipeline(
     overrides: dict | None = None,
 ) -> Signature:
     """`sources`: kwargs for each ingest (path, fmt, ...), ingested in order before freezing."""
-    steps: list[Signature] = []
-    state = {"project": project}
-    for i, src in enumerate(sources or []):
-        steps.append(tasks.ingest.s(state, **src) if i == 0 else tasks.ingest.s(**src))
-    steps.append(tasks.freeze.s(state) if not steps else tasks.freeze.s())
+    get_strategy(strategy)  # a typo fails here, before any training
+    state = ChainState(project=project).message()
+    steps: list[Signature] = [stages.ingest.s(**src) for src in sources or []]
+    steps.append(stages.freeze.s())
+    steps[0] = steps[0].clone(args=(state,))
     steps += _after_freeze_steps(budget, strategy, target, out_dir, overrides)
     return chain(*steps)
 
@@ -39,27 +64,92 @@ def _after_freeze_steps(
 ) -> list[Signature]:
     # Embeddings only when the strategy reads them (diversity): they cost a forward pass.
     embed = strategy in ("coreset", "hybrid")
-    get_strategy(strategy)  # a typo fails here, before any training
     return [
-        tasks.train.s(overrides=overrides),
-        tasks.score.s(embed=embed),
-        tasks.select.s(budget=budget, strategy=strategy),
-        tasks.push.s(target=target, out_dir=out_dir),
+        stages.train.s(overrides=overrides),
+        stages.score.s(embed=embed),
+        stages.select.s(budget=budget, strategy=strategy),
+        stages.push.s(target=target, out_dir=out_dir),
     ]
 
 
-def after_freeze(
-    state: dict,
-    *,
-    budget: int,
-    strategy: str = "uncertainty",
-    target: str = "file",
-    out_dir: str | None = None,
-    overrides: dict | None = None,
-    finish: bool = False,
-) -> Signature:
-    """train -> score -> select -> push (-> pipeline_finish), starting from a freeze's state."""
-    first, *rest = _after_freeze_steps(budget, strategy, target, out_dir, overrides)
-    if finish:
-        rest.append(tasks.pipeline_finish.s())
-    return chain(first.clone(args=(state,)), *rest)
+def after_freeze(state: ChainState, params: RunParams) -> Signature:
+    """train -> score -> select -> push -> pipeline_finish, from a pipeline run's frozen
+    dataset version, with the run's resolved parameters."""
+    first, *rest = _after_freeze_steps(
+        params.budget, params.strategy, params.push_to, None, params.recipe or None
+    )
+    return chain(first.clone(args=(state.message(),)), *rest, finish.s())
+
+
+# -- a pipeline run -------------------------------------------------------------------
+
+
+@shared_task(name="labelloop.trigger", base=StageTask, **RETRY)
+def trigger(
+    project: str,
+    trigger: str = "beat",
+    scheduled_for: str | None = None,
+    params: dict | None = None,
+) -> dict:
+    """Request a pipeline run (beat's entry point): queued, or coalesced into the active
+    one; a beat slot already requested is a no-op, so a redelivered firing runs once."""
+    ctx = get_context()
+    req = request_pipeline(
+        ctx,
+        project,
+        trigger=trigger,
+        requested_by="beat" if trigger == "beat" else None,
+        params=PipelineParams.model_validate(params or {}),
+        scheduled_for=datetime.fromisoformat(scheduled_for) if scheduled_for else None,
+    )
+    launch(ctx, dispatcher(ctx), req)
+    return {
+        "pipeline_run_id": req.run_id,
+        "created": req.created,
+        "coalesced_into": req.coalesced_into,
+        "duplicate": req.duplicate,
+    }
+
+
+@shared_task(name="labelloop.pipeline", bind=True, base=StageTask, **RETRY)
+def run(self, state: Message) -> Message:
+    """Begin the run (after its debounce quiet time), sync, freeze and stop early when
+    there is nothing new to learn from (all decided by `decision.next_step`); otherwise
+    hand the rest to the train -> score -> select -> push chain."""
+    ctx = get_context()
+    run_id = ChainState.load(state).pipeline_run_id
+    step = decision.next_step(ctx, dispatcher(ctx), run_id, self.request.id)
+    if isinstance(step, decision.Skip):
+        _log.info("%s; nothing to do", step.reason)
+        raise Ignore()
+    if isinstance(step, decision.Wait):  # debounced: wake up when the quiet time is over
+        task_id = str(uuid.uuid4())
+        set_task(ctx, run_id, task_id)
+        run.apply_async((state,), countdown=step.seconds, task_id=task_id)
+        raise Ignore()
+    if isinstance(step, decision.Stop):
+        return step.state.but(stopped=step.reason).message()
+    rest = after_freeze(step.state, step.params)
+    rest.freeze()
+    rest.apply_async()
+    # Sent first, recorded second: a crash in between duplicates idempotent stages rather
+    # than leaving the run stuck. The recorded task id makes a redelivered copy of this
+    # task skip itself.
+    enter(self, step.state, "train", task_id=rest.tasks[0].id)
+    return step.state.but(continued=True).message()
+
+
+@shared_task(name="labelloop.pipeline_finish", base=StageTask, **RETRY)
+def finish(state: Message) -> Message:
+    ctx = get_context()
+    decision.end_run(ctx, dispatcher(ctx), ChainState.load(state), PipelineStatus.succeeded)
+    return state
+
+
+@shared_task(name="labelloop.sweep", base=StageTask, **RETRY)
+def sweep() -> dict:
+    """Beat's safety net: end pipeline runs that lost every sign of life (their messages
+    were lost), and start the retrain that webhook events call for when no run was there
+    to pick them up."""
+    ctx = get_context()
+    return decision.sweep(ctx, dispatcher(ctx))

@@ -14,7 +14,7 @@ ROUTES: dict[str, str] = {
     "labelloop.score_shard": "cpu",
     "labelloop.score_done": "cpu",
     "labelloop.select": "cpu",
-    "labelloop.push.stage": "io",
+    "labelloop.push": "io",
     # a pipeline run: trigger (beat) -> pipeline (sync Label Studio, freeze) -> train ...
     "labelloop.trigger": "cpu",
     "labelloop.pipeline": "io",

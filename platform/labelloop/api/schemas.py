@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from labelloop.kinds import TASKS
+from labelloop.pipelines.runs import PipelineParams
 from labelloop.push.targets import NAMES as PUSH_TARGETS
 
 
@@ -31,7 +33,7 @@ class TriggersOut(BaseModel):
 
 class ProjectOut(BaseModel):
     name: str
-    task: str = Field(description="segmentation | detection | classification")
+    task: str = Field(description=" | ".join(TASKS))
     labels: list[str]
     triggers: TriggersOut
     labelstudio: list[dict[str, Any]] = Field(
@@ -148,18 +150,9 @@ class RunOut(BaseModel):
     not_before: str | None = Field(description="a debounced run starts no earlier than this")
 
 
-class TriggerIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    recipe: dict[str, Any] = Field(
-        default_factory=dict, description="recipe overrides, e.g. {'epochs': 30, 'lr': 0.001}"
-    )
-    budget: int | None = Field(None, ge=1, description="images to select (default: project's)")
-    push_to: str | None = Field(
-        None, description=f"{' | '.join(PUSH_TARGETS)} (default: project's)"
-    )
-    strategy: str = Field("uncertainty", description="selection strategy")
-    sync: bool = Field(True, description="pull the linked Label Studio projects first")
+class TriggerIn(PipelineParams):
+    """A retrain's parameters; unset ones come from the project's triggers, then the
+    global defaults."""
 
 
 class TriggerOut(BaseModel):

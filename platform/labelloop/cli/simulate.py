@@ -1,17 +1,17 @@
-"""`labelloop simulate SPEC.yaml`: label-efficiency curves with an oracle.
-
-Registered on the main app by `register(app)`."""
+"""`labelloop simulate SPEC.yaml`: label-efficiency curves with an oracle."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from labelloop.cli.options import JsonOpt, interactive
 from labelloop.cli.output import console, emit_json, handle_errors, progress
+
+app = typer.Typer()
 
 EXAMPLE = """\
 name: bccd-detection
@@ -49,52 +49,55 @@ def _table(summary: dict) -> Table:
     return t
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("simulate")
-    @handle_errors
-    def simulate_cmd(
-        spec_file: Annotated[Path, typer.Argument(help="Simulation spec (YAML).")],
-        out: Annotated[
-            Path, typer.Option(help="Output folder: runs.jsonl, simulation.json, simulation.png.")
-        ] = Path("simulation"),
-        jobs: Annotated[
-            int | None, typer.Option(help="Runs in parallel, one core each (default: spec).")
-        ] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-    ) -> None:
-        (
-            """Replay the loop with an oracle: labels are withheld and revealed as a strategy
-        selects images; each step trains on what is labelled and is measured on a fixed
-        test set. Writes curves (mean ± sd over seeds), the area under each curve and the
-        labels each strategy needs for 95 % of the full-pool metric. An interrupted run
-        resumes from runs.jsonl.
+# A help text rather than a docstring: it embeds the example spec.
+HELP = (
+    """Replay the loop with an oracle: labels are withheld and revealed as a strategy
+selects images; each step trains on what is labelled and is measured on a fixed test set.
 
-        Example spec:
+Writes curves (mean ± sd over seeds), the area under each curve and the labels each
+strategy needs for 95 % of the full-pool metric. An interrupted run resumes from
+runs.jsonl.
 
-        ```yaml
-        """
-            + EXAMPLE
-            + """```"""
+Example spec:
+
+```yaml
+"""
+    + EXAMPLE
+    + "```"
+)
+
+
+@app.command("simulate", help=HELP)
+@handle_errors
+def simulate_cmd(
+    spec_file: Annotated[Path, typer.Argument(help="Simulation spec (YAML).")],
+    out: Annotated[
+        Path, typer.Option(help="Output folder: runs.jsonl, simulation.json, simulation.png.")
+    ] = Path("simulation"),
+    jobs: Annotated[
+        int | None, typer.Option(help="Runs in parallel, one core each (default: spec).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    from labelloop.errors import InputError
+    from labelloop.simulate import load_spec, simulate
+
+    try:
+        text = spec_file.read_text()
+    except OSError as exc:
+        raise InputError(
+            f"cannot read the simulation spec: {exc.strerror}", file=str(spec_file)
+        ) from None
+    spec = load_spec(text, str(spec_file))
+    if jobs is not None:
+        spec = spec.model_copy(update={"jobs": jobs})
+    total = len(spec.seeds) * (len(spec.strategies) + int(spec.include_full))
+    with progress("simulate", total, interactive(as_json)) as update:
+        summary = simulate(
+            spec, out, on_run=lambda r, d, t: update(d, t, f"{r['strategy']} seed {r['seed']}")
         )
-        from labelloop.errors import InputError
-        from labelloop.simulate import load_spec, simulate
-
-        try:
-            text = spec_file.read_text()
-        except OSError as exc:
-            raise InputError(
-                f"cannot read the simulation spec: {exc.strerror}", file=str(spec_file)
-            ) from None
-        spec = load_spec(text, str(spec_file))
-        if jobs is not None:
-            spec = spec.model_copy(update={"jobs": jobs})
-        total = len(spec.seeds) * (len(spec.strategies) + int(spec.include_full))
-        with progress("simulate", total, not as_json and sys.stderr.isatty()) as update:
-            summary = simulate(
-                spec, out, on_run=lambda r, d, t: update(d, t, f"{r['strategy']} seed {r['seed']}")
-            )
-        if as_json:
-            emit_json({k: v for k, v in summary.items() if k != "runs"})
-            return
-        console.print(_table(summary))
-        console.print(f"curves: {out / 'simulation.png'}; data: {out / 'simulation.json'}")
+    if as_json:
+        emit_json({k: v for k, v in summary.items() if k != "runs"})
+        return
+    console.print(_table(summary))
+    console.print(f"curves: {out / 'simulation.png'}; data: {out / 'simulation.json'}")

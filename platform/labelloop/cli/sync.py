@@ -5,24 +5,24 @@ server and remembers where it stopped."""
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
+from labelloop.cli.options import JsonOpt, ProjectOpt, context, interactive
 from labelloop.cli.output import console, emit_json, err_console, handle_errors, progress
 from labelloop.cli.render import render_ingest_details
 
-sync_app = typer.Typer(
+app = typer.Typer(
     help="Pull annotations from a live labeling server; only what changed since the last sync.",
     no_args_is_help=True,
 )
 
 
-@sync_app.command("labelstudio")
+@app.command("labelstudio")
 @handle_errors
 def sync_labelstudio_cmd(
-    project: Annotated[str, typer.Option("--project", "-p", help="Project name.")],
+    project: ProjectOpt,
     ls_project: Annotated[int, typer.Option("--ls-project", help="Label Studio project id.")],
     url: Annotated[
         str | None,
@@ -48,7 +48,7 @@ def sync_labelstudio_cmd(
             "continue from JSON exports of the same project ingested before."
         ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Pull the tasks updated since the last sync from a Label Studio project.
 
@@ -79,12 +79,11 @@ def run_labelstudio_sync(
     as_json: bool,
 ) -> None:
     """The sync behind both `sync labelstudio` and `ingest labelstudio`."""
-    from labelloop.cli.main import context
     from labelloop.ingest.formats import parse_label_map
     from labelloop.labelstudio.sync import sync_labelstudio
 
     ctx = context()
-    with progress("sync", None, not as_json and sys.stderr.isatty()) as update:
+    with progress("sync", None, interactive(as_json)) as update:
         report = sync_labelstudio(
             ctx,
             project,

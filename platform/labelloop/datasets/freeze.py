@@ -18,12 +18,11 @@ from sqlalchemy.orm import Session
 
 from labelloop.context import Context
 from labelloop.db.models import Annotation, DatasetItem, DatasetVersion, Image, Project, SourceItem
-from labelloop.domain import Split
+from labelloop.domain import GROUP_KEYS, Split
 from labelloop.errors import InputError
 from labelloop.projects import get_project, label_names
 
 MANIFEST_VERSION = 1
-GROUP_KEYS = ("patient_id", "patient", "slide_id", "slide", "group")
 
 
 def split_for(group: str, seed: int, fractions: tuple[float, float, float]) -> Split:

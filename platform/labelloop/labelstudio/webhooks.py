@@ -1,4 +1,4 @@
-"""Label Studio webhooks: the payloads labelloop reads, and registering the webhook.
+"""Label Studio webhooks: the payloads labelloop reads and the secret they carry.
 
 Label Studio POSTs `{"action": ..., "project": {...}, ...}` for each event; with the
 payload enabled the annotation events carry (Label Studio 1.23, `webhooks/models.py`):
@@ -8,23 +8,29 @@ payload enabled the annotation events carry (Label Studio 1.23, `webhooks/models
   ANNOTATIONS_DELETED                      "annotations": [{"id": ...}, ...]
 
 Label Studio sends our secret back in a header, which is how the API knows the call is
-genuine. What an event starts (recording, the debounced retrain) is
-`labelloop.pipelines.webhooks`.
+genuine. What an event starts (recording, the debounced retrain) and registering the
+webhook for a project are `labelloop.pipelines.webhooks`.
 """
 
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from typing import Any
 
-from labelloop.context import Context
-from labelloop.errors import ConfigError, InputError
-from labelloop.pipelines.triggers import link_labelstudio
-from labelloop.pipelines.webhooks import AnnotationEvent
-from labelloop.projects import get_project
+from labelloop.errors import InputError
 
 SECRET_HEADER = "X-Labelloop-Webhook-Secret"
 ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
+
+
+@dataclass(frozen=True)
+class AnnotationEvent:
+    """Annotations created, updated or deleted in a Label Studio project."""
+
+    action: str
+    ls_project: int | None
+    annotation_ids: list[int]
 
 
 def parse_event(payload: Any) -> AnnotationEvent | None:
@@ -74,50 +80,3 @@ def secret_matches(configured: str, given: str | None) -> bool:
 
 def webhook_url(base_url: str, project: str) -> str:
     return f"{base_url.rstrip('/')}/webhooks/labelstudio/{project}"
-
-
-def register_webhook(
-    ctx: Context,
-    project_name: str,
-    *,
-    ls_project: int,
-    base_url: str,
-    ls_url: str | None = None,
-    token: str | None = None,
-    label_map: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """Create (or update) the project's webhook in Label Studio and link the Label Studio
-    project as a source of `project_name`. Idempotent: the webhook is found by its URL."""
-    from labelloop.labelstudio.client import LabelStudioClient
-
-    secret = ctx.settings.webhook_secret.get_secret_value()
-    if not secret:
-        raise ConfigError("set LABELLOOP_WEBHOOK_SECRET first: Label Studio sends it back")
-    ls_url = (ls_url or ctx.settings.labelstudio_url).rstrip("/")
-    token = token or ctx.settings.labelstudio_token.get_secret_value()
-    if not ls_url or not token:
-        raise ConfigError("registering needs LABELLOOP_LABELSTUDIO_URL and _TOKEN")
-    if not base_url.startswith(("http://", "https://")):
-        raise InputError(
-            f"--url must be the http(s) address of `labelloop serve`, got {base_url!r}"
-        )
-    with ctx.db.session() as s:
-        get_project(s, project_name)  # a clear error before any request
-    url = webhook_url(base_url, project_name)
-    hook_id, created = LabelStudioClient(ls_url, token).ensure_webhook(
-        ls_project, url, actions=ACTIONS, headers={SECRET_HEADER: secret}
-    )
-    with ctx.db.session() as s:
-        project = get_project(s, project_name)
-        link = link_labelstudio(
-            project, ls_url, ls_project, label_map=label_map, webhook_id=hook_id
-        )
-    return {
-        "webhook_id": hook_id,
-        "created": created,
-        "url": url,
-        "ls_url": ls_url,
-        "ls_project": ls_project,
-        "actions": list(ACTIONS),
-        "link": link,
-    }

@@ -56,13 +56,26 @@ class PipelineParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    budget: int | None = Field(None, ge=1, description="images to select for annotation")
-    push_to: str | None = Field(None, description="file | labelstudio")
+    budget: int | None = Field(None, ge=1, description="images to select (default: project's)")
+    push_to: str | None = Field(None, description=" | ".join(PUSH_TARGETS))
     strategy: str = Field("uncertainty", description="selection strategy")
     recipe: dict[str, Any] = Field(
         default_factory=dict, description="recipe overrides, e.g. {'epochs': 10}"
     )
     sync: bool = Field(True, description="pull the project's linked Label Studio projects first")
+
+
+class RunParams(BaseModel):
+    """A run's parameters, resolved once when it is requested (the request's, else the
+    project's, else the global defaults), stored with the run and read by every stage."""
+
+    budget: int = Field(ge=1)
+    push_to: str
+    strategy: str
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    # A trigger that asks for a recipe wants it trained even on unchanged data.
+    recipe_requested: bool = False
+    sync: bool = True
 
 
 @dataclass
@@ -87,7 +100,7 @@ def active_run(s: Session, project_id: int) -> PipelineRun | None:
     return s.scalar(select(PipelineRun).where(PipelineRun.active_project_id == project_id))
 
 
-def resolve_params(project: Project, ctx: Context, params: PipelineParams) -> dict[str, Any]:
+def resolve_params(project: Project, ctx: Context, params: PipelineParams) -> RunParams:
     """The run's parameters: the request's, else the project's, else the defaults;
     InputError names what is invalid."""
     from labelloop.runs import default_recipe
@@ -105,15 +118,14 @@ def resolve_params(project: Project, ctx: Context, params: PipelineParams) -> di
         raise InputError(f"invalid recipe override {recipe}: {_first_error(exc)}") from None
     except ConfigError as exc:
         raise InputError(f"invalid recipe override {recipe}: {exc}") from None
-    return {
-        "budget": params.budget or trig.budget,
-        "push_to": push_to,
-        "strategy": params.strategy,
-        "recipe": recipe,
-        # A trigger that asks for a recipe wants it trained even on unchanged data.
-        "recipe_requested": bool(params.recipe),
-        "sync": params.sync,
-    }
+    return RunParams(
+        budget=params.budget or trig.budget,
+        push_to=push_to,
+        strategy=params.strategy,
+        recipe=recipe,
+        recipe_requested=bool(params.recipe),
+        sync=params.sync,
+    )
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -134,16 +146,15 @@ def request_pipeline(
     """Queue a pipeline run for the project, or coalesce into the one already active."""
     if trigger not in TRIGGERS:
         raise InputError(f"unknown trigger {trigger!r}; one of {', '.join(TRIGGERS)}")
-    params = params or PipelineParams()
-    with ctx.db.session() as s:  # validate first: never while holding the project's lock
-        resolve_params(get_project(s, project_name), ctx, params)
+    with ctx.db.session() as s:  # resolve first: never while holding the project's lock
+        resolved = resolve_params(get_project(s, project_name), ctx, params or PipelineParams())
     for _ in range(3):
         try:
             with ctx.db.session(serialized=True) as s:
                 project = get_project(s, project_name)
                 lock_project(s, project.id)
                 return request_in_session(
-                    s, ctx, project, trigger, requested_by, params, delay_s, scheduled_for
+                    s, ctx, project, trigger, requested_by, resolved, delay_s, scheduled_for
                 )
         except IntegrityError:
             continue  # a concurrent trigger took the active slot (or the beat slot) first
@@ -156,11 +167,12 @@ def request_in_session(
     project: Project,
     trigger: str,
     requested_by: str | None,
-    params: PipelineParams,
+    params: RunParams,
     delay_s: float,
     scheduled_for: datetime | None,
 ) -> PipelineRequest:
-    """`request_pipeline` inside a transaction that already holds `lock_project`."""
+    """`request_pipeline` inside a transaction that already holds `lock_project`, with
+    the parameters already resolved."""
     now = utcnow()
     if scheduled_for is not None:
         seen = s.scalar(
@@ -170,7 +182,6 @@ def request_in_session(
         )
         if seen is not None:
             return PipelineRequest(seen.id, False, seen.coalesced_into_id, duplicate=True)
-    resolved = resolve_params(project, ctx, params)
     active = active_run(s, project.id)
     if active is not None and _stale(active, ctx, now):
         active.status = PipelineStatus.failed.value
@@ -186,7 +197,7 @@ def request_in_session(
             requested_by=requested_by,
             status=PipelineStatus.coalesced.value,
             coalesced_into_id=active.id,
-            params=resolved,
+            params=params.model_dump(),
             message=f"coalesced into pipeline run {active.id} ({active.status})",
             scheduled_for=scheduled_for,
             finished_at=now,
@@ -200,7 +211,7 @@ def request_in_session(
         trigger=trigger,
         requested_by=requested_by,
         status=PipelineStatus.queued.value,
-        params=resolved,
+        params=params.model_dump(),
         task_id=str(uuid.uuid4()),
         scheduled_for=scheduled_for,
         not_before=now + timedelta(seconds=delay_s) if delay_s > 0 else None,
@@ -238,7 +249,7 @@ class Begin:
     """What `begin` decided: run (with the project and params), wait, or skip."""
 
     project: str = ""
-    params: dict[str, Any] | None = None
+    params: RunParams | None = None
     wait_s: float = 0.0
     skip: str | None = None  # why the task does nothing (cancelled, already finished)
     events: int = 0
@@ -264,7 +275,7 @@ def begin(ctx: Context, run_id: int, task_id: str | None) -> Begin:
         now = utcnow()
         if not_before is not None and not_before > now:
             run.task_id, run.updated_at = None, now
-            return Begin(project.name, run.params, wait_s=(not_before - now).total_seconds())
+            return Begin(project.name, wait_s=(not_before - now).total_seconds())
         run.status = PipelineStatus.running.value
         run.stage = "sync"
         run.task_id = task_id
@@ -277,7 +288,7 @@ def begin(ctx: Context, run_id: int, task_id: str | None) -> Begin:
             )
             .values(pipeline_run_id=run_id)
         ).rowcount
-        return Begin(project.name, dict(run.params), events=claimed or 0)
+        return Begin(project.name, RunParams.model_validate(run.params), events=claimed or 0)
 
 
 def set_task(ctx: Context, run_id: int, task_id: str) -> None:

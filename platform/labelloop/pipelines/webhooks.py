@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 
 from labelloop.context import Context
 from labelloop.db.models import PipelineRun, Project, WebhookEvent, utcnow
-from labelloop.errors import InputError
+from labelloop.errors import ConfigError, InputError
+from labelloop.labelstudio.client import LabelStudioClient
+from labelloop.labelstudio.webhooks import ACTIONS, SECRET_HEADER, AnnotationEvent, webhook_url
 from labelloop.pipelines.runs import (
     PipelineParams,
     PipelineRequest,
@@ -28,18 +31,10 @@ from labelloop.pipelines.runs import (
     as_utc,
     lock_project,
     request_in_session,
+    resolve_params,
 )
-from labelloop.pipelines.triggers import effective_triggers, labelstudio_links
+from labelloop.pipelines.triggers import effective_triggers, labelstudio_links, link_labelstudio
 from labelloop.projects import get_project
-
-
-@dataclass(frozen=True)
-class AnnotationEvent:
-    """Annotations created, updated or deleted in a Label Studio project."""
-
-    action: str
-    ls_project: int | None
-    annotation_ids: list[int]
 
 
 @dataclass
@@ -101,9 +96,8 @@ def pending_annotations(s, project_id: int) -> int:
 
 
 def _queue(s, ctx: Context, project: Project, delay_s: float) -> PipelineRequest:
-    req = request_in_session(
-        s, ctx, project, "webhook", "labelstudio", PipelineParams(), delay_s, None
-    )
+    params = resolve_params(project, ctx, PipelineParams())
+    req = request_in_session(s, ctx, project, "webhook", "labelstudio", params, delay_s, None)
     if req.created:
         s.execute(
             WebhookEvent.__table__.update()
@@ -149,3 +143,48 @@ def follow_up(ctx: Context, project_id: int) -> PipelineRequest | None:
         if pending_annotations(s, project_id) < trig.min_annotations:
             return None
         return _queue(s, ctx, project, trig.debounce_s)
+
+
+def register_webhook(
+    ctx: Context,
+    project_name: str,
+    *,
+    ls_project: int,
+    base_url: str,
+    ls_url: str | None = None,
+    token: str | None = None,
+    label_map: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Create (or update) the project's webhook in Label Studio and link the Label Studio
+    project as a source of `project_name`. Idempotent: the webhook is found by its URL."""
+    secret = ctx.settings.webhook_secret.get_secret_value()
+    if not secret:
+        raise ConfigError("set LABELLOOP_WEBHOOK_SECRET first: Label Studio sends it back")
+    ls_url = (ls_url or ctx.settings.labelstudio_url).rstrip("/")
+    token = token or ctx.settings.labelstudio_token.get_secret_value()
+    if not ls_url or not token:
+        raise ConfigError("registering needs LABELLOOP_LABELSTUDIO_URL and _TOKEN")
+    if not base_url.startswith(("http://", "https://")):
+        raise InputError(
+            f"--url must be the http(s) address of `labelloop serve`, got {base_url!r}"
+        )
+    with ctx.db.session() as s:
+        get_project(s, project_name)  # a clear error before any request
+    url = webhook_url(base_url, project_name)
+    hook_id, created = LabelStudioClient(ls_url, token).ensure_webhook(
+        ls_project, url, actions=ACTIONS, headers={SECRET_HEADER: secret}
+    )
+    with ctx.db.session() as s:
+        project = get_project(s, project_name)
+        link = link_labelstudio(
+            project, ls_url, ls_project, label_map=label_map, webhook_id=hook_id
+        )
+    return {
+        "webhook_id": hook_id,
+        "created": created,
+        "url": url,
+        "ls_url": ls_url,
+        "ls_project": ls_project,
+        "actions": list(ACTIONS),
+        "link": link,
+    }

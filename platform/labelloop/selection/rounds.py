@@ -19,10 +19,11 @@ from sqlalchemy.orm import Session
 
 from labelloop.context import Context
 from labelloop.datasets.freeze import current_annotations
-from labelloop.db.models import AnnotationRound, Image, ModelVersion, RoundItem, Score
+from labelloop.db.models import AnnotationRound, Image, RoundItem, Score
 from labelloop.errors import InputError, NotFoundError
 from labelloop.imaging import decode_image
 from labelloop.projects import get_project
+from labelloop.registry import find_model
 from labelloop.scoring.embeddings import load_embeddings, pixel_embedding
 from labelloop.scoring.stage import default_method, labelled_image_ids, pool_image_ids
 from labelloop.selection.strategies import Candidates, check_params, get_strategy
@@ -82,12 +83,7 @@ def select_round(
         project = get_project(s, project_name)
         method = method or default_method(project.task)
         if model_version_id is None:
-            model_version_id = s.scalar(
-                select(ModelVersion.id)
-                .where(ModelVersion.project_id == project.id)
-                .order_by((ModelVersion.stage == "production").desc(), ModelVersion.id.desc())
-                .limit(1)
-            )
+            model_version_id = find_model(s, project.id)
         if model_version_id is None and strat.needs_model:
             raise InputError(
                 f"strategy {strategy!r} needs a trained model; train first, or start cold "

@@ -42,13 +42,8 @@ def trigger_run(
 
     One pipeline per project at a time: while one is queued or running, the request is
     recorded as `coalesced` into it (HTTP 200) instead of starting a second one."""
-    body = body or TriggerIn()
     req = pipelines.request_pipeline(
-        ctx,
-        project,
-        trigger="api",
-        requested_by=caller,
-        params=pipelines.PipelineParams(**body.model_dump()),
+        ctx, project, trigger="api", requested_by=caller, params=body or TriggerIn()
     )
     launch(ctx, request.app.state.dispatcher, req)
     if not req.created:

@@ -19,8 +19,7 @@ from typing import Any
 
 import ijson
 
-from labelloop.datasets.freeze import GROUP_KEYS
-from labelloop.domain import Shape
+from labelloop.domain import GROUP_KEYS, Shape
 from labelloop.errors import InputError
 from labelloop.ingest.readers.coco_shapes import Category, ImageInfo, annotation_shapes, id_key
 from labelloop.ingest.readers.image_lookup import ImageFinder

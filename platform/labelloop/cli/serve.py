@@ -1,0 +1,52 @@
+"""`labelloop serve`: the REST API and the webhook endpoint."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from labelloop.cli.output import handle_errors
+
+app = typer.Typer()
+
+
+@app.command()
+@handle_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Server processes.", min=1)] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Run the REST API (OpenAPI at /docs and /openapi.json) and the webhook endpoint.
+
+    Tokens come from LABELLOOP_API_TOKENS (a JSON object name -> token), the webhook
+    secret from LABELLOOP_WEBHOOK_SECRET. With the in-process broker (memory://) the
+    server also runs an embedded worker, so triggered runs execute right there."""
+    import uvicorn
+
+    from labelloop.api.app import check_schema
+    from labelloop.config import Settings
+    from labelloop.errors import ConfigError
+
+    settings = Settings()
+    if not any(t.get_secret_value() for t in settings.api_tokens.values()):
+        raise ConfigError(
+            'no API tokens: set LABELLOOP_API_TOKENS, e.g. \'{"alice": "<random token>"}\''
+        )
+    if settings.embedded and workers > 1:
+        raise ConfigError(
+            "--workers > 1 needs a real broker (LABELLOOP_BROKER_URL): each process would "
+            "run its own in-memory queue"
+        )
+    check_schema(settings)  # fail here, with exit 2, rather than in every worker
+    uvicorn.run(
+        "labelloop.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        proxy_headers=True,
+    )

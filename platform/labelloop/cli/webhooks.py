@@ -1,0 +1,54 @@
+"""`labelloop webhooks register`: Label Studio webhooks that start retraining."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from labelloop.cli.options import JsonOpt, ProjectOpt, context
+from labelloop.cli.output import console, emit_json, handle_errors
+
+app = typer.Typer(help="Label Studio webhooks that trigger retraining.", no_args_is_help=True)
+
+
+@app.command("register")
+@handle_errors
+def webhooks_register(
+    project: ProjectOpt,
+    ls_project: Annotated[int, typer.Option("--ls-project", help="Label Studio project id.")],
+    url: Annotated[
+        str,
+        typer.Option("--url", help="Base URL where Label Studio reaches `labelloop serve`."),
+    ],
+    ls_url: Annotated[
+        str | None, typer.Option(help="Label Studio URL (default: LABELLOOP_LABELSTUDIO_URL).")
+    ] = None,
+    label_map: Annotated[
+        list[str] | None,
+        typer.Option(help="Rename Label Studio classes when syncing: 'src=dst'."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create (or update) the webhook in Label Studio and link its project as a source
+    the pipeline syncs. Label Studio sends LABELLOOP_WEBHOOK_SECRET back in a header;
+    the token comes from LABELLOOP_LABELSTUDIO_TOKEN."""
+    from labelloop.ingest.formats import parse_label_map
+    from labelloop.pipelines.webhooks import register_webhook
+
+    result = register_webhook(
+        context(),
+        project,
+        ls_project=ls_project,
+        base_url=url,
+        ls_url=ls_url,
+        label_map=parse_label_map(label_map),
+    )
+    if as_json:
+        emit_json(result)
+    else:
+        verb = "registered" if result["created"] else "updated"
+        console.print(
+            f"webhook {result['webhook_id']} {verb} in {result['ls_url']} project "
+            f"{ls_project} -> {result['url']}"
+        )
