@@ -54,22 +54,29 @@ class _Meta:
 
 
 def _xml_file(path: Path) -> Path | None:
+    """The file given, else the folder's annotations.xml, else its one top-level XML that
+    is a CVAT export (a task export renamed `train.xml`, as users keep them)."""
     if path.is_file():
         return path if path.suffix.lower() == ".xml" else None
     candidate = path / "annotations.xml"
-    return candidate if candidate.is_file() else None
+    if candidate.is_file():
+        return candidate
+    found = [p for p in sorted(path.glob("*.xml")) if p.is_file() and _is_cvat_xml(p)]
+    return found[0] if len(found) == 1 else None
 
 
-def detect(path: Path) -> bool:
-    xml = _xml_file(path)
-    if xml is None:
-        return False
+def _is_cvat_xml(xml: Path) -> bool:
     try:
         with open(xml, "rb") as f:
             head = f.read(4096)
     except OSError:
         return False
     return b"<annotations" in head and any(t in head for t in (b"<version>", b"<meta>", b"<image "))
+
+
+def detect(path: Path) -> bool:
+    xml = _xml_file(path)
+    return xml is not None and _is_cvat_xml(xml)
 
 
 def read_cvat_xml(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:

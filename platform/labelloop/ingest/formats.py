@@ -21,6 +21,7 @@ from labelloop.errors import InputError
 from labelloop.ingest.archive import safe_extract
 from labelloop.ingest.core import IngestReport, ingest_records
 from labelloop.ingest.records import Format, ReadOptions, SourceRecord
+from labelloop.ingest.sniff import refuse_image_pool
 from labelloop.projects import get_project
 
 READERS = [
@@ -45,9 +46,16 @@ def formats() -> dict[str, Format]:
 
 
 def detect_format(path: Path) -> str:
+    """The first format whose detector accepts `path`. A folder that only the image-pool
+    reader accepts but that holds annotation-like files is refused (`sniff`): silently
+    ingesting an export as unlabeled images is the one failure a user cannot see."""
     for fmt in formats().values():
         if fmt.detect(path):
+            if fmt.name == "images" and path.is_dir():
+                refuse_image_pool(path, [n for n in formats() if n != "images"])
             return fmt.name
+    if path.is_dir():
+        refuse_image_pool(path, list(formats()))
     raise InputError(
         f"cannot detect the format; pass --format ({', '.join(formats())})", file=str(path)
     )

@@ -35,9 +35,11 @@ def _annotator(ann: ExportedAnnotation) -> str | None:
     return None if who is None else str(who)
 
 
-def _is_export(path: Path, max_events: int = 200_000) -> bool:
+def _is_export(path: Path, max_events: int = 200_000, *, empty: bool = True) -> bool:
     """A JSON array whose first task has a `data` key. Streams the first task's keys, since
-    Label Studio writes `data` after `annotations`, which can run to megabytes."""
+    Label Studio writes `data` after `annotations`, which can run to megabytes. `empty`:
+    whether `[]` counts (an empty export given by name does; a stray `[]` in a folder of
+    other JSON does not, or a LabelMe folder would be read as an empty export)."""
     if not path.is_file() or path.suffix.lower() != ".json":
         return False
     with open(path, "rb") as f:
@@ -52,7 +54,7 @@ def _is_export(path: Path, max_events: int = 200_000) -> bool:
                 if (prefix == "item" and event == "end_map") or n > max_events:
                     return False
                 if prefix == "" and event == "end_array":
-                    return True  # an empty export
+                    return empty  # an empty export
         except ijson.JSONError:
             return False
     return False
@@ -63,7 +65,8 @@ def _export_in(path: Path) -> Path | None:
     unpacked archive: export + images)."""
     if path.is_file():
         return path if _is_export(path) else None
-    found = [p for p in sorted(path.glob("*.json")) if _is_export(p)]
+    candidates = sorted(path.glob("*.json"))
+    found = [p for p in candidates if _is_export(p, empty=len(candidates) == 1)]
     return found[0] if len(found) == 1 else None
 
 

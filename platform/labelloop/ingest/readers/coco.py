@@ -23,6 +23,7 @@ from labelloop.domain import GROUP_KEYS, Shape
 from labelloop.errors import InputError
 from labelloop.ingest.readers.coco_shapes import Category, ImageInfo, annotation_shapes, id_key
 from labelloop.ingest.readers.image_lookup import ImageFinder
+from labelloop.ingest.readers.splits import split_folders, split_meta, split_of
 from labelloop.ingest.records import (
     Format,
     ReadOptions,
@@ -69,6 +70,8 @@ def _json_files(path: Path, limit: int | None = None) -> list[Path]:
     if path.is_file():
         return [path] if path.suffix.lower() == ".json" and _looks_coco(path) else []
     found = sorted((path / "annotations").glob("*.json")) + sorted(path.glob("*.json"))
+    for sub in split_folders(path):  # Roboflow: train/_annotations.coco.json beside images
+        found += sorted(sub.glob("*.json"))
     return [p for p in found[:limit] if p.is_file() and _looks_coco(p)]
 
 
@@ -98,11 +101,24 @@ def read_coco(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
         yield from _read_file(file, dataset, source, opts)
 
 
-def _subset(file: Path) -> str:
+def _subset(file: Path, dataset: Path) -> str:
+    """The subset a COCO file describes: its subset folder (`train/` of a Roboflow
+    download), else the JSON's name less its kind (`instances_val2017` -> `val2017`), and
+    the shortest `_`-suffix of the name that is an image folder (`stuff_train2017` ->
+    `images/train2017/`) when the name itself is not one."""
+    if split_of(file.parent.name) and file.parent.resolve() != dataset:
+        return file.parent.name
     stem = file.stem
     for prefix in _SUBSET_PREFIXES:
         if stem.startswith(prefix) and len(stem) > len(prefix):
             return stem[len(prefix) :]
+    if stem.startswith("_annotations"):  # Roboflow's name says nothing about the subset
+        return "default"
+    parts = stem.split("_")
+    folders = (dataset / "images", dataset, file.parent)
+    for tail in ("_".join(parts[i:]) for i in range(len(parts))):
+        if tail and any((f / tail).is_dir() for f in folders):
+            return tail
     return stem
 
 
@@ -156,7 +172,7 @@ def _read_file(file: Path, dataset: Path, source: str, opts: ReadOptions) -> Ite
         if opts.image_root
         else [file.parent, file.parent / "images", dataset, dataset / "images"]
     )
-    reader = _Reader(file, source, _subset(file), ImageFinder(bases))
+    reader = _Reader(file, source, _subset(file, dataset), ImageFinder(bases))
     reader.categories = _categories(reader.items("categories"))
     images = list(reader.items("images"))
     if not images:
@@ -238,6 +254,8 @@ def _image_record(
     except InputError as exc:
         return reader.bad_record(external_id, record, exc, uri)
     meta: dict[str, Any] = {"subset": reader.subset, "coco_image_id": raw.get("id")}
+    if reader.file.parent.name == reader.subset:
+        meta.update(split_meta(reader.subset))
     extra = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
     for k in GROUP_KEYS:
         value = raw.get(k, extra.get(k))

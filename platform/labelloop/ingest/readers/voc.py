@@ -30,6 +30,7 @@ from labelloop.ingest.readers._imagefiles import (
     relative_uri,
     with_suffixes,
 )
+from labelloop.ingest.readers.splits import split_folders, split_meta
 from labelloop.ingest.records import (
     Format,
     ReadOptions,
@@ -58,14 +59,24 @@ def detect(path: Path) -> bool:
     if not path.is_dir():
         return False
     ann = path / "Annotations"
-    folder = ann if ann.is_dir() else path
-    xml = next(folder.rglob("*.xml") if ann.is_dir() else folder.glob("*.xml"), None)
-    return xml is not None and _is_voc_xml(xml)
+    if ann.is_dir():
+        xml = next(ann.rglob("*.xml"), None)
+        return xml is not None and _is_voc_xml(xml)
+    return any(_is_voc_xml(x) for x in _loose_xml(path)[:5])
+
+
+def _loose_xml(root: Path) -> list[Path]:
+    """XML beside the images: labelImg's folder, or Roboflow's train/ valid/ test/."""
+    files = sorted(root.glob("*.xml"))
+    for sub in split_folders(root):
+        files += sorted(sub.glob("*.xml"))
+    return files
 
 
 @dataclass
 class _Layout:
     root: Path  # the dataset folder (the parent of Annotations/ when that was given)
+    xml_root: Path  # image ids are XML paths relative to this, less the suffix
     xml_files: list[Path]
     ann_dir: Path | None
     image_root: Path
@@ -84,12 +95,13 @@ def _layout(path: Path, opts: ReadOptions) -> _Layout:
     if not ann_dir.is_dir():
         ann_dir = None
     if not files:
-        files = sorted(ann_dir.rglob("*.xml")) if ann_dir else sorted(root.glob("*.xml"))
+        files = sorted(ann_dir.rglob("*.xml")) if ann_dir else _loose_xml(root)
     seg = masks.find_layout(root) if (root / "SegmentationClass").is_dir() else None
     subsets = masks.image_set_subsets(root, "Segmentation")
     subsets.update(masks.image_set_subsets(root, "Main"))
     return _Layout(
         root=root.resolve(),
+        xml_root=path.parent if path.is_file() else (ann_dir or root),
         xml_files=files,
         ann_dir=ann_dir,
         image_root=(opts.image_root or root).resolve(),
@@ -109,7 +121,7 @@ def read_voc(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
     used: set[Path] = set()
     mask_files = lay.seg.mask_files() if lay.seg else {}
     for xml in lay.xml_files:
-        image_id = xml.relative_to(lay.ann_dir or xml.parent).with_suffix("").as_posix()
+        image_id = xml.relative_to(lay.xml_root).with_suffix("").as_posix()
         seen.add(image_id)
         name = f"image {image_id}"
         try:
@@ -298,6 +310,8 @@ def _record(
             *masks.mask_file_shapes(mask, obj, lay.seg.labels, size, record=name),
         ]
     meta = {"subset": lay.subsets[image_id]} if image_id in lay.subsets else {}
+    if lay.ann_dir is None and "/" in image_id:  # train/x.xml of a Roboflow download
+        meta.update(split_meta(image_id.split("/", 1)[0]))
     return image_record(
         source=source,
         external_id=image_id,

@@ -1,0 +1,165 @@
+"""Export layouts as tools really write them, and folders no reader takes: an export is
+read whole or refused naming its files, never silently taken for an unlabeled pool."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from labelloop.errors import InputError
+from labelloop.ingest import ingest_path
+from labelloop.ingest.formats import detect_format
+from tests.factories import png
+from tests.support import require_shared_data
+from tests.unit.ingest_fixtures import NOTHING, active_shapes, item_meta, make_project, row_counts
+
+LABELS = ["RBC", "WBC", "Platelets"]
+
+
+def _coco(images: list[tuple[int, str]], boxes: list[tuple[int, int, str]]) -> dict:
+    cats = [{"id": i, "name": n, "supercategory": "cells"} for i, n in enumerate(LABELS, 1)]
+    ids = {n: i for i, n in enumerate(LABELS, 1)}
+    return {
+        "info": {"description": "Exported from roboflow.com"},
+        "categories": cats,
+        "images": [{"id": i, "file_name": f, "width": 64, "height": 48} for i, f in images],
+        "annotations": [
+            {
+                "id": k,
+                "image_id": img,
+                "category_id": ids[label],
+                "bbox": [4 + x, 4, 10, 8],
+                "area": 80,
+                "segmentation": [],
+                "iscrowd": 0,
+            }
+            for k, (img, x, label) in enumerate(boxes)
+        ],
+    }
+
+
+def _pool_with(tmp_path: Path, name: str, content: bytes) -> Path:
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(png(seed=1))
+    (folder / name).write_bytes(content)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "said"),
+    [
+        ("train.json", b"", "empty file"),
+        ("labels.json", '{"images": []}'.encode("utf-16"), "UTF-16"),
+        (
+            "coco.json",
+            json.dumps([_coco([(1, "a.png")], [(1, 0, "RBC")])]).encode(),
+            "COCO file wrapped in [...]",
+        ),
+        ("_classes.csv", b"filename,RBC,WBC\na.png,1,0\n", "text starting 'filename,RBC,WBC'"),
+        ("meta.json", b'{"frames": {}}', "JSON object with keys frames"),
+    ],
+)
+def test_unread_annotation_files_are_refused_not_an_image_pool(ctx, tmp_path, name, content, said):
+    folder = _pool_with(tmp_path, name, content)
+    project = make_project(ctx, "cells", "detection", LABELS)
+    with pytest.raises(InputError) as err:
+        ingest_path(ctx, project, folder)
+    msg = str(err.value)
+    assert name in msg and said in msg
+    assert "tried labelstudio, cvat, coco" in msg and "--format images" in msg
+    assert row_counts(ctx) == NOTHING
+    # stating the intent ingests the images alone
+    report = ingest_path(ctx, project, folder, fmt="images")
+    assert (report.format, report.images_new, report.unlabeled) == ("images", 1, 1)
+
+
+def test_readme_files_do_not_block_an_image_pool(ctx, tmp_path):
+    folder = _pool_with(tmp_path, "README.roboflow.txt", b"exported from roboflow")
+    assert detect_format(folder) == "images"
+
+
+def test_labelme_folder_with_a_stray_empty_list_is_labelme(ctx, tmp_path):
+    folder = tmp_path / "labelme"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(png(seed=1))
+    shape = {"label": "RBC", "points": [[2, 2], [20, 12]], "shape_type": "rectangle"}
+    doc = {"version": "5.4.1", "flags": {}, "shapes": [shape], "imagePath": "a.png"}
+    (folder / "a.json").write_text(json.dumps(doc))
+    (folder / "stray.json").write_text("[]")
+    assert detect_format(folder) == "labelme"
+    project = make_project(ctx, "cells", "detection", LABELS)
+    with pytest.raises(InputError, match=r"stray\.json"):
+        ingest_path(ctx, project, folder)
+    report = ingest_path(ctx, project, folder, skip_invalid=True)
+    assert report.annotations_new == 1 and [s.file for s in report.skipped] == [
+        str(folder / "stray.json")
+    ]
+
+
+def test_cvat_task_export_under_another_name(ctx, tmp_path):
+    src = require_shared_data("exports", "cvat", "docs-example-cvat-images-1.1", "annotations.xml")
+    export = tmp_path / "task"
+    (export / "images").mkdir(parents=True)
+    shutil.copy(src, export / "train.xml")
+    from PIL import Image
+
+    Image.new("RGB", (1600, 1200)).save(export / "images" / "filename000.jpg")
+    assert detect_format(export) == "cvat"
+
+
+def test_roboflow_coco_download_pins_its_splits(ctx, tmp_path):
+    root = tmp_path / "BCCD.v3i.coco"
+    layout = {"train": ["a.png", "b.png"], "valid": ["c.png"], "test": ["d.png"]}
+    for seed, (sub, names) in enumerate(layout.items()):
+        (root / sub).mkdir(parents=True)
+        for k, n in enumerate(names):
+            (root / sub / n).write_bytes(png(seed=10 * seed + k))
+        doc = _coco(list(enumerate(names)), [(i, 0, "RBC") for i in range(len(names))])
+        (root / sub / "_annotations.coco.json").write_text(json.dumps(doc))
+    (root / "README.roboflow.txt").write_text("exported from roboflow")
+    assert detect_format(root) == "coco"
+    project = make_project(ctx, "cells", "detection", LABELS)
+    report = ingest_path(ctx, project, root)
+    assert (report.records, report.images_new, report.annotations_new) == (4, 4, 4)
+    splits = {k: m["split"] for k, m in item_meta(ctx).items()}
+    assert splits == {"train/0": "train", "train/1": "train", "valid/0": "val", "test/0": "test"}
+
+
+def test_coco_subset_is_the_image_folder_the_name_ends_with(ctx, tmp_path):
+    root = tmp_path / "coco"
+    (root / "images" / "train2017").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    (root / "images" / "train2017" / "a.png").write_bytes(png(seed=1))
+    (root / "annotations" / "stuff_train2017.json").write_text(
+        json.dumps(_coco([(7, "a.png")], [(7, 0, "WBC")]))
+    )
+    project = make_project(ctx, "cells", "detection", LABELS)
+    report = ingest_path(ctx, project, root)
+    assert (report.images_new, report.annotations_new) == (1, 1)
+    assert list(item_meta(ctx)) == ["train2017/7"]
+
+
+def test_roboflow_voc_download_of_bccd(ctx, tmp_path):
+    bccd = require_shared_data("bccd", "BCCD")
+    root = tmp_path / "BCCD.v3i.voc"
+    picks = {"train": ["BloodImage_00000", "BloodImage_00001"], "valid": ["BloodImage_00002"]}
+    for sub, ids in picks.items():
+        (root / sub).mkdir(parents=True)
+        for i in ids:
+            shutil.copy(bccd / "Annotations" / f"{i}.xml", root / sub / f"{i}.xml")
+            shutil.copy(bccd / "JPEGImages" / f"{i}.jpg", root / sub / f"{i}.jpg")
+    assert detect_format(root) == "voc"
+    project = make_project(ctx, "cells", "detection", LABELS)
+    report = ingest_path(ctx, project, root)
+    assert (report.records, report.images_new, report.annotations_new) == (3, 3, 3)
+    assert sum(report.shapes_per_class.values()) == len(active_shapes(ctx)) > 30
+    splits = {k: m.get("split") for k, m in item_meta(ctx).items()}
+    assert splits == {
+        "train/BloodImage_00000": "train",
+        "train/BloodImage_00001": "train",
+        "valid/BloodImage_00002": "val",
+    }
