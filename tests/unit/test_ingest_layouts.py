@@ -163,3 +163,90 @@ def test_roboflow_voc_download_of_bccd(ctx, tmp_path):
         "train/BloodImage_00001": "train",
         "valid/BloodImage_00002": "val",
     }
+
+
+def test_ultralytics_images_and_annotations_folders(ctx, tmp_path):
+    root = tmp_path / "yolo"
+    (root / "Images").mkdir(parents=True)
+    (root / "Annotations").mkdir()
+    (root / "Images" / "a.png").write_bytes(png(seed=1))
+    (root / "Annotations" / "a.txt").write_text("1 0.5 0.5 0.25 0.25\n0 0.2 0.2 0.1 0.1\n")
+    (root / "classes.txt").write_text("RBC\nWBC\nPlatelets\n")
+    assert detect_format(root) == "yolo"
+    project = make_project(ctx, "cells", "detection", LABELS)
+    report = ingest_path(ctx, project, root)
+    assert report.shapes_per_class == {"WBC": 1, "RBC": 1}
+
+
+def test_yolo_obb_label_txt_rotated_boxes_become_polygons(ctx, tmp_path):
+    root = tmp_path / "cells.v1i.yolov5-obb"
+    for sub in ("train", "valid"):
+        (root / sub / "images").mkdir(parents=True)
+        (root / sub / "labelTxt").mkdir()
+    (root / "data.yaml").write_text("names: [RBC, WBC, Platelets]\nnc: 3\n")
+    (root / "train" / "images" / "a.png").write_bytes(png(seed=1))
+    (root / "train" / "labelTxt" / "a.txt").write_text(
+        "imagesource:roboflow\ngsd:null\n10 2 30 12 25 22 5 12 RBC 0\n40 5 50 5 50 15 40 15 WBC 1\n"
+    )
+    (root / "valid" / "images" / "b.png").write_bytes(png(seed=2))
+    (root / "valid" / "labelTxt" / "b.txt").write_text("")
+    assert detect_format(root) == "yolo-obb"
+    project = make_project(ctx, "cells", "detection", LABELS)
+    report = ingest_path(ctx, project, root)
+    assert report.shapes_per_kind == {"polygon": 2}
+    rotated = next(s for s in active_shapes(ctx) if s["label"] == "RBC")
+    assert rotated["points"] == [[10, 2], [30, 12], [25, 22], [5, 12]]
+    assert {k: m.get("split") for k, m in item_meta(ctx).items()} == {
+        "train/a": "train",
+        "valid/b": "val",
+    }
+
+
+def test_roboflow_createml_download(ctx, tmp_path):
+    root = tmp_path / "cells.v1i.createml"
+    for sub, seed in (("train", 1), ("test", 2)):
+        (root / sub).mkdir(parents=True)
+        (root / sub / f"{sub}.png").write_bytes(png(seed=seed))
+        doc = [
+            {
+                "image": f"{sub}.png",
+                "annotations": [
+                    {"label": "RBC", "coordinates": {"x": 20, "y": 10, "width": 8, "height": 6}}
+                ],
+            }
+        ]
+        (root / sub / "_annotations.createml.json").write_text(json.dumps(doc))
+    assert detect_format(root) == "createml"
+    project = make_project(ctx, "cells", "detection", LABELS)
+    report = ingest_path(ctx, project, root)
+    assert (report.images_new, report.annotations_new) == (2, 2)
+    box = active_shapes(ctx)[0]
+    assert (box["x"], box["y"], box["w"], box["h"]) == (16, 7, 8, 6)
+    assert {k: m.get("split") for k, m in item_meta(ctx).items()} == {
+        "train/train.png": "train",
+        "test/test.png": "test",
+    }
+
+
+def test_labelme2voc_segmentation_class_png(ctx, tmp_path):
+    """labelme2voc.py writes .npy into SegmentationClass/ and the PNGs beside it."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "voc-from-labelme"
+    for d in ("JPEGImages", "SegmentationClass", "SegmentationClassPNG"):
+        (root / d).mkdir(parents=True)
+    (root / "JPEGImages" / "a.jpg").write_bytes(png(seed=1))
+    lbl = np.zeros((48, 64), dtype=np.uint8)
+    lbl[5:15, 5:15] = 1
+    lbl[20:30, 30:50] = 2
+    lbl[0:2, 0:2] = 255  # __ignore__ (-1) saved as uint8
+    np.save(root / "SegmentationClass" / "a.npy", lbl)
+    mask = Image.frombytes("P", (64, 48), lbl.tobytes())  # as labelme's lblsave writes it
+    mask.putpalette([c for i in range(256) for c in (i, 255 - i, (7 * i) % 256)])
+    mask.save(root / "SegmentationClassPNG" / "a.png")
+    (root / "class_names.txt").write_text("_background_\nRBC\nWBC")
+    assert detect_format(root) == "masks"
+    project = make_project(ctx, "cells", "segmentation", LABELS)
+    report = ingest_path(ctx, project, root)
+    assert report.shapes_per_class == {"RBC": 1, "WBC": 1}

@@ -29,8 +29,10 @@ READERS = [
     "labelloop.cvat.reader",
     "labelloop.ingest.readers.coco",
     "labelloop.ingest.readers.voc",
+    "labelloop.ingest.readers.dota",
     "labelloop.ingest.readers.yolo",
     "labelloop.ingest.readers.labelme",
+    "labelloop.ingest.readers.createml",
     "labelloop.ingest.readers.masks",
     "labelloop.ingest.readers.images",
 ]

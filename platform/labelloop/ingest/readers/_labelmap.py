@@ -20,7 +20,8 @@ from PIL import Image
 from labelloop.errors import InputError
 from labelloop.ingest.readers._imagefiles import read_text
 
-LABEL_MAP_FILES = ("labelmap.txt", "labels.json")
+# class_names.txt: labelme2voc.py (one name per line, the line index is the pixel value)
+LABEL_MAP_FILES = ("labelmap.txt", "labels.json", "class_names.txt")
 # Names that mean "no object here": CVAT and VOC write 'background', labelme '_background_'.
 BACKGROUND_NAMES = frozenset({"background", "_background_", "__background__", "bg"})
 VOID_RGB = (224, 224, 192)  # VOC's 'difficult border' colour (palette index 255)

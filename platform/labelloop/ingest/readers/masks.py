@@ -173,18 +173,35 @@ def jpeg_dir(root: Path) -> Path | None:
     return next((root / d for d in ("JPEGImages", "JpegImages") if (root / d).is_dir()), None)
 
 
+def segmentation_dirs(path: Path) -> tuple[Path, Path | None] | None:
+    """VOC's (SegmentationClass, SegmentationObject); labelme2voc.py writes the masks as
+    PNG into SegmentationClassPNG/ (its SegmentationClass/ holds .npy arrays)."""
+    for suffix in ("PNG", ""):
+        seg = path / f"SegmentationClass{suffix}"
+        if seg.is_dir() and (suffix or not _only_arrays(seg)):
+            obj = path / f"SegmentationObject{suffix}"
+            return seg, obj if obj.is_dir() else None
+    return None
+
+
+def _only_arrays(folder: Path) -> bool:
+    return next(folder.glob("*.npy"), None) is not None and not any(
+        is_image(p) for p in folder.iterdir()
+    )
+
+
 def find_layout(path: Path) -> MaskLayout | None:
     if not path.is_dir():
         return None
-    seg = path / "SegmentationClass"
-    if seg.is_dir():
-        objects = path / "SegmentationObject"
+    dirs = segmentation_dirs(path)
+    if dirs is not None:
+        seg, objects = dirs
         images = jpeg_dir(path)
         return MaskLayout(
             root=path,
             classes=seg,
             images=images,
-            objects=objects if objects.is_dir() else None,
+            objects=objects,
             labels=load_label_map(path) or LabelMap.voc_default(),
             subsets=image_set_subsets(path, "Segmentation"),
         )
@@ -212,8 +229,7 @@ def _first_is_image(folder: Path, look: int = 20) -> bool:
 def detect(path: Path) -> bool:
     if not path.is_dir() or (path / "Annotations").is_dir():
         return False
-    seg = path / "SegmentationClass"
-    if seg.is_dir():
+    if segmentation_dirs(path) is not None:
         return True
     has_images = any((path / d).is_dir() for d in IMAGE_DIRS)
     return has_images and any((path / d).is_dir() and _first_is_image(path / d) for d in MASK_DIRS)

@@ -96,7 +96,7 @@ def _layout(path: Path, opts: ReadOptions) -> _Layout:
         ann_dir = None
     if not files:
         files = sorted(ann_dir.rglob("*.xml")) if ann_dir else _loose_xml(root)
-    seg = masks.find_layout(root) if (root / "SegmentationClass").is_dir() else None
+    seg = masks.find_layout(root) if masks.segmentation_dirs(root) else None
     subsets = masks.image_set_subsets(root, "Segmentation")
     subsets.update(masks.image_set_subsets(root, "Main"))
     return _Layout(

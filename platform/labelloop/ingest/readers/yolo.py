@@ -26,6 +26,7 @@ from labelloop.ingest.readers._imagefiles import (
     read_text,
     with_suffixes,
 )
+from labelloop.ingest.readers.splits import split_folders, split_meta
 from labelloop.ingest.records import (
     Format,
     ReadOptions,
@@ -35,6 +36,7 @@ from labelloop.ingest.records import (
     image_record,
 )
 
+LABEL_DIRS = ("labels", "annotations")
 YAML_FILES = ("data.yaml", "dataset.yaml", "data.yml", "dataset.yml")
 NAME_FILES = ("classes.txt", "obj.names")
 _CVAT_DIR = re.compile(r"^obj_(.+)_data$")
@@ -51,8 +53,15 @@ def detect(path: Path) -> bool:
         return True
     if any(_CVAT_DIR.match(p.name) for p in path.iterdir() if p.is_dir()):
         return True
-    labels = path / "labels"
-    return labels.is_dir() and next(labels.rglob("*.txt"), None) is not None
+    return any(next(d.rglob("*.txt"), None) is not None for d in _label_dirs(path)) or any(
+        detect(sub) for sub in split_folders(path)
+    )
+
+
+def _label_dirs(root: Path) -> list[Path]:
+    """labels/ (any case), or Annotations/ holding .txt beside Images/ as some Ultralytics
+    exports are laid out; also under train/ valid/ test/."""
+    return [p for p in root.iterdir() if p.is_dir() and p.name.lower() in LABEL_DIRS]
 
 
 def _names_from_yaml(path: Path) -> tuple[dict[int, str] | None, bool]:
@@ -104,7 +113,8 @@ def _is_label_file(parts: tuple[str, ...]) -> bool:
     """A .txt under labels/ or in a CVAT obj_<subset>_data/ folder (not classes.txt,
     train.txt or a README)."""
     return parts[-1].endswith(".txt") and (
-        "labels" in parts[:-1] or (len(parts) > 1 and bool(_CVAT_DIR.match(parts[-2])))
+        any(p.lower() in LABEL_DIRS for p in parts[:-1])
+        or (len(parts) > 1 and bool(_CVAT_DIR.match(parts[-2])))
     )
 
 
@@ -113,9 +123,12 @@ def label_for(image: Path, root: Path) -> Path | None:
     .txt next to the image (CVAT, darknet)."""
     rel = image.relative_to(root).parts
     cands = []
-    if "images" in rel[:-1]:
-        i = len(rel) - 2 - rel[:-1][::-1].index("images")
-        cands.append(root.joinpath(*rel[:i], "labels", *rel[i + 1 : -1], image.stem + ".txt"))
+    lowered = [p.lower() for p in rel[:-1]]
+    if "images" in lowered:
+        i = len(lowered) - 1 - lowered[::-1].index("images")
+        parent = root.joinpath(*rel[:i])
+        for d in _label_dirs(parent):
+            cands.append(d.joinpath(*rel[i + 1 : -1], image.stem + ".txt"))
     cands.append(image.with_suffix(".txt"))
     return next((c for c in cands if c.is_file()), None)
 
@@ -125,7 +138,7 @@ def subset_of(rel: tuple[str, ...]) -> str | None:
     for i, part in enumerate(rel[:-1]):
         if m := _CVAT_DIR.match(part):
             return _SUBSETS.get(m.group(1), m.group(1))
-        if part in ("images", "labels"):
+        if part.lower() in ("images", *LABEL_DIRS):
             sub = rel[i + 1] if i + 1 < len(rel) - 1 else (rel[i - 1] if i > 0 else None)
             return _SUBSETS.get(sub, sub) if sub else None
     return None
@@ -144,7 +157,9 @@ def read_yolo(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
     names = class_names(root)
     used: set[Path] = set()
     images = sorted(
-        p for p in root.rglob("*") if is_image(p) and "labels" not in p.relative_to(root).parts
+        p
+        for p in root.rglob("*")
+        if is_image(p) and not any(d.lower() in LABEL_DIRS for d in p.relative_to(root).parts)
     )
     for image in images:
         rel = image.relative_to(root)
@@ -207,7 +222,7 @@ def _record(
         name=name,
         image=image,
         annotations=anns,
-        meta={"subset": subset} if subset else None,
+        meta={"subset": subset, **split_meta(subset)} if subset else None,
     )
 
 
