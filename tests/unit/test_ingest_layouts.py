@@ -250,3 +250,37 @@ def test_labelme2voc_segmentation_class_png(ctx, tmp_path):
     project = make_project(ctx, "cells", "segmentation", LABELS)
     report = ingest_path(ctx, project, root)
     assert report.shapes_per_class == {"RBC": 1, "WBC": 1}
+
+
+def test_duplicate_task_ids_in_one_label_studio_export_are_refused(ctx, tmp_path):
+    from tests.factories import rect, task, write_export
+
+    images = {"images/a.png": png(seed=1), "images/b.png": png(seed=2)}
+    tasks = [
+        task(1, "images/a.png", [[rect("RBC", 1, 1, 5, 5)]]),
+        task(1, "images/b.png", [[rect("WBC", 1, 1, 5, 5)]]),
+    ]
+    export = write_export(tmp_path, tasks, images)
+    project = make_project(ctx, "cells", "detection", LABELS)
+    with pytest.raises(InputError, match=r"id '1' appears twice in this file \(first as task 1\)"):
+        ingest_path(ctx, project, export)
+    assert row_counts(ctx) == NOTHING
+
+
+def test_duplicate_image_ids_in_one_cvat_xml_are_refused(ctx, tmp_path):
+    from PIL import Image
+
+    export = tmp_path / "cvat"
+    (export / "images").mkdir(parents=True)
+    for n in ("a.png", "b.png"):
+        Image.new("RGB", (64, 48)).save(export / "images" / n)
+    box = '<box label="RBC" xtl="1" ytl="1" xbr="9" ybr="9" occluded="0" z_order="0"/>'
+    (export / "annotations.xml").write_text(
+        '<?xml version="1.0" encoding="utf-8"?><annotations><version>1.1</version>'
+        f'<image id="0" name="a.png" width="64" height="48">{box}</image>'
+        f'<image id="0" name="b.png" width="64" height="48">{box}</image></annotations>'
+    )
+    project = make_project(ctx, "cells", "detection", LABELS)
+    with pytest.raises(InputError, match="id '0' appears twice"):
+        ingest_path(ctx, project, export)
+    assert row_counts(ctx) == NOTHING

@@ -159,6 +159,11 @@ class _Writer:
         self.max_pixels, self.label_map, self.report = max_pixels, label_map, report
         self.allowed = set(label_names(project))
         self.seen_sha: set[str] = set()
+        # (file, source, external id) -> the record that had it: an id twice in one file
+        # would make two records one source item (the second's image and labels overwrite
+        # the first's). Records of different files may share an id: they describe the
+        # same image (COCO instances + person_keypoints) and merge.
+        self.seen_ids: dict[tuple[str, str, str], str] = {}
 
     def image(self, rec: SourceRecord) -> Image:
         data = rec.load()
@@ -192,6 +197,18 @@ class _Writer:
     def record(self, rec: SourceRecord) -> None:
         if rec.error is not None:
             raise rec.error
+        key = (rec.file, rec.source, rec.external_id)
+        if key in self.seen_ids:
+            raise InputError(
+                f"id {rec.external_id!r} appears twice in this file (first as "
+                f"{self.seen_ids[key]}); ids must be unique, fix or renumber the export",
+                file=rec.file,
+                record=rec.name,
+            )
+        self._write(rec)
+        self.seen_ids[key] = rec.name
+
+    def _write(self, rec: SourceRecord) -> None:
         img = self.image(rec)
         item = self.s.scalar(
             select(SourceItem).where(
@@ -321,7 +338,7 @@ def ingest_records(
         report.records += 1
         if skip_invalid:
             # The counters must describe what was written: undo them with the savepoint.
-            saved = (copy.deepcopy(vars(report)), set(writer.seen_sha))
+            saved = (copy.deepcopy(vars(report)), set(writer.seen_sha))  # seen_ids: on success
             sp = s.begin_nested()
             try:
                 writer.record(rec)
