@@ -284,3 +284,59 @@ def test_duplicate_image_ids_in_one_cvat_xml_are_refused(ctx, tmp_path):
     with pytest.raises(InputError, match="id '0' appears twice"):
         ingest_path(ctx, project, export)
     assert row_counts(ctx) == NOTHING
+
+
+def _frozen_shapes(ctx, project: str) -> dict[str, int]:
+    from labelloop.datasets.freeze import freeze
+
+    stats = freeze(ctx, project).stats
+    out: dict[str, int] = {}
+    for per in stats["shapes"].values():
+        for label, n in per.items():
+            out[label] = out.get(label, 0) + n
+    return out
+
+
+def test_coco_instances_and_keypoints_of_one_image_are_merged(ctx, tmp_path):
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    (root / "images" / "val2017").mkdir(parents=True)
+    (root / "images" / "val2017" / "a.png").write_bytes(png(seed=1))
+    inst = _coco([(1, "a.png")], [(1, 0, "RBC"), (1, 20, "WBC")])
+    kp = _coco([(1, "a.png")], [])
+    kp["categories"] = [{"id": 1, "name": "WBC", "keypoints": ["nucleus"], "skeleton": []}]
+    kp["annotations"] = [
+        {"id": 9, "image_id": 1, "category_id": 1, "bbox": [30, 4, 10, 8], "area": 80,
+         "iscrowd": 0, "keypoints": [35, 8, 2], "num_keypoints": 1}
+    ]  # fmt: skip
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(inst))
+    (root / "annotations" / "person_keypoints_val2017.json").write_text(json.dumps(kp))
+    project = make_project(ctx, "cells", "detection", [*LABELS, "nucleus"])
+    report = ingest_path(ctx, project, root)
+    assert report.annotations_new == 2
+    frozen = _frozen_shapes(ctx, project)
+    # both files' shapes reach the dataset: 2 boxes + the keypoint file's box and point
+    assert sum(frozen.values()) == sum(report.shapes_per_class.values())
+    assert frozen["RBC"] == 1 and frozen["WBC"] == 2
+
+
+def test_same_pixels_under_two_names_keep_both_files_boxes(ctx, tmp_path):
+    from labelloop.reports import project_status
+
+    root = tmp_path / "labelme"
+    root.mkdir()
+    for name, label, x in (("a", "RBC", 2), ("a_copy", "WBC", 30)):
+        (root / f"{name}.png").write_bytes(png(seed=1))  # the same pixels twice
+        shapes = [{"label": label, "points": [[x, 2], [x + 10, 12]], "shape_type": "rectangle"}]
+        doc = {"shapes": shapes, "imagePath": f"{name}.png", "flags": {}}
+        (root / f"{name}.json").write_text(json.dumps(doc))
+    project = make_project(ctx, "cells", "detection", LABELS)
+    report = ingest_path(ctx, project, root)
+    assert report.duplicate_images == 1 and "same pixels as" in report.warnings[0]
+    status = project_status(ctx, project)
+    assert status["images"] == {"total": 1, "labelled": 1, "unlabeled": 0}
+    assert status["annotations_per_class"] == {"RBC": 1, "WBC": 1}
+    assert _frozen_shapes(ctx, project) == {"RBC": 1, "WBC": 1}
+    # the same export again (e.g. as a zip, another source) adds no shape twice
+    ingest_path(ctx, project, root, source="labelme:again")
+    assert _frozen_shapes(ctx, project) == {"RBC": 1, "WBC": 1}

@@ -34,23 +34,49 @@ def split_for(group: str, seed: int, fractions: tuple[float, float, float]) -> S
     return Split.test
 
 
-def current_annotations(s: Session, project_id: int) -> dict[int, Annotation]:
-    """The annotation that counts per image: a ground-truth one first, then the latest.
+@dataclass(frozen=True)
+class ImageLabels:
+    """What counts for one image: the chosen annotation's id (the dataset item points at
+    it) and the shapes, which join those of every export file that described the image."""
 
-    Several annotators on one image (or one image in several sources) resolve here, in
-    one documented place."""
+    id: int
+    shapes: list
+    merged: int = 1  # annotations whose shapes are in `shapes`
+
+
+def current_annotations(s: Session, project_id: int) -> dict[int, ImageLabels]:
+    """The labels that count per image, decided here in one documented place.
+
+    Annotations made by someone (Label Studio annotators: `annotator` set) are
+    alternatives: a ground-truth one first, then the latest. Annotations read from export
+    files carry no annotator and describe parts of one image (COCO instances and
+    person_keypoints, two VOC or LabelMe files of one image, the same pixels under two
+    names): when the chosen one is such, the image takes the union of all of them, equal
+    shapes once, so no file's boxes vanish."""
     rows = s.scalars(
         select(Annotation)
         .where(Annotation.project_id == project_id, Annotation.state == "active")
         .order_by(Annotation.id)
     ).all()
-    chosen: dict[int, Annotation] = {}
+    per_image: dict[int, list[Annotation]] = {}
     for ann in rows:
-        cur = chosen.get(ann.image_id)
-        key = (ann.is_ground_truth, ann.source_updated_at or "", ann.id)
-        if cur is None or key > (cur.is_ground_truth, cur.source_updated_at or "", cur.id):
-            chosen[ann.image_id] = ann
-    return chosen
+        per_image.setdefault(ann.image_id, []).append(ann)
+    out: dict[int, ImageLabels] = {}
+    for image_id, anns in per_image.items():
+        chosen = max(anns, key=lambda a: (a.is_ground_truth, a.source_updated_at or "", a.id))
+        if chosen.annotator is not None or len(anns) == 1:
+            out[image_id] = ImageLabels(chosen.id, chosen.shapes)
+            continue
+        parts = [chosen] + [a for a in anns if a is not chosen and a.annotator is None]
+        shapes, seen = [], set()
+        for ann in parts:
+            for shape in ann.shapes:
+                key = json.dumps(shape, sort_keys=True)
+                if key not in seen:
+                    seen.add(key)
+                    shapes.append(shape)
+        out[image_id] = ImageLabels(chosen.id, shapes, len(parts))
+    return out
 
 
 def _group_keys(s: Session, project_id: int) -> dict[int, str]:

@@ -158,7 +158,7 @@ class _Writer:
         self.s, self.blobs, self.project = s, blobs, project
         self.max_pixels, self.label_map, self.report = max_pixels, label_map, report
         self.allowed = set(label_names(project))
-        self.seen_sha: set[str] = set()
+        self.seen_sha: dict[str, str] = {}  # content hash -> the first record with it
         # (file, source, external id) -> the record that had it: an id twice in one file
         # would make two records one source item (the second's image and labels overwrite
         # the first's). Records of different files may share an id: they describe the
@@ -171,7 +171,11 @@ class _Writer:
         img = self.s.scalar(select(Image).where(Image.sha256 == digest))
         if digest in self.seen_sha:
             self.report.duplicate_images += 1
-        self.seen_sha.add(digest)
+            self.report.warnings.append(
+                f"{rec.file} {rec.name}: same pixels as {self.seen_sha[digest]}: both "
+                "records label one image"
+            )
+        self.seen_sha.setdefault(digest, f"{rec.file} {rec.name}")
         if img is not None:
             self.report.images_existing += 1
             return img
@@ -338,7 +342,7 @@ def ingest_records(
         report.records += 1
         if skip_invalid:
             # The counters must describe what was written: undo them with the savepoint.
-            saved = (copy.deepcopy(vars(report)), set(writer.seen_sha))  # seen_ids: on success
+            saved = (copy.deepcopy(vars(report)), dict(writer.seen_sha))  # seen_ids: on success
             sp = s.begin_nested()
             try:
                 writer.record(rec)
