@@ -340,3 +340,110 @@ def test_same_pixels_under_two_names_keep_both_files_boxes(ctx, tmp_path):
     # the same export again (e.g. as a zip, another source) adds no shape twice
     ingest_path(ctx, project, root, source="labelme:again")
     assert _frozen_shapes(ctx, project) == {"RBC": 1, "WBC": 1}
+
+
+def test_mit_labelme_xml_polygons_are_read_not_a_missing_bndbox(ctx, tmp_path):
+    root = tmp_path / "labelme-xml"
+    (root / "Annotations" / "smear").mkdir(parents=True)
+    (root / "Images" / "smear").mkdir(parents=True)
+    (root / "Images" / "smear" / "a.jpg").write_bytes(png(seed=1))
+    pts = "".join(f"<pt><x>{x}</x><y>{y}</y></pt>" for x, y in ((5, 5), (20, 5), (20, 15)))
+    obj = "<object><name>{}</name><deleted>{}</deleted><polygon><username>u</username>{}</polygon></object>"  # noqa: E501
+    (root / "Annotations" / "smear" / "a.xml").write_text(
+        "<annotation><filename>a.jpg</filename><folder>smear</folder>"
+        "<source><sourceImage>The MIT-CSAIL database of objects and scenes</sourceImage></source>"
+        + obj.format("RBC", 0, pts)
+        + obj.format("WBC", 1, pts)
+        + "<imagesize><nrows>48</nrows><ncols>64</ncols></imagesize></annotation>"
+    )
+    project = make_project(ctx, "cells", "segmentation", LABELS)
+    report = ingest_path(ctx, project, root)
+    assert report.shapes_per_kind == {"polygon": 1} and report.shapes_per_class == {"RBC": 1}
+
+
+@pytest.mark.parametrize(
+    ("first", "said"),
+    [
+        ({"image_id": 1, "id": 1, "caption": "two red cells"}, "COCO captions file"),
+        ({"image_id": 1, "file_name": "a.png", "segments_info": []}, "COCO panoptic file"),
+    ],
+)
+def test_coco_captions_and_panoptic_say_what_they_are(ctx, tmp_path, first, said):
+    root = tmp_path / "coco"
+    root.mkdir()
+    (root / "a.png").write_bytes(png(seed=1))
+    doc = _coco([(1, "a.png")], [])
+    doc["annotations"] = [first]
+    (root / "captions_train.json").write_text(json.dumps(doc))
+    project = make_project(ctx, "cells", "detection", LABELS)
+    with pytest.raises(InputError, match=said):
+        ingest_path(ctx, project, root)
+
+
+def test_coco_damage_is_named_in_its_own_section(ctx, tmp_path):
+    root = tmp_path / "coco"
+    root.mkdir()
+    (root / "a.png").write_bytes(png(seed=1))
+    text = json.dumps(_coco([(1, "a.png")], [(1, 0, "RBC")]))
+    (root / "instances_x.json").write_text(text[: text.index('"bbox"') + 9])  # cut in annotations
+    project = make_project(ctx, "cells", "detection", LABELS)
+    with pytest.raises(InputError, match="invalid or truncated JSON in 'annotations'"):
+        ingest_path(ctx, project, root, fmt="coco")
+
+
+def test_labelme_flags_named_like_classes_become_class_tags(ctx, tmp_path):
+    root = tmp_path / "labelme"
+    root.mkdir()
+    for name, flag in (("a", "Parasitized"), ("b", "Uninfected")):
+        (root / f"{name}.png").write_bytes(png(seed=ord(name)))
+        doc = {"shapes": [], "imagePath": f"{name}.png", "flags": {flag: True, "blurry": False}}
+        (root / f"{name}.json").write_text(json.dumps(doc))
+    project = make_project(ctx, "malaria", "classification", ["Parasitized", "Uninfected"])
+    report = ingest_path(ctx, project, root)
+    assert report.shapes_per_class == {"Parasitized": 1, "Uninfected": 1}
+    assert report.shapes_per_kind == {"tag": 2}
+
+
+def test_a_json_object_is_not_reported_as_a_task_without_image(ctx, tmp_path):
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps({"tasks": [{"id": 1}], "version": 2}))
+    project = make_project(ctx, "cells", "detection", LABELS)
+    with pytest.raises(InputError, match="a JSON object with keys tasks, version"):
+        ingest_path(ctx, project, export, fmt="labelstudio")
+
+
+def test_a_single_label_studio_task_object_is_not_coco(ctx, tmp_path):
+    from tests.factories import rect, task
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(png(seed=1))
+    one = task(1, "images/a.png", [[rect("RBC", 1, 1, 5, 5)]])
+    one = {"id": one["id"], "annotations": one["annotations"], "data": one["data"]}
+    (tmp_path / "task.json").write_text(json.dumps(one))
+    assert detect_format(tmp_path / "task.json") == "labelstudio"
+
+
+def test_yolo_negative_width_is_named_as_such(ctx, tmp_path):
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "images" / "a.png").write_bytes(png(seed=1))
+    (root / "labels" / "a.txt").write_text("0 0.5 0.5 -0.2 0.1\n")
+    project = make_project(ctx, "cells", "detection", ["0"])
+    with pytest.raises(InputError, match=r"negative size \(w -0.2"):
+        ingest_path(ctx, project, root)
+
+
+def test_a_symlink_leaving_the_export_is_refused_by_name(ctx, tmp_path):
+    root = tmp_path / "voc"
+    root.mkdir()
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png(seed=3))
+    (root / "a.png").symlink_to(secret)
+    (root / "a.xml").write_text(
+        "<annotation><filename>a.png</filename><object><name>RBC</name><bndbox><xmin>1</xmin>"
+        "<ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>"
+    )
+    project = make_project(ctx, "cells", "detection", LABELS)
+    with pytest.raises(InputError, match="outside the dataset folder: refused"):
+        ingest_path(ctx, project, root)

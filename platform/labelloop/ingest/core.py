@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from labelloop.db.models import Annotation, Image, Project, SourceItem
-from labelloop.domain import Box, Keypoint, Mask, Polygon, Shape, shapes_to_json
+from labelloop.domain import Box, Keypoint, Mask, Polygon, Shape, Tag, shapes_to_json
 from labelloop.errors import InputError
 from labelloop.imaging import decode_image
 from labelloop.ingest.records import RecordAnnotation, SourceRecord
@@ -236,10 +236,26 @@ class _Writer:
             item.image_id, item.uri = img.id, rec.uri
         if "split" in rec.meta and (item.meta or {}).get("split") != rec.meta["split"]:
             item.meta = {**(item.meta or {}), "split": rec.meta["split"]}  # re-pinned
-        if not rec.annotations:
+        annotations = self._flag_tags(rec)
+        if not annotations:
             self.report.unlabeled += 1
-        for ann in rec.annotations:
+        for ann in annotations:
             self.annotation(rec, item, img, ann)
+
+    def _flag_tags(self, rec: SourceRecord) -> list[RecordAnnotation]:
+        """Image-level flags (LabelMe's `flags`) named like a class of a classification
+        project are that image's class: they become Tag shapes, or the image would count
+        as labelled with no class."""
+        flags = rec.meta.get("flags") if self.project.task == "classification" else None
+        classes = [f for f in flags or [] if self.label_map.get(f, f) in self.allowed]
+        if not classes:
+            return rec.annotations
+        out = []
+        for ann in rec.annotations or [RecordAnnotation(external_id="flags", shapes=[])]:
+            have = {sh.label for sh in ann.shapes if isinstance(sh, Tag)}
+            tags = [Tag(label=f) for f in classes if f not in have]
+            out.append(RecordAnnotation(**{**ann.__dict__, "shapes": [*ann.shapes, *tags]}))
+        return out
 
     def annotation(
         self, rec: SourceRecord, item: SourceItem, img: Image, ann: RecordAnnotation

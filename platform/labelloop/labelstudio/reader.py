@@ -43,7 +43,10 @@ def _is_export(path: Path, max_events: int = 200_000, *, empty: bool = True) -> 
     if not path.is_file() or path.suffix.lower() != ".json":
         return False
     with open(path, "rb") as f:
-        if not f.read(512).lstrip().startswith(b"["):
+        first = f.read(512).lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+        if first == b"{":
+            return _is_single_task(f, max_events)
+        if first != b"[":
             return False
         f.seek(0)
         try:
@@ -57,6 +60,23 @@ def _is_export(path: Path, max_events: int = 200_000, *, empty: bool = True) -> 
                     return empty  # an empty export
         except ijson.JSONError:
             return False
+    return False
+
+
+def _is_single_task(f, max_events: int) -> bool:
+    """One task object (as Label Studio's own examples are kept): a top-level `data`
+    object, and no COCO `images`."""
+    f.seek(0)
+    try:
+        for n, (prefix, event, value) in enumerate(ijson.parse(f)):
+            if prefix == "" and event == "map_key" and value in ("images", "categories"):
+                return False
+            if prefix == "data" and event == "start_map":
+                return True
+            if n > max_events or (prefix == "" and event == "end_map"):
+                return False
+    except (ijson.JSONError, UnicodeDecodeError):
+        return False
     return False
 
 
@@ -89,6 +109,13 @@ def read_labelstudio_export(path: Path, opts: ReadOptions) -> Iterator[SourceRec
     # Not strict: a task that is not an object is that record's error, and the rest of
     # the export is still read (a raise would end the stream).
     for index, task in enumerate(iter_export_tasks(path, strict=False)):
+        if index == 0 and isinstance(task, dict) and "data" not in task and _top_is_object(path):
+            keys = ", ".join(list(task)[:8]) or "(none)"
+            raise InputError(
+                f"a JSON object with keys {keys}: not a Label Studio export (a list of "
+                "tasks, or one task object with 'data')",
+                file=str(path),
+            )
         if not isinstance(task, dict) or ("data" not in task and not is_json_min(task)):
             what = "not a JSON object" if not isinstance(task, dict) else "has no 'data'"
             yield error_record(
@@ -108,6 +135,11 @@ def read_labelstudio_export(path: Path, opts: ReadOptions) -> Iterator[SourceRec
             yield _record(task, path, root, src, task_id, record, image_key, config)
         except InputError as exc:
             yield error_record(exc, source=src, external_id=task_id, file=str(path), name=record)
+
+
+def _top_is_object(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(512).lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"{"
 
 
 def _label_config(path: Path, opts: ReadOptions) -> LabelConfig | None:

@@ -55,6 +55,21 @@ def first_inside(candidates: Iterable[Path], roots: Iterable[Path]) -> Path | No
     return None
 
 
+def outside_note(candidates: Iterable[Path], roots: Iterable[Path]) -> str:
+    """For a 'not found' message: the candidate that exists but resolves outside the
+    dataset folder (a symlink to /etc/passwd), which was refused rather than missing."""
+    bases = [r.resolve() for r in roots]
+    for cand in candidates:
+        try:
+            if cand.is_symlink() or cand.exists():
+                real = cand.resolve()
+                if real.is_file() and not any(real.is_relative_to(b) for b in bases):
+                    return f"; {cand} leads to {real}, outside the dataset folder: refused"
+        except (OSError, RuntimeError, ValueError):
+            continue
+    return ""
+
+
 def relative_ref(ref: str) -> str:
     """A file reference as written by a tool, made relative: backslashes from Windows tools
     become slashes, and a leading slash or drive cannot anchor it elsewhere."""

@@ -52,16 +52,22 @@ def _looks_coco(path: Path) -> bool:
         return False
     if not head.lstrip().startswith(b"{"):
         return False
-    key = None
+    key, found = None, False
     try:
         for prefix, event, value in ijson.parse(head):
             if prefix == "" and event == "map_key":
+                if value == "data":  # a Label Studio task object, not COCO
+                    return False
                 key = value
-            elif prefix == key and key in _ARRAYS:
-                return event == "start_array"
+            elif prefix == key and key in _ARRAYS and event == "start_array":
+                if key != "annotations":
+                    return True
+                found = True  # annotations first: COCO unless they are Label Studio's
+            elif prefix == "annotations.item" and event == "map_key" and value == "result":
+                return False
     except (ijson.JSONError, UnicodeDecodeError):
-        pass  # the head ends mid-document: keys seen so far decided nothing
-    return False
+        pass  # the head ends mid-document: keys seen so far decide
+    return found
 
 
 def _json_files(path: Path, limit: int | None = None) -> list[Path]:
@@ -147,9 +153,10 @@ class _Reader:
         except OSError as exc:
             raise InputError(f"cannot read ({exc.strerror or exc})", file=self.name) from None
         except (ijson.JSONError, UnicodeDecodeError) as exc:
+            section = _damaged_section(self.file) or array
+            after = f" after {index} entries" if section == array else ""
             raise InputError(
-                f"invalid or truncated JSON in '{array}' after {index} entries ({exc})",
-                file=self.name,
+                f"invalid or truncated JSON in '{section}'{after} ({exc})", file=self.name
             ) from None
 
     def bad_record(
@@ -158,6 +165,22 @@ class _Reader:
         return error_record(
             error, source=self.source, external_id=external_id, file=self.name, name=record, uri=uri
         )
+
+
+def _damaged_section(file: Path) -> str | None:
+    """The top-level key being read where the JSON breaks: ijson reads the whole file for
+    every array, so the array asked for is not where the damage is."""
+    section = None
+    try:
+        with open(file, "rb") as f:
+            if f.read(len(_BOM)) != _BOM:
+                f.seek(0)
+            for prefix, event, value in ijson.parse(f):
+                if prefix == "" and event == "map_key":
+                    section = value
+    except (ijson.JSONError, UnicodeDecodeError, OSError):
+        return section
+    return section
 
 
 def _read_file(file: Path, dataset: Path, source: str, opts: ReadOptions) -> Iterator[SourceRecord]:
@@ -210,6 +233,8 @@ def _spill_annotations(reader: _Reader, db: sqlite3.Connection) -> list[int]:
     batch: list[tuple[str, int, str]] = []
     pending = 0  # characters held in `batch`: flushed at ~1 MB, whatever the row count
     for seq, ann in enumerate(reader.items("annotations")):
+        if seq == 0 and isinstance(ann, dict):
+            _refuse_other_tasks(ann, reader.name)
         key = id_key(ann.get("image_id")) if isinstance(ann, dict) else None
         if key is None:
             unusable.append(seq)
@@ -223,6 +248,21 @@ def _spill_annotations(reader: _Reader, db: sqlite3.Connection) -> list[int]:
             pending = 0
     db.executemany("INSERT INTO ann VALUES (?, ?, ?)", batch)
     return unusable
+
+
+def _refuse_other_tasks(ann: dict, file: str) -> None:
+    """COCO's captions and panoptic files share the layout but hold no shapes of ours."""
+    if "segments_info" in ann:
+        raise InputError(
+            "a COCO panoptic file (segments_info + PNG segment ids): not read; convert it "
+            "to instances JSON (panopticapi's converters) and ingest that",
+            file=file,
+        )
+    if "caption" in ann and "category_id" not in ann:
+        raise InputError(
+            "a COCO captions file: captions label no objects; ingest the instances JSON",
+            file=file,
+        )
 
 
 def _image_record(

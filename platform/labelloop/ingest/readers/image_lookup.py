@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from labelloop.errors import InputError
-from labelloop.ingest.readers._imagefiles import first_inside, relative_ref
+from labelloop.ingest.readers._imagefiles import first_inside, outside_note, relative_ref
 
 
 def relative_names(name: str, subset: str | None = None) -> list[str]:
@@ -39,6 +39,9 @@ class ImageFinder:
             if found is not None:
                 return found
         where = ", ".join(str(r) for r in self.roots)
+        tried = [root / rel for root in self.roots for rel in relative_names(name, subset)]
         raise InputError(
-            f"image file {name!r} not found (looked in {where})", file=file, record=record
+            f"image file {name!r} not found (looked in {where}){outside_note(tried, self.roots)}",
+            file=file,
+            record=record,
         )

@@ -31,6 +31,7 @@ from labelloop.ingest.readers._imagefiles import (
     first_inside,
     image_size,
     open_raster,
+    outside_note,
     relative_ref,
     relative_uri,
     with_suffixes,
@@ -140,7 +141,8 @@ def _image(
         return (lambda: raw), size, ref or f"{path.stem}.embedded", "embedded imageData"
     raise InputError(
         f"image {ref or path.stem!r} not found next to the JSON (imagePath is relative to it) "
-        "and the file embeds no imageData; pass --image-root if images live elsewhere",
+        "and the file embeds no imageData; pass --image-root if images live elsewhere"
+        + outside_note(cands, [root, image_root]),
         file=file,
         record=name,
     )

@@ -18,7 +18,7 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml.ElementTree as safe_et
 from defusedxml import DefusedXmlException
 
-from labelloop.domain import Box, Shape
+from labelloop.domain import Box, Polygon, Shape
 from labelloop.errors import InputError
 from labelloop.ingest.readers import masks
 from labelloop.ingest.readers._imagefiles import (
@@ -26,6 +26,7 @@ from labelloop.ingest.readers._imagefiles import (
     first_inside,
     image_size,
     is_image,
+    outside_note,
     relative_ref,
     relative_uri,
     with_suffixes,
@@ -217,8 +218,13 @@ def _object_shape(obj: Element, index: int, file: str, name: str) -> Shape:
     if not label:
         raise InputError("object has no <name>", file=file, record=where)
     box = obj.find("bndbox")
+    poly = obj.find("polygon")
+    if box is None and poly is not None:
+        return _labelme_polygon(poly, label, file, where)
     if box is None:
-        raise InputError("object has no <bndbox>", file=file, record=where)
+        raise InputError(
+            "object has no <bndbox> (nor a LabelMe <polygon>)", file=file, record=where
+        )
     xmin, ymin, xmax, ymax = (
         finite((box.findtext(k) or "").strip(), k, file=file, record=where)
         for k in ("xmin", "ymin", "xmax", "ymax")
@@ -237,6 +243,20 @@ def _object_shape(obj: Element, index: int, file: str, name: str) -> Shape:
     return Box(label=label, x=xmin, y=ymin, w=xmax - xmin, h=ymax - ymin, attributes=attrs)
 
 
+def _labelme_polygon(poly: Element, label: str, file: str, where: str) -> Shape:
+    """MIT LabelMe XML: <polygon><pt><x/><y/></pt>...</polygon> in pixels."""
+    pts = [
+        (
+            finite((pt.findtext("x") or "").strip(), "x", file=file, record=where),
+            finite((pt.findtext("y") or "").strip(), "y", file=file, record=where),
+        )
+        for pt in poly.iterfind("pt")
+    ]
+    if len(pts) < 3:
+        raise InputError(f"polygon has {len(pts)} points, needs 3", file=file, record=where)
+    return Polygon(label=label, points=pts)
+
+
 def _find_image(
     lay: _Layout, filename: str | None, image_id: str, xml: Path | None, file: str, name: str
 ) -> Path:
@@ -248,6 +268,7 @@ def _find_image(
         folders[1:1] = [jpeg]
     if xml is not None:
         folders.insert(1, xml.parent)
+    folders += [lay.root / d for d in ("Images", "images") if (lay.root / d).is_dir()]  # LabelMe
     roots = [lay.root, lay.image_root]
     cands: list[Path] = []
     if filename:
@@ -262,7 +283,8 @@ def _find_image(
         looked = ", ".join(dict.fromkeys(str(f) for f in folders))
         what = f"image file {filename!r}" if filename else f"an image for {image_id}"
         raise InputError(
-            f"{what} not found (looked in {looked}, also for {image_id}.<jpg|png|...>)",
+            f"{what} not found (looked in {looked}, also for {image_id}.<jpg|png|...>)"
+            + outside_note(cands, roots),
             file=file,
             record=name,
         )
@@ -274,7 +296,11 @@ def _xml_record(
 ) -> SourceRecord:
     file = str(xml)
     voc = _parse(xml, name)
-    shapes = [_object_shape(o, i, file, name) for i, o in enumerate(voc.objects, start=1)]
+    shapes = [
+        _object_shape(o, i, file, name)
+        for i, o in enumerate(voc.objects, start=1)
+        if (o.findtext("deleted") or "").strip() != "1"  # MIT LabelMe keeps deleted objects
+    ]
     image = _find_image(lay, voc.filename, image_id, xml, file, name)
     rec = _record(lay, image_id, name, image, file, source, shapes, mask)
     if voc.width and voc.height:

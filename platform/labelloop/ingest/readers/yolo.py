@@ -260,6 +260,12 @@ def _line_shape(
             f"class {index} is not among the {len(names)} class names", file=file, record=where
         )
     nums = [finite(p, "coordinate", file=file, record=where) for p in parts[1:]]
+    if len(nums) == 4 and (nums[2] <= 0 or nums[3] <= 0):
+        raise InputError(
+            f"box has zero or negative size (w {nums[2]:g}, h {nums[3]:g})",
+            file=file,
+            record=where,
+        )
     if any(v < -_SLACK or v > 1 + _SLACK for v in nums):
         raise InputError(
             "coordinates must be normalised to 0..1 (pixel coordinates are not YOLO)",
