@@ -13,6 +13,16 @@ from labelloop.errors import InputError
 DEFAULT_MAX_PIXELS = 100_000_000
 
 
+def allow_pixels(max_pixels: int) -> None:
+    """Make `max_pixels` (LABELLOOP_MAX_IMAGE_PIXELS) the one limit. Pillow refuses images
+    over its own MAX_IMAGE_PIXELS (~89 MP) whatever the setting, so a 92 MP slide failed
+    at the 100 MP default and raising the setting did not help. Pillow's ceiling is only
+    ever raised here (it is process-wide); every decode checks the setting explicitly."""
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and current < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 def probe_image(
     data: bytes, *, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[int, int, str]:
@@ -29,6 +39,7 @@ def decode_image(
     """Decode to an RGB uint8 array (H, W, 3); raise InputError naming the file on any defect."""
     if not data:
         raise InputError("image file is empty", file=name)
+    allow_pixels(max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

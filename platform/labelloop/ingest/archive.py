@@ -16,7 +16,12 @@ from labelloop.errors import InputError
 
 MAX_TOTAL_BYTES = 20 * 2**30
 MAX_MEMBERS = 2_000_000
-MAX_RATIO = 200  # uncompressed / compressed, per member
+MAX_RATIO = 200  # uncompressed / compressed, per member and for the whole archive
+# Below these sizes a high ratio is harmless (a small JSON of repeated keys compresses
+# well); above them it is a bomb, whether in one member or spread over many (42 members
+# of 49 MiB zeros are 2 GiB from 2.5 MB).
+RATIO_MEMBER_BYTES = 8 * 2**20
+RATIO_TOTAL_BYTES = 64 * 2**20
 
 
 def _check_member(info: zipfile.ZipInfo, archive: str) -> None:
@@ -31,7 +36,7 @@ def _check_member(info: zipfile.ZipInfo, archive: str) -> None:
     if (
         info.compress_size
         and info.file_size / info.compress_size > MAX_RATIO
-        and (info.file_size > 50 * 2**20)
+        and (info.file_size > RATIO_MEMBER_BYTES)
     ):
         raise InputError(
             f"archive member {name!r} expands {info.file_size / info.compress_size:.0f}x "
@@ -59,13 +64,20 @@ def safe_extract(
         members = zf.infolist()
         if len(members) > max_members:
             raise InputError(f"archive has {len(members)} members, over {max_members}", file=name)
-        total = 0
+        total = packed = 0
         for info in members:
             _check_member(info, name)
             total += info.file_size
+            packed += info.compress_size
         if total > max_total_bytes:
             raise InputError(
                 f"archive expands to {total} bytes, over the limit of {max_total_bytes}", file=name
+            )
+        if total > RATIO_TOTAL_BYTES and total > MAX_RATIO * max(packed, 1):
+            raise InputError(
+                f"archive expands {total / max(packed, 1):.0f}x to {total / 2**20:.0f} MiB "
+                f"over {len(members)} members (a zip bomb?)",
+                file=name,
             )
         root = dest.resolve()
         for info in members:

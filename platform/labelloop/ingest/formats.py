@@ -18,6 +18,7 @@ from pathlib import Path
 from labelloop.context import Context
 from labelloop.domain import Split
 from labelloop.errors import InputError
+from labelloop.imaging import allow_pixels
 from labelloop.ingest.archive import safe_extract
 from labelloop.ingest.core import IngestReport, ingest_records
 from labelloop.ingest.records import Format, ReadOptions, SourceRecord
@@ -133,6 +134,7 @@ def _ingest(
     on_record: Callable[[int], None] | None,
     split: str | None = None,
 ) -> IngestReport:
+    allow_pixels(ctx.settings.max_image_pixels)  # readers probe image headers with Pillow
     name = detect_format(path) if fmt == "auto" else fmt
     if name not in formats():
         raise InputError(f"unknown format {fmt!r}; choose one of: auto, {', '.join(formats())}")

@@ -1,0 +1,64 @@
+"""Limits that must hold as documented: the pixel setting is the one limit, and a zip
+bomb spread over many members is refused before anything is written."""
+
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+from PIL import Image
+
+from labelloop.context import Context
+from labelloop.db import migrate
+from labelloop.errors import InputError
+from labelloop.ingest import ingest_path
+from labelloop.ingest.archive import safe_extract
+from tests.unit.ingest_fixtures import NOTHING, make_project, row_counts
+
+
+@pytest.fixture
+def pillow_ceiling(monkeypatch):
+    """Pillow's own limit, scaled down so a small image stands for a 92 MP slide."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+
+
+def _ctx(settings_factory, max_pixels: int) -> Context:
+    settings = settings_factory(max_image_pixels=max_pixels)
+    migrate.upgrade(settings.database_url)
+    return Context(settings)
+
+
+def _slide(tmp_path, side: int = 60):
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    Image.new("RGB", (side, side), (200, 100, 120)).save(folder / "slide.png")
+    return folder
+
+
+def test_the_pixel_setting_lifts_pillows_own_ceiling(settings_factory, tmp_path, pillow_ceiling):
+    # 3,600 pixels: over Pillow's (scaled) ceiling, at twice it even, but within the setting
+    ctx = _ctx(settings_factory, max_pixels=5000)
+    make_project(ctx, "slides", "segmentation", ["tumour"])
+    report = ingest_path(ctx, "slides", _slide(tmp_path), fmt="images")
+    assert report.images_new == 1
+    ctx.close()
+
+
+def test_the_pixel_setting_still_refuses_larger_images(settings_factory, tmp_path):
+    ctx = _ctx(settings_factory, max_pixels=3000)
+    make_project(ctx, "slides", "segmentation", ["tumour"])
+    with pytest.raises(InputError, match="60x60 = 3600 pixels, over the limit of 3000"):
+        ingest_path(ctx, "slides", _slide(tmp_path), fmt="images")
+    assert row_counts(ctx) == NOTHING
+    ctx.close()
+
+
+def test_a_bomb_spread_over_members_under_the_per_member_size_is_refused(tmp_path):
+    bomb = tmp_path / "bomb.zip"
+    zeros = bytes(7 * 2**20)  # each member under the per-member threshold
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(12):
+            zf.writestr(f"export/part{i:02d}.json", zeros)
+    with pytest.raises(InputError, match=r"archive expands \d+x to 84 MiB over 12 members"):
+        safe_extract(bomb, tmp_path / "out")
+    assert not any((tmp_path / "out").rglob("*.json"))
