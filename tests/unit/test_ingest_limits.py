@@ -62,3 +62,24 @@ def test_a_bomb_spread_over_members_under_the_per_member_size_is_refused(tmp_pat
     with pytest.raises(InputError, match=r"archive expands \d+x to 84 MiB over 12 members"):
         safe_extract(bomb, tmp_path / "out")
     assert not any((tmp_path / "out").rglob("*.json"))
+
+
+def _image_blobs(ctx) -> list:
+    root = ctx.blobs.local_path("images")
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root and root.exists() else []
+
+
+def test_a_failed_ingest_leaves_no_image_blobs(ctx, tmp_path):
+    from tests.factories import png, rect, task, write_export
+
+    images = {f"images/{i}.png": png(seed=i) for i in range(3)}
+    tasks = [task(i, f"images/{i}.png", [[rect("RBC", 1, 1, 5, 5)]]) for i in range(2)]
+    tasks.append(task(2, "images/2.png", [[rect("Tumour", 1, 1, 5, 5)]]))  # not a label
+    export = write_export(tmp_path, tasks, images)
+    make_project(ctx, "cells", "detection", ["RBC"])
+    with pytest.raises(InputError, match="Tumour"):
+        ingest_path(ctx, "cells", export)
+    assert row_counts(ctx) == NOTHING and _image_blobs(ctx) == []
+    report = ingest_path(ctx, "cells", export, skip_invalid=True)
+    assert report.images_new == 2 and len(report.skipped) == 1
+    assert len(_image_blobs(ctx)) == 2  # the skipped record's image went with it

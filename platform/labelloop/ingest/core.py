@@ -164,6 +164,7 @@ class _Writer:
         # the first's). Records of different files may share an id: they describe the
         # same image (COCO instances + person_keypoints) and merge.
         self.seen_ids: dict[tuple[str, str, str], str] = {}
+        self.created_blobs: list[str] = []
 
     def image(self, rec: SourceRecord) -> Image:
         data = rec.load()
@@ -185,7 +186,10 @@ class _Writer:
             max_pixels=self.max_pixels,
         )
         suffix = _image_suffix(rec.uri)
-        key, _ = self.blobs.put_bytes(data, prefix="images", suffix=suffix)
+        key = self.blobs.key_for(digest, "images", suffix)
+        if not self.blobs.exists(key):
+            self.created_blobs.append(key)  # removed again if the ingest does not keep it
+        self.blobs.put_bytes(data, prefix="images", suffix=suffix)
         img = Image(
             sha256=digest,
             blob_key=key,
@@ -332,14 +336,19 @@ def ingest_records(
     max_pixels: int = 100_000_000,
     report: IngestReport | None = None,
     on_record: Callable[[int], None] | None = None,
+    created_blobs: list[str] | None = None,
 ) -> IngestReport:
     """Write records inside the caller's transaction.
 
     Without `skip_invalid` the first bad record raises InputError and the caller's
     rollback leaves the database untouched. With it, each record runs in a savepoint and
-    a bad one is rolled back alone and reported."""
+    a bad one is rolled back alone and reported. `created_blobs` receives the keys of the
+    image blobs this call wrote, so the caller can remove those its transaction did not
+    keep (`drop_unreferenced`)."""
     report = report or IngestReport()
     writer = _Writer(s, blobs, project, max_pixels, label_map or {}, report)
+    if created_blobs is not None:
+        writer.created_blobs = created_blobs
     records_iter = iter(records)
     while True:
         try:
@@ -377,3 +386,15 @@ def ingest_records(
             on_record(report.records)
     report.shapes_per_class = dict(Counter(report.shapes_per_class).most_common())
     return report
+
+
+def drop_unreferenced(s: Session, blobs: BlobStore, keys: Iterable[str]) -> int:
+    """Delete the image blobs among `keys` that no image row references (those written by
+    an ingest that failed, or for records it skipped); returns how many went."""
+    keys = set(keys)
+    if not keys:
+        return 0
+    used = set(s.scalars(select(Image.blob_key).where(Image.blob_key.in_(keys))))
+    for key in keys - used:
+        blobs.delete(key)
+    return len(keys - used)

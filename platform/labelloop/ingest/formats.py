@@ -20,7 +20,7 @@ from labelloop.domain import Split
 from labelloop.errors import InputError
 from labelloop.imaging import allow_pixels
 from labelloop.ingest.archive import safe_extract
-from labelloop.ingest.core import IngestReport, ingest_records
+from labelloop.ingest.core import IngestReport, drop_unreferenced, ingest_records
 from labelloop.ingest.records import Format, ReadOptions, SourceRecord
 from labelloop.ingest.sniff import refuse_image_pool
 from labelloop.projects import get_project
@@ -142,20 +142,27 @@ def _ingest(
     if split is not None:
         records = pin_split(records, split)
     report = IngestReport(format=name)
-    with ctx.db.session() as s:
-        project = get_project(s, project_name)
-        try:
-            ingest_records(
-                s,
-                ctx.blobs,
-                project,
-                records,
-                skip_invalid=skip_invalid,
-                label_map=label_map,
-                max_pixels=ctx.settings.max_image_pixels,
-                report=report,
-                on_record=on_record,
-            )
-        except json.JSONDecodeError as exc:
-            raise InputError(f"invalid JSON ({exc})", file=str(path)) from None
+    created: list[str] = []
+    try:
+        with ctx.db.session() as s:
+            project = get_project(s, project_name)
+            try:
+                ingest_records(
+                    s,
+                    ctx.blobs,
+                    project,
+                    records,
+                    skip_invalid=skip_invalid,
+                    label_map=label_map,
+                    max_pixels=ctx.settings.max_image_pixels,
+                    report=report,
+                    on_record=on_record,
+                    created_blobs=created,
+                )
+            except json.JSONDecodeError as exc:
+                raise InputError(f"invalid JSON ({exc})", file=str(path)) from None
+    finally:  # blobs of a rolled-back ingest or of skipped records: nothing refers to them
+        if created:
+            with ctx.db.session() as s:
+                drop_unreferenced(s, ctx.blobs, created)
     return report
