@@ -9,7 +9,7 @@ import typer
 
 from labelloop.cli.options import JsonOpt, ProjectOpt, context, interactive
 from labelloop.cli.output import console, emit_json, err_console, handle_errors, progress
-from labelloop.cli.render import render_ingest_details
+from labelloop.cli.render import render_dry_run, render_ingest_details
 from labelloop.cli.sync import run_labelstudio_sync
 from labelloop.errors import InputError
 
@@ -80,6 +80,14 @@ def ingest(
         bool,
         typer.Option("--full", help="With PATH `labelstudio`: ignore the last sync point."),
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Read and check everything, print per file what would be ingested (images, "
+            "shapes per kind and label, skipped records with the reason), write nothing.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Take annotations and images into the project: one transaction, idempotent.
@@ -122,13 +130,17 @@ def ingest(
             label_config=label_config,
             split=split,
             on_record=lambda n: update(n, None, ""),
+            dry_run=dry_run,
         )
     data = report.to_dict()
     if as_json:
         emit_json(data)
         return
+    if dry_run:
+        render_dry_run(report, console)
     console.print(
-        f"{path} ({report.format}): {report.records} records, "
+        ("dry run, nothing written: " if dry_run else "")
+        + f"{path} ({report.format}): {report.records} records, "
         f"{report.images_new} new images ({report.images_existing} known), "
         f"{report.annotations_new} new annotations "
         f"({report.annotations_unchanged} unchanged), {report.unlabeled} unlabeled"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 # The per-class figure shown beside each kind's primary metric.
@@ -91,6 +92,22 @@ def render_status(st: dict, console: Console, *, items: int = 10) -> None:
             console.print(
                 f"pushed {push['tasks']} tasks to {push['target']}: {push['destination']}"
             )
+
+
+def render_dry_run(report, console: Console) -> None:
+    """One line per file: what an ingest would take from it."""
+
+    def counts(d: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(d.items(), key=lambda kv: -kv[1])) or "-"
+
+    for file, per in report.files.items():
+        line = (
+            f"{escape(file)}: {per['images']} images ({per['unlabeled']} unlabeled); shapes "
+            f"{counts(per['shapes_per_kind'])}; labels {escape(counts(per['shapes_per_class']))}"
+        )
+        if per["skipped"]:
+            line += f"; [yellow]{per['skipped']} skipped[/]"
+        console.print(line, soft_wrap=True, markup=True, highlight=False)
 
 
 def render_ingest_details(report, console: Console, err_console: Console) -> None:

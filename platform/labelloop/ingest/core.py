@@ -52,6 +52,37 @@ class IngestReport:
     shapes_per_kind: dict[str, int] = field(default_factory=dict)
     skipped: list[Skipped] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    # Per file (filled when asked, e.g. by a dry run): records, images, unlabeled,
+    # shapes_per_kind, shapes_per_class, skipped.
+    files: dict[str, dict] = field(default_factory=dict)
+
+    def count_file(self, rec: SourceRecord, label_map: dict[str, str], ok: bool) -> None:
+        """What one record added to its file's summary (kept or skipped)."""
+        per = self.files.setdefault(
+            rec.file,
+            {
+                "records": 0,
+                "images": 0,
+                "unlabeled": 0,
+                "shapes_per_kind": {},
+                "shapes_per_class": {},
+                "skipped": 0,
+            },
+        )
+        per["records"] += 1
+        if not ok:
+            per["skipped"] += 1
+            return
+        per["images"] += 1
+        live = [a for a in rec.annotations if not a.cancelled]
+        per["unlabeled"] += not rec.annotations
+        for ann in live:
+            for shape in ann.shapes:
+                kinds, labels = per["shapes_per_kind"], per["shapes_per_class"]
+                kinds[shape.kind] = kinds.get(shape.kind, 0) + 1
+                label = label_map.get(shape.label, shape.label)
+                labels[label] = labels.get(label, 0) + 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -337,6 +368,7 @@ def ingest_records(
     report: IngestReport | None = None,
     on_record: Callable[[int], None] | None = None,
     created_blobs: list[str] | None = None,
+    per_file: bool = False,
 ) -> IngestReport:
     """Write records inside the caller's transaction.
 
@@ -344,7 +376,7 @@ def ingest_records(
     rollback leaves the database untouched. With it, each record runs in a savepoint and
     a bad one is rolled back alone and reported. `created_blobs` receives the keys of the
     image blobs this call wrote, so the caller can remove those its transaction did not
-    keep (`drop_unreferenced`)."""
+    keep (`drop_unreferenced`). `per_file` fills `report.files`."""
     report = report or IngestReport()
     writer = _Writer(s, blobs, project, max_pixels, label_map or {}, report)
     if created_blobs is not None:
@@ -367,21 +399,28 @@ def ingest_records(
         report.records += 1
         if skip_invalid:
             # The counters must describe what was written: undo them with the savepoint.
+            files, report.files = report.files, {}  # per-file counts are kept apart
             saved = (copy.deepcopy(vars(report)), dict(writer.seen_sha))  # seen_ids: on success
+            report.files = files
             sp = s.begin_nested()
             try:
                 writer.record(rec)
                 sp.commit()
+                ok = True
             except InputError as exc:
                 sp.rollback()
                 state, writer.seen_sha = saved
-                state["records"] = report.records
+                state["records"], state["files"] = report.records, report.files
                 vars(report).update(state)
                 report.skipped.append(
                     Skipped(exc.file or rec.file, exc.record or rec.name, exc.reason)
                 )
+                ok = False
         else:
             writer.record(rec)
+            ok = True
+        if per_file:
+            report.count_file(rec, writer.label_map, ok)
         if on_record:
             on_record(report.records)
     report.shapes_per_class = dict(Counter(report.shapes_per_class).most_common())

@@ -24,6 +24,7 @@ from labelloop.ingest.core import IngestReport, drop_unreferenced, ingest_record
 from labelloop.ingest.records import Format, ReadOptions, SourceRecord
 from labelloop.ingest.sniff import refuse_image_pool
 from labelloop.projects import get_project
+from labelloop.storage import BlobStore, sha256_bytes
 
 READERS = [
     "labelloop.labelstudio.reader",
@@ -64,6 +65,24 @@ def detect_format(path: Path) -> str:
     )
 
 
+class DryRunBlobs:
+    """The blob store as a dry run sees it: keys are computed and existing blobs read,
+    nothing is stored."""
+
+    def __init__(self, blobs: BlobStore):
+        self._blobs = blobs
+
+    def key_for(self, sha256: str, prefix: str, suffix: str = "") -> str:
+        return self._blobs.key_for(sha256, prefix, suffix)
+
+    def exists(self, key: str) -> bool:
+        return self._blobs.exists(key)
+
+    def put_bytes(self, data: bytes, prefix: str = "blobs", suffix: str = "") -> tuple[str, str]:
+        digest = sha256_bytes(data)
+        return self._blobs.key_for(digest, prefix, suffix), digest
+
+
 def parse_label_map(pairs: list[str] | str | None) -> dict[str, str]:
     """'a=b,c=d' or ['a=b', 'c=d'] -> {'a': 'b', 'c': 'd'}."""
     if not pairs:
@@ -97,8 +116,13 @@ def ingest_path(
     label_config: str | Path | None = None,
     split: str | None = None,
     on_record: Callable[[int], None] | None = None,
+    dry_run: bool = False,
 ) -> IngestReport:
     """The ingest stage: one transaction for the whole path; nothing is written on error.
+
+    `dry_run` reads and checks everything as an ingest would (labels against the project,
+    shapes against their images, every bad record listed), reports per file, and writes
+    nothing: the transaction is rolled back and no blob is stored.
 
     A .zip is extracted safely into a temporary folder named after the archive first.
     `split` (train / val / test) pins every image of this ingest to that split in all
@@ -118,9 +142,20 @@ def ingest_path(
                 source=source, image_root=root, label_config=config, origin=f"zip:{path.name}"
             )
             return _ingest(
-                ctx, project_name, inner, fmt, opts, skip_invalid, label_map, on_record, split
+                ctx,
+                project_name,
+                inner,
+                fmt,
+                opts,
+                skip_invalid,
+                label_map,
+                on_record,
+                split,
+                dry_run,
             )
-    return _ingest(ctx, project_name, path, fmt, opts, skip_invalid, label_map, on_record, split)
+    return _ingest(
+        ctx, project_name, path, fmt, opts, skip_invalid, label_map, on_record, split, dry_run
+    )
 
 
 def _ingest(
@@ -133,6 +168,7 @@ def _ingest(
     label_map: dict[str, str] | None,
     on_record: Callable[[int], None] | None,
     split: str | None = None,
+    dry_run: bool = False,
 ) -> IngestReport:
     allow_pixels(ctx.settings.max_image_pixels)  # readers probe image headers with Pillow
     name = detect_format(path) if fmt == "auto" else fmt
@@ -141,7 +177,7 @@ def _ingest(
     records = formats()[name].read(path, opts)
     if split is not None:
         records = pin_split(records, split)
-    report = IngestReport(format=name)
+    report = IngestReport(format=name, dry_run=dry_run)
     created: list[str] = []
     try:
         with ctx.db.session() as s:
@@ -149,18 +185,21 @@ def _ingest(
             try:
                 ingest_records(
                     s,
-                    ctx.blobs,
+                    DryRunBlobs(ctx.blobs) if dry_run else ctx.blobs,
                     project,
                     records,
-                    skip_invalid=skip_invalid,
+                    skip_invalid=skip_invalid or dry_run,  # a dry run lists every problem
                     label_map=label_map,
                     max_pixels=ctx.settings.max_image_pixels,
                     report=report,
                     on_record=on_record,
-                    created_blobs=created,
+                    created_blobs=None if dry_run else created,
+                    per_file=dry_run,
                 )
             except json.JSONDecodeError as exc:
                 raise InputError(f"invalid JSON ({exc})", file=str(path)) from None
+            if dry_run:
+                s.rollback()
     finally:  # blobs of a rolled-back ingest or of skipped records: nothing refers to them
         if created:
             with ctx.db.session() as s:
