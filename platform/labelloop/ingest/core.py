@@ -12,12 +12,12 @@ import copy
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 from urllib.parse import urlparse
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labelloop.db.models import Annotation, Image, Project, SourceItem
@@ -196,11 +196,90 @@ class _Writer:
         # same image (COCO instances + person_keypoints) and merge.
         self.seen_ids: dict[tuple[str, str, str], str] = {}
         self.created_blobs: list[str] = []
+        # Rows looked up per batch of records (`prefetch`), not one SELECT per record and
+        # per annotation (a large ingest spent most of its time there). A key that is
+        # cached but None / [] is known to be absent; a key not cached is looked up.
+        self.images: dict[str, Image] = {}
+        self.items: dict[tuple[str, str], SourceItem | None] = {}
+        self.anns: dict[tuple[str, str], list[Annotation]] = {}
+
+    def forget(self) -> None:
+        """Drop the cached rows: a rolled-back savepoint may have taken some with it."""
+        self.images, self.items, self.anns = {}, {}, {}
+
+    def prefetch(self, records: list[SourceRecord]) -> None:
+        """Source items and annotations of a batch of records, in a few queries."""
+        items: dict[str, set[str]] = {}
+        anns: dict[str, set[str]] = {}
+        for rec in records:
+            if rec.error is not None:
+                continue
+            items.setdefault(rec.source, set()).add(rec.external_id)
+            ids = anns.setdefault(rec.source, set())
+            ids.update(f"{rec.external_id}/{a.external_id}" for a in rec.annotations)
+            ids.add(f"{rec.external_id}/flags")
+        pid = self.project.id
+        for source, ids in items.items():
+            for chunk in _chunks(sorted(ids)):
+                for item in self.s.scalars(
+                    select(SourceItem).where(
+                        SourceItem.project_id == pid,
+                        SourceItem.source == source,
+                        SourceItem.external_id.in_(chunk),
+                    )
+                ):
+                    self.items[(source, item.external_id)] = item
+                for ext in chunk:
+                    self.items.setdefault((source, ext), None)
+        for source, ids in anns.items():
+            for chunk in _chunks(sorted(ids)):
+                for ext in chunk:
+                    self.anns[(source, ext)] = []
+                for ann in self.s.scalars(
+                    select(Annotation)
+                    .where(
+                        Annotation.project_id == pid,
+                        Annotation.source == source,
+                        Annotation.external_id.in_(chunk),
+                    )
+                    .order_by(Annotation.id)
+                ):
+                    self.anns[(source, ann.external_id)].append(ann)
+
+    def _item(self, source: str, external_id: str) -> SourceItem | None:
+        key = (source, external_id)
+        if key not in self.items:
+            self.items[key] = self.s.scalar(
+                select(SourceItem).where(
+                    SourceItem.project_id == self.project.id,
+                    SourceItem.source == source,
+                    SourceItem.external_id == external_id,
+                )
+            )
+        return self.items[key]
+
+    def _annotations(self, source: str, external_id: str) -> list[Annotation]:
+        """Every revision of one annotation key, oldest first (cached, then kept current
+        as this ingest adds revisions)."""
+        key = (source, external_id)
+        if key not in self.anns:
+            self.anns[key] = list(
+                self.s.scalars(
+                    select(Annotation)
+                    .where(
+                        Annotation.project_id == self.project.id,
+                        Annotation.source == source,
+                        Annotation.external_id == external_id,
+                    )
+                    .order_by(Annotation.id)
+                )
+            )
+        return self.anns[key]
 
     def image(self, rec: SourceRecord) -> Image:
         data = rec.load()
         digest = sha256_bytes(data)
-        img = self.s.scalar(select(Image).where(Image.sha256 == digest))
+        img = self.images.get(digest) or self.s.scalar(select(Image).where(Image.sha256 == digest))
         if digest in self.seen_sha:
             self.report.duplicate_images += 1
             self.report.warnings.append(
@@ -209,6 +288,7 @@ class _Writer:
             )
         self.seen_sha.setdefault(digest, f"{rec.file} {rec.name}")
         if img is not None:
+            self.images[digest] = img
             self.report.images_existing += 1
             return img
         arr = decode_image(
@@ -230,6 +310,7 @@ class _Writer:
         )
         self.s.add(img)
         self.s.flush()
+        self.images[digest] = img
         self.report.images_new += 1
         return img
 
@@ -249,13 +330,7 @@ class _Writer:
 
     def _write(self, rec: SourceRecord) -> None:
         img = self.image(rec)
-        item = self.s.scalar(
-            select(SourceItem).where(
-                SourceItem.project_id == self.project.id,
-                SourceItem.source == rec.source,
-                SourceItem.external_id == rec.external_id,
-            )
-        )
+        item = self._item(rec.source, rec.external_id)
         if item is None:
             item = SourceItem(
                 project_id=self.project.id,
@@ -267,6 +342,7 @@ class _Writer:
             )
             self.s.add(item)
             self.s.flush()
+            self.items[(rec.source, rec.external_id)] = item
         elif item.image_id != img.id:  # the task's image was replaced upstream
             item.image_id, item.uri = img.id, rec.uri
         if "split" in rec.meta and (item.meta or {}).get("split") != rec.meta["split"]:
@@ -314,12 +390,8 @@ class _Writer:
                     self.report.shapes_per_kind.get(shape.kind, 0) + 1
                 )
         state = "skipped" if ann.cancelled else "active"
-        key = (
-            Annotation.project_id == self.project.id,
-            Annotation.source == rec.source,
-            Annotation.external_id == ext,
-        )
-        existing = self.s.scalar(select(Annotation).where(*key, Annotation.revision == rev))
+        revisions = self._annotations(rec.source, ext)
+        existing = next((a for a in revisions if a.revision == rev), None)
         if existing is not None and existing.state == state:
             # The task's image may have been replaced upstream with the labels unchanged:
             # the labels follow the task to its new pixels.
@@ -328,31 +400,28 @@ class _Writer:
             return
         # Whatever counted for this key until now stops counting: a new revision, or an
         # earlier one coming back (edited A -> B -> A, or cancelled and resubmitted).
-        self.s.execute(
-            update(Annotation)
-            .where(*key, Annotation.state.in_(("active", "skipped")))
-            .where(Annotation.id != (existing.id if existing is not None else -1))
-            .values(state="superseded")
-        )
+        for other in revisions:
+            if other is not existing and other.state in ("active", "skipped"):
+                other.state = "superseded"
         if existing is not None:
             existing.state = state
             self.report.annotations_restored += 1
             return
-        self.s.add(
-            Annotation(
-                project_id=self.project.id,
-                source_item_id=item.id,
-                image_id=img.id,
-                source=rec.source,
-                external_id=ext,
-                revision=rev,
-                annotator=ann.annotator,
-                is_ground_truth=ann.ground_truth,
-                state=state,
-                shapes=shapes_to_json(shapes),
-                source_updated_at=ann.updated_at,
-            )
+        new = Annotation(
+            project_id=self.project.id,
+            source_item_id=item.id,
+            image_id=img.id,
+            source=rec.source,
+            external_id=ext,
+            revision=rev,
+            annotator=ann.annotator,
+            is_ground_truth=ann.ground_truth,
+            state=state,
+            shapes=shapes_to_json(shapes),
+            source_updated_at=ann.updated_at,
         )
+        self.s.add(new)
+        revisions.append(new)
         self.report.annotations_new += 1
 
 
@@ -382,20 +451,28 @@ def ingest_records(
     if created_blobs is not None:
         writer.created_blobs = created_blobs
     records_iter = iter(records)
+    batch: list[SourceRecord] = []
+    stream_error: InputError | None = None
     while True:
-        try:
-            rec = next(records_iter)
-        except StopIteration:
-            break
-        except InputError as exc:  # the reader's stream itself is damaged: it cannot go on
-            if not skip_invalid:
-                raise
-            report.skipped.append(Skipped(exc.file or "", exc.record or "", exc.reason))
-            report.warnings.append(
-                f"{exc.file or 'input'}: reading stopped at {exc.record or 'this point'}; "
-                "records after it were not read"
-            )
-            break
+        if not batch:
+            if stream_error is not None:  # the reader's stream is damaged: it cannot go on
+                if not skip_invalid:
+                    raise stream_error
+                exc = stream_error
+                report.skipped.append(Skipped(exc.file or "", exc.record or "", exc.reason))
+                report.warnings.append(
+                    f"{exc.file or 'input'}: reading stopped at {exc.record or 'this point'}; "
+                    "records after it were not read"
+                )
+                break
+            batch, stream_error = _read_batch(records_iter)
+            if not batch:
+                if stream_error is not None:
+                    continue  # reported above, on the next turn
+                break
+            writer.prefetch(batch)
+            batch.reverse()  # popped from the end, in reading order
+        rec = batch.pop()
         report.records += 1
         if skip_invalid:
             # The counters must describe what was written: undo them with the savepoint.
@@ -409,6 +486,7 @@ def ingest_records(
                 ok = True
             except InputError as exc:
                 sp.rollback()
+                writer.forget()
                 state, writer.seen_sha = saved
                 state["records"], state["files"] = report.records, report.files
                 vars(report).update(state)
@@ -425,6 +503,29 @@ def ingest_records(
             on_record(report.records)
     report.shapes_per_class = dict(Counter(report.shapes_per_class).most_common())
     return report
+
+
+BATCH = 500  # records per prefetch; also the size of each IN (...) list
+
+
+def _chunks(values: list[str], size: int = BATCH) -> Iterator[list[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _read_batch(
+    records: Iterator[SourceRecord], size: int = BATCH
+) -> tuple[list[SourceRecord], InputError | None]:
+    """Up to `size` records, and the reader's stream error if one ended the stream."""
+    out: list[SourceRecord] = []
+    try:
+        for rec in records:
+            out.append(rec)
+            if len(out) >= size:
+                break
+    except InputError as exc:
+        return out, exc
+    return out, None
 
 
 def drop_unreferenced(s: Session, blobs: BlobStore, keys: Iterable[str]) -> int:
