@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import ijson
 
 from labelloop.errors import InputError
-from labelloop.ingest.streaming import JSON_BUFFER
+from labelloop.ingest.streaming import json_buffer
 from labelloop.labelstudio.label_config import LabelConfig
 
 _BOM = b"\xef\xbb\xbf"
@@ -46,7 +46,7 @@ def iter_export_tasks(path: str | Path, *, strict: bool = True) -> Iterator[dict
         f.seek(start)
         index = 0
         try:
-            for task in ijson.items(f, prefix, use_float=True, buf_size=JSON_BUFFER):
+            for task in ijson.items(f, prefix, use_float=True, buf_size=json_buffer(f.name)):
                 if strict and not isinstance(task, dict):
                     raise InputError(
                         "task is not a JSON object", file=name, record=f"task #{index}"

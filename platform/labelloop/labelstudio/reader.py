@@ -16,7 +16,7 @@ from labelloop.ingest.records import (
     error_record,
     image_record,
 )
-from labelloop.ingest.streaming import JSON_BUFFER
+from labelloop.ingest.streaming import json_buffer
 from labelloop.labelstudio.convert import results_to_shapes
 from labelloop.labelstudio.export import (
     ExportedAnnotation,
@@ -51,7 +51,9 @@ def _is_export(path: Path, max_events: int = 200_000, *, empty: bool = True) -> 
             return False
         f.seek(0)
         try:
-            for n, (prefix, event, value) in enumerate(ijson.parse(f, buf_size=JSON_BUFFER)):
+            for n, (prefix, event, value) in enumerate(
+                ijson.parse(f, buf_size=json_buffer(f.name))
+            ):
                 # JSON: tasks with `data`; JSON-MIN: flat rows with `annotation_id`
                 if prefix == "item" and event == "map_key" and value in ("data", "annotation_id"):
                     return True
@@ -69,7 +71,7 @@ def _is_single_task(f, max_events: int) -> bool:
     object, and no COCO `images`."""
     f.seek(0)
     try:
-        for n, (prefix, event, value) in enumerate(ijson.parse(f, buf_size=JSON_BUFFER)):
+        for n, (prefix, event, value) in enumerate(ijson.parse(f, buf_size=json_buffer(f.name))):
             if prefix == "" and event == "map_key" and value in ("images", "categories"):
                 return False
             if prefix == "data" and event == "start_map":

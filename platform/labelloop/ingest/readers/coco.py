@@ -32,7 +32,7 @@ from labelloop.ingest.records import (
     error_record,
     image_record,
 )
-from labelloop.ingest.streaming import JSON_BUFFER
+from labelloop.ingest.streaming import json_buffer
 
 _BOM = b"\xef\xbb\xbf"
 _ARRAYS = ("images", "annotations", "categories")
@@ -148,7 +148,9 @@ class _Reader:
             with open(self.file, "rb") as f:
                 if f.read(len(_BOM)) != _BOM:
                     f.seek(0)
-                for item in ijson.items(f, f"{array}.item", use_float=True, buf_size=JSON_BUFFER):
+                for item in ijson.items(
+                    f, f"{array}.item", use_float=True, buf_size=json_buffer(f.name)
+                ):
                     yield item
                     index += 1
         except OSError as exc:
@@ -176,7 +178,7 @@ def _damaged_section(file: Path) -> str | None:
         with open(file, "rb") as f:
             if f.read(len(_BOM)) != _BOM:
                 f.seek(0)
-            for prefix, event, value in ijson.parse(f, buf_size=JSON_BUFFER):
+            for prefix, event, value in ijson.parse(f, buf_size=json_buffer(f.name)):
                 if prefix == "" and event == "map_key":
                     section = value
     except (ijson.JSONError, UnicodeDecodeError, OSError):
