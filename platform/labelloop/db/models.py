@@ -89,6 +89,8 @@ class SourceItem(Base):
     uri: Mapped[str | None] = mapped_column(Text)
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Lets a writer link rows not yet flushed, so an ingest inserts a batch at once.
+    image: Mapped[Image] = relationship()
 
 
 class Annotation(Base):
@@ -112,6 +114,8 @@ class Annotation(Base):
     shapes: Mapped[list[Any]] = mapped_column(default=list)
     source_updated_at: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    source_item: Mapped[SourceItem] = relationship()
+    image: Mapped[Image] = relationship()
 
 
 class DatasetVersion(Base):

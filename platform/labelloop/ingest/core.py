@@ -279,7 +279,10 @@ class _Writer:
     def image(self, rec: SourceRecord) -> Image:
         data = rec.load()
         digest = sha256_bytes(data)
-        img = self.images.get(digest) or self.s.scalar(select(Image).where(Image.sha256 == digest))
+        img = self.images.get(digest)
+        if img is None:
+            with self.s.no_autoflush:  # images added by this ingest are in self.images
+                img = self.s.scalar(select(Image).where(Image.sha256 == digest))
         if digest in self.seen_sha:
             self.report.duplicate_images += 1
             self.report.warnings.append(
@@ -308,8 +311,7 @@ class _Writer:
             height=int(arr.shape[0]),
             format=suffix.lstrip("."),
         )
-        self.s.add(img)
-        self.s.flush()
+        self.s.add(img)  # inserted with its batch (rows refer to it by relationship)
         self.images[digest] = img
         self.report.images_new += 1
         return img
@@ -334,17 +336,16 @@ class _Writer:
         if item is None:
             item = SourceItem(
                 project_id=self.project.id,
-                image_id=img.id,
+                image=img,
                 source=rec.source,
                 external_id=rec.external_id,
                 uri=rec.uri,
                 meta=rec.meta,
             )
             self.s.add(item)
-            self.s.flush()
             self.items[(rec.source, rec.external_id)] = item
-        elif item.image_id != img.id:  # the task's image was replaced upstream
-            item.image_id, item.uri = img.id, rec.uri
+        elif not _same(item.image_id, img.id, lambda: item.image is img):
+            item.image, item.uri = img, rec.uri  # the task's image was replaced upstream
         if "split" in rec.meta and (item.meta or {}).get("split") != rec.meta["split"]:
             item.meta = {**(item.meta or {}), "split": rec.meta["split"]}  # re-pinned
         annotations = self._flag_tags(rec)
@@ -395,7 +396,10 @@ class _Writer:
         if existing is not None and existing.state == state:
             # The task's image may have been replaced upstream with the labels unchanged:
             # the labels follow the task to its new pixels.
-            existing.image_id, existing.source_item_id = img.id, item.id
+            if not _same(existing.image_id, img.id, lambda: existing.image is img):
+                existing.image = img
+            if not _same(existing.source_item_id, item.id, lambda: existing.source_item is item):
+                existing.source_item = item
             self.report.annotations_unchanged += 1
             return
         # Whatever counted for this key until now stops counting: a new revision, or an
@@ -409,8 +413,8 @@ class _Writer:
             return
         new = Annotation(
             project_id=self.project.id,
-            source_item_id=item.id,
-            image_id=img.id,
+            source_item=item,
+            image=img,
             source=rec.source,
             external_id=ext,
             revision=rev,
@@ -506,6 +510,14 @@ def ingest_records(
 
 
 BATCH = 500  # records per prefetch; also the size of each IN (...) list
+
+
+def _same(row_fk: int | None, target_id: int | None, objects_same: Callable[[], bool]) -> bool:
+    """Whether a row already points at a target: by id when both are in the database,
+    else by object (a row of this batch, not inserted yet)."""
+    if row_fk is not None and target_id is not None:
+        return row_fk == target_id
+    return objects_same()
 
 
 def _chunks(values: list[str], size: int = BATCH) -> Iterator[list[str]]:
