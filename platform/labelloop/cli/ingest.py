@@ -32,8 +32,9 @@ def ingest(
         typer.Option(
             "--format",
             "-f",
-            help="auto, labelstudio, cvat, coco, voc, yolo, labelme, "
-            "masks or images (a folder, a file or a .zip; see docs/formats.md)",
+            help="auto, labelstudio, cvat, coco, voc, yolo-obb, yolo, labelme, createml, "
+            "masks or images (a folder, a file or a .zip; see docs/formats.md). `images` "
+            "ingests the images alone, even beside annotation files auto refuses.",
         ),
     ] = "auto",
     skip_invalid: Annotated[
