@@ -261,8 +261,9 @@ def _line_shape(
         )
     nums = [finite(p, "coordinate", file=file, record=where) for p in parts[1:]]
     if len(nums) == 4 and (nums[2] <= 0 or nums[3] <= 0):
+        what = "negative" if min(nums[2], nums[3]) < 0 else "zero"
         raise InputError(
-            f"box has zero or negative size (w {nums[2]:g}, h {nums[3]:g})",
+            f"box has {what} size (w {nums[2]:g}, h {nums[3]:g})",
             file=file,
             record=where,
         )
