@@ -11,6 +11,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import ijson
+
 from labelloop.domain import Box
 from labelloop.errors import InputError
 from labelloop.ingest.readers._imagefiles import finite, first_inside, relative_ref
@@ -26,13 +28,25 @@ from labelloop.ingest.records import (
 
 
 def _looks_createml(path: Path) -> bool:
-    """A JSON list whose first entry has `image` and `annotations` (the head decides)."""
+    """A JSON list whose first entry has the keys `image` and `annotations` and no `data`
+    (a Label Studio task); the file's first 64 KB decide."""
     try:
         with open(path, "rb") as f:
-            head = f.read(2048).lstrip(b"\xef\xbb\xbf \t\r\n")
+            head = f.read(1 << 16).lstrip(b"\xef\xbb\xbf \t\r\n")
     except OSError:
         return False
-    return head.startswith(b"[") and b'"image"' in head and b'"annotations"' in head
+    if not head.startswith(b"["):
+        return False
+    keys: set[str] = set()
+    try:
+        for prefix, event, value in ijson.parse(head):
+            if prefix == "item" and event == "map_key":
+                keys.add(value)
+            elif prefix == "item" and event == "end_map":
+                break
+    except (ijson.JSONError, UnicodeDecodeError):
+        pass  # the head ends inside the first entry: the keys seen so far decide
+    return {"image", "annotations"} <= keys and "data" not in keys
 
 
 def _files(path: Path) -> list[Path]:
