@@ -34,6 +34,7 @@ from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 
 from labelloop.errors import ConfigError
+from labelloop.training.calibration import Calibration, calibrate
 from labelloop.training.common import Fetch, ManifestDataModule
 from labelloop.training.recipe import BaseRecipe
 
@@ -417,6 +418,9 @@ class TrainingPlan:
     # The kind's evaluation of the trained network on the val split (labels, recipe and
     # already loaded samples come from the DataModule).
     evaluate_val: Callable[[nn.Module, Any, Any], dict[str, Any]]
+    # Temperature scaling fitted on the val split after training (see `calibration`);
+    # the fit goes into the val metrics as "calibration".
+    calibration: Calibration | None = None
 
 
 def train(
@@ -456,6 +460,10 @@ def train(
         weights_path = save_weights(result.state, workdir / WEIGHTS_FILE)
         network = system.network.cpu().eval()
         metrics = plan.evaluate_val(network, dm, recipe) if has_val else {}
+        if has_val and plan.calibration is not None:
+            data = plan.calibration.collect(network, dm, recipe)
+            if data is not None:
+                metrics["calibration"] = calibrate(*data, plan.calibration.mode)
     return TrainOutcome(
         weights_path=weights_path,
         metrics=metrics,
