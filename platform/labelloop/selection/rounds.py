@@ -19,14 +19,15 @@ from sqlalchemy.orm import Session
 
 from labelloop.context import Context
 from labelloop.datasets.freeze import current_annotations
-from labelloop.db.models import AnnotationRound, Image, RoundItem, Score
+from labelloop.db.models import AnnotationRound, Image, ModelVersion, RoundItem, Score
 from labelloop.errors import InputError, NotFoundError
 from labelloop.imaging import decode_image
 from labelloop.projects import get_project
 from labelloop.registry import find_model
 from labelloop.scoring.embeddings import load_embeddings, pixel_embedding
 from labelloop.scoring.stage import default_method, labelled_image_ids, pool_image_ids
-from labelloop.selection.strategies import Candidates, check_params, get_strategy
+from labelloop.selection.registry import check_params, get_strategy
+from labelloop.selection.strategies import Candidates
 
 
 class NothingToSelect(InputError):
@@ -189,7 +190,11 @@ def _candidates(
 ) -> Candidates:
     scores: dict[int, float] = {}
     counts: dict[int, dict[str, int]] = {}
+    details_of: dict[int, dict[str, Any]] = {}
+    difficulty: dict[str, float] = {}
     if model_version_id is not None:
+        mv = s.get(ModelVersion, model_version_id)
+        difficulty = class_difficulty((mv.metrics or {}).get("val") or {}) if mv else {}
         for image_id, m, value, details in s.execute(
             select(Score.image_id, Score.method, Score.value, Score.details).where(
                 Score.model_version_id == model_version_id, Score.image_id.in_(pool)
@@ -199,6 +204,8 @@ def _candidates(
                 scores[image_id] = value
             if details and "counts" in details:
                 counts.setdefault(image_id, details["counts"])
+            if details:
+                details_of.setdefault(image_id, details)
     labelled_counts: Counter[str] = Counter()
     for ann in current_annotations(s, project_id).values():
         labelled_counts.update(sh["label"] for sh in ann.shapes)
@@ -226,7 +233,22 @@ def _candidates(
         lab_m = np.stack([vecs[i] for i in lab]) if lab else np.zeros((0, dim))
         return pool_m, lab_m
 
-    return Candidates(pool, scores, counts, dict(labelled_counts), embeddings)
+    return Candidates(
+        pool, scores, counts, dict(labelled_counts), embeddings, details_of, difficulty
+    )
+
+
+def class_difficulty(val_metrics: dict[str, Any]) -> dict[str, float]:
+    """Per class, 1 - the model's validation score for it (AP50, Dice or F1, whichever the
+    kind reports): what the detection-aware strategy weighs uncertainty by."""
+    out = {}
+    for name, entry in (val_metrics.get("per_class") or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        value = next((entry[k] for k in ("ap50", "dice", "f1") if entry.get(k) is not None), None)
+        if value is not None:
+            out[name] = float(np.clip(1.0 - value, 0.0, 1.0))
+    return out
 
 
 def latest_round(ctx: Context, project_name: str) -> int:

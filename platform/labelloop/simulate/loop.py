@@ -139,7 +139,7 @@ def _run(ctx, spec, data, strategy, seed, label_map, on_step) -> dict[str, Any]:
             t0 = time.monotonic()
             strat = get_strategy(strategy)
             method = spec.methods.get(strategy)
-            diverse = strat.name in ("coreset", "hybrid")  # these need embeddings
+            diverse = strat.needs_embeddings
             if strat.needs_scores or diverse:
                 score_pool(ctx, mv_id, methods=[method] if method else None, embed=diverse)
             rnd = select_round(

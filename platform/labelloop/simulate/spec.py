@@ -73,7 +73,7 @@ class SimulationSpec(BaseModel):
             raise ValueError(f"sizes must increase, got {self.sizes}")
         if self.sizes[0] < 1:
             raise ValueError("the seed set needs at least one image")
-        from labelloop.selection.strategies import STRATEGIES
+        from labelloop.selection.registry import STRATEGIES
 
         unknown = [s for s in self.strategies if s not in STRATEGIES]
         if unknown:
