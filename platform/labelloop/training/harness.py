@@ -35,7 +35,7 @@ from torch import nn
 
 from labelloop.errors import ConfigError
 from labelloop.training.calibration import Calibration, calibrate
-from labelloop.training.common import Fetch, ManifestDataModule
+from labelloop.training.common import Fetch, ManifestDataModule, load_state_dict
 from labelloop.training.recipe import BaseRecipe
 
 Progress = Callable[[dict[str, Any]], None]
@@ -423,6 +423,18 @@ class TrainingPlan:
     calibration: Calibration | None = None
 
 
+def warm_start(network: nn.Module, weights: bytes, name: str) -> None:
+    """Start from a saved network's weights (read weights-only) instead of from scratch:
+    the loop as users run it fine-tunes the previous round's model on the grown set."""
+    state = load_state_dict(weights)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"warm-start weights {name} do not fit this recipe's network: {exc}"
+        ) from None
+
+
 def train(
     plan: TrainingPlan,
     manifest: dict[str, Any],
@@ -446,6 +458,8 @@ def train(
         dm = plan.build_datamodule(manifest, recipe, fetch)
         has_val = dm.has_val()
         system = plan.build_system(dm, recipe)
+        if recipe.init_from:
+            warm_start(system.network, fetch(recipe.init_from), recipe.init_from)
         result = fit(
             system,
             dm,
