@@ -144,3 +144,23 @@ def test_a_model_version_loads_with_its_temperature(ctx, tmp_path):
     assert "ece_before" in metrics["val"]["calibration"]
     loaded = load_model_version(ctx, mv_id)
     assert loaded.temperature == metrics["val"]["calibration"]["temperature"]
+
+
+def test_detection_and_classification_rescale_their_own_arrays():
+    from labelloop.training.classification.kind import KIND as CLS
+    from labelloop.training.detection.kind import KIND as DET
+
+    arrays = {
+        "boxes": np.array([[0, 0, 4, 4]], "f4"),
+        "scores": np.array([0.9], "f4"),
+        "labels": np.array([1]),
+        "class_probs": np.array([[0.2, 0.9]], "f4"),
+    }
+    out = DET.calibrated(arrays, 2.0)
+    assert out["scores"][0] == pytest.approx(sigmoid_temperature(np.array([0.9]), 2.0)[0])
+    assert np.allclose(out["class_probs"], sigmoid_temperature(arrays["class_probs"], 2.0))
+    assert out["boxes"] is arrays["boxes"] and out["labels"] is arrays["labels"]
+    probs = np.array([0.7, 0.2, 0.1])
+    assert np.allclose(
+        CLS.calibrated({"probs": probs}, 0.5)["probs"], softmax_temperature(probs, 0.5)
+    )
