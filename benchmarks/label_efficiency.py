@@ -9,6 +9,10 @@ labelled and is measured on a fixed held-out test set.
   metric: membrane Dice on the test images at full resolution.
 - BCCD (detection): pool = ImageSets/Main/train.txt (205 ids; the two files with
   zero-size boxes are left out), test = test.txt (72); metrics: mAP@0.5 and count MAE.
+- smears (detection, synthetic, no shared data): a heterogeneous pool of generated smears,
+  four "slides" of unequal size (50 / 25 / 15 / 10 %) each with its own stain cast and
+  brightness, on top of the generator's own spread of density (8-40 RBCs), WBC presence
+  (60 % of fields) and platelets (0-6); the test set is drawn the same way.
 
 Each training gets the same compute whatever the labelled count (`samples_per_epoch`
 samples per epoch for a fixed number of epochs), so a curve shows what more labels buy,
@@ -86,6 +90,44 @@ def bccd_data() -> SimulationData:
     return SimulationData(pool=pool, test=test)
 
 
+SLIDES = [  # (share of the pool, RGB gain, brightness)
+    (0.50, (1.00, 1.00, 1.00), 1.00),
+    (0.25, (0.85, 0.95, 1.15), 0.95),
+    (0.15, (1.10, 0.85, 0.90), 0.85),
+    (0.10, (0.80, 1.05, 0.80), 1.10),
+]
+
+
+def smears_data(n_pool: int = 80, n_test: int = 30, size: int = 192) -> SimulationData:
+    """Generated smears with a per-slide stain cast (see the module docstring)."""
+    from labelloop.domain import Box
+    from labelloop.imaging import encode_png
+    from labelloop.synthetic import generate_smear, instance_shapes, smear_seed
+
+    shares = np.cumsum([sh for sh, _, _ in SLIDES])
+
+    def record(i: int, prefix: str) -> SourceRecord:
+        sample = generate_smear(smear_seed(11, i), size)
+        slide = int(np.searchsorted(shares, (i * 0.618034) % 1.0, side="right"))
+        _, gain, bright = SLIDES[min(slide, len(SLIDES) - 1)]
+        img = np.clip(sample.image * np.array(gain) * bright, 0, 255).astype(np.uint8)
+        data = encode_png(img)
+        boxes = [sh for sh in instance_shapes(sample) if isinstance(sh, Box)]
+        return SourceRecord(
+            source="smears",
+            external_id=f"{prefix}{i}",
+            uri=f"{prefix}{i}.png",
+            file="generated",
+            load=lambda d=data: d,
+            annotations=[RecordAnnotation(external_id=f"{prefix}{i}", shapes=boxes)],
+            meta={"slide": slide},
+        )
+
+    pool = [record(i, "p") for i in range(n_pool)]
+    test = [record(10_000 + i, "t") for i in range(n_test)]
+    return SimulationData(pool=pool, test=test)
+
+
 SPECS = {
     "isbi": {
         "name": "ISBI 2012 membranes",
@@ -125,7 +167,19 @@ SPECS = {
         "samples_per_epoch": 112,
     },
 }
-LOADERS = {"isbi": isbi_data, "bccd": bccd_data}
+SPECS["smears"] = {
+    "name": "Heterogeneous synthetic smears (detection)",
+    "task": "detection",
+    "labels": BCCD_LABELS,
+    "recipe": {"image_size": 192, "epochs": 6, "batch_size": 16},
+    "strategies": ["random", "uncertainty", "badge", "detection_aware"],
+    "methods": {},
+    "sizes": [8, 16, 32],
+    "metric": "map50",
+    "extra_metrics": ["map", "count_mae"],
+    "samples_per_epoch": 64,
+}
+LOADERS = {"isbi": isbi_data, "bccd": bccd_data, "smears": smears_data}
 
 
 def markdown_table(summary: dict) -> str:
@@ -177,6 +231,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--spec", type=Path, help="JSON overrides of the built-in spec")
     parser.add_argument("--fresh", action="store_true", help="ignore finished runs")
+    parser.add_argument("--tag", default="", help="suffix of the result files' names")
     parser.add_argument(
         "--table", action="store_true", help="print the Markdown table of the last result"
     )
@@ -186,18 +241,15 @@ def main() -> None:
         help="train nothing: summarise the runs finished so far (results say how many)",
     )
     args = parser.parse_args()
+    name = args.dataset + (f"_{args.tag}" if args.tag else "")
     if args.table:
-        print(
-            markdown_table(
-                json.loads((RESULTS / f"label_efficiency_{args.dataset}.json").read_text())
-            )
-        )
+        print(markdown_table(json.loads((RESULTS / f"label_efficiency_{name}.json").read_text())))
         return
     spec_data = {**SPECS[args.dataset], "seeds": list(range(args.seeds)), "jobs": args.jobs}
     if args.spec:
         spec_data.update(json.loads(args.spec.read_text()))
     spec = SimulationSpec.model_validate(spec_data)
-    cache = CACHE / args.dataset
+    cache = CACHE / name
     if args.fresh and cache.exists():
         shutil.rmtree(cache)
     data = LOADERS[args.dataset]()
@@ -219,7 +271,7 @@ def main() -> None:
         "python": platform.python_version(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"label_efficiency_{args.dataset}"
+    out = RESULTS / f"label_efficiency_{name}"
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     shutil.copy(cache / "simulation.png", out.with_suffix(".png"))
     print(json.dumps({k: v for k, v in summary.items() if k not in ("runs", "spec")}, indent=1))

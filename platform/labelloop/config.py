@@ -65,6 +65,13 @@ class Settings(BaseSettings):
         default="0 2 * * *", description="default beat crontab per project (m h dom mon dow)"
     )
     nightly_budget: int = Field(default=20, description="images per nightly annotation round")
+    selection_control_fraction: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="share of each pipeline round drawn at random as a control slice, which "
+        "the selection guard compares with the strategy's picks (0: no control, no guard)",
+    )
     nightly_push_to: str = Field(
         default="file", description="push target of pipelines (labelloop.push.targets)"
     )

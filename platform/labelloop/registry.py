@@ -21,6 +21,7 @@ from labelloop.db.models import ModelVersion, Project, Promotion
 from labelloop.domain import Stage
 from labelloop.errors import ConfigError, InputError, NotFoundError
 from labelloop.storage import sha256_bytes
+from labelloop.training.calibration import temperature_of
 from labelloop.training.kind import ModelKind, Prediction, View, get_kind
 from labelloop.training.recipe import BaseRecipe, parse_recipe
 
@@ -31,16 +32,26 @@ class LoadedModel:
     labels: list[str]
     recipe: BaseRecipe
     kind: ModelKind
+    # Fitted on the val split at training time (`training.calibration`); every prediction
+    # and view this version makes carries calibrated probabilities.
+    temperature: float = 1.0
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        return self.kind.predict(self.model, images, recipe=self.recipe, labels=self.labels)
+        preds = self.kind.predict(self.model, images, recipe=self.recipe, labels=self.labels)
+        for p in preds:
+            p.arrays = self.kind.calibrated(p.arrays, self.temperature)
+        return preds
 
     def views(self, images: Sequence[np.ndarray], mode: str, passes: int) -> list[list[View]]:
         if self.kind.views is None:
             raise ConfigError(f"{self.kind.task} models have no multi-pass prediction")
-        return self.kind.views(
+        per_image = self.kind.views(
             self.model, images, recipe=self.recipe, labels=self.labels, mode=mode, passes=passes
         )
+        for views in per_image:
+            for v in views:
+                v.arrays = self.kind.calibrated(v.arrays, self.temperature)
+        return per_image
 
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         if self.kind.embed is None:
@@ -49,7 +60,9 @@ class LoadedModel:
 
 
 @lru_cache(maxsize=8)
-def _load(blob_url: str, key: str, sha: str, recipe_json: str, labels: tuple[str, ...]):
+def _load(
+    blob_url: str, key: str, sha: str, recipe_json: str, labels: tuple[str, ...], temperature: float
+):
     from labelloop.storage import BlobStore
 
     data = BlobStore(blob_url).get_bytes(key)
@@ -57,7 +70,8 @@ def _load(blob_url: str, key: str, sha: str, recipe_json: str, labels: tuple[str
         raise InputError(f"model artifact {key} does not match its recorded sha256")
     recipe = parse_recipe(json.loads(recipe_json))
     kind = get_kind(recipe.task)
-    return LoadedModel(kind.load(data, recipe, list(labels)), list(labels), recipe, kind)
+    model = kind.load(data, recipe, list(labels))
+    return LoadedModel(model, list(labels), recipe, kind, temperature)
 
 
 def load_model_version(ctx: Context, model_version_id: int) -> LoadedModel:
@@ -70,7 +84,9 @@ def load_model_version(ctx: Context, model_version_id: int) -> LoadedModel:
         project = s.get(Project, mv.project_id)
         labels = tuple(lc.name for lc in project.labels)
         key, sha, recipe = mv.artifact_key, mv.sha256, mv.recipe
-    return _load(ctx.settings.blob_url, key, sha, json.dumps(recipe, sort_keys=True), labels)
+        temperature = temperature_of(mv.metrics)
+    recipe_json = json.dumps(recipe, sort_keys=True)
+    return _load(ctx.settings.blob_url, key, sha, recipe_json, labels, temperature)
 
 
 def find_model(s: Session, project_id: int | None, model: str | None = None) -> int | None:

@@ -12,7 +12,7 @@ from labelloop.runs import execute_run, request_run
 from labelloop.scoring.stage import score_pool
 from labelloop.selection import Candidates, get_strategy, select_round
 from labelloop.selection.kcenter import kcenter_greedy
-from labelloop.selection.strategies import check_params
+from labelloop.selection.registry import check_params
 from tests.factories import TINY_RECIPE, trained_project
 
 
@@ -58,7 +58,7 @@ def test_params_are_checked_against_the_strategy():
         check_params(get_strategy("hybrid"), {"alpha": 1})
     with pytest.raises(InputError, match="valid: none"):
         check_params(get_strategy("random"), {"x": 1})
-    with pytest.raises(InputError, match="choose one of: class_balance, coreset"):
+    with pytest.raises(InputError, match="choose one of: badge, class_balance"):
         get_strategy("bald")
 
 

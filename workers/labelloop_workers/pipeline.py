@@ -18,6 +18,7 @@ from celery import chain, shared_task
 from celery.canvas import Signature
 from celery.exceptions import Ignore
 
+from labelloop.config import get_settings
 from labelloop.context import get_context
 from labelloop.pipelines import decision
 from labelloop.pipelines.dispatch import launch
@@ -63,11 +64,12 @@ def _after_freeze_steps(
     budget: int, strategy: str, target: str, out_dir: str | None, overrides: dict | None
 ) -> list[Signature]:
     # Embeddings only when the strategy reads them (diversity): they cost a forward pass.
-    embed = strategy in ("coreset", "hybrid")
+    embed = get_strategy(strategy).needs_embeddings
+    control = get_settings().selection_control_fraction
     return [
         stages.train.s(overrides=overrides),
         stages.score.s(embed=embed),
-        stages.select.s(budget=budget, strategy=strategy),
+        stages.select.s(budget=budget, strategy=strategy, control_fraction=control),
         stages.push.s(target=target, out_dir=out_dir),
     ]
 

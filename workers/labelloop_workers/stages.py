@@ -234,6 +234,7 @@ def select(
     method: str | None = None,
     batch_size: int | None = None,
     params: dict | None = None,
+    control_fraction: float = 0.0,
 ) -> Message:
     st = ChainState.load(state)
     enter(self, st, "select")
@@ -249,6 +250,7 @@ def select(
             seed=seed,
             batch_size=batch_size,
             params=params,
+            control_fraction=control_fraction,
         )
     except NothingToSelect as exc:
         if st.pipeline_run_id is None:
@@ -256,7 +258,11 @@ def select(
         # The model is trained and recorded; there is just nothing to send this time.
         end_run(ctx, dispatcher(ctx), st, PipelineStatus.succeeded, message=str(exc))
         raise Ignore() from None
-    return st.but(round_id=result.round_id).message()
+    guard = None
+    if result.guard is not None:  # the pipeline run reports what the guard decided
+        keep = ("decision", "policy", "reason", "gain_mean", "gain_se", "metric")
+        guard = {k: result.guard[k] for k in keep} | {"control": len(result.control)}
+    return st.but(round_id=result.round_id, guard=guard).message()
 
 
 @shared_task(name="labelloop.push", bind=True, base=StageTask, **RETRY)

@@ -114,8 +114,9 @@ def select_cmd(
     strategy: Annotated[
         str,
         typer.Option(
-            help="uncertainty | random | coreset | hybrid | class_balance "
-            "(coreset and random also work before any model: a cold start)"
+            help="uncertainty | random | coreset | hybrid | class_balance | badge | "
+            "cluster_margin | detection_aware | typiclust | count_uncertainty "
+            "(random, coreset and typiclust also work before any model: a cold start)"
         ),
     ] = "uncertainty",
     model: Annotated[str | None, typer.Option(help="Model version name.")] = None,
@@ -131,6 +132,13 @@ def select_cmd(
         typer.Option(help="Strategy parameter key=value, e.g. prefilter=4 (hybrid)."),
     ] = None,
     seed: int = 0,
+    control_fraction: Annotated[
+        float,
+        typer.Option(
+            help="Share of the budget drawn at random as a control slice; the guard compares "
+            "earlier rounds' picks with their control and falls back to random on evidence."
+        ),
+    ] = 0.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Pick the next annotation round from stored scores: never an image that is labelled
@@ -150,6 +158,7 @@ def select_cmd(
         seed=seed,
         batch_size=batch_size,
         params=_parse_params(param),
+        control_fraction=control_fraction,
     )
     data = {
         "round_id": result.round_id,
@@ -160,6 +169,8 @@ def select_cmd(
             {"image_id": i, "rank": r, "score": sc, "batch": (result.batches or {}).get(i, 1)}
             for i, r, sc in result.items
         ],
+        "control": result.control,
+        "guard": result.guard,
     }
     if as_json:
         emit_json(data)
@@ -167,8 +178,11 @@ def select_cmd(
         batches = len(set((result.batches or {}).values())) or 1
         console.print(
             f"round {result.number}: {len(result.items)} images in {batches} batch(es) "
-            f"({'new' if result.created else 'existing'}, {result.strategy})"
+            f"({'new' if result.created else 'existing'}, {result.strategy}"
+            f"{f', {len(result.control)} random control' if result.control else ''})"
         )
+        if result.guard:
+            console.print(f"guard: {result.guard['decision']}: {result.guard['reason']}")
 
 
 @app.command()

@@ -29,6 +29,7 @@ class ChainState(BaseModel):
     train_errors: int | None = None  # transient training failures so far (retry count)
     score: dict[str, Any] | None = None  # method(s), images scored, throughput
     round_id: int | None = None
+    guard: dict[str, Any] | None = None  # the selection guard's decision (control slice)
     push_id: int | None = None
     push_destination: str | None = None
     stopped: str | None = None  # why a pipeline run stopped early

@@ -163,3 +163,21 @@ class CountVariance(MultiPassMethod):
         )
         rel = counts.std(axis=0) / (counts.mean(axis=0) + 1.0)
         return float(np.clip(rel.mean(), 0.0, 1.0))
+
+
+def box_statistics(arrays: dict[str, np.ndarray], labels: list[str]) -> dict[str, dict]:
+    """Per class, from a detection's (calibrated) kept-box scores: `box_uncertainty`, the
+    sum of 2 * min(s, 1 - s) over its boxes, and `count_sd`, the standard deviation of its
+    count if each box is a real cell with probability s (sqrt of the sum of s(1 - s)).
+    Stored with the score, they let strategies weigh classes without re-running the model.
+    Empty for a prediction that is not a detection."""
+    if "scores" not in arrays or "labels" not in arrays:
+        return {}
+    s = _check(arrays["scores"])
+    lab = np.asarray(arrays["labels"], np.int64).reshape(-1)
+    unc, sd = {}, {}
+    for i, name in enumerate(labels):
+        si = s[lab == i]
+        unc[name] = round(float((2 * np.minimum(si, 1 - si)).sum()), 6)
+        sd[name] = round(float(np.sqrt((si * (1 - si)).sum())), 6)
+    return {"box_uncertainty": unc, "count_sd": sd}

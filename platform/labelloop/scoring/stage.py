@@ -23,6 +23,7 @@ from labelloop.imaging import decode_image
 from labelloop.kinds import kind_entry
 from labelloop.registry import load_model_version
 from labelloop.scoring import get_method
+from labelloop.scoring.detection import box_statistics
 from labelloop.scoring.embeddings import add_embeddings, stored_ids
 
 
@@ -166,7 +167,7 @@ def score_pool(
         views = _views_for(loaded, arrays, scorers.values())
         rows = []
         for j, (image_id, pred) in enumerate(zip(chunk, preds, strict=True)):
-            details = _prediction_details(ctx, pred)
+            details = _prediction_details(ctx, pred, loaded.labels)
             for m, scorer in scorers.items():
                 if image_id in done[m]:
                     continue
@@ -218,7 +219,7 @@ def _views_for(loaded, arrays: list, scorers) -> dict[str, dict[int, list]]:
     return out
 
 
-def _prediction_details(ctx: Context, pred) -> dict:
+def _prediction_details(ctx: Context, pred, labels: list[str]) -> dict:
     shapes_key, _ = ctx.blobs.put_bytes(
         json.dumps(shapes_to_json(pred.shapes), separators=(",", ":")).encode(),
         prefix="predictions",
@@ -228,4 +229,5 @@ def _prediction_details(ctx: Context, pred) -> dict:
         "shapes_key": shapes_key,
         "counts": pred.counts,
         "confidence": round(float(pred.confidence), 6),
+        **box_statistics(pred.arrays, labels),
     }

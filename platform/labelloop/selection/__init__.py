@@ -1,7 +1,8 @@
 """Selection: strategies (a name registry) and the stage that turns them into rounds."""
 
+from labelloop.selection.registry import STRATEGIES, get_strategy
 from labelloop.selection.rounds import NothingToSelect, RoundResult, latest_round, select_round
-from labelloop.selection.strategies import STRATEGIES, Candidates, Strategy, get_strategy
+from labelloop.selection.strategies import Candidates, Strategy
 
 __all__ = [
     "STRATEGIES",

@@ -31,20 +31,20 @@ def kcenter_greedy(pool: np.ndarray, centres: np.ndarray, k: int, *, seed: int =
         # Distances in chunks: (N, M) at once can be large for big labelled sets.
         min_d = np.full(n, np.inf)
         for start in range(0, len(c), 1024):
-            d = _sq_dist(p, c[start : start + 1024]).min(axis=1)
+            d = sq_dist(p, c[start : start + 1024]).min(axis=1)
             min_d = np.minimum(min_d, d)
         picks: list[int] = []
     else:
         first = int(np.random.default_rng(seed).integers(n))
         picks = [first]
-        min_d = _sq_dist(p, p[first : first + 1])[:, 0]
+        min_d = sq_dist(p, p[first : first + 1])[:, 0]
     while len(picks) < k:
         min_d[picks] = -1.0  # never pick twice
         nxt = int(np.argmax(min_d))
         picks.append(nxt)
-        min_d = np.minimum(min_d, _sq_dist(p, p[nxt : nxt + 1])[:, 0])
+        min_d = np.minimum(min_d, sq_dist(p, p[nxt : nxt + 1])[:, 0])
     return picks
 
 
-def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.clip((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0.0, None)

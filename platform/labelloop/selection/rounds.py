@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,14 +19,16 @@ from sqlalchemy.orm import Session
 
 from labelloop.context import Context
 from labelloop.datasets.freeze import current_annotations
-from labelloop.db.models import AnnotationRound, Image, RoundItem, Score
+from labelloop.db.models import AnnotationRound, Image, ModelVersion, RoundItem, Score
 from labelloop.errors import InputError, NotFoundError
 from labelloop.imaging import decode_image
 from labelloop.projects import get_project
 from labelloop.registry import find_model
 from labelloop.scoring.embeddings import load_embeddings, pixel_embedding
 from labelloop.scoring.stage import default_method, labelled_image_ids, pool_image_ids
-from labelloop.selection.strategies import Candidates, check_params, get_strategy
+from labelloop.selection.guard import FALLBACK, control_size, draw_control, guard_report
+from labelloop.selection.registry import check_params, get_strategy
+from labelloop.selection.strategies import Candidates
 
 
 class NothingToSelect(InputError):
@@ -41,6 +43,8 @@ class RoundResult:
     strategy: str
     items: list[tuple[int, int, float | None]]  # (image_id, rank, score)
     batches: dict[int, int] | None = None  # image_id -> annotator batch (1..)
+    control: list[int] = field(default_factory=list)  # the random control slice's images
+    guard: dict[str, Any] | None = None  # the guard's evidence and decision (`guard.py`)
 
 
 def _hash(params: dict) -> str:
@@ -69,14 +73,32 @@ def select_round(
     seed: int = 0,
     batch_size: int | None = None,
     params: dict[str, Any] | None = None,
+    control_fraction: float = 0.0,
 ) -> RoundResult:
     """A new round of at most `budget` images, or the open round these parameters already
     made. `batch_size` deals the round into per-annotator batches round-robin in rank
-    order, so every annotator gets a share of the least confident images."""
+    order, so every annotator gets a share of the least confident images.
+
+    With `control_fraction`, that share of the budget is a random control slice (ranked
+    after the strategy's picks), and the guard first weighs the control slices of earlier
+    labelled rounds: when the strategy's picks proved easier for the model than random
+    ones, this round uses random selection instead (see `guard.py`; both in the result)."""
     if budget < 1:
         raise InputError(f"budget must be at least 1, got {budget}")
     if batch_size is not None and batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
+    n_control = control_size(budget, control_fraction)
+    report, requested = None, strategy
+    if control_fraction > 0 and strategy != FALLBACK:
+        with ctx.db.session() as s:
+            project = get_project(s, project_name)
+            labelled = labelled_image_ids(s, project.id)
+            report = guard_report(ctx, s, project.id, labelled, strategy)
+        requested, strategy = strategy, report.policy
+        if strategy != requested:
+            params = {}  # the fallback's own defaults
+    if strategy == FALLBACK:
+        n_control = 0  # random against random teaches nothing
     strat = get_strategy(strategy)
     params = check_params(strat, dict(params or {}))
     with ctx.db.session() as s:
@@ -100,6 +122,10 @@ def select_round(
             key["params"] = params
         if batch_size:
             key["batch_size"] = batch_size
+        if n_control:
+            key["control_fraction"] = control_fraction
+        if report is not None and strategy != requested:
+            key["switched_from"] = requested
         labelled = labelled_image_ids(s, project.id)
         _close_finished_rounds(s, project.id, labelled)
         # The same parameters return the same round while it is open and holds images; once
@@ -126,6 +152,8 @@ def select_round(
                     strategy,
                     [(i, r, sc) for i, r, sc, _ in rows],
                     {i: b for i, _, _, b in rows},
+                    list((existing.params or {}).get("control") or []),
+                    (existing.params or {}).get("guard_report"),
                 )
             params_hash = _hash({**key, "after_round": existing.id})
         out_now = set(
@@ -142,7 +170,9 @@ def select_round(
                 f"no stored {method} scores for model version {model_version_id}; "
                 "run the score stage first"
             )
-        ranked = strat.rank(cand, budget, seed, params)[:budget]
+        ranked = strat.rank(cand, budget - n_control, seed, params)[: budget - n_control]
+        control = draw_control(pool, set(ranked), n_control, seed) if ranked else []
+        ranked = ranked + control
         if not ranked:
             raise NothingToSelect(
                 f"nothing to select in project {project_name!r}: every image is labelled or "
@@ -163,7 +193,11 @@ def select_round(
             number=number,
             model_version_id=model_version_id,
             strategy=strategy,
-            params=key,
+            params={
+                **key,
+                **({"control": control} if control else {}),
+                **({"guard_report": report.as_dict()} if report is not None else {}),
+            },
             params_hash=params_hash,
         )
         s.add(rnd)
@@ -175,7 +209,8 @@ def select_round(
             RoundItem(round_id=rnd.id, image_id=i, rank=r, score=sc, batch=batches[i])
             for i, r, sc in items
         )
-        return RoundResult(rnd.id, number, True, strategy, items, batches)
+        guard = report.as_dict() if report is not None else None
+        return RoundResult(rnd.id, number, True, strategy, items, batches, control, guard)
 
 
 def _candidates(
@@ -189,7 +224,11 @@ def _candidates(
 ) -> Candidates:
     scores: dict[int, float] = {}
     counts: dict[int, dict[str, int]] = {}
+    details_of: dict[int, dict[str, Any]] = {}
+    difficulty: dict[str, float] = {}
     if model_version_id is not None:
+        mv = s.get(ModelVersion, model_version_id)
+        difficulty = class_difficulty((mv.metrics or {}).get("val") or {}) if mv else {}
         for image_id, m, value, details in s.execute(
             select(Score.image_id, Score.method, Score.value, Score.details).where(
                 Score.model_version_id == model_version_id, Score.image_id.in_(pool)
@@ -199,6 +238,8 @@ def _candidates(
                 scores[image_id] = value
             if details and "counts" in details:
                 counts.setdefault(image_id, details["counts"])
+            if details:
+                details_of.setdefault(image_id, details)
     labelled_counts: Counter[str] = Counter()
     for ann in current_annotations(s, project_id).values():
         labelled_counts.update(sh["label"] for sh in ann.shapes)
@@ -226,7 +267,22 @@ def _candidates(
         lab_m = np.stack([vecs[i] for i in lab]) if lab else np.zeros((0, dim))
         return pool_m, lab_m
 
-    return Candidates(pool, scores, counts, dict(labelled_counts), embeddings)
+    return Candidates(
+        pool, scores, counts, dict(labelled_counts), embeddings, details_of, difficulty
+    )
+
+
+def class_difficulty(val_metrics: dict[str, Any]) -> dict[str, float]:
+    """Per class, 1 - the model's validation score for it (AP50, Dice or F1, whichever the
+    kind reports): what the detection-aware strategy weighs uncertainty by."""
+    out = {}
+    for name, entry in (val_metrics.get("per_class") or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        value = next((entry[k] for k in ("ap50", "dice", "f1") if entry.get(k) is not None), None)
+        if value is not None:
+            out[name] = float(np.clip(1.0 - value, 0.0, 1.0))
+    return out
 
 
 def latest_round(ctx: Context, project_name: str) -> int:

@@ -12,6 +12,9 @@ is labelled or already out with annotators, the budget) are enforced around it, 
 - `hybrid` (scores + embeddings): the `prefilter` x budget most uncertain, then k-center.
 - `class_balance` (scores + counts): uncertainty boosted for predicted rare classes.
 
+The strategies that combine signals (BADGE-style, Cluster-Margin-style, detection-aware,
+typicality, count uncertainty) are in `combined.py`; the name registry in `registry.py`.
+
 `coreset` without a model (cold start) embeds images by their pixel statistics.
 """
 
@@ -38,12 +41,18 @@ class Candidates:
     counts: dict[int, dict[str, int]] = field(default_factory=dict)
     labelled_counts: dict[str, int] = field(default_factory=dict)
     embeddings: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
+    # Stored score details per pool image (counts, per-class box statistics).
+    details: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # Per class, 1 - the model's validation score for it (AP50, Dice or F1): how hard it is.
+    class_difficulty: dict[str, float] = field(default_factory=dict)
 
 
 class Strategy(Protocol):
     name: ClassVar[str]
     needs_scores: ClassVar[bool]
     needs_model: ClassVar[bool]
+    # Reads image embeddings (the score stage stores them; a cold start uses pixels).
+    needs_embeddings: ClassVar[bool]
     defaults: ClassVar[dict[str, Any]]
 
     def rank(
@@ -51,12 +60,12 @@ class Strategy(Protocol):
     ) -> list[int]: ...
 
 
-def _by_uncertainty(cand: Candidates) -> list[int]:
+def by_uncertainty(cand: Candidates) -> list[int]:
     scored = [i for i in cand.ids if i in cand.scores]
     return sorted(scored, key=lambda i: (-cand.scores[i], i))
 
 
-def _embeddings(cand: Candidates, name: str) -> tuple[np.ndarray, np.ndarray]:
+def embeddings_of(cand: Candidates, name: str) -> tuple[np.ndarray, np.ndarray]:
     if cand.embeddings is None:
         raise InputError(f"strategy {name!r} needs image embeddings; run the score stage first")
     return cand.embeddings()
@@ -66,6 +75,7 @@ class RandomStrategy:
     name = "random"
     needs_scores = False
     needs_model = False
+    needs_embeddings = False
     defaults: ClassVar[dict[str, Any]] = {}
 
     def rank(self, cand, budget, seed, params):
@@ -78,10 +88,11 @@ class UncertaintyStrategy:
     name = "uncertainty"
     needs_scores = True
     needs_model = True
+    needs_embeddings = False
     defaults: ClassVar[dict[str, Any]] = {}
 
     def rank(self, cand, budget, seed, params):
-        return _by_uncertainty(cand)[:budget]
+        return by_uncertainty(cand)[:budget]
 
 
 class CoresetStrategy:
@@ -90,10 +101,11 @@ class CoresetStrategy:
     name = "coreset"
     needs_scores = False
     needs_model = False
+    needs_embeddings = True
     defaults: ClassVar[dict[str, Any]] = {}
 
     def rank(self, cand, budget, seed, params):
-        pool, labelled = _embeddings(cand, self.name)
+        pool, labelled = embeddings_of(cand, self.name)
         picks = kcenter_greedy(pool, labelled, budget, seed=seed)
         return [cand.ids[p] for p in picks]
 
@@ -107,14 +119,15 @@ class HybridStrategy:
     name = "hybrid"
     needs_scores = True
     needs_model = True
+    needs_embeddings = True
     defaults: ClassVar[dict[str, Any]] = {"prefilter": 3.0}
 
     def rank(self, cand, budget, seed, params):
         factor = float(params.get("prefilter", self.defaults["prefilter"]))
         if factor < 1:
             raise InputError(f"hybrid: prefilter must be at least 1, got {factor}")
-        short = _by_uncertainty(cand)[: max(budget, round(factor * budget))]
-        pool, labelled = _embeddings(cand, self.name)
+        short = by_uncertainty(cand)[: max(budget, round(factor * budget))]
+        pool, labelled = embeddings_of(cand, self.name)
         row = {i: r for r, i in enumerate(cand.ids)}
         picks = kcenter_greedy(pool[[row[i] for i in short]], labelled, budget, seed=seed)
         return [short[p] for p in picks]
@@ -132,6 +145,7 @@ class ClassBalanceStrategy:
     name = "class_balance"
     needs_scores = True
     needs_model = True
+    needs_embeddings = False
     defaults: ClassVar[dict[str, Any]] = {"weight": 1.0}
 
     def rank(self, cand, budget, seed, params):
@@ -152,36 +166,3 @@ class ClassBalanceStrategy:
 
         scored = [i for i in cand.ids if i in cand.scores]
         return sorted(scored, key=lambda i: (-value(i), i))[:budget]
-
-
-STRATEGIES: dict[str, Strategy] = {
-    s.name: s()
-    for s in (
-        RandomStrategy,
-        UncertaintyStrategy,
-        CoresetStrategy,
-        HybridStrategy,
-        ClassBalanceStrategy,
-    )
-}
-
-
-def get_strategy(name: str) -> Strategy:
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise InputError(
-            f"unknown strategy {name!r}; choose one of: {', '.join(sorted(STRATEGIES))}"
-        ) from None
-
-
-def check_params(strategy: Strategy, params: dict[str, Any]) -> dict[str, Any]:
-    """The strategy's defaults overlaid with `params`; unknown names are refused."""
-    unknown = set(params) - set(strategy.defaults)
-    if unknown:
-        valid = ", ".join(sorted(strategy.defaults)) or "none"
-        raise InputError(
-            f"strategy {strategy.name!r} has no parameter {', '.join(sorted(unknown))}; "
-            f"valid: {valid}"
-        )
-    return {**strategy.defaults, **params}

@@ -119,19 +119,27 @@ def _run(ctx, spec, data, strategy, seed, label_map, on_step) -> dict[str, Any]:
     labelled = set(random.Random(seed).sample(order, sizes[0]))
     _ingest(ctx, name, [by_id[k] for k in sorted(labelled)], label_map)
     points = []
+    previous: str | None = None  # the last step's model artifact (warm starts)
     for step in range(len(sizes)):
         started = time.monotonic()
         dv = freeze(ctx, name).dataset_version_id
-        run = request_run(ctx, dv, overrides=_overrides(spec, seed, len(labelled)))
+        overrides = _overrides(spec, seed, len(labelled))
+        if spec.warm_start and previous is not None:
+            overrides["init_from"] = previous
+            if spec.warm_epochs:
+                overrides["epochs"] = spec.warm_epochs
+        run = request_run(ctx, dv, overrides=overrides)
         mv_id = execute_run(ctx, run.run_id)
         with ctx.db.session() as s:
-            metrics = s.get(ModelVersion, mv_id).metrics
+            mv = s.get(ModelVersion, mv_id)
+            metrics, previous = mv.metrics, mv.artifact_key
         point: dict[str, Any] = {
             "labelled": len(labelled),
             "metric": metric_value(metrics["test"], spec.metric),
             **{m: metric_value(metrics["test"], m) for m in spec.extra_metrics},
             "train_seconds": metrics.get("train_seconds"),
             "epochs": metrics.get("epochs"),
+            "warm": "init_from" in overrides,
         }
         last = step == len(sizes) - 1
         if not last:
@@ -139,7 +147,7 @@ def _run(ctx, spec, data, strategy, seed, label_map, on_step) -> dict[str, Any]:
             t0 = time.monotonic()
             strat = get_strategy(strategy)
             method = spec.methods.get(strategy)
-            diverse = strat.name in ("coreset", "hybrid")  # these need embeddings
+            diverse = strat.needs_embeddings
             if strat.needs_scores or diverse:
                 score_pool(ctx, mv_id, methods=[method] if method else None, embed=diverse)
             rnd = select_round(

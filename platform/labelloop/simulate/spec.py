@@ -66,6 +66,10 @@ class SimulationSpec(BaseModel):
     # this many samples (recipe.repeats = ceil(samples_per_epoch / labelled)).
     samples_per_epoch: int | None = Field(None, ge=1)
     jobs: int = Field(1, ge=1, le=64, description="runs in parallel, one core each")
+    # The loop as users run it: each step after the first fine-tunes the previous step's
+    # model (recipe `init_from`) for `warm_epochs` epochs instead of training from scratch.
+    warm_start: bool = False
+    warm_epochs: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> SimulationSpec:
@@ -73,7 +77,7 @@ class SimulationSpec(BaseModel):
             raise ValueError(f"sizes must increase, got {self.sizes}")
         if self.sizes[0] < 1:
             raise ValueError("the seed set needs at least one image")
-        from labelloop.selection.strategies import STRATEGIES
+        from labelloop.selection.registry import STRATEGIES
 
         unknown = [s for s in self.strategies if s not in STRATEGIES]
         if unknown:

@@ -34,7 +34,8 @@ from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 
 from labelloop.errors import ConfigError
-from labelloop.training.common import Fetch, ManifestDataModule
+from labelloop.training.calibration import Calibration, calibrate
+from labelloop.training.common import Fetch, ManifestDataModule, load_state_dict
 from labelloop.training.recipe import BaseRecipe
 
 Progress = Callable[[dict[str, Any]], None]
@@ -417,6 +418,21 @@ class TrainingPlan:
     # The kind's evaluation of the trained network on the val split (labels, recipe and
     # already loaded samples come from the DataModule).
     evaluate_val: Callable[[nn.Module, Any, Any], dict[str, Any]]
+    # Temperature scaling fitted on the val split after training (see `calibration`);
+    # the fit goes into the val metrics as "calibration".
+    calibration: Calibration | None = None
+
+
+def warm_start(network: nn.Module, weights: bytes, name: str) -> None:
+    """Start from a saved network's weights (read weights-only) instead of from scratch:
+    the loop as users run it fine-tunes the previous round's model on the grown set."""
+    state = load_state_dict(weights)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"warm-start weights {name} do not fit this recipe's network: {exc}"
+        ) from None
 
 
 def train(
@@ -442,6 +458,8 @@ def train(
         dm = plan.build_datamodule(manifest, recipe, fetch)
         has_val = dm.has_val()
         system = plan.build_system(dm, recipe)
+        if recipe.init_from:
+            warm_start(system.network, fetch(recipe.init_from), recipe.init_from)
         result = fit(
             system,
             dm,
@@ -456,6 +474,10 @@ def train(
         weights_path = save_weights(result.state, workdir / WEIGHTS_FILE)
         network = system.network.cpu().eval()
         metrics = plan.evaluate_val(network, dm, recipe) if has_val else {}
+        if has_val and plan.calibration is not None:
+            data = plan.calibration.collect(network, dm, recipe)
+            if data is not None:
+                metrics["calibration"] = calibrate(*data, plan.calibration.mode)
     return TrainOutcome(
         weights_path=weights_path,
         metrics=metrics,

@@ -136,6 +136,14 @@ class ModelKind:
     def default_scoring(self) -> str:
         return kinds.kind_entry(self.task).default_scoring
 
+    def calibrated(
+        self, arrays: dict[str, np.ndarray], temperature: float
+    ) -> dict[str, np.ndarray]:
+        """Prediction (or view) arrays with the kind's probabilities rescaled by the model
+        version's fitted temperature (unchanged at 1.0 or for a kind without calibration)."""
+        cal = self.training.calibration
+        return arrays if cal is None else cal.apply(arrays, temperature)
+
     def train(
         self,
         manifest: dict[str, Any],

@@ -57,6 +57,9 @@ class BaseRecipe(BaseModel):
     encoder: str = "resnet18"
     # None trains from scratch; "imagenet" (smp / timm names) where the machine can fetch it.
     encoder_weights: str | None = None
+    # Warm start: the blob key of a model artifact (a saved network of the same recipe and
+    # labels, e.g. the previous round's model) whose weights this training starts from.
+    init_from: str | None = None
     image_size: int = Field(128, ge=32, le=4096)
     batch_size: int = Field(8, ge=1, le=1024)
     epochs: int = Field(45, ge=1, le=10_000)

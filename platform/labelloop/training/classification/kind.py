@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from labelloop.training.classification.calibrate import CALIBRATION
 from labelloop.training.classification.data import ClassificationDataModule
 from labelloop.training.classification.evaluate import evaluate_classification, evaluate_samples
 from labelloop.training.classification.network import build_classifier
@@ -50,6 +51,7 @@ KIND = ModelKind(
         build_datamodule=ClassificationDataModule,
         build_system=_system,
         evaluate_val=_evaluate_val,
+        calibration=CALIBRATION,
     ),
     load=_load,
     evaluate=evaluate_classification,

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from labelloop.training.detection.calibrate import CALIBRATION
 from labelloop.training.detection.data import DetectionDataModule
 from labelloop.training.detection.evaluate import evaluate_detection
 from labelloop.training.detection.network import build_detector
@@ -42,6 +43,7 @@ KIND = ModelKind(
         build_datamodule=DetectionDataModule,
         build_system=_system,
         evaluate_val=_evaluate_val,
+        calibration=CALIBRATION,
     ),
     load=_load,
     evaluate=evaluate_detection,

@@ -10,6 +10,7 @@ from torch import nn
 
 from labelloop.training.harness import TrainingPlan
 from labelloop.training.kind import ModelKind
+from labelloop.training.segmentation.calibrate import CALIBRATION
 from labelloop.training.segmentation.data import SegmentationDataModule
 from labelloop.training.segmentation.evaluate import evaluate_segmentation
 from labelloop.training.segmentation.network import build_network, output_channels
@@ -48,6 +49,7 @@ KIND = ModelKind(
         build_datamodule=SegmentationDataModule,
         build_system=_system,
         evaluate_val=_evaluate_val,
+        calibration=CALIBRATION,
     ),
     load=_load,
     evaluate=evaluate_segmentation,

@@ -1,0 +1,60 @@
+"""The strategies by name: what `select --strategy`, pipeline parameters and simulations
+name. A typo fails listing the valid names; parameters are checked against defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from labelloop.errors import InputError
+from labelloop.selection.combined import (
+    BadgeStrategy,
+    ClusterMarginStrategy,
+    CountUncertaintyStrategy,
+    DetectionAwareStrategy,
+    TypicalityStrategy,
+)
+from labelloop.selection.strategies import (
+    ClassBalanceStrategy,
+    CoresetStrategy,
+    HybridStrategy,
+    RandomStrategy,
+    Strategy,
+    UncertaintyStrategy,
+)
+
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s()
+    for s in (
+        RandomStrategy,
+        UncertaintyStrategy,
+        CoresetStrategy,
+        HybridStrategy,
+        ClassBalanceStrategy,
+        BadgeStrategy,
+        ClusterMarginStrategy,
+        DetectionAwareStrategy,
+        TypicalityStrategy,
+        CountUncertaintyStrategy,
+    )
+}
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise InputError(
+            f"unknown strategy {name!r}; choose one of: {', '.join(sorted(STRATEGIES))}"
+        ) from None
+
+
+def check_params(strategy: Strategy, params: dict[str, Any]) -> dict[str, Any]:
+    """The strategy's defaults overlaid with `params`; unknown names are refused."""
+    unknown = set(params) - set(strategy.defaults)
+    if unknown:
+        valid = ", ".join(sorted(strategy.defaults)) or "none"
+        raise InputError(
+            f"strategy {strategy.name!r} has no parameter {', '.join(sorted(unknown))}; "
+            f"valid: {valid}"
+        )
+    return {**strategy.defaults, **params}

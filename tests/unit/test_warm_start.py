@@ -1,0 +1,71 @@
+"""Warm starts: a training that begins from a saved network (the previous round's model),
+as users run the loop, and simulations that step that way."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from labelloop.errors import ConfigError
+from labelloop.simulate import SimulationData, simulate
+from labelloop.simulate.__init__ import spec_hash
+from labelloop.training.segmentation.kind import KIND
+from labelloop.training.segmentation.recipe import SegmentationRecipe
+from tests.unit.segmentation_fixtures import make_manifest
+from tests.unit.test_simulate import _records, _spec
+
+TINY = {
+    "encoder": "resnet18",
+    "encoder_depth": 3,
+    "decoder_channels": [16, 16, 8],
+    "image_size": 64,
+    "batch_size": 4,
+}
+
+
+def test_a_training_starts_from_the_given_weights(tmp_path):
+    manifest, blobs = make_manifest({"train": 4, "val": 1})
+    first = KIND.train(
+        manifest, SegmentationRecipe(epochs=2, **TINY), blobs.__getitem__, tmp_path / "a"
+    )
+    blobs["models/prev.pt"] = first.weights_path.read_bytes()
+    # A learning rate too small to move anything: the result is the starting point.
+    recipe = SegmentationRecipe(epochs=1, lr=1e-12, init_from="models/prev.pt", **TINY)
+    warm = KIND.train(manifest, recipe, blobs.__getitem__, tmp_path / "b")
+    a = torch.load(first.weights_path, weights_only=True)
+    b = torch.load(warm.weights_path, weights_only=True)
+    # Parameters only: batch-norm running statistics follow the data in train mode.
+    params = [k for k in a if a[k].is_floating_point() and "running" not in k]
+    moved = max((a[k] - b[k]).abs().max().item() for k in params)
+    assert moved < 1e-4
+    cold = KIND.train(
+        manifest, recipe.model_copy(update={"init_from": None}), blobs.__getitem__, tmp_path / "c"
+    )
+    assert warm.metrics["mean_dice"] > cold.metrics["mean_dice"]
+    # Weights of another network are refused, naming them.
+    other = SegmentationRecipe(
+        epochs=1, **{**TINY, "encoder_depth": 4, "decoder_channels": [16, 16, 8, 8]}
+    )
+    o = KIND.train(manifest, other, blobs.__getitem__, tmp_path / "d")
+    blobs["models/other.pt"] = o.weights_path.read_bytes()
+    with pytest.raises(ConfigError, match=r"warm-start weights models/other\.pt do not fit"):
+        KIND.train(
+            manifest,
+            recipe.model_copy(update={"init_from": "models/other.pt"}),
+            blobs.__getitem__,
+            tmp_path / "e",
+        )
+
+
+def test_a_warm_started_simulation_fine_tunes_each_step(tmp_path):
+    data = SimulationData(_records(8, 0, "p"), _records(3, 1, "t"))
+    spec = _spec(
+        strategies=["random"], seeds=[0], include_full=False, warm_start=True, warm_epochs=1
+    )
+    summary = simulate(spec, tmp_path / "out", data)
+    (run,) = summary["runs"]
+    assert [p["warm"] for p in run["points"]] == [False, True, True]
+    assert all(0 <= p["metric"] <= 1 for p in run["points"])
+    # Specs that do not ask for warm starts keep the hash their finished runs were stored under.
+    assert spec_hash(_spec()) == spec_hash(_spec(warm_start=False))
+    assert spec_hash(_spec()) != spec_hash(_spec(warm_start=True))
