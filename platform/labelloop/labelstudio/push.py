@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from labelloop.context import Context
+from labelloop.domain import Mask, Shape
 from labelloop.errors import ConfigError, ExternalServiceError, InputError
+from labelloop.geometry import mask_polygons
 from labelloop.labelstudio.client import PAGE_SIZE, LabelStudioClient
 from labelloop.labelstudio.convert import shapes_to_results
 from labelloop.labelstudio.label_config import CONTROL_KINDS, parse_label_config, task_label_config
@@ -168,15 +170,28 @@ def controls_for(config_xml: str) -> tuple[dict[str, str], str]:
 def _round_results(batch: RoundBatch) -> tuple[str, list[list[dict]]]:
     """The labeling config a round's project gets (its labels, a control per shape kind
     of its task) and, per spec, the prediction as results of that config."""
-    config = task_label_config(batch.labels, batch.task)
+    config = task_label_config(batch.labels, batch.task, batch.draw)
     controls, to_name = controls_for(config)
     results = [
-        shapes_to_results(sp.shapes, sp.width, sp.height, controls=controls, to_name=to_name)
+        shapes_to_results(
+            drawable(sp.shapes, controls), sp.width, sp.height, controls=controls, to_name=to_name
+        )
         if sp.shapes
         else []
         for sp in batch.specs
     ]
     return config, results
+
+
+def drawable(shapes: Sequence[Shape], controls: dict[str, str]) -> list[Shape]:
+    """The prediction in the tool the project draws with: a predicted mask becomes
+    polygons when the config has a polygon control and no brush."""
+    if "mask" in controls or "polygon" not in controls:
+        return list(shapes)
+    out: list[Shape] = []
+    for s in shapes:
+        out += mask_polygons(s) if isinstance(s, Mask) else [s]
+    return out
 
 
 def _prediction(spec: TaskSpec, result: list[dict], model_version: str | None) -> dict | None:
