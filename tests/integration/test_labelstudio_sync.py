@@ -273,9 +273,7 @@ def test_cli_reports_json_and_never_prints_the_token(tmp_path, labelstudio, clie
     assert "HTTP 401" in r.output and "0" * 40 not in r.output
 
 
-def test_shapes_a_segmentation_model_cannot_learn_from_are_refused(
-    ctx, labelstudio, client, sync
-):
+def test_shapes_a_segmentation_model_cannot_learn_from_are_refused(ctx, labelstudio, client, sync):
     """A rectangle drawn in a segmentation project says where a cell is, not its pixels:
     the sync refuses it by name instead of training on an image that looks unannotated."""
     with ctx.db.session() as s:
