@@ -167,3 +167,28 @@ def test_celery_round_to_labelstudio_is_idempotent(
     assert len(ls.tasks(project_id)) == 4
     assert all(len(ls.predictions(task["id"])) == 1 for task in ls.tasks(project_id))
     assert sum(v["data"]["title"].startswith("Round ") for v in ls.views(project_id)) == 1
+
+
+def test_an_image_where_the_model_found_nothing_gets_an_empty_prediction(labelstudio, tmp_path):
+    """'Found nothing' is a prediction (no regions, a model version and a score), not the
+    absence of one, both in a new task and when a task is refreshed."""
+    from labelloop.labelstudio.label_config import task_label_config
+    from labelloop.labelstudio.push import PushTask, _prediction, push_tasks
+    from labelloop.push.stage import TaskSpec
+
+    spec = TaskSpec(1, "a" * 64, "k.png", 64, 48, rank=1, uncertainty=0.25, counts={})
+    empty = _prediction(spec, [], "det-v3")
+    assert empty == {"model_version": "det-v3", "score": 0.75, "result": []}
+    unscored = TaskSpec(2, "b" * 64, "k.png", 64, 48, rank=2, uncertainty=None, counts={})
+    assert _prediction(unscored, [], "det-v3") is None
+
+    ls = LabelStudioClient(labelstudio.url, labelstudio.token)
+    project = ls.ensure_project("found nothing", task_label_config(["RBC", "WBC"], "detection"))
+    task = PushTask(key="nothing", filename="n.png", image_bytes=png(64, 48), prediction=empty)
+    task_id = push_tasks(ls, project, [task])["nothing"]
+    preds = ls.predictions(task_id)
+    assert [(p["model_version"], p["score"], p["result"]) for p in preds] == [("det-v3", 0.75, [])]
+    again = PushTask(key="nothing", filename="n.png", image_bytes=png(64, 48), prediction=empty)
+    push_tasks(ls, project, [again])
+    assert len(ls.predictions(task_id)) == 1
+    assert ls.sdk.projects.get(project).model_version == "det-v3"

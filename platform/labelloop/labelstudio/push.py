@@ -191,12 +191,21 @@ def drawable(shapes: Sequence[Shape], controls: dict[str, str]) -> list[Shape]:
 
 
 def _prediction(spec: TaskSpec, result: list[dict], model_version: str | None) -> dict | None:
-    if not result:
+    """The task's prediction. An image the model read and found nothing in still gets one
+    (no regions, with its model version and score): "found nothing" must not look like
+    "no model". Only an image no model scored gets none."""
+    if not result and spec.uncertainty is None:
         return None
     return {"model_version": model_version, "score": confidence(spec.uncertainty), "result": result}
 
 
 def confidence(uncertainty: float | None) -> float | None:
+    """The task-level score: 1 − the round's uncertainty, i.e. how sure the model is of its
+    whole reading of the image under the method the round is ranked by. It is not an
+    average of the region scores: each region carries its own (the model's belief that
+    it is a cell of that class), and e.g. for detection's `least_confidence_max` the task
+    score is how far the most doubtful region is from a coin flip, so regions all at
+    0.06-0.12 (likely not cells) give a task score of about 0.76. Tasks sort by it."""
     return None if uncertainty is None else round(max(0.0, min(1.0, 1.0 - uncertainty)), 6)
 
 
