@@ -26,6 +26,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request, status
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
@@ -46,6 +47,11 @@ from labelloop.projects import get_project
 from labelloop.storage import sha256_bytes
 
 CACHE_SIZE = 4096  # predictions kept in memory, per process
+
+
+def backend_url(base_url: str, project_name: str) -> str:
+    """The ML backend URL Label Studio is given for a project."""
+    return f"{base_url.rstrip('/')}/ml/{quote(project_name, safe='')}"
 
 
 @dataclass(frozen=True)
@@ -236,6 +242,8 @@ def _run_model(
 # -- the router ---------------------------------------------------------------------------
 
 basic = HTTPBasic(auto_error=False, description="password: LABELLOOP_WEBHOOK_SECRET")
+# Label Studio sends the basic-auth user `labelloop labelstudio connect` registered; only
+# the password (the webhook secret) is checked.
 
 
 def _ctx(request: Request) -> Context:
