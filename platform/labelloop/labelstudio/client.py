@@ -131,7 +131,12 @@ class LabelStudioClient:
         )
         same = next((b for b in found if b.url == url and b.id is not None), None)
         if same is not None:
-            self.call(f"PATCH /api/ml/{same.id}", lambda: self.sdk.ml.update(same.id, **fields))
+            # The project goes along: Label Studio 1.23 re-runs /setup on update and fails
+            # (HTTP 500) when the PATCH does not name it.
+            self.call(
+                f"PATCH /api/ml/{same.id}",
+                lambda: self.sdk.ml.update(same.id, project=project_id, **fields),
+            )
             backend_id, created = same.id, False
         else:
             made = self.call(
