@@ -36,6 +36,30 @@ def mask_shape(mask: np.ndarray, label: str) -> Mask:
     return Mask(label=label, size=size, counts=counts)
 
 
+def mask_polygons(mask: Mask, min_area: float = 4.0, tolerance: float = 1.0) -> list[Polygon]:
+    """A mask as polygons, one per outer contour (holes dropped): what a project that
+    draws polygons is shown as pre-annotations. `tolerance` is the Douglas-Peucker
+    distance in pixels; contours smaller than `min_area` pixels are left out."""
+    import cv2
+
+    m = decode_mask(mask.size, mask.counts).astype(np.uint8)
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out = []
+    for c in contours:
+        if cv2.contourArea(c) < min_area:
+            continue
+        pts = cv2.approxPolyDP(c, tolerance, True).reshape(-1, 2)
+        if len(pts) >= 3:
+            out.append(
+                Polygon(
+                    label=mask.label,
+                    attributes=mask.attributes,
+                    points=[(float(x), float(y)) for x, y in pts],
+                )
+            )
+    return out
+
+
 def box_corners(b: Box) -> list[tuple[float, float]]:
     """Four corners of a (possibly rotated) box; rotation is around the top-left corner."""
     t = math.radians(b.rotation)

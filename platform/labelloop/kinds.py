@@ -33,8 +33,23 @@ class KindEntry:
     default_scoring: str  # a method of that module: what rounds rank by unless told
     # A key of the kind's evaluation, higher is better: what the promotion gate compares.
     primary_metric: str
-    # Canonical shape kinds annotators draw for it: one labeling-config control each.
+    # Canonical shape kinds annotators may draw for it. The labeling config has ONE control
+    # (the project's `draw` setting, else the first): several controls with the same labels
+    # show annotators the same label row several times without saying which tool each is.
     label_kinds: tuple[str, ...]
+    # Shape kinds its training reads; a sync refuses others (they would be dropped silently).
+    trainable_kinds: frozenset[str]
+
+    def draw_kind(self, choice: str | None = None) -> str:
+        """The shape kind a project's annotators draw: `choice` (a project setting), else
+        the kind's default; ConfigError naming the valid ones."""
+        if choice is None:
+            return self.label_kinds[0]
+        if choice not in self.label_kinds:
+            raise ConfigError(
+                f"a {self.name} project draws {' or '.join(self.label_kinds)}, not {choice!r}"
+            )
+        return choice
 
 
 KINDS: tuple[KindEntry, ...] = (
@@ -45,7 +60,9 @@ KINDS: tuple[KindEntry, ...] = (
         scoring="labelloop.scoring.segmentation",
         default_scoring="entropy_mean",
         primary_metric="mean_dice",
-        label_kinds=("mask", "polygon", "box"),
+        label_kinds=("mask", "polygon"),  # brush unless the project says polygons
+        # A box says where a cell is, not which pixels are it: never a segmentation target.
+        trainable_kinds=frozenset({"mask", "polygon", "ellipse"}),
     ),
     KindEntry(
         name="detection",
@@ -55,7 +72,9 @@ KINDS: tuple[KindEntry, ...] = (
         # The least confident kept box decides: one doubtful cell is worth an annotator's look.
         default_scoring="least_confidence_max",
         primary_metric="map50",
-        label_kinds=("box", "keypoint"),
+        label_kinds=("box",),
+        # Any shape with an extent gives a box; a keypoint has none.
+        trainable_kinds=frozenset({"box", "polygon", "mask", "ellipse"}),
     ),
     KindEntry(
         name="classification",
@@ -66,6 +85,8 @@ KINDS: tuple[KindEntry, ...] = (
         # Macro-F1, not accuracy: a model that calls every cell an RBC is 86% accurate on BCCD.
         primary_metric="macro_f1",
         label_kinds=("tag",),
+        # An image's class, or one crop per annotated region.
+        trainable_kinds=frozenset({"tag", "box", "polygon", "mask", "ellipse"}),
     ),
 )
 

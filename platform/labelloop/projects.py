@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session
 
 from labelloop.db.models import LabelClass, Project
 from labelloop.domain import TaskKind
-from labelloop.errors import InputError, NotFoundError
+from labelloop.errors import ConfigError, InputError, NotFoundError
+from labelloop.kinds import kind_entry
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 PALETTE = {"RBC": "#e53935", "WBC": "#8e24aa", "Platelets": "#fb8c00"}
@@ -62,3 +63,19 @@ def get_project(s: Session, name: str) -> Project:
 
 def label_names(project: Project) -> list[str]:
     return [lc.name for lc in project.labels]
+
+
+def draw_kind(project: Project) -> str:
+    """The shape kind the project's annotators draw (its `draw` setting, else the task's
+    default): what its Label Studio labeling config offers as the one tool."""
+    return kind_entry(project.task).draw_kind((project.settings or {}).get("draw"))
+
+
+def set_draw(project: Project, kind: str) -> None:
+    """Choose the tool annotators draw with (e.g. polygons instead of the brush for a
+    segmentation project); InputError names the kinds the task allows."""
+    try:
+        kind_entry(project.task).draw_kind(kind)
+    except ConfigError as exc:
+        raise InputError(str(exc)) from None
+    project.settings = {**(project.settings or {}), "draw": kind}

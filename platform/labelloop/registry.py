@@ -231,3 +231,46 @@ def consider_promotion(ctx: Context, model_version_id: int) -> bool:
         )
         return True
     return False
+
+
+ROUND_MODELS = ("production", "candidate")
+
+
+@dataclass(frozen=True)
+class RoundModel:
+    """The model version a round is scored, selected and pre-annotated with, and why."""
+
+    id: int
+    name: str
+    reason: str
+
+
+def round_model(ctx: Context, trained_id: int, use: str = "production") -> RoundModel:
+    """Which model a round after training uses: production, unless the caller asks for
+    the candidate. A candidate that lost the promotion gate must never reach annotators
+    by default: its predictions are what they correct, and the gate just said they are
+    worse. Without any production model (nothing promoted yet) the candidate is all
+    there is, and the reason says so."""
+    if use not in ROUND_MODELS:
+        raise InputError(f"round model must be one of {', '.join(ROUND_MODELS)}, got {use!r}")
+    with ctx.db.session() as s:
+        trained = s.get(ModelVersion, trained_id)
+        if trained is None:
+            raise NotFoundError(f"no model version with id {trained_id}")
+        project_id, trained_name, trained_stage = trained.project_id, trained.name, trained.stage
+    if use == "candidate":
+        return RoundModel(trained_id, trained_name, f"requested: the trained model {trained_name}")
+    if trained_stage == Stage.production:
+        return RoundModel(trained_id, trained_name, f"production: {trained_name} was promoted")
+    prod_id = production_model(ctx, project_id)
+    if prod_id is None:
+        return RoundModel(
+            trained_id, trained_name, f"no production model; using the candidate {trained_name}"
+        )
+    with ctx.db.session() as s:
+        prod_name = s.get(ModelVersion, prod_id).name
+    return RoundModel(
+        prod_id,
+        prod_name,
+        f"production: {prod_name} (the candidate {trained_name} was not promoted)",
+    )

@@ -271,3 +271,26 @@ def test_cli_reports_json_and_never_prints_the_token(tmp_path, labelstudio, clie
     r = runner.invoke(app, [*args, "--ls-project", str(ls_project)])
     assert r.exit_code == 2
     assert "HTTP 401" in r.output and "0" * 40 not in r.output
+
+
+def test_shapes_a_segmentation_model_cannot_learn_from_are_refused(ctx, labelstudio, client, sync):
+    """A rectangle drawn in a segmentation project says where a cell is, not its pixels:
+    the sync refuses it by name instead of training on an image that looks unannotated."""
+    with ctx.db.session() as s:
+        create_project(s, "cells", "segmentation", ["RBC", "WBC"])
+    ls_project, (t1, t2, _) = _ls_project(labelstudio, client, ["RBC", "WBC"], 2)
+    client.annotations.create(t1, result=[poly("RBC", [[10, 10], [40, 10], [25, 40]])])
+    client.annotations.create(t2, result=[rect("WBC", 5, 5, 20, 20, rid="r2")])
+
+    with pytest.raises(InputError) as err:
+        sync("cells", ls_project)
+    message = str(err.value)
+    assert f"task {t2}" in message and "rectanglelabels" not in message
+    assert "1 box shape(s) (WBC) cannot train a segmentation model" in message
+    assert "mask or polygon tool" in message and "--skip-invalid" in message
+    assert _counts(ctx) == {"Image": 0, "SourceItem": 0, "Annotation": 0}
+
+    report = sync("cells", ls_project, skip_invalid=True)
+    assert report.ingest.annotations_new == 1
+    assert [sk.record.split(" / ")[0] for sk in report.ingest.skipped] == [f"task {t2}"]
+    assert {k: [s.kind for s in v] for k, v in _current(ctx).items()} == {str(t1): ["polygon"]}

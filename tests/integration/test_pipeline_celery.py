@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -151,3 +152,50 @@ def test_every_model_kind_trains_through_the_worker(
         assert mv.recipe["task"] == task and mv.stage == "production"
         assert mv.metrics["primary_metric"] == ("map50" if task == "detection" else "macro_f1")
         assert s.get(TrainingRun, out["training_run_id"]).status == "succeeded"
+
+
+def test_a_candidate_that_loses_the_gate_never_scores_or_pushes_the_round(
+    service_settings, start_worker, celery_app, tmp_path
+):
+    """A pipeline run trains a candidate that loses the promotion gate: the round is
+    scored, selected and pushed with production, and the run says which model and why."""
+    from labelloop.pipelines.dispatch import launch
+    from labelloop.pipelines.runs import PipelineParams, request_pipeline
+    from labelloop_workers.dispatch import CeleryDispatcher
+    from tests.factories import TINY_RECIPE, trained_project
+
+    ctx = Context(service_settings)
+    set_context(ctx)
+    _, prod = trained_project(ctx, "celery-gate", tmp_path, labelled=6, pool=5, pool_seed=300)
+    with ctx.db.session() as s:
+        mv = s.get(ModelVersion, prod)
+        assert mv.stage == "production"
+        # Production's stored test Dice is the best there is: no candidate can beat it on
+        # the same test split, so the gate keeps production.
+        mv.metrics = {**mv.metrics, "test": {**mv.metrics["test"], "mean_dice": 1.0}}
+        prod_name = mv.name
+    start_worker()
+    req = request_pipeline(
+        ctx,
+        "celery-gate",
+        trigger="api",
+        params=PipelineParams(
+            budget=2, push_to="file", sync=False, recipe={**TINY_RECIPE, "seed": 7}
+        ),
+    )
+    launch(ctx, CeleryDispatcher(service_settings), req)
+    run = _wait_pipeline(ctx, req.run_id, timeout=600)
+    assert run["status"] == "succeeded", run
+    candidate = run["model_version_id"]
+    assert candidate != prod
+    assert run["round_model"]["id"] == prod and run["round_model"]["name"] == prod_name
+    assert "was not promoted" in run["round_model"]["reason"]
+    with ctx.db.session() as s:
+        assert s.get(ModelVersion, candidate).stage == "candidate"
+        rnd = s.get(AnnotationRound, run["state"]["round_id"])
+        assert rnd.model_version_id == prod
+        push = s.scalar(select(Push).where(Push.round_id == rnd.id))
+    assert _count(ctx, Score, Score.model_version_id == candidate) == 0
+    tasks = json.loads((Path(push.destination) / "tasks.json").read_text())
+    versions = {p["model_version"] for t in tasks for p in t.get("predictions", [])}
+    assert versions == {prod_name}

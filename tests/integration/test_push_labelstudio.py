@@ -65,11 +65,19 @@ def test_cli_push_creates_tasks_with_predictions(labelstudio, tmp_path, monkeypa
     assert len(tasks) == 3
     by_image = {str(t["data"]["labelloop_image_id"]): t for t in tasks}
     assert set(by_image) == {str(i) for i, _, _ in rnd.items}
-    for image_id, _rank, score in rnd.items:
+    for image_id, rank, score in rnd.items:
         task = by_image[str(image_id)]
         assert task["data"]["labelloop_round"] == rnd.number
         assert task["data"]["labelloop_batch"] == rnd.batches[image_id]
-        assert task["data"]["uncertainty"] == pytest.approx(score)
+        assert task["data"]["rank"] == rank
+        # Three digits: what an annotator reads; the rank keeps the exact order.
+        assert task["data"]["uncertainty"] == round(score, 3)
+        assert {k for k in task["data"] if k.startswith("pred_")} == {
+            "pred_RBC",
+            "pred_WBC",
+            "pred_Platelets",
+        }
+        assert all(isinstance(task["data"][f"pred_{c}"], int) for c in ("RBC", "WBC"))
         assert str(task["id"]) == out["id_map"][str(image_id)]
         preds = ls.predictions(task["id"])
         assert len(preds) == 1
@@ -79,17 +87,27 @@ def test_cli_push_creates_tasks_with_predictions(labelstudio, tmp_path, monkeypa
         assert shapes and all(s.kind == "mask" for s in shapes)
 
     # The project shows this model's predictions; the round has a Data Manager tab (and
-    # one per annotator batch) that opens on the least confident image.
+    # one per annotator batch) sorted by rank, with numeric columns and our fields hidden.
     assert ls.sdk.projects.get(project_id).model_version == out["model_version"]
     views = {v["data"]["title"]: v for v in ls.views(project_id)}
-    title = f"labelloop round {rnd.number}"
-    assert {title, f"{title} · batch 1", f"{title} · batch 2"} <= set(views)
-    assert views[title]["data"]["ordering"] == ["-tasks:data.uncertainty"]
-    ordered = [t.id for t in ls.sdk.tasks.list(project=project_id, view=views[title]["id"])]
+    title = f"Round {rnd.number}"
+    assert {title, f"{title} · B1", f"{title} · B2"} <= set(views)
+    tab = views[title]["data"]
+    assert tab["ordering"] == ["tasks:data.rank"]
+    assert tab["columnsDisplayType"]["tasks:data.uncertainty"] == "Number"
+    assert tab["columnsDisplayType"]["tasks:data.pred_WBC"] == "Number"
+    for hidden in (tab["hiddenColumns"]["explore"], tab["hiddenColumns"]["labeling"]):
+        assert {"tasks:data.labelloop_key", "tasks:inner_id", "tasks:file_upload"} <= set(hidden)
+        assert not {"tasks:predictions_score", "tasks:data.image", "tasks:data.rank"} & set(hidden)
+    listed = list(ls.sdk.tasks.list(project=project_id, view=views[title]["id"], fields="all"))
     expected = [int(out["id_map"][str(i)]) for i, _, _ in rnd.items]  # rank order
-    assert ordered == expected
+    assert [t.id for t in listed] == expected
+    # The columns a tab shows are computed by Label Studio without opening a task.
+    row = listed[0].model_dump()
+    assert row["predictions_score"] == pytest.approx(1 - rnd.items[0][2], abs=1e-5)
+    assert out["model_version"] in str(row["predictions_model_versions"])
     batch2 = [
-        t.id for t in ls.sdk.tasks.list(project=project_id, view=views[f"{title} · batch 2"]["id"])
+        t.id for t in ls.sdk.tasks.list(project=project_id, view=views[f"{title} · B2"]["id"])
     ]
     assert batch2 == [int(out["id_map"][str(i)]) for i, _, _ in rnd.items if rnd.batches[i] == 2]
 
@@ -99,6 +117,16 @@ def test_cli_push_creates_tasks_with_predictions(labelstudio, tmp_path, monkeypa
     assert len(ls.tasks(project_id)) == 3
     assert all(len(ls.predictions(t["id"])) == 1 for t in ls.tasks(project_id))
     assert len(ls.views(project_id)) == len(views)  # tabs updated, not duplicated
+
+    # Once the round is closed, the next round's push removes its tabs (and only those).
+    from labelloop.db.models import AnnotationRound
+
+    with ctx.db.session() as s:
+        s.get(AnnotationRound, rnd.round_id).status = "done"
+    nxt = select_round(ctx, "ls-push", budget=2, model_version_id=mv)
+    assert runner.invoke(app, args).exit_code == 0
+    titles = {v["data"]["title"] for v in ls.views(project_id)}
+    assert f"Round {nxt.number}" in titles and not any(t.startswith(title) for t in titles)
 
 
 def test_celery_round_to_labelstudio_is_idempotent(
@@ -138,4 +166,29 @@ def test_celery_round_to_labelstudio_is_idempotent(
     assert second["round_id"] == first["round_id"]
     assert len(ls.tasks(project_id)) == 4
     assert all(len(ls.predictions(task["id"])) == 1 for task in ls.tasks(project_id))
-    assert sum(v["data"]["title"].startswith("labelloop round") for v in ls.views(project_id)) == 1
+    assert sum(v["data"]["title"].startswith("Round ") for v in ls.views(project_id)) == 1
+
+
+def test_an_image_where_the_model_found_nothing_gets_an_empty_prediction(labelstudio, tmp_path):
+    """'Found nothing' is a prediction (no regions, a model version and a score), not the
+    absence of one, both in a new task and when a task is refreshed."""
+    from labelloop.labelstudio.label_config import task_label_config
+    from labelloop.labelstudio.push import PushTask, _prediction, push_tasks
+    from labelloop.push.stage import TaskSpec
+
+    spec = TaskSpec(1, "a" * 64, "k.png", 64, 48, rank=1, uncertainty=0.25, counts={})
+    empty = _prediction(spec, [], "det-v3")
+    assert empty == {"model_version": "det-v3", "score": 0.75, "result": []}
+    unscored = TaskSpec(2, "b" * 64, "k.png", 64, 48, rank=2, uncertainty=None, counts={})
+    assert _prediction(unscored, [], "det-v3") is None
+
+    ls = LabelStudioClient(labelstudio.url, labelstudio.token)
+    project = ls.ensure_project("found nothing", task_label_config(["RBC", "WBC"], "detection"))
+    task = PushTask(key="nothing", filename="n.png", image_bytes=png(64, 48), prediction=empty)
+    task_id = push_tasks(ls, project, [task])["nothing"]
+    preds = ls.predictions(task_id)
+    assert [(p["model_version"], p["score"], p["result"]) for p in preds] == [("det-v3", 0.75, [])]
+    again = PushTask(key="nothing", filename="n.png", image_bytes=png(64, 48), prediction=empty)
+    push_tasks(ls, project, [again])
+    assert len(ls.predictions(task_id)) == 1
+    assert ls.sdk.projects.get(project).model_version == "det-v3"

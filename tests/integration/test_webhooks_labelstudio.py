@@ -21,7 +21,7 @@ from labelloop.labelstudio.client import LabelStudioClient
 from labelloop.labelstudio.push import PushTask, push_tasks
 from labelloop.labelstudio.webhooks import ACTIONS, SECRET_HEADER
 from labelloop.projects import create_project
-from tests.factories import png, poly, rect
+from tests.factories import png, poly
 from tests.integration.services import ApiServer, wait_for
 from tests.support import REPO
 
@@ -114,8 +114,9 @@ def test_a_burst_of_annotations_in_label_studio_retrains_once(
             client.annotations.create(
                 task,
                 result=[
-                    rect("RBC", 10, 10, 25, 30, rid=f"r{i}"),
-                    rect("WBC", 50, 40, 30, 30, rid=f"w{i}"),
+                    # A segmentation project learns from regions, not boxes.
+                    poly("RBC", [[10, 10], [35, 10], [35, 40], [10, 40]], rid=f"r{i}"),
+                    poly("WBC", [[50, 40], [80, 40], [80, 70], [50, 70]], rid=f"w{i}"),
                     poly("Platelets", [[70, 70], [85, 70], [80, 85]], rid=f"p{i}"),
                 ],
             ).id
@@ -149,7 +150,9 @@ def test_a_burst_of_annotations_in_label_studio_retrains_once(
             assert shown["webhook_events"] == 8 and shown["model_version_id"] == mv.id
 
         # An edit and a deletion are recorded too; two events stay below the threshold.
-        client.annotations.update(annotations[0], result=[rect("RBC", 20, 10, 25, 30)])
+        client.annotations.update(
+            annotations[0], result=[poly("RBC", [[20, 10], [45, 10], [30, 40]])]
+        )
         client.annotations.delete(annotations[1])
         with ctx.db.session() as s:
             later = s.execute(

@@ -68,6 +68,17 @@ def test_unknown_task_is_exit_2_with_choices():
     assert "unknown task 'tracking'" in r.output and "segmentation" in r.output
 
 
+def test_project_draw_chooses_one_tool_of_the_task(tmp_path):
+    run("project", "create", "seg", "--task", "segmentation", "--labels", "RBC")
+    r = run("project", "draw", "seg", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["draw"] == "mask"
+    r = run("project", "draw", "seg", "polygon", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["draw"] == "polygon"
+    assert json.loads(run("project", "draw", "seg", "--json").stdout)["draw"] == "polygon"
+    r = run("project", "draw", "seg", "box")
+    assert r.exit_code == 2 and "draws mask or polygon, not 'box'" in r.output
+
+
 def test_missing_project_names_existing_ones(tmp_path):
     run("project", "create", "alpha", "--task", "segmentation", "--labels", "A")
     r = run("status", "--project", "beta", "--json")

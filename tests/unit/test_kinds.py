@@ -14,7 +14,12 @@ import labelloop
 from labelloop.domain import TaskKind
 from labelloop.errors import ConfigError
 from labelloop.kinds import KINDS, TASKS, kind_entry
-from labelloop.labelstudio.label_config import KIND_CONTROLS, parse_label_config, task_label_config
+from labelloop.labelstudio.label_config import (
+    CONTROL_KINDS,
+    KIND_CONTROLS,
+    parse_label_config,
+    task_label_config,
+)
 from labelloop.scoring import available_methods
 from labelloop.scoring.stage import default_method
 from labelloop.training.kind import get_kind
@@ -66,7 +71,10 @@ def test_every_entry_names_code_that_exists(task):
     assert kind.primary_metric == entry.primary_metric
     assert set(entry.label_kinds) <= set(KIND_CONTROLS)
     config = parse_label_config(task_label_config(["A", "B"], task))
-    assert len(config.controls) == len(entry.label_kinds) and config.labels == ["A", "B"]
+    # One control, so each label appears once, with the tool the task draws by default.
+    assert len(config.controls) == 1 and config.labels == ["A", "B"]
+    assert CONTROL_KINDS[config.controls[0].type.lower()] == entry.label_kinds[0]
+    assert set(entry.label_kinds) <= entry.trainable_kinds
 
 
 def test_an_unknown_task_names_the_valid_ones():

@@ -60,7 +60,8 @@ def test_scores_select_and_push_file(ctx, trained, tmp_path):
     tasks = json.loads((folder / "tasks.json").read_text())
     assert len(tasks) == 4 and pushed.id_map
     config = parse_label_config((folder / "label_config.xml").read_text())
-    assert {c.type.lower() for c in config.controls} >= {"brushlabels", "rectanglelabels"}
+    # One control: each label once, with the brush (a segmentation project's default).
+    assert [c.type.lower() for c in config.controls] == ["brushlabels"]
     for t in tasks:
         assert (folder / t["data"]["image"].split("?d=")[1]).is_file()
         pred = t["predictions"][0]
@@ -88,6 +89,23 @@ def test_scores_select_and_push_file(ctx, trained, tmp_path):
         pred = results_to_shapes(t["predictions"][0]["result"], file="tasks.json", record="t")
         got = rec.annotations[0].shapes if rec.annotations else []
         assert sorted(s.label for s in got) == sorted(s.label for s in pred)
+
+    # A project that draws polygons gets a polygon tool and its predictions as polygons.
+    from labelloop.projects import get_project, set_draw
+
+    with ctx.db.session() as s:
+        set_draw(get_project(s, "loop"), "polygon")
+        with pytest.raises(InputError, match="draws mask or polygon, not 'box'"):
+            set_draw(get_project(s, "loop"), "box")
+    again = Path(push_round(ctx, first.round_id, "file", out_dir=tmp_path / "poly").destination)
+    config = parse_label_config((again / "label_config.xml").read_text())
+    assert [c.type.lower() for c in config.controls] == ["polygonlabels"]
+    masks = sum(len(t["predictions"][0]["result"]) for t in tasks)
+    polys = []
+    for t in json.loads((again / "tasks.json").read_text()):
+        for pred in t.get("predictions", []):
+            polys += results_to_shapes(pred["result"], file="tasks.json", record="t")
+    assert masks and polys and {s.kind for s in polys} == {"polygon"}
 
     st = project_status(ctx, "loop")
     assert st["images"] == {"total": 12, "labelled": 6, "unlabeled": 6}

@@ -117,6 +117,7 @@ def test_project_defaults_and_overrides_are_resolved_into_params(ctx, project):
         "recipe": {"epochs": 3, "batch_size": 2},
         "recipe_requested": True,
         "sync": True,
+        "round_model": "production",
     }
 
 

@@ -192,3 +192,22 @@ def test_production_is_re_evaluated_only_when_the_test_split_changed(ctx, projec
     assert cmp["production_id"] in (first, second)
     assert cmp["production_measured"].startswith("evaluated")
     assert cmp["dataset_version_id"] == dv2 and prod.dataset_version_id == dv
+
+
+def test_a_round_uses_production_unless_the_candidate_is_asked_for(ctx, project):
+    from labelloop.errors import InputError
+    from labelloop.registry import round_model
+
+    dv, _ = project
+    first = execute_run(ctx, request_run(ctx, dv, overrides=TINY).run_id)
+    assert round_model(ctx, first).reason.startswith("production: ")
+    with ctx.db.session() as s:  # production's Dice is unbeatable: the next one loses
+        mv = s.get(ModelVersion, first)
+        mv.metrics = {**mv.metrics, "test": {**mv.metrics["test"], "mean_dice": 1.0}}
+    second = execute_run(ctx, request_run(ctx, dv, overrides={**TINY, "seed": 1}).run_id)
+    chosen = round_model(ctx, second)
+    assert chosen.id == first and "not promoted" in chosen.reason
+    asked = round_model(ctx, second, "candidate")
+    assert asked.id == second and asked.reason.startswith("requested")
+    with pytest.raises(InputError, match="production, candidate"):
+        round_model(ctx, second, "newest")

@@ -49,25 +49,32 @@ def round_pipeline(
     target: str = "file",
     out_dir: str | None = None,
     overrides: dict | None = None,
+    round_model: str = "production",
 ) -> Signature:
-    """`sources`: kwargs for each ingest (path, fmt, ...), ingested in order before freezing."""
+    """`sources`: kwargs for each ingest (path, fmt, ...), ingested in order before freezing.
+    `round_model`: production (default) or candidate, the model that scores the round."""
     get_strategy(strategy)  # a typo fails here, before any training
     state = ChainState(project=project).message()
     steps: list[Signature] = [stages.ingest.s(**src) for src in sources or []]
     steps.append(stages.freeze.s())
     steps[0] = steps[0].clone(args=(state,))
-    steps += _after_freeze_steps(budget, strategy, target, out_dir, overrides)
+    steps += _after_freeze_steps(budget, strategy, target, out_dir, overrides, round_model)
     return chain(*steps)
 
 
 def _after_freeze_steps(
-    budget: int, strategy: str, target: str, out_dir: str | None, overrides: dict | None
+    budget: int,
+    strategy: str,
+    target: str,
+    out_dir: str | None,
+    overrides: dict | None,
+    round_model: str = "production",
 ) -> list[Signature]:
     # Embeddings only when the strategy reads them (diversity): they cost a forward pass.
     embed = get_strategy(strategy).needs_embeddings
     control = get_settings().selection_control_fraction
     return [
-        stages.train.s(overrides=overrides),
+        stages.train.s(overrides=overrides, round_model=round_model),
         stages.score.s(embed=embed),
         stages.select.s(budget=budget, strategy=strategy, control_fraction=control),
         stages.push.s(target=target, out_dir=out_dir),
@@ -78,7 +85,12 @@ def after_freeze(state: ChainState, params: RunParams) -> Signature:
     """train -> score -> select -> push -> pipeline_finish, from a pipeline run's frozen
     dataset version, with the run's resolved parameters."""
     first, *rest = _after_freeze_steps(
-        params.budget, params.strategy, params.push_to, None, params.recipe or None
+        params.budget,
+        params.strategy,
+        params.push_to,
+        None,
+        params.recipe or None,
+        params.round_model,
     )
     return chain(first.clone(args=(state.message(),)), *rest, finish.s())
 

@@ -32,6 +32,7 @@ from labelloop.pipelines.decision import end_run
 from labelloop.pipelines.runs import PipelineStatus
 from labelloop.pipelines.state import ChainState
 from labelloop.push.stage import push_round
+from labelloop.registry import round_model as choose_round_model
 from labelloop.runs import execute_run, request_run
 from labelloop.scoring.stage import embedding_plan, score_pool, scoring_plan
 from labelloop.selection import NothingToSelect, select_round
@@ -132,12 +133,19 @@ class _Watch:
 
 @shared_task(name="labelloop.train", bind=True, base=StageTask, max_retries=None)
 def train(
-    self, state: Message, overrides: dict | None = None, lock_retry_s: float | None = None
+    self,
+    state: Message,
+    overrides: dict | None = None,
+    lock_retry_s: float | None = None,
+    round_model: str = "production",
 ) -> Message:
     """One training per project at a time: a second trigger waits for the lock and then
     finds the finished model version of the same (dataset version, recipe). A redelivered
     task resumes from the run's last checkpoint. Waiting for the lock retries without
-    limit (a dead holder's lock expires); errors retry `task_max_retries` times."""
+    limit (a dead holder's lock expires); errors retry `task_max_retries` times.
+
+    The state it hands on names the round's model (`registry.round_model`): production
+    unless `round_model="candidate"`, so a candidate that lost the gate scores nothing."""
     ctx = get_context()
     settings = ctx.settings
     st = ChainState.load(state)
@@ -168,11 +176,23 @@ def train(
             raise
         raise self.retry(
             args=(st.but(train_errors=errors).message(),),
-            kwargs={"overrides": overrides, "lock_retry_s": lock_retry_s},
+            kwargs={
+                "overrides": overrides,
+                "lock_retry_s": lock_retry_s,
+                "round_model": round_model,
+            },
             countdown=min(2**errors, settings.task_retry_backoff_max_s),
             exc=exc,
         ) from exc
-    return st.but(train_errors=None, training_run_id=req.run_id, model_version_id=mv_id).message()
+    chosen = choose_round_model(ctx, mv_id, round_model)
+    return st.but(
+        train_errors=None,
+        training_run_id=req.run_id,
+        model_version_id=mv_id,
+        round_model_version_id=chosen.id,
+        round_model=chosen.name,
+        round_model_reason=chosen.reason,
+    ).message()
 
 
 @shared_task(name="labelloop.score", bind=True, base=StageTask, **RETRY)
@@ -183,7 +203,7 @@ def score(self, state: Message, method: str | None = None, embed: bool = True) -
     st = ChainState.load(state)
     enter(self, st, "score")
     ctx = get_context()
-    mv = st.model_version_id
+    mv = st.scoring_model_id
     methods, todo = scoring_plan(ctx, mv, [method] if method else None)
     work = todo + (embedding_plan(ctx, mv) if embed else [])
     size = ctx.settings.score_shard_size
@@ -245,7 +265,7 @@ def select(
             st.project_name,
             budget=budget,
             strategy=strategy,
-            model_version_id=st.model_version_id,
+            model_version_id=st.scoring_model_id,
             method=method or (st.score or {}).get("method"),
             seed=seed,
             batch_size=batch_size,

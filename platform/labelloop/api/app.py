@@ -28,7 +28,8 @@ from labelloop.errors import (
     NotFoundError,
 )
 from labelloop.locks import LockBusy
-from labelloop.pipelines.dispatch import Dispatcher, get_dispatcher
+from labelloop.pipelines.dispatch import Dispatcher, get_dispatcher, launch
+from labelloop.pipelines.runs import request_pipeline
 
 _log = logging.getLogger(__name__)
 
@@ -56,6 +57,11 @@ TAGS = [
     {"name": "model versions", "description": "Artifacts and promotion."},
     {"name": "webhooks", "description": "Label Studio annotation events (shared secret)."},
     {"name": "health", "description": "Liveness, for load balancers (no token)."},
+    {
+        "name": "ml backend",
+        "description": "Label Studio's ML backend protocol under /ml/{project} (basic auth, "
+        "password LABELLOOP_WEBHOOK_SECRET): predictions of the production model on demand.",
+    },
 ]
 
 
@@ -119,8 +125,17 @@ def create_app(
             _log.error("%s %s: %s", request.method, request.url.path, exc)
         return JSONResponse({"detail": str(exc)}, status_code=code)
 
-    from labelloop.api.routers import health, models, projects, runs, webhooks
+    def ml_train(project: str) -> dict:
+        """Label Studio's "Start training": a pipeline run, like the annotation webhook."""
+        req = request_pipeline(ctx, project, trigger="webhook", requested_by="labelstudio")
+        launch(ctx, dispatcher, req)
+        return {"pipeline_run_id": req.run_id, "coalesced_into": req.coalesced_into}
 
-    for module in (runs, projects, models, webhooks, health):
+    app.state.ml_train = ml_train
+
+    from labelloop.api.routers import health, models, projects, runs, webhooks
+    from labelloop.labelstudio import ml_backend
+
+    for module in (runs, projects, models, webhooks, health, ml_backend):
         app.include_router(module.router)
     return app

@@ -124,6 +124,12 @@ class TrainingOut(BaseModel):
     duration_s: float | None
 
 
+class RoundModelOut(BaseModel):
+    id: int
+    name: str | None
+    reason: str | None = Field(description="production, or why another model was used")
+
+
 class RunOut(BaseModel):
     id: int
     project: str
@@ -141,7 +147,10 @@ class RunOut(BaseModel):
     task_id: str | None
     webhook_events: int = Field(description="annotation events this run took into account")
     dataset_version_id: int | None
-    model_version_id: int | None
+    model_version_id: int | None = Field(description="the model version the run trained")
+    round_model: RoundModelOut | None = Field(
+        None, description="the model that scored and pre-annotated the round, and why"
+    )
     training: TrainingOut | None
     created_at: str
     started_at: str | None

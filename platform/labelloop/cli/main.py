@@ -15,6 +15,7 @@ from labelloop.cli import (
     datasets,
     db,
     ingest,
+    labelstudio,
     models,
     projects,
     rounds,
@@ -47,6 +48,7 @@ for name, group in (
     ("sync", sync),
     ("runs", runs),
     ("webhooks", webhooks),
+    ("labelstudio", labelstudio),
 ):
     app.add_typer(group.app, name=name)
 

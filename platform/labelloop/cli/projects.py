@@ -67,6 +67,35 @@ def project_list(as_json: JsonOpt = False) -> None:
             console.print(f"{r['name']}  {r['task']}  {', '.join(r['labels'])}")
 
 
+@app.command("draw")
+@handle_errors
+def project_draw(
+    name: Annotated[str, typer.Argument(help="Project name.")],
+    kind: Annotated[
+        str | None,
+        typer.Argument(
+            help="Shape kind annotators draw, e.g. polygon (segmentation: mask | polygon)."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show or choose the one tool annotators draw with in Label Studio (a segmentation
+    project: the brush by default, or polygons). New Label Studio projects get it; an
+    existing project keeps its labeling config until you change it there."""
+    from labelloop.projects import draw_kind, get_project, set_draw
+
+    ctx = context()
+    with ctx.db.session() as s:
+        project = get_project(s, name)
+        if kind is not None:
+            set_draw(project, kind)
+        data = {"project": name, "task": project.task, "draw": draw_kind(project)}
+    if as_json:
+        emit_json(data)
+    else:
+        console.print(f"{name} ({data['task']}): annotators draw {data['draw']}")
+
+
 @app.command("schedule")
 @handle_errors
 def project_schedule(

@@ -75,6 +75,8 @@ def _show_run(run: dict[str, Any]) -> None:
     ids = {k: state[k] for k in ("dataset_version", "model_version_id", "round_id") if k in state}
     if ids:
         console.print("  " + ", ".join(f"{k} {v}" for k, v in ids.items()))
+    if run.get("round_model"):
+        console.print(f"  round model: {run['round_model']['reason']}")
     tr = run.get("training")
     if tr:
         console.print(

@@ -104,6 +104,55 @@ class LabelStudioClient:
             )
         return hook.id, True
 
+    # -- ML backends -----------------------------------------------------------------
+
+    def whoami(self) -> str:
+        """The token's user (its e-mail): a cheap request that proves URL and token."""
+        user = self.call("GET /api/current-user/whoami", lambda: self.sdk.users.whoami())
+        return str(user.email or user.username or user.id)
+
+    def ensure_ml_backend(
+        self, project_id: int, url: str, *, title: str, user: str, password: str
+    ) -> tuple[int, bool]:
+        """The project's ML backend at `url` (basic auth), created or updated, with the
+        project set to ask it for a prediction whenever a task without one is opened.
+        Label Studio checks `/health` and `/setup` while saving, so the backend must be up.
+        Returns (backend id, created)."""
+        fields = {
+            "url": url,
+            "title": title,
+            "auth_method": "BASIC_AUTH",
+            "basic_auth_user": user,
+            "basic_auth_pass": password,
+            "is_interactive": False,
+        }
+        found = self.call(
+            f"GET /api/ml?project={project_id}", lambda: self.sdk.ml.list(project=project_id)
+        )
+        same = next((b for b in found if b.url == url and b.id is not None), None)
+        if same is not None:
+            # The project goes along: Label Studio 1.23 re-runs /setup on update and fails
+            # (HTTP 500) when the PATCH does not name it.
+            self.call(
+                f"PATCH /api/ml/{same.id}",
+                lambda: self.sdk.ml.update(same.id, project=project_id, **fields),
+            )
+            backend_id, created = same.id, False
+        else:
+            made = self.call(
+                "POST /api/ml", lambda: self.sdk.ml.create(project=project_id, **fields)
+            )
+            if made.id is None:
+                raise ExternalServiceError(f"Label Studio at {self.url} created no ML backend id")
+            backend_id, created = made.id, True
+        self.call(
+            f"PATCH /api/projects/{project_id}",
+            lambda: self.sdk.projects.update(
+                project_id, evaluate_predictions_automatically=True, show_collab_predictions=True
+            ),
+        )
+        return backend_id, created
+
     # -- files -----------------------------------------------------------------------
 
     def post_files(

@@ -196,7 +196,8 @@ def label_config_xml(labels: list[str], kinds: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def task_label_config(labels: list[str], task: str) -> str:
-    """The labeling config a project of `task` is pushed with: a control for each shape
-    kind its annotators draw (`labelloop.kinds`)."""
-    return label_config_xml(labels, list(kind_entry(task).label_kinds))
+def task_label_config(labels: list[str], task: str, draw: str | None = None) -> str:
+    """The labeling config a project of `task` is pushed with: ONE control, for the shape
+    kind its annotators draw (`draw`, the project's setting, else the kind's default in
+    `labelloop.kinds`), so each label appears once with its tool."""
+    return label_config_xml(labels, [kind_entry(task).draw_kind(draw)])

@@ -37,11 +37,22 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from sqlalchemy import select
+
 from labelloop.context import Context
+from labelloop.db.models import AnnotationRound
+from labelloop.domain import Mask, Shape
 from labelloop.errors import ConfigError, ExternalServiceError, InputError
+from labelloop.geometry import mask_polygons
 from labelloop.labelstudio.client import PAGE_SIZE, LabelStudioClient
 from labelloop.labelstudio.convert import shapes_to_results
 from labelloop.labelstudio.label_config import CONTROL_KINDS, parse_label_config, task_label_config
+from labelloop.labelstudio.tabs import (
+    PREDICTED_PREFIX,
+    ensure_view,
+    remove_closed_tabs,
+    round_view_data,
+)
 from labelloop.push.stage import (
     PushOptions,
     PushResult,
@@ -100,36 +111,23 @@ def push_to_labelstudio(ctx: Context, round_id: int, options: PushOptions) -> Pu
             key=spec.sha256,
             filename=spec.file_name,
             image_bytes=ctx.blobs.get_bytes(spec.blob_key),
-            data_extra=task_fields(spec, number),
+            data_extra=task_fields(spec, number, batch.labels),
             prediction=_prediction(spec, result, mv_name),
         )
         for spec, result in zip(specs, results, strict=True)
     ]
     key_to_task = push_tasks(client, ls_project, tasks)
     id_map = {spec.image_id: str(key_to_task[spec.sha256]) for spec in specs}
-    # Annotators open the round's tab and meet the least confident image first; with
-    # several annotator batches, each gets a tab of its own.
-    views = [
-        ensure_view(
-            client,
-            ls_project,
-            f"labelloop round {number}",
-            {"labelloop_round": number},
-            "uncertainty",
-        )
-    ]
+    # Annotators open the round's tab and meet the images in the strategy's order; with
+    # several annotator batches, each gets a tab of its own. Closed rounds' tabs go.
     batches = sorted({spec.batch for spec in specs})
+    views = [ensure_view(client, ls_project, round_view_data(number, batch.labels))]
     if len(batches) > 1:
         views += [
-            ensure_view(
-                client,
-                ls_project,
-                f"labelloop round {number} · batch {b}",
-                {"labelloop_round": number, "labelloop_batch": b},
-                "uncertainty",
-            )
+            ensure_view(client, ls_project, round_view_data(number, batch.labels, b))
             for b in batches
         ]
+    remove_closed_tabs(client, ls_project, closed_rounds(ctx, round_id))
     destination = f"{url.rstrip('/')}/projects/{ls_project}"
     push_id = record_push(ctx, round_id, "labelstudio", destination, id_map)
     return PushResult(push_id, "labelstudio", destination, number, mv_name, id_map, views)
@@ -144,7 +142,7 @@ def round_files(batch: RoundBatch) -> dict[str, str]:
         task: dict[str, Any] = {
             "data": {
                 "image": f"/data/local-files/?d=images/{spec.file_name}",
-                **task_fields(spec, batch.number),
+                **task_fields(spec, batch.number, batch.labels),
             }
         }
         prediction = _prediction(spec, result, batch.model_version)
@@ -168,10 +166,12 @@ def controls_for(config_xml: str) -> tuple[dict[str, str], str]:
 def _round_results(batch: RoundBatch) -> tuple[str, list[list[dict]]]:
     """The labeling config a round's project gets (its labels, a control per shape kind
     of its task) and, per spec, the prediction as results of that config."""
-    config = task_label_config(batch.labels, batch.task)
+    config = task_label_config(batch.labels, batch.task, batch.draw)
     controls, to_name = controls_for(config)
     results = [
-        shapes_to_results(sp.shapes, sp.width, sp.height, controls=controls, to_name=to_name)
+        shapes_to_results(
+            drawable(sp.shapes, controls), sp.width, sp.height, controls=controls, to_name=to_name
+        )
         if sp.shapes
         else []
         for sp in batch.specs
@@ -179,25 +179,60 @@ def _round_results(batch: RoundBatch) -> tuple[str, list[list[dict]]]:
     return config, results
 
 
+def drawable(shapes: Sequence[Shape], controls: dict[str, str]) -> list[Shape]:
+    """The prediction in the tool the project draws with: a predicted mask becomes
+    polygons when the config has a polygon control and no brush."""
+    if "mask" in controls or "polygon" not in controls:
+        return list(shapes)
+    out: list[Shape] = []
+    for s in shapes:
+        out += mask_polygons(s) if isinstance(s, Mask) else [s]
+    return out
+
+
 def _prediction(spec: TaskSpec, result: list[dict], model_version: str | None) -> dict | None:
-    if not result:
+    """The task's prediction. An image the model read and found nothing in still gets one
+    (no regions, with its model version and score): "found nothing" must not look like
+    "no model". Only an image no model scored gets none."""
+    if not result and spec.uncertainty is None:
         return None
     return {"model_version": model_version, "score": confidence(spec.uncertainty), "result": result}
 
 
 def confidence(uncertainty: float | None) -> float | None:
+    """The task-level score: 1 − the round's uncertainty, i.e. how sure the model is of its
+    whole reading of the image under the method the round is ranked by. It is not an
+    average of the region scores: each region carries its own (the model's belief that
+    it is a cell of that class), and e.g. for detection's `least_confidence_max` the task
+    score is how far the most doubtful region is from a coin flip, so regions all at
+    0.06-0.12 (likely not cells) give a task score of about 0.76. Tasks sort by it."""
     return None if uncertainty is None else round(max(0.0, min(1.0, 1.0 - uncertainty)), 6)
 
 
-def task_fields(spec: TaskSpec, number: int) -> dict:
-    """Task data fields every push sets: our ids, and what annotators sort and filter by."""
+def task_fields(spec: TaskSpec, number: int, labels: Sequence[str] = ()) -> dict:
+    """Task data fields every push sets: our ids, and what annotators sort and filter by
+    (rank, uncertainty to 3 digits, the predicted count of each class)."""
     return {
         "labelloop_image_id": spec.image_id,
         "labelloop_round": number,
         "labelloop_batch": spec.batch,
-        "uncertainty": spec.uncertainty,
         "rank": spec.rank,
+        "uncertainty": None if spec.uncertainty is None else round(spec.uncertainty, 3),
+        **{PREDICTED_PREFIX + lab: int(spec.counts.get(lab, 0)) for lab in labels},
     }
+
+
+def closed_rounds(ctx: Context, round_id: int) -> set[int]:
+    """Numbers of the round's project's closed rounds (every image annotated)."""
+    with ctx.db.session() as s:
+        project_id = s.get(AnnotationRound, round_id).project_id
+        return set(
+            s.scalars(
+                select(AnnotationRound.number).where(
+                    AnnotationRound.project_id == project_id, AnnotationRound.status != "open"
+                )
+            )
+        )
 
 
 # -- tasks, predictions, tabs -------------------------------------------------------------
@@ -242,52 +277,6 @@ def push_tasks(
     if versions:
         _set_model_version(client, project_id, versions[-1])
     return {t.key: ids[t.key] for t in tasks}
-
-
-def ensure_view(
-    client: LabelStudioClient,
-    project_id: int,
-    title: str,
-    equals: dict[str, int | str],
-    order_by: str,
-    *,
-    descending: bool = True,
-) -> int:
-    """A Data Manager tab showing the tasks whose data fields equal `equals`, sorted by
-    the data field `order_by`; the tab with this title is updated, never duplicated.
-    Returns its id."""
-    items = [
-        {
-            "filter": f"filter:tasks:data.{name}",
-            "operator": "equal",
-            "type": "Number" if isinstance(value, int | float) else "String",
-            "value": value,
-        }
-        for name, value in equals.items()
-    ]
-    data = {
-        "title": title,
-        "filters": {"conjunction": "and", "items": items},
-        "ordering": [f"{'-' if descending else ''}tasks:data.{order_by}"],
-    }
-    views = client.call(
-        f"GET /api/dm/views?project={project_id}",
-        lambda: client.sdk.views.list(project=project_id),
-    )
-    same = sorted(v.id for v in views if v.id is not None and (v.data or {}).get("title") == title)
-    if same:
-        client.call(
-            f"PATCH /api/dm/views/{same[0]}",
-            lambda: client.sdk.views.update(str(same[0]), data=data, project=project_id),
-        )
-        return same[0]
-    created = client.call(
-        "POST /api/dm/views",
-        lambda: client.sdk.views.create(data=data, project=project_id),
-    )
-    if created.id is None:
-        raise ExternalServiceError(f"Label Studio at {client.url} created a view with no id")
-    return created.id
 
 
 def find_tasks(client: LabelStudioClient, project_id: int, keys: Sequence[str]) -> dict[str, int]:

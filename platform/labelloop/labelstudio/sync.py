@@ -33,9 +33,11 @@ from sqlalchemy.orm import Session
 
 from labelloop.context import Context
 from labelloop.db.models import Annotation, Image, Project, SourceItem
+from labelloop.domain import Shape
 from labelloop.errors import InputError
 from labelloop.ingest.core import IngestReport, ingest_records
 from labelloop.ingest.records import RecordAnnotation, SourceRecord, error_record
+from labelloop.kinds import kind_entry
 from labelloop.labelstudio.convert import results_to_shapes
 from labelloop.labelstudio.export import image_reference, task_annotations
 from labelloop.labelstudio.remote import LabelStudioSource, RemoteProject
@@ -115,7 +117,7 @@ def sync_labelstudio(
             seen = {} if full else dict(saved.get("seen") or {})
             since = _parse(cursor) - timedelta(seconds=overlap_s) if cursor else None
             report.since = since.isoformat() if since else None
-            pull = _Pull(s, ctx, remote, rp, project.id, src, seen, report)
+            pull = _Pull(s, ctx, remote, rp, project, src, seen, report)
             ingest_records(
                 s,
                 ctx.blobs,
@@ -203,13 +205,14 @@ class _Pull:
         ctx: Context,
         remote: LabelStudioSource,
         rp: RemoteProject,
-        project_id: int,
+        project: Project,
         source: str,
         seen: dict[str, str],
         report: SyncReport,
     ):
         self.s, self.ctx, self.remote, self.rp = s, ctx, remote, rp
-        self.project_id, self.source, self.seen, self.report = project_id, source, seen, report
+        self.project_id, self.source, self.seen, self.report = project.id, source, seen, report
+        self.task = project.task
         self.file = f"Label Studio {remote.url} project {rp.id}"
         self.present: dict[str, set[str]] = {}
         self.times: dict[str, str] = {}  # task id -> updated_at of every task fetched
@@ -242,7 +245,13 @@ class _Pull:
             anns = [
                 RecordAnnotation(
                     external_id=str(ann.annotation_id),
-                    shapes=results_to_shapes(ann.results, file=self.file, record=ann.record),
+                    shapes=trainable_shapes(
+                        results_to_shapes(ann.results, file=self.file, record=ann.record),
+                        self.task,
+                        file=self.file,
+                        record=ann.record,
+                        cancelled=ann.cancelled,
+                    ),
                     annotator=self._annotator(ann.completed_by),
                     ground_truth=ann.ground_truth,
                     updated_at=ann.updated_at,
@@ -291,6 +300,28 @@ class _Pull:
         if self._users is None:
             self._users = self.remote.users()
         return self._users.get(who, str(who)) if isinstance(who, int) else str(who)
+
+
+def trainable_shapes(
+    shapes: list[Shape], task: str, *, file: str, record: str, cancelled: bool = False
+) -> list[Shape]:
+    """The annotation's shapes, refused (InputError) when some are of a kind the project's
+    model cannot learn from, e.g. a rectangle in a segmentation project: dropping them
+    silently would train on an image whose cells look unannotated."""
+    entry = kind_entry(task)
+    wrong = [s for s in shapes if s.kind not in entry.trainable_kinds]
+    if not wrong or cancelled:
+        return shapes
+    kinds = sorted({s.kind for s in wrong})
+    labels = sorted({s.label for s in wrong})
+    raise InputError(
+        f"{len(wrong)} {'/'.join(kinds)} shape(s) ({', '.join(labels)}) cannot train a "
+        f"{task} model, which learns from {', '.join(sorted(entry.trainable_kinds))} shapes; "
+        f"redraw them with the {' or '.join(entry.label_kinds)} tool in Label Studio (or "
+        "sync with --skip-invalid to leave the task out)",
+        file=file,
+        record=record,
+    )
 
 
 def _check_classes(

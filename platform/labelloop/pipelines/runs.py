@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select, text, update
@@ -63,6 +63,11 @@ class PipelineParams(BaseModel):
         default_factory=dict, description="recipe overrides, e.g. {'epochs': 10}"
     )
     sync: bool = Field(True, description="pull the project's linked Label Studio projects first")
+    round_model: Literal["production", "candidate"] = Field(
+        "production",
+        description="the model that scores and pre-annotates the round: production, or the "
+        "newly trained candidate even when it lost the promotion gate",
+    )
 
 
 class RunParams(BaseModel):
@@ -76,6 +81,7 @@ class RunParams(BaseModel):
     # A trigger that asks for a recipe wants it trained even on unchanged data.
     recipe_requested: bool = False
     sync: bool = True
+    round_model: str = "production"
 
 
 @dataclass
@@ -125,6 +131,7 @@ def resolve_params(project: Project, ctx: Context, params: PipelineParams) -> Ru
         recipe=recipe,
         recipe_requested=bool(params.recipe),
         sync=params.sync,
+        round_model=params.round_model,
     )
 
 
@@ -489,12 +496,24 @@ def _describe(s: Session, run: PipelineRun, project: str) -> dict[str, Any]:
         "webhook_events": events or 0,
         "dataset_version_id": (run.state or {}).get("dataset_version_id"),
         "model_version_id": (run.state or {}).get("model_version_id"),
+        "round_model": _round_model(run.state or {}),
         "training": training,
         "created_at": _iso(run.created_at),
         "started_at": _iso(run.started_at),
         "finished_at": _iso(run.finished_at),
         "scheduled_for": _iso(run.scheduled_for),
         "not_before": _iso(run.not_before),
+    }
+
+
+def _round_model(state: dict[str, Any]) -> dict[str, Any] | None:
+    """Which model scored and pre-annotated the run's round, and why."""
+    if state.get("round_model_version_id") is None:
+        return None
+    return {
+        "id": state["round_model_version_id"],
+        "name": state.get("round_model"),
+        "reason": state.get("round_model_reason"),
     }
 
 

@@ -26,6 +26,11 @@ class ChainState(BaseModel):
     dataset_version_created: bool | None = None
     training_run_id: int | None = None
     model_version_id: int | None = None
+    # The model the round is scored, selected and pre-annotated with (production unless
+    # the run asked for the candidate), its name and why it was chosen.
+    round_model_version_id: int | None = None
+    round_model: str | None = None
+    round_model_reason: str | None = None
     train_errors: int | None = None  # transient training failures so far (retry count)
     score: dict[str, Any] | None = None  # method(s), images scored, throughput
     round_id: int | None = None
@@ -47,6 +52,12 @@ class ChainState(BaseModel):
     def but(self, **changes: Any) -> Self:
         """A copy with `changes` applied (None clears a field)."""
         return self.model_validate({**self.model_dump(), **changes})
+
+    @property
+    def scoring_model_id(self) -> int | None:
+        """The model the score, select and push stages use: the round's model once the
+        train stage chose it, else the model version the state carries."""
+        return self.round_model_version_id or self.model_version_id
 
     @property
     def project_name(self) -> str:

@@ -188,3 +188,62 @@ def register_webhook(
         "actions": list(ACTIONS),
         "link": link,
     }
+
+
+ML_BACKEND_USER = "labelstudio"
+
+
+def connect_labelstudio(
+    ctx: Context,
+    project_name: str,
+    *,
+    ls_project: int,
+    base_url: str,
+    ls_url: str | None = None,
+    token: str | None = None,
+    label_map: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Connect a Label Studio project in one step: check URL and token (a clear error
+    before anything changes), register labelloop as its ML backend (predictions of the
+    production model on demand) and the annotation webhook, and link it as a source."""
+    from labelloop.labelstudio.ml_backend import backend_url
+
+    secret = ctx.settings.webhook_secret.get_secret_value()
+    if not secret:
+        raise ConfigError("set LABELLOOP_WEBHOOK_SECRET first: Label Studio sends it back")
+    ls_url = (ls_url or ctx.settings.labelstudio_url).rstrip("/")
+    token = token or ctx.settings.labelstudio_token.get_secret_value()
+    if not ls_url or not token:
+        raise ConfigError(
+            "connecting needs LABELLOOP_LABELSTUDIO_URL and LABELLOOP_LABELSTUDIO_TOKEN (in "
+            "Label Studio: your avatar -> Account & Settings -> Personal Access Token, or a "
+            "legacy token where the organisation allows them)"
+        )
+    if not base_url.startswith(("http://", "https://")):
+        raise InputError(
+            f"--url must be the http(s) address of `labelloop serve`, got {base_url!r}"
+        )
+    with ctx.db.session() as s:
+        get_project(s, project_name)
+    client = LabelStudioClient(ls_url, token)
+    user = client.whoami()  # a wrong URL or token fails here, before any change
+    hook = register_webhook(
+        ctx,
+        project_name,
+        ls_project=ls_project,
+        base_url=base_url,
+        ls_url=ls_url,
+        token=token,
+        label_map=label_map,
+    )
+    url = backend_url(base_url, project_name)
+    backend_id, created = client.ensure_ml_backend(
+        ls_project, url, title=f"labelloop {project_name}", user=ML_BACKEND_USER, password=secret
+    )
+    return {
+        "ls_url": ls_url,
+        "ls_project": ls_project,
+        "user": user,
+        "ml_backend": {"id": backend_id, "created": created, "url": url},
+        "webhook": {"id": hook["webhook_id"], "created": hook["created"], "url": hook["url"]},
+    }

@@ -29,6 +29,7 @@ from labelloop.db.models import (
 )
 from labelloop.domain import Shape, shapes_from_json
 from labelloop.errors import NotFoundError
+from labelloop.projects import draw_kind
 from labelloop.push.targets import get_target
 
 
@@ -64,6 +65,7 @@ class RoundBatch:
     model_version: str | None
     labels: list[str]
     specs: list[TaskSpec]
+    draw: str | None = None  # the shape kind annotators draw (labelloop.projects.draw_kind)
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ def round_batch(ctx: Context, round_id: int) -> RoundBatch:
             project.task,
             mv.name if mv else None,
         )
+        draw = draw_kind(project)
     specs = []
     for item, img in rows:
         sc = scores.get(img.id)
@@ -152,7 +155,7 @@ def round_batch(ctx: Context, round_id: int) -> RoundBatch:
                 shapes,
             )
         )
-    return RoundBatch(number, pname, task, mv_name, labels, specs)
+    return RoundBatch(number, pname, task, mv_name, labels, specs, draw)
 
 
 def record_push(

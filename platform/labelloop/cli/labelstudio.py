@@ -1,0 +1,57 @@
+"""`labelloop labelstudio connect`: a Label Studio project wired to labelloop in one step."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from labelloop.cli.options import JsonOpt, ProjectOpt, context
+from labelloop.cli.output import console, emit_json, handle_errors
+
+app = typer.Typer(help="Connect Label Studio projects.", no_args_is_help=True)
+
+
+@app.command("connect")
+@handle_errors
+def labelstudio_connect(
+    project: ProjectOpt,
+    ls_project: Annotated[int, typer.Option("--ls-project", help="Label Studio project id.")],
+    url: Annotated[
+        str,
+        typer.Option("--url", help="Base URL where Label Studio reaches `labelloop serve`."),
+    ],
+    ls_url: Annotated[
+        str | None, typer.Option(help="Label Studio URL (default: LABELLOOP_LABELSTUDIO_URL).")
+    ] = None,
+    label_map: Annotated[
+        list[str] | None,
+        typer.Option(help="Rename Label Studio classes when syncing: 'src=dst'."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check the Label Studio URL and token, then register labelloop as the project's ML
+    backend (Settings -> Model: predictions of the production model for any task, on
+    demand) and its annotation webhook (retraining), and link it as a source. The token
+    is LABELLOOP_LABELSTUDIO_TOKEN: a personal access token (avatar -> Account &
+    Settings) or a legacy token; Label Studio authenticates back with
+    LABELLOOP_WEBHOOK_SECRET. `labelloop serve` must be running at --url."""
+    from labelloop.ingest.formats import parse_label_map
+    from labelloop.pipelines.webhooks import connect_labelstudio
+
+    result = connect_labelstudio(
+        context(),
+        project,
+        ls_project=ls_project,
+        base_url=url,
+        ls_url=ls_url,
+        label_map=parse_label_map(label_map),
+    )
+    if as_json:
+        emit_json(result)
+    else:
+        ml, hook = result["ml_backend"], result["webhook"]
+        console.print(
+            f"connected {result['ls_url']} project {ls_project} (as {result['user']}): "
+            f"ML backend {ml['id']} -> {ml['url']}, webhook {hook['id']} -> {hook['url']}"
+        )
