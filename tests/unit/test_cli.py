@@ -76,6 +76,19 @@ def test_missing_project_names_existing_ones(tmp_path):
     assert "alpha" in r.output
 
 
+def test_ingest_of_a_clashing_export_is_exit_2_until_named(tmp_path):
+    run("project", "create", "cells", "--task", "segmentation", "--labels", "RBC,WBC,Platelets")
+    first = small_export(tmp_path / "a", n=2)
+    assert run("ingest", str(first), "--project", "cells").exit_code == 0
+    other = small_export(tmp_path / "b", n=2, seed=50)
+    r = run("ingest", str(other), "--project", "cells")
+    assert r.exit_code == 2 and "--source NAME" in r.output, r.output
+    r = run("ingest", str(other), "--project", "cells", "--source", "b", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["images_new"] == 2, r.output
+    r = run("ingest", str(other), "--project", "cells", "--edit", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["images_existing"] == 2, r.output
+
+
 def test_ingest_missing_file_is_exit_2(tmp_path):
     run("project", "create", "cells", "--task", "segmentation", "--labels", "RBC")
     r = run("ingest", str(tmp_path / "nope.json"), "--project", "cells")

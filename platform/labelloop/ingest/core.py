@@ -154,9 +154,11 @@ class _Writer:
         max_pixels: int,
         label_map: dict[str, str],
         report: IngestReport,
+        allow_edit: bool = False,
     ):
         self.s, self.blobs, self.project = s, blobs, project
         self.max_pixels, self.label_map, self.report = max_pixels, label_map, report
+        self.allow_edit = allow_edit
         self.allowed = set(label_names(project))
         self.seen_sha: set[str] = set()
 
@@ -211,14 +213,32 @@ class _Writer:
             )
             self.s.add(item)
             self.s.flush()
-        elif item.image_id != img.id:  # the task's image was replaced upstream
-            item.image_id, item.uri = img.id, rec.uri
+        elif item.image_id != img.id:
+            self.claim(rec, item, img)
         if "split" in rec.meta and (item.meta or {}).get("split") != rec.meta["split"]:
             item.meta = {**(item.meta or {}), "split": rec.meta["split"]}  # re-pinned
         if not rec.annotations:
             self.report.unlabeled += 1
         for ann in rec.annotations:
             self.annotation(rec, item, img, ann)
+
+    def claim(self, rec: SourceRecord, item: SourceItem, img: Image) -> None:
+        """The same (source, external id) with other pixels: either the image was replaced
+        upstream (an edit the user vouches for), or two different sources share a name and
+        their ids overlap. Taking the second silently would move the first's labels onto
+        the wrong images, so without `allow_edit` it is refused, naming both."""
+        if not self.allow_edit:
+            old = self.s.get(Image, item.image_id)
+            raise InputError(
+                f"source {rec.source!r} already has {rec.name} with image {item.uri} "
+                f"(sha256 {old.sha256[:12] if old else '?'}), but this input gives it "
+                f"image {rec.uri} (sha256 {img.sha256[:12]}); if this is another source "
+                "(another Label Studio instance or export), name it with --source NAME; "
+                "if the image was replaced on purpose, pass --edit",
+                file=rec.file,
+                record=rec.name,
+            )
+        item.image_id, item.uri = img.id, rec.uri
 
     def annotation(
         self, rec: SourceRecord, item: SourceItem, img: Image, ann: RecordAnnotation
@@ -295,14 +315,17 @@ def ingest_records(
     max_pixels: int = 100_000_000,
     report: IngestReport | None = None,
     on_record: Callable[[int], None] | None = None,
+    allow_edit: bool = False,
 ) -> IngestReport:
     """Write records inside the caller's transaction.
 
     Without `skip_invalid` the first bad record raises InputError and the caller's
     rollback leaves the database untouched. With it, each record runs in a savepoint and
-    a bad one is rolled back alone and reported."""
+    a bad one is rolled back alone and reported. `allow_edit` lets a known (source,
+    external id) move to a different image (it was replaced upstream); otherwise that is
+    refused as a clash of two sources."""
     report = report or IngestReport()
-    writer = _Writer(s, blobs, project, max_pixels, label_map or {}, report)
+    writer = _Writer(s, blobs, project, max_pixels, label_map or {}, report, allow_edit)
     records_iter = iter(records)
     while True:
         try:

@@ -86,12 +86,15 @@ def ingest_path(
     label_config: str | Path | None = None,
     split: str | None = None,
     on_record: Callable[[int], None] | None = None,
+    edit: bool = False,
 ) -> IngestReport:
     """The ingest stage: one transaction for the whole path; nothing is written on error.
 
     A .zip is extracted safely into a temporary folder named after the archive first.
     `split` (train / val / test) pins every image of this ingest to that split in all
-    future dataset versions, e.g. a dataset's official test set."""
+    future dataset versions, e.g. a dataset's official test set. `source` names where the
+    input came from (readers derive a name when absent); `edit` accepts a known record
+    whose image changed, which is otherwise refused as a clash of two sources."""
     if split is not None and split not in {sp.value for sp in Split}:
         raise InputError(f"split must be train, val or test, got {split!r}")
     path = Path(path)
@@ -107,9 +110,11 @@ def ingest_path(
                 source=source, image_root=root, label_config=config, origin=f"zip:{path.name}"
             )
             return _ingest(
-                ctx, project_name, inner, fmt, opts, skip_invalid, label_map, on_record, split
+                ctx, project_name, inner, fmt, opts, skip_invalid, label_map, on_record, split, edit
             )
-    return _ingest(ctx, project_name, path, fmt, opts, skip_invalid, label_map, on_record, split)
+    return _ingest(
+        ctx, project_name, path, fmt, opts, skip_invalid, label_map, on_record, split, edit
+    )
 
 
 def _ingest(
@@ -122,6 +127,7 @@ def _ingest(
     label_map: dict[str, str] | None,
     on_record: Callable[[int], None] | None,
     split: str | None = None,
+    edit: bool = False,
 ) -> IngestReport:
     name = detect_format(path) if fmt == "auto" else fmt
     if name not in formats():
@@ -143,6 +149,7 @@ def _ingest(
                 max_pixels=ctx.settings.max_image_pixels,
                 report=report,
                 on_record=on_record,
+                allow_edit=edit,
             )
         except json.JSONDecodeError as exc:
             raise InputError(f"invalid JSON ({exc})", file=str(path)) from None
