@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     # REST API: bearer tokens by name (JSON object in the environment), and the shared
     # secret Label Studio sends with every webhook.
     api_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    api_max_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="largest request body the API reads (413 beyond; a Label Studio webhook "
+        "carries whole annotations, brush masks included)",
+    )
     webhook_secret: SecretStr = SecretStr("")
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from labelloop.api.limits import CredentialsBeforeBody
 from labelloop.config import Settings
 from labelloop.context import Context, set_context
 from labelloop.db import migrate
@@ -48,6 +49,8 @@ their metrics, download an artifact, promote a version. Label Studio posts annot
 events to `/webhooks/labelstudio/{project}`.
 
 Authenticate with `Authorization: Bearer <token>`, a token of `LABELLOOP_API_TOKENS`.
+A request with a body is refused (401) before its body is read unless it carries valid
+credentials, and a body over `LABELLOOP_API_MAX_BODY_BYTES` gets 413.
 """
 
 TAGS = [
@@ -103,6 +106,7 @@ def create_app(
         version="1",
         openapi_tags=TAGS,
         lifespan=lifespan,
+        max_body_size=settings.api_max_body_bytes,
     )
     app.state.ctx = ctx
     app.state.dispatcher = dispatcher
@@ -111,6 +115,12 @@ def create_app(
         for name, token in settings.api_tokens.items()
         if token.get_secret_value()
     }
+
+    app.add_middleware(
+        CredentialsBeforeBody,
+        tokens=lambda: app.state.tokens,
+        webhook_secret=settings.webhook_secret.get_secret_value,
+    )
 
     @app.exception_handler(LabelloopError)
     async def _labelloop_error(request: Request, exc: LabelloopError) -> JSONResponse:
