@@ -30,12 +30,8 @@ def api(service_env, tmp_path_factory):
         "LABELLOOP_API_MAX_BODY_BYTES": str(LIMIT),
         "LABELLOOP_WEBHOOK_SECRET": "hook-" + uuid.uuid4().hex,
     }
-    server = ApiServer(env, tmp_path_factory.mktemp("serve") / "serve.log", TOKEN)
-    try:
-        server.wait_ready()
+    with ApiServer.running(env, tmp_path_factory.mktemp("serve") / "serve.log", TOKEN) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _head(path: str, headers: dict[str, str]) -> bytes:

@@ -3,8 +3,8 @@
 Endpoints call the same stage and pipeline functions as the CLI and the workers, and hand
 runs to the workers through the dispatcher (labelloop.pipelines.dispatch), never doing the work in
 the request. Errors of the project's own types become JSON `{"detail": ...}` with a
-matching status: not found 404, bad input 422, conflicting state 409, a failing service
-(broker, Label Studio) 503.
+matching status: not found 404, bad input 422 (also a value the database cannot store,
+such as a NUL byte), conflicting state 409, a failing service (broker, Label Studio) 503.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 
 from labelloop.api.limits import CredentialsBeforeBody
 from labelloop.config import Settings
@@ -128,6 +129,13 @@ def create_app(
         if code >= 500:
             _log.error("%s %s: %s", request.method, request.url.path, exc)
         return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    @app.exception_handler(DataError)
+    async def _unstorable(request: Request, exc: DataError) -> JSONResponse:
+        """A value the database cannot hold (a NUL byte in a string, a number out of its
+        column's range) came from the client: its mistake, not the server's."""
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else "invalid value"
+        return JSONResponse({"detail": f"a value cannot be stored: {reason}"}, status_code=422)
 
     from labelloop.api.routers import health, models, projects, runs, webhooks
 
