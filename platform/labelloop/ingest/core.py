@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from labelloop.db.models import Annotation, Image, Project, SourceItem
+from labelloop.db.upsert import insert_new
 from labelloop.domain import Box, Keypoint, Mask, Polygon, Shape, shapes_to_json
 from labelloop.errors import InputError
 from labelloop.imaging import decode_image
@@ -179,41 +180,44 @@ class _Writer:
         )
         suffix = _image_suffix(rec.uri)
         key, _ = self.blobs.put_bytes(data, prefix="images", suffix=suffix)
-        img = Image(
-            sha256=digest,
-            blob_key=key,
-            width=int(arr.shape[1]),
-            height=int(arr.shape[0]),
-            format=suffix.lstrip("."),
-        )
-        self.s.add(img)
-        self.s.flush()
-        self.report.images_new += 1
-        return img
+        # Another ingest may be writing the same pixels right now: the insert waits for
+        # it and yields to its row instead of failing on the unique hash.
+        values = {
+            "sha256": digest,
+            "blob_key": key,
+            "width": int(arr.shape[1]),
+            "height": int(arr.shape[0]),
+            "format": suffix.lstrip("."),
+        }
+        new_id = insert_new(self.s, Image, values, ["sha256"])
+        if new_id is None:
+            self.report.images_existing += 1
+        else:
+            self.report.images_new += 1
+        return self.s.scalars(select(Image).where(Image.sha256 == digest)).one()
 
     def record(self, rec: SourceRecord) -> None:
         if rec.error is not None:
             raise rec.error
         img = self.image(rec)
-        item = self.s.scalar(
-            select(SourceItem).where(
-                SourceItem.project_id == self.project.id,
-                SourceItem.source == rec.source,
-                SourceItem.external_id == rec.external_id,
-            )
+        key = (
+            SourceItem.project_id == self.project.id,
+            SourceItem.source == rec.source,
+            SourceItem.external_id == rec.external_id,
         )
+        item = self.s.scalar(select(SourceItem).where(*key))
         if item is None:
-            item = SourceItem(
-                project_id=self.project.id,
-                image_id=img.id,
-                source=rec.source,
-                external_id=rec.external_id,
-                uri=rec.uri,
-                meta=rec.meta,
-            )
-            self.s.add(item)
-            self.s.flush()
-        elif item.image_id != img.id:
+            values = {
+                "project_id": self.project.id,
+                "image_id": img.id,
+                "source": rec.source,
+                "external_id": rec.external_id,
+                "uri": rec.uri,
+                "meta": rec.meta,
+            }
+            insert_new(self.s, SourceItem, values, ["project_id", "source", "external_id"])
+            item = self.s.scalars(select(SourceItem).where(*key)).one()
+        if item.image_id != img.id:
             self.claim(rec, item, img)
         if "split" in rec.meta and (item.meta or {}).get("split") != rec.meta["split"]:
             item.meta = {**(item.meta or {}), "split": rec.meta["split"]}  # re-pinned
@@ -286,22 +290,24 @@ class _Writer:
             existing.state = state
             self.report.annotations_restored += 1
             return
-        self.s.add(
-            Annotation(
-                project_id=self.project.id,
-                source_item_id=item.id,
-                image_id=img.id,
-                source=rec.source,
-                external_id=ext,
-                revision=rev,
-                annotator=ann.annotator,
-                is_ground_truth=ann.ground_truth,
-                state=state,
-                shapes=shapes_to_json(shapes),
-                source_updated_at=ann.updated_at,
-            )
-        )
-        self.report.annotations_new += 1
+        values = {
+            "project_id": self.project.id,
+            "source_item_id": item.id,
+            "image_id": img.id,
+            "source": rec.source,
+            "external_id": ext,
+            "revision": rev,
+            "annotator": ann.annotator,
+            "is_ground_truth": ann.ground_truth,
+            "state": state,
+            "shapes": shapes_to_json(shapes),
+            "source_updated_at": ann.updated_at,
+        }
+        keys = ["project_id", "source", "external_id", "revision"]
+        if insert_new(self.s, Annotation, values, keys) is not None:
+            self.report.annotations_new += 1
+        else:  # a concurrent ingest of the same export wrote it first
+            self.report.annotations_unchanged += 1
 
 
 def ingest_records(
