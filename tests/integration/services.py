@@ -82,7 +82,7 @@ class ApiServer:
     def running(cls, env: dict[str, str], log: Path, token: str) -> Iterator[ApiServer]:
         server = cls(env, log, token)
         try:
-            server.wait_ready()
+            server.wait_ready(timeout=180)  # a loaded machine starts it slowly
             yield server
         finally:
             server.stop()
