@@ -27,7 +27,11 @@ class CeleryDispatcher:
         from labelloop_workers.app import make_app
 
         current = current_app._get_current_object()
-        if current.main == "labelloop" and current.conf.broker_url == self.settings.broker_url:
+        if (
+            current.main == "labelloop"
+            and current.conf.broker_url == self.settings.broker_url
+            and (self.settings.embedded or current.current_worker_task is not None)
+        ):
             return current  # inside a worker (or the embedded one): reuse its connections
         app = make_app(self.settings)
         # A sender (the API, the CLI) must not hang on a stalled broker: every socket of
