@@ -9,8 +9,15 @@ debounced pipeline is queued in Redis and every later event joins it) and half
 database and a private redis-server (SQLite and the in-memory broker when they are not
 available). Afterwards the database must hold exactly one event per webhook sent.
 
+With `--attackers N`, N more connections meanwhile send oversized bodies without pause
+(a 500 MB Content-Length without a token, the same with a token, and a chunked body with
+a token that never ends), and the server's resident memory is sampled every 0.2 s: the
+legitimate requests must see no error and the memory must stay bounded.
+
 Usage: .venv/bin/python benchmarks/api_load.py [--rate 100] [--duration 30] [--workers 1]
-Writes benchmarks/results/api_load.json and api_load.png."""
+       [--attackers 10]
+Writes benchmarks/results/api_load.json and api_load.png (api_load_attack.* with
+attackers)."""
 
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -133,6 +141,67 @@ async def _generate(url: str, rate: float, duration: float, webhook_share: float
 def generator_main(args: argparse.Namespace) -> None:
     samples = asyncio.run(_generate(args.url, args.rate, args.duration, args.webhook_share))
     sys.stdout.write(json.dumps(samples))
+
+
+# -- oversized bodies and the server's memory ------------------------------------------------
+
+HUGE = 500_000_000
+PIECE = b"0," * 32 * 1024  # 64 KiB of a JSON array that never closes
+
+
+def _attack_once(port: int, kind: int) -> tuple[str, int, int]:
+    """One oversized request; returns (kind, status or 0, bytes sent before the answer)."""
+    name = ("anonymous", "token", "token-chunked")[kind]
+    head = [f"POST /projects/{PROJECT}/runs HTTP/1.1", "Host: 127.0.0.1",
+            "Content-Type: application/json"]  # fmt: skip
+    if kind:
+        head.append(f"Authorization: Bearer {TOKEN}")
+    head.append("Transfer-Encoding: chunked" if kind == 2 else f"Content-Length: {HUGE}")
+    frame = (f"{len(PIECE):x}\r\n".encode() + PIECE + b"\r\n") if kind == 2 else PIECE
+    sent = 0
+    import select
+
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+        try:
+            while sent < HUGE and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(frame)
+                sent += len(PIECE)
+            reply = sock.recv(256)
+        except OSError:
+            reply = b""
+    status = int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/") else 0
+    return name, status, sent
+
+
+def _attack(port: int, kind: int, stop: threading.Event, out: list) -> None:
+    while not stop.is_set():
+        try:
+            out.append(_attack_once(port, kind))
+        except OSError:
+            out.append((("anonymous", "token", "token-chunked")[kind], 0, 0))
+
+
+def _rss_kib(pid: int) -> int:
+    """Resident memory of the server process and its children (uvicorn workers)."""
+    total = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
+        except OSError:
+            continue
+        if pid in (int(fields.get("Pid", 0)), int(fields.get("PPid", 0))):
+            total += int(fields.get("VmRSS", "0 kB").split()[0])
+    return total
+
+
+def _sample_rss(pid: int, stop: threading.Event, out: list) -> None:
+    t0 = time.monotonic()
+    while not stop.is_set():
+        out.append((time.monotonic() - t0, _rss_kib(pid) / 1024))
+        stop.wait(0.2)
 
 
 # -- the server and its services -------------------------------------------------------------
@@ -254,6 +323,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=30.0, help="seconds of load")
     ap.add_argument("--workers", type=int, default=1, help="uvicorn processes")
     ap.add_argument("--webhook-share", type=float, default=0.5)
+    ap.add_argument("--attackers", type=int, default=0, help="connections sending huge bodies")
     ap.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -281,7 +351,7 @@ def main() -> None:
         try:
             import httpx
 
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 180  # slow to start on a loaded machine
             while True:
                 try:
                     if httpx.get(f"{url}/health", timeout=2).status_code == 200:
@@ -290,6 +360,17 @@ def main() -> None:
                     pass
                 assert time.monotonic() < deadline, "labelloop serve did not start"
                 time.sleep(0.2)
+            stop = threading.Event()
+            attacks: list = []
+            rss: list = []
+            idle_rss_mib = _rss_kib(server.pid) / 1024
+            helpers = [threading.Thread(target=_sample_rss, args=(server.pid, stop, rss))]
+            helpers += [
+                threading.Thread(target=_attack, args=(port, i % 3, stop, attacks))
+                for i in range(args.attackers)
+            ]
+            for t in helpers:
+                t.start()
             started = time.monotonic()
             out = subprocess.run(
                 [sys.executable, __file__, "--generate", "--url", url, "--rate", str(args.rate),
@@ -300,6 +381,9 @@ def main() -> None:
                 timeout=args.duration * 3 + 120,
             )  # fmt: skip
             wall = time.monotonic() - started
+            stop.set()
+            for t in helpers:
+                t.join(timeout=30)
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -340,21 +424,40 @@ def main() -> None:
         "database_after": counts,
         "lossless": counts["webhook_events"] == by_kind["webhook"]["requests"]
         and counts["pipeline_runs"] == 1,
+        "server_rss_mib": {
+            "idle": round(idle_rss_mib, 1),
+            "max": round(max((m for _, m in rss), default=0), 1),
+        },
     }
+    name = "api_load"
+    if args.attackers:
+        name = "api_load_attack"
+        from labelloop.config import Settings
+
+        summary["attack"] = {
+            "attackers": args.attackers,
+            "body_limit_bytes": Settings().api_max_body_bytes,
+            "requests": len(attacks),
+            "statuses": {
+                f"{kind} {status}": sum(1 for a in attacks if a[:2] == (kind, status))
+                for kind, status in sorted({a[:2] for a in attacks})
+            },
+            "max_bytes_sent_before_answer": max((a[2] for a in attacks), default=0),
+        }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "api_load.json").write_text(json.dumps(summary, indent=2))
-    _plot(samples, summary)
+    (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2))
+    _plot(samples, summary, rss, name)
     print(json.dumps(summary, indent=2))
 
 
-def _plot(samples: list, summary: dict) -> None:
+def _plot(samples: list, summary: dict, rss: list, name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     colors = {"webhook": "#1e88e5", "api": "#fb8c00"}
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 3.8))
     for kind, color in colors.items():
         rows = [s for s in samples if s[0] == kind]
         a.scatter(
@@ -377,8 +480,16 @@ def _plot(samples: list, summary: dict) -> None:
     b.set_title(f"p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms, {summary['errors']} errors")
     b.axhline(0.99, color="grey", lw=0.8, ls="--")
     b.legend()
+    c.plot([t for t, _ in rss], [m for _, m in rss], color="#43a047")
+    c.set_xlabel("time into the run (s)")
+    c.set_ylabel("server RSS (MiB)")
+    attack = summary.get("attack")
+    c.set_title(
+        f"{attack['attackers']} connections sending 500 MB bodies" if attack else "server memory"
+    )
+    c.set_ylim(bottom=0)
     fig.tight_layout()
-    fig.savefig(RESULTS / "api_load.png", dpi=110)
+    fig.savefig(RESULTS / f"{name}.png", dpi=110)
 
 
 if __name__ == "__main__":

@@ -87,9 +87,22 @@ class Settings(BaseSettings):
     )
     # A queued or running pipeline without any sign of life for this long is abandoned.
     pipeline_stale_s: int = Field(default=24 * 3600, ge=60)
+    # A queued run is committed before its first task is sent: if the sender died in
+    # between, or the message was lost, beat's sweep sends it again once it has not
+    # started this long after it was due.
+    pipeline_unsent_s: int = Field(default=600, ge=30)
+    publish_timeout_s: float = Field(
+        default=5, gt=0, description="how long sending a task may wait on a stalled broker"
+    )
     # REST API: bearer tokens by name (JSON object in the environment), and the shared
     # secret Label Studio sends with every webhook.
     api_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    api_max_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="largest request body the API reads (413 beyond; a Label Studio webhook "
+        "carries whole annotations, brush masks included)",
+    )
     webhook_secret: SecretStr = SecretStr("")
 
     @model_validator(mode="after")

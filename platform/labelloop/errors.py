@@ -33,6 +33,14 @@ class ExternalServiceError(LabelloopError):
     """Label Studio, CVAT or storage failed; callers may retry."""
 
 
+class ServiceUnavailable(ExternalServiceError):
+    """A service the command needs (database, Redis, broker) cannot be reached."""
+
+    def __init__(self, service: str, url: str, reason: str, hint: str):
+        self.service, self.url, self.reason, self.hint = service, url, reason, hint
+        super().__init__(f"{service} is unreachable at {url} ({reason}); {hint}")
+
+
 class ConflictError(LabelloopError):
     """The request contradicts the current state (e.g. cancelling a finished run)."""
 

@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -74,6 +76,16 @@ class ApiServer:
                 return False
 
         wait_for(healthy, timeout, f"labelloop serve at {self.url}")
+
+    @classmethod
+    @contextmanager
+    def running(cls, env: dict[str, str], log: Path, token: str) -> Iterator[ApiServer]:
+        server = cls(env, log, token)
+        try:
+            server.wait_ready(timeout=180)  # a loaded machine starts it slowly
+            yield server
+        finally:
+            server.stop()
 
     def client(self, **kw) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=self.headers, timeout=30, **kw)

@@ -87,6 +87,19 @@ def test_missing_project_names_existing_ones(tmp_path):
     assert "alpha" in r.output
 
 
+def test_ingest_of_a_clashing_export_is_exit_2_until_named(tmp_path):
+    run("project", "create", "cells", "--task", "segmentation", "--labels", "RBC,WBC,Platelets")
+    first = small_export(tmp_path / "a", n=2)
+    assert run("ingest", str(first), "--project", "cells").exit_code == 0
+    other = small_export(tmp_path / "b", n=2, seed=50)
+    r = run("ingest", str(other), "--project", "cells")
+    assert r.exit_code == 2 and "--source NAME" in r.output, r.output
+    r = run("ingest", str(other), "--project", "cells", "--source", "b", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["images_new"] == 2, r.output
+    r = run("ingest", str(other), "--project", "cells", "--edit", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["images_existing"] == 2, r.output
+
+
 def test_ingest_missing_file_is_exit_2(tmp_path):
     run("project", "create", "cells", "--task", "segmentation", "--labels", "RBC")
     r = run("ingest", str(tmp_path / "nope.json"), "--project", "cells")
@@ -169,3 +182,87 @@ def test_every_command_has_a_help_line():
                 assert (command.help or "").strip(), f"{path} {name} has no help"
 
     walk(get_command(app), "labelloop")
+
+
+def _commands(cmd, prefix: str = ""):
+    if hasattr(cmd, "commands"):
+        for name, sub in cmd.commands.items():
+            yield from _commands(sub, f"{prefix} {name}".strip())
+    else:
+        yield prefix, cmd
+
+
+def test_every_command_turns_errors_and_outages_into_exit_2():
+    """The one handler (`handle_errors`) wraps every command, the plugins' included: a
+    command without it would print a traceback for a service that is down."""
+    import typer
+
+    commands = dict(_commands(typer.main.get_command(app)))
+    assert {"train", "status", "runs start", "demo"} <= set(commands)
+    bare = [
+        name for name, cmd in commands.items() if not getattr(cmd.callback, "handles_errors", 0)
+    ]
+    assert bare == []
+
+
+def test_a_database_that_is_down_is_one_line_and_exit_2(monkeypatch):
+    """Nothing listens on the port: one line naming the database and its URL without the
+    password, and what to do; no traceback."""
+    from tests.integration.services import free_port
+
+    url = f"postgresql+psycopg://ml:s3cretpw@127.0.0.1:{free_port()}/labelloop"
+    monkeypatch.setenv("LABELLOOP_DATABASE_URL", url)
+    r = subprocess.run(
+        [sys.executable, "-m", "labelloop.cli", "status", "--project", "cells"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "the database is unreachable at postgresql+psycopg://127.0.0.1:" in lines[0]
+    assert "LABELLOOP_DATABASE_URL" in lines[0] and "s3cretpw" not in r.stderr + r.stdout
+
+
+def _frozen_project(tmp_path) -> None:
+    run("project", "create", "cells", "--task", "segmentation", "--labels", "RBC,WBC,Platelets")
+    assert run("ingest", str(small_export(tmp_path, n=4)), "--project", "cells").exit_code == 0
+    assert run("dataset", "freeze", "--project", "cells").exit_code == 0
+
+
+def _training_runs() -> int:
+    from sqlalchemy import func, select
+
+    from labelloop.config import Settings
+    from labelloop.context import Context
+    from labelloop.db.models import TrainingRun
+
+    with Context(Settings()).db.session() as s:
+        return s.scalar(select(func.count()).select_from(TrainingRun))
+
+
+def test_train_with_redis_down_is_one_line_and_leaves_no_queued_run(tmp_path, monkeypatch):
+    from tests.integration.services import free_port
+
+    _frozen_project(tmp_path)
+    monkeypatch.setenv("LABELLOOP_REDIS_URL", f"redis://:pw@127.0.0.1:{free_port()}/0")
+    r = run("train", "--project", "cells", "--epochs", "1")
+    assert r.exit_code == 2, r.output
+    assert "Redis is unreachable at redis://127.0.0.1:" in r.output and "pw@" not in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    assert _training_runs() == 0
+
+
+def test_train_while_the_project_is_locked_leaves_no_queued_run(tmp_path):
+    """The lock's name is printed as it is (Rich would turn `:lock:` into an emoji)."""
+    from labelloop.config import Settings
+    from labelloop.locks import lock_name, project_lock
+
+    _frozen_project(tmp_path)
+    with project_lock(Settings(), "cells"):
+        r = run("train", "--project", "cells", "--epochs", "1")
+    assert r.exit_code == 2, r.output
+    assert lock_name("cells") in r.output or "held" in r.output
+    assert "\N{LOCK}" not in r.output
+    assert _training_runs() == 0

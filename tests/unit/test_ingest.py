@@ -304,9 +304,44 @@ def test_labels_follow_a_task_to_its_replaced_image(ctx, project, tmp_path):
         [task(1, "images/a.png", [[rect("RBC", 1, 1, 5, 5)]])],
         {"images/a.png": png(seed=2)},
     )
-    ingest_path(ctx, project, tmp_path / "export.json")
+    with pytest.raises(InputError, match="pass --edit"):
+        ingest_path(ctx, project, tmp_path / "export.json")
+    ingest_path(ctx, project, tmp_path / "export.json", edit=True)
     with ctx.db.session() as s:
         ann = s.scalars(select(Annotation)).one()
         item = s.scalars(select(SourceItem)).one()
         assert ann.image_id == item.image_id
         assert pool_image_ids(s, ann.project_id) == []
+
+
+def _export_of(folder, seed: int, project_id: int | None):
+    """Three labelled tasks with ids 1..3 whose pixels depend on `seed`."""
+    folder.mkdir()
+    images = {f"images/{i}.png": png(seed=seed + i) for i in range(3)}
+    tasks = [task(i + 1, f"images/{i}.png", [[rect("RBC", 1, 1, 5, 5)]]) for i in range(3)]
+    for t in tasks:
+        t["project"] = project_id
+    return write_export(folder, tasks, images)
+
+
+def _active_images(ctx) -> set[int]:
+    with ctx.db.session() as s:
+        return set(s.scalars(select(Annotation.image_id).where(Annotation.state == "active")))
+
+
+@pytest.mark.parametrize("project_id", [None, 1], ids=["no-project", "same-ls-project"])
+def test_overlapping_task_ids_of_another_export_are_refused(ctx, project, tmp_path, project_id):
+    """Two exports of different images whose task ids overlap (two Label Studio instances,
+    or generated files): the second must not take over the first's records."""
+    first = _export_of(tmp_path / "a", seed=10, project_id=project_id)
+    second = _export_of(tmp_path / "b", seed=20, project_id=project_id)
+    ingest_path(ctx, project, first)
+    before, labelled = _counts(ctx), _active_images(ctx)
+    with pytest.raises(InputError) as err:
+        ingest_path(ctx, project, second)
+    assert err.value.file == str(second) and err.value.record == "task 1"
+    assert "images/0.png" in err.value.reason and "--source" in err.value.reason
+    assert _counts(ctx) == before and _active_images(ctx) == labelled
+    report = ingest_path(ctx, project, second, source="instance-b")
+    assert (report.images_new, report.annotations_new) == (3, 3)
+    assert _active_images(ctx) > labelled and len(_active_images(ctx)) == 6

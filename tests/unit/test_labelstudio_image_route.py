@@ -84,3 +84,56 @@ def test_any_reference_is_routed_or_refused_with_an_input_error(ref, hosts):
     assert route.via in ("server", "http", "fsspec")
     if route.via == "server":
         assert route.url.startswith(("/data/upload/", "/data/local-files"))
+
+
+class _Redirecting:
+    """A real HTTP server on loopback: `/data/upload/...` redirects to another server that
+    would hand out the bytes (a host a direct reference may not reach)."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Target(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"secret bytes")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.target = ThreadingHTTPServer(("127.0.0.1", 0), Target)
+        location = f"http://127.0.0.1:{self.target.server_port}/internal"
+
+        class Server(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(302)
+                self.send_header("Location", location)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Server)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        for srv in (self.server, self.target):
+            threading.Thread(target=srv.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        for srv in (self.server, self.target):
+            srv.shutdown()
+            srv.server_close()
+
+
+def test_a_redirect_from_the_server_is_refused_not_followed():
+    from labelloop.labelstudio.remote import LabelStudioSource
+
+    servers = _Redirecting()
+    source = LabelStudioSource(servers.url, "token", timeout=5)
+    try:
+        with pytest.raises(InputError, match=r"redirects to 'http://127\.0\.0\.1:\d+/internal'"):
+            source.image_bytes("/data/upload/1/a.png", file="export", record="task 1")
+    finally:
+        source.close()
+        servers.close()

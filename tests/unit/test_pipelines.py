@@ -201,3 +201,33 @@ def test_a_run_without_sign_of_life_is_abandoned(ctx, project):
     assert pipelines.abandon_stale(ctx) == [fresh.run_id]
     with ctx.db.session() as s:
         assert s.scalar(select(func.count()).where(PipelineRun.active_project_id.is_not(None))) == 0
+
+
+class _Recorder:
+    """A dispatcher that only records what it was asked to send."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, str]] = []
+
+    def start_pipeline(self, run_id: int, task_id: str, countdown: float = 0.0) -> None:
+        self.sent.append((run_id, task_id))
+
+
+def test_a_queued_run_that_was_never_sent_is_sent_again_once(ctx, project):
+    """The run is committed, then the process that queued it dies before sending (or the
+    message is lost): beat's sweep sends it again under a new task id, and the copy with
+    the old id, should it turn up after all, skips itself."""
+    from labelloop.pipelines.decision import sweep
+
+    req = request_pipeline(ctx, project, trigger="api")  # committed, never sent
+    recorder = _Recorder()
+    assert sweep(ctx, recorder)["resent"] == []  # not overdue yet
+    with ctx.db.session() as s:
+        s.get(PipelineRun, req.run_id).updated_at = datetime.now(UTC) - timedelta(minutes=11)
+    assert sweep(ctx, recorder)["resent"] == [req.run_id]
+    ((run_id, task_id),) = recorder.sent
+    assert run_id == req.run_id and task_id != req.task_id
+    assert sweep(ctx, recorder)["resent"] == []  # sent again once, not at every sweep
+    assert pipelines.begin(ctx, req.run_id, req.task_id).skip  # the lost copy
+    began = pipelines.begin(ctx, req.run_id, task_id)
+    assert not began.skip and pipelines.run_info(ctx, req.run_id)["status"] == "running"

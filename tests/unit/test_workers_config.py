@@ -54,3 +54,15 @@ def test_the_celery_dispatcher_is_found_by_entry_point():
     from labelloop_workers.dispatch import CeleryDispatcher
 
     assert isinstance(get_dispatcher(Settings()), CeleryDispatcher)
+
+
+def test_only_get_or_create_stages_retry_a_lost_unique_key_race():
+    """Ingest and the pipeline's sync are idempotent get-or-create writers: a unique key a
+    concurrent transaction took first is retried. Elsewhere it is a bug: not retried."""
+    from sqlalchemy.exc import IntegrityError
+
+    app = _app()
+    for name in ("labelloop.ingest", "labelloop.pipeline"):
+        assert IntegrityError in app.tasks[name].autoretry_for, name
+    for name in ("labelloop.train", "labelloop.freeze", "labelloop.push"):
+        assert IntegrityError not in getattr(app.tasks[name], "autoretry_for", ()), name

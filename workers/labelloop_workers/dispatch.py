@@ -27,16 +27,43 @@ class CeleryDispatcher:
         from labelloop_workers.app import make_app
 
         current = current_app._get_current_object()
-        if current.main == "labelloop" and current.conf.broker_url == self.settings.broker_url:
+        if (
+            current.main == "labelloop"
+            and current.conf.broker_url == self.settings.broker_url
+            and (self.settings.embedded or current.current_worker_task is not None)
+        ):
             return current  # inside a worker (or the embedded one): reuse its connections
-        return make_app(self.settings)
+        app = make_app(self.settings)
+        # A sender (the API, the CLI) must not hang on a stalled broker: every socket of
+        # its broker and result-backend connections gives up after the publish timeout.
+        timeout = self.settings.publish_timeout_s
+        app.conf.broker_transport_options = {
+            **app.conf.broker_transport_options,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+        }
+        app.conf.redis_socket_timeout = timeout
+        app.conf.redis_socket_connect_timeout = timeout
+        return app
 
     def start_pipeline(self, run_id: int, task_id: str, countdown: float = 0.0) -> None:
+        """Send the run's first task; one reconnection at most, so a broker that is down
+        or stalled fails this within about twice the publish timeout. Nobody waits on the
+        task's result (the run's state is in the database), so the send does not subscribe
+        to it on the result backend, which would wait out the backend's own retries."""
         self.app.send_task(
             FIRST_TASK,
             args=({"pipeline_run_id": run_id},),
             task_id=task_id,
             countdown=countdown or None,
+            ignore_result=True,
+            retry=True,
+            retry_policy={
+                "max_retries": 1,
+                "interval_start": 0,
+                "interval_step": 0.5,
+                "interval_max": 0.5,
+            },
         )
 
     def revoke(self, task_id: str) -> None:

@@ -4,7 +4,7 @@ retries with backoff because they pass (a service restarting, a dropped connecti
 
 from __future__ import annotations
 
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from labelloop.errors import ExternalServiceError
 from labelloop.locks import HeldLock, LockBusy, LockLost, project_lock
@@ -19,4 +19,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 
-__all__ = ["TRANSIENT_ERRORS", "HeldLock", "LockBusy", "LockLost", "project_lock"]
+# Writers that get-or-create rows (ingest, the Label Studio sync) can still lose a race on
+# a unique key to a concurrent transaction; they are idempotent, so running them again
+# finds the winner's row. Elsewhere a unique violation is a bug and is not retried.
+RACE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, IntegrityError)
+
+__all__ = ["RACE_ERRORS", "TRANSIENT_ERRORS", "HeldLock", "LockBusy", "LockLost", "project_lock"]

@@ -32,7 +32,7 @@ from labelloop.pipelines.runs import (
 from labelloop.pipelines.state import ChainState
 from labelloop.selection import get_strategy
 from labelloop_workers import stages
-from labelloop_workers.stages import RETRY, Message, StageTask, dispatcher, enter
+from labelloop_workers.stages import RETRY, RETRY_RACES, Message, StageTask, dispatcher, enter
 
 _log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def trigger(
     }
 
 
-@shared_task(name="labelloop.pipeline", bind=True, base=StageTask, **RETRY)
+@shared_task(name="labelloop.pipeline", bind=True, base=StageTask, **RETRY_RACES)
 def run(self, state: Message) -> Message:
     """Begin the run (after its debounce quiet time), sync, freeze and stop early when
     there is nothing new to learn from (all decided by `decision.next_step`); otherwise

@@ -37,7 +37,13 @@ from labelloop.runs import execute_run, request_run
 from labelloop.scoring.stage import embedding_plan, score_pool, scoring_plan
 from labelloop.selection import NothingToSelect, select_round
 from labelloop_workers.dispatch import CeleryDispatcher
-from labelloop_workers.guards import TRANSIENT_ERRORS, LockBusy, LockLost, project_lock
+from labelloop_workers.guards import (
+    RACE_ERRORS,
+    TRANSIENT_ERRORS,
+    LockBusy,
+    LockLost,
+    project_lock,
+)
 
 Message = dict  # a ChainState as JSON: what Celery passes between the tasks
 _log = logging.getLogger(__name__)
@@ -50,6 +56,8 @@ RETRY = {
     "retry_jitter": True,
     "max_retries": _settings.task_max_retries,
 }
+# Stages that get-or-create rows others may be creating at the same moment.
+RETRY_RACES = {**RETRY, "autoretry_for": RACE_ERRORS}
 
 
 class StageTask(Task):
@@ -85,7 +93,7 @@ def dispatcher(ctx: Context) -> CeleryDispatcher:
     return CeleryDispatcher(ctx.settings)
 
 
-@shared_task(name="labelloop.ingest", base=StageTask, **RETRY)
+@shared_task(name="labelloop.ingest", base=StageTask, **RETRY_RACES)
 def ingest(
     state: Message,
     path: str,

@@ -3,8 +3,8 @@
 Endpoints call the same stage and pipeline functions as the CLI and the workers, and hand
 runs to the workers through the dispatcher (labelloop.pipelines.dispatch), never doing the work in
 the request. Errors of the project's own types become JSON `{"detail": ...}` with a
-matching status: not found 404, bad input 422, conflicting state 409, a failing service
-(broker, Label Studio) 503.
+matching status: not found 404, bad input 422 (also a value the database cannot store,
+such as a NUL byte), conflicting state 409, a failing service (broker, Label Studio) 503.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 
+from labelloop.api.limits import CredentialsBeforeBody
 from labelloop.config import Settings
 from labelloop.context import Context, set_context
 from labelloop.db import migrate
@@ -49,6 +51,8 @@ their metrics, download an artifact, promote a version. Label Studio posts annot
 events to `/webhooks/labelstudio/{project}`.
 
 Authenticate with `Authorization: Bearer <token>`, a token of `LABELLOOP_API_TOKENS`.
+A request with a body is refused (401) before its body is read unless it carries valid
+credentials, and a body over `LABELLOOP_API_MAX_BODY_BYTES` gets 413.
 """
 
 TAGS = [
@@ -109,6 +113,7 @@ def create_app(
         version="1",
         openapi_tags=TAGS,
         lifespan=lifespan,
+        max_body_size=settings.api_max_body_bytes,
     )
     app.state.ctx = ctx
     app.state.dispatcher = dispatcher
@@ -118,12 +123,25 @@ def create_app(
         if token.get_secret_value()
     }
 
+    app.add_middleware(
+        CredentialsBeforeBody,
+        tokens=lambda: app.state.tokens,
+        webhook_secret=settings.webhook_secret.get_secret_value,
+    )
+
     @app.exception_handler(LabelloopError)
     async def _labelloop_error(request: Request, exc: LabelloopError) -> JSONResponse:
         code = next((c for kind, c in STATUS if isinstance(exc, kind)), 400)
         if code >= 500:
             _log.error("%s %s: %s", request.method, request.url.path, exc)
         return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    @app.exception_handler(DataError)
+    async def _unstorable(request: Request, exc: DataError) -> JSONResponse:
+        """A value the database cannot hold (a NUL byte in a string, a number out of its
+        column's range) came from the client: its mistake, not the server's."""
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else "invalid value"
+        return JSONResponse({"detail": f"a value cannot be stored: {reason}"}, status_code=422)
 
     def ml_train(project: str) -> dict:
         """Label Studio's "Start training": a pipeline run, like the annotation webhook."""

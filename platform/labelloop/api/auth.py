@@ -32,24 +32,40 @@ def token_name(tokens: dict[str, str], given: str) -> str | None:
     return found
 
 
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def bearer_caller(tokens: dict[str, str], authorization: str | None) -> str:
+    """The name of the token in an `Authorization` header; 401 without a valid one."""
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise _unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    name = token_name(tokens, given.strip())
+    if name is None:
+        raise _unauthorized("invalid bearer token")
+    return name
+
+
+def check_webhook_secret(configured: str, given: str | None) -> None:
+    """503 while webhooks are off (no secret configured), 401 for a missing or wrong one."""
+    if not configured:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "webhooks are off: LABELLOOP_WEBHOOK_SECRET is unset",
+        )
+    if not secret_matches(configured, given):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, f"missing or wrong {SECRET_HEADER}")
+
+
 def require_token(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
 ) -> str:
     """The name of the caller's token; 401 without a valid one."""
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing bearer token (Authorization: Bearer <token>)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    name = token_name(request.app.state.tokens, credentials.credentials)
-    if name is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "invalid bearer token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    return name
+    given = f"{credentials.scheme} {credentials.credentials}" if credentials else None
+    return bearer_caller(request.app.state.tokens, given)
 
 
 def require_webhook_secret(
@@ -60,11 +76,4 @@ def require_webhook_secret(
         description="the shared secret `labelloop webhooks register` gave Label Studio",
     ),
 ) -> None:
-    configured = get_ctx(request).settings.webhook_secret.get_secret_value()
-    if not configured:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            "webhooks are off: LABELLOOP_WEBHOOK_SECRET is unset",
-        )
-    if not secret_matches(configured, secret):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, f"missing or wrong {SECRET_HEADER}")
+    check_webhook_secret(get_ctx(request).settings.webhook_secret.get_secret_value(), secret)

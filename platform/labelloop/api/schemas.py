@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from labelloop.kinds import TASKS
 from labelloop.pipelines.runs import PipelineParams
 from labelloop.push.targets import NAMES as PUSH_TARGETS
+
+# Row ids are PostgreSQL integers: anything outside that range names no row, and is
+# refused (422) before it reaches the database.
+MAX_ID = 2**31 - 1
+RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="a pipeline run's id")]
+ModelVersionId = Annotated[int, Path(ge=1, le=MAX_ID, description="a model version's id")]
 
 
 class ErrorOut(BaseModel):

@@ -67,6 +67,22 @@ def ingest(
             "(e.g. a dataset's official test set)."
         ),
     ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="Name of the source the input comes from (default: derived from the "
+            "export, e.g. its Label Studio project). Two exports whose ids overlap but "
+            "that hold different images need different names."
+        ),
+    ] = None,
+    edit: Annotated[
+        bool,
+        typer.Option(
+            "--edit",
+            help="Accept records whose image changed since the last ingest of this source "
+            "(the image was replaced upstream); without it such a record is refused.",
+        ),
+    ] = False,
     ls_project: Annotated[
         int | None,
         typer.Option(help="With PATH `labelstudio`: the Label Studio project id to pull."),
@@ -112,7 +128,7 @@ def ingest(
             label_map=label_map,
             skip_invalid=skip_invalid,
             full=full,
-            source=None,
+            source=source,
             as_json=as_json,
         )
         return
@@ -130,6 +146,8 @@ def ingest(
             image_root=image_root,
             label_config=label_config,
             split=split,
+            source=source,
+            edit=edit,
             on_record=lambda n: update(n, None, ""),
             dry_run=dry_run,
         )

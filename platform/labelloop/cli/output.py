@@ -26,19 +26,36 @@ def emit_json(data: Any) -> None:
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Turn the project's own errors into `error: ...` on stderr and exit code 2."""
+    """Turn the project's own errors, and a service that cannot be reached (database,
+    Redis, broker: one line naming it and its URL without credentials), into `error: ...`
+    on stderr and exit code 2. Every command is wrapped in it."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except LabelloopError as exc:
-            if kwargs.get("as_json"):
-                emit_json({"error": str(exc), "type": type(exc).__name__})
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            _fail(exc, kwargs.get("as_json"))
+        except Exception as exc:
+            from labelloop.config import Settings
+            from labelloop.outages import service_down
 
+            down = service_down(exc, Settings())
+            if down is None:
+                raise
+            _fail(down, kwargs.get("as_json"))
+
+    wrapper.handles_errors = True  # type: ignore[attr-defined]
     return wrapper
+
+
+def _fail(exc: LabelloopError, as_json: bool | None) -> None:
+    if as_json:
+        emit_json({"error": str(exc), "type": type(exc).__name__})
+    # markup=False: text like `labelloop:lock:train` must not turn into emoji or styles.
+    err_console.print("error: ", style="bold red", end="")
+    err_console.print(str(exc), markup=False, emoji=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
 
 
 @contextmanager

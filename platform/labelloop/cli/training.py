@@ -54,29 +54,34 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train on a frozen dataset version; the same version and recipe never train twice."""
-    from labelloop.runs import execute_run, request_run
+    from labelloop.runs import execute_run, request_run, trained_version
 
     overrides = recipe_overrides(recipe, epochs) or None
     ctx = context()
     dv = _latest_dataset(ctx, project, dataset_version)
-    req = request_run(ctx, dv, overrides=overrides)
-    mv_id = req.model_version_id
+    mv_id = trained_version(ctx, dv, overrides=overrides)
+    trained = False
     if mv_id is None:
         from labelloop.locks import project_lock
 
         # The workers' lock: a CLI training never runs beside a worker's for this project.
-        with (
-            project_lock(ctx.settings, project) as held,
-            progress("train", None, interactive(as_json)) as update,
-        ):
+        # It is taken before the training run is recorded, so a lock that cannot be had
+        # (busy, or Redis down) leaves no queued run behind that nothing would ever start.
+        with project_lock(ctx.settings, project) as held:
+            req = request_run(ctx, dv, overrides=overrides)
+            mv_id = req.model_version_id
+            if mv_id is None:
+                with progress("train", None, interactive(as_json)) as update:
 
-            def on_progress(p: dict) -> None:
-                held.check()
-                total = p.get("epochs")
-                info = f"loss {p['loss']:.3f}" if isinstance(p.get("loss"), float) else ""
-                update(int(p.get("epoch", 0)), total, info)
+                    def on_progress(p: dict) -> None:
+                        held.check()
+                        total = p.get("epochs")
+                        loss = p.get("loss")
+                        info = f"loss {loss:.3f}" if isinstance(loss, float) else ""
+                        update(int(p.get("epoch", 0)), total, info)
 
-            mv_id = execute_run(ctx, req.run_id, on_progress=on_progress)
+                    mv_id = execute_run(ctx, req.run_id, on_progress=on_progress)
+                    trained = True
     from labelloop.reports import project_status
 
     st = project_status(ctx, project)
@@ -84,9 +89,9 @@ def train(
     if as_json:
         emit_json(
             {
-                "training_run_id": req.run_id,
+                "training_run_id": mv["training_run_id"],
                 "model_version": mv,
-                "trained": req.model_version_id is None,
+                "trained": trained,
             }
         )
     else:

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labelloop.db.models import Annotation, Image, Project, SourceItem
+from labelloop.db.upsert import insert_new
 from labelloop.domain import Box, Keypoint, Mask, Polygon, Shape, Tag, shapes_to_json
 from labelloop.errors import InputError
 from labelloop.imaging import decode_image
@@ -185,9 +186,11 @@ class _Writer:
         max_pixels: int,
         label_map: dict[str, str],
         report: IngestReport,
+        allow_edit: bool = False,
     ):
         self.s, self.blobs, self.project = s, blobs, project
         self.max_pixels, self.label_map, self.report = max_pixels, label_map, report
+        self.allow_edit = allow_edit
         self.allowed = set(label_names(project))
         self.seen_sha: dict[str, str] = {}  # content hash -> the first record with it
         # (file, source, external id) -> the record that had it: an id twice in one file
@@ -304,16 +307,21 @@ class _Writer:
         if not self.blobs.exists(key):
             self.created_blobs.append(key)  # removed again if the ingest does not keep it
         self.blobs.put_bytes(data, prefix="images", suffix=suffix)
-        img = Image(
-            sha256=digest,
-            blob_key=key,
-            width=int(arr.shape[1]),
-            height=int(arr.shape[0]),
-            format=suffix.lstrip("."),
-        )
-        self.s.add(img)  # inserted with its batch (rows refer to it by relationship)
+        # Another ingest may be writing the same pixels right now: the insert waits for
+        # it and yields to its row instead of failing on the unique hash.
+        values = {
+            "sha256": digest,
+            "blob_key": key,
+            "width": int(arr.shape[1]),
+            "height": int(arr.shape[0]),
+            "format": suffix.lstrip("."),
+        }
+        if insert_new(self.s, Image, values, ["sha256"]) is None:
+            self.report.images_existing += 1
+        else:
+            self.report.images_new += 1
+        img = self.s.scalars(select(Image).where(Image.sha256 == digest)).one()
         self.images[digest] = img
-        self.report.images_new += 1
         return img
 
     def record(self, rec: SourceRecord) -> None:
@@ -334,18 +342,20 @@ class _Writer:
         img = self.image(rec)
         item = self._item(rec.source, rec.external_id)
         if item is None:
-            item = SourceItem(
-                project_id=self.project.id,
-                image=img,
-                source=rec.source,
-                external_id=rec.external_id,
-                uri=rec.uri,
-                meta=rec.meta,
-            )
-            self.s.add(item)
-            self.items[(rec.source, rec.external_id)] = item
-        elif not _same(item.image_id, img.id, lambda: item.image is img):
-            item.image, item.uri = img, rec.uri  # the task's image was replaced upstream
+            values = {
+                "project_id": self.project.id,
+                "image_id": img.id,
+                "source": rec.source,
+                "external_id": rec.external_id,
+                "uri": rec.uri,
+                "meta": rec.meta,
+            }
+            insert_new(self.s, SourceItem, values, ["project_id", "source", "external_id"])
+            self.items.pop((rec.source, rec.external_id), None)
+            item = self._item(rec.source, rec.external_id)
+            assert item is not None
+        if item.image_id != img.id:
+            self.claim(rec, item, img)
         if "split" in rec.meta and (item.meta or {}).get("split") != rec.meta["split"]:
             item.meta = {**(item.meta or {}), "split": rec.meta["split"]}  # re-pinned
         annotations = self._flag_tags(rec)
@@ -368,6 +378,24 @@ class _Writer:
             tags = [Tag(label=f) for f in classes if f not in have]
             out.append(RecordAnnotation(**{**ann.__dict__, "shapes": [*ann.shapes, *tags]}))
         return out
+
+    def claim(self, rec: SourceRecord, item: SourceItem, img: Image) -> None:
+        """The same (source, external id) with other pixels: either the image was replaced
+        upstream (an edit the user vouches for), or two different sources share a name and
+        their ids overlap. Taking the second silently would move the first's labels onto
+        the wrong images, so without `allow_edit` it is refused, naming both."""
+        if not self.allow_edit:
+            old = self.s.get(Image, item.image_id)
+            raise InputError(
+                f"source {rec.source!r} already has {rec.name} with image {item.uri} "
+                f"(sha256 {old.sha256[:12] if old else '?'}), but this input gives it "
+                f"image {rec.uri} (sha256 {img.sha256[:12]}); if this is another source "
+                "(another Label Studio instance or export), name it with --source NAME; "
+                "if the image was replaced on purpose, pass --edit",
+                file=rec.file,
+                record=rec.name,
+            )
+        item.image_id, item.uri = img.id, rec.uri
 
     def annotation(
         self, rec: SourceRecord, item: SourceItem, img: Image, ann: RecordAnnotation
@@ -442,6 +470,7 @@ def ingest_records(
     on_record: Callable[[int], None] | None = None,
     created_blobs: list[str] | None = None,
     per_file: bool = False,
+    allow_edit: bool = False,
 ) -> IngestReport:
     """Write records inside the caller's transaction.
 
@@ -449,9 +478,11 @@ def ingest_records(
     rollback leaves the database untouched. With it, each record runs in a savepoint and
     a bad one is rolled back alone and reported. `created_blobs` receives the keys of the
     image blobs this call wrote, so the caller can remove those its transaction did not
-    keep (`drop_unreferenced`). `per_file` fills `report.files`."""
+    keep (`drop_unreferenced`). `per_file` fills `report.files`. `allow_edit` lets a
+    known (source, external id) move to a different image (it was replaced upstream);
+    otherwise that is refused as a clash of two sources."""
     report = report or IngestReport()
-    writer = _Writer(s, blobs, project, max_pixels, label_map or {}, report)
+    writer = _Writer(s, blobs, project, max_pixels, label_map or {}, report, allow_edit)
     if created_blobs is not None:
         writer.created_blobs = created_blobs
     records_iter = iter(records)

@@ -117,6 +117,7 @@ def ingest_path(
     split: str | None = None,
     on_record: Callable[[int], None] | None = None,
     dry_run: bool = False,
+    edit: bool = False,
 ) -> IngestReport:
     """The ingest stage: one transaction for the whole path; nothing is written on error.
 
@@ -126,7 +127,9 @@ def ingest_path(
 
     A .zip is extracted safely into a temporary folder named after the archive first.
     `split` (train / val / test) pins every image of this ingest to that split in all
-    future dataset versions, e.g. a dataset's official test set."""
+    future dataset versions, e.g. a dataset's official test set. `source` names where the
+    input came from (readers derive a name when absent); `edit` accepts a known record
+    whose image changed, which is otherwise refused as a clash of two sources."""
     if split is not None and split not in {sp.value for sp in Split}:
         raise InputError(f"split must be train, val or test, got {split!r}")
     path = Path(path)
@@ -152,9 +155,10 @@ def ingest_path(
                 on_record,
                 split,
                 dry_run,
+                edit,
             )
     return _ingest(
-        ctx, project_name, path, fmt, opts, skip_invalid, label_map, on_record, split, dry_run
+        ctx, project_name, path, fmt, opts, skip_invalid, label_map, on_record, split, dry_run, edit
     )
 
 
@@ -169,6 +173,7 @@ def _ingest(
     on_record: Callable[[int], None] | None,
     split: str | None = None,
     dry_run: bool = False,
+    edit: bool = False,
 ) -> IngestReport:
     allow_pixels(ctx.settings.max_image_pixels)  # readers probe image headers with Pillow
     name = detect_format(path) if fmt == "auto" else fmt
@@ -195,6 +200,7 @@ def _ingest(
                     on_record=on_record,
                     created_blobs=None if dry_run else created,
                     per_file=dry_run,
+                    allow_edit=edit,
                 )
             except json.JSONDecodeError as exc:
                 raise InputError(f"invalid JSON ({exc})", file=str(path)) from None

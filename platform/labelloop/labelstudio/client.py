@@ -35,8 +35,13 @@ class LabelStudioClient:
     def __init__(self, url: str, token: str, *, timeout: float = 30):
         self.url = url.rstrip("/")
         self.base_path = urlparse(self.url).path  # non-empty when served under a prefix
+        # Redirects are not followed: one could lead the token, or an image fetch, to a
+        # host that a direct reference may not reach (refused like one instead).
         self.sdk = self.call(
-            "connect", lambda: LabelStudio(base_url=self.url, api_key=token, timeout=timeout)
+            "connect",
+            lambda: LabelStudio(
+                base_url=self.url, api_key=token, timeout=timeout, follow_redirects=False
+            ),
         )
 
     # -- projects --------------------------------------------------------------------

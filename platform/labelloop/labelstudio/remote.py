@@ -264,7 +264,7 @@ class LabelStudioSource:
             origin = urlparse(self.url)
             stream = self._client._client_wrapper.httpx_client.stream(
                 route.url.lstrip("/"), method="GET", base_url=f"{origin.scheme}://{origin.netloc}"
-            )
+            )  # the SDK's client follows no redirects (LabelStudioClient)
         else:
             if self._plain is None:
                 self._plain = httpx.Client(timeout=self._timeout, follow_redirects=False)
@@ -276,6 +276,14 @@ class LabelStudioSource:
                     raise ExternalServiceError(
                         f"Label Studio at {self.url} refused the image {ref!r} "
                         "(HTTP 401): check the token"
+                    )
+                if response.is_redirect:
+                    raise InputError(
+                        f"image {shown} redirects to {response.headers.get('location')!r}; "
+                        "redirects are not followed (reference the image where it is, on "
+                        "the Label Studio server or an allowed image host)",
+                        file=file,
+                        record=record,
                     )
                 if response.status_code != 200:
                     raise InputError(

@@ -127,6 +127,9 @@ def sync_labelstudio(
                 label_map=label_map,
                 max_pixels=ctx.settings.max_image_pixels,
                 report=report.ingest,
+                # The source names this server's project: a task whose image changed
+                # was edited there, not claimed by another source.
+                allow_edit=True,
             )
             report.annotations_deleted = mark_deleted(s, project.id, src, pull.present)
             before = set(saved.get("deleted_tasks") or [])

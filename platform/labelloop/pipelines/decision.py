@@ -11,6 +11,7 @@ whose messages were lost.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +29,15 @@ from labelloop.pipelines.runs import (
     advance,
     begin,
     finish,
+    unsent_runs,
 )
 from labelloop.pipelines.state import ChainState
 from labelloop.pipelines.triggers import labelstudio_links
 from labelloop.pipelines.webhooks import follow_up
 from labelloop.projects import get_project
 from labelloop.runs import trained_version
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -166,11 +170,18 @@ def _follow_up(ctx: Context, dispatcher: Dispatcher, project_id: int) -> int | N
 
 
 def sweep(ctx: Context, dispatcher: Dispatcher) -> dict[str, list[int]]:
-    """End pipeline runs that lost every sign of life (their messages were lost), and
-    start the retrains that webhook events call for when no run was there to pick them
-    up. Returns the ids of both."""
+    """End pipeline runs that lost every sign of life (their messages were lost), send
+    again the queued runs whose first task never started, and start the retrains that
+    webhook events call for when no run was there to pick them up. Returns the ids."""
     abandoned = abandon_stale(ctx)
+    resent = []
+    for run_id, task_id in unsent_runs(ctx):
+        try:
+            dispatcher.start_pipeline(run_id, task_id)
+            resent.append(run_id)
+        except Exception as exc:  # the broker is still down: the next sweep tries again
+            _log.warning("could not send pipeline run %s again: %s", run_id, exc)
     with ctx.db.session() as s:
         project_ids = list(s.scalars(select(Project.id).order_by(Project.id)))
     started = [r for pid in project_ids if (r := _follow_up(ctx, dispatcher, pid)) is not None]
-    return {"abandoned": abandoned, "started": started}
+    return {"abandoned": abandoned, "resent": resent, "started": started}

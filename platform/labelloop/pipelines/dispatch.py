@@ -16,6 +16,7 @@ from typing import Protocol
 from labelloop.config import Settings
 from labelloop.context import Context
 from labelloop.errors import ConfigError, ExternalServiceError
+from labelloop.outages import redact
 from labelloop.pipelines.runs import PipelineRequest, PipelineStatus, finish
 
 _log = logging.getLogger(__name__)
@@ -55,5 +56,6 @@ def launch(ctx: Context, dispatcher: Dispatcher, req: PipelineRequest) -> None:
         _log.exception("could not enqueue pipeline run %s", req.run_id)
         finish(ctx, req.run_id, PipelineStatus.failed, message=f"could not enqueue: {exc}")
         raise ExternalServiceError(
-            f"the broker did not accept pipeline run {req.run_id}: {exc}"
+            f"the broker at {redact(ctx.settings.broker_url)} did not accept pipeline run "
+            f"{req.run_id} ({exc}); the run is marked failed: try again when the broker is up"
         ) from exc

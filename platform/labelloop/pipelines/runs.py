@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -417,6 +417,28 @@ def abandon_stale(ctx: Context) -> list[int]:
             run.active_project_id = None
             ended.append(run.id)
     return ended
+
+
+def unsent_runs(ctx: Context) -> list[tuple[int, str]]:
+    """Queued runs whose first task never started, `pipeline_unsent_s` after they were due
+    (the process that queued them died before sending, or the message was lost): each gets
+    a new task id to be sent again. An older copy that turns up later finds the run
+    belongs to the new id and skips itself, so exactly one begins it."""
+    cutoff = utcnow() - timedelta(seconds=ctx.settings.pipeline_unsent_s)
+    out = []
+    with ctx.db.session(serialized=True) as s:
+        for run in s.scalars(
+            select(PipelineRun).where(
+                PipelineRun.status == PipelineStatus.queued.value,
+                PipelineRun.active_project_id.is_not(None),
+                PipelineRun.started_at.is_(None),
+                PipelineRun.updated_at < cutoff,
+                or_(PipelineRun.not_before.is_(None), PipelineRun.not_before < cutoff),
+            )
+        ):
+            run.task_id, run.updated_at = str(uuid.uuid4()), utcnow()
+            out.append((run.id, run.task_id))
+    return out
 
 
 def is_running(ctx: Context, run_id: int) -> bool:

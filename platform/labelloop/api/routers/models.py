@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
 from labelloop.api.auth import get_ctx, require_token
-from labelloop.api.schemas import ErrorOut, ModelVersionOut, PromoteIn
+from labelloop.api.schemas import ErrorOut, ModelVersionId, ModelVersionOut, PromoteIn
 from labelloop.context import Context
 from labelloop.db.models import ModelVersion, Project
 from labelloop.errors import InputError, NotFoundError
@@ -39,7 +39,7 @@ def _version(ctx: Context, model_version_id: int) -> dict:
     responses=NOT_FOUND,
     summary="One model version",
 )
-def get_model_version(model_version_id: int, ctx: Context = Depends(get_ctx)) -> dict:
+def get_model_version(model_version_id: ModelVersionId, ctx: Context = Depends(get_ctx)) -> dict:
     return _version(ctx, model_version_id)
 
 
@@ -56,7 +56,9 @@ def get_model_version(model_version_id: int, ctx: Context = Depends(get_ctx)) ->
     },
     summary="Download a model artifact",
 )
-def download_artifact(model_version_id: int, ctx: Context = Depends(get_ctx)) -> StreamingResponse:
+def download_artifact(
+    model_version_id: ModelVersionId, ctx: Context = Depends(get_ctx)
+) -> StreamingResponse:
     """Streamed from the blob store in 1 MiB chunks. The sha256 recorded when the version
     was made is sent as a header; should the stored bytes not match it, the stream breaks
     off instead of completing, so a client never receives a silently different file."""
@@ -96,7 +98,7 @@ def download_artifact(model_version_id: int, ctx: Context = Depends(get_ctx)) ->
     summary="Promote to production",
 )
 def promote_model_version(
-    model_version_id: int,
+    model_version_id: ModelVersionId,
     body: PromoteIn,
     ctx: Context = Depends(get_ctx),
     caller: str = Depends(require_token),

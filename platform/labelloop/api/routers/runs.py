@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from labelloop.api.auth import get_ctx, require_token
-from labelloop.api.schemas import CancelIn, ErrorOut, RunOut, TriggerIn, TriggerOut
+from labelloop.api.schemas import CancelIn, ErrorOut, RunId, RunOut, TriggerIn, TriggerOut
 from labelloop.context import Context
 from labelloop.pipelines import runs as pipelines
 from labelloop.pipelines.dispatch import launch
@@ -75,7 +75,7 @@ def list_project_runs(
     dependencies=[Depends(require_token)],
     summary="A run's status and progress",
 )
-def get_run(run_id: int, ctx: Context = Depends(get_ctx)) -> dict:
+def get_run(run_id: RunId, ctx: Context = Depends(get_ctx)) -> dict:
     """Status, stage, the ids produced so far, and the training's progress as the trainer
     last wrote it to the database (epoch, step, loss, validation metrics)."""
     return pipelines.run_info(ctx, run_id)
@@ -89,7 +89,7 @@ def get_run(run_id: int, ctx: Context = Depends(get_ctx)) -> dict:
     summary="Cancel a run",
 )
 def cancel_run(
-    run_id: int, request: Request, body: CancelIn | None = None, ctx: Context = Depends(get_ctx)
+    run_id: RunId, request: Request, body: CancelIn | None = None, ctx: Context = Depends(get_ctx)
 ) -> dict:
     """Mark the run (and its training) cancelled and revoke its queued task. A training in
     progress stops at its next progress report and keeps its last checkpoint."""
