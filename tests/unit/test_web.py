@@ -1,0 +1,143 @@
+"""The dashboard in process (FastAPI's TestClient) on an embedded project with a tiny
+trained model, a scored pool, a round and a push: log-in, every page kind, figures equal
+to the database."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from labelloop.db.models import ModelVersion, RoundItem
+from labelloop.web.app import create_app
+from labelloop.web.session import COOKIE, session_cookie, user_from_cookie
+from tests.factories import trained_project
+
+TOKENS = {"alice": "a" * 32}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """One trained project shared by the module's tests (training is the slow part)."""
+    from labelloop.config import Settings
+    from labelloop.context import Context, set_context
+    from labelloop.db import migrate
+    from labelloop.push.stage import push_round
+    from labelloop.scoring.stage import score_pool
+    from labelloop.selection import select_round
+
+    tmp = tmp_path_factory.mktemp("web")
+    settings = Settings(
+        data_dir=tmp / "data",
+        database_url="",
+        blob_url="",
+        broker_url="memory://",
+        result_backend="",
+        redis_url="",
+        api_tokens=TOKENS,
+    )
+    migrate.upgrade(settings.database_url)
+    ctx = Context(settings)
+    set_context(ctx)
+    _, mv = trained_project(ctx, "cells", tmp, labelled=8, pool=4)
+    score_pool(ctx, mv)
+    rnd = select_round(ctx, "cells", budget=3, model_version_id=mv)
+    push_round(ctx, rnd.round_id, "file", out_dir=tmp / "out")
+    app = create_app(settings)
+    yield {"ctx": ctx, "app": app, "mv": mv, "round": rnd.round_id}
+    set_context(None)
+    ctx.close()
+
+
+@pytest.fixture
+def client(world):
+    c = TestClient(world["app"])
+    r = c.post("/login", data={"token": TOKENS["alice"], "next": "/"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    return c
+
+
+def test_pages_need_a_log_in_and_a_wrong_token_is_refused(world):
+    c = TestClient(world["app"])
+    r = c.get("/p/cells", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login?next=/p/cells"
+    bad = c.post("/login", data={"token": "nope", "next": "/"}, follow_redirects=False)
+    assert bad.status_code == 401 and "unknown token" in bad.text
+    assert COOKIE not in c.cookies
+    forged = TestClient(world["app"], cookies={COOKIE: "alice:" + "0" * 64})
+    assert forged.get("/", follow_redirects=False).status_code == 303
+    # An open redirect is refused: after log-in the user stays on this site.
+    r = c.post("/login", data={"token": TOKENS["alice"], "next": "//evil"}, follow_redirects=False)
+    assert r.headers["location"] == "/"
+
+
+def test_session_cookie_is_bound_to_the_token():
+    value = session_cookie("secret", "alice")
+    assert user_from_cookie({"alice": "secret"}, value) == "alice"
+    assert user_from_cookie({"alice": "rotated"}, value) is None
+    assert user_from_cookie({}, value) is None
+    assert user_from_cookie({"alice": "secret"}, "garbage") is None
+
+
+def _field(html: str, field: str) -> str:
+    m = re.search(rf'data-field="{field}">([^<]*)<', html)
+    assert m, field
+    return m.group(1)
+
+
+def test_projects_and_project_page_show_the_database(client, world):
+    ctx = world["ctx"]
+    home = client.get("/")
+    assert home.status_code == 200 and 'href="/p/cells"' in home.text
+    assert _field(home.text, "labelled") == "8"
+    assert _field(home.text, "unlabeled") == "4"
+    assert _field(home.text, "out") == "3"  # the round's images are out with annotators
+    page = client.get("/p/cells")
+    assert page.status_code == 200
+    with ctx.db.session() as s:
+        mv = s.get(ModelVersion, world["mv"])
+        value = mv.metrics["test"][mv.metrics.get("primary_metric") or "mean_dice"]
+        name = mv.name
+    assert f'href="/models/{name}"' in page.text
+    assert _field(page.text, "value") == f"{value:.3f}"
+    assert 'data-chart="growth"' in page.text and 'data-chart="metric"' in page.text
+    assert 'data-field="progress">0/3<' in page.text
+    assert _field(page.text, "added") == "8"  # the first dataset version adds every image
+    live = client.get("/p/cells/live.json").json()
+    assert live["counts"] == {"total": 12, "labelled": 8, "unlabeled": 4, "out": 3}
+
+
+def test_model_version_page_gallery_worst_first(client, world):
+    with world["ctx"].db.session() as s:
+        name = s.get(ModelVersion, world["mv"]).name
+    page = client.get(f"/models/{name}")
+    assert page.status_code == 200
+    assert 'id="per-class"' in page.text and 'data-class="RBC"' in page.text
+    errors = [int(e) for e in re.findall(r'data-error="(\d+)"', page.text)]
+    assert errors and errors == sorted(errors, reverse=True)
+    image = re.search(r'data-image="(\d+)"', page.text).group(1)
+    for side in ("pred", "truth"):
+        png = client.get(f"/models/{name}/test/{image}/{side}.png")
+        assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+    assert client.get(f"/models/{name}/test/{image}/other.png").status_code == 404
+    assert client.get("/models/nope").status_code == 404
+
+
+def test_round_page_lists_the_round_in_rank_order(client, world):
+    rid = world["round"]
+    page = client.get(f"/rounds/{rid}")
+    assert page.status_code == 200
+    with world["ctx"].db.session() as s:
+        images = list(
+            s.scalars(
+                select(RoundItem.image_id).where(RoundItem.round_id == rid).order_by(RoundItem.rank)
+            )
+        )
+        assert s.scalar(select(func.count()).where(RoundItem.round_id == rid)) == 3
+    assert [int(i) for i in re.findall(r'data-image="(\d+)"', page.text)] == images
+    assert page.text.count("file: ") == 3  # where each went
+    png = client.get(f"/rounds/{rid}/images/{images[0]}.png")
+    assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+    assert client.get("/static/live.js").status_code == 200
