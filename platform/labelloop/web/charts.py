@@ -13,7 +13,7 @@ from html import escape
 from markupsafe import Markup
 
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04"]
-W, H, PAD_L, PAD_R, PAD_T, PAD_B = 560, 220, 48, 16, 14, 34
+W, H, PAD_L, PAD_R, PAD_T, PAD_B = 560, 220, 48, 28, 14, 34
 
 
 def _fmt(v: float) -> str:
@@ -59,6 +59,8 @@ def line_chart(
     if not points:
         return _empty(title, kind)
     x0, x1 = _range([p[0] for p in points], zero=False)
+    if len({p[0] for p in points}) == 1:  # one x value: centre it
+        x0, x1 = points[0][0] - 1, points[0][0] + 1
     y0, y1 = _range([p[1] for p in points], zero=zero)
     pw, ph = W - PAD_L - PAD_R, H - PAD_T - PAD_B
 
@@ -152,7 +154,9 @@ def scatter(
     vals = [p[0] for p in points] + [p[1] for p in points]
     lo, hi = _range(vals, zero=True)
     side = H - PAD_T - PAD_B
-    size = side + PAD_L + PAD_R
+    names = list(dict.fromkeys(p[2] for p in points))
+    legend_w = 20 + 8 * max(len(n) for n in names) if len(names) > 1 else 0
+    size = side + PAD_L + PAD_R + legend_w
 
     def sx(v: float) -> float:
         return PAD_L + (v - lo) / (hi - lo) * side
@@ -183,16 +187,40 @@ def scatter(
             f'<line class="diag" x1="{sx(lo):.1f}" y1="{sy(lo):.1f}" x2="{sx(hi):.1f}" '
             f'y2="{sy(hi):.1f}"/>'
         )
-    names = list(dict.fromkeys(p[2] for p in points))
     for x, y, name in points:
         color = PALETTE[names.index(name) % len(PALETTE)]
         out.append(
             f'<circle class="dot" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{color}" '
             f'fill-opacity="0.75"><title>{escape(name)}: {_fmt(x)} → {_fmt(y)}</title></circle>'
         )
-    out.append(_legend(names))
+    for i, name in enumerate(names if legend_w else []):
+        x, y = PAD_L + side + 12, PAD_T + 4 + i * 16
+        out.append(
+            f'<rect x="{x}" y="{y}" width="10" height="10" '
+            f'fill="{PALETTE[i % len(PALETTE)]}"/><text class="tick" x="{x + 14}" '
+            f'y="{y + 9}">{escape(name)}</text>'
+        )
     out.append("</svg>")
     return Markup("".join(out))
+
+
+def time_ticks(t0: float, t1: float, n: int = 4) -> list[tuple[float, str]]:
+    """Ticks for a time axis in epoch seconds: clock time within a day, else dates."""
+    from datetime import UTC, datetime
+
+    fmt = "%H:%M:%S" if t1 - t0 < 600 else "%H:%M" if t1 - t0 < 86400 else "%Y-%m-%d"
+    span = (t1 - t0) or 1.0
+    return [
+        (t0 + span * i / n, datetime.fromtimestamp(t0 + span * i / n, UTC).strftime(fmt))
+        for i in range(n + 1)
+    ]
+
+
+def int_ticks(x0: float, x1: float, n: int = 5) -> list[tuple[float, str]]:
+    """Whole-number ticks (version numbers, image counts)."""
+    step = max(1, round((x1 - x0) / n))
+    first = int(x0)
+    return [(float(v), str(v)) for v in range(first, int(x1) + 1, step)]
 
 
 def heatmap(matrix: Sequence[Sequence[float]], labels: Sequence[str], *, title: str) -> Markup:
@@ -233,3 +261,22 @@ def heatmap(matrix: Sequence[Sequence[float]], labels: Sequence[str], *, title: 
             )
     out.append("</svg>")
     return Markup("".join(out))
+
+
+def sparkline(points: Sequence[Sequence[float]], width: int = 120, height: int = 28) -> Markup:
+    """A small loss curve (epoch, loss) for a table cell; live.js redraws it the same way."""
+    pts = [(float(x), float(y)) for x, y in points]
+    if len(pts) < 2:
+        return Markup(f'<svg class="spark" data-points="{escape(json.dumps(pts))}"></svg>')
+    x0, x1 = _range([p[0] for p in pts], zero=False)
+    y0, y1 = _range([p[1] for p in pts], zero=False)
+    coords = " ".join(
+        f"{2 + (x - x0) / (x1 - x0) * (width - 4):.1f},"
+        f"{2 + (1 - (y - y0) / (y1 - y0)) * (height - 4):.1f}"
+        for x, y in pts
+    )
+    return Markup(
+        f'<svg class="spark" width="{width}" height="{height}" '
+        f'data-points="{escape(json.dumps(pts))}" viewBox="0 0 {width} {height}">'
+        f'<polyline fill="none" stroke="#2563eb" stroke-width="1.5" points="{coords}"/></svg>'
+    )

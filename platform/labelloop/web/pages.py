@@ -71,9 +71,8 @@ async def login(request: Request) -> Response:
         target = "/"  # never an open redirect
     name = token_name(request.app.state.tokens, token) if token else None
     if name is None:
-        resp = page(request, "login.html", next=target, error="unknown token", user=None)
-        resp.status_code = 401
-        return resp
+        # 200, not 401: the form is shown again (a browser logs a 401 page as an error).
+        return page(request, "login.html", next=target, error="unknown token", user=None)
     resp = RedirectResponse(target, status_code=303)
     resp.set_cookie(
         COOKIE,
@@ -116,9 +115,7 @@ def project_page(
 
 def project_figures(d: dict[str, Any]) -> dict[str, Any]:
     """The project page's charts, from the page data."""
-    growth = d["growth"]
-    t0 = growth[0][0].timestamp() if growth else 0.0
-    hours = [((t.timestamp() - t0) / 3600, n) for t, n in growth]
+    growth = [(t.timestamp(), n) for t, n in d["growth"]]
     models = d["models"]
     metric = models[-1]["metric"] if models else "metric"
     over_versions = [(i + 1, m["value"]) for i, m in enumerate(models) if m["value"] is not None]
@@ -127,11 +124,15 @@ def project_figures(d: dict[str, Any]) -> dict[str, Any]:
         for m in models
         if m["value"] is not None and m["train_images"] is not None
     ]
+    n_models = max(len(models), 1)
+    lo_img = min((x for x, _ in al_curve), default=0)
+    hi_img = max((x for x, _ in al_curve), default=1)
     return {
         "growth": charts.line_chart(
-            {"labelled images": hours},
+            {"labelled images": growth},
             title="label growth",
-            x_label="hours since the first label",
+            x_label="time (UTC)",
+            x_ticks=charts.time_ticks(growth[0][0], growth[-1][0]) if growth else None,
             y_label="labelled images",
             kind="growth",
             step=True,
@@ -140,6 +141,7 @@ def project_figures(d: dict[str, Any]) -> dict[str, Any]:
             {metric: over_versions},
             title=f"test {metric} per model version",
             x_label="model version (oldest first)",
+            x_ticks=charts.int_ticks(1, n_models),
             y_label=f"test {metric}",
             kind="metric",
             zero=False,
@@ -148,6 +150,7 @@ def project_figures(d: dict[str, Any]) -> dict[str, Any]:
             {metric: al_curve},
             title="active-learning curve",
             x_label="labelled images in the dataset version",
+            x_ticks=charts.int_ticks(lo_img, hi_img if hi_img > lo_img else lo_img + 1),
             y_label=f"test {metric}",
             kind="al_curve",
             zero=False,

@@ -40,9 +40,38 @@
     tr.appendChild(cell(r.stage || "", "stage"));
     tr.appendChild(cell("", "epoch"));
     tr.appendChild(cell("", "loss"));
+    tr.appendChild(cell("", "curve"));
     tr.appendChild(cell(r.message || "", null, "small"));
     tr.appendChild(cell(r.updated_at, null, "small"));
     return tr;
+  }
+
+  // The same drawing as charts.sparkline on the server.
+  function spark(td, pts) {
+    var ns = "http://www.w3.org/2000/svg";
+    var w = 120, h = 28;
+    td.textContent = "";
+    var svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("class", "spark");
+    svg.setAttribute("data-points", JSON.stringify(pts || []));
+    td.appendChild(svg);
+    if (!pts || pts.length < 2) return;
+    svg.setAttribute("width", w);
+    svg.setAttribute("height", h);
+    var xs = pts.map(function (p) { return p[0]; }), ys = pts.map(function (p) { return p[1]; });
+    var x0 = Math.min.apply(null, xs), x1 = Math.max.apply(null, xs);
+    var y0 = Math.min.apply(null, ys), y1 = Math.max.apply(null, ys);
+    if (x1 - x0 < 1e-12) x1 = x0 + 1;
+    if (y1 - y0 < 1e-12) y1 = y0 + (Math.abs(y0) || 1);
+    var line = document.createElementNS(ns, "polyline");
+    line.setAttribute("fill", "none");
+    line.setAttribute("stroke", "#2563eb");
+    line.setAttribute("stroke-width", "1.5");
+    line.setAttribute("points", pts.map(function (p) {
+      return (2 + (p[0] - x0) / (x1 - x0) * (w - 4)).toFixed(1) + "," +
+        (2 + (1 - (p[1] - y0) / (y1 - y0)) * (h - 4)).toFixed(1);
+    }).join(" "));
+    svg.appendChild(line);
   }
 
   function update(tr, r) {
@@ -53,8 +82,9 @@
     tr.querySelector('[data-field="stage"]').textContent = r.stage || "";
     tr.querySelector('[data-field="epoch"]').textContent = training(r);
     tr.querySelector('[data-field="loss"]').textContent = loss(r);
-    tr.cells[7].textContent = r.message || "";
-    tr.cells[8].textContent = r.updated_at || "";
+    spark(tr.querySelector('[data-field="curve"]'), r.training ? r.training.curve : []);
+    tr.cells[8].textContent = r.message || "";
+    tr.cells[9].textContent = r.updated_at || "";
   }
 
   function apply(data) {
