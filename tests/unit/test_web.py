@@ -4,6 +4,7 @@ to the database."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -141,3 +142,50 @@ def test_round_page_lists_the_round_in_rank_order(client, world):
     png = client.get(f"/rounds/{rid}/images/{images[0]}.png")
     assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
     assert client.get("/static/live.js").status_code == 200
+
+
+def test_reports_are_self_contained_and_printed(world, tmp_path):
+    from labelloop.web.report import chromium, model_version_report, round_report
+    from tests.support import require
+
+    require(chromium() is not None, "chromium is not installed (Debian package `chromium`)")
+    ctx = world["ctx"]
+    with ctx.db.session() as s:
+        name = s.get(ModelVersion, world["mv"]).name
+    written = model_version_report(ctx, name, tmp_path / "mv")
+    assert sorted(written) == ["html", "json", "pdf"]
+    html = written["html"].read_text()
+    # Offline: no stylesheet, script or image is fetched from anywhere.
+    assert not re.search(r'(src|href)="(https?:|/static)', html)
+    body = json.loads(written["json"].read_text())
+    assert html.count('src="data:image/png;base64,') == 2 * len(body["test_images"])
+    assert body["model_version"]["name"] == name
+    assert written["pdf"].read_bytes()[:5] == b"%PDF-"
+    assert sorted(p.name for p in (tmp_path / "mv").iterdir()) == [
+        "report.html",
+        "report.json",
+        "report.pdf",
+    ]
+
+    written = round_report(ctx, "cells", 1, tmp_path / "round", pdf=False)
+    assert sorted(written) == ["html", "json"]
+    body = json.loads(written["json"].read_text())
+    assert [it["rank"] for it in body["items"]] == [1, 2, 3]
+    assert written["html"].read_text().count('src="data:image/png;base64,') == 3
+
+
+def test_report_cli_names_what_is_missing(world, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from labelloop.cli.main import app
+
+    monkeypatch.setenv("LABELLOOP_DATA_DIR", str(world["ctx"].settings.data_dir))
+    for var in ("LABELLOOP_DATABASE_URL", "LABELLOOP_BLOB_URL", "LABELLOOP_BROKER_URL"):
+        monkeypatch.delenv(var, raising=False)
+    res = CliRunner().invoke(app, ["report", "round", "7", "-p", "cells", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "project 'cells' has no round 7" in res.output
+    assert list(tmp_path.iterdir()) == []
+    res = CliRunner().invoke(
+        app, ["report", "model-version", "nope", "--out", str(tmp_path / "x"), "--no-pdf"]
+    )
+    assert res.exit_code == 2 and "no model version named 'nope'" in res.output

@@ -17,6 +17,7 @@ from labelloop.cli import (
     ingest,
     models,
     projects,
+    report,
     rounds,
     runs,
     serve,
@@ -47,6 +48,7 @@ for name, group in (
     ("sync", sync),
     ("runs", runs),
     ("webhooks", webhooks),
+    ("report", report),
 ):
     app.add_typer(group.app, name=name)
 

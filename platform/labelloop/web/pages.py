@@ -359,6 +359,13 @@ def round_overlay(
     ctx: Context = Depends(get_ctx),
 ) -> Response:
     """An image of a round with the prediction it was sent out with."""
+    shapes, pid = round_prediction(ctx, round_id, image_id)
+    return _overlay_response(ctx, image_id, shapes, project_id=pid)
+
+
+def round_prediction(ctx: Context, round_id: int, image_id: int) -> tuple[list, int]:
+    """The prediction (canonical shapes JSON) an image of a round went out with, and the
+    round's project id."""
     with ctx.db.session() as s:
         rnd = s.get(AnnotationRound, round_id)
         if rnd is None:
@@ -371,8 +378,7 @@ def round_overlay(
         sc = s.scalars(q.limit(1)).first()
         key = (sc.details or {}).get("shapes_key") if sc else None
         pid = rnd.project_id
-    shapes = json.loads(ctx.blobs.get_bytes(key)) if key else []
-    return _overlay_response(ctx, image_id, shapes, project_id=pid)
+    return (json.loads(ctx.blobs.get_bytes(key)) if key else []), pid
 
 
 def mount(app: FastAPI) -> None:
