@@ -25,6 +25,7 @@ from labelloop.cli import (
     status,
     sync,
     training,
+    watch,
     webhooks,
 )
 
@@ -39,7 +40,7 @@ app = typer.Typer(
     "LABELLOOP_* environment variables or .env (see docs/operations.md).",
 )
 # Commands first, in the order of the loop, then the groups, then the plugins' commands.
-for commands in (ingest, training, status, rounds, models, simulate, serve):
+for commands in (ingest, training, status, rounds, models, watch, simulate, serve):
     app.add_typer(commands.app)
 for name, group in (
     ("db", db),
