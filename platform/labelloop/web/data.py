@@ -6,10 +6,10 @@ project page stays fast with thousands of images and a hundred model versions.""
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import Float, Integer, and_, case, cast, func, select
 from sqlalchemy.orm import Session, aliased
 
 from labelloop.db.models import (
@@ -111,26 +111,44 @@ def _mv_brief(mv: ModelVersion | None) -> dict[str, Any] | None:
     return {"id": mv.id, "name": mv.name, "stage": mv.stage, "metric": metric, "value": value}
 
 
+GROWTH_POINTS = 240  # label growth is drawn from at most this many time buckets
+
+
+def _epoch(s: Session, column):
+    """Seconds since 1970 of a timestamp column, in the session's SQL dialect."""
+    if s.get_bind().dialect.name == "sqlite":
+        return cast(func.strftime("%s", column), Float)
+    return func.extract("epoch", column)
+
+
 def label_growth(s: Session, pid: int) -> list[tuple[datetime, int]]:
     """Cumulative number of labelled images over time (an image counts from its first
-    annotation)."""
+    annotation), bucketed in SQL into at most GROWTH_POINTS steps so a large project
+    sends a few hundred rows, not one per image."""
     first = (
-        select(func.min(Annotation.created_at).label("t"))
+        select(_epoch(s, func.min(Annotation.created_at)).label("t"))
         .where(Annotation.project_id == pid, Annotation.state.in_(("active", "superseded")))
         .group_by(Annotation.image_id)
         .subquery()
     )
-    per_time = s.execute(select(first.c.t, func.count()).group_by(first.c.t).order_by(first.c.t))
+    lo, hi = s.execute(select(func.min(first.c.t), func.max(first.c.t))).one()
+    if lo is None:
+        return []
+    width = max((float(hi) - float(lo)) / GROWTH_POINTS, 1e-6)
+    bucket = cast((first.c.t - lo) / width, Integer).label("b")
+    rows = s.execute(
+        select(bucket, func.max(first.c.t), func.count()).group_by(bucket).order_by(bucket)
+    )
     out, total = [], 0
-    for t, n in per_time:
+    for _, t, n in rows:
         total += n
-        out.append((t, total))
+        out.append((datetime.fromtimestamp(float(t), UTC), total))
     return out
 
 
 def dataset_diffs(s: Session, pid: int) -> list[dict[str, Any]]:
     """Each dataset version with what changed since its parent: images added, removed and
-    relabelled (the same image with another annotation)."""
+    relabelled (the same image with another annotation), in one query for all versions."""
     versions = list(
         s.scalars(
             select(DatasetVersion)
@@ -139,51 +157,57 @@ def dataset_diffs(s: Session, pid: int) -> list[dict[str, Any]]:
         )
     )
     new, old = aliased(DatasetItem), aliased(DatasetItem)
+    diff = {
+        dv_id: (n, added, relabelled)
+        for dv_id, n, added, relabelled in s.execute(
+            select(
+                new.dataset_version_id,
+                func.count(),
+                func.sum(case((old.id.is_(None), 1), else_=0)),
+                func.sum(
+                    case(
+                        (
+                            and_(
+                                old.id.is_not(None),
+                                new.annotation_id.is_distinct_from(old.annotation_id),
+                            ),
+                            1,
+                        ),
+                        else_=0,
+                    )
+                ),
+            )
+            .join(DatasetVersion, DatasetVersion.id == new.dataset_version_id)
+            .outerjoin(
+                old,
+                and_(
+                    old.dataset_version_id == DatasetVersion.parent_id,
+                    old.image_id == new.image_id,
+                ),
+            )
+            .where(DatasetVersion.project_id == pid)
+            .group_by(new.dataset_version_id)
+        )
+    }
+    sizes = {dv_id: n for dv_id, (n, _, _) in diff.items()}
     out = []
     for dv in versions:
-        row: dict[str, Any] = {
-            "id": dv.id,
-            "number": dv.number,
-            "hash": dv.content_hash[:12],
-            "images": dv.stats.get("images"),
-            "splits": dv.stats.get("splits") or {},
-            "created_at": _iso(dv.created_at),
-            "added": None,
-            "removed": None,
-            "relabelled": None,
-        }
-        if dv.parent_id is not None:
-
-            def only_in(a, b, a_id: int, b_id: int):
-                return s.scalar(
-                    select(func.count())
-                    .select_from(a)
-                    .where(
-                        a.dataset_version_id == a_id,
-                        ~exists().where(b.dataset_version_id == b_id, b.image_id == a.image_id),
-                    )
-                )
-
-            row["added"] = only_in(new, old, dv.id, dv.parent_id)
-            row["removed"] = only_in(old, new, dv.parent_id, dv.id)
-            row["relabelled"] = s.scalar(
-                select(func.count())
-                .select_from(new)
-                .join(
-                    old,
-                    and_(
-                        old.dataset_version_id == dv.parent_id,
-                        old.image_id == new.image_id,
-                    ),
-                )
-                .where(
-                    new.dataset_version_id == dv.id,
-                    new.annotation_id.is_distinct_from(old.annotation_id),
-                )
-            )
-        else:
-            row["added"] = row["images"]
-        out.append(row)
+        n, added, relabelled = diff.get(dv.id, (0, 0, 0))
+        parent = dv.parent_id
+        out.append(
+            {
+                "id": dv.id,
+                "number": dv.number,
+                "hash": dv.content_hash[:12],
+                "images": dv.stats.get("images", n),
+                "splits": dv.stats.get("splits") or {},
+                "created_at": _iso(dv.created_at),
+                "added": int(added or 0),
+                # What the parent had that is not carried over.
+                "removed": None if parent is None else sizes.get(parent, 0) - (n - int(added or 0)),
+                "relabelled": None if parent is None else int(relabelled or 0),
+            }
+        )
     return out
 
 
