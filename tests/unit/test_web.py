@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from html import unescape
 
 import pytest
 from fastapi.testclient import TestClient
@@ -189,3 +190,34 @@ def test_report_cli_names_what_is_missing(world, tmp_path, monkeypatch):
         app, ["report", "model-version", "nope", "--out", str(tmp_path / "x"), "--no-pdf"]
     )
     assert res.exit_code == 2 and "no model version named 'nope'" in res.output
+
+
+def test_count_report_inlines_overlays_and_plots_against_truth(world, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from labelloop.cli.main import app
+    from labelloop.web.report import chromium
+    from tests.factories import png
+    from tests.support import require
+
+    require(chromium() is not None, "chromium is not installed (Debian package `chromium`)")
+    monkeypatch.setenv("LABELLOOP_DATA_DIR", str(world["ctx"].settings.data_dir))
+    for var in ("LABELLOOP_DATABASE_URL", "LABELLOOP_BLOB_URL", "LABELLOOP_BROKER_URL"):
+        monkeypatch.delenv(var, raising=False)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "labelled.png").write_bytes(png(seed=0))  # image 0 of the labelled export
+    (folder / "new.png").write_bytes(png(seed=99))
+    out = tmp_path / "out"
+    args = ["count", str(folder), "-p", "cells", "--out", str(out), "--report", "--json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    counts = json.loads(res.output)
+    html = (out / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 2
+    found = re.search(r'data-chart="counts" data-points="([^"]*)"', html)
+    points = json.loads(unescape(found.group(1)))
+    truth = [im for im in counts["images"] if im["truth"]]
+    assert len(points) == 3 * len(truth) >= 3
+    assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
+    assert json.loads((out / "report.json").read_text())["totals"] == counts["totals"]

@@ -25,7 +25,7 @@ from labelloop.db.models import AnnotationRound, Image
 from labelloop.domain import shapes_from_json
 from labelloop.errors import ConfigError, NotFoundError
 from labelloop.projects import get_project
-from labelloop.web import pages
+from labelloop.web import charts, pages
 from labelloop.web.overlay import overlay_png
 
 PDF_TIMEOUT_S = 120
@@ -105,6 +105,38 @@ def round_report(
         d=d, images=images, inline_css=_css(), user=None
     )
     return _write(out, html, d, pdf)
+
+
+def count_report(report: dict[str, Any], out: Path, *, pdf: bool = True) -> dict[str, Path]:
+    """`report.html` / `.pdf` / `.json` beside the output of `labelloop count` (the dict of
+    `CountReport.to_json`): totals, accuracy against labelled images, the per-image table,
+    predicted-vs-true plot and the overlays, inlined."""
+    overlays = {
+        im["file"]: _data_uri(Path(im["overlay"]).read_bytes())
+        for im in report["images"]
+        if im.get("overlay") and Path(im["overlay"]).exists()
+    }
+    points = [
+        (float(im["truth"].get(lb, 0)), float(im["counts"].get(lb, 0)), lb)
+        for im in report["images"]
+        if im.get("truth")
+        for lb in report["labels"]
+    ]
+    figure = (
+        charts.scatter(
+            points,
+            title="predicted vs true count",
+            x_label="true count (annotated)",
+            y_label="predicted count",
+            kind="counts",
+        )
+        if points
+        else None
+    )
+    html = pages.templates.get_template("count.html").render(
+        r=report, overlays=overlays, figure=figure, inline_css=_css(), user=None
+    )
+    return _write(out, html, report, pdf)
 
 
 def _css() -> str:
