@@ -8,6 +8,7 @@ Usage: .venv/bin/python docs/images/screenshots.py [--train-seconds 60]
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import socket
 import sys
@@ -59,10 +60,12 @@ def main() -> None:
     with ctx.db.session() as s:
         create_project(s, "smears", "segmentation", list(LABELS))
     recipe = {"max_time_s": args.train_seconds, "epochs": 40}
-    for seed, n in ((0, 12), (1, 16)):
-        src = generate_dataset(tmp / f"src{seed}", n_labeled=n, n_pool=12, seed=seed).out_dir
-        ingest_path(ctx, "smears", src / "export.json")
-        ingest_path(ctx, "smears", src / "pool")
+    src = generate_dataset(tmp / "src", n_labeled=28, n_pool=24).out_dir
+    tasks = json.loads((src / "export.json").read_text())
+    ingest_path(ctx, "smears", src / "pool")
+    for n in (12, 28):  # annotators label 12 images, then 16 more
+        (src / f"export-{n}.json").write_text(json.dumps(tasks[:n]))
+        ingest_path(ctx, "smears", src / f"export-{n}.json")
         dv = freeze(ctx, "smears").dataset_version_id
         mv = execute_run(ctx, request_run(ctx, dv, overrides=recipe).run_id)
     score_pool(ctx, mv)

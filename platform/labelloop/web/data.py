@@ -122,12 +122,20 @@ def _epoch(s: Session, column):
 
 
 def label_growth(s: Session, pid: int) -> list[tuple[datetime, int]]:
-    """Cumulative number of labelled images over time (an image counts from its first
-    annotation), bucketed in SQL into at most GROWTH_POINTS steps so a large project
-    sends a few hundred rows, not one per image."""
+    """Cumulative number of labelled images over time (a labelled image counts from its
+    first annotation, so the curve ends at the labelled count), bucketed in SQL into at
+    most GROWTH_POINTS steps so a large project sends a few hundred rows, not one per
+    image."""
+    labelled = select(Annotation.image_id).where(
+        Annotation.project_id == pid, Annotation.state == "active"
+    )
     first = (
         select(_epoch(s, func.min(Annotation.created_at)).label("t"))
-        .where(Annotation.project_id == pid, Annotation.state.in_(("active", "superseded")))
+        .where(
+            Annotation.project_id == pid,
+            Annotation.state.in_(("active", "superseded")),
+            Annotation.image_id.in_(labelled),
+        )
         .group_by(Annotation.image_id)
         .subquery()
     )

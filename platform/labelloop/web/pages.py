@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -170,15 +171,19 @@ def project_live(
 
 
 _cache_lock = threading.Lock()
+EVAL_CACHE = 8  # model versions whose per-image test results a server process keeps
 
 
 def evaluation(request: Request, ctx: Context, mv_id: int) -> list[dict[str, Any]]:
     """Per-image test predictions of a model version, computed once per process (model
-    versions are immutable)."""
-    cache = request.app.state.__dict__.setdefault("web_eval", {})
+    versions are immutable) for the most recently viewed EVAL_CACHE versions."""
+    cache: OrderedDict[int, list[dict[str, Any]]] = request.app.state.web_eval
     with _cache_lock:
         if mv_id not in cache:
             cache[mv_id] = test_predictions(ctx, mv_id)
+        cache.move_to_end(mv_id)
+        while len(cache) > EVAL_CACHE:
+            cache.popitem(last=False)
         return cache[mv_id]
 
 
@@ -189,11 +194,11 @@ def model_version_page(
     user: str = Depends(current_user),
     ctx: Context = Depends(get_ctx),
 ) -> HTMLResponse:
-    d = model_version_data(ctx, name, evaluation(request, ctx, _mv_id(ctx, name)))
+    d = model_version_data(ctx, name, evaluation(request, ctx, model_version_id(ctx, name)))
     return page(request, "model_version.html", user=user, d=d, figures=model_figures(d))
 
 
-def _mv_id(ctx: Context, name: str) -> int:
+def model_version_id(ctx: Context, name: str) -> int:
     with ctx.db.session() as s:
         return data.get_model_version(s, name).id
 
@@ -283,7 +288,7 @@ def test_overlay(
     """A test image with the model's prediction (`pred`) or the annotation (`truth`)."""
     if side not in ("pred", "truth"):
         raise NotFoundError(f"no overlay {side!r}: pred or truth")
-    mv_id = _mv_id(ctx, name)
+    mv_id = model_version_id(ctx, name)
     row = next((r for r in evaluation(request, ctx, mv_id) if r["image_id"] == image_id), None)
     if row is None:
         raise NotFoundError(f"image {image_id} is not in the test split of {name}")
@@ -388,5 +393,6 @@ def mount(app: FastAPI) -> None:
     async def _login(request: Request, exc: LoginRequired) -> Response:
         return RedirectResponse(f"/login?next={exc.next_url}", status_code=303)
 
+    app.state.web_eval = OrderedDict()
     app.mount("/static", StaticFiles(directory=str(WEB / "static")), name="static")
     app.include_router(router)

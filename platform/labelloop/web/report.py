@@ -49,7 +49,7 @@ def model_version_report(
     ctx: Context, name: str, out: Path, *, pdf: bool = True, gallery: int = 24
 ) -> dict[str, Path]:
     """`report.html`, `report.pdf` and `report.json` for model version `name` in `out`."""
-    mv_id = pages._mv_id(ctx, name)
+    mv_id = pages.model_version_id(ctx, name)
     rows = test_predictions(ctx, mv_id)
     d = pages.model_version_data(ctx, name, rows)
     images = {}
