@@ -16,6 +16,8 @@ SCRIPTS = [
     "demo_round.py",  # ~2 min
     "ingest_labelstudio.py",  # ~15 min (a 761 MB export)
     "api_load.py",  # ~1 min
+    "dashboard_load.py",  # ~2 min (a 10,000-image project on PostgreSQL)
+    "watch_latency.py",  # ~3 min
     "scoring_throughput.py",  # ~3 min
     "isbi_segmentation.py",  # ~22 min (20 of them training)
     "bccd_classifier.py",  # ~7 min

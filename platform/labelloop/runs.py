@@ -132,6 +132,7 @@ class _ProgressWriter:
     ):
         self.ctx, self.run_id, self.every_s, self.forward = ctx, run_id, every_s, forward
         self._last = 0.0
+        self._curve: dict[int, float] = {}
         self._mirrored: tuple[int, int] | None = None  # (mtime_ns, size) of the last upload
 
     def __call__(self, progress: dict) -> None:
@@ -141,6 +142,8 @@ class _ProgressWriter:
             self._mirror(Path(checkpoint), int(progress.get("epoch") or 0))
         if self.forward:
             self.forward(progress)
+        if progress.get("final") and isinstance(progress.get("loss"), int | float):
+            self._curve[int(progress.get("epoch") or 0)] = round(float(progress["loss"]), 6)
         now = time.monotonic()
         if now - self._last < self.every_s and not progress.get("final"):
             return
@@ -149,7 +152,12 @@ class _ProgressWriter:
             run = s.get(TrainingRun, self.run_id)
             if run.status == RunStatus.cancelled:
                 raise Cancelled(f"training run {self.run_id} was cancelled")
+            # The loss per finished epoch, kept across a resume: the dashboard's curve.
+            curve = {int(e): v for e, v in (run.progress or {}).get("curve", [])}
+            curve.update(self._curve)
             run.progress = {k: v for k, v in progress.items() if isinstance(v, int | float | str)}
+            if curve:
+                run.progress["curve"] = [[e, curve[e]] for e in sorted(curve)]
 
     def _mirror(self, path: Path, epoch: int) -> None:
         try:

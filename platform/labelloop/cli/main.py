@@ -18,6 +18,7 @@ from labelloop.cli import (
     labelstudio,
     models,
     projects,
+    report,
     rounds,
     runs,
     serve,
@@ -25,6 +26,7 @@ from labelloop.cli import (
     status,
     sync,
     training,
+    watch,
     webhooks,
 )
 
@@ -39,7 +41,7 @@ app = typer.Typer(
     "LABELLOOP_* environment variables or .env (see docs/operations.md).",
 )
 # Commands first, in the order of the loop, then the groups, then the plugins' commands.
-for commands in (ingest, training, status, rounds, models, simulate, serve):
+for commands in (ingest, training, status, rounds, models, watch, simulate, serve):
     app.add_typer(commands.app)
 for name, group in (
     ("db", db),
@@ -49,6 +51,7 @@ for name, group in (
     ("runs", runs),
     ("webhooks", webhooks),
     ("labelstudio", labelstudio),
+    ("report", report),
 ):
     app.add_typer(group.app, name=name)
 

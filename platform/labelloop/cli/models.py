@@ -124,6 +124,13 @@ def count_cmd(
     overlays: Annotated[
         bool, typer.Option("--overlays/--no-overlays", help="Write an overlay PNG per image.")
     ] = True,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report/--no-report",
+            help="Also write report.html (offline), report.pdf (headless chromium), report.json.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Count cells per class in images with a model version.
@@ -136,22 +143,33 @@ def count_cmd(
 
     ctx = context()
     mv = resolve_model(ctx, model, project)
+    if report:
+        from labelloop.errors import ConfigError
+        from labelloop.web.report import chromium
+
+        if chromium() is None:  # before counting: the PDF would be missing at the end
+            raise ConfigError("--report prints a PDF with chromium, which is not installed")
     with progress("count", None, interactive(as_json)) as update:
-        report = count_images(
+        result = count_images(
             ctx, mv, images, out, overlays=overlays, on_progress=lambda d, t: update(d, t)
         )
-    data = report.to_json()
+    data = result.to_json()
+    if report:
+        from labelloop.web.report import count_report
+
+        count_report(data, out)
     if as_json:
         emit_json(data)
         return
-    t = Table(title=f"counts by {report.model} ({len(report.images)} images)")
+    t = Table(title=f"counts by {result.model} ({len(result.images)} images)")
     t.add_column("class")
     t.add_column("total", justify="right")
     t.add_column("MAE / image", justify="right")
     t.add_column("relative error", justify="right")
-    acc = report.accuracy() or {}
-    for lb, total in report.totals().items():
+    acc = result.accuracy() or {}
+    for lb, total in result.totals().items():
         a = acc.get(lb) or {}
         t.add_row(lb, str(total), _fmt(a.get("mae"), 2), _fmt(a.get("relative_error"), 3))
     console.print(t)
-    console.print(f"overlays, counts.csv and counts.json in {out}")
+    extra = ", report.html/.pdf/.json" if report else ""
+    console.print(f"overlays, counts.csv and counts.json{extra} in {out}")

@@ -1,4 +1,4 @@
-"""`labelloop serve`: the REST API and the webhook endpoint."""
+"""`labelloop serve`: the REST API, the webhook endpoint and the dashboard."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ def serve(
     workers: Annotated[int, typer.Option(help="Server processes.", min=1)] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
-    """Run the REST API (OpenAPI at /docs and /openapi.json) and the webhook endpoint.
+    """Run the REST API (OpenAPI at /docs and /openapi.json), the webhook endpoint and
+    the dashboard (web pages at /, log-in with an API token).
 
     Tokens come from LABELLOOP_API_TOKENS (a JSON object name -> token), the webhook
     secret from LABELLOOP_WEBHOOK_SECRET. With the in-process broker (memory://) the
@@ -42,7 +43,7 @@ def serve(
         )
     check_schema(settings)  # fail here, with exit 2, rather than in every worker
     uvicorn.run(
-        "labelloop.api.app:create_app",
+        "labelloop.web.app:create_app",
         factory=True,
         host=host,
         port=port,
