@@ -35,6 +35,9 @@ class KindEntry:
     primary_metric: str
     # Canonical shape kinds annotators draw for it: one labeling-config control each.
     label_kinds: tuple[str, ...]
+    # Shape kinds that are annotated objects in a true count (`objects.object_counts`,
+    # which does not count a box or point again where it marks an outlined cell).
+    counted_kinds: tuple[str, ...]
 
 
 KINDS: tuple[KindEntry, ...] = (
@@ -46,6 +49,7 @@ KINDS: tuple[KindEntry, ...] = (
         default_scoring="entropy_mean",
         primary_metric="mean_dice",
         label_kinds=("mask", "polygon", "box"),
+        counted_kinds=("mask", "polygon", "ellipse", "box", "keypoint"),
     ),
     KindEntry(
         name="detection",
@@ -56,6 +60,7 @@ KINDS: tuple[KindEntry, ...] = (
         default_scoring="least_confidence_max",
         primary_metric="map50",
         label_kinds=("box", "keypoint"),
+        counted_kinds=("box", "polygon", "ellipse", "mask", "keypoint"),
     ),
     KindEntry(
         name="classification",
@@ -66,6 +71,8 @@ KINDS: tuple[KindEntry, ...] = (
         # Macro-F1, not accuracy: a model that calls every cell an RBC is 86% accurate on BCCD.
         primary_metric="macro_f1",
         label_kinds=("tag",),
+        # A whole-image tag, or each region cropped out as one sample.
+        counted_kinds=("tag", "box", "polygon", "ellipse", "mask"),
     ),
 )
 

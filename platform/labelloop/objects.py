@@ -1,4 +1,10 @@
-"""From a model's per-pixel output to what people use: cell counts and editable regions.
+"""From a model's per-pixel output to what people use: cell counts and editable regions;
+and the true count of an annotation, which every count metric compares with.
+
+A true count is the number of annotated objects (one per box, polygon, ellipse, point or
+mask instance), never the connected components of a rasterised truth: rasterising merges
+touching cells exactly as a semantic prediction does, so a count error measured that way
+hides the very error it should show.
 
 Semantic output (a label map, or one mask per label) is counted as connected components
 of each class, which is how a cell count is read off a semantic segmentation; touching
@@ -9,15 +15,87 @@ otherwise. Instance output (an instance map from watershed, see
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from labelloop.domain import Mask
-from labelloop.geometry import instance_count, mask_shape
+from labelloop.domain import Keypoint, Mask, Shape
+from labelloop.geometry import decode_mask, instance_count, mask_shape, shape_bbox
 
 DEFAULT_MIN_AREA = 4  # pixels; smaller blobs are argmax noise, not cells
+
+# What the count metrics of an evaluation were measured against, stored in the metrics
+# ("count_truth") so numbers of different definitions are never compared unknowingly.
+COUNT_TRUTH = "annotated_objects"
+# Segmentation evaluations stored without the key counted the connected components of the
+# rasterised truth, which merges touching cells (detection always counted true boxes).
+LEGACY_COUNT_TRUTH = "raster_components"
+_EIGHT = np.ones((3, 3), bool)
+
+
+# Shapes annotators often draw beside an outline of the same cell (the box for detection,
+# a click for counting): counted only where no outline of that label already covers them.
+MARKER_KINDS = frozenset({"box", "keypoint"})
+DUPLICATE_IOU = 0.5
+
+
+def object_counts(
+    shapes: Iterable[Shape], labels: Sequence[str], kinds: Iterable[str]
+) -> dict[str, int]:
+    """Annotated objects per label among shapes of `kinds` (every label a key).
+
+    Each shape is one object, however much it touches or overlaps others, with two
+    exceptions that keep one cell from counting twice or several cells once: a mask made of
+    separate parts (a brush stroke or class-region file covering several cells) is one
+    object per 8-connected part, and a box or point that marks a cell already outlined (box
+    IoU >= 0.5 with the outline's bounding box, point inside it, same label) is not counted
+    again."""
+    wanted = frozenset(kinds)
+    counts = dict.fromkeys(labels, 0)
+    kept = [sh for sh in shapes if sh.kind in wanted and sh.label in counts]
+    outlines: dict[str, list[tuple[float, float, float, float]]] = {}
+    for sh in kept:
+        if sh.kind in MARKER_KINDS:
+            continue
+        bbox = shape_bbox(sh)
+        if bbox is not None:
+            outlines.setdefault(sh.label, []).append(bbox)
+        if isinstance(sh, Mask):
+            _, n = ndimage.label(decode_mask(sh.size, sh.counts), structure=_EIGHT)
+            counts[sh.label] += n
+        else:
+            counts[sh.label] += 1
+    for sh in kept:
+        if sh.kind in MARKER_KINDS and not _marks_outline(sh, outlines.get(sh.label, [])):
+            counts[sh.label] += 1
+    return counts
+
+
+def _marks_outline(marker: Shape, outlines: list[tuple[float, float, float, float]]) -> bool:
+    box = shape_bbox(marker)
+    if box is None:
+        return False
+    if isinstance(marker, Keypoint):
+        return any(x0 <= box[0] <= x1 and y0 <= box[1] <= y1 for x0, y0, x1, y1 in outlines)
+    return any(_iou(box, o) >= DUPLICATE_IOU for o in outlines)
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def count_truth_of(metrics: Mapping[str, Any] | None, task: str) -> str:
+    """What the count metrics of a stored evaluation of a `task` model compared with."""
+    marked = (metrics or {}).get("count_truth")
+    if marked:
+        return str(marked)
+    return LEGACY_COUNT_TRUTH if task == "segmentation" else COUNT_TRUTH
 
 
 def probs_to_label_map(probs: np.ndarray) -> np.ndarray:

@@ -2,18 +2,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from labelloop.geometry import rasterize_classes
+from labelloop.domain import Box, Keypoint, Polygon, Tag
+from labelloop.geometry import mask_shape, rasterize_classes
+from labelloop.kinds import kind_entry
 from labelloop.objects import (
+    count_truth_of,
     counts_from_instances,
     counts_from_label_map,
     counts_from_masks,
     instance_shapes,
     label_map_to_shapes,
     masks_to_shapes,
+    object_counts,
     probs_to_label_map,
 )
 
 LABELS = ["RBC", "WBC", "Platelets"]
+REGION = kind_entry("segmentation").counted_kinds
 
 
 def _drawn() -> np.ndarray:
@@ -79,3 +84,53 @@ def test_instances_count_touching_cells_separately_and_outline_each():
     assert [s.label for s in shapes] == ["RBC", "RBC", "Platelets"]
     back = rasterize_classes(shapes[1:2], LABELS, 10, 20, kinds=frozenset({"mask"}))
     assert ((back == 1) == (inst == 2)).all()
+
+
+def _square(label: str, x0: int, y0: int, side: int = 6) -> Polygon:
+    return Polygon(
+        label=label, points=[(x0, y0), (x0 + side, y0), (x0 + side, y0 + side), (x0, y0 + side)]
+    )
+
+
+def test_true_counts_are_annotated_objects_even_where_cells_touch():
+    """Two touching squares are one blob in the rasterised truth but two annotated cells."""
+    shapes = [_square("RBC", 2, 2), _square("RBC", 8, 2), _square("WBC", 30, 30)]
+    raster = rasterize_classes(shapes, LABELS, 40, 40)
+    assert counts_from_label_map(raster, LABELS)["RBC"] == 1  # the merge the metric must not copy
+    assert object_counts(shapes, LABELS, REGION) == {"RBC": 2, "WBC": 1, "Platelets": 0}
+
+
+def test_a_box_or_point_marking_an_outlined_cell_is_not_a_second_cell():
+    cell = _square("RBC", 2, 2)
+    box = Box(label="RBC", x=2, y=2, w=6, h=6)  # the demo's box beside each outline
+    click = Keypoint(label="RBC", x=5, y=5)
+    lone_box = Box(label="RBC", x=20, y=20, w=6, h=6)  # a cell only boxed
+    other = Box(label="WBC", x=2, y=2, w=6, h=6)  # another label: its own object
+    counts = object_counts([cell, box, click, lone_box, other], LABELS, REGION)
+    assert counts == {"RBC": 2, "WBC": 1, "Platelets": 0}
+    tag = Tag(label="RBC")
+    assert object_counts([tag, lone_box], LABELS, REGION)["RBC"] == 1  # tags are no objects
+
+
+def test_a_mask_is_one_object_per_separate_part_and_touching_masks_stay_apart():
+    left = np.zeros((20, 20), bool)
+    left[2:8, 2:8] = True
+    right = np.zeros((20, 20), bool)
+    right[2:8, 8:14] = True  # touches `left`: still a second annotated cell
+    both = left | np.pad(np.ones((3, 3), bool), ((15, 2), (15, 2)))  # two parts, one brush
+    shapes = [mask_shape(left, "RBC"), mask_shape(right, "RBC"), mask_shape(both, "WBC")]
+    assert object_counts(shapes, LABELS, REGION) == {"RBC": 2, "WBC": 2, "Platelets": 0}
+
+
+def test_every_region_a_segmentation_model_learns_is_counted():
+    from labelloop.training.segmentation.instances import REGION_KINDS
+
+    assert set(kind_entry("segmentation").counted_kinds) >= REGION_KINDS
+
+
+def test_stored_metrics_say_how_their_counts_were_measured():
+    assert count_truth_of({}, "segmentation") == "raster_components"
+    assert count_truth_of({"count_truth": "annotated_objects"}, "segmentation") == (
+        "annotated_objects"
+    )
+    assert count_truth_of(None, "detection") == "annotated_objects"  # always true boxes

@@ -18,7 +18,7 @@ from labelloop.cli.options import (
     interactive,
     resolve_model,
 )
-from labelloop.cli.output import console, emit_json, handle_errors, progress
+from labelloop.cli.output import console, emit_json, err_console, handle_errors, progress
 from labelloop.kinds import DEFAULT_TASK, TASKS
 
 app = typer.Typer()
@@ -36,7 +36,7 @@ def models_cmd(
 ) -> None:
     """List a project's model versions: stage, test metric, dataset version, recipe hash,
     and why each reached its stage."""
-    from labelloop.reports import model_versions
+    from labelloop.reports import count_warning, model_versions
 
     rows = model_versions(context(), project)
     if as_json:
@@ -60,6 +60,10 @@ def models_cmd(
             (("forced: " if r["forced"] else "") + (r["stage_reason"] or "")),
         )
     console.print(t)
+    for r in rows:
+        warning = count_warning(r)
+        if warning:
+            err_console.print(f"[yellow]{warning}[/]")
 
 
 @app.command("promote")

@@ -30,12 +30,14 @@ from sqlalchemy import select
 from labelloop.context import Context
 from labelloop.datasets.freeze import current_annotations
 from labelloop.db.models import Image as ImageRow
-from labelloop.db.models import ModelVersion
+from labelloop.db.models import ModelVersion, Project
 from labelloop.domain import Box, Mask, Polygon, Shape, Tag, shapes_from_json
 from labelloop.errors import InputError
 from labelloop.geometry import shape_mask
 from labelloop.imaging import decode_image
 from labelloop.ingest.readers.images import IMAGE_SUFFIXES
+from labelloop.kinds import kind_entry
+from labelloop.objects import object_counts
 from labelloop.registry import load_model_version
 
 # Distinct, colour-blind-friendly colours (Okabe-Ito), one per label in project order.
@@ -130,25 +132,18 @@ def expand_inputs(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
-def truth_counts(shapes: Sequence[Shape], labels: Sequence[str]) -> dict[str, int]:
-    """Instances per label in an annotation: every box, polygon or mask is one cell; an
-    image-level tag counts as one of its label."""
-    counts = dict.fromkeys(labels, 0)
-    for sh in shapes:
-        if sh.label in counts and isinstance(sh, Box | Polygon | Mask | Tag):
-            counts[sh.label] += 1
-    return counts
-
-
 def _truth_by_sha(ctx: Context, model_version_id: int, labels: Sequence[str]) -> dict[str, dict]:
+    """True counts (annotated objects of the kinds the project's model learns) of every
+    image of the model's project that has an annotation, by content hash."""
     with ctx.db.session() as s:
-        project_id = s.get(ModelVersion, model_version_id).project_id
-        chosen = current_annotations(s, project_id)
+        project = s.get(Project, s.get(ModelVersion, model_version_id).project_id)
+        kinds = kind_entry(project.task).counted_kinds
+        chosen = current_annotations(s, project.id)
         shas = dict(
             s.execute(select(ImageRow.id, ImageRow.sha256).where(ImageRow.id.in_(chosen))).all()
         )
         return {
-            shas[iid]: truth_counts(shapes_from_json(ann.shapes), labels)
+            shas[iid]: object_counts(shapes_from_json(ann.shapes), labels, kinds)
             for iid, ann in chosen.items()
         }
 

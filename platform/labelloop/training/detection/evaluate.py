@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from labelloop.errors import ConfigError
+from labelloop.objects import COUNT_TRUTH
 from labelloop.training.common import Fetch, split_items
 from labelloop.training.detection.data import load_sample
 from labelloop.training.detection.predict import Detections, detect_passes
@@ -91,6 +92,7 @@ def detection_metrics(
         "per_class": per_class,
         "n_images": len(truths),
         "score_threshold": score_threshold,
+        "count_truth": COUNT_TRUTH,
     }
 
 
