@@ -134,3 +134,12 @@ def test_stored_metrics_say_how_their_counts_were_measured():
         "annotated_objects"
     )
     assert count_truth_of(None, "detection") == "annotated_objects"  # always true boxes
+
+
+def test_old_count_metrics_are_flagged_and_new_ones_give_relative_errors():
+    from labelloop.reports import count_relative_errors, count_warning
+
+    test = {"per_class": {"RBC": {"true_count": 200, "pred_count": 190}, "WBC": {}}}
+    assert count_relative_errors(test) == {"RBC": 0.05, "WBC": None}
+    assert count_warning({"name": "m1", "count_truth": "annotated_objects"}) is None
+    assert "rasterised truth" in count_warning({"name": "m1", "count_truth": "raster_components"})
