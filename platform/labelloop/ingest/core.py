@@ -326,6 +326,7 @@ def ingest_records(
             try:
                 writer.record(rec)
                 sp.commit()
+                report.warnings.extend(rec.warnings)
             except InputError as exc:
                 sp.rollback()
                 state, writer.seen_sha = saved
@@ -336,6 +337,7 @@ def ingest_records(
                 )
         else:
             writer.record(rec)
+            report.warnings.extend(rec.warnings)
         if on_record:
             on_record(report.records)
     report.shapes_per_class = dict(Counter(report.shapes_per_class).most_common())
