@@ -138,13 +138,17 @@ def label_map_to_shapes(
     *,
     per_instance: bool = True,
     min_area: int = DEFAULT_MIN_AREA,
+    label_probs: np.ndarray | None = None,
 ) -> list[Mask]:
     """Masks for pre-annotation: one per connected region (default), so an annotator can
     delete or relabel a single cell, or one per class present when `per_instance=False`.
-    Regions below `min_area` pixels are dropped in both modes."""
+    Regions below `min_area` pixels are dropped in both modes. With `label_probs` (L, H, W)
+    each mask carries `score`, its label's mean probability over the region (the
+    per-object confidence count intervals are built from)."""
     shapes: list[Mask] = []
     for i, name in enumerate(labels, start=1):
-        shapes.extend(_region_shapes(label_map == i, name, per_instance, min_area))
+        prob = None if label_probs is None else label_probs[i - 1]
+        shapes.extend(_region_shapes(label_map == i, name, per_instance, min_area, prob))
     return shapes
 
 
@@ -154,28 +158,48 @@ def masks_to_shapes(
     *,
     per_instance: bool = True,
     min_area: int = DEFAULT_MIN_AREA,
+    label_probs: np.ndarray | None = None,
 ) -> list[Mask]:
     """`label_map_to_shapes` for per-label masks (L, H, W) that may overlap."""
     _check_masks(masks, labels)
     shapes: list[Mask] = []
     for i, name in enumerate(labels):
-        shapes.extend(_region_shapes(masks[i].astype(bool), name, per_instance, min_area))
+        prob = None if label_probs is None else label_probs[i]
+        shapes.extend(_region_shapes(masks[i].astype(bool), name, per_instance, min_area, prob))
     return shapes
 
 
-def instance_shapes(inst: np.ndarray, classes: np.ndarray, labels: Sequence[str]) -> list[Mask]:
-    """One mask per instance of an instance map, labelled by its class."""
+def instance_shapes(
+    inst: np.ndarray,
+    classes: np.ndarray,
+    labels: Sequence[str],
+    label_probs: np.ndarray | None = None,
+) -> list[Mask]:
+    """One mask per instance of an instance map, labelled by its class (with `score` as in
+    `label_map_to_shapes` when `label_probs` is given)."""
     shapes: list[Mask] = []
     for i, obj in enumerate(ndimage.find_objects(inst), start=1):
         if obj is None:
             continue
         region = np.zeros(inst.shape, bool)
         region[obj] = inst[obj] == i
-        shapes.append(mask_shape(region, labels[int(classes[i]) - 1]))
+        c = int(classes[i]) - 1
+        prob = None if label_probs is None else label_probs[c]
+        shapes.append(_scored(region, labels[c], prob))
     return shapes
 
 
-def _region_shapes(region: np.ndarray, name: str, per_instance: bool, min_area: int) -> list[Mask]:
+def _scored(region: np.ndarray, name: str, prob: np.ndarray | None) -> Mask:
+    shape = mask_shape(region, name)
+    if prob is None:
+        return shape
+    score = round(float(np.clip(prob[region].mean(), 0.0, 1.0)), 4)
+    return shape.model_copy(update={"attributes": {"score": score}})
+
+
+def _region_shapes(
+    region: np.ndarray, name: str, per_instance: bool, min_area: int, prob: np.ndarray | None
+) -> list[Mask]:
     if not region.any():
         return []
     comp, n = ndimage.label(region)
@@ -184,8 +208,35 @@ def _region_shapes(region: np.ndarray, name: str, per_instance: bool, min_area: 
     if not keep:
         return []
     if per_instance:
-        return [mask_shape(comp == j, name) for j in keep]
-    return [mask_shape(np.isin(comp, keep), name)]
+        return [_scored(comp == j, name, prob) for j in keep]
+    return [_scored(np.isin(comp, keep), name, prob)]
+
+
+def count_intervals(
+    shapes: Iterable[Shape], labels: Sequence[str], z: float = 1.96
+) -> dict[str, dict[str, float]]:
+    """Per label: the expected number of real objects among the predicted ones and an
+    approximate 95 % interval, reading each object's `score` as the probability that it is
+    a real cell (Poisson-binomial: mean = sum p, variance = sum p (1 - p); objects without
+    a score count as certain). Cells the model missed entirely are not in it, so the
+    interval is about the objects found, not a bound on the truth."""
+    mean = dict.fromkeys(labels, 0.0)
+    var = dict.fromkeys(labels, 0.0)
+    for sh in shapes:
+        if sh.label not in mean or sh.kind == "tag":
+            continue
+        p = float(sh.attributes.get("score", 1.0))
+        mean[sh.label] += p
+        var[sh.label] += p * (1.0 - p)
+    out: dict[str, dict[str, float]] = {}
+    for lb in labels:
+        half = z * float(np.sqrt(var[lb]))
+        out[lb] = {
+            "expected": round(mean[lb], 3),
+            "low": round(max(0.0, mean[lb] - half), 3),
+            "high": round(mean[lb] + half, 3),
+        }
+    return out
 
 
 def _check_masks(masks: np.ndarray, labels: Sequence[str]) -> None:

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import io
+
 import numpy as np
+import pytest
+from PIL import Image
 
 from labelloop.domain import Box, Keypoint, Polygon, Tag
 from labelloop.geometry import mask_shape, rasterize_classes
@@ -143,3 +147,43 @@ def test_old_count_metrics_are_flagged_and_new_ones_give_relative_errors():
     assert count_relative_errors(test) == {"RBC": 0.05, "WBC": None}
     assert count_warning({"name": "m1", "count_truth": "annotated_objects"}) is None
     assert "rasterised truth" in count_warning({"name": "m1", "count_truth": "raster_components"})
+
+
+def test_count_intervals_read_object_scores_as_probabilities():
+    from labelloop.objects import count_intervals
+
+    sure = Box(label="RBC", x=0, y=0, w=4, h=4)  # no score: certain
+    half = Box(label="RBC", x=9, y=0, w=4, h=4, attributes={"score": 0.5})
+    iv = count_intervals([sure, half, half], LABELS)
+    assert iv["RBC"]["expected"] == 2.0
+    assert iv["RBC"]["high"] - 2.0 == pytest.approx(1.96 * np.sqrt(0.5), abs=1e-3)
+    assert iv["RBC"]["low"] == pytest.approx(2.0 - 1.96 * np.sqrt(0.5), abs=1e-3)
+    assert iv["WBC"] == {"expected": 0.0, "low": 0.0, "high": 0.0}
+
+
+def test_region_shapes_carry_their_mean_probability_as_score():
+    lm = _drawn()
+    probs = np.zeros((3, *lm.shape), np.float32)
+    probs[0][lm == 1] = 0.8
+    probs[1][lm == 2] = 0.6
+    shapes = label_map_to_shapes(lm, LABELS, label_probs=probs)
+    assert {s.label: s.attributes["score"] for s in shapes} == {
+        "RBC": pytest.approx(0.8),
+        "WBC": pytest.approx(0.6),
+        "Platelets": 0.0,
+    }
+
+
+def test_overlay_numbers_every_counted_object():
+    from labelloop.counting.overlay import draw_overlay
+
+    image = np.full((120, 160, 3), 255, np.uint8)
+    lm = np.zeros((120, 160), np.uint8)
+    lm[60:120, 80:160] = _drawn()  # clear of the legend in the top-left corner
+    shapes = label_map_to_shapes(lm, LABELS)
+    counts = counts_from_label_map(lm, LABELS)
+    drawn = np.asarray(Image.open(io.BytesIO(draw_overlay(image, shapes, counts, LABELS))))
+    no_index = np.asarray(Image.open(io.BytesIO(draw_overlay(image, shapes[:1], counts, LABELS))))
+    # The 10x10 RBC at (90:100, 110:120): its outline and, inside it, its index "3".
+    cell = (slice(92, 98), slice(112, 118))
+    assert (drawn[cell] != 255).any() and (no_index[cell] == 255).all()

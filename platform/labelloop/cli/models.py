@@ -132,9 +132,11 @@ def count_cmd(
 ) -> None:
     """Count cells per class in images with a model version.
 
-    Writes `<image>.overlay.png` (boxes or contours and a count legend), `counts.csv`
-    and `counts.json` into `--out`. Images already labelled in the project (same
-    content) are compared with their labels: count MAE and relative error per class.
+    Writes `<image>.overlay.png` (every counted object's box or outline and index, a count
+    legend), `counts.csv` and `counts.json` into `--out`; each count carries an interval
+    from the objects' confidences. Images already labelled in the project (same content)
+    are compared with their annotated objects: count MAE and relative error per class, and
+    `counts.png` plots predicted against true counts.
     """
     from labelloop.counting.stage import count_images
 
@@ -149,13 +151,25 @@ def count_cmd(
         emit_json(data)
         return
     t = Table(title=f"counts by {report.model} ({len(report.images)} images)")
-    t.add_column("class")
-    t.add_column("total", justify="right")
-    t.add_column("MAE / image", justify="right")
-    t.add_column("relative error", justify="right")
+    for c in ("class", "total", "interval", "true", "MAE / image", "relative error", "in interval"):
+        t.add_column(c, justify="left" if c == "class" else "right")
     acc = report.accuracy() or {}
     for lb, total in report.totals().items():
         a = acc.get(lb) or {}
-        t.add_row(lb, str(total), _fmt(a.get("mae"), 2), _fmt(a.get("relative_error"), 3))
+        low = sum(im.intervals.get(lb, {}).get("low", 0.0) for im in report.images)
+        high = sum(im.intervals.get(lb, {}).get("high", 0.0) for im in report.images)
+        t.add_row(
+            lb,
+            str(total),
+            f"{low:.0f}-{high:.0f}",
+            str(a.get("true", "-")),
+            _fmt(a.get("mae"), 2),
+            _fmt(a.get("relative_error"), 3),
+            _fmt(a.get("interval_coverage"), 2),
+        )
     console.print(t)
-    console.print(f"overlays, counts.csv and counts.json in {out}")
+    console.print(f"per image: {out / 'counts.csv'}, {out / 'counts.json'}")
+    if report.plot:
+        console.print(f"predicted vs true: {report.plot}")
+    for warning in report.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}")
