@@ -127,7 +127,8 @@ def test_a_run_resumes_from_the_checkpoint_in_the_blob_store(ctx, project, tmp_p
 
 def test_count_writes_overlays_and_compares_with_labels(ctx, project, tmp_path):
     dv, src = project
-    mv = execute_run(ctx, request_run(ctx, dv, overrides=TINY).run_id)
+    # A semantic model: the report must say that touching cells merge.
+    mv = execute_run(ctx, request_run(ctx, dv, overrides={**TINY, "mode": "multiclass"}).run_id)
     loaded = load_model_version(ctx, mv)
     assert loaded.kind.task == "segmentation"
     folder = tmp_path / "imgs"
