@@ -114,7 +114,7 @@ def select_cmd(
     strategy: Annotated[
         str,
         typer.Option(
-            help="uncertainty | random | coreset | hybrid | class_balance "
+            help="uncertainty | random | coreset | hybrid | class_balance | count_uncertainty "
             "(coreset and random also work before any model: a cold start)"
         ),
     ] = "uncertainty",

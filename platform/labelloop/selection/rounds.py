@@ -189,6 +189,7 @@ def _candidates(
 ) -> Candidates:
     scores: dict[int, float] = {}
     counts: dict[int, dict[str, int]] = {}
+    intervals: dict[int, dict[str, dict[str, float]]] = {}
     if model_version_id is not None:
         for image_id, m, value, details in s.execute(
             select(Score.image_id, Score.method, Score.value, Score.details).where(
@@ -199,6 +200,8 @@ def _candidates(
                 scores[image_id] = value
             if details and "counts" in details:
                 counts.setdefault(image_id, details["counts"])
+            if details and "count_intervals" in details:
+                intervals.setdefault(image_id, details["count_intervals"])
     labelled_counts: Counter[str] = Counter()
     for ann in current_annotations(s, project_id).values():
         labelled_counts.update(sh["label"] for sh in ann.shapes)
@@ -226,7 +229,7 @@ def _candidates(
         lab_m = np.stack([vecs[i] for i in lab]) if lab else np.zeros((0, dim))
         return pool_m, lab_m
 
-    return Candidates(pool, scores, counts, dict(labelled_counts), embeddings)
+    return Candidates(pool, scores, counts, dict(labelled_counts), embeddings, intervals)
 
 
 def latest_round(ctx: Context, project_name: str) -> int:

@@ -11,6 +11,8 @@ is labelled or already out with annotators, the budget) are enforced around it, 
 - `coreset` (embeddings, or pixels): k-center greedy, far from everything labelled.
 - `hybrid` (scores + embeddings): the `prefilter` x budget most uncertain, then k-center.
 - `class_balance` (scores + counts): uncertainty boosted for predicted rare classes.
+- `count_uncertainty` (scores + count intervals): the widest predicted count intervals
+  first, the images whose cell counts the model is least sure of.
 
 `coreset` without a model (cold start) embeds images by their pixel statistics.
 """
@@ -38,6 +40,8 @@ class Candidates:
     counts: dict[int, dict[str, int]] = field(default_factory=dict)
     labelled_counts: dict[str, int] = field(default_factory=dict)
     embeddings: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
+    # Per image, per label {"expected", "low", "high"} (`objects.count_intervals`).
+    count_intervals: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
 class Strategy(Protocol):
@@ -154,6 +158,26 @@ class ClassBalanceStrategy:
         return sorted(scored, key=lambda i: (-value(i), i))[:budget]
 
 
+class CountUncertaintyStrategy:
+    """The images whose counts are least certain: ranked by the summed width of their
+    per-class count intervals (stored by the score stage), ties and images without
+    intervals by stored uncertainty. A count off by many cells is what a counting
+    project most needs an annotator to correct."""
+
+    name = "count_uncertainty"
+    needs_scores = True
+    needs_model = True
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def rank(self, cand, budget, seed, params):
+        def width(i: int) -> float:
+            ivs = cand.count_intervals.get(i) or {}
+            return sum(float(v["high"]) - float(v["low"]) for v in ivs.values())
+
+        ids = [i for i in cand.ids if i in cand.scores or i in cand.count_intervals]
+        return sorted(ids, key=lambda i: (-width(i), -cand.scores.get(i, 0.0), i))[:budget]
+
+
 STRATEGIES: dict[str, Strategy] = {
     s.name: s()
     for s in (
@@ -162,6 +186,7 @@ STRATEGIES: dict[str, Strategy] = {
         CoresetStrategy,
         HybridStrategy,
         ClassBalanceStrategy,
+        CountUncertaintyStrategy,
     )
 }
 
