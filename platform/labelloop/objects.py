@@ -223,7 +223,7 @@ def count_intervals(
     mean = dict.fromkeys(labels, 0.0)
     var = dict.fromkeys(labels, 0.0)
     for sh in shapes:
-        if sh.label not in mean or sh.kind == "tag":
+        if sh.label not in mean:
             continue
         p = float(sh.attributes.get("score", 1.0))
         mean[sh.label] += p
