@@ -62,7 +62,7 @@ from benchmarks.datasets import (  # noqa: E402
 )
 from labelloop.imaging import encode_png  # noqa: E402
 from labelloop.ingest.readers.masks import instance_masks  # noqa: E402
-from labelloop.objects import object_counts  # noqa: E402
+from labelloop.objects import choose_min_area, enclosed_regions, object_counts  # noqa: E402
 from labelloop.training.common import split_items  # noqa: E402
 from labelloop.training.segmentation.data import load_shapes  # noqa: E402
 from labelloop.training.segmentation.evaluate import evaluate_segmentation  # noqa: E402
@@ -207,15 +207,6 @@ def isbi_recipe(mode: str, epochs: int) -> SegmentationRecipe:
     )
 
 
-def regions(cell_mask: np.ndarray, min_area: int) -> np.ndarray:
-    """Connected regions (4-connected, as the annotation is read) of at least min_area."""
-    comp, n = ndimage.label(cell_mask)
-    if n:
-        areas = np.bincount(comp.ravel())
-        comp[areas[comp] < min_area] = 0
-    return comp
-
-
 def classical(gray: np.ndarray, min_distance: int, min_area: int) -> np.ndarray:
     """Otsu on the smoothed slice (cells bright, membranes dark), then a watershed of the
     distance transform from its local maxima (scikit-image)."""
@@ -312,28 +303,20 @@ def isbi(epochs: int) -> dict:
     model, epochs = train(membranes, mfetch, recipe, ["membrane"])
     cost = {"epochs": epochs}
     probs = {s: predict_outputs(model, images[s], recipe) for s in ("val", "test")}
-    cell_masks = {s: [p[0] < 0.5 for p in probs[s]] for s in probs}
+    walls = {s: [p[0] >= 0.5 for p in probs[s]] for s in probs}
     cost.update(wall_s=round(time.monotonic() - t0, 1), cpu_s=round(cpu_seconds() - c0, 1))
     out["methods"]["membranes, semantic"] = {
         **score_slices(
-            [regions(m, 4) for m in cell_masks["test"]], t_maps["test"], t_counts["test"]
+            [enclosed_regions(w) for w in walls["test"]], t_maps["test"], t_counts["test"]
         ),
         **cost,
     }
-    grid = [4, 8, 16, 32, 64, 128, 256]
-    val_err = {
-        a: score_slices([regions(m, a) for m in cell_masks["val"]], t_maps["val"], t_counts["val"])[
-            "mean_relative_error"
-        ]
-        for a in grid
-    }
-    best = min(grid, key=lambda a: val_err[a])
+    best = choose_min_area(walls["val"], t_counts["val"])
     out["methods"]["membranes, contours"] = {
         **score_slices(
-            [regions(m, best) for m in cell_masks["test"]], t_maps["test"], t_counts["test"]
+            [enclosed_regions(w, best) for w in walls["test"]], t_maps["test"], t_counts["test"]
         ),
         "min_area": best,
-        "val_mean_relative_error": val_err,
         **cost,
     }
 

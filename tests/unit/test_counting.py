@@ -187,3 +187,20 @@ def test_overlay_numbers_every_counted_object():
     # The 10x10 RBC at (90:100, 110:120): its outline and, inside it, its index "3".
     cell = (slice(92, 98), slice(112, 118))
     assert (drawn[cell] != 255).any() and (no_index[cell] == 255).all()
+
+
+def test_cells_enclosed_by_membranes_are_counted_and_specks_dropped_by_min_area():
+    from labelloop.objects import choose_min_area, enclosed_regions
+
+    membrane = np.zeros((30, 30), bool)
+    membrane[:, 10] = membrane[:, 20] = True  # three columns of cells
+    membrane[15, :10] = True  # the left column split in two
+    membrane[24:27, 24:27] = True
+    membrane[25, 25] = False  # a 1-pixel hole inside a membrane blob: not a cell
+    cells = enclosed_regions(membrane, min_area=4)
+    assert len(np.unique(cells)) - 1 == 4
+    assert len(np.unique(enclosed_regions(membrane, min_area=1))) - 1 == 5
+    gap = membrane.copy()
+    gap[15, 4] = False  # a gap in the membrane merges the two cells it separated
+    assert len(np.unique(enclosed_regions(gap))) - 1 == 3
+    assert choose_min_area([membrane, membrane], [4, 4], grid=(1, 4, 200)) == 4
