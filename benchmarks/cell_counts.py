@@ -286,12 +286,12 @@ def isbi(epochs: int) -> dict:
     # Instance mode on the cells.
     recipe = isbi_recipe("instance", epochs)
     t0, c0 = time.monotonic(), cpu_seconds()
-    model, epochs = train(cells, fetch, recipe, ["cell"])
+    model, done = train(cells, fetch, recipe, ["cell"])
     probs = predict_outputs(model, images["test"], recipe)
     preds = [instances_from_probs(p, 1)[0] for p in probs]
     out["methods"]["instance"] = {
         **score_slices(preds, t_maps["test"], t_counts["test"]),
-        "epochs": epochs,
+        "epochs": done,
         "wall_s": round(time.monotonic() - t0, 1),
         "cpu_s": round(cpu_seconds() - c0, 1),
     }
@@ -300,8 +300,8 @@ def isbi(epochs: int) -> dict:
     membranes, mfetch = isbi_manifest(test_ids=TEST, val_ids=VAL, shift=shift)
     recipe = isbi_recipe("binary", epochs)
     t0, c0 = time.monotonic(), cpu_seconds()
-    model, epochs = train(membranes, mfetch, recipe, ["membrane"])
-    cost = {"epochs": epochs}
+    model, done = train(membranes, mfetch, recipe, ["membrane"])
+    cost = {"epochs": done}
     probs = {s: predict_outputs(model, images[s], recipe) for s in ("val", "test")}
     walls = {s: [p[0] >= 0.5 for p in probs[s]] for s in probs}
     cost.update(wall_s=round(time.monotonic() - t0, 1), cpu_s=round(cpu_seconds() - c0, 1))
