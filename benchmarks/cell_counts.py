@@ -111,10 +111,10 @@ def smears(epochs: int) -> dict:
             {"mode": mode, "epochs": epochs, "max_time_s": MAX_TIME_S, "seed": 0}
         )
         t0, c0 = time.monotonic(), cpu_seconds()
-        model, epochs = train(manifest, fetch, recipe, labels)
+        model, done = train(manifest, fetch, recipe, labels)
         m = evaluate_segmentation(model, manifest, fetch, "test", labels, recipe=recipe)
         out["models"][mode] = {
-            "epochs": epochs,
+            "epochs": done,
             "wall_s": round(time.monotonic() - t0, 1),
             "cpu_s": round(cpu_seconds() - c0, 1),
             "mean_dice": m["mean_dice"],
