@@ -39,6 +39,9 @@ class KindEntry:
     label_kinds: tuple[str, ...]
     # Shape kinds its training reads; a sync refuses others (they would be dropped silently).
     trainable_kinds: frozenset[str]
+    # Shape kinds that are annotated objects in a true count (`objects.object_counts`,
+    # which does not count a box or point again where it marks an outlined cell).
+    counted_kinds: tuple[str, ...]
 
     def draw_kind(self, choice: str | None = None) -> str:
         """The shape kind a project's annotators draw: `choice` (a project setting), else
@@ -63,6 +66,7 @@ KINDS: tuple[KindEntry, ...] = (
         label_kinds=("mask", "polygon"),  # brush unless the project says polygons
         # A box says where a cell is, not which pixels are it: never a segmentation target.
         trainable_kinds=frozenset({"mask", "polygon", "ellipse"}),
+        counted_kinds=("mask", "polygon", "ellipse", "box", "keypoint"),
     ),
     KindEntry(
         name="detection",
@@ -75,6 +79,7 @@ KINDS: tuple[KindEntry, ...] = (
         label_kinds=("box",),
         # Any shape with an extent gives a box; a keypoint has none.
         trainable_kinds=frozenset({"box", "polygon", "mask", "ellipse"}),
+        counted_kinds=("box", "polygon", "ellipse", "mask", "keypoint"),
     ),
     KindEntry(
         name="classification",
@@ -87,6 +92,7 @@ KINDS: tuple[KindEntry, ...] = (
         label_kinds=("tag",),
         # An image's class, or one crop per annotated region.
         trainable_kinds=frozenset({"tag", "box", "polygon", "mask", "ellipse"}),
+        counted_kinds=("tag", "box", "polygon", "ellipse", "mask"),
     ),
 )
 

@@ -1,4 +1,10 @@
-"""From a model's per-pixel output to what people use: cell counts and editable regions.
+"""From a model's per-pixel output to what people use: cell counts and editable regions;
+and the true count of an annotation, which every count metric compares with.
+
+A true count is the number of annotated objects (one per box, polygon, ellipse, point or
+mask instance), never the connected components of a rasterised truth: rasterising merges
+touching cells exactly as a semantic prediction does, so a count error measured that way
+hides the very error it should show.
 
 Semantic output (a label map, or one mask per label) is counted as connected components
 of each class, which is how a cell count is read off a semantic segmentation; touching
@@ -9,15 +15,87 @@ otherwise. Instance output (an instance map from watershed, see
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from labelloop.domain import Mask
-from labelloop.geometry import instance_count, mask_shape
+from labelloop.domain import Keypoint, Mask, Shape
+from labelloop.geometry import decode_mask, instance_count, mask_shape, shape_bbox
 
 DEFAULT_MIN_AREA = 4  # pixels; smaller blobs are argmax noise, not cells
+
+# What the count metrics of an evaluation were measured against, stored in the metrics
+# ("count_truth") so numbers of different definitions are never compared unknowingly.
+COUNT_TRUTH = "annotated_objects"
+# Segmentation evaluations stored without the key counted the connected components of the
+# rasterised truth, which merges touching cells (detection always counted true boxes).
+LEGACY_COUNT_TRUTH = "raster_components"
+_EIGHT = np.ones((3, 3), bool)
+
+
+# Shapes annotators often draw beside an outline of the same cell (the box for detection,
+# a click for counting): counted only where no outline of that label already covers them.
+MARKER_KINDS = frozenset({"box", "keypoint"})
+DUPLICATE_IOU = 0.5
+
+
+def object_counts(
+    shapes: Iterable[Shape], labels: Sequence[str], kinds: Iterable[str]
+) -> dict[str, int]:
+    """Annotated objects per label among shapes of `kinds` (every label a key).
+
+    Each shape is one object, however much it touches or overlaps others, with two
+    exceptions that keep one cell from counting twice or several cells once: a mask made of
+    separate parts (a brush stroke or class-region file covering several cells) is one
+    object per 8-connected part, and a box or point that marks a cell already outlined (box
+    IoU >= 0.5 with the outline's bounding box, point inside it, same label) is not counted
+    again."""
+    wanted = frozenset(kinds)
+    counts = dict.fromkeys(labels, 0)
+    kept = [sh for sh in shapes if sh.kind in wanted and sh.label in counts]
+    outlines: dict[str, list[tuple[float, float, float, float]]] = {}
+    for sh in kept:
+        if sh.kind in MARKER_KINDS:
+            continue
+        bbox = shape_bbox(sh)
+        if bbox is not None:
+            outlines.setdefault(sh.label, []).append(bbox)
+        if isinstance(sh, Mask):
+            _, n = ndimage.label(decode_mask(sh.size, sh.counts), structure=_EIGHT)
+            counts[sh.label] += n
+        else:
+            counts[sh.label] += 1
+    for sh in kept:
+        if sh.kind in MARKER_KINDS and not _marks_outline(sh, outlines.get(sh.label, [])):
+            counts[sh.label] += 1
+    return counts
+
+
+def _marks_outline(marker: Shape, outlines: list[tuple[float, float, float, float]]) -> bool:
+    box = shape_bbox(marker)
+    if box is None:
+        return False
+    if isinstance(marker, Keypoint):
+        return any(x0 <= box[0] <= x1 and y0 <= box[1] <= y1 for x0, y0, x1, y1 in outlines)
+    return any(_iou(box, o) >= DUPLICATE_IOU for o in outlines)
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def count_truth_of(metrics: Mapping[str, Any] | None, task: str) -> str:
+    """What the count metrics of a stored evaluation of a `task` model compared with."""
+    marked = (metrics or {}).get("count_truth")
+    if marked:
+        return str(marked)
+    return LEGACY_COUNT_TRUTH if task == "segmentation" else COUNT_TRUTH
 
 
 def probs_to_label_map(probs: np.ndarray) -> np.ndarray:
@@ -60,13 +138,17 @@ def label_map_to_shapes(
     *,
     per_instance: bool = True,
     min_area: int = DEFAULT_MIN_AREA,
+    label_probs: np.ndarray | None = None,
 ) -> list[Mask]:
     """Masks for pre-annotation: one per connected region (default), so an annotator can
     delete or relabel a single cell, or one per class present when `per_instance=False`.
-    Regions below `min_area` pixels are dropped in both modes."""
+    Regions below `min_area` pixels are dropped in both modes. With `label_probs` (L, H, W)
+    each mask carries `score`, its label's mean probability over the region (the
+    per-object confidence count intervals are built from)."""
     shapes: list[Mask] = []
     for i, name in enumerate(labels, start=1):
-        shapes.extend(_region_shapes(label_map == i, name, per_instance, min_area))
+        prob = None if label_probs is None else label_probs[i - 1]
+        shapes.extend(_region_shapes(label_map == i, name, per_instance, min_area, prob))
     return shapes
 
 
@@ -76,28 +158,48 @@ def masks_to_shapes(
     *,
     per_instance: bool = True,
     min_area: int = DEFAULT_MIN_AREA,
+    label_probs: np.ndarray | None = None,
 ) -> list[Mask]:
     """`label_map_to_shapes` for per-label masks (L, H, W) that may overlap."""
     _check_masks(masks, labels)
     shapes: list[Mask] = []
     for i, name in enumerate(labels):
-        shapes.extend(_region_shapes(masks[i].astype(bool), name, per_instance, min_area))
+        prob = None if label_probs is None else label_probs[i]
+        shapes.extend(_region_shapes(masks[i].astype(bool), name, per_instance, min_area, prob))
     return shapes
 
 
-def instance_shapes(inst: np.ndarray, classes: np.ndarray, labels: Sequence[str]) -> list[Mask]:
-    """One mask per instance of an instance map, labelled by its class."""
+def instance_shapes(
+    inst: np.ndarray,
+    classes: np.ndarray,
+    labels: Sequence[str],
+    label_probs: np.ndarray | None = None,
+) -> list[Mask]:
+    """One mask per instance of an instance map, labelled by its class (with `score` as in
+    `label_map_to_shapes` when `label_probs` is given)."""
     shapes: list[Mask] = []
     for i, obj in enumerate(ndimage.find_objects(inst), start=1):
         if obj is None:
             continue
         region = np.zeros(inst.shape, bool)
         region[obj] = inst[obj] == i
-        shapes.append(mask_shape(region, labels[int(classes[i]) - 1]))
+        c = int(classes[i]) - 1
+        prob = None if label_probs is None else label_probs[c]
+        shapes.append(_scored(region, labels[c], prob))
     return shapes
 
 
-def _region_shapes(region: np.ndarray, name: str, per_instance: bool, min_area: int) -> list[Mask]:
+def _scored(region: np.ndarray, name: str, prob: np.ndarray | None) -> Mask:
+    shape = mask_shape(region, name)
+    if prob is None:
+        return shape
+    score = round(float(np.clip(prob[region].mean(), 0.0, 1.0)), 4)
+    return shape.model_copy(update={"attributes": {"score": score}})
+
+
+def _region_shapes(
+    region: np.ndarray, name: str, per_instance: bool, min_area: int, prob: np.ndarray | None
+) -> list[Mask]:
     if not region.any():
         return []
     comp, n = ndimage.label(region)
@@ -106,8 +208,65 @@ def _region_shapes(region: np.ndarray, name: str, per_instance: bool, min_area: 
     if not keep:
         return []
     if per_instance:
-        return [mask_shape(comp == j, name) for j in keep]
-    return [mask_shape(np.isin(comp, keep), name)]
+        return [_scored(comp == j, name, prob) for j in keep]
+    return [_scored(np.isin(comp, keep), name, prob)]
+
+
+def enclosed_regions(boundary: np.ndarray, min_area: int = DEFAULT_MIN_AREA) -> np.ndarray:
+    """Cells of a membrane / cell-border image: the 4-connected regions that the boundary
+    pixels (bool (H, W)) enclose, at least `min_area` pixels, as an int32 instance map
+    (0 = boundary or dropped). A gap in a predicted membrane merges the two cells it
+    separates, so the count is only as good as the membranes are closed."""
+    comp, n = ndimage.label(~np.asarray(boundary, bool))
+    if n:
+        areas = np.bincount(comp.ravel())
+        comp[areas[comp] < min_area] = 0
+    return comp.astype(np.int32)
+
+
+def choose_min_area(
+    boundaries: Sequence[np.ndarray],
+    true_counts: Sequence[int],
+    grid: Sequence[int] = (4, 8, 16, 32, 64, 128, 256),
+) -> int:
+    """The minimum cell area whose enclosed-region counts have the lowest mean relative
+    error against the annotated counts (validation images); ties to the smaller area."""
+
+    def error(area: int) -> float:
+        errs = []
+        for b, n in zip(boundaries, true_counts, strict=True):
+            found = len(np.unique(enclosed_regions(b, area))) - 1
+            errs.append(abs(found - n) / max(n, 1))
+        return float(np.mean(errs))
+
+    return min(grid, key=lambda a: (round(error(a), 9), a))
+
+
+def count_intervals(
+    shapes: Iterable[Shape], labels: Sequence[str], z: float = 1.96
+) -> dict[str, dict[str, float]]:
+    """Per label: the expected number of real objects among the predicted ones and an
+    approximate 95 % interval, reading each object's `score` as the probability that it is
+    a real cell (Poisson-binomial: mean = sum p, variance = sum p (1 - p); objects without
+    a score count as certain). Cells the model missed entirely are not in it, so the
+    interval is about the objects found, not a bound on the truth."""
+    mean = dict.fromkeys(labels, 0.0)
+    var = dict.fromkeys(labels, 0.0)
+    for sh in shapes:
+        if sh.label not in mean:
+            continue
+        p = float(sh.attributes.get("score", 1.0))
+        mean[sh.label] += p
+        var[sh.label] += p * (1.0 - p)
+    out: dict[str, dict[str, float]] = {}
+    for lb in labels:
+        half = z * float(np.sqrt(var[lb]))
+        out[lb] = {
+            "expected": round(mean[lb], 3),
+            "low": round(max(0.0, mean[lb] - half), 3),
+            "high": round(mean[lb] + half, 3),
+        }
+    return out
 
 
 def _check_masks(masks: np.ndarray, labels: Sequence[str]) -> None:

@@ -20,6 +20,7 @@ from labelloop.datasets.freeze import load_manifest
 from labelloop.db.models import ModelVersion, Project, Promotion
 from labelloop.domain import Stage
 from labelloop.errors import ConfigError, InputError, NotFoundError
+from labelloop.objects import count_truth_of
 from labelloop.storage import sha256_bytes
 from labelloop.training.calibration import temperature_of
 from labelloop.training.kind import ModelKind, Prediction, View, get_kind
@@ -175,7 +176,9 @@ def consider_promotion(ctx: Context, model_version_id: int) -> bool:
         project = s.get(Project, mv.project_id)
         kind = get_kind(project.task)
         metric = kind.primary_metric
-        cand = (mv.metrics.get("test") or {}).get(metric)
+        task = project.task
+        cand_metrics = mv.metrics.get("test") or {}
+        cand = cand_metrics.get(metric)
         dv_id = mv.dataset_version_id
     prod_id = production_model(ctx, mv.project_id)
     if prod_id is None:
@@ -195,9 +198,11 @@ def consider_promotion(ctx: Context, model_version_id: int) -> bool:
     same_split = prod_dv == dv_id or split_fingerprint(
         load_manifest(ctx, prod_dv)
     ) == split_fingerprint(manifest)
-    if stored is not None and same_split:
-        # Same images with the same annotations: evaluation is deterministic, so the number
-        # production got on its own test split is the number it would get here.
+    same_definition = count_truth_of(prod_stored, task) == count_truth_of(cand_metrics, task)
+    if stored is not None and same_split and same_definition:
+        # Same images with the same annotations, measured the same way: evaluation is
+        # deterministic, so the number production got on its own test split is the number
+        # it would get here. Metrics stored under an older definition are measured again.
         prod_value, measured = stored, "stored: identical test split"
     else:
         prod = load_model_version(ctx, prod_id)

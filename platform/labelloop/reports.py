@@ -21,6 +21,9 @@ from labelloop.db.models import (
     SourceItem,
     TrainingRun,
 )
+from labelloop.domain import shapes_from_json
+from labelloop.kinds import kind_entry
+from labelloop.objects import COUNT_TRUTH, count_truth_of, object_counts
 from labelloop.projects import get_project, label_names
 
 
@@ -31,8 +34,12 @@ def project_status(ctx: Context, project_name: str, *, round_items: int = 20) ->
         image_ids = set(s.scalars(select(SourceItem.image_id).where(SourceItem.project_id == pid)))
         current = current_annotations(s, pid)
         per_class: Counter[str] = Counter()
+        objects: Counter[str] = Counter()
+        labels = label_names(project)
+        counted = kind_entry(project.task).counted_kinds
         for ann in current.values():
             per_class.update(sh["label"] for sh in ann.shapes)
+            objects.update(object_counts(shapes_from_json(ann.shapes), labels, counted))
         datasets = _datasets(s, pid)
         dv_numbers = {d["id"]: d["number"] for d in datasets}
         models = []
@@ -49,6 +56,8 @@ def project_status(ctx: Context, project_name: str, *, round_items: int = 20) ->
                     "sha256": mv.sha256[:12],
                     "metrics": test,
                     "primary_metric": mv.metrics.get("primary_metric") or "mean_dice",
+                    "count_truth": count_truth_of(test, project.task),
+                    "count_relative_error": count_relative_errors(test),
                     "train_seconds": mv.metrics.get("train_seconds"),
                     "epochs": mv.metrics.get("epochs"),
                     "scored_images": s.scalar(
@@ -79,11 +88,34 @@ def project_status(ctx: Context, project_name: str, *, round_items: int = 20) ->
                 "unlabeled": len(image_ids - set(current)),
             },
             "annotations_per_class": dict(per_class.most_common()),
+            # Annotated objects of the kinds the model learns: what counts are measured against.
+            "objects_per_class": {lb: objects[lb] for lb in labels},
             "dataset_versions": datasets,
             "training_runs": runs,
             "model_versions": models,
             "rounds": rounds,
         }
+
+
+def count_relative_errors(metrics: dict) -> dict[str, float | None]:
+    """Per class |predicted - true| / true of the split's totals, from stored evaluation
+    metrics (None where the class has no true object or no counts were stored)."""
+    out: dict[str, float | None] = {}
+    for lb, m in (metrics.get("per_class") or {}).items():
+        true, pred = (m or {}).get("true_count"), (m or {}).get("pred_count")
+        out[lb] = round(abs(pred - true) / true, 4) if true and pred is not None else None
+    return out
+
+
+def count_warning(row: dict) -> str | None:
+    """Why a model version's stored count metrics must not be compared with new ones."""
+    if row.get("count_truth", COUNT_TRUTH) == COUNT_TRUTH:
+        return None
+    return (
+        f"{row.get('name', 'model')}: count metrics were stored against connected components "
+        "of the rasterised truth (touching cells merged), not annotated objects; "
+        "retrain or re-evaluate before comparing counts"
+    )
 
 
 def _datasets(s, pid: int) -> list[dict]:
@@ -202,6 +234,7 @@ def model_versions(ctx: Context, project_name: str) -> list[dict]:
                     "metric": metric,
                     "test": (mv.metrics.get("test") or {}).get(metric),
                     "metrics": mv.metrics.get("test") or {},
+                    "count_truth": count_truth_of(mv.metrics.get("test"), p.task),
                     "val_metrics": mv.metrics.get("val") or {},
                     "comparison": mv.metrics.get("comparison"),
                     "train_seconds": mv.metrics.get("train_seconds"),

@@ -253,6 +253,10 @@ def execute_run(
         )
         weights = outcome.weights_path.read_bytes()
         model = kind.load(weights, recipe, labels)
+        if kind.calibrate is not None:
+            recipe = kind.calibrate(
+                model, manifest, ctx.blobs.get_bytes, labels=labels, recipe=recipe
+            )
         test = kind.evaluate(
             model, manifest, ctx.blobs.get_bytes, split="test", labels=labels, recipe=recipe
         )

@@ -1,19 +1,28 @@
 from __future__ import annotations
 
-import numpy as np
+import io
 
-from labelloop.geometry import rasterize_classes
+import numpy as np
+import pytest
+from PIL import Image
+
+from labelloop.domain import Box, Keypoint, Polygon, Tag
+from labelloop.geometry import mask_shape, rasterize_classes
+from labelloop.kinds import kind_entry
 from labelloop.objects import (
+    count_truth_of,
     counts_from_instances,
     counts_from_label_map,
     counts_from_masks,
     instance_shapes,
     label_map_to_shapes,
     masks_to_shapes,
+    object_counts,
     probs_to_label_map,
 )
 
 LABELS = ["RBC", "WBC", "Platelets"]
+REGION = kind_entry("segmentation").counted_kinds
 
 
 def _drawn() -> np.ndarray:
@@ -79,3 +88,119 @@ def test_instances_count_touching_cells_separately_and_outline_each():
     assert [s.label for s in shapes] == ["RBC", "RBC", "Platelets"]
     back = rasterize_classes(shapes[1:2], LABELS, 10, 20, kinds=frozenset({"mask"}))
     assert ((back == 1) == (inst == 2)).all()
+
+
+def _square(label: str, x0: int, y0: int, side: int = 6) -> Polygon:
+    return Polygon(
+        label=label, points=[(x0, y0), (x0 + side, y0), (x0 + side, y0 + side), (x0, y0 + side)]
+    )
+
+
+def test_true_counts_are_annotated_objects_even_where_cells_touch():
+    """Two touching squares are one blob in the rasterised truth but two annotated cells."""
+    shapes = [_square("RBC", 2, 2), _square("RBC", 8, 2), _square("WBC", 30, 30)]
+    raster = rasterize_classes(shapes, LABELS, 40, 40)
+    assert counts_from_label_map(raster, LABELS)["RBC"] == 1  # the merge the metric must not copy
+    assert object_counts(shapes, LABELS, REGION) == {"RBC": 2, "WBC": 1, "Platelets": 0}
+
+
+def test_a_box_or_point_marking_an_outlined_cell_is_not_a_second_cell():
+    cell = _square("RBC", 2, 2)
+    box = Box(label="RBC", x=2, y=2, w=6, h=6)  # the demo's box beside each outline
+    click = Keypoint(label="RBC", x=5, y=5)
+    lone_box = Box(label="RBC", x=20, y=20, w=6, h=6)  # a cell only boxed
+    other = Box(label="WBC", x=2, y=2, w=6, h=6)  # another label: its own object
+    counts = object_counts([cell, box, click, lone_box, other], LABELS, REGION)
+    assert counts == {"RBC": 2, "WBC": 1, "Platelets": 0}
+    tag = Tag(label="RBC")
+    assert object_counts([tag, lone_box], LABELS, REGION)["RBC"] == 1  # tags are no objects
+
+
+def test_a_mask_is_one_object_per_separate_part_and_touching_masks_stay_apart():
+    left = np.zeros((20, 20), bool)
+    left[2:8, 2:8] = True
+    right = np.zeros((20, 20), bool)
+    right[2:8, 8:14] = True  # touches `left`: still a second annotated cell
+    both = left | np.pad(np.ones((3, 3), bool), ((15, 2), (15, 2)))  # two parts, one brush
+    shapes = [mask_shape(left, "RBC"), mask_shape(right, "RBC"), mask_shape(both, "WBC")]
+    assert object_counts(shapes, LABELS, REGION) == {"RBC": 2, "WBC": 2, "Platelets": 0}
+
+
+def test_every_region_a_segmentation_model_learns_is_counted():
+    from labelloop.training.segmentation.instances import REGION_KINDS
+
+    assert set(kind_entry("segmentation").counted_kinds) >= REGION_KINDS
+
+
+def test_stored_metrics_say_how_their_counts_were_measured():
+    assert count_truth_of({}, "segmentation") == "raster_components"
+    assert count_truth_of({"count_truth": "annotated_objects"}, "segmentation") == (
+        "annotated_objects"
+    )
+    assert count_truth_of(None, "detection") == "annotated_objects"  # always true boxes
+
+
+def test_old_count_metrics_are_flagged_and_new_ones_give_relative_errors():
+    from labelloop.reports import count_relative_errors, count_warning
+
+    test = {"per_class": {"RBC": {"true_count": 200, "pred_count": 190}, "WBC": {}}}
+    assert count_relative_errors(test) == {"RBC": 0.05, "WBC": None}
+    assert count_warning({"name": "m1", "count_truth": "annotated_objects"}) is None
+    assert "rasterised truth" in count_warning({"name": "m1", "count_truth": "raster_components"})
+
+
+def test_count_intervals_read_object_scores_as_probabilities():
+    from labelloop.objects import count_intervals
+
+    sure = Box(label="RBC", x=0, y=0, w=4, h=4)  # no score: certain
+    half = Box(label="RBC", x=9, y=0, w=4, h=4, attributes={"score": 0.5})
+    iv = count_intervals([sure, half, half], LABELS)
+    assert iv["RBC"]["expected"] == 2.0
+    assert iv["RBC"]["high"] - 2.0 == pytest.approx(1.96 * np.sqrt(0.5), abs=1e-3)
+    assert iv["RBC"]["low"] == pytest.approx(2.0 - 1.96 * np.sqrt(0.5), abs=1e-3)
+    assert iv["WBC"] == {"expected": 0.0, "low": 0.0, "high": 0.0}
+
+
+def test_region_shapes_carry_their_mean_probability_as_score():
+    lm = _drawn()
+    probs = np.zeros((3, *lm.shape), np.float32)
+    probs[0][lm == 1] = 0.8
+    probs[1][lm == 2] = 0.6
+    shapes = label_map_to_shapes(lm, LABELS, label_probs=probs)
+    assert {s.label: s.attributes["score"] for s in shapes} == {
+        "RBC": pytest.approx(0.8),
+        "WBC": pytest.approx(0.6),
+        "Platelets": 0.0,
+    }
+
+
+def test_overlay_numbers_every_counted_object():
+    from labelloop.counting.overlay import draw_overlay
+
+    image = np.full((120, 160, 3), 255, np.uint8)
+    lm = np.zeros((120, 160), np.uint8)
+    lm[60:120, 80:160] = _drawn()  # clear of the legend in the top-left corner
+    shapes = label_map_to_shapes(lm, LABELS)
+    counts = counts_from_label_map(lm, LABELS)
+    drawn = np.asarray(Image.open(io.BytesIO(draw_overlay(image, shapes, counts, LABELS))))
+    no_index = np.asarray(Image.open(io.BytesIO(draw_overlay(image, shapes[:1], counts, LABELS))))
+    # The 10x10 RBC at (90:100, 110:120): its outline and, inside it, its index "3".
+    cell = (slice(92, 98), slice(112, 118))
+    assert (drawn[cell] != 255).any() and (no_index[cell] == 255).all()
+
+
+def test_cells_enclosed_by_membranes_are_counted_and_specks_dropped_by_min_area():
+    from labelloop.objects import choose_min_area, enclosed_regions
+
+    membrane = np.zeros((30, 30), bool)
+    membrane[:, 10] = membrane[:, 20] = True  # three columns of cells
+    membrane[15, :10] = True  # the left column split in two
+    membrane[24:27, 24:27] = True
+    membrane[25, 25] = False  # a 1-pixel hole inside a membrane blob: not a cell
+    cells = enclosed_regions(membrane, min_area=4)
+    assert len(np.unique(cells)) - 1 == 4
+    assert len(np.unique(enclosed_regions(membrane, min_area=1))) - 1 == 5
+    gap = membrane.copy()
+    gap[15, 4] = False  # a gap in the membrane merges the two cells it separated
+    assert len(np.unique(enclosed_regions(gap))) - 1 == 3
+    assert choose_min_area([membrane, membrane], [4, 4], grid=(1, 4, 200)) == 4

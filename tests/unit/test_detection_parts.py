@@ -207,3 +207,28 @@ def test_fresh_head_predicts_boxes_a_few_cells_wide_at_every_level(reg_max):
     widths = (boxes[:, 2] - boxes[:, 0]) / out.strides[:, 0]
     # Random weights add noise; the biases put the mean near 4 cells (uniform DFL: 15).
     assert 2.5 < float(widths.mean()) < 5.5
+
+
+def test_count_thresholds_are_chosen_per_class_on_validation_counts():
+    from labelloop.training.detection.evaluate import choose_count_thresholds
+
+    # RBC: 3 true per image, the detector finds them at 0.6+ and adds clutter at 0.3-0.4;
+    # WBC: 1 true per image, found only at 0.2 (below the fixed 0.25).
+    rbc = [0.9, 0.8, 0.65, 0.4, 0.3]
+    dets = [_dets(np.zeros((6, 4)), [*rbc, 0.2], [0, 0, 0, 0, 0, 1]) for _ in range(2)]
+    truths = [np.array([0, 0, 0, 1])] * 2
+    chosen = choose_count_thresholds(dets, truths, LABELS, default=0.25)
+    assert 0.4 < chosen["RBC"] <= 0.65 and chosen["WBC"] <= 0.2
+    assert chosen["Platelets"] == 0.25  # no true platelets: the default stays
+
+
+def test_kept_boxes_follow_their_class_count_threshold():
+    from labelloop.training.detection.predict import count_floor, keep_counted
+
+    recipe = DetectionRecipe(count_thresholds={"RBC": 0.5, "WBC": 0.1})
+    assert count_floor(recipe) == 0.1
+    det = _dets(np.zeros((4, 4)), [0.6, 0.3, 0.15, 0.3], [0, 0, 1, 2])
+    kept = keep_counted(det, recipe, LABELS)
+    assert kept.labels.tolist() == [0, 1, 2]  # RBC 0.3 dropped, WBC 0.15 kept, Platelets 0.3
+    with pytest.raises(ValueError, match="count_thresholds"):
+        DetectionRecipe(count_thresholds={"RBC": 1.5})

@@ -127,7 +127,8 @@ def test_a_run_resumes_from_the_checkpoint_in_the_blob_store(ctx, project, tmp_p
 
 def test_count_writes_overlays_and_compares_with_labels(ctx, project, tmp_path):
     dv, src = project
-    mv = execute_run(ctx, request_run(ctx, dv, overrides=TINY).run_id)
+    # A semantic model: the report must say that touching cells merge.
+    mv = execute_run(ctx, request_run(ctx, dv, overrides={**TINY, "mode": "multiclass"}).run_id)
     loaded = load_model_version(ctx, mv)
     assert loaded.kind.task == "segmentation"
     folder = tmp_path / "imgs"
@@ -145,13 +146,26 @@ def test_count_writes_overlays_and_compares_with_labels(ctx, project, tmp_path):
     assert len(report["images"]) == 3
     with_truth = [im for im in report["images"] if im["truth"] is not None]
     assert len(with_truth) == len(labelled)
+    # The factory's annotation: an RBC box, a WBC box and a Platelets polygon, each one
+    # annotated object (boxes count where no outline of their label covers them).
     assert with_truth[0]["truth"] == {"RBC": 1, "WBC": 1, "Platelets": 1}
     assert set(report["accuracy"]) == {"RBC", "WBC", "Platelets"}
+    rbc = report["accuracy"]["RBC"]
+    assert rbc["true"] == 2 and rbc["images"] == 2
+    # The tiny model is semantic (multiclass): the report says touching cells merge.
+    assert any("touching cells" in w for w in report["warnings"])
     for im in report["images"]:
         assert Image.open(im["overlay"]).size == Image.open(im["file"]).size
+        for lb, iv in im["intervals"].items():
+            assert iv["low"] <= iv["expected"] <= iv["high"]
+            assert iv["expected"] <= im["counts"][lb]  # each object's p is at most 1
+    assert report["plot"] == str(out / "counts.png") and Image.open(out / "counts.png").size
     with open(out / "counts.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 and {"RBC", "true_RBC"} <= set(rows[0])
+    assert len(rows) == 3 * 3
+    assert set(rows[0]) == {"file", "class", "predicted", "low", "high", "true", "error"}
+    unknown = [r for r in rows if r["file"].endswith("new.png")]
+    assert len(unknown) == 3 and all(r["true"] == "" and r["error"] == "" for r in unknown)
     assert json.loads((out / "counts.json").read_text())["model"] == name
     assert not [p for p in out.iterdir() if p.name.startswith(".count-")]
 

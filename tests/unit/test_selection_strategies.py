@@ -53,6 +53,16 @@ def test_class_balance_prefers_images_predicted_to_hold_rare_cells():
     assert get_strategy("uncertainty").rank(cand, 1, 0, {})[0] == 1  # ties: lowest id
 
 
+def test_count_uncertainty_sends_the_least_certain_counts_first():
+    scores = {i: 0.5 for i in range(1, 7)}
+    scores[6] = 0.9  # most uncertain pixels, but a sure count
+    iv = {i: {"RBC": {"expected": 20, "low": 19, "high": 21}} for i in range(1, 7)}
+    iv[3] = {"RBC": {"expected": 20, "low": 14, "high": 26}, "WBC": {"low": 0, "high": 1}}
+    iv[4] = {"RBC": {"expected": 20, "low": 16, "high": 24}}
+    cand = _cand(scores=scores, count_intervals=iv)
+    assert get_strategy("count_uncertainty").rank(cand, 3, 0, {}) == [3, 4, 6]
+
+
 def test_params_are_checked_against_the_strategy():
     with pytest.raises(InputError, match="has no parameter alpha; valid: prefilter"):
         check_params(get_strategy("hybrid"), {"alpha": 1})

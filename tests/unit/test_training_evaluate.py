@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from labelloop.domain import shapes_to_json
+from labelloop.imaging import encode_png
 from labelloop.training.common import MEAN, STD
 from labelloop.training.segmentation.evaluate import (
     binary_metrics,
@@ -13,7 +17,14 @@ from labelloop.training.segmentation.evaluate import (
     segmentation_metrics,
 )
 from labelloop.training.segmentation.recipe import SegmentationRecipe
-from tests.unit.segmentation_fixtures import BACKGROUND, COLOURS, LABELS, make_manifest
+from tests.unit.segmentation_fixtures import (
+    BACKGROUND,
+    COLOURS,
+    LABELS,
+    SIZE,
+    draw,
+    make_manifest,
+)
 
 NAMES = ["A", "B", "C"]
 
@@ -22,7 +33,8 @@ def test_perfect_predictions_give_dice_one():
     truth = np.zeros((20, 20), np.uint8)
     truth[2:6, 2:6] = 1
     truth[10:18, 10:18] = 2
-    m = segmentation_metrics([truth, truth], [truth, truth], NAMES)
+    one = {"A": 1, "B": 1, "C": 0}
+    m = segmentation_metrics([truth, truth], [truth, truth], NAMES, true_counts=[one, one])
     assert m["per_class"]["A"]["dice"] == 1.0 and m["per_class"]["B"]["iou"] == 1.0
     assert m["per_class"]["C"]["dice"] is None  # absent everywhere: no score, not 0 or 1
     assert m["mean_dice"] == 1.0 and m["mean_iou"] == 1.0 and m["pixel_accuracy"] == 1.0
@@ -36,7 +48,10 @@ def test_metrics_are_micro_over_pixels_and_count_error_per_image():
     pred[0:2, 0:4] = 1  # 8 px, all inside truth
     pred[8:10, 8:10] = 1  # 4 px false positive, a second blob
     empty = np.zeros_like(truth)
-    m = segmentation_metrics([pred, empty], [truth, empty], NAMES)
+    none = dict.fromkeys(NAMES, 0)
+    m = segmentation_metrics(
+        [pred, empty], [truth, empty], NAMES, true_counts=[{**none, "A": 1}, none]
+    )
     a = m["per_class"]["A"]
     assert (a["tp"], a["fp"], a["fn"]) == (8, 4, 2)
     assert a["dice"] == pytest.approx(16 / 22) and a["iou"] == pytest.approx(8 / 14)
@@ -54,7 +69,7 @@ def test_pixel_error_of_a_hand_made_membrane_mask():
     pred = np.zeros_like(truth)
     pred[0, :3, 2] = True  # 3 found, 1 missed
     pred[0, 0, 3] = True  # 1 false membrane
-    m = binary_metrics([pred], [truth], ["membrane"])
+    m = binary_metrics([pred], [truth], ["membrane"], true_counts=[{"membrane": 1}])
     mem = m["per_class"]["membrane"]
     assert (mem["tp"], mem["fp"], mem["fn"]) == (3, 1, 1)
     assert mem["pixel_error"] == pytest.approx(2 / 20) and m["pixel_error"] == pytest.approx(0.1)
@@ -68,7 +83,7 @@ def test_binary_metrics_score_overlapping_labels_independently():
     truth[1, 1:4] = True  # overlaps label 0 on row 1-2
     pred = truth.copy()
     pred[1, 5, 2:6] = True  # 4 false pixels for label 1 only, a second blob
-    m = binary_metrics([pred], [truth], ["A", "B"])
+    m = binary_metrics([pred], [truth], ["A", "B"], true_counts=[{"A": 1, "B": 1}])
     assert m["per_class"]["A"]["dice"] == 1.0 and m["per_class"]["A"]["pixel_error"] == 0.0
     assert m["per_class"]["B"]["fp"] == 4 and m["per_class"]["B"]["pixel_error"] == 4 / 36
     assert m["per_class"]["B"]["count_mae"] == 1.0  # 2 blobs predicted, 1 true
@@ -80,13 +95,18 @@ def test_instance_metrics_count_instances_and_match_at_iou_half():
     truth[1:5, 5:9] = 2  # touching the first: one blob, two cells
     pred = np.zeros_like(truth)
     pred[1:5, 1:9] = 1  # merged: IoU 0.5 with each, not above
-    m = instance_metrics([(pred, np.array([0, 1]))], [(truth, np.array([0, 1, 1]))], ["cell"])
+    two = [{"cell": 2}]
+    m = instance_metrics(
+        [(pred, np.array([0, 1]))], [(truth, np.array([0, 1, 1]))], ["cell"], true_counts=two
+    )
     cell = m["per_class"]["cell"]
     assert cell["dice"] == 1.0  # the pixels are right...
     assert (cell["true_count"], cell["pred_count"], cell["count_mae"]) == (2, 1, 1.0)
     assert cell["matched_50"] == 0 and m["mean_f1_50"] == 0.0  # ...the instances are not
     split = np.where(truth > 0, truth, 0)
-    m = instance_metrics([(split, np.array([0, 1, 1]))], [(truth, np.array([0, 1, 1]))], ["cell"])
+    m = instance_metrics(
+        [(split, np.array([0, 1, 1]))], [(truth, np.array([0, 1, 1]))], ["cell"], true_counts=two
+    )
     assert m["mean_f1_50"] == 1.0 and m["mean_count_mae"] == 0.0
 
 
@@ -132,3 +152,41 @@ def test_evaluate_in_binary_mode_with_a_perfect_model_scores_one():
         _ColourSigmoid(), manifest, blobs.__getitem__, recipe=SegmentationRecipe(mode="binary")
     )
     assert m["mode"] == "binary" and m["mean_dice"] == 1.0 and m["pixel_error"] == 0.0
+
+
+def _one_item_manifest(discs: list[tuple[str, float, float, float]]) -> tuple[dict, dict]:
+    img, shapes = draw(discs)
+    data = encode_png(img)
+    key = "images/touching.png"
+    item = {
+        "image_id": 1,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "blob_key": key,
+        "width": SIZE,
+        "height": SIZE,
+        "split": "test",
+        "shapes": shapes_to_json(shapes),
+    }
+    manifest = {"version": 1, "labels": list(LABELS), "split_seed": 0, "items": [item]}
+    return manifest, {key: data}
+
+
+# Two red cells whose outlines touch (centres one diameter apart) and a lone blue one.
+TOUCHING = [("Red", 20.0, 30.0, 7.0), ("Red", 34.0, 30.0, 7.0), ("Blue", 50.0, 50.0, 6.0)]
+
+
+@pytest.mark.parametrize("mode", ["multiclass", "binary"])
+def test_count_error_is_measured_against_annotated_objects_not_truth_blobs(mode):
+    """A pixel-perfect semantic prediction merges the touching cells into one blob; so
+    does the rasterised truth, so a count read off it would claim no error. Against the
+    two annotated cells the error is one."""
+    manifest, blobs = _one_item_manifest(TOUCHING)
+    model = _ColourOracle() if mode == "multiclass" else _ColourSigmoid()
+    m = evaluate_segmentation(
+        model, manifest, blobs.__getitem__, recipe=SegmentationRecipe(mode=mode)
+    )
+    red = m["per_class"]["Red"]
+    assert red["dice"] == 1.0
+    assert (red["true_count"], red["pred_count"], red["count_mae"]) == (2, 1, 1.0)
+    assert m["per_class"]["Blue"]["count_mae"] == 0.0
+    assert m["count_truth"] == "annotated_objects"

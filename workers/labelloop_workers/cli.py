@@ -150,7 +150,12 @@ def demo(
         sources=sources,
         out_dir=str(data_dir / "exports"),
         show=show,
-        overrides={"max_time_s": train_seconds, **recipe_overrides(None, epochs)},
+        # Instance mode: the demo counts cells, and touching cells must count apart.
+        overrides={
+            "max_time_s": train_seconds,
+            "mode": "instance",
+            **recipe_overrides(None, epochs),
+        },
     )
     st = project_status(ctx, "demo")
     wall = time.monotonic() - started

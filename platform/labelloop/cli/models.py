@@ -18,7 +18,7 @@ from labelloop.cli.options import (
     interactive,
     resolve_model,
 )
-from labelloop.cli.output import console, emit_json, handle_errors, progress
+from labelloop.cli.output import console, emit_json, err_console, handle_errors, progress
 from labelloop.kinds import DEFAULT_TASK, TASKS
 
 app = typer.Typer()
@@ -36,7 +36,7 @@ def models_cmd(
 ) -> None:
     """List a project's model versions: stage, test metric, dataset version, recipe hash,
     and why each reached its stage."""
-    from labelloop.reports import model_versions
+    from labelloop.reports import count_warning, model_versions
 
     rows = model_versions(context(), project)
     if as_json:
@@ -60,6 +60,10 @@ def models_cmd(
             (("forced: " if r["forced"] else "") + (r["stage_reason"] or "")),
         )
     console.print(t)
+    for r in rows:
+        warning = count_warning(r)
+        if warning:
+            err_console.print(f"[yellow]{warning}[/]")
 
 
 @app.command("promote")
@@ -135,9 +139,11 @@ def count_cmd(
 ) -> None:
     """Count cells per class in images with a model version.
 
-    Writes `<image>.overlay.png` (boxes or contours and a count legend), `counts.csv`
-    and `counts.json` into `--out`. Images already labelled in the project (same
-    content) are compared with their labels: count MAE and relative error per class.
+    Writes `<image>.overlay.png` (every counted object's box or outline and index, a count
+    legend), `counts.csv` and `counts.json` into `--out`; each count carries an interval
+    from the objects' confidences. Images already labelled in the project (same content)
+    are compared with their annotated objects: count MAE and relative error per class, and
+    `counts.png` plots predicted against true counts.
     """
     from labelloop.counting.stage import count_images
 
@@ -162,14 +168,26 @@ def count_cmd(
         emit_json(data)
         return
     t = Table(title=f"counts by {result.model} ({len(result.images)} images)")
-    t.add_column("class")
-    t.add_column("total", justify="right")
-    t.add_column("MAE / image", justify="right")
-    t.add_column("relative error", justify="right")
+    for c in ("class", "total", "interval", "true", "MAE / image", "relative error", "in interval"):
+        t.add_column(c, justify="left" if c == "class" else "right")
     acc = result.accuracy() or {}
     for lb, total in result.totals().items():
         a = acc.get(lb) or {}
-        t.add_row(lb, str(total), _fmt(a.get("mae"), 2), _fmt(a.get("relative_error"), 3))
+        low = sum(im.intervals.get(lb, {}).get("low", 0.0) for im in result.images)
+        high = sum(im.intervals.get(lb, {}).get("high", 0.0) for im in result.images)
+        t.add_row(
+            lb,
+            str(total),
+            f"{low:.0f}-{high:.0f}",
+            str(a.get("true", "-")),
+            _fmt(a.get("mae"), 2),
+            _fmt(a.get("relative_error"), 3),
+            _fmt(a.get("interval_coverage"), 2),
+        )
     console.print(t)
     extra = ", report.html/.pdf/.json" if report else ""
-    console.print(f"overlays, counts.csv and counts.json{extra} in {out}")
+    console.print(f"per image: {out / 'counts.csv'}, {out / 'counts.json'}{extra}")
+    if result.plot:
+        console.print(f"predicted vs true: {result.plot}")
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}")

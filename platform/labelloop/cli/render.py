@@ -6,6 +6,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from labelloop.reports import count_warning
+
 # The per-class figure shown beside each kind's primary metric.
 PER_CLASS_KEY = {"mean_dice": "dice", "map50": "ap50", "macro_f1": "f1"}
 
@@ -14,6 +16,14 @@ def _fmt(v, nd: int = 3) -> str:
     if v is None:
         return "-"
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def _count_err(model: dict, label: str) -> str:
+    """Relative count error of the test totals, marked '*' when measured the old way."""
+    err = (model.get("count_relative_error") or {}).get(label)
+    if err is None:
+        return "-"
+    return f"{err:.1%}" + ("" if count_warning(model) is None else "*")
 
 
 def render_status(st: dict, console: Console, *, items: int = 10) -> None:
@@ -27,6 +37,11 @@ def render_status(st: dict, console: Console, *, items: int = 10) -> None:
         console.print(
             "shapes per class: "
             + ", ".join(f"{k} {v}" for k, v in st["annotations_per_class"].items())
+        )
+    if any((st.get("objects_per_class") or {}).values()):
+        console.print(
+            "annotated objects per class (the truth counts compare with): "
+            + ", ".join(f"{k} {v}" for k, v in st["objects_per_class"].items())
         )
     if st["dataset_versions"]:
         t = Table(title="dataset versions", title_justify="left")
@@ -53,6 +68,7 @@ def render_status(st: dict, console: Console, *, items: int = 10) -> None:
             "data",
             metric,
             *[f"{per_key} {lb}" for lb in labels],
+            *[f"count err {lb}" for lb in labels],
             "train s",
             "scored",
         ):
@@ -66,10 +82,15 @@ def render_status(st: dict, console: Console, *, items: int = 10) -> None:
                 f"v{m['dataset_version']}",
                 _fmt(met.get(m.get("primary_metric") or metric)),
                 *[_fmt(per.get(lb)) for lb in labels],
+                *[_count_err(m, lb) for lb in labels],
                 _fmt(m["train_seconds"], 1),
                 str(m["scored_images"]),
             )
         console.print(t)
+        for m in st["model_versions"]:
+            warning = count_warning(m)
+            if warning:
+                console.print(f"[yellow]{warning}[/]")
     for rnd in st["rounds"][-1:]:
         labels = p["labels"]
         t = Table(

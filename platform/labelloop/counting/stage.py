@@ -1,116 +1,46 @@
-"""Counting cells in image files with a model version: counts, overlays, error vs truth.
+"""Counting cells in image files with a model version: counts, intervals, overlays, error
+against the annotated objects.
 
 `count_images` runs any model kind (detection boxes, segmentation instances, a classifier's
-label) through its `predict`, writes one overlay PNG per image (boxes or contours and a
-count legend) plus `counts.csv` and `counts.json`. Where an image is already labelled in
-the model's project (matched by content hash), its annotation is the ground truth and the
-report gives count MAE and relative error per class. Every output is written to a
-temporary folder first and moved into place at the end, so a bad image leaves nothing
-half-written.
+label) through its `predict`, writes one overlay PNG per image (every counted object's
+outline and index, a count legend) plus `counts.csv`, `counts.json` and, when some images
+are annotated, `counts.png` (predicted vs true). Each count carries an interval from the
+objects' confidences (`objects.count_intervals`). Where an image is already labelled in the
+model's project (matched by content hash), its annotated objects are the true count
+(`objects.object_counts`). Every output is written to a temporary folder first and moved
+into place at the end, so a bad image leaves nothing half-written.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-import numpy as np
-from PIL import Image, ImageDraw
 from sqlalchemy import select
 
 from labelloop.context import Context
+from labelloop.counting.overlay import draw_overlay
+from labelloop.counting.report import (
+    CountReport,
+    ImageCount,
+    plot_predicted_vs_true,
+    write_csv,
+)
 from labelloop.datasets.freeze import current_annotations
 from labelloop.db.models import Image as ImageRow
-from labelloop.db.models import ModelVersion
-from labelloop.domain import Box, Mask, Polygon, Shape, Tag, shapes_from_json
+from labelloop.db.models import ModelVersion, Project
+from labelloop.domain import shapes_from_json
 from labelloop.errors import InputError
-from labelloop.geometry import shape_mask
 from labelloop.imaging import decode_image
 from labelloop.ingest.readers.images import IMAGE_SUFFIXES
+from labelloop.kinds import kind_entry
+from labelloop.objects import count_intervals, object_counts
 from labelloop.registry import load_model_version
-
-# Distinct, colour-blind-friendly colours (Okabe-Ito), one per label in project order.
-PALETTE = [
-    (230, 159, 0),
-    (86, 180, 233),
-    (0, 158, 115),
-    (240, 228, 66),
-    (0, 114, 178),
-    (213, 94, 0),
-    (204, 121, 167),
-    (0, 0, 0),
-]
-
-
-@dataclass
-class ImageCount:
-    file: str
-    counts: dict[str, int]
-    truth: dict[str, int] | None = None
-    overlay: str | None = None
-
-    def errors(self) -> dict[str, int] | None:
-        if self.truth is None:
-            return None
-        return {k: self.counts.get(k, 0) - self.truth.get(k, 0) for k in self.counts}
-
-
-@dataclass
-class CountReport:
-    model: str
-    labels: list[str]
-    out_dir: Path
-    images: list[ImageCount] = field(default_factory=list)
-
-    def totals(self) -> dict[str, int]:
-        return {lb: sum(im.counts.get(lb, 0) for im in self.images) for lb in self.labels}
-
-    def accuracy(self) -> dict[str, dict[str, float]] | None:
-        """Per class: MAE per image and relative error of the total, over labelled images."""
-        known = [im for im in self.images if im.truth is not None]
-        if not known:
-            return None
-        out: dict[str, dict[str, float]] = {}
-        for lb in self.labels:
-            pred = np.array([im.counts.get(lb, 0) for im in known], dtype=float)
-            true = np.array([im.truth.get(lb, 0) for im in known], dtype=float)  # type: ignore[union-attr]
-            total = true.sum()
-            out[lb] = {
-                "mae": round(float(np.abs(pred - true).mean()), 4),
-                "relative_error": round(float(abs(pred.sum() - total) / total), 4)
-                if total
-                else None,
-                "images": len(known),
-            }
-        return out
-
-    def to_json(self) -> dict:
-        return {
-            "model": self.model,
-            "labels": self.labels,
-            "out_dir": str(self.out_dir),
-            "totals": self.totals(),
-            "accuracy": self.accuracy(),
-            "images": [
-                {
-                    "file": im.file,
-                    "counts": im.counts,
-                    "truth": im.truth,
-                    "errors": im.errors(),
-                    "overlay": im.overlay,
-                }
-                for im in self.images
-            ],
-        }
 
 
 def expand_inputs(paths: Iterable[Path]) -> list[Path]:
@@ -130,66 +60,20 @@ def expand_inputs(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
-def truth_counts(shapes: Sequence[Shape], labels: Sequence[str]) -> dict[str, int]:
-    """Instances per label in an annotation: every box, polygon or mask is one cell; an
-    image-level tag counts as one of its label."""
-    counts = dict.fromkeys(labels, 0)
-    for sh in shapes:
-        if sh.label in counts and isinstance(sh, Box | Polygon | Mask | Tag):
-            counts[sh.label] += 1
-    return counts
-
-
 def _truth_by_sha(ctx: Context, model_version_id: int, labels: Sequence[str]) -> dict[str, dict]:
+    """True counts (annotated objects of the kinds the project's model learns) of every
+    image of the model's project that has an annotation, by content hash."""
     with ctx.db.session() as s:
-        project_id = s.get(ModelVersion, model_version_id).project_id
-        chosen = current_annotations(s, project_id)
+        project = s.get(Project, s.get(ModelVersion, model_version_id).project_id)
+        kinds = kind_entry(project.task).counted_kinds
+        chosen = current_annotations(s, project.id)
         shas = dict(
             s.execute(select(ImageRow.id, ImageRow.sha256).where(ImageRow.id.in_(chosen))).all()
         )
         return {
-            shas[iid]: truth_counts(shapes_from_json(ann.shapes), labels)
+            shas[iid]: object_counts(shapes_from_json(ann.shapes), labels, kinds)
             for iid, ann in chosen.items()
         }
-
-
-def draw_overlay(
-    image: np.ndarray, shapes: Sequence[Shape], counts: dict[str, int], labels: Sequence[str]
-) -> bytes:
-    """PNG of the image with boxes / instance contours in each label's colour and a legend."""
-    colour = {lb: PALETTE[i % len(PALETTE)] for i, lb in enumerate(labels)}
-    canvas = np.ascontiguousarray(image.copy())
-    h, w = canvas.shape[:2]
-    thick = max(1, round(min(h, w) / 300))
-    for sh in shapes:
-        c = colour.get(sh.label, (255, 0, 0))
-        if isinstance(sh, Box):
-            p1 = (round(sh.x), round(sh.y))
-            p2 = (round(sh.x + sh.w), round(sh.y + sh.h))
-            cv2.rectangle(canvas, p1, p2, c, thick)
-        elif isinstance(sh, Mask | Polygon):
-            m = shape_mask(sh, h, w)
-            if m is None:
-                continue
-            contours, _ = cv2.findContours(
-                m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-            )
-            cv2.drawContours(canvas, contours, -1, c, thick)
-    im = Image.fromarray(canvas)
-    draw = ImageDraw.Draw(im)
-    lines = [f"{lb}: {counts.get(lb, 0)}" for lb in labels]
-    tags = [sh.label for sh in shapes if isinstance(sh, Tag)]
-    if tags:
-        lines.insert(0, f"class: {', '.join(tags)}")
-    line_h = 12
-    box_w = 8 + 7 * max(len(t) for t in lines)
-    draw.rectangle((0, 0, box_w, 6 + line_h * len(lines)), fill=(255, 255, 255))
-    for i, text in enumerate(lines):
-        lb = text.split(":")[0]
-        draw.text((4, 3 + i * line_h), text, fill=colour.get(lb, (0, 0, 0)))
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def count_images(
@@ -209,6 +93,12 @@ def count_images(
     truths = _truth_by_sha(ctx, model_version_id, loaded.labels)
     out_dir = Path(out_dir)
     report = CountReport(name, list(loaded.labels), out_dir)
+    if loaded.recipe.task == "segmentation" and loaded.recipe.mode != "instance":
+        report.warnings.append(
+            f"{name} is a {loaded.recipe.mode} segmentation model: touching cells of one "
+            "class merge into one region and are counted once; train with mode: instance "
+            "to count them apart"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".count-", dir=out_dir))
     try:
@@ -218,7 +108,10 @@ def count_images(
             image = decode_image(data, name=str(path), max_pixels=ctx.settings.max_image_pixels)
             pred = loaded.predict([image])[0]
             entry = ImageCount(
-                str(path), dict(pred.counts), truths.get(hashlib.sha256(data).hexdigest())
+                str(path),
+                dict(pred.counts),
+                truths.get(hashlib.sha256(data).hexdigest()),
+                intervals=count_intervals(pred.shapes, loaded.labels),
             )
             if overlays:
                 stem = path.stem
@@ -233,20 +126,12 @@ def count_images(
             report.images.append(entry)
             if on_progress:
                 on_progress(n, len(files))
-        _write_tables(report, staging)
+        if plot_predicted_vs_true(report, staging / "counts.png"):
+            report.plot = str(out_dir / "counts.png")
+        write_csv(report, staging / "counts.csv")
+        (staging / "counts.json").write_text(json.dumps(report.to_json(), indent=2))
         for f in staging.iterdir():
             os.replace(f, out_dir / f.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
-
-
-def _write_tables(report: CountReport, folder: Path) -> None:
-    labels = report.labels
-    with open(folder / "counts.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["file", *labels, *[f"true_{lb}" for lb in labels]])
-        for im in report.images:
-            truth = [im.truth.get(lb, 0) for lb in labels] if im.truth else [""] * len(labels)
-            w.writerow([im.file, *[im.counts.get(lb, 0) for lb in labels], *truth])
-    (folder / "counts.json").write_text(json.dumps(report.to_json(), indent=2))

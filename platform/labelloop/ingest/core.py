@@ -518,6 +518,7 @@ def ingest_records(
             try:
                 writer.record(rec)
                 sp.commit()
+                report.warnings.extend(rec.warnings)
                 ok = True
             except InputError as exc:
                 sp.rollback()
@@ -531,6 +532,7 @@ def ingest_records(
                 ok = False
         else:
             writer.record(rec)
+            report.warnings.extend(rec.warnings)
             ok = True
         if per_file:
             report.count_file(rec, writer.label_map, ok)

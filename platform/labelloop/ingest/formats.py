@@ -35,6 +35,8 @@ READERS = [
     "labelloop.ingest.readers.yolo",
     "labelloop.ingest.readers.labelme",
     "labelloop.ingest.readers.createml",
+    # Before `masks`: images/ + masks/<stem>_<k>.png would otherwise read as class masks.
+    "labelloop.ingest.readers.object_masks",
     "labelloop.ingest.readers.masks",
     "labelloop.ingest.readers.images",
 ]

@@ -36,6 +36,8 @@ class SourceRecord:
     # A reader cannot raise for one bad record without ending its stream, so it yields the
     # record with its error; the writer fails the ingest or skips it (--skip-invalid).
     error: InputError | None = None
+    # What the ingest report should say about a record it keeps (e.g. overlapping masks).
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.name = self.name or self.external_id

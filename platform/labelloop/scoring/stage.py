@@ -21,6 +21,7 @@ from labelloop.domain import shapes_to_json
 from labelloop.errors import NotFoundError
 from labelloop.imaging import decode_image
 from labelloop.kinds import kind_entry
+from labelloop.objects import count_intervals
 from labelloop.registry import load_model_version
 from labelloop.scoring import get_method
 from labelloop.scoring.detection import box_statistics
@@ -228,6 +229,9 @@ def _prediction_details(ctx: Context, pred, labels: list[str]) -> dict:
     return {
         "shapes_key": shapes_key,
         "counts": pred.counts,
+        # Per label expected count and ~95 % interval from the objects' confidences: what
+        # `labelloop count` shows and the `count_uncertainty` strategy ranks by.
+        "count_intervals": count_intervals(pred.shapes, list(pred.counts)),
         "confidence": round(float(pred.confidence), 6),
         **box_statistics(pred.arrays, labels),
     }

@@ -221,9 +221,17 @@ class CountUncertaintyStrategy:
         w = float(params.get("rarity", self.defaults["rarity"]))
         value: dict[int, float] = {}
         for i in cand.ids:
-            sd = cand.details.get(i, {}).get("count_sd")
+            sd = cand.details.get(i, {}).get("count_sd") or _interval_spread(
+                cand.count_intervals.get(i)
+            )
             if sd:
                 value[i] = sum(v * (1.0 + w * rarity.get(c, 0.0)) for c, v in sd.items())
             elif i in cand.scores:
                 value[i] = cand.scores[i]
-        return sorted(value, key=lambda i: (-value[i], i))[:budget]
+        return sorted(value, key=lambda i: (-value[i], -cand.scores.get(i, 0.0), i))[:budget]
+
+
+def _interval_spread(intervals: dict[str, dict[str, float]] | None) -> dict[str, float]:
+    """Per class, half the width of a stored count interval (`objects.count_intervals`):
+    the spread where no box statistics exist (segmentation instances)."""
+    return {c: (float(v["high"]) - float(v["low"])) / 2 for c, v in (intervals or {}).items()}

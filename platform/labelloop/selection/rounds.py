@@ -226,6 +226,7 @@ def _candidates(
     counts: dict[int, dict[str, int]] = {}
     details_of: dict[int, dict[str, Any]] = {}
     difficulty: dict[str, float] = {}
+    intervals: dict[int, dict[str, dict[str, float]]] = {}
     if model_version_id is not None:
         mv = s.get(ModelVersion, model_version_id)
         difficulty = class_difficulty((mv.metrics or {}).get("val") or {}) if mv else {}
@@ -240,6 +241,8 @@ def _candidates(
                 counts.setdefault(image_id, details["counts"])
             if details:
                 details_of.setdefault(image_id, details)
+            if details and "count_intervals" in details:
+                intervals.setdefault(image_id, details["count_intervals"])
     labelled_counts: Counter[str] = Counter()
     for ann in current_annotations(s, project_id).values():
         labelled_counts.update(sh["label"] for sh in ann.shapes)
@@ -268,7 +271,14 @@ def _candidates(
         return pool_m, lab_m
 
     return Candidates(
-        pool, scores, counts, dict(labelled_counts), embeddings, details_of, difficulty
+        pool,
+        scores,
+        counts,
+        dict(labelled_counts),
+        embeddings,
+        details=details_of,
+        class_difficulty=difficulty,
+        count_intervals=intervals,
     )
 
 

@@ -11,6 +11,8 @@ is labelled or already out with annotators, the budget) are enforced around it, 
 - `coreset` (embeddings, or pixels): k-center greedy, far from everything labelled.
 - `hybrid` (scores + embeddings): the `prefilter` x budget most uncertain, then k-center.
 - `class_balance` (scores + counts): uncertainty boosted for predicted rare classes.
+- `count_uncertainty` (scores + count intervals): the widest predicted count intervals
+  first, the images whose cell counts the model is least sure of.
 
 The strategies that combine signals (BADGE-style, Cluster-Margin-style, detection-aware,
 typicality, count uncertainty) are in `combined.py`; the name registry in `registry.py`.
@@ -45,6 +47,8 @@ class Candidates:
     details: dict[int, dict[str, Any]] = field(default_factory=dict)
     # Per class, 1 - the model's validation score for it (AP50, Dice or F1): how hard it is.
     class_difficulty: dict[str, float] = field(default_factory=dict)
+    # Per image, per label {"expected", "low", "high"} (`objects.count_intervals`).
+    count_intervals: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
 class Strategy(Protocol):

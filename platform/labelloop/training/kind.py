@@ -104,6 +104,18 @@ class EmbedFn(Protocol):
     ) -> np.ndarray: ...
 
 
+class CalibrateFn(Protocol):
+    def __call__(
+        self,
+        model: nn.Module,
+        manifest: dict[str, Any],
+        fetch: Fetch,
+        *,
+        labels: Sequence[str],
+        recipe: Any,
+    ) -> Any: ...
+
+
 @dataclass(frozen=True)
 class ModelKind:
     """One model kind: `kind.py` of its subpackage defines it as `KIND`."""
@@ -117,6 +129,9 @@ class ModelKind:
     views: ViewsFn | None = None
     # Pooled encoder features (N, D) float32: what diversity strategies compare.
     embed: EmbedFn | None = None
+    # Inference settings chosen on the validation split after training (e.g. a detector's
+    # per-class count thresholds): the recipe the model version is stored and used with.
+    calibrate: CalibrateFn | None = None
 
     @property
     def task(self) -> str:

@@ -14,9 +14,15 @@ import torch
 from torch import nn
 
 from labelloop.errors import ConfigError
+from labelloop.objects import COUNT_TRUTH
 from labelloop.training.common import Fetch, split_items
 from labelloop.training.detection.data import load_sample
-from labelloop.training.detection.predict import Detections, detect_passes
+from labelloop.training.detection.predict import (
+    Detections,
+    count_floor,
+    detect_passes,
+    keep_counted,
+)
 from labelloop.training.detection.recipe import DetectionRecipe
 from labelloop.training.detection.system import map_metric
 
@@ -91,6 +97,7 @@ def detection_metrics(
         "per_class": per_class,
         "n_images": len(truths),
         "score_threshold": score_threshold,
+        "count_truth": COUNT_TRUTH,
     }
 
 
@@ -109,18 +116,75 @@ def evaluate_detection(
         raise ConfigError(f"manifest has no {split!r} images to evaluate on")
     samples = [load_sample(it, labels, fetch) for it in items]
     # mAP needs the low-scoring tail of the ranking (a box per class); counts are what
-    # `predict` keeps: one box per point above the recipe's threshold.
+    # `predict` keeps: one box per point above its class's count threshold.
     ranked, kept = detect_passes(
         model,
         [s[0] for s in samples],
         recipe,
-        [(recipe.eval_score_threshold, True), (recipe.score_threshold, False)],
+        [(recipe.eval_score_threshold, True), (count_floor(recipe), False)],
     )
+    kept = [keep_counted(d, recipe, labels) for d in kept]
     result = detection_metrics(
         ranked,
         [(s[1], s[2]) for s in samples],
         labels,
-        score_threshold=recipe.score_threshold,
+        score_threshold=0.0,  # `kept` holds exactly the counted boxes
         counted=kept,
     )
+    result["score_threshold"] = recipe.score_threshold
+    result["count_thresholds"] = {
+        lb: recipe.count_thresholds.get(lb, recipe.score_threshold) for lb in labels
+    }
     return {**result, "split": split}
+
+
+COUNT_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+def choose_count_thresholds(
+    counted: Sequence[Detections],
+    truths: Sequence[np.ndarray],
+    labels: Sequence[str],
+    *,
+    default: float,
+    grid: Sequence[float] = COUNT_GRID,
+) -> dict[str, float]:
+    """Per class, the score threshold whose count MAE per image is lowest over `counted`
+    (detections kept down to the grid's lowest threshold) against the true class indices of
+    each image; ties go to the threshold nearest `default`. A class without true boxes
+    keeps `default`."""
+    out: dict[str, float] = {}
+    for c, name in enumerate(labels):
+        true = np.array([int((np.asarray(t) == c).sum()) for t in truths])
+        if true.sum() == 0:
+            out[name] = default
+            continue
+        scores = [d.scores[d.labels == c] for d in counted]
+
+        def mae(t: float, scores=scores, true=true) -> float:
+            pred = [int((s >= t).sum()) for s in scores]
+            return float(np.mean(np.abs(np.asarray(pred) - true)))
+
+        out[name] = min(grid, key=lambda t: (round(mae(t), 9), abs(t - default)))
+    return out
+
+
+def tune_count_thresholds(
+    model: nn.Module,
+    manifest: dict[str, Any],
+    fetch: Fetch,
+    *,
+    labels: Sequence[str],
+    recipe: DetectionRecipe,
+) -> DetectionRecipe:
+    """The recipe with per-class count thresholds chosen on the validation split (unchanged
+    when the recipe opts out or there is no validation split)."""
+    items = split_items(manifest, "val")
+    if not recipe.tune_count_thresholds or not items:
+        return recipe
+    samples = [load_sample(it, labels, fetch) for it in items]
+    (counted,) = detect_passes(model, [s[0] for s in samples], recipe, [(min(COUNT_GRID), False)])
+    chosen = choose_count_thresholds(
+        counted, [s[2] for s in samples], labels, default=recipe.score_threshold
+    )
+    return recipe.model_copy(update={"count_thresholds": chosen})

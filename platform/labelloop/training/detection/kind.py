@@ -10,7 +10,7 @@ from torch import nn
 
 from labelloop.training.detection.calibrate import CALIBRATION
 from labelloop.training.detection.data import DetectionDataModule
-from labelloop.training.detection.evaluate import evaluate_detection
+from labelloop.training.detection.evaluate import evaluate_detection, tune_count_thresholds
 from labelloop.training.detection.network import build_detector
 from labelloop.training.detection.predict import load_detector, predict_detection
 from labelloop.training.detection.recipe import DetectionRecipe
@@ -50,4 +50,5 @@ KIND = ModelKind(
     predict=predict_detection,
     views=detection_views,
     embed=detection_embed,
+    calibrate=tune_count_thresholds,
 )

@@ -102,10 +102,39 @@ def detect(
     score_threshold: float | None = None,
     batch_size: int | None = None,
     multi_label: bool = False,
+    labels: Sequence[str] | None = None,
 ) -> list[Detections]:
-    """Detections for each RGB uint8 image, in that image's pixels (see `postprocess`)."""
-    threshold = recipe.score_threshold if score_threshold is None else score_threshold
-    return detect_passes(model, images, recipe, [(threshold, multi_label)], batch_size)[0]
+    """Detections for each RGB uint8 image, in that image's pixels (see `postprocess`).
+
+    Without `score_threshold`, the kept boxes: each class above its count threshold
+    (`recipe.count_thresholds`, named by `labels`; else `recipe.score_threshold`)."""
+    if score_threshold is not None:
+        return detect_passes(model, images, recipe, [(score_threshold, multi_label)], batch_size)[0]
+    floor = count_floor(recipe)
+    dets = detect_passes(model, images, recipe, [(floor, multi_label)], batch_size)[0]
+    return [keep_counted(d, recipe, labels) for d in dets]
+
+
+def count_floor(recipe: DetectionRecipe) -> float:
+    """The lowest score any class keeps a box at."""
+    return min([recipe.score_threshold, *recipe.count_thresholds.values()])
+
+
+def keep_counted(
+    det: Detections, recipe: DetectionRecipe, labels: Sequence[str] | None
+) -> Detections:
+    """The boxes of `det` at or above their class's count threshold."""
+    if not recipe.count_thresholds or labels is None:
+        keep = det.scores >= recipe.score_threshold
+    else:
+        per = [recipe.count_thresholds.get(lb, recipe.score_threshold) for lb in labels]
+        keep = det.scores >= np.asarray(per, np.float32)[det.labels]
+    return Detections(
+        boxes=det.boxes[keep],
+        scores=det.scores[keep],
+        labels=det.labels[keep],
+        class_probs=det.class_probs[keep],
+    )
 
 
 def detect_passes(
@@ -180,5 +209,5 @@ def predict_detection(
     recipe: DetectionRecipe,
     labels: Sequence[str],
 ) -> list[Prediction]:
-    """`ModelKind.predict`: boxes above the recipe's score threshold, per image."""
-    return [to_prediction(d, labels) for d in detect(model, images, recipe)]
+    """`ModelKind.predict`: boxes above their class's count threshold, per image."""
+    return [to_prediction(d, labels) for d in detect(model, images, recipe, labels=labels)]

@@ -72,6 +72,13 @@ class DetectionRecipe(BaseRecipe):
 
     # Inference.
     score_threshold: float = Field(0.25, ge=0.0, le=1.0, description="kept boxes and counts")
+    # Per class score threshold for kept boxes and counts (classes not named use
+    # score_threshold). With `tune_count_thresholds` a run chooses them on the validation
+    # split (the threshold whose count MAE per image is lowest) and the model version
+    # stores them in its recipe: a crowded class (RBC) and a rare one (WBC) rarely share
+    # the threshold at which their counts come out right.
+    count_thresholds: dict[str, float] = Field(default_factory=dict)
+    tune_count_thresholds: bool = True
     eval_score_threshold: float = Field(0.001, ge=0.0, le=1.0, description="boxes for mAP")
     nms_iou: float = Field(0.6, gt=0.0, le=1.0)
     max_detections: int = Field(300, ge=1, le=10_000)
@@ -95,4 +102,7 @@ class DetectionRecipe(BaseRecipe):
             raise ValueError(f"reg_max must be 0 (no DFL) or at least 4, got {self.reg_max}")
         if self.eval_score_threshold > self.score_threshold:
             raise ValueError("eval_score_threshold must not exceed score_threshold")
+        bad = {k: v for k, v in self.count_thresholds.items() if not 0.0 <= v <= 1.0}
+        if bad:
+            raise ValueError(f"count_thresholds must lie in [0, 1], got {bad}")
         return self

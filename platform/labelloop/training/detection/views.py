@@ -37,7 +37,9 @@ def detection_views(
     out: list[list[View]] = [[] for _ in images]
     for flip, k in DIHEDRAL[1 : 1 + passes]:
         turned = [transform_image(img, flip, k) for img in images]
-        for i, (img, det) in enumerate(zip(images, detect(model, turned, recipe), strict=True)):
+        for i, (img, det) in enumerate(
+            zip(images, detect(model, turned, recipe, labels=labels), strict=True)
+        ):
             back = Detections(
                 boxes=unmap_boxes(det.boxes, flip, k, img.shape[:2]),
                 scores=det.scores,

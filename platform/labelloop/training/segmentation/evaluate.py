@@ -9,6 +9,11 @@ pixels whose foreground-vs-background decision for it is wrong, (FP + FN) / pixe
 single binary label such as ISBI membrane this is the usual "pixel error" (1 - pixel
 accuracy). Results are plain JSON-able dicts; "mean_dice" is the primary metric in every
 mode.
+
+Count error compares the predicted count with the annotated objects of each image
+(`objects.object_counts`), never with the connected components of the rasterised truth,
+which merge touching cells just as a semantic prediction does; results say so in
+"count_truth".
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ from torch import nn
 from labelloop.domain import Shape
 from labelloop.errors import InputError
 from labelloop.geometry import rasterize_classes
+from labelloop.kinds import kind_entry
 from labelloop.objects import (
+    COUNT_TRUTH,
     DEFAULT_MIN_AREA,
     counts_from_instances,
     counts_from_label_map,
     counts_from_masks,
+    object_counts,
     probs_to_label_map,
 )
 from labelloop.training.common import Fetch, item_record, split_items
@@ -44,6 +52,7 @@ from labelloop.training.segmentation.instances import (
 from labelloop.training.segmentation.predict import predict_outputs
 from labelloop.training.segmentation.recipe import SegmentationRecipe
 
+COUNTED = kind_entry("segmentation").counted_kinds
 Instances = tuple[np.ndarray, np.ndarray]  # instance map (H, W) int32, classes per id
 
 
@@ -137,9 +146,14 @@ def _confusion(pred: np.ndarray, truth: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(flat, minlength=n * n)[: n * n].reshape(n, n)
 
 
-def _check_pairs(preds: Sequence[Any], truths: Sequence[Any]) -> None:
-    if len(preds) != len(truths):
-        raise ValueError(f"{len(preds)} predictions for {len(truths)} ground truths")
+def _check_pairs(
+    preds: Sequence[Any], truths: Sequence[Any], true_counts: Sequence[dict[str, int]]
+) -> None:
+    if not len(preds) == len(truths) == len(true_counts):
+        raise ValueError(
+            f"{len(preds)} predictions for {len(truths)} ground truths "
+            f"and {len(true_counts)} true counts"
+        )
 
 
 def segmentation_metrics(
@@ -147,15 +161,17 @@ def segmentation_metrics(
     truths: Sequence[np.ndarray],
     labels: Sequence[str],
     *,
+    true_counts: Sequence[dict[str, int]],
     min_area: int = DEFAULT_MIN_AREA,
 ) -> dict[str, Any]:
     """Compare predicted and true label maps (uint8 (H, W), 0 = background) pairwise;
-    counts are connected components. Adds `pixel_accuracy` (all classes at once)."""
-    _check_pairs(preds, truths)
+    predicted counts are connected components, true counts the annotated objects of each
+    image (`true_counts`). Adds `pixel_accuracy` (all classes at once)."""
+    _check_pairs(preds, truths, true_counts)
     n = len(labels) + 1
     tally = _Tally(labels)
     correct = total = 0
-    for pred, truth in zip(preds, truths, strict=True):
+    for pred, truth, true in zip(preds, truths, true_counts, strict=True):
         cm = _confusion(pred, truth, n)
         diag = np.diag(cm)
         correct += int(diag.sum())
@@ -166,7 +182,7 @@ def segmentation_metrics(
             (cm.sum(1) - diag)[1:],
             int(truth.size),
             counts_from_label_map(pred, labels, min_area=min_area),
-            counts_from_label_map(truth, labels, min_area=min_area),
+            true,
         )
     return {"pixel_accuracy": _ratio(correct, total), **tally.result()}
 
@@ -176,13 +192,15 @@ def binary_metrics(
     truths: Sequence[np.ndarray],
     labels: Sequence[str],
     *,
+    true_counts: Sequence[dict[str, int]],
     min_area: int = DEFAULT_MIN_AREA,
 ) -> dict[str, Any]:
-    """Compare per-label masks (L, H, W) bool pairwise (binary mode: labels may overlap).
-    `pixel_accuracy` is 1 - pixel_error, the mean over labels."""
-    _check_pairs(preds, truths)
+    """Compare per-label masks (L, H, W) bool pairwise (binary mode: labels may overlap);
+    true counts as in `segmentation_metrics`. `pixel_accuracy` is 1 - pixel_error, the
+    mean over labels."""
+    _check_pairs(preds, truths, true_counts)
     tally = _Tally(labels)
-    for pred, truth in zip(preds, truths, strict=True):
+    for pred, truth, true in zip(preds, truths, true_counts, strict=True):
         if pred.shape != truth.shape:
             raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in size")
         p, t = pred.astype(bool), truth.astype(bool)
@@ -193,7 +211,7 @@ def binary_metrics(
             (~p & t).sum(dims),
             int(t[0].size),
             counts_from_masks(p, labels, min_area=min_area),
-            counts_from_masks(t, labels, min_area=min_area),
+            true,
         )
     result = tally.result()
     error = result["pixel_error"]
@@ -205,15 +223,18 @@ def instance_metrics(
     truths: Sequence[Instances],
     labels: Sequence[str],
     *,
+    true_counts: Sequence[dict[str, int]],
     iou: float = 0.5,
 ) -> dict[str, Any]:
-    """Compare instance maps pairwise: overlap of the label maps they imply, counts of
-    instances, and per label precision / recall / F1 of instances matched at IoU > `iou`."""
-    _check_pairs(preds, truths)
+    """Compare instance maps pairwise: overlap of the label maps they imply, predicted
+    instances against annotated objects (`true_counts`), and per label precision / recall /
+    F1 of instances matched at IoU > `iou` (recall over the annotated objects, so a cell
+    painted over entirely in the truth raster still counts as missed)."""
+    _check_pairs(preds, truths, true_counts)
     n = len(labels) + 1
     tally = _Tally(labels)
     correct = total = 0
-    for (p_inst, p_cls), (t_inst, t_cls) in zip(preds, truths, strict=True):
+    for (p_inst, p_cls), (t_inst, t_cls), true in zip(preds, truths, true_counts, strict=True):
         cm = _confusion(semantic_map(p_inst, p_cls), semantic_map(t_inst, t_cls), n)
         diag = np.diag(cm)
         correct += int(diag.sum())
@@ -224,7 +245,7 @@ def instance_metrics(
             (cm.sum(1) - diag)[1:],
             int(t_inst.size),
             counts_from_instances(p_cls, labels),
-            counts_from_instances(t_cls, labels),
+            true,
         )
         tally.add_matches(match_instances(p_inst, p_cls, t_inst, t_cls, n - 1, iou=iou)[1:])
     return {"pixel_accuracy": _ratio(correct, total), **tally.result()}
@@ -267,6 +288,7 @@ def evaluate_segmentation(
     recipe = (recipe or SegmentationRecipe()).model_copy(update={"batch_size": batch_size})
     preds: list[Any] = []
     truths: list[Any] = []
+    true_counts: list[dict[str, int]] = []
     items = split_items(manifest, split)
     # Chunked so memory stays bounded by one batch of images and probabilities.
     for start in range(0, len(items), batch_size):
@@ -281,12 +303,16 @@ def evaluate_segmentation(
             else:
                 preds.append(probs_to_label_map(probs))
             truths.append(_truth(item, shapes, labels, image.shape[:2], recipe.mode))
+            true_counts.append(object_counts(shapes, labels, COUNTED))
     if recipe.mode == "binary":
-        result = binary_metrics(preds, truths, labels, min_area=min_area)
+        result = binary_metrics(preds, truths, labels, true_counts=true_counts, min_area=min_area)
     elif recipe.mode == "instance":
-        result = instance_metrics(preds, truths, labels)
+        result = instance_metrics(preds, truths, labels, true_counts=true_counts)
     else:
-        result = segmentation_metrics(preds, truths, labels, min_area=min_area)
+        result = segmentation_metrics(
+            preds, truths, labels, true_counts=true_counts, min_area=min_area
+        )
     result["split"] = split
     result["mode"] = recipe.mode
+    result["count_truth"] = COUNT_TRUTH
     return result

@@ -208,7 +208,7 @@ def prediction_from_output(
         label_map = np.where(masks.any(0), out.argmax(0) + 1, 0).astype(np.uint8)
         probs = uncertainty_probs(out)
         return Prediction(
-            shapes=list(masks_to_shapes(masks, labels)),
+            shapes=list(masks_to_shapes(masks, labels, label_probs=out)),
             counts=counts_from_masks(masks, labels),
             confidence=float(probs.max(axis=0).mean()),
             arrays={"probs": probs, "label_probs": out, "label_map": label_map},
@@ -216,18 +216,24 @@ def prediction_from_output(
     if recipe.mode == "instance":
         inst, classes = instances_from_probs(out, len(labels))
         return Prediction(
-            shapes=instance_shapes(inst, classes, labels),
+            shapes=instance_shapes(inst, classes, labels, label_probs=_instance_label_probs(out)),
             counts=counts_from_instances(classes, labels),
             confidence=float(out.max(axis=0).mean()),
             arrays={"probs": out, "instances": inst, "label_map": semantic_map(inst, classes)},
         )
     label_map = probs_to_label_map(out)
     return Prediction(
-        shapes=list(label_map_to_shapes(label_map, labels)),
+        shapes=list(label_map_to_shapes(label_map, labels, label_probs=out[1:])),
         counts=counts_from_label_map(label_map, labels),
         confidence=float(out.max(axis=0).mean()),
         arrays={"probs": out, "label_map": label_map},
     )
+
+
+def _instance_label_probs(out: np.ndarray) -> np.ndarray:
+    """Per label, interior + contour probability (L, H, W) of an instance-mode softmax."""
+    n = (out.shape[0] - 1) // 2
+    return out[1 : 1 + n] + out[1 + n :]
 
 
 def predict_segmentation(

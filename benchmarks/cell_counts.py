@@ -1,0 +1,399 @@
+"""Cell counts against annotated objects: synthetic smears and ISBI 2012 cells.
+
+Every count here is compared with the number of annotated objects (one per polygon /
+mask instance), never with connected components of a rasterised truth.
+
+Part `smears`: the demo's synthetic blood smears (labelloop.synthetic; polygons and brush
+masks, boxes left out), one model in instance mode and one in multiclass (semantic) mode,
+trained for the same number of epochs; per class on the test split: count relative
+error of the totals, count MAE per image, and instance F1 at IoU 0.5.
+
+Part `isbi`: ISBI 2012's 30 labelled slices; the annotated cells are the connected regions
+of each label mask's cell interior (255), 3,431 in all, as `labelloop ingest` reads them.
+Slices 0-21 train, 22-24 validation, 25-29 test. Compared with the same epochs per model:
+- instance: labelloop's instance mode trained on the cells (interior + contour,
+  watershed);
+- membranes, semantic: a binary membrane model; cells are the connected regions of the
+  non-membrane pixels (what a semantic cell mask gives: any gap in a membrane merges two
+  cells);
+- membranes, contours: the same model, regions below a minimum area (chosen on the
+  validation slices) dropped;
+- classical: Otsu threshold + distance-transform watershed (scikit-image), marker distance
+  and minimum area chosen on the validation slices; no training.
+Per test slice: predicted and true cells, count relative error; over the test slices:
+instance precision / recall / F1 at IoU 0.5.
+
+Compute: each part reports wall and CPU seconds (user + system of this process); run it
+niced on a shared machine.
+
+Usage: .venv/bin/python benchmarks/cell_counts.py --part smears|isbi [--epochs N]
+Writes benchmarks/results/cell_counts_<part>.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from scipy import ndimage
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.datasets import (  # noqa: E402
+    ISBI,
+    _isbi_pair,
+    _item,
+    isbi_manifest,
+    membrane_offset,
+    shift_image,
+    synthetic_manifest,
+)
+from labelloop.imaging import encode_png  # noqa: E402
+from labelloop.ingest.readers.masks import instance_masks  # noqa: E402
+from labelloop.objects import choose_min_area, enclosed_regions, object_counts  # noqa: E402
+from labelloop.training.common import split_items  # noqa: E402
+from labelloop.training.segmentation.data import load_shapes  # noqa: E402
+from labelloop.training.segmentation.evaluate import evaluate_segmentation  # noqa: E402
+from labelloop.training.segmentation.instances import (  # noqa: E402
+    instances_from_probs,
+    match_instances,
+    rasterize_instances,
+)
+from labelloop.training.segmentation.kind import KIND  # noqa: E402
+from labelloop.training.segmentation.predict import predict_outputs  # noqa: E402
+from labelloop.training.segmentation.recipe import SegmentationRecipe  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+TEST, VAL = range(25, 30), range(22, 25)
+TARGET_REL_ERROR = 0.05
+TARGET_F1 = 0.85
+# Budgets are epochs, not wall-clock time: on a shared machine a time budget buys fewer
+# steps the busier it is. This cap only stops a run that would never end.
+MAX_TIME_S = 3600
+
+
+def cpu_seconds() -> float:
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
+def train(manifest: dict, fetch: Any, recipe: SegmentationRecipe, labels: list[str]) -> Any:
+    with tempfile.TemporaryDirectory() as tmp:
+        outcome = KIND.train(manifest, recipe, fetch, Path(tmp))
+        return KIND.load(outcome.weights_path, recipe, labels), outcome.epochs_completed
+
+
+def rel(pred: float, true: float) -> float | None:
+    return round(abs(pred - true) / true, 4) if true else None
+
+
+# --- smears -------------------------------------------------------------------------
+
+
+def smears(epochs: int) -> dict:
+    manifest, fetch = synthetic_manifest({"train": 24, "val": 6, "test": 10}, seed=0)
+    labels = manifest["labels"]
+    out: dict[str, Any] = {"images": {"train": 24, "val": 6, "test": 10}, "models": {}}
+    for mode in ("instance", "multiclass"):
+        recipe = SegmentationRecipe.from_dict(
+            {"mode": mode, "epochs": epochs, "max_time_s": MAX_TIME_S, "seed": 0}
+        )
+        t0, c0 = time.monotonic(), cpu_seconds()
+        model, done = train(manifest, fetch, recipe, labels)
+        m = evaluate_segmentation(model, manifest, fetch, "test", labels, recipe=recipe)
+        out["models"][mode] = {
+            "epochs": done,
+            "wall_s": round(time.monotonic() - t0, 1),
+            "cpu_s": round(cpu_seconds() - c0, 1),
+            "mean_dice": m["mean_dice"],
+            "per_class": {
+                lb: {
+                    "true": c["true_count"],
+                    "predicted": c["pred_count"],
+                    "relative_error": rel(c["pred_count"], c["true_count"]),
+                    "count_mae": c["count_mae"],
+                    "f1_50": c.get("f1_50"),
+                }
+                for lb, c in m["per_class"].items()
+            },
+        }
+    return out
+
+
+def plot_smears(result: dict, path: Path) -> None:
+    labels = list(next(iter(result["models"].values()))["per_class"])
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    width = 0.38
+    for k, (mode, m) in enumerate(result["models"].items()):
+        errs = [m["per_class"][lb]["relative_error"] or 0 for lb in labels]
+        x = np.arange(len(labels)) + (k - 0.5) * width
+        ax.bar(x, errs, width, label=f"{mode} ({m['epochs']} epochs)")
+        for xi, e in zip(x, errs, strict=True):
+            ax.text(xi, e, f"{e:.1%}", ha="center", va="bottom", fontsize=8)
+    ax.axhline(TARGET_REL_ERROR, color="k", ls=":", lw=1, label="target 5 %")
+    ax.set_xticks(np.arange(len(labels)), labels)
+    ax.set_ylabel("count relative error (test totals)")
+    ax.set_title("synthetic smears: counts vs annotated objects, same budget", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --- ISBI -----------------------------------------------------------------------------
+
+
+def isbi_cells_manifest(shift: tuple[float, float]) -> tuple[dict, Any]:
+    """ISBI slices with one Mask per annotated cell (label 'cell')."""
+    blobs: dict[str, bytes] = {}
+    items = []
+    for i in range(30):
+        gray, membrane = _isbi_pair(i)
+        image = encode_png(np.repeat(shift_image(gray, *shift)[..., None], 3, axis=2))
+        cells = instance_masks((~membrane).astype(np.uint8), {1: "cell"})
+        split = "test" if i in TEST else "val" if i in VAL else "train"
+        items.append(_item(blobs, image, split, cells, f"isbi-{i}"))
+    manifest = {
+        "version": 1,
+        "project": {"name": "isbi-cells", "task": "segmentation"},
+        "labels": ["cell"],
+        "split_seed": 0,
+        "items": items,
+    }
+    return manifest, blobs.__getitem__
+
+
+def isbi_recipe(mode: str, epochs: int) -> SegmentationRecipe:
+    return SegmentationRecipe.from_dict(
+        {
+            "mode": mode,
+            "encoder": "resnet18",
+            "encoder_depth": 4,
+            "image_size": 256,
+            "batch_size": 8,
+            "repeats": 8,
+            "lr": 3e-3,
+            "weight_decay": 1e-4,
+            "class_weights": "none",
+            "distortion": 0.5,
+            "input_scale": 0.5,
+            "precision": "bf16",
+            "scheduler": "onecycle",
+            "epochs": epochs,
+            "max_time_s": MAX_TIME_S,
+            "seed": 0,
+            "augment": {
+                "flips": True,
+                "rot90": True,
+                "scale": 0.15,
+                "brightness_contrast": 0.2,
+                "hue_shift": 0,
+                "saturation_shift": 0,
+                "blur": 0.1,
+            },
+        }
+    )
+
+
+def classical(gray: np.ndarray, min_distance: int, min_area: int) -> np.ndarray:
+    """Otsu on the smoothed slice (cells bright, membranes dark), then a watershed of the
+    distance transform from its local maxima (scikit-image)."""
+    from skimage.feature import peak_local_max
+    from skimage.filters import gaussian, threshold_otsu
+    from skimage.segmentation import watershed
+
+    smooth = gaussian(gray.astype(np.float32) / 255.0, sigma=1.5)
+    fg = smooth > threshold_otsu(smooth)
+    dist = ndimage.distance_transform_edt(fg)
+    comp, _ = ndimage.label(fg)
+    peaks = peak_local_max(dist, min_distance=min_distance, labels=comp, exclude_border=False)
+    markers = np.zeros(gray.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    inst = watershed(-dist, markers, mask=fg)
+    if inst.max():
+        areas = np.bincount(inst.ravel())
+        inst[areas[inst] < min_area] = 0
+    return inst
+
+
+def score_slices(preds: list[np.ndarray], truths: list[tuple], counts: list[int]) -> dict:
+    """Per slice predicted vs annotated cells; F1 at IoU 0.5 over all slices."""
+    hit = n_pred = 0
+    per = []
+    for inst, (t_inst, t_cls), true in zip(preds, truths, counts, strict=True):
+        ids = np.unique(inst[inst > 0])
+        lut = np.zeros(int(inst.max()) + 1, np.int32)
+        lut[ids] = np.arange(1, len(ids) + 1)
+        p = lut[inst]
+        cls = np.ones(len(ids) + 1, np.int32)
+        cls[0] = 0
+        hit += int(match_instances(p, cls, t_inst, t_cls, 1)[1])
+        n_pred += len(ids)
+        per.append({"predicted": len(ids), "true": true, "relative_error": rel(len(ids), true)})
+    n_true = sum(counts)
+    errs = [s["relative_error"] for s in per]
+    return {
+        "slices": per,
+        "mean_relative_error": round(float(np.mean(errs)), 4),
+        "max_relative_error": round(float(np.max(errs)), 4),
+        "total_relative_error": rel(n_pred, n_true),
+        "precision_50": round(hit / n_pred, 4) if n_pred else None,
+        "recall_50": round(hit / n_true, 4),
+        "f1_50": round(2 * hit / (n_pred + n_true), 4),
+    }
+
+
+def isbi(epochs: int) -> dict:
+    train_ids = [i for i in range(30) if i not in TEST and i not in VAL]
+    dy, dx = membrane_offset(train_ids)
+    shift = (-dy, -dx)
+    cells, fetch = isbi_cells_manifest(shift)
+    truth: dict[str, list] = {"val": [], "test": []}
+    grays: dict[str, list] = {"val": [], "test": []}
+    images: dict[str, list] = {"val": [], "test": []}
+    for split in ("val", "test"):
+        for it in split_items(cells, split):
+            img, shapes = load_shapes(it, fetch)
+            images[split].append(img)
+            grays[split].append(img[..., 0])
+            truth[split].append(
+                (
+                    rasterize_instances(shapes, ["cell"], *img.shape[:2]),
+                    object_counts(shapes, ["cell"], ("mask",))["cell"],
+                )
+            )
+    t_maps = {k: [t for t, _ in v] for k, v in truth.items()}
+    t_counts = {k: [c for _, c in v] for k, v in truth.items()}
+    out: dict[str, Any] = {
+        "test_slices": list(TEST),
+        "val_slices": list(VAL),
+        "annotated_cells_test": sum(t_counts["test"]),
+        "methods": {},
+    }
+
+    # Instance mode on the cells.
+    recipe = isbi_recipe("instance", epochs)
+    t0, c0 = time.monotonic(), cpu_seconds()
+    model, done = train(cells, fetch, recipe, ["cell"])
+    probs = predict_outputs(model, images["test"], recipe)
+    preds = [instances_from_probs(p, 1)[0] for p in probs]
+    out["methods"]["instance"] = {
+        **score_slices(preds, t_maps["test"], t_counts["test"]),
+        "epochs": done,
+        "wall_s": round(time.monotonic() - t0, 1),
+        "cpu_s": round(cpu_seconds() - c0, 1),
+    }
+
+    # A membrane model: semantic regions, and contours with a minimum area tuned on val.
+    membranes, mfetch = isbi_manifest(test_ids=TEST, val_ids=VAL, shift=shift)
+    recipe = isbi_recipe("binary", epochs)
+    t0, c0 = time.monotonic(), cpu_seconds()
+    model, done = train(membranes, mfetch, recipe, ["membrane"])
+    cost = {"epochs": done}
+    probs = {s: predict_outputs(model, images[s], recipe) for s in ("val", "test")}
+    walls = {s: [p[0] >= 0.5 for p in probs[s]] for s in probs}
+    cost.update(wall_s=round(time.monotonic() - t0, 1), cpu_s=round(cpu_seconds() - c0, 1))
+    out["methods"]["membranes, semantic"] = {
+        **score_slices(
+            [enclosed_regions(w) for w in walls["test"]], t_maps["test"], t_counts["test"]
+        ),
+        **cost,
+    }
+    best = choose_min_area(walls["val"], t_counts["val"])
+    out["methods"]["membranes, contours"] = {
+        **score_slices(
+            [enclosed_regions(w, best) for w in walls["test"]], t_maps["test"], t_counts["test"]
+        ),
+        "min_area": best,
+        **cost,
+    }
+
+    # Classical baseline, parameters chosen on val.
+    t0, c0 = time.monotonic(), cpu_seconds()
+    params = [(d, a) for d in (5, 10, 20, 30) for a in (32, 128, 512)]
+    val_cls = {
+        p: score_slices([classical(g, *p) for g in grays["val"]], t_maps["val"], t_counts["val"])[
+            "mean_relative_error"
+        ]
+        for p in params
+    }
+    d, a = min(params, key=lambda p: val_cls[p])
+    out["methods"]["classical"] = {
+        **score_slices(
+            [classical(g, d, a) for g in grays["test"]], t_maps["test"], t_counts["test"]
+        ),
+        "min_distance": d,
+        "min_area": a,
+        "wall_s": round(time.monotonic() - t0, 1),
+        "cpu_s": round(cpu_seconds() - c0, 1),
+    }
+    return out
+
+
+def plot_isbi(result: dict, path: Path) -> None:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, m in result["methods"].items():
+        true = [s["true"] for s in m["slices"]]
+        pred = [s["predicted"] for s in m["slices"]]
+        a.plot(true, pred, "o", label=f"{name} (mean rel. err {m['mean_relative_error']:.1%})")
+    lo = min(s["true"] for m in result["methods"].values() for s in m["slices"]) * 0.8
+    hi = (
+        max(max(s["true"], s["predicted"]) for m in result["methods"].values() for s in m["slices"])
+        * 1.05
+    )
+    a.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    a.set_xlabel("annotated cells per test slice")
+    a.set_ylabel("predicted cells")
+    a.legend(fontsize=7)
+    names = list(result["methods"])
+    f1 = [result["methods"][n]["f1_50"] for n in names]
+    b.bar(range(len(names)), f1, color=["C0", "C1", "C2", "C3"][: len(names)])
+    for i, v in enumerate(f1):
+        b.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+    b.axhline(TARGET_F1, color="k", ls=":", lw=1)
+    b.set_xticks(range(len(names)), names, fontsize=7, rotation=10)
+    b.set_ylabel("instance F1 at IoU 0.5 (test slices)")
+    fig.suptitle("ISBI 2012 cells: counts and instances vs annotated cells", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--part", choices=["smears", "isbi"], required=True)
+    ap.add_argument("--epochs", type=int, default=None, help="training epochs per model")
+    args = ap.parse_args()
+    if args.part == "isbi" and not ISBI.exists():
+        raise SystemExit(f"benchmark data not found: {ISBI}")
+    t0, c0 = time.monotonic(), cpu_seconds()
+    epochs = args.epochs or (40 if args.part == "smears" else 10)
+    result = smears(epochs) if args.part == "smears" else isbi(epochs)
+    result.update(
+        epochs_per_model=epochs,
+        wall_s=round(time.monotonic() - t0, 1),
+        cpu_s=round(cpu_seconds() - c0, 1),
+        command=f"nice -n 10 .venv/bin/python benchmarks/cell_counts.py --part {args.part} "
+        f"--epochs {epochs}",
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"cell_counts_{args.part}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    (plot_smears if args.part == "smears" else plot_isbi)(result, stem.with_suffix(".png"))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""What `labelloop count` reports: per image and class the predicted count, its interval,
+the true count where the image is annotated, and the error; per class the MAE per image,
+the relative error of the totals and how often the interval held the truth.
+
+The same dict is printed by `--json`, written as `counts.json`, flattened into
+`counts.csv` and drawn as a predicted-vs-true plot (`counts.png`).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class ImageCount:
+    file: str
+    counts: dict[str, int]
+    truth: dict[str, int] | None = None
+    overlay: str | None = None
+    # Per label {"expected", "low", "high"} (`objects.count_intervals`).
+    intervals: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def errors(self) -> dict[str, int] | None:
+        if self.truth is None:
+            return None
+        return {k: self.counts.get(k, 0) - self.truth.get(k, 0) for k in self.counts}
+
+
+@dataclass
+class CountReport:
+    model: str
+    labels: list[str]
+    out_dir: Path
+    images: list[ImageCount] = field(default_factory=list)
+    # What a reader of the counts must know (e.g. a semantic model merges touching cells).
+    warnings: list[str] = field(default_factory=list)
+    plot: str | None = None
+
+    def totals(self) -> dict[str, int]:
+        return {lb: sum(im.counts.get(lb, 0) for im in self.images) for lb in self.labels}
+
+    def accuracy(self) -> dict[str, dict[str, Any]] | None:
+        """Per class over the annotated images: MAE per image, relative error of the
+        total, and the share of images whose true count lies in the predicted interval."""
+        known = [im for im in self.images if im.truth is not None]
+        if not known:
+            return None
+        out: dict[str, dict[str, Any]] = {}
+        for lb in self.labels:
+            pred = np.array([im.counts.get(lb, 0) for im in known], dtype=float)
+            true = np.array([im.truth.get(lb, 0) for im in known], dtype=float)  # type: ignore[union-attr]
+            inside = [
+                iv["low"] <= t <= iv["high"]
+                for im, t in zip(known, true, strict=True)
+                if (iv := im.intervals.get(lb))
+            ]
+            total = true.sum()
+            out[lb] = {
+                "mae": round(float(np.abs(pred - true).mean()), 4),
+                "relative_error": round(float(abs(pred.sum() - total) / total), 4)
+                if total
+                else None,
+                "predicted": int(pred.sum()),
+                "true": int(total),
+                "interval_coverage": round(float(np.mean(inside)), 4) if inside else None,
+                "images": len(known),
+            }
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "images": len(self.images),
+            "annotated_images": sum(im.truth is not None for im in self.images),
+            "totals": self.totals(),
+            "accuracy": self.accuracy(),
+            "plot": self.plot,
+            "warnings": self.warnings,
+        }
+
+    def to_json(self) -> dict:
+        return {
+            **self.summary(),
+            "labels": self.labels,
+            "out_dir": str(self.out_dir),
+            "images": [
+                {
+                    "file": im.file,
+                    "counts": im.counts,
+                    "intervals": im.intervals,
+                    "truth": im.truth,
+                    "errors": im.errors(),
+                    "overlay": im.overlay,
+                }
+                for im in self.images
+            ],
+        }
+
+
+def write_csv(report: CountReport, path: Path) -> None:
+    """One row per image and class: predicted, interval, true (blank when unknown), error."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "class", "predicted", "low", "high", "true", "error"])
+        for im in report.images:
+            errors = im.errors() or {}
+            for lb in report.labels:
+                iv = im.intervals.get(lb) or {}
+                true = im.truth.get(lb, 0) if im.truth is not None else ""
+                w.writerow(
+                    [
+                        im.file,
+                        lb,
+                        im.counts.get(lb, 0),
+                        iv.get("low", ""),
+                        iv.get("high", ""),
+                        true,
+                        errors.get(lb, ""),
+                    ]
+                )
+
+
+def plot_predicted_vs_true(report: CountReport, path: Path) -> bool:
+    """Predicted against true count per annotated image, one panel per class, with the
+    intervals as error bars and the identity line; False when no image is annotated."""
+    known = [im for im in report.images if im.truth is not None]
+    if not known:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc = report.accuracy() or {}
+    n = len(report.labels)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6), squeeze=False)
+    for ax, lb in zip(axes[0], report.labels, strict=True):
+        true = np.array([im.truth.get(lb, 0) for im in known], float)  # type: ignore[union-attr]
+        pred = np.array([im.counts.get(lb, 0) for im in known], float)
+        ivs = [im.intervals.get(lb) for im in known]
+        if all(ivs):
+            lo = pred - np.array([iv["low"] for iv in ivs])  # type: ignore[index]
+            hi = np.array([iv["high"] for iv in ivs]) - pred  # type: ignore[index]
+            ax.errorbar(
+                true,
+                pred,
+                yerr=[np.clip(lo, 0, None), np.clip(hi, 0, None)],
+                fmt="o",
+                ms=4,
+                alpha=0.7,
+                elinewidth=0.8,
+            )
+        else:
+            ax.plot(true, pred, "o", ms=4, alpha=0.7)
+        top = max(float(true.max(initial=0)), float(pred.max(initial=0)), 1.0) * 1.05
+        ax.plot([0, top], [0, top], "k--", lw=0.8)
+        a = acc.get(lb) or {}
+        rel = a.get("relative_error")
+        ax.set_title(
+            f"{lb}: MAE {a.get('mae', 0):.2f}, rel. err " + ("-" if rel is None else f"{rel:.1%}"),
+            fontsize=9,
+        )
+        ax.set_xlabel("true count (annotated objects)")
+        ax.set_ylabel("predicted count")
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+    fig.suptitle(f"{report.model}: {len(known)} annotated images", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
