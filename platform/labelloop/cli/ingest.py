@@ -33,7 +33,8 @@ def ingest(
             "--format",
             "-f",
             help="auto, labelstudio, cvat, coco, voc, yolo, labelme, "
-            "masks or images (a folder, a file or a .zip; see docs/formats.md)",
+            "masks, folders (one folder per class) or images (a folder, a file or a .zip; "
+            "see docs/formats.md)",
         ),
     ] = "auto",
     skip_invalid: Annotated[

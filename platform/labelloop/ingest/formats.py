@@ -31,6 +31,7 @@ READERS = [
     "labelloop.ingest.readers.yolo",
     "labelloop.ingest.readers.labelme",
     "labelloop.ingest.readers.masks",
+    "labelloop.ingest.readers.folders",
     "labelloop.ingest.readers.images",
 ]
 
