@@ -62,3 +62,24 @@ def test_one_run_spans_two_processes_with_ddp(monkeypatch, tmp_path):
         model, manifest, blobs.__getitem__, split="test", labels=LABELS, recipe=recipe
     )
     assert test["accuracy"] > 0.9
+
+
+def test_a_forked_training_worker_opens_its_own_database_connections(tmp_path):
+    import os
+
+    from sqlalchemy import text
+
+    from labelloop.db.session import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'fork.db'}")
+    with db.session() as s:
+        s.execute(text("select 1"))
+    pool = db.engine.pool
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        fresh = db.engine.pool is not pool
+        with db.session() as s:
+            s.execute(text("select 1"))
+        os._exit(0 if fresh else 3)
+    assert os.waitpid(pid, 0)[1] >> 8 == 0
+    assert db.engine.pool is pool  # the parent keeps its connections
