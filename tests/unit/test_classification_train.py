@@ -217,7 +217,7 @@ def test_encoder_weights_from_a_local_file(tmp_path):
 @pytest.mark.parametrize("encoder", ["lcnet_050", "test_resnet", "test_efficientnet"])
 def test_a_fresh_head_starts_with_every_class_equally_likely(encoder):
     # timm initialises the LCNet / EfficientNet heads in +-1/sqrt(num_classes): for two
-    # classes, confident arbitrary logits that kept a two-class run near chance.
+    # classes, confident arbitrary logits that held malaria runs near chance for epochs.
     torch.manual_seed(0)
     net = build_classifier(ClassificationRecipe(encoder=encoder), 2).train()
     logits = net(torch.rand(6, 3, 32, 32))
