@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.datasets import malaria_manifest  # noqa: E402
+from labelloop.training.classification import network  # noqa: E402
 from labelloop.training.classification.plots import plot_confusion  # noqa: E402
 from labelloop.training.classification.recipe import ClassificationRecipe  # noqa: E402
 from labelloop.training.common import split_items  # noqa: E402
@@ -89,10 +90,17 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--recipe", default=None, help="extra recipe fields as JSON")
+    ap.add_argument(
+        "--timm-head",
+        action="store_true",
+        help="keep timm's own head initialisation (what the zero head replaced), to compare",
+    )
     ap.add_argument("--name", default="malaria_classifier", help="stem of the result files")
     ap.add_argument("--results", type=Path, default=RESULTS, help="folder for JSON and PNG")
     args = ap.parse_args()
 
+    if args.timm_head:
+        network.zero_head = lambda model: None
     fields: dict[str, Any] = {"source": "image"}
     for key in ("epochs", "encoder", "image_size", "batch_size", "lr"):
         if getattr(args, key) is not None:
@@ -122,6 +130,7 @@ def main() -> None:
         "crops": counts,
         "recipe": base.model_dump(mode="json"),
         "threads": compute_threads(),
+        "head_init": "timm" if args.timm_head else "zero",
         "load_cpu_s": round(load_cpu, 1),
         "runs": runs,
         "test_accuracy_mean": round(statistics.mean(accs), 4),
