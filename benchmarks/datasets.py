@@ -19,6 +19,7 @@ from PIL import Image
 
 from labelloop.domain import shapes_to_json
 from labelloop.geometry import mask_shape
+from labelloop.ingest.readers.folders import read_class_folders
 from labelloop.ingest.readers.voc import read_voc
 from labelloop.ingest.records import ReadOptions
 
@@ -177,6 +178,41 @@ def synthetic_manifest(
         "project": {"name": "synthetic", "task": "segmentation"},
         "labels": ["RBC", "WBC", "Platelets"],
         "split_seed": seed,
+        "items": items,
+    }
+    return manifest, blobs.__getitem__
+
+
+MALARIA = SHARED / "malaria-cells"
+MALARIA_LABELS = ["Parasitized", "Uninfected"]
+
+
+def malaria_manifest(val_fraction: float = 0.1) -> tuple[dict, Fetch]:
+    """The NIH thin-smear crops, read by the class-folder reader, as a whole-image
+    classification manifest.
+
+    The set ships `train/` and `val/` class folders; the benchmark needs a test part no
+    training decision saw, so `val/` (1,000 crops) becomes the test split and
+    `val_fraction` of `train/` (chosen by a hash of the file name) the validation split
+    that picks the best epoch."""
+    _require(MALARIA)
+    blobs: dict[str, bytes] = {}
+    items = []
+    for rec in read_class_folders(MALARIA, ReadOptions(source="malaria")):
+        if rec.error is not None:
+            raise SystemExit(str(rec.error))
+        path = Path(rec.file)
+        split = "test" if rec.meta["split"] == "val" else "train"
+        if split == "train":
+            h = int(hashlib.sha256(path.name.encode()).hexdigest()[:8], 16)
+            split = "val" if h / 0xFFFFFFFF < val_fraction else "train"
+        shapes = rec.annotations[0].shapes
+        items.append(_item(blobs, rec.load(), split, shapes, path.stem))
+    manifest = {
+        "version": 1,
+        "project": {"name": "malaria-cells", "task": "classification"},
+        "labels": list(MALARIA_LABELS),
+        "split_seed": 0,
         "items": items,
     }
     return manifest, blobs.__getitem__

@@ -21,6 +21,7 @@ SCRIPTS = [
     "scoring_throughput.py",  # ~3 min
     "isbi_segmentation.py",  # ~22 min (20 of them training)
     "bccd_classifier.py",  # ~7 min
+    "malaria_classifier.py",  # ~6 CPU-minutes (30 epochs, one thread)
     "training_overhead.py",  # ~5 min
     "inference_throughput.py",  # ~2 min
     "bccd_detection.py",  # ~35 min: 30 min budget, both contenders side by side

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from labelloop.domain import Box, Tag, shapes_to_json
 from labelloop.errors import ConfigError, InputError
@@ -211,3 +212,29 @@ def test_encoder_weights_from_a_local_file(tmp_path):
     missing = recipe.with_overrides({"encoder_weights": str(tmp_path / "nope.pth")})
     with pytest.raises(ConfigError, match="not found"):
         build_classifier(missing, 2)
+
+
+@pytest.mark.parametrize("encoder", ["lcnet_050", "test_resnet", "test_efficientnet"])
+def test_a_fresh_head_starts_with_every_class_equally_likely(encoder):
+    # timm initialises the LCNet / EfficientNet heads in +-1/sqrt(num_classes): for two
+    # classes, confident arbitrary logits that held malaria runs near chance for epochs.
+    torch.manual_seed(0)
+    net = build_classifier(ClassificationRecipe(encoder=encoder), 2).train()
+    logits = net(torch.rand(6, 3, 32, 32))
+    assert torch.allclose(logits, torch.zeros_like(logits))
+    F.cross_entropy(logits, torch.tensor([0, 1, 0, 1, 0, 1])).backward()
+    head = net.get_classifier()
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+
+
+def test_a_saved_head_of_the_same_classes_is_kept(tmp_path):
+    import timm
+
+    source = timm.create_model("test_resnet", num_classes=1000)
+    torch.nn.init.normal_(source.get_classifier().weight)
+    path = tmp_path / "full.pth"
+    torch.save(source.state_dict(), path)
+    net = build_classifier(
+        ClassificationRecipe(encoder="test_resnet", encoder_weights=str(path)), 1000
+    )
+    assert torch.equal(net.get_classifier().weight, source.get_classifier().weight)

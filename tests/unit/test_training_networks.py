@@ -27,3 +27,38 @@ def test_network_maps_image_to_class_logits():
     with torch.inference_mode():
         out = net(torch.zeros(1, 3, 64, 96))
     assert out.shape == (1, 4, 64, 96)
+
+
+@pytest.mark.parametrize(
+    ("encoder", "source", "saved_key", "encoder_key"),
+    [
+        # A timm ImageNet resnet18's state dict (its classifier is left out) ...
+        ("resnet18", "resnet18", "layer1.0.conv1.weight", "layer1.0.conv1.weight"),
+        # ... and a timm model's under smp's "tu-" encoders.
+        ("tu-test_resnet", "test_resnet", "conv1.0.weight", "model.conv1.0.weight"),
+    ],
+)
+def test_encoder_weights_from_a_locally_saved_state_dict(
+    tmp_path, encoder, source, saved_key, encoder_key
+):
+    import timm
+
+    torch.manual_seed(0)
+    state = timm.create_model(source, num_classes=1000).state_dict()
+    path = tmp_path / "backbone.pth"
+    torch.save({f"module.{k}": v for k, v in state.items()}, path)  # as DDP saves it
+    recipe = SegmentationRecipe(encoder=encoder, encoder_depth=3, encoder_weights=str(path))
+    net = build_network(recipe, 2)
+    assert torch.equal(net.encoder.state_dict()[encoder_key], state[saved_key])
+    fresh = build_network(recipe.model_copy(update={"encoder_weights": None}), 2)
+    assert not torch.equal(fresh.encoder.state_dict()[encoder_key], state[saved_key])
+    # Weights of another network, a missing file and a file that is no state dict: refused.
+    other = tmp_path / "other.pth"
+    torch.save(timm.create_model("test_efficientnet").state_dict(), other)
+    with pytest.raises(ConfigError, match="another network"):
+        build_network(recipe.model_copy(update={"encoder_weights": str(other)}), 2)
+    with pytest.raises(ConfigError, match="not found"):
+        build_network(recipe.model_copy(update={"encoder_weights": str(tmp_path / "no.pth")}), 2)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="state_dict"):
+        build_network(recipe.model_copy(update={"encoder_weights": str(tmp_path / "junk.pt")}), 2)

@@ -33,8 +33,9 @@ def ingest(
             "--format",
             "-f",
             help="auto, labelstudio, cvat, coco, voc, yolo-obb, yolo, labelme, createml, "
-            "masks or images (a folder, a file or a .zip; see docs/formats.md). `images` "
-            "ingests the images alone, even beside annotation files auto refuses.",
+            "object-masks, masks, folders (one folder per class) or images (a folder, a file "
+            "or a .zip; see docs/formats.md). `images` ingests the images alone, even beside "
+            "annotation files auto refuses.",
         ),
     ] = "auto",
     skip_invalid: Annotated[

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,8 +42,23 @@ def make_engine(url: str) -> Engine:
             immediate = conn.get_execution_options().get(IMMEDIATE, False)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        return _fork_safe(engine)
+    return _fork_safe(create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5))
+
+
+def _fork_safe(engine: Engine) -> Engine:
+    """A forked process (a DDP training worker reporting progress) opens its own
+    connections instead of sharing the parent's pooled ones: SQLAlchemy's recipe for
+    multiprocessing (`dispose(close=False)` in the child)."""
+    ref = weakref.ref(engine)
+
+    def _after_fork_in_child() -> None:
+        alive = ref()
+        if alive is not None:
+            alive.dispose(close=False)
+
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+    return engine
 
 
 class Database:

@@ -38,6 +38,7 @@ READERS = [
     # Before `masks`: images/ + masks/<stem>_<k>.png would otherwise read as class masks.
     "labelloop.ingest.readers.object_masks",
     "labelloop.ingest.readers.masks",
+    "labelloop.ingest.readers.folders",
     "labelloop.ingest.readers.images",
 ]
 

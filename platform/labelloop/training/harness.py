@@ -101,7 +101,7 @@ class _ProgressReporter(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if time.monotonic() - self._last_report < PROGRESS_EVERY_S:
+        if not trainer.is_global_zero or time.monotonic() - self._last_report < PROGRESS_EVERY_S:
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self._emit(
@@ -117,7 +117,10 @@ class _ProgressReporter(Callback):
     def epoch_saved(self, trainer: pl.Trainer, checkpoint: Path) -> None:
         """Called by `_LatestCheckpoint` once the epoch's `last.ckpt` is on disk (Lightning
         runs checkpoint callbacks after all others), so listeners may copy it elsewhere
-        (runs.py mirrors it to the blob store) and a caller that cancels here keeps it."""
+        (runs.py mirrors it to the blob store) and a caller that cancels here keeps it.
+        Under DDP only the first process reports."""
+        if not trainer.is_global_zero:
+            return
         m = trainer.callback_metrics
         event: dict[str, Any] = {
             "epoch": trainer.current_epoch + 1,
@@ -292,10 +295,12 @@ def fit(
         save_top_k=1,
         enable_version_counter=False,
     )
+    plan = device_plan()
     trainer = pl.Trainer(
-        accelerator="auto",
-        devices=1,
-        precision=trainer_precision(recipe.precision),
+        accelerator=plan.accelerator,
+        devices=plan.devices,
+        strategy=plan.strategy,
+        precision=trainer_precision(recipe.precision, plan),
         max_epochs=recipe.epochs,
         max_time=timedelta(seconds=recipe.max_time_s) if recipe.max_time_s else None,
         # Order matters: `best` updates its state before `latest` writes it to disk.
@@ -307,10 +312,16 @@ def fit(
         limit_val_batches=1.0 if has_val else 0,
         default_root_dir=workdir,
     )
+    before = network_state(last)[1] if resume and plan.distributed else 0
     trainer.fit(system, datamodule=datamodule, ckpt_path=str(last) if resume else None)
 
     completed = trainer.current_epoch
     start = reporter.start_epoch if reporter.start_epoch is not None else completed
+    if plan.distributed:
+        # The epochs ran in forked processes: this one learns how far they got from the
+        # checkpoint they wrote (its progress events and history stayed with them).
+        completed = network_state(last)[1] if last.exists() else before
+        start = before
     best_path = Path(best.best_model_path) if best.best_model_path and has_val else None
     if best_path is None or not best_path.exists():
         best_path = last if last.exists() else None
@@ -331,6 +342,46 @@ def fit(
     )
 
 
+DEVICES_ENV = "LABELLOOP_TRAIN_DEVICES"
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """Where a run trains: Lightning's accelerator, device count and strategy."""
+
+    accelerator: str  # "cpu" or "cuda"
+    devices: int
+    strategy: str  # "auto" on one device, "ddp_fork" across several
+
+    @property
+    def distributed(self) -> bool:
+        return self.devices > 1
+
+
+def device_plan(value: str | None = None) -> DevicePlan:
+    """The devices of `value` (default: $LABELLOOP_TRAIN_DEVICES, else "1"): "1" is one
+    GPU where CUDA is present, else the CPU; "N" or "all" spans N (every visible) GPUs
+    with DDP; "cpu" forces the CPU and "cpu:N" runs DDP over N CPU processes (what tests
+    use to exercise the distributed path on machines without GPUs).
+
+    DDP runs in forked processes (`ddp_fork`): the alternatives re-run the program
+    (inside a Celery worker that would start another worker) or pickle the training,
+    whose progress callback holds database handles. Lightning refuses the fork when this
+    process has already used CUDA, so a worker that trains on several GPUs must do
+    nothing else on them itself."""
+    raw = (value if value is not None else os.environ.get(DEVICES_ENV) or "1").strip().lower()
+    kind, count = ("cpu", raw[4:] or "1") if raw.startswith("cpu") else ("gpu", raw)
+    valid = (count.isdigit() and int(count) >= 1) or (kind == "gpu" and count == "all")
+    if not valid or (kind == "cpu" and raw not in ("cpu", f"cpu:{count}")):
+        raise ConfigError(f"{DEVICES_ENV}={raw!r}: expected cpu, cpu:N, N or all")
+    if kind == "cpu" or not torch.cuda.is_available():
+        n = int(count) if kind == "cpu" else 1
+        return DevicePlan("cpu", n, "ddp_fork" if n > 1 else "auto")
+    visible = torch.cuda.device_count()
+    n = visible if count == "all" else min(int(count), visible)
+    return DevicePlan("cuda", n, "ddp_fork" if n > 1 else "auto")
+
+
 def native_bf16(device: str) -> bool:
     """Whether `device` ("cpu" / "cuda") computes in bfloat16 natively rather than by
     emulation (which is slower than float32): AVX512-BF16 or AMX on CPU."""
@@ -340,12 +391,31 @@ def native_bf16(device: str) -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
-def trainer_precision(precision: str) -> str:
-    """Lightning's precision for a recipe's `precision` ("32", "bf16", "auto"), on the
-    device Lightning's accelerator="auto" picks."""
+def _cuda_bf16_in_child() -> bool:
+    """`native_bf16("cuda")` asked in a child process: asking here would initialise CUDA
+    in this process, after which Lightning cannot fork the DDP workers."""
+    import subprocess
+
+    code = "import torch; print(torch.cuda.is_bf16_supported())"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.stdout.strip() == "True"
+
+
+def trainer_precision(precision: str, plan: DevicePlan | None = None) -> str:
+    """Lightning's precision for a recipe's `precision` ("32", "bf16", "auto") on the
+    devices of `plan` (default: `device_plan()`)."""
     if precision == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        precision = "bf16" if native_bf16(device) else "32"
+        plan = plan or device_plan()
+        if plan.accelerator == "cuda" and plan.distributed:
+            native = _cuda_bf16_in_child()
+        else:
+            native = native_bf16(plan.accelerator)
+        precision = "bf16" if native else "32"
     return "bf16-mixed" if precision == "bf16" else "32-true"
 
 

@@ -72,9 +72,10 @@ class BaseRecipe(BaseModel):
     seed: int = 0
     num_workers: int = Field(0, ge=0, le=64)
     # Training arithmetic. bfloat16 is 2-3x faster on CPUs with AMX and on recent GPUs, at
-    # no measurable cost in accuracy here, but emulated (slow) on other CPUs; see
-    # `harness.trainer_precision`. Prediction always runs in float32.
-    precision: PrecisionName = "32"
+    # no measurable cost in accuracy here, but emulated (slow) on other CPUs, so "auto"
+    # takes it only where it is native; see `harness.trainer_precision`. Prediction always
+    # runs in float32.
+    precision: PrecisionName = "auto"
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

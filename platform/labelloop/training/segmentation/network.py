@@ -12,6 +12,7 @@ from torch import nn
 
 from labelloop.errors import ConfigError, ExternalServiceError
 from labelloop.training.segmentation.recipe import SegmentationRecipe
+from labelloop.training.weights import load_backbone_file, weights_file
 
 # Architectures whose decoder takes one channel count per encoder stage.
 _PER_STAGE_DECODERS = frozenset({"unet", "unetplusplus", "manet"})
@@ -62,8 +63,9 @@ def build_network(
     for multiclass that is len(labels) + 1). Raw logits come out; softmax or sigmoid is
     applied by the caller.
 
-    `pretrained=False` skips downloading `recipe.encoder_weights`, for when a state_dict
-    is about to overwrite them anyway.
+    `recipe.encoder_weights` is an smp name ("imagenet") or a local state dict file (see
+    `training.weights`); `pretrained=False` skips them, for when a state_dict is about to
+    overwrite them anyway.
     """
     arch = recipe.arch.lower()
     if arch not in smp.MODEL_ARCHITECTURES_MAPPING:
@@ -85,6 +87,9 @@ def build_network(
             )
         kwargs["decoder_channels"] = list(recipe.decoder_channels)
     weights = recipe.encoder_weights if pretrained else None
+    local = weights_file(weights)
+    if local is not None:
+        weights = None  # smp only downloads; the file is loaded below
     try:
         model = smp.create_model(
             arch,
@@ -104,6 +109,8 @@ def build_network(
         raise ExternalServiceError(
             f"cannot fetch encoder weights {weights!r} for {recipe.encoder!r}: {exc}"
         ) from exc
+    if local is not None:
+        load_backbone_file(model.encoder, local)
     dropout = getattr(recipe, "dropout", 0.0)
     if dropout > 0:
         # Before the head, on the decoder's last features: what MC-dropout scoring samples.

@@ -1,0 +1,152 @@
+"""Class folders: one folder per class, the way classification data usually arrives.
+
+`root/<class>/*.png` (torchvision `ImageFolder`, Kaggle, lab exports), optionally under
+`root/{train,val,test}/` whose names pin the split of every image below them. Each image
+becomes one record with one class tag named after its folder (`--label-map` renames it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from labelloop.domain import Tag
+from labelloop.errors import InputError
+from labelloop.ingest.readers.images import IMAGE_SUFFIXES
+from labelloop.ingest.records import (
+    Format,
+    ReadOptions,
+    RecordAnnotation,
+    SourceRecord,
+    error_record,
+    image_record,
+)
+
+# Folder names that pin a split, as dataset publishers spell them.
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+# Files operating systems leave in folders: never data, never an error.
+LITTER = frozenset({"thumbs.db", "desktop.ini"})
+ANNOTATION_ID = "folder"
+
+
+def _visible(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if not p.name.startswith(".") and p.name.lower() not in LITTER
+    )
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return [p for p in _visible(folder) if p.is_dir()]
+
+
+def _all_images(folder: Path) -> bool:
+    entries = _visible(folder)
+    return bool(entries) and all(_is_image(p) for p in entries)
+
+
+def class_folders(root: Path) -> list[tuple[str | None, Path]]:
+    """(pinned split or None, class folder) pairs: the split layout when every subfolder
+    of `root` is a split name, else the flat layout."""
+    subs = _subfolders(root)
+    if subs and all(p.name.lower() in SPLIT_NAMES for p in subs):
+        return [(SPLIT_NAMES[s.name.lower()], c) for s in subs for c in _subfolders(s)]
+    return [(None, c) for c in subs]
+
+
+def detect(path: Path) -> bool:
+    """A folder with no loose images whose class folders (at least two in all) each hold
+    images and nothing else."""
+    if not path.is_dir() or any(_is_image(p) for p in _visible(path)):
+        return False
+    folders = class_folders(path)
+    return len({c.name for _, c in folders}) >= 2 and all(_all_images(c) for _, c in folders)
+
+
+def read_class_folders(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
+    """One record per image with its folder's class tag; errors per record: an empty class
+    folder, a file that is not an image, the same image (by content) under two classes or
+    two splits."""
+    if not path.is_dir():
+        raise InputError("class folders need a folder, not a file", file=str(path))
+    root = path.resolve()
+    folders = class_folders(path)
+    if not folders:
+        raise InputError("no class folders found (expected <class>/ image folders)", file=str(path))
+    source = opts.source or f"folders:{opts.origin or root.name}"
+    seen: dict[str, tuple[str, str | None, str]] = {}  # sha256 -> (class, split, where)
+    for split, folder in folders:
+        label = folder.name
+        rel_folder = folder.relative_to(path).as_posix()
+        entries = _visible(folder)
+        if not entries:
+            yield error_record(
+                f"class folder {rel_folder}/ holds no images",
+                source=source,
+                external_id=rel_folder,
+                file=str(folder),
+                name=rel_folder,
+            )
+            continue
+        for f in entries:
+            rel = f.relative_to(path).as_posix()
+            fail = _refusal(f, root)
+            data = b""
+            if fail is None:
+                try:
+                    data = f.read_bytes()
+                except OSError as exc:
+                    fail = f"{f.name} cannot be read ({exc.strerror})"
+            if fail is None:
+                sha = hashlib.sha256(data).hexdigest()
+                first = seen.setdefault(sha, (label, split, rel))
+                if first[:2] != (label, split):
+                    what = f"class {first[0]!r}" if first[0] != label else f"split {first[1]!r}"
+                    fail = f"the same image is also {first[2]} ({what})"
+            if fail is not None:
+                yield error_record(fail, source=source, external_id=rel, file=str(f), name=rel)
+                continue
+            meta = {"class_folder": rel_folder, **({"split": split} if split else {})}
+            yield image_record(
+                source=source,
+                external_id=rel,
+                uri=rel,
+                file=str(f),
+                name=rel,
+                image=f,
+                annotations=[RecordAnnotation(ANNOTATION_ID, [Tag(label=label)])],
+                meta=meta,
+                load=lambda data=data: data,
+            )
+
+
+def _refusal(f: Path, root: Path) -> str | None:
+    """Why `f` cannot be a class folder's image, or None."""
+    if f.is_dir():
+        return f"{f.name}/ is a folder inside a class folder (expected images only)"
+    if not _is_image(f):
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        return f"{f.name} is not an image (expected {suffixes})"
+    if not f.resolve().is_relative_to(root):
+        return f"symlink points outside {root}"
+    return None
+
+
+FORMAT = Format(
+    "folders",
+    read_class_folders,
+    detect,
+    "one folder per class (<class>/*.png, optionally under train/ val/ test/): class tags",
+)

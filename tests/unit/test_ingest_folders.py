@@ -1,0 +1,164 @@
+"""Class-folder ingest: flat and split layouts, detection, label maps, and refused folders."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from labelloop.errors import InputError
+from labelloop.ingest import ingest_path
+from labelloop.ingest.formats import detect_format
+from tests.factories import png
+from tests.support import require_shared_data
+from tests.unit.ingest_fixtures import NOTHING, active_shapes, item_meta, make_project, read_all
+from tests.unit.ingest_fixtures import row_counts as counts
+
+CLASSES = ["infected", "healthy"]
+
+
+def _tree(root: Path, files: dict[str, bytes | str]) -> Path:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, str):
+            path.write_text(data)
+        else:
+            path.write_bytes(data)
+    return root
+
+
+def _labels(ctx) -> Counter:
+    return Counter(s["label"] for s in active_shapes(ctx) if s["kind"] == "tag")
+
+
+def test_flat_class_folders_become_one_tag_per_image(ctx, tmp_path):
+    root = _tree(
+        tmp_path / "cells",
+        {
+            "infected/a.png": png(seed=1),
+            "infected/b.PNG": png(seed=2),
+            "healthy/c.png": png(seed=3),
+            "healthy/.DS_Store": "litter",
+            "README.txt": "a note beside the class folders is allowed",
+        },
+    )
+    assert detect_format(root) == "folders"
+    project = make_project(ctx, "cells", "classification", CLASSES)
+    report = ingest_path(ctx, project, root)
+    assert report.format == "folders" and report.records == 3 and report.skipped == []
+    assert _labels(ctx) == {"infected": 2, "healthy": 1}
+    meta = item_meta(ctx)
+    assert set(meta) == {"infected/a.png", "infected/b.PNG", "healthy/c.png"}
+    assert all("split" not in m for m in meta.values())
+    before = counts(ctx)
+    assert ingest_path(ctx, project, root).annotations_new == 0  # idempotent
+    assert counts(ctx) == before
+
+
+def test_split_folders_pin_splits_and_label_map_renames_classes(ctx, tmp_path):
+    root = _tree(
+        tmp_path / "malaria",
+        {
+            "train/Parasitized/1.png": png(seed=1),
+            "train/Uninfected/2.png": png(seed=2),
+            "valid/Parasitized/3.png": png(seed=3),
+            "test/Uninfected/4.png": png(seed=4),
+        },
+    )
+    assert detect_format(root) == "folders"
+    project = make_project(ctx, "malaria", "classification", CLASSES)
+    with pytest.raises(InputError, match="label-map"):
+        ingest_path(ctx, project, root)
+    assert counts(ctx) == NOTHING
+    label_map = {"Parasitized": "infected", "Uninfected": "healthy"}
+    ingest_path(ctx, project, root, fmt="folders", label_map=label_map)
+    assert _labels(ctx) == {"infected": 2, "healthy": 2}
+    splits = {k: m.get("split") for k, m in item_meta(ctx).items()}
+    assert splits == {
+        "train/Parasitized/1.png": "train",
+        "train/Uninfected/2.png": "train",
+        "valid/Parasitized/3.png": "val",
+        "test/Uninfected/4.png": "test",
+    }
+
+
+def test_detection_leaves_other_layouts_to_their_readers(tmp_path):
+    loose = _tree(
+        tmp_path / "loose", {"a/1.png": png(seed=1), "b/2.png": png(seed=2), "3.png": png(seed=3)}
+    )
+    assert detect_format(loose) == "images"  # loose images beside folders: a pool
+    single = _tree(tmp_path / "single", {"slides/1.png": png(seed=1)})
+    assert detect_format(single) == "images"  # one folder is not a choice of classes
+    mixed = _tree(
+        tmp_path / "mixed", {"a/1.png": png(seed=1), "b/2.png": png(seed=2), "b/x.csv": "1"}
+    )
+    assert detect_format(mixed) == "images"  # not images only: not auto-detected
+    masks = _tree(tmp_path / "masks", {"images/1.png": png(seed=1), "masks/1.png": png(seed=2)})
+    assert detect_format(masks) == "masks"
+
+
+@pytest.mark.parametrize(
+    ("files", "record", "reason", "kept"),
+    [
+        ({"healthy/": None}, "healthy", "holds no images", {"infected": 1}),
+        ({"healthy/notes.txt": "x"}, "healthy/notes.txt", "is not an image", {"infected": 1}),
+        (
+            {"healthy/sub/2.png": png(seed=2)},
+            "healthy/sub",
+            "folder inside a class folder",
+            {"infected": 1},
+        ),
+        # Folders are read in name order: the copy in healthy/ comes first.
+        (
+            {"healthy/copy.png": png(seed=1)},
+            "infected/1.png",
+            "also healthy/copy.png (class 'healthy')",
+            {"healthy": 1},
+        ),
+    ],
+)
+def test_refused_folders_name_the_record_and_write_nothing(
+    ctx, tmp_path, files, record, reason, kept
+):
+    root = _tree(tmp_path / "cells", {"infected/1.png": png(seed=1)})
+    for rel, data in files.items():
+        if data is None:
+            (root / rel).mkdir(parents=True)
+        else:
+            _tree(root, {rel: data})
+    project = make_project(ctx, "cells", "classification", CLASSES)
+    with pytest.raises(InputError) as err:
+        ingest_path(ctx, project, root, fmt="folders")
+    assert err.value.record == record and reason in err.value.reason
+    assert str(root) in (err.value.file or "")
+    assert counts(ctx) == NOTHING
+    report = ingest_path(ctx, project, root, fmt="folders", skip_invalid=True)
+    assert [s.record for s in report.skipped] == [record]
+    assert _labels(ctx) == kept
+
+
+def test_an_image_in_two_splits_is_refused(tmp_path):
+    root = _tree(
+        tmp_path / "leak",
+        {"train/a/1.png": png(seed=1), "test/a/1.png": png(seed=1), "test/b/2.png": png(seed=2)},
+    )
+    records = read_all("folders", root)
+    bad = [r for r in records if r.error is not None]
+    assert [r.external_id for r in bad] == ["train/a/1.png"]
+    assert "split 'test'" in bad[0].error.reason
+
+
+def test_real_malaria_class_folders():
+    root = require_shared_data("malaria-cells")
+    assert detect_format(root) == "folders"
+    records = read_all("folders", root)
+    assert all(r.error is None for r in records)
+    per = Counter((r.meta["split"], r.annotations[0].shapes[0].label) for r in records)
+    assert per == {
+        ("train", "Parasitized"): 1500,
+        ("train", "Uninfected"): 1500,
+        ("val", "Parasitized"): 500,
+        ("val", "Uninfected"): 500,
+    }
