@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from labelloop.context import Context
 from labelloop.datasets.freeze import current_annotations
 from labelloop.db.models import (
+    Annotation,
     AnnotationRound,
     DatasetVersion,
     ModelVersion,
@@ -185,9 +186,39 @@ def _rounds(s, pid: int, round_items: int) -> list[dict]:
                     for i, r, sc in items
                 ],
                 "pushes": pushes,
+                "progress": round_progress(s, rnd.id),
             }
         )
     return rounds
+
+
+def round_progress(s, round_id: int) -> dict[str, int]:
+    """How far annotators are with a round: images sent (pushed anywhere), annotated
+    (an active annotation), skipped (only skipped ones) and left (neither)."""
+    images = set(s.scalars(select(RoundItem.image_id).where(RoundItem.round_id == round_id)))
+    sent = set(
+        s.scalars(
+            select(PushItem.image_id)
+            .join(Push, Push.id == PushItem.push_id)
+            .where(Push.round_id == round_id)
+        )
+    )
+    states: dict[int, set[str]] = {}
+    for image_id, state in s.execute(
+        select(Annotation.image_id, Annotation.state).where(
+            Annotation.image_id.in_(images), Annotation.state.in_(("active", "skipped"))
+        )
+    ):
+        states.setdefault(image_id, set()).add(state)
+    annotated = sum("active" in v for v in states.values())
+    skipped = sum(v == {"skipped"} for v in states.values())
+    return {
+        "images": len(images),
+        "sent": len(sent & images),
+        "annotated": annotated,
+        "skipped": skipped,
+        "left": len(images) - annotated - skipped,
+    }
 
 
 def dataset_versions(ctx: Context, project_name: str) -> list[dict]:

@@ -79,6 +79,11 @@ def test_round_tab_and_task_as_an_annotator_sees_them(ctx, labelstudio, page, tm
     assert {r[col["tasks:predictions_model_versions"]] for r in rows} == {pushed.model_version}
     scores = [float(r[col["tasks:predictions_score"]]) for r in rows]
     assert scores == pytest.approx([1 - u for u in unc], abs=2e-3)  # computed, not blank
+    page.wait_for_function(  # thumbnails load lazily; the screenshot should show them
+        "Array.from(document.querySelectorAll('[data-testid=table-row] img'))"
+        ".every(i => i.complete && i.naturalWidth > 0)",
+        timeout=60_000,
+    )
     screenshot(page, "annotators-round-tab")
 
     # The least confident task, opened: its prediction's regions are drawn.

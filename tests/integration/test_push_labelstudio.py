@@ -192,3 +192,38 @@ def test_an_image_where_the_model_found_nothing_gets_an_empty_prediction(labelst
     push_tasks(ls, project, [again])
     assert len(ls.predictions(task_id)) == 1
     assert ls.sdk.projects.get(project).model_version == "det-v3"
+
+
+def test_a_promoted_model_refreshes_the_open_rounds(ctx, labelstudio, tmp_path):
+    """Label Studio shows scores only for the project's current model version: when a new
+    model is promoted, the open rounds' tasks get its predictions too."""
+    from labelloop.db.models import ModelVersion
+    from labelloop.labelstudio.push import refresh_open_rounds
+    from labelloop.push.stage import push_round
+    from labelloop.registry import promote
+
+    _, first = trained_project(ctx, "refresh", tmp_path, labelled=6, pool=6, pool_seed=700)
+    score_pool(ctx, first)
+    old = select_round(ctx, "refresh", budget=2, model_version_id=first)
+    kw = {"url": labelstudio.url, "token": labelstudio.token, "title": "refresh"}
+    pushed = push_round(ctx, old.round_id, "labelstudio", **kw)
+    with ctx.db.session() as s:
+        dv = s.get(ModelVersion, first).dataset_version_id
+    tiny = {"epochs": 1, "batch_size": 2, "image_size": 64, "seed": 5}
+    second = execute_run(ctx, request_run(ctx, dv, overrides=tiny).run_id)
+    promote(ctx, second, "test: the better model")
+    score_pool(ctx, second)
+    with ctx.db.session() as s:
+        names = {mv: s.get(ModelVersion, mv).name for mv in (first, second)}
+
+    assert refresh_open_rounds(ctx, "refresh", second, url=labelstudio.url,
+                               token=labelstudio.token) == [old.number]  # fmt: skip
+    ls = LabelStudioClient(labelstudio.url, labelstudio.token)
+    project_id = int(pushed.destination.rsplit("/", 1)[1])
+    assert ls.sdk.projects.get(project_id).model_version == names[second]
+    for task_id in pushed.id_map.values():
+        versions = sorted(p["model_version"] for p in ls.predictions(int(task_id)))
+        assert versions == sorted(names.values())  # the old one kept beside the new
+    # Idempotent: a second refresh replaces, never duplicates.
+    refresh_open_rounds(ctx, "refresh", second, url=labelstudio.url, token=labelstudio.token)
+    assert all(len(ls.predictions(int(t))) == 2 for t in pushed.id_map.values())

@@ -180,3 +180,24 @@ def test_events_of_unlinked_projects_are_refused(ctx, project):
     with pytest.raises(InputError, match="no linked Label Studio project"):
         record_event(ctx, "bare", parse_event(created(1)))
     assert _events(ctx) == []
+
+
+def test_pending_events_are_listed_until_a_run_takes_them(ctx, project, monkeypatch):
+    from typer.testing import CliRunner
+
+    from labelloop.cli.main import app
+    from labelloop.pipelines.webhooks import pending_events
+
+    outcomes = [record_event(ctx, project, parse_event(created(i))) for i in range(3)]
+    assert {o.status for o in outcomes} == {"pending"}
+    listed = pending_events(ctx, project)
+    assert [e["annotation_ids"] for e in listed] == [[0], [1], [2]]
+    assert {e["action"] for e in listed} == {"ANNOTATION_CREATED"}
+    monkeypatch.setenv("LABELLOOP_DATA_DIR", str(ctx.settings.data_dir))
+    for var in ("LABELLOOP_DATABASE_URL", "LABELLOOP_BLOB_URL", "LABELLOOP_BROKER_URL"):
+        monkeypatch.delenv(var, raising=False)
+    r = CliRunner().invoke(app, ["webhooks", "events", "-p", project])
+    assert r.exit_code == 0, r.output
+    assert "3 pending event(s), 3 annotation(s); a retrain starts at 5" in r.output
+    triggered = [record_event(ctx, project, parse_event(created(i))) for i in range(3, 5)][-1]
+    assert triggered.status == "triggered" and pending_events(ctx, project) == []

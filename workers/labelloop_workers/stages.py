@@ -304,5 +304,15 @@ def push(
 ) -> Message:
     st = ChainState.load(state)
     enter(self, st, "push")
-    result = push_round(get_context(), st.round_id, target, out_dir=out_dir, url=url, title=title)
-    return st.but(push_id=result.push_id, push_destination=result.destination).message()
+    ctx = get_context()
+    result = push_round(ctx, st.round_id, target, out_dir=out_dir, url=url, title=title)
+    refreshed = None
+    if target == "labelstudio" and st.scoring_model_id is not None:
+        # Open rounds pushed earlier get this model's predictions too (annotators always
+        # see the best model's, with their scores shown).
+        from labelloop.labelstudio.push import refresh_open_rounds
+
+        refreshed = refresh_open_rounds(ctx, st.project_name, st.scoring_model_id, url=url)
+    return st.but(
+        push_id=result.push_id, push_destination=result.destination, refreshed_rounds=refreshed
+    ).message()

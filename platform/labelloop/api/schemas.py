@@ -98,6 +98,14 @@ class PushOut(BaseModel):
     tasks: int
 
 
+class RoundProgressOut(BaseModel):
+    images: int
+    sent: int = Field(description="images pushed to an annotation tool")
+    annotated: int = Field(description="images with an active annotation")
+    skipped: int = Field(description="images annotators skipped (and nobody annotated)")
+    left: int
+
+
 class RoundOut(BaseModel):
     id: int
     number: int
@@ -107,6 +115,7 @@ class RoundOut(BaseModel):
     size: int
     items: list[RoundItemOut] = Field(description="the first images, most informative first")
     pushes: list[PushOut]
+    progress: RoundProgressOut = Field(description="how far annotators are with the round")
 
 
 class ProgressOut(BaseModel):
@@ -157,6 +166,9 @@ class RunOut(BaseModel):
     model_version_id: int | None = Field(description="the model version the run trained")
     round_model: RoundModelOut | None = Field(
         None, description="the model that scored and pre-annotated the round, and why"
+    )
+    round_progress: RoundProgressOut | None = Field(
+        None, description="annotators' progress on the round the run pushed"
     )
     training: TrainingOut | None
     created_at: str

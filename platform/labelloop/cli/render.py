@@ -113,6 +113,16 @@ def render_status(st: dict, console: Console, *, items: int = 10) -> None:
             console.print(
                 f"pushed {push['tasks']} tasks to {push['target']}: {push['destination']}"
             )
+    for rnd in st["rounds"]:
+        console.print(f"round {rnd['number']} ({rnd['status']}): {progress_line(rnd['progress'])}")
+
+
+def progress_line(pr: dict) -> str:
+    """A round's annotation progress in words."""
+    return (
+        f"{pr['sent']} of {pr['images']} sent, {pr['annotated']} annotated, "
+        f"{pr['skipped']} skipped, {pr['left']} left"
+    )
 
 
 def render_dry_run(report, console: Console) -> None:

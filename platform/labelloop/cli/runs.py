@@ -75,6 +75,10 @@ def _show_run(run: dict[str, Any]) -> None:
     ids = {k: state[k] for k in ("dataset_version", "model_version_id", "round_id") if k in state}
     if ids:
         console.print("  " + ", ".join(f"{k} {v}" for k, v in ids.items()))
+    if run.get("round_progress"):
+        from labelloop.cli.render import progress_line
+
+        console.print(f"  round progress: {progress_line(run['round_progress'])}")
     if run.get("round_model"):
         console.print(f"  round model: {run['round_model']['reason']}")
     tr = run.get("training")

@@ -52,3 +52,28 @@ def webhooks_register(
             f"webhook {result['webhook_id']} {verb} in {result['ls_url']} project "
             f"{ls_project} -> {result['url']}"
         )
+
+
+@app.command("events")
+@handle_errors
+def webhooks_events(project: ProjectOpt, as_json: JsonOpt = False) -> None:
+    """Annotation events received but not yet taken into account by a pipeline run."""
+    from labelloop.pipelines.triggers import effective_triggers
+    from labelloop.pipelines.webhooks import pending_events
+    from labelloop.projects import get_project
+
+    ctx = context()
+    events = pending_events(ctx, project)
+    if as_json:
+        emit_json(events)
+        return
+    with ctx.db.session() as s:
+        threshold = effective_triggers(get_project(s, project), ctx.settings).min_annotations
+    total = sum(e["annotations"] for e in events)
+    console.print(
+        f"{len(events)} pending event(s), {total} annotation(s); a retrain starts at {threshold}"
+    )
+    for e in events:
+        console.print(
+            f"  {e['id']}  {e['received_at']}  {e['action']}  annotations {e['annotation_ids']}"
+        )

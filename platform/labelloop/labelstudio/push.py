@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 
 from labelloop.context import Context
-from labelloop.db.models import AnnotationRound
+from labelloop.db.models import AnnotationRound, Project, Push
 from labelloop.domain import Mask, Shape
 from labelloop.errors import ConfigError, ExternalServiceError, InputError
 from labelloop.geometry import mask_polygons
@@ -133,6 +133,59 @@ def push_to_labelstudio(ctx: Context, round_id: int, options: PushOptions) -> Pu
     return PushResult(push_id, "labelstudio", destination, number, mv_name, id_map, views)
 
 
+def refresh_open_rounds(
+    ctx: Context,
+    project_name: str,
+    model_version_id: int,
+    *,
+    url: str | None = None,
+    token: str | None = None,
+) -> list[int]:
+    """Give the tasks of the project's open rounds already in Label Studio the predictions
+    of `model_version_id` (the newly promoted model) and make it the project's model
+    version. Label Studio shows a task's score only for the project's current model
+    version, so without this, older rounds' tasks lose theirs at every push; with it,
+    annotators always see the best model's predictions. Idempotent (a prediction of the
+    same version is replaced); rounds of other Label Studio projects are left alone.
+    Returns the refreshed rounds' numbers."""
+    url = (url or ctx.settings.labelstudio_url).rstrip("/")
+    token = token or ctx.settings.labelstudio_token.get_secret_value()
+    prefix = f"{url}/projects/"
+    with ctx.db.session() as s:
+        rows = s.execute(
+            select(AnnotationRound.id, AnnotationRound.number, Push.destination)
+            .join(Push, Push.round_id == AnnotationRound.id)
+            .join(Project, Project.id == AnnotationRound.project_id)
+            .where(
+                Project.name == project_name,
+                AnnotationRound.status == "open",
+                Push.target == "labelstudio",
+            )
+            .order_by(AnnotationRound.number, Push.id)
+        ).all()
+    targets = {(rid, number, dest) for rid, number, dest in rows if dest.startswith(prefix)}
+    if not targets:
+        return []
+    client = LabelStudioClient(url, token)
+    done = []
+    for round_id, number, dest in sorted(targets, key=lambda r: r[1]):
+        batch = round_batch(ctx, round_id, model_version_id)
+        _, results = _round_results(batch)
+        tasks = [
+            PushTask(
+                key=spec.sha256,
+                filename=spec.file_name,
+                image_bytes=ctx.blobs.get_bytes(spec.blob_key),
+                data_extra=task_fields(spec, number, batch.labels),
+                prediction=_prediction(spec, result, batch.model_version),
+            )
+            for spec, result in zip(batch.specs, results, strict=True)
+        ]
+        push_tasks(client, int(dest.rsplit("/", 1)[1]), tasks)
+        done.append(number)
+    return done
+
+
 def round_files(batch: RoundBatch) -> dict[str, str]:
     """The round folder's Label Studio import: `tasks.json` (tasks with predictions,
     images as local-file URLs under the folder) and the `label_config.xml` they fit."""
@@ -194,9 +247,10 @@ def _prediction(spec: TaskSpec, result: list[dict], model_version: str | None) -
     """The task's prediction. An image the model read and found nothing in still gets one
     (no regions, with its model version and score): "found nothing" must not look like
     "no model". Only an image no model scored gets none."""
-    if not result and spec.uncertainty is None:
+    unc = spec.uncertainty if spec.prediction_uncertainty is None else spec.prediction_uncertainty
+    if not result and unc is None:
         return None
-    return {"model_version": model_version, "score": confidence(spec.uncertainty), "result": result}
+    return {"model_version": model_version, "score": confidence(unc), "result": result}
 
 
 def confidence(uncertainty: float | None) -> float | None:

@@ -519,6 +519,7 @@ def _describe(s: Session, run: PipelineRun, project: str) -> dict[str, Any]:
         "dataset_version_id": (run.state or {}).get("dataset_version_id"),
         "model_version_id": (run.state or {}).get("model_version_id"),
         "round_model": _round_model(run.state or {}),
+        "round_progress": _round_progress(s, run.state or {}),
         "training": training,
         "created_at": _iso(run.created_at),
         "started_at": _iso(run.started_at),
@@ -526,6 +527,13 @@ def _describe(s: Session, run: PipelineRun, project: str) -> dict[str, Any]:
         "scheduled_for": _iso(run.scheduled_for),
         "not_before": _iso(run.not_before),
     }
+
+
+def _round_progress(s: Session, state: dict[str, Any]) -> dict[str, int] | None:
+    """Annotators' progress on the round the run pushed."""
+    from labelloop.reports import round_progress
+
+    return round_progress(s, state["round_id"]) if state.get("round_id") else None
 
 
 def _round_model(state: dict[str, Any]) -> dict[str, Any] | None:

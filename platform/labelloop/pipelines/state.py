@@ -37,6 +37,7 @@ class ChainState(BaseModel):
     guard: dict[str, Any] | None = None  # the selection guard's decision (control slice)
     push_id: int | None = None
     push_destination: str | None = None
+    refreshed_rounds: list[int] | None = None  # open rounds given the round model's predictions
     stopped: str | None = None  # why a pipeline run stopped early
     continued: bool | None = None  # the pipeline task handed on to train -> ... -> push
 

@@ -247,3 +247,26 @@ def connect_labelstudio(
         "ml_backend": {"id": backend_id, "created": created, "url": url},
         "webhook": {"id": hook["webhook_id"], "created": hook["created"], "url": hook["url"]},
     }
+
+
+def pending_events(ctx: Context, project_name: str) -> list[dict[str, Any]]:
+    """Annotation events no pipeline run has taken into account yet, oldest first: what
+    the next retrain will learn from (and why one has not started, below the threshold)."""
+    with ctx.db.session() as s:
+        project = get_project(s, project_name)
+        rows = s.scalars(
+            select(WebhookEvent)
+            .where(WebhookEvent.project_id == project.id, WebhookEvent.pipeline_run_id.is_(None))
+            .order_by(WebhookEvent.id)
+        ).all()
+        return [
+            {
+                "id": e.id,
+                "action": e.action,
+                "ls_project": e.ls_project,
+                "annotations": e.annotations,
+                "annotation_ids": list(e.annotation_ids or []),
+                "received_at": e.received_at.isoformat(),
+            }
+            for e in rows
+        ]

@@ -47,6 +47,9 @@ class TaskSpec:
     counts: dict[str, int]
     batch: int = 1
     shapes: list[Shape] = field(default_factory=list)  # the prediction, canonical
+    # The predicting model's uncertainty for this image when it is not the model that
+    # selected the round (a refresh with a newly promoted model); else `uncertainty`.
+    prediction_uncertainty: float | None = None
 
     @property
     def file_name(self) -> str:
@@ -104,14 +107,17 @@ def push_round(
     return push(ctx, round_id, PushOptions(out_dir=out_dir, url=url, token=token, title=title))
 
 
-def round_batch(ctx: Context, round_id: int) -> RoundBatch:
+def round_batch(ctx: Context, round_id: int, model_version_id: int | None = None) -> RoundBatch:
+    """The round as a push sees it, with the predictions of the model that selected it,
+    or of `model_version_id` (refreshing an open round with a newly promoted model)."""
     with ctx.db.session() as s:
         rnd = s.get(AnnotationRound, round_id)
         if rnd is None:
             raise NotFoundError(f"no annotation round with id {round_id}")
         project = s.get(Project, rnd.project_id)
         labels = [lc.name for lc in project.labels]
-        mv = s.get(ModelVersion, rnd.model_version_id) if rnd.model_version_id else None
+        predicting = model_version_id or rnd.model_version_id
+        mv = s.get(ModelVersion, predicting) if predicting else None
         method = (rnd.params or {}).get("method")
         rows = s.execute(
             select(RoundItem, Image)
@@ -153,6 +159,7 @@ def round_batch(ctx: Context, round_id: int) -> RoundBatch:
                 counts,
                 item.batch,
                 shapes,
+                sc.value if sc is not None and model_version_id is not None else None,
             )
         )
     return RoundBatch(number, pname, task, mv_name, labels, specs, draw)
