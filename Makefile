@@ -7,12 +7,12 @@ BENCH_VENV := .venv-bench
 LABEL_STUDIO_VERSION ?= 1.23.2
 PIP_FLAGS ?= -q
 
-.PHONY: help venv ls-venv bench-venv browser demo test test-unit test-integration lint format bench clean
+.PHONY: help venv ls-venv bench-venv browser demo test test-unit test-integration lint audit format bench clean
 
 help:
 	@echo "make demo    one full active-learning round on synthetic blood smears"
 	@echo "make test    unit + integration tests (PostgreSQL, Redis, Celery worker, Label Studio)"
-	@echo "make test-unit | test-integration | lint | format | bench | bench-venv | clean"
+	@echo "make test-unit | test-integration | lint | audit | format | bench | bench-venv | clean"
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ test-unit: venv
 
 test-integration: venv ls-venv browser
 	$(BIN)/pytest tests/integration
+
+# Known vulnerabilities in the dependencies (skipped, visibly, without the advisory database).
+audit: venv
+	BIN=$(BIN) bash .ci/audit
 
 lint: venv
 	$(BIN)/ruff check .

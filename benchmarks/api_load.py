@@ -351,7 +351,7 @@ def main() -> None:
         try:
             import httpx
 
-            deadline = time.monotonic() + 180  # slow to start on a loaded machine
+            deadline = time.monotonic() + 600  # slow to start on a loaded machine
             while True:
                 try:
                     if httpx.get(f"{url}/health", timeout=2).status_code == 200:

@@ -89,3 +89,13 @@ def test_mode_picks_its_default_loss_and_refuses_losses_of_another_mode():
     assert binary.with_overrides({"mode": "multiclass"}).loss == "dice_ce"
     assert SegmentationRecipe().with_overrides({"mode": "binary", "loss": "focal"}).loss == "focal"
     assert SegmentationRecipe(mode="binary").recipe_hash() != SegmentationRecipe().recipe_hash()
+
+
+@pytest.mark.parametrize("task", ["segmentation", "detection", "classification"])
+def test_an_unknown_encoder_is_refused_when_the_recipe_is_made(task):
+    """Not hours later when the training builds the network: a trigger gets its 422."""
+    from labelloop.runs import default_recipe
+
+    with pytest.raises(ConfigError, match="nope-net"):
+        default_recipe(task).with_overrides({"encoder": "nope-net"})
+    assert default_recipe("segmentation").with_overrides({"encoder": "tu-resnet18"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from labelloop.training.recipe import BaseRecipe
 
@@ -74,6 +74,27 @@ class SegmentationRecipe(BaseRecipe):
     # default; > 0 (e.g. 0.2) is what Monte-Carlo dropout scoring (bald, mc_variance)
     # samples from.
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, name: str) -> str:
+        """Checked when the recipe is made (a trigger answers 422), not when the training
+        builds the network hours later."""
+        from segmentation_models_pytorch.encoders import get_encoder_names  # deferred: torch
+
+        names = get_encoder_names()
+        if name in names:
+            return name
+        if name.startswith("tu-"):
+            import timm
+
+            if timm.is_model(name.removeprefix("tu-")):
+                return name
+        close = [n for n in names if name.split("-")[0][:5] in n][:8]
+        hint = f"; similar names: {', '.join(close)}" if close else ""
+        raise ValueError(
+            f"{name!r} is not a segmentation_models_pytorch encoder (or 'tu-<timm model>'){hint}"
+        )
 
     @model_validator(mode="before")
     @classmethod
