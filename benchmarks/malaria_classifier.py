@@ -151,8 +151,7 @@ def main() -> None:
         runs[0]["test_confusion"],
         manifest["labels"],
         png,
-        title=f"malaria test crops ({base.encoder}, {base.image_size} px, seed {args.seeds[0]}): "
-        f"accuracy {runs[0]['test_accuracy']:.3f}",
+        title=f"malaria, {base.image_size} px: accuracy {runs[0]['test_accuracy']:.3f}",
     )
     summary["confusion_png"] = png.name
     (out_dir / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
