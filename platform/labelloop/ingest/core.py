@@ -211,7 +211,10 @@ class _Writer:
         self.images, self.items, self.anns = {}, {}, {}
 
     def prefetch(self, records: list[SourceRecord]) -> None:
-        """Source items and annotations of a batch of records, in a few queries."""
+        """Source items and annotations of a batch of records, in a few queries. The
+        previous batch is written and its rows let go first, so memory holds one batch."""
+        self.s.flush()
+        self.forget()
         items: dict[str, set[str]] = {}
         anns: dict[str, set[str]] = {}
         for rec in records:
