@@ -3,6 +3,9 @@ as users run the loop, and simulations that step that way."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 import torch
 
@@ -21,6 +24,18 @@ TINY = {
     "image_size": 64,
     "batch_size": 4,
 }
+
+
+def test_an_unset_warm_start_leaves_a_recipe_hash_as_it_was():
+    recipe = SegmentationRecipe(**TINY)
+    data = recipe.model_dump(mode="json")
+    assert data.pop("init_from") is None
+    before = hashlib.sha256(
+        json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    assert recipe.recipe_hash() == before
+    warm = recipe.model_copy(update={"init_from": "models/a.pt"})
+    assert warm.recipe_hash() != before and warm.resume_key() != recipe.resume_key()
 
 
 def test_a_training_starts_from_the_given_weights(tmp_path):

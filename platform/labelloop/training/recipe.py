@@ -27,6 +27,8 @@ PrecisionName = Literal["32", "bf16", "auto"]
 # Fields that bound how long a run goes on, not what it learns: a checkpoint written under
 # one budget may be continued under another (see `BaseRecipe.resume_key`).
 BUDGET_FIELDS = frozenset({"epochs", "max_time_s", "num_workers"})
+# Optional fields added after runs were recorded: left out of a run's identity when unset.
+LATER_OPTIONAL = frozenset({"init_from"})
 
 
 class Augment(BaseModel):
@@ -77,8 +79,14 @@ class BaseRecipe(BaseModel):
     # runs in float32.
     precision: PrecisionName = "auto"
 
+    def _identity(self) -> dict[str, Any]:
+        """The fields that identify a run; optional fields added after runs were recorded
+        count only when set, so every recorded run keeps its hash."""
+        data = self.model_dump(mode="json")
+        return {k: v for k, v in data.items() if not (k in LATER_OPTIONAL and v is None)}
+
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return json.dumps(self._identity(), sort_keys=True, separators=(",", ":"))
 
     def recipe_hash(self) -> str:
         """sha256 of the canonical JSON (sorted keys, defaults included): the run's identity."""
@@ -87,7 +95,7 @@ class BaseRecipe(BaseModel):
     def resume_key(self) -> str:
         """Hash of everything except the budget: a checkpoint may be resumed under a recipe
         with the same key, e.g. the same run given more epochs."""
-        core = {k: v for k, v in self.model_dump(mode="json").items() if k not in BUDGET_FIELDS}
+        core = {k: v for k, v in self._identity().items() if k not in BUDGET_FIELDS}
         text = json.dumps(core, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
