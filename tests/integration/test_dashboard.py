@@ -16,6 +16,7 @@ from labelloop.context import Context, set_context
 from labelloop.db.models import ModelVersion, RoundItem
 from tests.factories import trained_project
 from tests.integration.browser import screenshot
+from tests.integration.conftest import WorkerProcess
 from tests.integration.services import ApiServer, wait_for
 
 pytestmark = pytest.mark.integration
@@ -48,7 +49,7 @@ def world(service_env, service_settings, tmp_path_factory):
     env = {**service_env, "LABELLOOP_API_TOKENS": json.dumps({"ml": TOKEN})}
     server = ApiServer(env, tmp / "serve.log", TOKEN)
     try:
-        server.wait_ready()
+        server.wait_ready(timeout=240)  # startup imports torch: slow on a loaded machine
         yield {
             "ctx": ctx,
             "server": server,
@@ -144,14 +145,22 @@ def test_every_page_kind_renders_the_database(world, page):
     assert page.console_errors == []
 
 
-def test_pipeline_progress_moves_without_a_reload(world, page, start_worker):
+def test_pipeline_progress_moves_without_a_reload(world, page, tmp_path):
     url, live = world["server"].url, world["live"]
     _log_in(page, url, f"/p/{live}")
     page.evaluate("window.__same_page = true")
     api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     body = {"recipe": {"epochs": 60, "batch_size": 2, "image_size": 64}}
     run_id = api.post(f"/projects/{live}/runs", json=body).json()["run"]["id"]
-    start_worker("io,cpu,gpu", extra_env=world["env"])
+    worker = WorkerProcess(world["env"], tmp_path / "worker.log")
+    try:
+        worker.wait_ready(timeout=240)  # slow to import on a loaded machine
+        _watch_progress(page, api, run_id)
+    finally:
+        worker.stop()
+
+
+def _watch_progress(page, api: httpx.Client, run_id: int) -> None:
     row = page.locator(f'tr[data-run="{run_id}"]')
     row.wait_for(timeout=30_000)  # the new run appears without a reload
 
