@@ -83,7 +83,7 @@ def main() -> None:
         set_context(ctx)
         with ctx.db.session() as s:
             create_project(s, "bench", "segmentation", LABELS)
-        pool = args.single + args.batch
+        pool = args.single + args.batch + 1  # + the warm-up task
         data = generate_dataset(tmp_path / "src", n_labeled=12, n_pool=pool, seed=3)
         ingest_path(ctx, "bench", data.out_dir / "export.json")
         ingest_path(ctx, "bench", data.out_dir / "pool")
