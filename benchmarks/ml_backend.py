@@ -162,7 +162,9 @@ def main() -> None:
     ax.set_xlabel("POST /predict, one task: latency (ms)")
     ax.set_ylabel("requests")
     ax.set_title(
-        f"ML backend /predict; 100-task batch: {out['batch']['tasks_per_s']} tasks/s", fontsize=10
+        f"ML backend /predict; {out['batch']['tasks']}-task batch: "
+        f"{out['batch']['tasks_per_s']} tasks/s",
+        fontsize=10,
     )
     ax.legend()
     fig.tight_layout()
