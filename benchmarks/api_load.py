@@ -381,10 +381,10 @@ def main() -> None:
                 timeout=args.duration * 3 + 120,
             )  # fmt: skip
             wall = time.monotonic() - started
+        finally:
             stop.set()
             for t in helpers:
                 t.join(timeout=30)
-        finally:
             server.terminate()
             server.wait(timeout=30)
         samples = json.loads(out.stdout)
