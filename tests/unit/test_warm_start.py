@@ -75,12 +75,21 @@ def test_a_training_starts_from_the_given_weights(tmp_path):
 def test_a_warm_started_simulation_fine_tunes_each_step(tmp_path):
     data = SimulationData(_records(8, 0, "p"), _records(3, 1, "t"))
     spec = _spec(
-        strategies=["random"], seeds=[0], include_full=False, warm_start=True, warm_epochs=1
+        strategies=["uncertainty"],
+        seeds=[0],
+        include_full=False,
+        warm_start=True,
+        warm_epochs=1,
+        control_fraction=0.5,
     )
     summary = simulate(spec, tmp_path / "out", data)
     (run,) = summary["runs"]
     assert [p["warm"] for p in run["points"]] == [False, True, True]
     assert all(0 <= p["metric"] <= 1 for p in run["points"])
+    # Each selection held a random control slice, and the guard weighed the labelled one.
+    guards = [p["guard"] for p in run["points"][:-1]]
+    assert [g["control"] for g in guards] == [1, 1]
+    assert all(g["decision"] == "undecided" and g["policy"] == "uncertainty" for g in guards)
     # Specs that do not ask for warm starts keep the hash their finished runs were stored under.
-    assert spec_hash(_spec()) == spec_hash(_spec(warm_start=False))
+    assert spec_hash(_spec()) == spec_hash(_spec(warm_start=False, control_fraction=0.0))
     assert spec_hash(_spec()) != spec_hash(_spec(warm_start=True))

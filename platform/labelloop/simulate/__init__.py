@@ -33,7 +33,11 @@ def spec_hash(spec: SimulationSpec, strategy: str | None = None) -> str:
     if strategy == FULL:
         skip |= {"strategies", "methods", "params", "sizes", "include_full"}
     core = spec.model_dump(mode="json", exclude=skip)
-    for key in ("warm_start", "warm_epochs"):  # added later: unset, old runs still count
+    for key in (
+        "warm_start",
+        "warm_epochs",
+        "control_fraction",
+    ):  # added later: unset, old runs still count
         if not core.get(key):
             core.pop(key, None)
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]

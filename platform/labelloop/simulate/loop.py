@@ -159,12 +159,20 @@ def _run(ctx, spec, data, strategy, seed, label_map, on_step) -> dict[str, Any]:
                 method=method,
                 seed=seed * 1000 + step,
                 params=spec.params.get(strategy),
+                control_fraction=spec.control_fraction,
             )
             chosen = [record_of[i] for i, _, _ in rnd.items]
             _ingest(ctx, name, chosen, label_map)  # the oracle answers
             labelled |= {r.external_id for r in chosen}
             point["select_seconds"] = round(time.monotonic() - t0, 2)
             point["selected"] = [r.external_id for r in chosen]
+            if rnd.guard is not None:
+                point["guard"] = {
+                    "decision": rnd.guard["decision"],
+                    "policy": rnd.strategy,
+                    "gain_mean": rnd.guard["gain_mean"],
+                    "control": len(rnd.control),
+                }
         point["step_seconds"] = round(time.monotonic() - started, 2)
         points.append(point)
         if on_step:

@@ -70,6 +70,9 @@ class SimulationSpec(BaseModel):
     # model (recipe `init_from`) for `warm_epochs` epochs instead of training from scratch.
     warm_start: bool = False
     warm_epochs: int | None = Field(None, ge=1)
+    # Each round holds this share of random control images and the guard weighs them
+    # (`selection.guard`): a strategy's curve then includes what the guard did.
+    control_fraction: float = Field(0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _check(self) -> SimulationSpec:
