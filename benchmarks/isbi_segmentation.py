@@ -46,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.datasets import isbi_manifest, membrane_offset  # noqa: E402
+from labelloop.kinds import kind_entry  # noqa: E402
+from labelloop.objects import object_counts  # noqa: E402
 from labelloop.training.common import split_items  # noqa: E402
 from labelloop.training.harness import compute_threads  # noqa: E402
 from labelloop.training.segmentation.data import load_shapes, rasterize_labels  # noqa: E402
@@ -113,19 +115,27 @@ def build_recipe(args: argparse.Namespace) -> SegmentationRecipe:
 
 def split_probs(
     model: Any, manifest: dict, fetch: Any, split: str, recipe: SegmentationRecipe
-) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """Images, membrane probabilities (1, H, W) and true masks (1, H, W) of a split."""
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[dict[str, int]]]:
+    """Images, membrane probabilities (1, H, W), true masks (1, H, W) and annotated object
+    counts of a split."""
     loaded = [load_shapes(it, fetch) for it in split_items(manifest, split)]
     images = [img for img, _ in loaded]
     truths = [
         rasterize_labels(shapes, manifest["labels"], *img.shape[:2]).transpose(2, 0, 1) > 0
         for img, shapes in loaded
     ]
-    return images, predict_outputs(model, images, recipe), truths
+    counted = kind_entry("segmentation").counted_kinds
+    counts = [object_counts(shapes, manifest["labels"], counted) for _, shapes in loaded]
+    return images, predict_outputs(model, images, recipe), truths, counts
 
 
-def scores(probs: list[np.ndarray], truths: list[np.ndarray], threshold: float) -> dict:
-    m = binary_metrics([p >= threshold for p in probs], truths, ["membrane"])
+def scores(
+    probs: list[np.ndarray],
+    truths: list[np.ndarray],
+    counts: list[dict[str, int]],
+    threshold: float,
+) -> dict:
+    m = binary_metrics([p >= threshold for p in probs], truths, ["membrane"], true_counts=counts)
     c = m["per_class"]["membrane"]
     return {
         "threshold": threshold,
@@ -246,13 +256,16 @@ def main() -> None:
         r = recipe.model_copy(update={"tta": tta})
         key = "tta" if tta else "plain"
         t0 = time.monotonic()
-        images, probs, truths = split_probs(model, manifest, fetch, "test", r)
-        test[key] = {**scores(probs, truths, 0.5), "seconds": round(time.monotonic() - t0, 1)}
+        images, probs, truths, counts = split_probs(model, manifest, fetch, "test", r)
+        test[key] = {
+            **scores(probs, truths, counts, 0.5),
+            "seconds": round(time.monotonic() - t0, 1),
+        }
         if tta and val_ids:
-            _, v_probs, v_truths = split_probs(model, manifest, fetch, "val", r)
-            sweep = [scores(v_probs, v_truths, t) for t in THRESHOLDS]
+            _, v_probs, v_truths, v_counts = split_probs(model, manifest, fetch, "val", r)
+            sweep = [scores(v_probs, v_truths, v_counts, t) for t in THRESHOLDS]
             chosen = max(sweep, key=lambda s: s["membrane_dice"])["threshold"]
-            test["tta_val_threshold"] = scores(probs, truths, chosen)
+            test["tta_val_threshold"] = scores(probs, truths, counts, chosen)
             test["val_threshold_sweep"] = sweep
     headline = test.get("tta_val_threshold", test["tta"])
     steps = curve[-1]["step"] if curve else None
