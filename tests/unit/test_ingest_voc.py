@@ -4,7 +4,6 @@ masks, and broken files that must fail clearly and write nothing."""
 from __future__ import annotations
 
 import tempfile
-import time
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
@@ -88,9 +87,7 @@ def test_bccd_real_defects_fail_clearly_then_skip_invalid_ingests_the_rest(ctx, 
     assert "xmin 504 >= xmax 504" in msg
     assert row_counts(ctx) == NOTHING
 
-    start = time.perf_counter()
     report = ingest_path(ctx, project, bccd, skip_invalid=True)
-    elapsed = time.perf_counter() - start
     # Two labelImg click artefacts (zero-size RBC boxes) take their images with them:
     # 00338 (13 RBC, 1 WBC, 2 Platelets) and 00343 (9 RBC, 1 WBC).
     assert sorted((Path(s.file).name, s.record) for s in report.skipped) == [
@@ -102,8 +99,6 @@ def test_bccd_real_defects_fail_clearly_then_skip_invalid_ingests_the_rest(ctx, 
     assert report.warnings == []  # no box sticks out of its 640x480 image
     subsets = Counter(m.get("subset") for m in item_meta(ctx).values())
     assert subsets == {"train": 204, "val": 86, "test": 72}
-    print(f"BCCD: 362 images, 4862 boxes ingested in {elapsed:.1f} s")
-    assert elapsed < 20
 
     before = row_counts(ctx)
     again = ingest_path(ctx, project, bccd, skip_invalid=True)
