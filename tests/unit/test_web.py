@@ -219,5 +219,12 @@ def test_count_report_inlines_overlays_and_plots_against_truth(world, tmp_path, 
     points = json.loads(unescape(found.group(1)))
     truth = [im for im in counts["images"] if im["truth"]]
     assert len(points) == 3 * len(truth) >= 3
+    # Each class total carries the interval the count stage computed, summed over images.
+    for lb in counts["labels"]:
+        ivs = [im["intervals"][lb] for im in counts["images"] if lb in im["intervals"]]
+        if ivs:
+            low, high = (round(sum(iv[end] for iv in ivs)) for end in ("low", "high"))
+            row = re.search(rf'data-class="{lb}".*?data-field="interval">([^<]*)<', html)
+            assert row.group(1) == f"{low}–{high}"
     assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
     assert json.loads((out / "report.json").read_text())["totals"] == counts["totals"]

@@ -13,11 +13,12 @@ import numpy as np
 from sqlalchemy import select
 
 from labelloop.context import Context
-from labelloop.counting.stage import truth_counts
-from labelloop.db.models import Annotation, DatasetItem, ModelVersion
+from labelloop.db.models import Annotation, DatasetItem, ModelVersion, Project
 from labelloop.db.models import Image as ImageRow
 from labelloop.domain import Tag, shapes_from_json, shapes_to_json
 from labelloop.imaging import decode_image
+from labelloop.kinds import kind_entry
+from labelloop.objects import object_counts
 from labelloop.registry import load_model_version
 
 MAX_IMAGES = 200
@@ -31,6 +32,7 @@ def test_predictions(
     predicted and true shapes (canonical JSON)."""
     with ctx.db.session() as s:
         mv = s.get(ModelVersion, model_version_id)
+        counted = kind_entry(s.get(Project, mv.project_id).task).counted_kinds
         rows = s.execute(
             select(ImageRow.id, ImageRow.blob_key, Annotation.shapes)
             .join(DatasetItem, DatasetItem.image_id == ImageRow.id)
@@ -49,7 +51,7 @@ def test_predictions(
         image = decode_image(ctx.blobs.get_bytes(blob_key), name=blob_key)
         pred = loaded.predict([image])[0]
         truth_shapes = shapes_from_json(truth_json)
-        truth = truth_counts(truth_shapes, labels)
+        truth = object_counts(truth_shapes, labels, counted)  # annotated objects
         counts = {lb: int(pred.counts.get(lb, 0)) for lb in labels}
         true_tag = next((sh.label for sh in truth_shapes if isinstance(sh, Tag)), None)
         pred_tag = next((sh.label for sh in pred.shapes if isinstance(sh, Tag)), None)

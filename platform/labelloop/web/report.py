@@ -109,8 +109,8 @@ def round_report(
 
 def count_report(report: dict[str, Any], out: Path, *, pdf: bool = True) -> dict[str, Path]:
     """`report.html` / `.pdf` / `.json` beside the output of `labelloop count` (the dict of
-    `CountReport.to_json`): totals, accuracy against labelled images, the per-image table,
-    predicted-vs-true plot and the overlays, inlined."""
+    `CountReport.to_json`): totals with their intervals, accuracy against labelled images,
+    the per-image table with intervals, predicted-vs-true plot and the overlays, inlined."""
     overlays = {
         im["file"]: _data_uri(Path(im["overlay"]).read_bytes())
         for im in report["images"]
@@ -133,8 +133,24 @@ def count_report(report: dict[str, Any], out: Path, *, pdf: bool = True) -> dict
         if points
         else None
     )
+    interval_totals = {
+        lb: tuple(
+            sum(
+                float((im.get("intervals") or {}).get(lb, {}).get(end, 0.0))
+                for im in report["images"]
+            )
+            for end in ("low", "high")
+        )
+        for lb in report["labels"]
+        if any((im.get("intervals") or {}).get(lb) for im in report["images"])
+    }
     html = pages.templates.get_template("count.html").render(
-        r=report, overlays=overlays, figure=figure, inline_css=_css(), user=None
+        r=report,
+        overlays=overlays,
+        figure=figure,
+        interval_totals=interval_totals,
+        inline_css=_css(),
+        user=None,
     )
     return _write(out, html, report, pdf)
 
