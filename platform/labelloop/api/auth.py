@@ -49,15 +49,16 @@ def bearer_caller(tokens: dict[str, str], authorization: str | None) -> str:
     return name
 
 
-def check_webhook_secret(configured: str, given: str | None) -> None:
-    """503 while webhooks are off (no secret configured), 401 for a missing or wrong one."""
+def check_webhook_secret(configured: str, given: str | None, carrier: str = SECRET_HEADER) -> None:
+    """503 while webhooks are off (no secret configured), 401 for a missing or wrong one
+    (`carrier` names where it was expected: the webhook header, or basic auth)."""
     if not configured:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             "webhooks are off: LABELLOOP_WEBHOOK_SECRET is unset",
         )
     if not secret_matches(configured, given):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, f"missing or wrong {SECRET_HEADER}")
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, f"missing or wrong {carrier}")
 
 
 def require_token(

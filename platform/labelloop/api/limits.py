@@ -4,13 +4,18 @@ FastAPI reads and parses a body before it solves an endpoint's dependencies, so 
 token check alone comes after the whole upload: an anonymous client could make the server
 read (and hold) any amount. `CredentialsBeforeBody` refuses a request that carries a body
 without a valid bearer token (or, on webhook paths, the webhook secret) from its headers
-alone. The size limit itself is the app's `max_body_size` (Starlette's body limit): 413 from
-the Content-Length before anything is read, or as soon as a chunked body passes it.
+alone; the Label Studio ML backend's paths (`/ml/`) need its basic auth (the webhook
+secret as password), and the dashboard's log-in form, whose body IS the credential, is
+only bounded by the size limit. The size limit itself is the app's `max_body_size`
+(Starlette's body limit): 413 from the Content-Length before anything is read, or as soon
+as a chunked body passes it.
 Every route that takes a body needs credentials, so no legitimate request is turned away.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Callable
 
@@ -22,6 +27,20 @@ from labelloop.api.auth import bearer_caller, check_webhook_secret
 from labelloop.labelstudio.webhooks import SECRET_HEADER
 
 WEBHOOK_PREFIX = "/webhooks/"
+ML_BACKEND_PREFIX = "/ml/"
+LOGIN_PATH = "/login"
+
+
+def basic_password(authorization: str | None) -> str | None:
+    """The password of an `Authorization: Basic ...` header, or None."""
+    scheme, _, value = (authorization or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[2]
 
 
 def carries_body(headers: Headers) -> bool:
@@ -45,9 +64,15 @@ class CredentialsBeforeBody:
         if scope["type"] == "http":
             headers = Headers(scope=scope)
             if carries_body(headers):
+                path = scope["path"]
                 try:
-                    if scope["path"].startswith(WEBHOOK_PREFIX):
+                    if path == LOGIN_PATH:
+                        pass
+                    elif path.startswith(WEBHOOK_PREFIX):
                         check_webhook_secret(self.webhook_secret(), headers.get(SECRET_HEADER))
+                    elif path.startswith(ML_BACKEND_PREFIX):
+                        password = basic_password(headers.get("authorization"))
+                        check_webhook_secret(self.webhook_secret(), password, "basic auth")
                     else:
                         bearer_caller(self.tokens(), headers.get("authorization"))
                 except HTTPException as exc:
