@@ -25,6 +25,6 @@ def test_many_batches_ingest_once_and_reingest_unchanged(ctx, tmp_path):
     # an edit in the second batch supersedes exactly its own earlier revision
     tasks[-1] = task(n - 1, "images/b.png", [[rect("RBC", 9, 9, 9, 9)]])
     export = write_export(tmp_path, tasks, images)
-    edited = ingest_path(ctx, "cells", export)
+    edited = ingest_path(ctx, "cells", export, edit=True)  # the task's image was replaced
     assert (edited.annotations_new, edited.annotations_unchanged) == (1, n - 1)
     assert row_counts(ctx) == {"Image": 2, "SourceItem": n, "Annotation": n + 1}

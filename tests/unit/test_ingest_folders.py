@@ -94,7 +94,10 @@ def test_detection_leaves_other_layouts_to_their_readers(tmp_path):
     mixed = _tree(
         tmp_path / "mixed", {"a/1.png": png(seed=1), "b/2.png": png(seed=2), "b/x.csv": "1"}
     )
-    assert detect_format(mixed) == "images"  # not images only: not auto-detected
+    # Not images only, so not class folders; and a CSV beside images is never silently
+    # an unlabeled pool: the refusal names it.
+    with pytest.raises(InputError, match=r"b/x\.csv"):
+        detect_format(mixed)
     masks = _tree(tmp_path / "masks", {"images/1.png": png(seed=1), "masks/1.png": png(seed=2)})
     assert detect_format(masks) == "masks"
 

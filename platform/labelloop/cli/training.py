@@ -82,14 +82,17 @@ def train(
 
                     mv_id = execute_run(ctx, req.run_id, on_progress=on_progress)
                     trained = True
+    from labelloop.db.models import ModelVersion
     from labelloop.reports import project_status
 
     st = project_status(ctx, project)
     mv = next(m for m in st["model_versions"] if m["id"] == mv_id)
     if as_json:
+        with ctx.db.session() as s:
+            run_id = s.get(ModelVersion, mv_id).training_run_id
         emit_json(
             {
-                "training_run_id": mv["training_run_id"],
+                "training_run_id": run_id,
                 "model_version": mv,
                 "trained": trained,
             }
