@@ -9,8 +9,9 @@ from labelloop.training.segmentation.recipe import SegmentationRecipe
 
 
 def test_bad_encoder_error_lists_valid_choices():
+    # Refused when the recipe is made, with the message the network builder would give.
     with pytest.raises(ConfigError) as info:
-        build_network(SegmentationRecipe(encoder="resnet17"), 3)
+        SegmentationRecipe.from_dict({"encoder": "resnet17"})
     msg = str(info.value)
     assert "resnet17" in msg and "resnet18" in msg and "mobilenet_v2" in msg and "tu-" in msg
 
@@ -19,7 +20,7 @@ def test_bad_arch_and_bad_timm_name_are_config_errors():
     with pytest.raises(ConfigError, match="unetplusplus"):
         build_network(SegmentationRecipe(arch="vnet"), 3)
     with pytest.raises(ConfigError, match="not a timm model"):
-        build_network(SegmentationRecipe(encoder="tu-no_such_net"), 3)
+        SegmentationRecipe.from_dict({"encoder": "tu-no_such_net"})
 
 
 def test_network_maps_image_to_class_logits():

@@ -11,12 +11,11 @@ import torch
 from torch import nn
 
 from labelloop.errors import ConfigError, ExternalServiceError
-from labelloop.training.segmentation.recipe import SegmentationRecipe
+from labelloop.training.segmentation.recipe import SegmentationRecipe, encoder_problem
 from labelloop.training.weights import load_backbone_file, weights_file
 
 # Architectures whose decoder takes one channel count per encoder stage.
 _PER_STAGE_DECODERS = frozenset({"unet", "unetplusplus", "manet"})
-TIMM_PREFIX = "tu-"
 
 
 def valid_archs() -> list[str]:
@@ -28,21 +27,9 @@ def valid_encoders() -> list[str]:
 
 
 def _check_encoder(name: str) -> None:
-    if name in smp.encoders.encoders:
-        return
-    if name.startswith(TIMM_PREFIX):
-        import timm
-
-        if timm.is_model(name[len(TIMM_PREFIX) :]):
-            return
-        raise ConfigError(
-            f"unknown timm encoder {name!r}: {name[len(TIMM_PREFIX) :]!r} is not a timm model "
-            "(see timm.list_models())"
-        )
-    raise ConfigError(
-        f"unknown encoder {name!r}; valid choices: {', '.join(valid_encoders())}, "
-        f"or '{TIMM_PREFIX}<timm model name>'"
-    )
+    problem = encoder_problem(name)
+    if problem:
+        raise ConfigError(problem)
 
 
 def output_channels(recipe: SegmentationRecipe, n_labels: int) -> int:

@@ -30,6 +30,31 @@ MODE_LOSSES: dict[str, tuple[str, ...]] = {
 DEFAULT_LOSS = {"multiclass": "dice_ce", "binary": "dice_bce", "instance": "dice_ce"}
 
 
+TIMM_PREFIX = "tu-"
+
+
+def encoder_problem(name: str) -> str | None:
+    """Why `name` is not an encoder the network can be built with (a message listing the
+    valid choices), or None. Imports are deferred: recipes load without torch."""
+    from segmentation_models_pytorch.encoders import get_encoder_names
+
+    if name in get_encoder_names():
+        return None
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        if timm.is_model(name.removeprefix(TIMM_PREFIX)):
+            return None
+        return (
+            f"unknown timm encoder {name!r}: {name.removeprefix(TIMM_PREFIX)!r} is not a timm "
+            "model (see timm.list_models())"
+        )
+    return (
+        f"unknown encoder {name!r}; valid choices: {', '.join(sorted(get_encoder_names()))}, "
+        f"or '{TIMM_PREFIX}<timm model name>'"
+    )
+
+
 class SegmentationRecipe(BaseRecipe):
     """A U-Net-family run (segmentation-models-pytorch).
 
@@ -80,21 +105,10 @@ class SegmentationRecipe(BaseRecipe):
     def _known_encoder(cls, name: str) -> str:
         """Checked when the recipe is made (a trigger answers 422), not when the training
         builds the network hours later."""
-        from segmentation_models_pytorch.encoders import get_encoder_names  # deferred: torch
-
-        names = get_encoder_names()
-        if name in names:
-            return name
-        if name.startswith("tu-"):
-            import timm
-
-            if timm.is_model(name.removeprefix("tu-")):
-                return name
-        close = [n for n in names if name.split("-")[0][:5] in n][:8]
-        hint = f"; similar names: {', '.join(close)}" if close else ""
-        raise ValueError(
-            f"{name!r} is not a segmentation_models_pytorch encoder (or 'tu-<timm model>'){hint}"
-        )
+        problem = encoder_problem(name)
+        if problem:
+            raise ValueError(problem)
+        return name
 
     @model_validator(mode="before")
     @classmethod
