@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
 
-from labelloop.cli.options import JsonOpt, ProjectOpt, context
+from labelloop.cli.options import (
+    JsonOpt,
+    LsLabelMapOpt,
+    LsProjectOpt,
+    LsUrlOpt,
+    ProjectOpt,
+    ServeUrlOpt,
+    context,
+)
 from labelloop.cli.output import console, emit_json, handle_errors
 
 app = typer.Typer(help="Connect Label Studio projects.", no_args_is_help=True)
@@ -16,18 +22,10 @@ app = typer.Typer(help="Connect Label Studio projects.", no_args_is_help=True)
 @handle_errors
 def labelstudio_connect(
     project: ProjectOpt,
-    ls_project: Annotated[int, typer.Option("--ls-project", help="Label Studio project id.")],
-    url: Annotated[
-        str,
-        typer.Option("--url", help="Base URL where Label Studio reaches `labelloop serve`."),
-    ],
-    ls_url: Annotated[
-        str | None, typer.Option(help="Label Studio URL (default: LABELLOOP_LABELSTUDIO_URL).")
-    ] = None,
-    label_map: Annotated[
-        list[str] | None,
-        typer.Option(help="Rename Label Studio classes when syncing: 'src=dst'."),
-    ] = None,
+    ls_project: LsProjectOpt,
+    url: ServeUrlOpt,
+    ls_url: LsUrlOpt = None,
+    label_map: LsLabelMapOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check the Label Studio URL and token, then register labelloop as the project's ML

@@ -17,6 +17,17 @@ from labelloop.errors import ConfigError, InputError, NotFoundError
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="Project name.")]
 MaybeProjectOpt = Annotated[str | None, typer.Option("--project", "-p", help="Project name.")]
+# Wiring a Label Studio project to labelloop (`webhooks register`, `labelstudio connect`).
+LsProjectOpt = Annotated[int, typer.Option("--ls-project", help="Label Studio project id.")]
+ServeUrlOpt = Annotated[
+    str, typer.Option("--url", help="Base URL where Label Studio reaches `labelloop serve`.")
+]
+LsUrlOpt = Annotated[
+    str | None, typer.Option(help="Label Studio URL (default: LABELLOOP_LABELSTUDIO_URL).")
+]
+LsLabelMapOpt = Annotated[
+    list[str] | None, typer.Option(help="Rename Label Studio classes when syncing: 'src=dst'.")
+]
 # 0 epochs trains nothing: refused (exit 2) rather than silently replaced by the recipe's.
 EpochsOpt = Annotated[
     int | None, typer.Option(help="Override the recipe's epochs (at least 1).", min=1)
