@@ -145,6 +145,36 @@ def follow_up(ctx: Context, project_id: int) -> PipelineRequest | None:
         return _queue(s, ctx, project, trig.debounce_s)
 
 
+def _wiring(
+    ctx: Context,
+    project_name: str,
+    base_url: str,
+    ls_url: str | None,
+    token: str | None,
+    verb: str,
+) -> tuple[str, str, str]:
+    """The webhook secret, Label Studio URL and token for wiring a project to Label
+    Studio, checked (with the project) before any request is made."""
+    secret = ctx.settings.webhook_secret.get_secret_value()
+    if not secret:
+        raise ConfigError("set LABELLOOP_WEBHOOK_SECRET first: Label Studio sends it back")
+    ls_url = (ls_url or ctx.settings.labelstudio_url).rstrip("/")
+    token = token or ctx.settings.labelstudio_token.get_secret_value()
+    if not ls_url or not token:
+        raise ConfigError(
+            f"{verb} needs LABELLOOP_LABELSTUDIO_URL and LABELLOOP_LABELSTUDIO_TOKEN (in "
+            "Label Studio: your avatar -> Account & Settings -> Personal Access Token, or a "
+            "legacy token where the organisation allows them)"
+        )
+    if not base_url.startswith(("http://", "https://")):
+        raise InputError(
+            f"--url must be the http(s) address of `labelloop serve`, got {base_url!r}"
+        )
+    with ctx.db.session() as s:
+        get_project(s, project_name)  # a clear error before any request
+    return secret, ls_url, token
+
+
 def register_webhook(
     ctx: Context,
     project_name: str,
@@ -157,19 +187,7 @@ def register_webhook(
 ) -> dict[str, Any]:
     """Create (or update) the project's webhook in Label Studio and link the Label Studio
     project as a source of `project_name`. Idempotent: the webhook is found by its URL."""
-    secret = ctx.settings.webhook_secret.get_secret_value()
-    if not secret:
-        raise ConfigError("set LABELLOOP_WEBHOOK_SECRET first: Label Studio sends it back")
-    ls_url = (ls_url or ctx.settings.labelstudio_url).rstrip("/")
-    token = token or ctx.settings.labelstudio_token.get_secret_value()
-    if not ls_url or not token:
-        raise ConfigError("registering needs LABELLOOP_LABELSTUDIO_URL and _TOKEN")
-    if not base_url.startswith(("http://", "https://")):
-        raise InputError(
-            f"--url must be the http(s) address of `labelloop serve`, got {base_url!r}"
-        )
-    with ctx.db.session() as s:
-        get_project(s, project_name)  # a clear error before any request
+    secret, ls_url, token = _wiring(ctx, project_name, base_url, ls_url, token, "registering")
     url = webhook_url(base_url, project_name)
     hook_id, created = LabelStudioClient(ls_url, token).ensure_webhook(
         ls_project, url, actions=ACTIONS, headers={SECRET_HEADER: secret}
@@ -208,23 +226,7 @@ def connect_labelstudio(
     production model on demand) and the annotation webhook, and link it as a source."""
     from labelloop.labelstudio.ml_backend import backend_url
 
-    secret = ctx.settings.webhook_secret.get_secret_value()
-    if not secret:
-        raise ConfigError("set LABELLOOP_WEBHOOK_SECRET first: Label Studio sends it back")
-    ls_url = (ls_url or ctx.settings.labelstudio_url).rstrip("/")
-    token = token or ctx.settings.labelstudio_token.get_secret_value()
-    if not ls_url or not token:
-        raise ConfigError(
-            "connecting needs LABELLOOP_LABELSTUDIO_URL and LABELLOOP_LABELSTUDIO_TOKEN (in "
-            "Label Studio: your avatar -> Account & Settings -> Personal Access Token, or a "
-            "legacy token where the organisation allows them)"
-        )
-    if not base_url.startswith(("http://", "https://")):
-        raise InputError(
-            f"--url must be the http(s) address of `labelloop serve`, got {base_url!r}"
-        )
-    with ctx.db.session() as s:
-        get_project(s, project_name)
+    secret, ls_url, token = _wiring(ctx, project_name, base_url, ls_url, token, "connecting")
     client = LabelStudioClient(ls_url, token)
     user = client.whoami()  # a wrong URL or token fails here, before any change
     hook = register_webhook(
