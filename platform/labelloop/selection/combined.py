@@ -15,10 +15,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from labelloop.errors import InputError
 from labelloop.selection.clustering import d2_seeding, kmeans, typicality
 from labelloop.selection.kcenter import kcenter_greedy, normalise
-from labelloop.selection.strategies import Candidates, by_uncertainty, embeddings_of
+from labelloop.selection.strategies import (
+    Candidates,
+    by_uncertainty,
+    embeddings_of,
+    shortlist_size,
+)
 
 
 def _rarity(cand: Candidates) -> dict[str, float]:
@@ -78,10 +82,7 @@ class ClusterMarginStrategy:
     defaults: ClassVar[dict[str, Any]] = {"prefilter": 5.0}
 
     def rank(self, cand, budget, seed, params):
-        factor = float(params.get("prefilter", self.defaults["prefilter"]))
-        if factor < 1:
-            raise InputError(f"cluster_margin: prefilter must be at least 1, got {factor}")
-        short = by_uncertainty(cand)[: max(budget, round(factor * budget))]
+        short = by_uncertainty(cand)[: shortlist_size(self, params, budget)]
         if not short:
             return []
         pool, _ = embeddings_of(cand, self.name)
@@ -135,12 +136,10 @@ class DetectionAwareStrategy:
         return out
 
     def rank(self, cand, budget, seed, params):
-        factor = float(params.get("prefilter", self.defaults["prefilter"]))
-        if factor < 1:
-            raise InputError(f"detection_aware: prefilter must be at least 1, got {factor}")
+        size = shortlist_size(self, params, budget)
         value = self.values(cand, params)
         ordered = sorted(value, key=lambda i: (-value[i], i))
-        short = ordered[: max(budget, round(factor * budget))]
+        short = ordered[:size]
         if not short:
             return []
         pool, labelled = embeddings_of(cand, self.name)

@@ -69,6 +69,15 @@ def by_uncertainty(cand: Candidates) -> list[int]:
     return sorted(scored, key=lambda i: (-cand.scores[i], i))
 
 
+def shortlist_size(strategy: Any, params: dict[str, Any], budget: int) -> int:
+    """How many of the best-ranked images a prefiltering strategy (`hybrid`,
+    `cluster_margin`, `detection_aware`) diversifies over: `prefilter` x budget."""
+    factor = float(params.get("prefilter", strategy.defaults["prefilter"]))
+    if factor < 1:
+        raise InputError(f"{strategy.name}: prefilter must be at least 1, got {factor}")
+    return max(budget, round(factor * budget))
+
+
 def embeddings_of(cand: Candidates, name: str) -> tuple[np.ndarray, np.ndarray]:
     if cand.embeddings is None:
         raise InputError(f"strategy {name!r} needs image embeddings; run the score stage first")
@@ -127,10 +136,7 @@ class HybridStrategy:
     defaults: ClassVar[dict[str, Any]] = {"prefilter": 3.0}
 
     def rank(self, cand, budget, seed, params):
-        factor = float(params.get("prefilter", self.defaults["prefilter"]))
-        if factor < 1:
-            raise InputError(f"hybrid: prefilter must be at least 1, got {factor}")
-        short = by_uncertainty(cand)[: max(budget, round(factor * budget))]
+        short = by_uncertainty(cand)[: shortlist_size(self, params, budget)]
         pool, labelled = embeddings_of(cand, self.name)
         row = {i: r for r, i in enumerate(cand.ids)}
         picks = kcenter_greedy(pool[[row[i] for i in short]], labelled, budget, seed=seed)
