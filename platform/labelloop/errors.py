@@ -47,3 +47,9 @@ class ConflictError(LabelloopError):
 
 class Cancelled(LabelloopError):
     """Someone cancelled the run; the work stops at the next checkpoint of progress."""
+
+
+class Interrupted(LabelloopError):
+    """The process was asked to stop (SIGTERM: a deploy, a scale-down). The training
+    stopped after its current step with its checkpoint kept; the run is not a failure and
+    goes back to the queue, to resume from that checkpoint."""

@@ -26,7 +26,7 @@ from labelloop.db.models import (
     utcnow,
 )
 from labelloop.domain import RunStatus
-from labelloop.errors import Cancelled, ConfigError, NotFoundError
+from labelloop.errors import Cancelled, ConfigError, Interrupted, NotFoundError
 from labelloop.training.recipe import BaseRecipe, parse_recipe
 
 _log = logging.getLogger(__name__)
@@ -263,6 +263,9 @@ def execute_run(
         key, digest = ctx.blobs.put_bytes(weights, prefix="models", suffix=".pt")
     except Cancelled:  # the reason is on the row already, written by whoever cancelled
         _mark(ctx, run_id, status=RunStatus.cancelled.value, finished_at=utcnow())
+        raise
+    except Interrupted:  # not a failure: the caller hands the run back to the queue
+        _mark(ctx, run_id, status=RunStatus.queued.value)
         raise
     except BaseException as exc:
         _mark(

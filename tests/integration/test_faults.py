@@ -145,6 +145,67 @@ def test_killed_worker_mid_training_is_redelivered_and_resumes(
     )
 
 
+def test_sigterm_mid_training_hands_the_task_back_quietly(
+    service_env, service_settings, start_worker, celery_app, tmp_path
+):
+    """A deploy's SIGTERM to a training worker: the training stops after its current
+    step, its message goes straight back to the queue, another worker resumes from the
+    checkpoint, and nobody sees the run failed or a CRITICAL line on the way."""
+    import signal
+
+    ctx = Context(service_settings)
+    set_context(ctx)
+    project = _name("sigterm")
+    _seed(ctx, project, tmp_path)
+    blobs = str(Path(service_env["LABELLOOP_DATA_DIR"]) / "blobs")
+    fast = {"LABELLOOP_LOCK_RETRY_S": "2", "LABELLOOP_BLOB_URL": blobs}
+    start_worker("io,cpu", extra_env=fast)
+    victim = start_worker("gpu", extra_env={**fast, "LABELLOOP_DATA_DIR": str(tmp_path / "a")})
+    run_id = _trigger(ctx, project, {"epochs": 6, "batch_size": 2, "image_size": 64})
+    pid = _project_id(ctx, project)
+
+    def checkpointed():
+        with ctx.db.session() as s:
+            return s.scalar(
+                select(TrainingRun).where(
+                    TrainingRun.project_id == pid, TrainingRun.checkpoint_epoch >= 1
+                )
+            )
+
+    tr = wait_for(checkpointed, 240, "a checkpoint at epoch >= 1", every=0.2)
+    assert tr.checkpoint_epoch < 6, "training finished before the worker could be stopped"
+    victim.proc.send_signal(signal.SIGTERM)  # the main process only, as a deploy does
+    seen: set[str] = set()
+
+    def exited():
+        with ctx.db.session() as s:
+            seen.add(s.get(PipelineRun, run_id).status)
+            seen.add("training " + s.get(TrainingRun, tr.id).status)
+        return victim.proc.poll() is not None
+
+    wait_for(exited, 120, "the SIGTERMed worker to exit", every=0.1)
+    stopped_at = tr.checkpoint_epoch
+    start_worker("gpu", extra_env={**fast, "LABELLOOP_DATA_DIR": str(tmp_path / "b")})
+
+    def finished():
+        with ctx.db.session() as s:
+            seen.add(s.get(PipelineRun, run_id).status)
+            seen.add("training " + s.get(TrainingRun, tr.id).status)
+        return run_info(ctx, run_id)["status"] in FINAL
+
+    wait_for(finished, 300, f"pipeline run {run_id} to end", every=0.2)
+    log = victim.tail(10**6)
+    assert "CRITICAL" not in log and "Traceback" not in log, log[-4000:]
+    assert "failed" not in seen and "training failed" not in seen, seen
+    assert run_info(ctx, run_id)["status"] == "succeeded"
+    with ctx.db.session() as s:
+        (mv,) = s.scalars(select(ModelVersion).where(ModelVersion.project_id == pid))
+        final = s.get(TrainingRun, tr.id)
+    assert final.status == "succeeded" and final.attempts >= 2
+    assert mv.metrics["resumed"] is True and mv.metrics["epochs"] == 6
+    print(f"\nSIGTERM after epoch {stopped_at}: handed back, resumed elsewhere, states {seen}")
+
+
 def test_redis_restart_loses_no_queued_task(pg_url, service_env, start_worker, tmp_path):
     require(redis_server_binary() is not None, "redis-server is not installed")
     redis_srv = PrivateRedis(tmp_path / "redis")

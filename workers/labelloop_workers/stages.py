@@ -25,7 +25,7 @@ from celery.exceptions import Ignore
 from labelloop.config import get_settings
 from labelloop.context import Context, get_context
 from labelloop.datasets.freeze import freeze as freeze_dataset
-from labelloop.errors import Cancelled
+from labelloop.errors import Cancelled, Interrupted
 from labelloop.ingest import ingest_path
 from labelloop.pipelines import runs as pipelines
 from labelloop.pipelines.decision import end_run
@@ -158,6 +158,11 @@ def train(
     settings = ctx.settings
     st = ChainState.load(state)
     run_id = st.pipeline_run_id
+    options = {"overrides": overrides, "lock_retry_s": lock_retry_s, "round_model": round_model}
+
+    def again(message: Message, **retry):
+        return self.retry(args=(message,), kwargs=options, **retry)
+
     try:
         enter(self, st, "train")
         req = request_run(ctx, st.dataset_version_id, overrides=overrides)
@@ -178,17 +183,15 @@ def train(
     except Cancelled:
         _log.info("pipeline run %s: training cancelled", run_id)
         raise Ignore() from None
+    except Interrupted as exc:  # the worker is stopping: a new message, at once
+        _log.info("pipeline run %s: %s; handed back to the queue", run_id, exc)
+        raise again(st.message(), countdown=0) from None
     except (LockLost, *TRANSIENT_ERRORS) as exc:
         errors = (st.train_errors or 0) + 1
         if errors > settings.task_max_retries:
             raise
-        raise self.retry(
-            args=(st.but(train_errors=errors).message(),),
-            kwargs={
-                "overrides": overrides,
-                "lock_retry_s": lock_retry_s,
-                "round_model": round_model,
-            },
+        raise again(
+            st.but(train_errors=errors).message(),
             countdown=min(2**errors, settings.task_retry_backoff_max_s),
             exc=exc,
         ) from exc

@@ -31,9 +31,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, Timer
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from labelloop.errors import ConfigError
+from labelloop.errors import ConfigError, Interrupted
 from labelloop.training.calibration import Calibration, calibrate
 from labelloop.training.common import Fetch, ManifestDataModule, load_state_dict
 from labelloop.training.recipe import BaseRecipe
@@ -313,7 +314,10 @@ def fit(
         default_root_dir=workdir,
     )
     before = network_state(last)[1] if resume and plan.distributed else 0
-    trainer.fit(system, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+    except SIGTERMException as exc:  # Lightning's own: it stops after the current step
+        raise Interrupted(f"training stopped by SIGTERM; {last} is kept to resume") from exc
 
     completed = trainer.current_epoch
     start = reporter.start_epoch if reporter.start_epoch is not None else completed
