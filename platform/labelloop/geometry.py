@@ -31,6 +31,33 @@ def decode_mask(size: Sequence[int], counts: str) -> np.ndarray:
     return mask_utils.decode(rle).astype(bool)
 
 
+def encode_instances(
+    inst: np.ndarray, ids: Sequence[int], chunk: int = 64
+) -> list[tuple[tuple[int, int], str]]:
+    """`encode_mask` of `inst == id` for each id of an instance map (int (H, W)), a stack
+    of masks per pycocotools call, each filled only inside its bounding box: per-cell masks
+    then cost the cells' area, not a full-image copy and compare per cell."""
+    from scipy import ndimage
+
+    ids = [int(j) for j in ids]
+    if not ids:
+        return []
+    h, w = inst.shape
+    boxes = ndimage.find_objects(inst, max_label=max(ids))
+    out: list[tuple[tuple[int, int], str]] = []
+    for start in range(0, len(ids), chunk):
+        part = ids[start : start + chunk]
+        stack = np.zeros((h, w, len(part)), np.uint8, order="F")
+        for k, j in enumerate(part):
+            box = boxes[j - 1]
+            if box is not None:
+                stack[box[0], box[1], k] = inst[box] == j
+        for rle in mask_utils.encode(stack):
+            counts = rle["counts"]
+            out.append(((h, w), counts.decode("ascii") if isinstance(counts, bytes) else counts))
+    return out
+
+
 def mask_shape(mask: np.ndarray, label: str) -> Mask:
     size, counts = encode_mask(mask)
     return Mask(label=label, size=size, counts=counts)

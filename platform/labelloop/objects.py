@@ -22,7 +22,13 @@ import numpy as np
 from scipy import ndimage
 
 from labelloop.domain import Keypoint, Mask, Shape
-from labelloop.geometry import decode_mask, instance_count, mask_shape, shape_bbox
+from labelloop.geometry import (
+    decode_mask,
+    encode_instances,
+    instance_count,
+    mask_shape,
+    shape_bbox,
+)
 
 DEFAULT_MIN_AREA = 4  # pixels; smaller blobs are argmax noise, not cells
 
@@ -177,16 +183,22 @@ def instance_shapes(
 ) -> list[Mask]:
     """One mask per instance of an instance map, labelled by its class (with `score` as in
     `label_map_to_shapes` when `label_probs` is given)."""
-    shapes: list[Mask] = []
-    for i, obj in enumerate(ndimage.find_objects(inst), start=1):
-        if obj is None:
-            continue
-        region = np.zeros(inst.shape, bool)
-        region[obj] = inst[obj] == i
-        c = int(classes[i]) - 1
-        prob = None if label_probs is None else label_probs[c]
-        shapes.append(_scored(region, labels[c], prob))
-    return shapes
+    ids = np.flatnonzero(np.bincount(np.asarray(inst).ravel())[1:]) + 1
+    cls = np.asarray(classes)[ids].astype(int) - 1
+    scores = np.full(len(ids), np.nan)
+    if label_probs is not None:
+        for c in np.unique(cls):
+            scores[cls == c] = ndimage.mean(label_probs[c], inst, ids[cls == c])
+    return _masks(inst, ids, [labels[c] for c in cls], scores)
+
+
+def _masks(inst: np.ndarray, ids: np.ndarray, names: Sequence[str], scores: np.ndarray) -> list:
+    """Masks of the given instances, with `score` (a mean probability) where it is a number."""
+    out = []
+    for (size, counts), name, score in zip(encode_instances(inst, ids), names, scores, strict=True):
+        attributes = {} if np.isnan(score) else {"score": round(float(np.clip(score, 0, 1)), 4)}
+        out.append(Mask(label=name, size=size, counts=counts, attributes=attributes))
+    return out
 
 
 def _scored(region: np.ndarray, name: str, prob: np.ndarray | None) -> Mask:
@@ -202,14 +214,15 @@ def _region_shapes(
 ) -> list[Mask]:
     if not region.any():
         return []
-    comp, n = ndimage.label(region)
+    comp, _ = ndimage.label(region)
     areas = np.bincount(comp.ravel())
-    keep = [j for j in range(1, n + 1) if areas[j] >= min_area]
-    if not keep:
+    keep = np.flatnonzero(areas[1:] >= min_area) + 1
+    if not len(keep):
         return []
-    if per_instance:
-        return [_scored(comp == j, name, prob) for j in keep]
-    return [_scored(np.isin(comp, keep), name, prob)]
+    if not per_instance:
+        return [_scored(np.isin(comp, keep), name, prob)]
+    scores = np.full(len(keep), np.nan) if prob is None else ndimage.mean(prob, comp, keep)
+    return [*_masks(comp, keep, [name] * len(keep), np.asarray(scores, float))]
 
 
 def enclosed_regions(boundary: np.ndarray, min_area: int = DEFAULT_MIN_AREA) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from labelloop.domain import Box, Keypoint, Polygon, Tag
-from labelloop.geometry import mask_shape, rasterize_classes
+from labelloop.geometry import encode_instances, encode_mask, mask_shape, rasterize_classes
 from labelloop.kinds import kind_entry
 from labelloop.objects import (
     count_truth_of,
@@ -204,3 +204,17 @@ def test_cells_enclosed_by_membranes_are_counted_and_specks_dropped_by_min_area(
     gap[15, 4] = False  # a gap in the membrane merges the two cells it separated
     assert len(np.unique(enclosed_regions(gap))) - 1 == 3
     assert choose_min_area([membrane, membrane], [4, 4], grid=(1, 4, 200)) == 4
+
+
+def test_encode_instances_matches_one_mask_at_a_time_across_chunks_and_gaps():
+    """The stacked, box-limited encoding gives each instance's own RLE: ids past a chunk
+    boundary, an id with no pixels, an instance whose box holds another one."""
+    rng = np.random.default_rng(3)
+    inst = rng.integers(0, 9, (37, 23)).astype(np.int32)
+    inst[inst == 5] = 0  # id 5 has no pixels
+    inst[10:20, 5:15] = 7
+    inst[13:16, 8:11] = 8  # inside 7's box
+    ids = [1, 2, 3, 4, 5, 6, 7, 8]
+    got = encode_instances(inst, ids, chunk=3)
+    assert got == [encode_mask(inst == j) for j in ids]
+    assert encode_instances(inst, []) == []
