@@ -31,12 +31,11 @@ def decode_mask(size: Sequence[int], counts: str) -> np.ndarray:
     return mask_utils.decode(rle).astype(bool)
 
 
-def encode_instances(
-    inst: np.ndarray, ids: Sequence[int], chunk: int = 64
-) -> list[tuple[tuple[int, int], str]]:
-    """`encode_mask` of `inst == id` for each id of an instance map (int (H, W)), a stack
-    of masks per pycocotools call, each filled only inside its bounding box: per-cell masks
-    then cost the cells' area, not a full-image copy and compare per cell."""
+def encode_instances(inst: np.ndarray, ids: Sequence[int]) -> list[tuple[tuple[int, int], str]]:
+    """`encode_mask` of `inst == id` for each id of an instance map (int (H, W)), each read
+    only within the columns its bounding box spans: per-cell masks then cost the cells'
+    strips, not a full-image compare and scan per cell (the runs before and after the strip
+    are all background, so they are added, not counted)."""
     from scipy import ndimage
 
     ids = [int(j) for j in ids]
@@ -45,16 +44,24 @@ def encode_instances(
     h, w = inst.shape
     boxes = ndimage.find_objects(inst, max_label=max(ids))
     out: list[tuple[tuple[int, int], str]] = []
-    for start in range(0, len(ids), chunk):
-        part = ids[start : start + chunk]
-        stack = np.zeros((h, w, len(part)), np.uint8, order="F")
-        for k, j in enumerate(part):
-            box = boxes[j - 1]
-            if box is not None:
-                stack[box[0], box[1], k] = inst[box] == j
-        for rle in mask_utils.encode(stack):
-            counts = rle["counts"]
-            out.append(((h, w), counts.decode("ascii") if isinstance(counts, bytes) else counts))
+    for j in ids:
+        box = boxes[j - 1] if j <= len(boxes) else None
+        runs = [h * w]
+        if box is not None:
+            cols = box[1]
+            strip = (inst[:, cols] == j).ravel(order="F")
+            edges = np.flatnonzero(strip[1:] != strip[:-1]) + 1
+            runs = np.diff(np.concatenate(([0], edges, [strip.size]))).tolist()
+            if strip[0]:
+                runs.insert(0, 0)  # RLE counts start with a run of background
+            runs[0] += cols.start * h
+            after = (w - cols.stop) * h
+            if len(runs) % 2:  # the strip ends in background
+                runs[-1] += after
+            elif after:
+                runs.append(after)
+        counts = mask_utils.frPyObjects({"size": [h, w], "counts": runs}, h, w)["counts"]
+        out.append(((h, w), counts.decode("ascii") if isinstance(counts, bytes) else counts))
     return out
 
 

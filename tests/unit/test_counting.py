@@ -206,15 +206,16 @@ def test_cells_enclosed_by_membranes_are_counted_and_specks_dropped_by_min_area(
     assert choose_min_area([membrane, membrane], [4, 4], grid=(1, 4, 200)) == 4
 
 
-def test_encode_instances_matches_one_mask_at_a_time_across_chunks_and_gaps():
-    """The stacked, box-limited encoding gives each instance's own RLE: ids past a chunk
-    boundary, an id with no pixels, an instance whose box holds another one."""
+def test_encode_instances_matches_one_mask_at_a_time_at_the_edges_and_gaps():
+    """The strip-limited encoding gives each instance's own RLE: an id with no pixels, an
+    instance whose box holds another one, instances in the first / last column and row."""
     rng = np.random.default_rng(3)
     inst = rng.integers(0, 9, (37, 23)).astype(np.int32)
     inst[inst == 5] = 0  # id 5 has no pixels
     inst[10:20, 5:15] = 7
     inst[13:16, 8:11] = 8  # inside 7's box
-    ids = [1, 2, 3, 4, 5, 6, 7, 8]
-    got = encode_instances(inst, ids, chunk=3)
+    inst[:, 0], inst[:, -1], inst[0, :], inst[-1, 3] = 2, 3, 4, 6
+    ids = [1, 2, 3, 4, 5, 6, 7, 8, 9]  # 9: beyond the largest id present
+    got = encode_instances(inst, ids)
     assert got == [encode_mask(inst == j) for j in ids]
     assert encode_instances(inst, []) == []
