@@ -2,8 +2,8 @@
 pre-annotation do for every pool image (`objects.label_map_to_shapes` with probabilities).
 
 Two ways side by side in one run, on the same label maps: one full-image mask, RLE and
-mean per cell (how it was done), and the library's encoding (each cell read only within its bounding box's columns) with one
-`ndimage.mean` per class. Both must give the same masks and scores; CPU seconds of this
+mean per cell (how it was done), and the library's (each cell read only within the
+columns of its bounding box, one `ndimage.mean` per class). Both must give the same masks and scores; CPU seconds of this
 process are reported (a shared machine inflates wall time).
 
 Usage: .venv/bin/python benchmarks/object_masks.py [--repeats 5]
