@@ -3,8 +3,9 @@ pre-annotation do for every pool image (`objects.label_map_to_shapes` with proba
 
 Two ways side by side in one run, on the same label maps: one full-image mask, RLE and
 mean per cell (how it was done), and the library's (each cell read only within the
-columns of its bounding box, one `ndimage.mean` per class). Both must give the same masks and scores; CPU seconds of this
-process are reported (a shared machine inflates wall time).
+columns of its bounding box, one `ndimage.mean` per class). Both must give the same
+masks and scores; CPU seconds of this process are reported (a shared machine inflates
+wall time).
 
 Usage: .venv/bin/python benchmarks/object_masks.py [--repeats 5]
 Writes benchmarks/results/object_masks.json and object_masks.png."""
