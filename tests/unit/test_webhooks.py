@@ -8,9 +8,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from labelloop.access import secret_matches
 from labelloop.db.models import PipelineRun, WebhookEvent
 from labelloop.errors import InputError
-from labelloop.labelstudio.webhooks import parse_event, secret_matches
+from labelloop.labelstudio.webhooks import parse_event
 from labelloop.pipelines import runs as pipelines
 from labelloop.pipelines.runs import PipelineStatus
 from labelloop.pipelines.triggers import link_labelstudio, update_triggers

@@ -12,13 +12,15 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
-from labelloop.api.auth import get_ctx, token_name
+from labelloop.access import Caller, authenticate
+from labelloop.api.auth import get_ctx
 from labelloop.context import Context
 from labelloop.counting.testset import reliability, test_predictions
 from labelloop.db.models import AnnotationRound, Image, ModelVersion, Project, Score
@@ -31,6 +33,7 @@ from labelloop.web.session import (
     COOKIE,
     MAX_AGE_S,
     LoginRequired,
+    current_caller,
     current_user,
     session_cookie,
 )
@@ -70,14 +73,20 @@ async def login(request: Request) -> Response:
     target = unquote((form.get("next") or ["/"])[0])
     if not target.startswith("/") or target.startswith("//"):
         target = "/"  # never an open redirect
-    name = token_name(request.app.state.tokens, token) if token else None
-    if name is None:
+    caller = (
+        await anyio.to_thread.run_sync(
+            authenticate, get_ctx(request), request.app.state.tokens, token
+        )
+        if token
+        else None
+    )
+    if caller is None:
         # 200, not 401: the form is shown again (a browser logs a 401 page as an error).
         return page(request, "login.html", next=target, error="unknown token", user=None)
     resp = RedirectResponse(target, status_code=303)
     resp.set_cookie(
         COOKIE,
-        session_cookie(request.app.state.tokens[name], name),
+        session_cookie(caller),
         max_age=MAX_AGE_S,
         httponly=True,
         samesite="lax",
@@ -95,11 +104,14 @@ def logout() -> Response:
 
 @router.get("/", response_class=HTMLResponse)
 def projects_page(
-    request: Request, user: str = Depends(current_user), ctx: Context = Depends(get_ctx)
+    request: Request, caller: Caller = Depends(current_caller), ctx: Context = Depends(get_ctx)
 ) -> HTMLResponse:
+    """Every project, or the session token's own."""
     with ctx.db.session() as s:
         rows = data.projects_overview(s)
-    return page(request, "projects.html", user=user, projects=rows)
+    if caller.project is not None:
+        rows = [r for r in rows if r["name"] == caller.project]
+    return page(request, "projects.html", user=caller.name, projects=rows)
 
 
 @router.get("/p/{project}", response_class=HTMLResponse)
