@@ -36,11 +36,6 @@ def serve(
     from labelloop.errors import ConfigError
 
     settings = Settings()
-    if settings.embedded and workers > 1:
-        raise ConfigError(
-            "--workers > 1 needs a real broker (LABELLOOP_BROKER_URL): each process would "
-            "run its own in-memory queue"
-        )
     check_schema(settings)  # fail here, with exit 2, rather than in every worker
     if not env_tokens(settings):
         ctx = Context(settings)
@@ -53,6 +48,11 @@ def serve(
                 "no API tokens: make one with `labelloop tokens create NAME --role admin`, "
                 'or set LABELLOOP_API_TOKENS, e.g. \'{"alice": "<random token>"}\''
             )
+    if settings.embedded and workers > 1:
+        raise ConfigError(
+            "--workers > 1 needs a real broker (LABELLOOP_BROKER_URL): each process would "
+            "run its own in-memory queue"
+        )
     uvicorn.run(
         "labelloop.web.app:create_app",
         factory=True,
