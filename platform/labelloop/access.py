@@ -48,10 +48,13 @@ ROLE_HELP = {
     "admin": "trigger, and promote model versions past the promotion gate",
 }
 # What a route declares it needs (labelloop.api.auth.access), in its OpenAPI operation too:
-# a role, the project's webhook secret, or nothing.
+# a role, the project's webhook secret, a dashboard log-in (any token: every role reads;
+# its project scope applies), or nothing.
 ROLE_KEY = "x-labelloop-role"
 WEBHOOK = "webhook"
+SESSION = "session"
 PUBLIC = "public"
+KINDS = (*ROLES, WEBHOOK, SESSION, PUBLIC)
 TOKEN_PREFIX = "llt_"  # lets secret scanners (and people) recognise a leaked token
 TOKEN_BYTES = 32
 LAST_USED_EVERY = timedelta(minutes=1)  # last_used_at is written at most this often

@@ -158,5 +158,5 @@ def create_app(
 
     for module in (runs, projects, models, webhooks, health, ml_backend):
         app.include_router(module.router)
-    describe_access(app.routes)
+    describe_access(app)
     return app

@@ -11,21 +11,29 @@ its id (its existence is not revealed)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, status
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Integer, select
 
-from labelloop.access import PUBLIC, ROLE_HELP, ROLE_KEY, ROLES, WEBHOOK, Caller, authenticate
+from labelloop.access import (
+    KINDS,
+    PUBLIC,
+    ROLE_HELP,
+    ROLE_KEY,
+    ROLES,
+    SESSION,
+    WEBHOOK,
+    Caller,
+    authenticate,
+)
 from labelloop.context import Context
 from labelloop.db.models import ModelVersion, PipelineRun
 from labelloop.labelstudio.webhooks import SECRET_HEADER, check_secret
-
-KINDS = (*ROLES, WEBHOOK, PUBLIC)
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -166,6 +174,7 @@ def access(kind: str) -> dict[str, Any]:
 
 ACCESS_NOTE = {
     PUBLIC: "**Access:** public (no credentials).",
+    SESSION: "**Access:** a dashboard log-in (any token; its project scope applies).",
     WEBHOOK: "**Access:** the project's webhook secret (its own, else LABELLOOP_WEBHOOK_SECRET).",
     **{r: f"**Role:** `{r}` or higher ({ROLE_HELP[r]})." for r in ROLES},
 }
@@ -175,20 +184,41 @@ def route_access(route: APIRoute) -> str | None:
     return (route.openapi_extra or {}).get(ROLE_KEY)
 
 
+def api_routes(routes: list[Any]) -> Iterator[APIRoute]:
+    """Every APIRoute of an app or router, those of included routers too."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif (included := getattr(route, "original_router", None)) is not None:
+            yield from api_routes(included.routes)
+
+
 REFUSALS = {
-    401: {"description": "no valid bearer token"},
-    403: {"description": "the token's role or project does not reach this operation"},
+    "401": {"description": "no valid bearer token"},
+    "403": {"description": "the token's role or project does not reach this operation"},
 }
 
 
-def describe_access(routes: list[Any]) -> None:
-    """Append each route's access line to its OpenAPI description (and, for a role, the
-    401 / 403 answers to its responses)."""
-    for route in routes:
-        if isinstance(route, APIRoute) and (kind := route_access(route)) is not None:
-            note = ACCESS_NOTE[kind]
-            base = (route.description or "").strip()
-            route.description = f"{base}\n\n{note}" if base else note
-            if kind in ROLES:
-                for code, answer in REFUSALS.items():
-                    route.responses.setdefault(code, answer)
+def describe_access(app: FastAPI) -> None:
+    """The OpenAPI document states each operation's access: a line in its description
+    and, for a role, the 401 / 403 answers among its responses."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        for operations in schema.get("paths", {}).values():
+            for op in operations.values():
+                kind = op.get(ROLE_KEY) if isinstance(op, dict) else None
+                if kind is None:
+                    continue
+                base = (op.get("description") or "").strip()
+                op["description"] = f"{base}\n\n{ACCESS_NOTE[kind]}" if base else ACCESS_NOTE[kind]
+                if kind in ROLES:
+                    for code, answer in REFUSALS.items():
+                        op.setdefault("responses", {}).setdefault(code, answer)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

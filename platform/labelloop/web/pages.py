@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
-from labelloop.access import Caller, authenticate
+from labelloop.access import PUBLIC, ROLE_KEY, SESSION, Caller, authenticate
 from labelloop.api.auth import get_ctx
 from labelloop.context import Context
 from labelloop.counting.testset import reliability, test_predictions
@@ -55,18 +55,21 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 templates.env.filters["fmt"] = _fmt
 router = APIRouter(include_in_schema=False)
+# What each page needs (labelloop.api.auth.access): a log-in, or nothing.
+SESSION_ACCESS = {ROLE_KEY: SESSION}
+PUBLIC_ACCESS = {ROLE_KEY: PUBLIC}
 
 
 def page(request: Request, name: str, **context: Any) -> HTMLResponse:
     return templates.TemplateResponse(request, name, context)
 
 
-@router.get("/login", response_class=HTMLResponse)
+@router.get("/login", response_class=HTMLResponse, openapi_extra=PUBLIC_ACCESS)
 def login_form(request: Request, next: str = "/") -> HTMLResponse:
     return page(request, "login.html", next=next, error=None, user=None)
 
 
-@router.post("/login", response_class=HTMLResponse)
+@router.post("/login", response_class=HTMLResponse, openapi_extra=PUBLIC_ACCESS)
 async def login(request: Request) -> Response:
     form = parse_qs((await request.body()).decode())
     token = (form.get("token") or [""])[0].strip()
@@ -95,14 +98,14 @@ async def login(request: Request) -> Response:
     return resp
 
 
-@router.post("/logout")
+@router.post("/logout", openapi_extra=PUBLIC_ACCESS)
 def logout() -> Response:
     resp = RedirectResponse("/login", status_code=303)
     resp.delete_cookie(COOKIE)
     return resp
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.get("/", response_class=HTMLResponse, openapi_extra=SESSION_ACCESS)
 def projects_page(
     request: Request, caller: Caller = Depends(current_caller), ctx: Context = Depends(get_ctx)
 ) -> HTMLResponse:
@@ -114,7 +117,7 @@ def projects_page(
     return page(request, "projects.html", user=caller.name, projects=rows)
 
 
-@router.get("/p/{project}", response_class=HTMLResponse)
+@router.get("/p/{project}", response_class=HTMLResponse, openapi_extra=SESSION_ACCESS)
 def project_page(
     project: str,
     request: Request,
@@ -171,7 +174,7 @@ def project_figures(d: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@router.get("/p/{project}/live.json")
+@router.get("/p/{project}/live.json", openapi_extra=SESSION_ACCESS)
 def project_live(
     project: str, user: str = Depends(current_user), ctx: Context = Depends(get_ctx)
 ) -> JSONResponse:
@@ -199,7 +202,7 @@ def evaluation(request: Request, ctx: Context, mv_id: int) -> list[dict[str, Any
         return cache[mv_id]
 
 
-@router.get("/models/{name}", response_class=HTMLResponse)
+@router.get("/models/{name}", response_class=HTMLResponse, openapi_extra=SESSION_ACCESS)
 def model_version_page(
     name: str,
     request: Request,
@@ -288,7 +291,7 @@ def model_figures(d: dict[str, Any]) -> dict[str, Any]:
     return figs
 
 
-@router.get("/models/{name}/test/{image_id}/{side}.png")
+@router.get("/models/{name}/test/{image_id}/{side}.png", openapi_extra=SESSION_ACCESS)
 def test_overlay(
     name: str,
     image_id: int,
@@ -322,7 +325,7 @@ def _overlay_response(
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
-@router.get("/rounds/{round_id}", response_class=HTMLResponse)
+@router.get("/rounds/{round_id}", response_class=HTMLResponse, openapi_extra=SESSION_ACCESS)
 def round_page(
     round_id: int,
     request: Request,
@@ -368,7 +371,7 @@ def _task_link(p: dict[str, str]) -> str | None:
     return None
 
 
-@router.get("/rounds/{round_id}/images/{image_id}.png")
+@router.get("/rounds/{round_id}/images/{image_id}.png", openapi_extra=SESSION_ACCESS)
 def round_overlay(
     round_id: int,
     image_id: int,

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 from urllib.parse import quote
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from labelloop.access import Caller, session_keys
 from labelloop.api.auth import ADDRESSED, Addressed, check_scope, get_ctx
@@ -74,6 +74,6 @@ def current_caller(request: Request) -> Caller:
     return caller
 
 
-def current_user(request: Request) -> str:
-    """The logged-in token's name; pages depend on this."""
-    return current_caller(request).name
+def current_user(caller: Caller = Depends(current_caller)) -> str:
+    """The logged-in token's name, for the pages that show only that."""
+    return caller.name
