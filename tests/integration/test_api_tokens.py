@@ -283,7 +283,7 @@ def test_a_projects_webhook_secret_works_for_it_alone(api, world):
     assert hook(b, world.secret_a) == 401
     assert hook(a, SHARED) == 401
     assert hook(b, SHARED) == 202
-    assert backend(a, world.secret_a) == 404  # authenticated: a has no production model
+    assert backend(a, world.secret_a) in (200, 404)  # in: a model version, or none in production
     assert backend(b, world.secret_a) == 401
     assert backend(a, SHARED) == 401
 
