@@ -30,7 +30,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import select, update
@@ -135,13 +135,21 @@ def authenticate(ctx: Context, tokens: dict[str, str], given: str) -> Caller | N
         now = utcnow()
         if row.last_used_at is None or _aware(row.last_used_at) < now - LAST_USED_EVERY:
             s.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
-        project = s.get(Project, row.project_id).name if row.project_id is not None else None
-        return Caller(row.name, row.role, row.project_id, project, DB, row.sha256)
+        return _db_caller(s, row)
+
+
+def _project_name(s, project_id: int | None) -> str | None:
+    return s.get(Project, project_id).name if project_id is not None else None
+
+
+def _db_caller(s, row: ApiToken) -> Caller:
+    return Caller(
+        row.name, row.role, row.project_id, _project_name(s, row.project_id), DB, row.sha256
+    )
 
 
 def _aware(when: datetime) -> datetime:
-    from datetime import UTC
-
+    """SQLite hands back naive datetimes (UTC); PostgreSQL aware ones."""
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
@@ -149,13 +157,14 @@ def session_keys(ctx: Context, tokens: dict[str, str], name: str) -> list[Caller
     """The tokens named `name` (environment, then the active database one): a dashboard
     session names its token and is signed with the token's digest."""
     found = [Caller(name, "admin", sha256=digest(tokens[name]))] if name in tokens else []
+    if not name or "\x00" in name:  # no such token name can exist
+        return found
     with ctx.db.session() as s:
         row = s.scalars(
             select(ApiToken).where(ApiToken.name == name, ApiToken.revoked_at.is_(None))
         ).first()
         if row is not None:
-            project = s.get(Project, row.project_id).name if row.project_id is not None else None
-            found.append(Caller(row.name, row.role, row.project_id, project, DB, row.sha256))
+            found.append(_db_caller(s, row))
     return found
 
 
@@ -215,8 +224,7 @@ def revoke_token(ctx: Context, name: str) -> dict[str, Any]:
         if row is None:
             raise NotFoundError(f"no active token named {name!r} (`labelloop tokens list`)")
         row.revoked_at = utcnow()
-        project = s.get(Project, row.project_id).name if row.project_id is not None else None
-        return _describe(row, project)
+        return _describe(row, _project_name(s, row.project_id))
 
 
 def active_token_count(ctx: Context) -> int:
@@ -247,8 +255,10 @@ def check_webhook_secret(ctx: Context, project: str, given: str | None) -> Secre
     """Whether `given` is the webhook secret of `project`: its own if it has one (the
     shared secret then does not work for it), else the shared LABELLOOP_WEBHOOK_SECRET.
     "off": neither exists, so webhooks cannot be authenticated for this project."""
-    with ctx.db.session() as s:
-        own = s.scalar(select(Project.webhook_secret_sha256).where(Project.name == project))
+    own = None
+    if "\x00" not in project:  # no such name can exist (PostgreSQL refuses NUL in text)
+        with ctx.db.session() as s:
+            own = s.scalar(select(Project.webhook_secret_sha256).where(Project.name == project))
     if own:
         given_digest = digest(given) if given is not None else ""
         return "ok" if hmac.compare_digest(own, given_digest) else "wrong"
