@@ -10,15 +10,19 @@ import subprocess
 import sys
 import uuid
 
+import httpx
 import pytest
 from label_studio_sdk.client import LabelStudio
+from sqlalchemy import select
 
+from labelloop.access import digest
 from labelloop.context import Context, set_context
-from labelloop.db.models import ModelVersion
+from labelloop.db.models import ModelVersion, Project
 from labelloop.labelstudio.client import LabelStudioClient
 from labelloop.labelstudio.convert import results_to_shapes
 from labelloop.labelstudio.label_config import task_label_config
 from labelloop.labelstudio.push import PushTask, push_tasks
+from labelloop.labelstudio.webhooks import SECRET_HEADER
 from tests.factories import png, trained_project
 from tests.integration.services import ApiServer
 from tests.support import REPO
@@ -90,6 +94,22 @@ def test_connected_label_studio_gets_production_predictions_for_any_task(
         assert not again["ml_backend"]["created"] and not again["webhook"]["created"]
         (backend,) = client.ml.list(project=ls_project)
         assert backend.state == "CO", backend  # connected: /health and /setup answered
+
+        # A secret of the project's own: the webhook and the ML backend both get it, the
+        # project keeps its sha256, and the shared secret no longer opens the project.
+        own = _cli(env, *args, "--project-secret")
+        assert own.returncode == 0, own.stderr + own.stdout
+        assert json.loads(own.stdout)["secret"] == "project"
+        (hook,) = client.webhooks.list(project=str(ls_project))
+        given = hook.headers[SECRET_HEADER]
+        assert given != SECRET
+        with ctx.db.session() as s:
+            kept = s.scalar(select(Project.webhook_secret_sha256).where(Project.name == project))
+        assert kept == digest(given)
+        (backend,) = client.ml.list(project=ls_project)
+        assert backend.state == "CO", backend  # /setup answered with the project's secret
+        shared = ("labelstudio", SECRET)
+        assert httpx.post(f"{api.url}/ml/{project}/setup", json={}, auth=shared).status_code == 401
 
         client.actions.create(
             id="retrieve_tasks_predictions",

@@ -77,6 +77,13 @@ def test_runs_commands_name_what_is_wrong(project):
 def test_serve_and_webhooks_refuse_to_start_unconfigured(project, monkeypatch):
     r = run("serve")
     assert r.exit_code == 2 and "LABELLOOP_API_TOKENS" in r.output
+    # A token in the database is enough: the next check (the broker) is reached.
+    assert run("tokens", "create", "ops", "--role", "admin").exit_code == 0
+    r = run("serve", "--workers", "2")
+    assert r.exit_code == 2 and "needs a real broker" in r.output, r.output
+    assert run("tokens", "revoke", "ops").exit_code == 0
+    r = run("serve")
+    assert r.exit_code == 2 and "no API tokens" in r.output
     monkeypatch.setenv("LABELLOOP_API_TOKENS", '{"a": "b"}')
     r = run("serve", "--workers", "2")
     assert r.exit_code == 2 and "needs a real broker" in r.output

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from labelloop.access import Caller, digest
 from labelloop.db.models import ModelVersion, RoundItem
 from labelloop.web.app import create_app
 from labelloop.web.session import COOKIE, session_cookie, user_from_cookie
@@ -76,11 +77,15 @@ def test_pages_need_a_log_in_and_a_wrong_token_is_refused(world):
 
 
 def test_session_cookie_is_bound_to_the_token():
-    value = session_cookie("secret", "alice")
-    assert user_from_cookie({"alice": "secret"}, value) == "alice"
-    assert user_from_cookie({"alice": "rotated"}, value) is None
-    assert user_from_cookie({}, value) is None
-    assert user_from_cookie({"alice": "secret"}, "garbage") is None
+    alice = Caller("alice", "read", sha256=digest("secret"))
+    value = session_cookie(alice)
+    assert user_from_cookie([alice], value) == alice
+    rotated = Caller("alice", "read", sha256=digest("rotated"))
+    assert user_from_cookie([rotated], value) is None
+    assert user_from_cookie([], value) is None
+    assert user_from_cookie([alice], "garbage") is None
+    # the same digest under another name signs nothing
+    assert user_from_cookie([Caller("bob", "read", sha256=alice.sha256)], value) is None
 
 
 def _field(html: str, field: str) -> str:

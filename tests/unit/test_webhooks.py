@@ -6,15 +6,23 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import func, select
 
+from labelloop.access import check_webhook_secret, digest, secret_matches, set_webhook_secret
 from labelloop.db.models import PipelineRun, WebhookEvent
-from labelloop.errors import InputError
-from labelloop.labelstudio.webhooks import parse_event, secret_matches
+from labelloop.errors import ConfigError, ExternalServiceError, InputError
+from labelloop.labelstudio.webhooks import parse_event
 from labelloop.pipelines import runs as pipelines
 from labelloop.pipelines.runs import PipelineStatus
 from labelloop.pipelines.triggers import link_labelstudio, update_triggers
-from labelloop.pipelines.webhooks import follow_up, record_event
+from labelloop.pipelines.webhooks import (
+    WiringSecret,
+    follow_up,
+    record_event,
+    register_webhook,
+    wiring_secret,
+)
 from labelloop.projects import create_project, get_project
 
 LS_PROJECT = 7
@@ -201,3 +209,45 @@ def test_pending_events_are_listed_until_a_run_takes_them(ctx, project, monkeypa
     assert "3 pending event(s), 3 annotation(s); a retrain starts at 5" in r.output
     triggered = [record_event(ctx, project, parse_event(created(i))) for i in range(3, 5)][-1]
     assert triggered.status == "triggered" and pending_events(ctx, project) == []
+
+
+def test_a_projects_own_secret_replaces_the_shared_one_for_it_alone(ctx, project, monkeypatch):
+    with ctx.db.session() as s:
+        create_project(s, "other", "detection", ["RBC"])
+    monkeypatch.setattr(ctx.settings, "webhook_secret", SecretStr("shared"))
+    assert check_webhook_secret(ctx, "cells", "shared") == "ok"
+    set_webhook_secret(ctx, "cells", "mine")
+    assert check_webhook_secret(ctx, "cells", "mine") == "ok"
+    assert check_webhook_secret(ctx, "cells", "shared") == "wrong"
+    assert check_webhook_secret(ctx, "cells", None) == "wrong"
+    assert check_webhook_secret(ctx, "other", "mine") == "wrong"
+    assert check_webhook_secret(ctx, "other", "shared") == "ok"
+    monkeypatch.setattr(ctx.settings, "webhook_secret", SecretStr(""))
+    assert check_webhook_secret(ctx, "other", "shared") == "off"
+    assert check_webhook_secret(ctx, "cells", "mine") == "ok"  # its own needs no shared one
+    with ctx.db.session() as s:
+        assert get_project(s, "cells").webhook_secret_sha256 == digest("mine")
+
+
+def test_wiring_picks_the_secret_and_a_failed_registration_keeps_the_old(ctx, project, monkeypatch):
+    monkeypatch.setattr(ctx.settings, "webhook_secret", SecretStr("shared"))
+    assert wiring_secret(ctx, "cells", None) == WiringSecret("shared", False)
+    fresh = wiring_secret(ctx, "cells", True)
+    assert fresh.own and fresh.value != wiring_secret(ctx, "cells", True).value
+    set_webhook_secret(ctx, "cells", "mine")
+    assert wiring_secret(ctx, "cells", None).own  # a project's own is renewed
+    assert wiring_secret(ctx, "cells", False) == WiringSecret("shared", False)
+    with pytest.raises(ExternalServiceError):  # nothing listens on port 9
+        register_webhook(
+            ctx,
+            "cells",
+            ls_project=LS_PROJECT,
+            base_url="http://labelloop:8000",
+            ls_url="http://127.0.0.1:9",
+            token="t",
+            own_secret=True,
+        )
+    assert check_webhook_secret(ctx, "cells", "mine") == "ok"  # unchanged
+    monkeypatch.setattr(ctx.settings, "webhook_secret", SecretStr(""))
+    with pytest.raises(ConfigError, match="--project-secret"):
+        wiring_secret(ctx, "other-without-secret", False)

@@ -17,6 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 
+from labelloop.access import env_tokens
+from labelloop.api.auth import describe_access
 from labelloop.api.limits import CredentialsBeforeBody
 from labelloop.config import Settings
 from labelloop.context import Context, set_context
@@ -50,7 +52,12 @@ overrides), watch its progress (epoch, step, loss), cancel it, compare model ver
 their metrics, download an artifact, promote a version. Label Studio posts annotation
 events to `/webhooks/labelstudio/{project}`.
 
-Authenticate with `Authorization: Bearer <token>`, a token of `LABELLOOP_API_TOKENS`.
+Authenticate with `Authorization: Bearer <token>`: a token of `labelloop tokens create`
+(a role, optionally one project) or of `LABELLOOP_API_TOKENS` (admin over all projects).
+Roles, each allowing what the ones before it allow: `read` (every GET, artifact downloads
+included), `trigger` (start and cancel runs), `admin` (promote). Each operation states the
+role it needs (`x-labelloop-role`); a valid token short of it gets 403, as does a token
+limited to another project (an object of another project addressed by its id: 404).
 A request with a body is refused (401) before its body is read unless it carries valid
 credentials, and a body over `LABELLOOP_API_MAX_BODY_BYTES` gets 413.
 """
@@ -59,12 +66,16 @@ TAGS = [
     {"name": "runs", "description": "Pipeline runs: sync -> freeze -> train -> score -> push."},
     {"name": "projects", "description": "Projects, dataset versions, model versions, rounds."},
     {"name": "model versions", "description": "Artifacts and promotion."},
-    {"name": "webhooks", "description": "Label Studio annotation events (shared secret)."},
+    {
+        "name": "webhooks",
+        "description": "Label Studio annotation events (the project's webhook secret).",
+    },
     {"name": "health", "description": "Liveness, for load balancers (no token)."},
     {
         "name": "ml backend",
         "description": "Label Studio's ML backend protocol under /ml/{project} (basic auth, "
-        "password LABELLOOP_WEBHOOK_SECRET): predictions of the production model on demand.",
+        "password: the project's webhook secret): predictions of the production model on "
+        "demand.",
     },
 ]
 
@@ -117,17 +128,8 @@ def create_app(
     )
     app.state.ctx = ctx
     app.state.dispatcher = dispatcher
-    app.state.tokens = {
-        name: token.get_secret_value()
-        for name, token in settings.api_tokens.items()
-        if token.get_secret_value()
-    }
-
-    app.add_middleware(
-        CredentialsBeforeBody,
-        tokens=lambda: app.state.tokens,
-        webhook_secret=settings.webhook_secret.get_secret_value,
-    )
+    app.state.tokens = env_tokens(settings)  # the database's are looked up per request
+    app.add_middleware(CredentialsBeforeBody, ctx=ctx, tokens=lambda: app.state.tokens)
 
     @app.exception_handler(LabelloopError)
     async def _labelloop_error(request: Request, exc: LabelloopError) -> JSONResponse:
@@ -156,4 +158,5 @@ def create_app(
 
     for module in (runs, projects, models, webhooks, health, ml_backend):
         app.include_router(module.router)
+    describe_access(app)
     return app

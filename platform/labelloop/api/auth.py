@@ -1,35 +1,53 @@
-"""Bearer tokens for ML engineers, a shared secret for Label Studio's webhooks.
+"""Bearer tokens with a role and a project scope; webhook secrets for Label Studio.
 
-Tokens come from Settings (`LABELLOOP_API_TOKENS`, a JSON object name -> token): the name
-is recorded with what the holder triggers. Every comparison is constant-time and every
-configured token is compared, so the timing says nothing about which one was close."""
+Every route declares what it needs in one place, `**access(KIND)` in its decorator: a
+role (`read` < `trigger` < `admin`, labelloop.access), `webhook` (the project's webhook
+secret) or `public`. That adds the check as a dependency and states the kind in the
+OpenAPI document (`x-labelloop-role`, and a line in the description). A missing or
+unknown token gets 401; a valid token whose role or project does not reach the route
+gets 403 naming what is needed, or 404 for an object of another project addressed by
+its id (its existence is not revealed)."""
 
 from __future__ import annotations
 
-import hmac
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
-from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, status
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Integer, select
 
+from labelloop.access import (
+    KINDS,
+    PUBLIC,
+    ROLE_HELP,
+    ROLE_KEY,
+    ROLES,
+    SESSION,
+    WEBHOOK,
+    Caller,
+    authenticate,
+)
 from labelloop.context import Context
-from labelloop.labelstudio.webhooks import SECRET_HEADER, secret_matches
+from labelloop.db.models import ModelVersion, PipelineRun
+from labelloop.labelstudio.webhooks import SECRET_HEADER, check_secret
 
 bearer = HTTPBearer(
     auto_error=False,
-    description="A token from LABELLOOP_API_TOKENS: `Authorization: Bearer <token>`.",
+    description="`Authorization: Bearer <token>`: a token made by `labelloop tokens create "
+    "NAME --role ROLE [--project P]`, or one of LABELLOOP_API_TOKENS (admin, all projects). "
+    "Roles, each allowing what the ones before it allow: "
+    + "; ".join(f"`{r}`: {ROLE_HELP[r]}" for r in ROLES)
+    + ". A token limited to a project sees only that project. Each operation states the "
+    f"role it needs (`{ROLE_KEY}`); 401: no valid token, 403: role or project insufficient.",
 )
 
 
 def get_ctx(request: Request) -> Context:
     return request.app.state.ctx
-
-
-def token_name(tokens: dict[str, str], given: str) -> str | None:
-    found = None
-    for name, token in tokens.items():
-        if hmac.compare_digest(token.encode(), given.encode()) and found is None:
-            found = name
-    return found
 
 
 def _unauthorized(detail: str) -> HTTPException:
@@ -38,35 +56,97 @@ def _unauthorized(detail: str) -> HTTPException:
     )
 
 
-def bearer_caller(tokens: dict[str, str], authorization: str | None) -> str:
-    """The name of the token in an `Authorization` header; 401 without a valid one."""
+def bearer_caller(ctx: Context, tokens: dict[str, str], authorization: str | None) -> Caller:
+    """The caller of an `Authorization` header; 401 without a valid token."""
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         raise _unauthorized("missing bearer token (Authorization: Bearer <token>)")
-    name = token_name(tokens, given.strip())
-    if name is None:
+    caller = authenticate(ctx, tokens, given.strip())
+    if caller is None:
         raise _unauthorized("invalid bearer token")
-    return name
+    return caller
 
 
-def check_webhook_secret(configured: str, given: str | None, carrier: str = SECRET_HEADER) -> None:
-    """503 while webhooks are off (no secret configured), 401 for a missing or wrong one
-    (`carrier` names where it was expected: the webhook header, or basic auth)."""
-    if not configured:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            "webhooks are off: LABELLOOP_WEBHOOK_SECRET is unset",
-        )
-    if not secret_matches(configured, given):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, f"missing or wrong {carrier}")
-
-
-def require_token(
+def current_caller(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
-) -> str:
-    """The name of the caller's token; 401 without a valid one."""
+) -> Caller:
+    """The holder of the request's bearer token; 401 without a valid one."""
     given = f"{credentials.scheme} {credentials.credentials}" if credentials else None
-    return bearer_caller(request.app.state.tokens, given)
+    return bearer_caller(get_ctx(request), request.app.state.tokens, given)
+
+
+def _forbidden(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_403_FORBIDDEN, detail)
+
+
+@dataclass(frozen=True)
+class Addressed:
+    """A path parameter that names an object of one project: the column it matches, the
+    column holding the object's project, the 404 message."""
+
+    key: Any
+    project_id: Any
+    missing: str
+
+
+ADDRESSED = {
+    "run_id": Addressed(PipelineRun.id, PipelineRun.project_id, "no pipeline run with id {}"),
+    "model_version_id": Addressed(
+        ModelVersion.id, ModelVersion.project_id, "no model version with id {}"
+    ),
+}
+
+
+def check_scope(
+    ctx: Context,
+    caller: Caller,
+    path_params: dict[str, Any],
+    addressed: dict[str, Addressed] = ADDRESSED,
+) -> None:
+    """A token limited to a project reaches nothing of another: 403 for a project named in
+    the path, 404 for an object of another project addressed by its id (or name)."""
+    if caller.project_id is None:
+        return
+    project = path_params.get("project")
+    if project is not None and project != caller.project:
+        raise _forbidden(
+            f"token {caller.name!r} is limited to project {caller.project!r}, not {project!r}"
+        )
+    for param, where in addressed.items():
+        value = path_params.get(param)
+        if value is None:
+            continue
+        if isinstance(where.key.type, Integer):
+            try:
+                value = int(value)
+            except ValueError:
+                continue  # not an id: the route's validation answers 422
+            if not -(2**31) <= value < 2**31:
+                continue  # out of the column's range: the route answers 404 / 422
+        with ctx.db.session() as s:
+            owner = s.scalar(select(where.project_id).where(where.key == value))
+        if owner is not None and owner != caller.project_id:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, where.missing.format(value))
+
+
+@functools.cache
+def require_role(role: str) -> Callable[..., Caller]:
+    """The dependency of routes that need `role`: the caller, once authenticated (401),
+    holding the role (403) and reaching the project the path names (403 / 404). One
+    function per role, so a route that also takes the caller as a parameter runs it once."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+
+    def dependency(request: Request, caller: Caller = Depends(current_caller)) -> Caller:
+        if not caller.allows(role):
+            raise _forbidden(
+                f"this operation needs the {role!r} role; token {caller.name!r} has {caller.role!r}"
+            )
+        check_scope(get_ctx(request), caller, request.path_params)
+        return caller
+
+    dependency.role = role  # type: ignore[attr-defined]
+    return dependency
 
 
 def require_webhook_secret(
@@ -74,7 +154,71 @@ def require_webhook_secret(
     secret: str | None = Header(
         None,
         alias=SECRET_HEADER,
-        description="the shared secret `labelloop webhooks register` gave Label Studio",
+        description="the project's webhook secret (`labelloop webhooks register`)",
     ),
 ) -> None:
-    check_webhook_secret(get_ctx(request).settings.webhook_secret.get_secret_value(), secret)
+    check_secret(get_ctx(request), request.path_params.get("project", ""), secret, SECRET_HEADER)
+
+
+def access(kind: str) -> dict[str, Any]:
+    """Route keyword arguments declaring who may call it: the check and its OpenAPI note."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown access kind {kind!r}: one of {', '.join(KINDS)}")
+    extra = {"openapi_extra": {ROLE_KEY: kind}}
+    if kind in ROLES:
+        return {"dependencies": [Depends(require_role(kind))], **extra}
+    if kind == WEBHOOK:
+        return {"dependencies": [Depends(require_webhook_secret)], **extra}
+    return extra
+
+
+ACCESS_NOTE = {
+    PUBLIC: "**Access:** public (no credentials).",
+    SESSION: "**Access:** a dashboard log-in (any token; its project scope applies).",
+    WEBHOOK: "**Access:** the project's webhook secret (its own, else LABELLOOP_WEBHOOK_SECRET).",
+    **{r: f"**Role:** `{r}` or higher ({ROLE_HELP[r]})." for r in ROLES},
+}
+
+
+def route_access(route: APIRoute) -> str | None:
+    return (route.openapi_extra or {}).get(ROLE_KEY)
+
+
+def api_routes(routes: list[Any]) -> Iterator[APIRoute]:
+    """Every APIRoute of an app or router, those of included routers too."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif (included := getattr(route, "original_router", None)) is not None:
+            yield from api_routes(included.routes)
+
+
+REFUSALS = {
+    "401": {"description": "no valid bearer token"},
+    "403": {"description": "the token's role or project does not reach this operation"},
+}
+
+
+def describe_access(app: FastAPI) -> None:
+    """The OpenAPI document states each operation's access: a line in its description
+    and, for a role, the 401 / 403 answers among its responses."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        for operations in schema.get("paths", {}).values():
+            for op in operations.values():
+                kind = op.get(ROLE_KEY) if isinstance(op, dict) else None
+                if kind is None:
+                    continue
+                base = (op.get("description") or "").strip()
+                op["description"] = f"{base}\n\n{ACCESS_NOTE[kind]}" if base else ACCESS_NOTE[kind]
+                if kind in ROLES:
+                    for code, answer in REFUSALS.items():
+                        op.setdefault("responses", {}).setdefault(code, answer)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -3,13 +3,15 @@
 FastAPI reads and parses a body before it solves an endpoint's dependencies, so a route's
 token check alone comes after the whole upload: an anonymous client could make the server
 read (and hold) any amount. `CredentialsBeforeBody` refuses a request that carries a body
-without a valid bearer token (or, on webhook paths, the webhook secret) from its headers
-alone; the Label Studio ML backend's paths (`/ml/`) need its basic auth (the webhook
-secret as password), and the dashboard's log-in form, whose body IS the credential, is
-only bounded by the size limit. The size limit itself is the app's `max_body_size`
-(Starlette's body limit): 413 from the Content-Length before anything is read, or as soon
-as a chunked body passes it.
+without a valid bearer token (or, on webhook paths, the project's webhook secret) from its
+headers alone; the Label Studio ML backend's paths (`/ml/<project>/`) need its basic auth
+(the project's webhook secret as password), and the dashboard's log-in form, whose body
+IS the credential, is only bounded by the size limit. The size limit itself is the app's
+`max_body_size` (Starlette's body limit): 413 from the Content-Length before anything is
+read, or as soon as a chunked body passes it.
 Every route that takes a body needs credentials, so no legitimate request is turned away.
+Only validity is checked here (a token's role and project are the route's business); the
+database lookups run in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import binascii
 import json
 from collections.abc import Callable
 
+import anyio.to_thread
 from fastapi import HTTPException
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from labelloop.api.auth import bearer_caller, check_webhook_secret
-from labelloop.labelstudio.webhooks import SECRET_HEADER
+from labelloop.api.auth import bearer_caller
+from labelloop.context import Context
+from labelloop.labelstudio.webhooks import BASIC, SECRET_HEADER, check_secret
 
 WEBHOOK_PREFIX = "/webhooks/"
 ML_BACKEND_PREFIX = "/ml/"
@@ -52,33 +56,37 @@ def carries_body(headers: Headers) -> bool:
 class CredentialsBeforeBody:
     """Pure ASGI (no body buffering): answers 401 / 503 before the app reads a body."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        tokens: Callable[[], dict[str, str]],
-        webhook_secret: Callable[[], str],
-    ) -> None:
-        self.app, self.tokens, self.webhook_secret = app, tokens, webhook_secret
+    def __init__(self, app: ASGIApp, ctx: Context, tokens: Callable[[], dict[str, str]]) -> None:
+        self.app, self.ctx, self.tokens = app, ctx, tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             headers = Headers(scope=scope)
             if carries_body(headers):
-                path = scope["path"]
                 try:
-                    if path == LOGIN_PATH:
-                        pass
-                    elif path.startswith(WEBHOOK_PREFIX):
-                        check_webhook_secret(self.webhook_secret(), headers.get(SECRET_HEADER))
-                    elif path.startswith(ML_BACKEND_PREFIX):
-                        password = basic_password(headers.get("authorization"))
-                        check_webhook_secret(self.webhook_secret(), password, "basic auth")
-                    else:
-                        bearer_caller(self.tokens(), headers.get("authorization"))
+                    await anyio.to_thread.run_sync(self.check, scope["path"], headers)
                 except HTTPException as exc:
                     await _refuse(send, exc)
                     return
         await self.app(scope, receive, send)
+
+    def check(self, path: str, headers: Headers) -> None:
+        """Raises the HTTPException a request without valid credentials gets."""
+        if path == LOGIN_PATH:
+            return
+        if path.startswith(WEBHOOK_PREFIX):  # /webhooks/labelstudio/<project>
+            check_secret(self.ctx, _segment(path, 3), headers.get(SECRET_HEADER), SECRET_HEADER)
+        elif path.startswith(ML_BACKEND_PREFIX):  # /ml/<project>/...
+            password = basic_password(headers.get("authorization"))
+            check_secret(self.ctx, _segment(path, 2), password, BASIC)
+        else:
+            bearer_caller(self.ctx, self.tokens(), headers.get("authorization"))
+
+
+def _segment(path: str, index: int) -> str:
+    """The project name in a (decoded) path; empty when the path has none."""
+    parts = path.split("/")
+    return parts[index] if len(parts) > index else ""
 
 
 async def _refuse(send: Send, exc: HTTPException) -> None:

@@ -25,6 +25,7 @@ from labelloop.cli import (
     simulate,
     status,
     sync,
+    tokens,
     training,
     watch,
     webhooks,
@@ -52,6 +53,7 @@ for name, group in (
     ("webhooks", webhooks),
     ("labelstudio", labelstudio),
     ("report", report),
+    ("tokens", tokens),
 ):
     app.add_typer(group.app, name=name)
 

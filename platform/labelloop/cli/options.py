@@ -28,6 +28,14 @@ LsUrlOpt = Annotated[
 LsLabelMapOpt = Annotated[
     list[str] | None, typer.Option(help="Rename Label Studio classes when syncing: 'src=dst'.")
 ]
+ProjectSecretOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--project-secret/--shared-secret",
+        help="Give Label Studio a new webhook secret of the project's own, or the shared "
+        "LABELLOOP_WEBHOOK_SECRET (default: whichever the project uses; its own is renewed).",
+    ),
+]
 # 0 epochs trains nothing: refused (exit 2) rather than silently replaced by the recipe's.
 EpochsOpt = Annotated[
     int | None, typer.Option(help="Override the recipe's epochs (at least 1).", min=1)

@@ -22,26 +22,37 @@ def serve(
     """Run the REST API (OpenAPI at /docs and /openapi.json), the webhook endpoint and
     the dashboard (web pages at /, log-in with an API token).
 
-    Tokens come from LABELLOOP_API_TOKENS (a JSON object name -> token), the webhook
-    secret from LABELLOOP_WEBHOOK_SECRET. With the in-process broker (memory://) the
+    Tokens are those of `labelloop tokens create` and of LABELLOOP_API_TOKENS (a JSON
+    object name -> token, admin over all projects); at least one must exist. Webhook
+    secrets: a project's own (`webhooks register --project-secret`), else
+    LABELLOOP_WEBHOOK_SECRET. With the in-process broker (memory://) the
     server also runs an embedded worker, so triggered runs execute right there."""
     import uvicorn
 
+    from labelloop.access import active_token_count, env_tokens
     from labelloop.api.app import check_schema
     from labelloop.config import Settings
+    from labelloop.context import Context
     from labelloop.errors import ConfigError
 
     settings = Settings()
-    if not any(t.get_secret_value() for t in settings.api_tokens.values()):
-        raise ConfigError(
-            'no API tokens: set LABELLOOP_API_TOKENS, e.g. \'{"alice": "<random token>"}\''
-        )
+    check_schema(settings)  # fail here, with exit 2, rather than in every worker
+    if not env_tokens(settings):
+        ctx = Context(settings)
+        try:
+            stored = active_token_count(ctx)
+        finally:
+            ctx.close()
+        if not stored:
+            raise ConfigError(
+                "no API tokens: make one with `labelloop tokens create NAME --role admin`, "
+                'or set LABELLOOP_API_TOKENS, e.g. \'{"alice": "<random token>"}\''
+            )
     if settings.embedded and workers > 1:
         raise ConfigError(
             "--workers > 1 needs a real broker (LABELLOOP_BROKER_URL): each process would "
             "run its own in-memory queue"
         )
-    check_schema(settings)  # fail here, with exit 2, rather than in every worker
     uvicorn.run(
         "labelloop.web.app:create_app",
         factory=True,

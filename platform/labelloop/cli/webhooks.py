@@ -10,6 +10,7 @@ from labelloop.cli.options import (
     LsProjectOpt,
     LsUrlOpt,
     ProjectOpt,
+    ProjectSecretOpt,
     ServeUrlOpt,
     context,
 )
@@ -26,11 +27,16 @@ def webhooks_register(
     url: ServeUrlOpt,
     ls_url: LsUrlOpt = None,
     label_map: LsLabelMapOpt = None,
+    project_secret: ProjectSecretOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create (or update) the webhook in Label Studio and link its project as a source
-    the pipeline syncs. Label Studio sends LABELLOOP_WEBHOOK_SECRET back in a header;
-    the token comes from LABELLOOP_LABELSTUDIO_TOKEN."""
+    the pipeline syncs. Label Studio sends the project's webhook secret back in a header:
+    with --project-secret a new secret of the project's own (only its sha256 is kept; it
+    works for no other project), with --shared-secret LABELLOOP_WEBHOOK_SECRET, by default
+    whichever the project uses (its own is then renewed: it cannot be read back, so run
+    `labelstudio connect` instead when Label Studio also uses labelloop as ML backend).
+    The Label Studio token comes from LABELLOOP_LABELSTUDIO_TOKEN."""
     from labelloop.ingest.formats import parse_label_map
     from labelloop.pipelines.webhooks import register_webhook
 
@@ -41,6 +47,7 @@ def webhooks_register(
         base_url=url,
         ls_url=ls_url,
         label_map=parse_label_map(label_map),
+        own_secret=project_secret,
     )
     if as_json:
         emit_json(result)
@@ -48,7 +55,7 @@ def webhooks_register(
         verb = "registered" if result["created"] else "updated"
         console.print(
             f"webhook {result['webhook_id']} {verb} in {result['ls_url']} project "
-            f"{ls_project} -> {result['url']}"
+            f"{ls_project} -> {result['url']} ({result['secret']} webhook secret)"
         )
 
 

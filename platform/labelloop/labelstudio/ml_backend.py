@@ -16,7 +16,7 @@ Predictions always come from the production model (a candidate that lost the pro
 gate never reaches annotators) and are cached per (model version, image content): a
 stored score of the same model and image is reused without running the model, a new
 image runs the model once. Label Studio authenticates with basic auth whose password
-is the webhook secret it already holds (`LABELLOOP_WEBHOOK_SECRET`).
+is the project's webhook secret it already holds (its own, else `LABELLOOP_WEBHOOK_SECRET`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Request, status
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from sqlalchemy import select
 
+from labelloop.access import PUBLIC, ROLE_KEY, WEBHOOK
 from labelloop.context import Context
 from labelloop.db.models import Image, ModelVersion, Score
 from labelloop.domain import Shape, shapes_from_json
@@ -42,7 +43,7 @@ from labelloop.labelstudio.export import image_reference
 from labelloop.labelstudio.label_config import parse_label_config
 from labelloop.labelstudio.push import KEY_FIELD, confidence, controls_for, drawable
 from labelloop.labelstudio.remote import LabelStudioSource
-from labelloop.labelstudio.webhooks import secret_matches
+from labelloop.labelstudio.webhooks import BASIC, check_secret
 from labelloop.projects import get_project
 from labelloop.storage import sha256_bytes
 
@@ -241,9 +242,14 @@ def _run_model(
 
 # -- the router ---------------------------------------------------------------------------
 
-basic = HTTPBasic(auto_error=False, description="password: LABELLOOP_WEBHOOK_SECRET")
+basic = HTTPBasic(
+    auto_error=False,
+    description="password: the project's webhook secret (its own, else LABELLOOP_WEBHOOK_SECRET)",
+)
 # Label Studio sends the basic-auth user `labelloop labelstudio connect` registered; only
 # the password (the webhook secret) is checked.
+WEBHOOK_ACCESS = {ROLE_KEY: WEBHOOK}  # what the route needs (labelloop.api.auth.access)
+PUBLIC_ACCESS = {ROLE_KEY: PUBLIC}
 
 
 def _ctx(request: Request) -> Context:
@@ -251,26 +257,15 @@ def _ctx(request: Request) -> Context:
 
 
 def require_backend_auth(
-    request: Request, credentials: HTTPBasicCredentials | None = Depends(basic)
+    project: str, request: Request, credentials: HTTPBasicCredentials | None = Depends(basic)
 ) -> None:
-    configured = _ctx(request).settings.webhook_secret.get_secret_value()
-    if not configured:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            "the ML backend is off: LABELLOOP_WEBHOOK_SECRET is unset",
-        )
-    if credentials is None or not secret_matches(configured, credentials.password):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "basic auth with the webhook secret as password required",
-            headers={"WWW-Authenticate": "Basic"},
-        )
+    check_secret(_ctx(request), project, credentials.password if credentials else None, BASIC)
 
 
 router = APIRouter(prefix="/ml/{project}", tags=["ml backend"])
 
 
-@router.get("/health", summary="Label Studio ML backend: health")
+@router.get("/health", openapi_extra=PUBLIC_ACCESS, summary="Label Studio ML backend: health")
 def health(project: str, request: Request) -> dict[str, Any]:
     """Up when the project exists (no auth: Label Studio's health check sends none when
     the backend has none configured, and this says nothing secret)."""
@@ -282,6 +277,7 @@ def health(project: str, request: Request) -> dict[str, Any]:
 @router.post(
     "/setup",
     dependencies=[Depends(require_backend_auth)],
+    openapi_extra=WEBHOOK_ACCESS,
     summary="Label Studio ML backend: setup",
 )
 def setup(project: str, request: Request, body: dict = Body(default_factory=dict)) -> dict:
@@ -292,6 +288,7 @@ def setup(project: str, request: Request, body: dict = Body(default_factory=dict
 @router.post(
     "/predict",
     dependencies=[Depends(require_backend_auth)],
+    openapi_extra=WEBHOOK_ACCESS,
     summary="Label Studio ML backend: predictions for tasks",
 )
 def predict(project: str, request: Request, body: dict = Body(...)) -> dict:
@@ -307,6 +304,7 @@ def predict(project: str, request: Request, body: dict = Body(...)) -> dict:
     "/webhook",
     status_code=status.HTTP_201_CREATED,
     dependencies=[Depends(require_backend_auth)],
+    openapi_extra=WEBHOOK_ACCESS,
     summary="Label Studio ML backend: training events",
 )
 def webhook(project: str, request: Request, body: dict = Body(...)) -> dict:

@@ -7,20 +7,26 @@ payload enabled the annotation events carry (Label Studio 1.23, `webhooks/models
   ANNOTATIONS_CREATED                      "annotation": [{...}, ...]   (bulk, a list)
   ANNOTATIONS_DELETED                      "annotations": [{"id": ...}, ...]
 
-Label Studio sends our secret back in a header, which is how the API knows the call is
-genuine. What an event starts (recording, the debounced retrain) and registering the
-webhook for a project are `labelloop.pipelines.webhooks`.
+Label Studio sends our secret back in a header (the ML backend routes: as the basic-auth
+password), which is how the API knows the call is genuine: the project's own secret, else
+the shared LABELLOOP_WEBHOOK_SECRET (labelloop.access). What an event starts (recording,
+the debounced retrain) and registering the webhook for a project are
+`labelloop.pipelines.webhooks`.
 """
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import HTTPException, status
+
+from labelloop.access import check_webhook_secret
+from labelloop.context import Context
 from labelloop.errors import InputError
 
 SECRET_HEADER = "X-Labelloop-Webhook-Secret"
+BASIC = "basic auth"  # how the ML backend routes carry the secret
 ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
 
 
@@ -69,13 +75,20 @@ def parse_event(payload: Any) -> AnnotationEvent | None:
     return AnnotationEvent(action, ls_project, ids)
 
 
-def secret_matches(configured: str, given: str | None) -> bool:
-    """Constant-time comparison; an unset secret matches nothing."""
-    return (
-        bool(configured)
-        and given is not None
-        and hmac.compare_digest(configured.encode(), given.encode())
-    )
+def check_secret(ctx: Context, project: str, given: str | None, carrier: str) -> None:
+    """The webhook and ML backend routes' check of the secret Label Studio sends for
+    `project`: 503 when the project has no secret of its own and no shared one is set,
+    401 for a missing or wrong one (`carrier` names where it was expected)."""
+    found = check_webhook_secret(ctx, project, given)
+    if found == "off":
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "webhooks are off: LABELLOOP_WEBHOOK_SECRET is unset and the project has no "
+            "secret of its own",
+        )
+    if found == "wrong":
+        headers = {"WWW-Authenticate": "Basic"} if carrier == BASIC else None
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, f"missing or wrong {carrier}", headers)
 
 
 def webhook_url(base_url: str, project: str) -> str:

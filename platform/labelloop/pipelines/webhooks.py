@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from labelloop.access import has_own_webhook_secret, new_secret, set_webhook_secret
 from labelloop.context import Context
 from labelloop.db.models import PipelineRun, Project, WebhookEvent, utcnow
 from labelloop.errors import ConfigError, InputError
@@ -145,6 +146,37 @@ def follow_up(ctx: Context, project_id: int) -> PipelineRequest | None:
         return _queue(s, ctx, project, trig.debounce_s)
 
 
+@dataclass(frozen=True)
+class WiringSecret:
+    """The secret Label Studio is given for a project: a new one of the project's own
+    (`own`: its sha256 is stored once Label Studio holds it), or the shared one."""
+
+    value: str
+    own: bool
+
+
+def wiring_secret(ctx: Context, project_name: str, own: bool | None) -> WiringSecret:
+    """`own` True: a new secret of the project's own (a project's own secret cannot be
+    read back, so wiring it again always makes a new one); False: the shared
+    LABELLOOP_WEBHOOK_SECRET; None: whichever the project uses now."""
+    if own is None:
+        own = has_own_webhook_secret(ctx, project_name)
+    if own:
+        return WiringSecret(new_secret(), True)
+    shared = ctx.settings.webhook_secret.get_secret_value()
+    if not shared:
+        raise ConfigError(
+            "set LABELLOOP_WEBHOOK_SECRET first (Label Studio sends it back), or give the "
+            "project its own secret (--project-secret)"
+        )
+    return WiringSecret(shared, False)
+
+
+def keep_secret(ctx: Context, project_name: str, secret: WiringSecret) -> None:
+    """Record which secret the project's Label Studio now holds (only its sha256)."""
+    set_webhook_secret(ctx, project_name, secret.value if secret.own else None)
+
+
 def _wiring(
     ctx: Context,
     project_name: str,
@@ -152,12 +184,9 @@ def _wiring(
     ls_url: str | None,
     token: str | None,
     verb: str,
-) -> tuple[str, str, str]:
-    """The webhook secret, Label Studio URL and token for wiring a project to Label
-    Studio, checked (with the project) before any request is made."""
-    secret = ctx.settings.webhook_secret.get_secret_value()
-    if not secret:
-        raise ConfigError("set LABELLOOP_WEBHOOK_SECRET first: Label Studio sends it back")
+) -> tuple[str, str]:
+    """The Label Studio URL and token for wiring a project to Label Studio, checked (with
+    the project) before any request is made."""
     ls_url = (ls_url or ctx.settings.labelstudio_url).rstrip("/")
     token = token or ctx.settings.labelstudio_token.get_secret_value()
     if not ls_url or not token:
@@ -172,7 +201,7 @@ def _wiring(
         )
     with ctx.db.session() as s:
         get_project(s, project_name)  # a clear error before any request
-    return secret, ls_url, token
+    return ls_url, token
 
 
 def register_webhook(
@@ -184,14 +213,22 @@ def register_webhook(
     ls_url: str | None = None,
     token: str | None = None,
     label_map: dict[str, str] | None = None,
+    own_secret: bool | None = None,
+    secret: WiringSecret | None = None,
 ) -> dict[str, Any]:
     """Create (or update) the project's webhook in Label Studio and link the Label Studio
-    project as a source of `project_name`. Idempotent: the webhook is found by its URL."""
-    secret, ls_url, token = _wiring(ctx, project_name, base_url, ls_url, token, "registering")
+    project as a source of `project_name`. Idempotent: the webhook is found by its URL.
+
+    `own_secret` (see `wiring_secret`) chooses the secret Label Studio sends (`secret`:
+    one the caller chose already); the project records it only once Label Studio holds
+    it, so a failed call changes nothing."""
+    chosen = secret or wiring_secret(ctx, project_name, own_secret)
+    ls_url, token = _wiring(ctx, project_name, base_url, ls_url, token, "registering")
     url = webhook_url(base_url, project_name)
     hook_id, created = LabelStudioClient(ls_url, token).ensure_webhook(
-        ls_project, url, actions=ACTIONS, headers={SECRET_HEADER: secret}
+        ls_project, url, actions=ACTIONS, headers={SECRET_HEADER: chosen.value}
     )
+    keep_secret(ctx, project_name, chosen)
     with ctx.db.session() as s:
         project = get_project(s, project_name)
         link = link_labelstudio(
@@ -205,6 +242,7 @@ def register_webhook(
         "ls_project": ls_project,
         "actions": list(ACTIONS),
         "link": link,
+        "secret": "project" if chosen.own else "shared",
     }
 
 
@@ -220,13 +258,17 @@ def connect_labelstudio(
     ls_url: str | None = None,
     token: str | None = None,
     label_map: dict[str, str] | None = None,
+    own_secret: bool | None = None,
 ) -> dict[str, Any]:
     """Connect a Label Studio project in one step: check URL and token (a clear error
     before anything changes), register labelloop as its ML backend (predictions of the
-    production model on demand) and the annotation webhook, and link it as a source."""
+    production model on demand) and the annotation webhook, and link it as a source.
+    Both carry the same secret (`own_secret`: see `wiring_secret`), recorded once the
+    webhook holds it: Label Studio calls the backend's `/setup` with it while saving."""
     from labelloop.labelstudio.ml_backend import backend_url
 
-    secret, ls_url, token = _wiring(ctx, project_name, base_url, ls_url, token, "connecting")
+    secret = wiring_secret(ctx, project_name, own_secret)
+    ls_url, token = _wiring(ctx, project_name, base_url, ls_url, token, "connecting")
     client = LabelStudioClient(ls_url, token)
     user = client.whoami()  # a wrong URL or token fails here, before any change
     hook = register_webhook(
@@ -237,10 +279,15 @@ def connect_labelstudio(
         ls_url=ls_url,
         token=token,
         label_map=label_map,
+        secret=secret,
     )
     url = backend_url(base_url, project_name)
     backend_id, created = client.ensure_ml_backend(
-        ls_project, url, title=f"labelloop {project_name}", user=ML_BACKEND_USER, password=secret
+        ls_project,
+        url,
+        title=f"labelloop {project_name}",
+        user=ML_BACKEND_USER,
+        password=secret.value,
     )
     return {
         "ls_url": ls_url,
@@ -248,6 +295,7 @@ def connect_labelstudio(
         "user": user,
         "ml_backend": {"id": backend_id, "created": created, "url": url},
         "webhook": {"id": hook["webhook_id"], "created": hook["created"], "url": hook["url"]},
+        "secret": hook["secret"],
     }
 
 

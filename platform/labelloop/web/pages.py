@@ -12,13 +12,15 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
-from labelloop.api.auth import get_ctx, token_name
+from labelloop.access import PUBLIC, ROLE_KEY, SESSION, Caller, authenticate
+from labelloop.api.auth import get_ctx
 from labelloop.context import Context
 from labelloop.counting.testset import reliability, test_predictions
 from labelloop.db.models import AnnotationRound, Image, ModelVersion, Project, Score
@@ -31,6 +33,7 @@ from labelloop.web.session import (
     COOKIE,
     MAX_AGE_S,
     LoginRequired,
+    current_caller,
     current_user,
     session_cookie,
 )
@@ -52,32 +55,41 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 templates.env.filters["fmt"] = _fmt
 router = APIRouter(include_in_schema=False)
+# What each page needs (labelloop.api.auth.access): a log-in, or nothing.
+SESSION_ACCESS = {ROLE_KEY: SESSION}
+PUBLIC_ACCESS = {ROLE_KEY: PUBLIC}
 
 
 def page(request: Request, name: str, **context: Any) -> HTMLResponse:
     return templates.TemplateResponse(request, name, context)
 
 
-@router.get("/login", response_class=HTMLResponse)
+@router.get("/login", response_class=HTMLResponse, openapi_extra=PUBLIC_ACCESS)
 def login_form(request: Request, next: str = "/") -> HTMLResponse:
     return page(request, "login.html", next=next, error=None, user=None)
 
 
-@router.post("/login", response_class=HTMLResponse)
+@router.post("/login", response_class=HTMLResponse, openapi_extra=PUBLIC_ACCESS)
 async def login(request: Request) -> Response:
     form = parse_qs((await request.body()).decode())
     token = (form.get("token") or [""])[0].strip()
     target = unquote((form.get("next") or ["/"])[0])
     if not target.startswith("/") or target.startswith("//"):
         target = "/"  # never an open redirect
-    name = token_name(request.app.state.tokens, token) if token else None
-    if name is None:
+    caller = (
+        await anyio.to_thread.run_sync(
+            authenticate, get_ctx(request), request.app.state.tokens, token
+        )
+        if token
+        else None
+    )
+    if caller is None:
         # 200, not 401: the form is shown again (a browser logs a 401 page as an error).
         return page(request, "login.html", next=target, error="unknown token", user=None)
     resp = RedirectResponse(target, status_code=303)
     resp.set_cookie(
         COOKIE,
-        session_cookie(request.app.state.tokens[name], name),
+        session_cookie(caller),
         max_age=MAX_AGE_S,
         httponly=True,
         samesite="lax",
@@ -86,23 +98,26 @@ async def login(request: Request) -> Response:
     return resp
 
 
-@router.post("/logout")
+@router.post("/logout", openapi_extra=PUBLIC_ACCESS)
 def logout() -> Response:
     resp = RedirectResponse("/login", status_code=303)
     resp.delete_cookie(COOKIE)
     return resp
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.get("/", response_class=HTMLResponse, openapi_extra=SESSION_ACCESS)
 def projects_page(
-    request: Request, user: str = Depends(current_user), ctx: Context = Depends(get_ctx)
+    request: Request, caller: Caller = Depends(current_caller), ctx: Context = Depends(get_ctx)
 ) -> HTMLResponse:
+    """Every project, or the session token's own."""
     with ctx.db.session() as s:
         rows = data.projects_overview(s)
-    return page(request, "projects.html", user=user, projects=rows)
+    if caller.project is not None:
+        rows = [r for r in rows if r["name"] == caller.project]
+    return page(request, "projects.html", user=caller.name, projects=rows)
 
 
-@router.get("/p/{project}", response_class=HTMLResponse)
+@router.get("/p/{project}", response_class=HTMLResponse, openapi_extra=SESSION_ACCESS)
 def project_page(
     project: str,
     request: Request,
@@ -159,7 +174,7 @@ def project_figures(d: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@router.get("/p/{project}/live.json")
+@router.get("/p/{project}/live.json", openapi_extra=SESSION_ACCESS)
 def project_live(
     project: str, user: str = Depends(current_user), ctx: Context = Depends(get_ctx)
 ) -> JSONResponse:
@@ -187,7 +202,7 @@ def evaluation(request: Request, ctx: Context, mv_id: int) -> list[dict[str, Any
         return cache[mv_id]
 
 
-@router.get("/models/{name}", response_class=HTMLResponse)
+@router.get("/models/{name}", response_class=HTMLResponse, openapi_extra=SESSION_ACCESS)
 def model_version_page(
     name: str,
     request: Request,
@@ -276,7 +291,7 @@ def model_figures(d: dict[str, Any]) -> dict[str, Any]:
     return figs
 
 
-@router.get("/models/{name}/test/{image_id}/{side}.png")
+@router.get("/models/{name}/test/{image_id}/{side}.png", openapi_extra=SESSION_ACCESS)
 def test_overlay(
     name: str,
     image_id: int,
@@ -310,7 +325,7 @@ def _overlay_response(
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
-@router.get("/rounds/{round_id}", response_class=HTMLResponse)
+@router.get("/rounds/{round_id}", response_class=HTMLResponse, openapi_extra=SESSION_ACCESS)
 def round_page(
     round_id: int,
     request: Request,
@@ -356,7 +371,7 @@ def _task_link(p: dict[str, str]) -> str | None:
     return None
 
 
-@router.get("/rounds/{round_id}/images/{image_id}.png")
+@router.get("/rounds/{round_id}/images/{image_id}.png", openapi_extra=SESSION_ACCESS)
 def round_overlay(
     round_id: int,
     image_id: int,

@@ -7,7 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import APIRouter, Depends, HTTPException, status
 from sqlalchemy import text
 
-from labelloop.api.auth import get_ctx
+from labelloop.api.auth import access, get_ctx
 from labelloop.api.schemas import ErrorOut, HealthOut
 from labelloop.context import Context
 
@@ -19,6 +19,7 @@ router = APIRouter(tags=["health"])
     response_model=HealthOut,
     responses={503: {"model": ErrorOut, "description": "the database does not answer"}},
     summary="Liveness and database check",
+    **access("public"),
 )
 def health(ctx: Context = Depends(get_ctx)) -> HealthOut:
     """200 when the service answers and its database runs a query."""

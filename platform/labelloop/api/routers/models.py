@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
-from labelloop.api.auth import get_ctx, require_token
+from labelloop.access import Caller
+from labelloop.api.auth import access, get_ctx, require_role
 from labelloop.api.schemas import ErrorOut, ModelVersionId, ModelVersionOut, PromoteIn
 from labelloop.context import Context
 from labelloop.db.models import ModelVersion, Project
@@ -17,9 +18,7 @@ from labelloop.errors import InputError, NotFoundError
 from labelloop.registry import promote
 from labelloop.reports import model_versions
 
-router = APIRouter(
-    prefix="/model-versions", tags=["model versions"], dependencies=[Depends(require_token)]
-)
+router = APIRouter(prefix="/model-versions", tags=["model versions"])
 SHA_HEADER = "X-Labelloop-SHA256"
 NOT_FOUND = {404: {"model": ErrorOut, "description": "no such model version"}}
 
@@ -38,6 +37,7 @@ def _version(ctx: Context, model_version_id: int) -> dict:
     response_model=ModelVersionOut,
     responses=NOT_FOUND,
     summary="One model version",
+    **access("read"),
 )
 def get_model_version(model_version_id: ModelVersionId, ctx: Context = Depends(get_ctx)) -> dict:
     return _version(ctx, model_version_id)
@@ -55,6 +55,7 @@ def get_model_version(model_version_id: ModelVersionId, ctx: Context = Depends(g
         **NOT_FOUND,
     },
     summary="Download a model artifact",
+    **access("read"),
 )
 def download_artifact(
     model_version_id: ModelVersionId, ctx: Context = Depends(get_ctx)
@@ -96,12 +97,13 @@ def download_artifact(
     response_model=ModelVersionOut,
     responses=NOT_FOUND,
     summary="Promote to production",
+    **access("admin"),
 )
 def promote_model_version(
     model_version_id: ModelVersionId,
     body: PromoteIn,
     ctx: Context = Depends(get_ctx),
-    caller: str = Depends(require_token),
+    caller: Caller = Depends(require_role("admin")),
 ) -> dict:
     """Make the version production regardless of the promotion gate; the reason (and who
     gave it) is recorded, and the previous production version is archived."""
@@ -109,5 +111,5 @@ def promote_model_version(
     if not reason:
         raise InputError("reason must say why the gate is overridden")
     _version(ctx, model_version_id)
-    promote(ctx, model_version_id, f"{reason} (by {caller})", forced=True)
+    promote(ctx, model_version_id, f"{reason} (by {caller.name})", forced=True)
     return _version(ctx, model_version_id)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query
 
-from labelloop.api.auth import get_ctx, require_token
+from labelloop.access import Caller
+from labelloop.api.auth import access, get_ctx, require_role
 from labelloop.api.schemas import (
     DatasetVersionOut,
     ErrorOut,
@@ -19,7 +20,7 @@ from labelloop.pipelines.triggers import effective_triggers, labelstudio_links
 from labelloop.projects import get_project, label_names
 from labelloop.reports import annotation_rounds, dataset_versions, model_versions
 
-router = APIRouter(prefix="/projects", tags=["projects"], dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/projects", tags=["projects"])
 NOT_FOUND = {404: {"model": ErrorOut, "description": "no such project"}}
 
 
@@ -34,17 +35,29 @@ def _project_out(ctx: Context, project: Project) -> ProjectOut:
     )
 
 
-@router.get("", response_model=list[ProjectOut], summary="List projects")
-def list_projects(ctx: Context = Depends(get_ctx)) -> list[ProjectOut]:
-    """Every project with its labels, its effective trigger settings (its own, else the
-    defaults) and the Label Studio projects linked to it."""
+@router.get("", response_model=list[ProjectOut], summary="List projects", **access("read"))
+def list_projects(
+    ctx: Context = Depends(get_ctx), caller: Caller = Depends(require_role("read"))
+) -> list[ProjectOut]:
+    """Every project (the token's own only, for a token limited to one) with its labels,
+    its effective trigger settings (its own, else the defaults) and the Label Studio
+    projects linked to it."""
     from sqlalchemy import select
 
+    query = select(Project).order_by(Project.name)
+    if caller.project_id is not None:
+        query = query.where(Project.id == caller.project_id)
     with ctx.db.session() as s:
-        return [_project_out(ctx, p) for p in s.scalars(select(Project).order_by(Project.name))]
+        return [_project_out(ctx, p) for p in s.scalars(query)]
 
 
-@router.get("/{project}", response_model=ProjectOut, responses=NOT_FOUND, summary="One project")
+@router.get(
+    "/{project}",
+    response_model=ProjectOut,
+    responses=NOT_FOUND,
+    summary="One project",
+    **access("read"),
+)
 def get_project_view(project: str, ctx: Context = Depends(get_ctx)) -> ProjectOut:
     with ctx.db.session() as s:
         return _project_out(ctx, get_project(s, project))
@@ -55,6 +68,7 @@ def get_project_view(project: str, ctx: Context = Depends(get_ctx)) -> ProjectOu
     response_model=list[DatasetVersionOut],
     responses=NOT_FOUND,
     summary="Frozen dataset versions",
+    **access("read"),
 )
 def list_dataset_versions(project: str, ctx: Context = Depends(get_ctx)) -> list[dict]:
     """Oldest first; each is immutable and identified by the hash of its content."""
@@ -66,6 +80,7 @@ def list_dataset_versions(project: str, ctx: Context = Depends(get_ctx)) -> list
     response_model=list[ModelVersionOut],
     responses=NOT_FOUND,
     summary="Model versions with their metrics",
+    **access("read"),
 )
 def list_model_versions(project: str, ctx: Context = Depends(get_ctx)) -> list[dict]:
     """Oldest first: stage, test and validation metrics, the promotion gate's comparison
@@ -78,6 +93,7 @@ def list_model_versions(project: str, ctx: Context = Depends(get_ctx)) -> list[d
     response_model=list[RoundOut],
     responses=NOT_FOUND,
     summary="Annotation rounds",
+    **access("read"),
 )
 def list_rounds(
     project: str,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
-from labelloop.api.auth import get_ctx, require_token
+from labelloop.access import Caller
+from labelloop.api.auth import access, get_ctx, require_role
 from labelloop.api.schemas import CancelIn, ErrorOut, RunId, RunOut, TriggerIn, TriggerOut
 from labelloop.context import Context
 from labelloop.pipelines import runs as pipelines
@@ -27,6 +28,7 @@ ERRORS = {
         **ERRORS,
     },
     summary="Trigger a retrain",
+    **access("trigger"),
 )
 def trigger_run(
     project: str,
@@ -34,7 +36,7 @@ def trigger_run(
     request: Request,
     body: TriggerIn | None = None,
     ctx: Context = Depends(get_ctx),
-    caller: str = Depends(require_token),
+    caller: Caller = Depends(require_role("trigger")),
 ) -> TriggerOut:
     """Queue the project's pipeline: sync its Label Studio projects, freeze, train (with
     the recipe overrides given), evaluate and promote, score, select and push. It stops
@@ -43,7 +45,7 @@ def trigger_run(
     One pipeline per project at a time: while one is queued or running, the request is
     recorded as `coalesced` into it (HTTP 200) instead of starting a second one."""
     req = pipelines.request_pipeline(
-        ctx, project, trigger="api", requested_by=caller, params=body or TriggerIn()
+        ctx, project, trigger="api", requested_by=caller.name, params=body or TriggerIn()
     )
     launch(ctx, request.app.state.dispatcher, req)
     if not req.created:
@@ -55,8 +57,8 @@ def trigger_run(
     "/projects/{project}/runs",
     response_model=list[RunOut],
     responses=ERRORS,
-    dependencies=[Depends(require_token)],
     summary="A project's pipeline runs",
+    **access("read"),
 )
 def list_project_runs(
     project: str,
@@ -72,8 +74,8 @@ def list_project_runs(
     "/runs/{run_id}",
     response_model=RunOut,
     responses=ERRORS,
-    dependencies=[Depends(require_token)],
     summary="A run's status and progress",
+    **access("read"),
 )
 def get_run(run_id: RunId, ctx: Context = Depends(get_ctx)) -> dict:
     """Status, stage, the ids produced so far, and the training's progress as the trainer
@@ -85,8 +87,8 @@ def get_run(run_id: RunId, ctx: Context = Depends(get_ctx)) -> dict:
     "/runs/{run_id}/cancel",
     response_model=RunOut,
     responses={409: {"model": ErrorOut, "description": "the run already ended"}, **ERRORS},
-    dependencies=[Depends(require_token)],
     summary="Cancel a run",
+    **access("trigger"),
 )
 def cancel_run(
     run_id: RunId, request: Request, body: CancelIn | None = None, ctx: Context = Depends(get_ctx)

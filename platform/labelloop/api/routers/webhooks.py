@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Body, Depends, Request, status
 
-from labelloop.api.auth import get_ctx, require_webhook_secret
+from labelloop.api.auth import access, get_ctx
 from labelloop.api.schemas import ErrorOut, WebhookOut
 from labelloop.context import Context
 from labelloop.labelstudio.webhooks import SECRET_HEADER, parse_event
@@ -18,7 +18,7 @@ router = APIRouter(tags=["webhooks"])
     "/webhooks/labelstudio/{project}",
     response_model=WebhookOut,
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[Depends(require_webhook_secret)],
+    **access("webhook"),
     responses={
         401: {"model": ErrorOut, "description": f"missing or wrong {SECRET_HEADER}"},
         404: {"model": ErrorOut, "description": "no such project"},
