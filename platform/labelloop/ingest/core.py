@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labelloop.db.models import Annotation, Image, Project, SourceItem
-from labelloop.db.upsert import insert_new
+from labelloop.db.upsert import get_or_insert
 from labelloop.domain import Box, Keypoint, Mask, Polygon, Shape, Tag, shapes_to_json
 from labelloop.errors import InputError
 from labelloop.imaging import decode_image
@@ -89,8 +89,11 @@ class IngestReport:
         return asdict(self)
 
 
-def revision_of(ann: RecordAnnotation) -> str:
-    payload = {"shapes": shapes_to_json(ann.shapes), "gt": ann.ground_truth, "x": ann.cancelled}
+def revision_of(ann: RecordAnnotation, shapes_json: list[dict] | None = None) -> str:
+    """`shapes_json`: the shapes already serialised (the ingest stores that list too)."""
+    if shapes_json is None:
+        shapes_json = shapes_to_json(ann.shapes)
+    payload = {"shapes": shapes_json, "gt": ann.ground_truth, "x": ann.cancelled}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:32]
 
@@ -319,11 +322,11 @@ class _Writer:
             "height": int(arr.shape[0]),
             "format": suffix.lstrip("."),
         }
-        if insert_new(self.s, Image, values, ["sha256"]) is None:
-            self.report.images_existing += 1
-        else:
+        img, created = get_or_insert(self.s, Image, values, ["sha256"])
+        if created:
             self.report.images_new += 1
-        img = self.s.scalars(select(Image).where(Image.sha256 == digest)).one()
+        else:
+            self.report.images_existing += 1
         self.images[digest] = img
         return img
 
@@ -353,10 +356,10 @@ class _Writer:
                 "uri": rec.uri,
                 "meta": rec.meta,
             }
-            insert_new(self.s, SourceItem, values, ["project_id", "source", "external_id"])
-            self.items.pop((rec.source, rec.external_id), None)
-            item = self._item(rec.source, rec.external_id)
-            assert item is not None
+            item, _ = get_or_insert(
+                self.s, SourceItem, values, ["project_id", "source", "external_id"]
+            )
+            self.items[(rec.source, rec.external_id)] = item
         if item.image_id != img.id:
             self.claim(rec, item, img)
         if "split" in rec.meta and (item.meta or {}).get("split") != rec.meta["split"]:
@@ -410,7 +413,8 @@ class _Writer:
         shapes = _fit_geometry(shapes, img.width, img.height, rec.file, where, self.report.warnings)
         ann = RecordAnnotation(**{**ann.__dict__, "shapes": shapes})
         ext = f"{rec.external_id}/{ann.external_id}"
-        rev = revision_of(ann)
+        shapes_json = shapes_to_json(shapes)
+        rev = revision_of(ann, shapes_json)
         if ann.cancelled:
             self.report.annotations_cancelled += 1
         else:
@@ -452,7 +456,7 @@ class _Writer:
             annotator=ann.annotator,
             is_ground_truth=ann.ground_truth,
             state=state,
-            shapes=shapes_to_json(shapes),
+            shapes=shapes_json,
             source_updated_at=ann.updated_at,
         )
         self.s.add(new)
