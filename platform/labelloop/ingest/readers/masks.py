@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from labelloop.domain import Mask
 from labelloop.errors import InputError
@@ -60,6 +59,8 @@ def instance_masks(
 ) -> list[Mask]:
     """One Mask per instance: SegmentationObject ids when given (each instance takes the
     majority class under it), else the connected components of each class."""
+    from scipy import ndimage  # imported here: every ingest loads this reader, few use it
+
     out: list[Mask] = []
     full = np.zeros(codes.shape, dtype=bool)
     if objects is None:
