@@ -41,6 +41,7 @@ from labelloop.ingest.records import (
     ReadOptions,
     RecordAnnotation,
     SourceRecord,
+    default_source,
     error_record,
     file_loader,
     image_record,
@@ -86,7 +87,7 @@ def read_labelme(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
     if not files:
         raise InputError("no LabelMe JSON files found", file=str(path))
     image_root = (opts.image_root or root).resolve()
-    source = opts.source or f"labelme:{root.name}"
+    source = opts.source or default_source("labelme", root)
     for f in files:
         key = (f.relative_to(path) if path.is_dir() else Path(f.name)).with_suffix("").as_posix()
         name = f"image {key}"

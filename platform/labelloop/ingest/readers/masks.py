@@ -41,6 +41,7 @@ from labelloop.ingest.records import (
     ReadOptions,
     RecordAnnotation,
     SourceRecord,
+    default_source,
     error_record,
     image_record,
 )
@@ -245,7 +246,7 @@ def read_mask_folder(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
             "not a mask dataset: expected SegmentationClass/ or images/ + masks/", file=str(path)
         )
     root = layout.root.resolve()
-    source = opts.source or f"masks:{root.name}"
+    source = opts.source or default_source("masks", root)
     image_root = (opts.image_root or layout.images or layout.root).resolve()
     masks = layout.mask_files()
     images = _by_key(layout.images) if layout.images is not None else {}
