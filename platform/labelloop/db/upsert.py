@@ -51,6 +51,9 @@ def get_or_insert(
         if new_id is None:
             found = select(model).where(*(getattr(model, k) == values[k] for k in keys))
             return s.scalars(found).one(), False
+    stale = s.identity_map.get(s.identity_key(model, new_id))
+    if stale is not None:  # a row of a rolled-back savepoint whose id the database reused
+        s.expunge(stale)
     row = model(id=new_id, **values)
     make_transient_to_detached(row)  # persistent once added: its columns are not re-read
     s.add(row)
