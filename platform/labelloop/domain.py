@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from labelloop.kinds import TASKS
 
@@ -108,8 +108,12 @@ class ShapeList(BaseModel):
     shapes: list[Shape]
 
 
+_SHAPES = TypeAdapter(list[Shape])
+
+
 def shapes_to_json(shapes: list[Shape]) -> list[dict]:
-    return ShapeList(shapes=shapes).model_dump(mode="json")["shapes"]
+    # Serialised as they are: wrapping them in a ShapeList validated every shape again.
+    return _SHAPES.dump_python(shapes, mode="json")
 
 
 def shapes_from_json(data: list[dict]) -> list[Shape]:

@@ -10,7 +10,6 @@ import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from matplotlib.path import Path as MplPath
 from pycocotools import mask as mask_utils
 
 from labelloop.domain import Box, Ellipse, Keypoint, Mask, Polygon, Shape, Tag
@@ -131,6 +130,8 @@ def _polygon_mask(points: Iterable[tuple[float, float]], height: int, width: int
         return out
     ys, xs = np.mgrid[y0:y1, x0:x1]
     centres = np.column_stack([xs.ravel() + 0.5, ys.ravel() + 0.5])
+    from matplotlib.path import Path as MplPath  # here: importing it costs every CLI start
+
     inside = MplPath(pts).contains_points(centres)
     out[y0:y1, x0:x1] = inside.reshape(y1 - y0, x1 - x0)
     return out

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
 import stat
 import zipfile
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from labelloop.db.models import Annotation, Image
+from labelloop.db.models import Annotation, Image, SourceItem
 from labelloop.errors import InputError
 from labelloop.ingest import ingest_path
 from labelloop.ingest.archive import safe_extract
 from labelloop.projects import create_project
 from tests.factories import small_export
+from tests.support import require_shared_data
 
 
 @pytest.fixture
@@ -24,6 +27,7 @@ def project(ctx):
 
 
 def _zip_folder(folder, target, prefix=""):
+    target.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
         for p in sorted(folder.rglob("*")):
             if p.is_file():
@@ -59,8 +63,6 @@ def test_pool_zip_without_top_folder_keeps_stable_source(ctx, project, tmp_path)
     archive = _zip_folder(pool, tmp_path / "pool.zip")
     assert ingest_path(ctx, project, archive).unlabeled == 3
     ingest_path(ctx, project, archive)
-    from labelloop.db.models import SourceItem
-
     with ctx.db.session() as s:
         assert s.scalar(select(func.count()).select_from(SourceItem)) == 3
 
@@ -111,3 +113,38 @@ def test_truncated_zip_is_a_clear_error(ctx, project, tmp_path):
     with pytest.raises(InputError, match=r"cut\.zip"):
         ingest_path(ctx, project, archive)
     assert _rows(ctx) == (0, 0)
+
+
+def _real_export(kind: str, folder: Path) -> Path:
+    """A few files of a real dataset, laid out as the export the reader takes."""
+    if kind == "folders":  # malaria crops: train/<class>/*.png
+        real = require_shared_data("malaria-cells", "train")
+        for cls in ("Parasitized", "Uninfected"):
+            (folder / "train" / cls).mkdir(parents=True)
+            for f in sorted((real / cls).glob("*.png"))[:2]:
+                shutil.copy(f, folder / "train" / cls / f.name)
+    else:  # ISBI 2012 test slices: an unlabeled pool
+        folder.mkdir(parents=True)
+        for f in sorted(require_shared_data("isbi2012-membrane", "test").glob("*.png"))[:3]:
+            shutil.copy(f, folder / f.name)
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["folders", "images"])
+@pytest.mark.parametrize("prefix", ["malaria/", ""])
+def test_folder_then_its_zip_adds_no_source_items(ctx, tmp_path, kind, prefix):
+    """The source a reader names is the export's folder name, not where it lies: the
+    zip (with the folder at its top, or flat and named after it) is the same source."""
+    with ctx.db.session() as s:
+        create_project(s, "m", "classification", ["Parasitized", "Uninfected"])
+    folder = _real_export(kind, tmp_path / "malaria")
+    first = ingest_path(ctx, "m", folder)
+    archive = _zip_folder(folder, tmp_path / "zipped" / "malaria.zip", prefix=prefix)
+    again = ingest_path(ctx, "m", archive)
+    with ctx.db.session() as s:
+        items = s.scalars(select(SourceItem)).all()
+    assert (first.format, again.format) == (kind, kind)
+    assert len(items) == first.records == again.records
+    assert len({i.source for i in items}) == 1
+    assert again.images_new == again.annotations_new == 0
+    assert again.annotations_unchanged == first.annotations_new

@@ -224,3 +224,87 @@ def test_fuzz_arbitrary_bytes_only_raise_input_errors(data):
 @given(mutated(_VALID))
 def test_fuzz_mutated_json_only_raises_input_errors(data):
     _fuzz(data)
+
+
+def _jpeg(seed: int, size=(121, 91), quality: int = 90) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = np.full((size[1], size[0], 3), 200, np.uint8)
+    pixels[10:60, 20:90] = rng.integers(0, 255, 3, dtype=np.uint8)
+    buf = io.BytesIO()
+    PILImage.fromarray(pixels).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _tutorial(folder: Path, *, embedded: bytes, beside: bytes | None, image_path: str) -> Path:
+    """labelme's examples/tutorial/apc2016_obj3.json as the repository keeps it: LabelMe 3
+    keys (no shape_type, per-shape line_color/fill_color, file-level lineColor and
+    fillColor), `imageData` embedding the JPEG, `imagePath` naming the JSON itself, and
+    apc2016_obj3.jpg beside it. The pixels are smaller here, the layout is the file's."""
+
+    def poly(label, pts):
+        return {"label": label, "line_color": None, "fill_color": None, "points": pts}
+
+    doc = {
+        "shapes": [
+            poly("shelf", [[0.79, 7.98], [17.19, 71.38], [96.89, 73.28], [118.19, 10.98]]),
+            poly("mead_index_cards", [[44.71, 39.46], [41.05, 48.09], [73.21, 52.80]]),
+        ],
+        "lineColor": [0, 255, 0, 128],
+        "fillColor": [255, 0, 0, 128],
+        "imagePath": image_path,
+        "imageData": base64.b64encode(embedded).decode(),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "apc2016_obj3.json").write_text(json.dumps(doc, indent=2))
+    if beside is not None:
+        (folder / "apc2016_obj3.jpg").write_bytes(beside)
+    return folder
+
+
+@pytest.mark.parametrize("image_path", ["apc2016_obj3.json", "apc2016_obj3.jpg"])
+def test_labelme_tutorial_file_reads_the_image_beside_it(ctx, tmp_path, image_path):
+    make_project(ctx, "apc", "segmentation", ["shelf", "mead_index_cards"])
+    jpeg = _jpeg(0)
+    folder = _tutorial(tmp_path / "tutorial", embedded=jpeg, beside=jpeg, image_path=image_path)
+    report = ingest_path(ctx, "apc", folder)
+    assert (report.format, report.images_new, report.shapes_per_kind) == (
+        "labelme",
+        1,
+        {"polygon": 2},
+    )
+    with ctx.db.session() as s:
+        assert s.scalar(select(Image.sha256)) == hashlib.sha256(jpeg).hexdigest()
+    assert item_meta(ctx)["apc2016_obj3"]["image_path"] == str(folder / "apc2016_obj3.jpg")
+
+
+def test_labelme_embedded_image_re_encoded_still_agrees(ctx, tmp_path):
+    """LabelMe re-encodes the image it embeds: other bytes, the same picture. The file
+    beside the JSON is read."""
+    make_project(ctx, "apc", "segmentation", ["shelf", "mead_index_cards"])
+    beside = _jpeg(0)
+    folder = _tutorial(
+        tmp_path / "t", embedded=_jpeg(0, quality=75), beside=beside, image_path="x.jpg"
+    )
+    assert ingest_path(ctx, "apc", folder).images_new == 1
+    with ctx.db.session() as s:
+        assert s.scalar(select(Image.sha256)) == hashlib.sha256(beside).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("embedded", "reason"),
+    [
+        (_jpeg(1), r"differs from the image embedded in imageData"),
+        (_jpeg(0, size=(60, 45)), r"embedded in imageData is 60x45 but apc2016_obj3\.jpg"),
+    ],
+)
+def test_labelme_embedded_image_that_differs_from_the_file_is_refused(
+    ctx, tmp_path, embedded, reason
+):
+    make_project(ctx, "apc", "segmentation", ["shelf", "mead_index_cards"])
+    folder = _tutorial(
+        tmp_path / "t", embedded=embedded, beside=_jpeg(0), image_path="apc2016_obj3.jpg"
+    )
+    with pytest.raises(InputError, match=reason) as err:
+        ingest_path(ctx, "apc", folder)
+    assert err.value.file.endswith("apc2016_obj3.json") and err.value.record == "image apc2016_obj3"
+    assert row_counts(ctx) == NOTHING

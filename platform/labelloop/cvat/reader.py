@@ -29,6 +29,7 @@ from labelloop.ingest.records import (
     ReadOptions,
     RecordAnnotation,
     SourceRecord,
+    default_source,
     error_record,
     image_record,
 )
@@ -164,7 +165,7 @@ def _parse_meta(el: Element) -> _Meta:
 def _source_name(meta: _Meta, xml: Path) -> str:
     if meta.kind and meta.id:
         return f"cvat:{meta.kind}-{meta.id}"
-    return f"cvat:{xml.parent.resolve().name or 'export'}"
+    return default_source("cvat", xml.parent.resolve())
 
 
 def _record(

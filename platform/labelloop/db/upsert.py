@@ -8,9 +8,11 @@ row; it never raises for the key."""
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy import select
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from labelloop.errors import ConfigError
 
@@ -18,17 +20,41 @@ from labelloop.errors import ConfigError
 def insert_new(s: Session, model: Any, values: dict[str, Any], keys: list[str]) -> int | None:
     """The new row's id, or None when a row with the same `keys` exists (committed by
     another transaction, or written earlier by this one)."""
-    dialect = s.get_bind().dialect.name
+    stmt = _insert_statement(s.get_bind().dialect.name, model, tuple(keys))
+    # The statement is built once and the values bound at execution: building it with the
+    # values in it cost more than the INSERT itself (an ingest runs it once per new row).
+    return s.connection().execute(stmt, values).scalar()
+
+
+@cache
+def _insert_statement(dialect: str, model: Any, keys: tuple[str, ...]) -> Any:
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     elif dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
     else:
         raise ConfigError(f"unsupported database {dialect!r}: use PostgreSQL or SQLite")
-    stmt = (
-        insert(model)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=keys)
-        .returning(model.id)
-    )
-    return s.scalar(stmt)
+    return insert(model).on_conflict_do_nothing(index_elements=list(keys)).returning(model.id)
+
+
+def get_or_insert(
+    s: Session, model: Any, values: dict[str, Any], keys: list[str]
+) -> tuple[Any, bool]:
+    """The row with `values`' `keys` and whether this call inserted it (`insert_new`), or
+    found the one that was there.
+
+    Pending rows of the session are not flushed first (an ingest writes a batch at once;
+    an autoflush per call made that one INSERT per row again), and a row this call
+    inserted joins the session as it was written, without a SELECT to read it back."""
+    with s.no_autoflush:
+        new_id = insert_new(s, model, values, keys)
+        if new_id is None:
+            found = select(model).where(*(getattr(model, k) == values[k] for k in keys))
+            return s.scalars(found).one(), False
+    stale = s.identity_map.get(s.identity_key(model, new_id))
+    if stale is not None:  # a row of a rolled-back savepoint whose id the database reused
+        s.expunge(stale)
+    row = model(id=new_id, **values)
+    make_transient_to_detached(row)  # persistent once added: its columns are not re-read
+    s.add(row)
+    return row, True

@@ -143,10 +143,7 @@ def ingest_path(
     opts = ReadOptions(source=source, image_root=root, label_config=config)
     if path.is_file() and path.suffix.lower() == ".zip":
         with tempfile.TemporaryDirectory(prefix="labelloop-zip-") as tmp:
-            inner = safe_extract(path, Path(tmp) / path.stem)
-            opts = ReadOptions(
-                source=source, image_root=root, label_config=config, origin=f"zip:{path.name}"
-            )
+            inner = _archive_root(safe_extract(path, Path(tmp) / path.stem), path, fmt)
             return _ingest(
                 ctx,
                 project_name,
@@ -163,6 +160,25 @@ def ingest_path(
     return _ingest(
         ctx, project_name, path, fmt, opts, skip_invalid, label_map, on_record, split, dry_run, edit
     )
+
+
+def _archive_root(top: Path, archive: Path, fmt: str) -> Path:
+    """The folder of an extracted archive to read: the one the archive was made from, so
+    that its records and source are those of that folder read directly.
+
+    `top` is the archive's single top-level folder when it has one (`safe_extract`). A
+    folder named like the archive (malaria.zip holding malaria/) is the zipped folder.
+    Under another name it is either the export folder a tool put in its archive (Label
+    Studio's export/) or part of a flat archive's layout (malaria.zip holding only
+    train/<class>/): the archive's own folder is read when the format reads it there."""
+    whole = top.parent
+    if top.name == archive.stem or whole.name != archive.stem or not top.is_dir():
+        return top
+    try:
+        reads = detect_format(whole) != "images" if fmt == "auto" else formats()[fmt].detect(whole)
+    except (InputError, KeyError):
+        reads = False  # refused there (annotation files below an image pool), or no format
+    return whole if reads else top
 
 
 def _ingest(

@@ -117,9 +117,15 @@ class ReadOptions:
     image_root: Path | None = None  # where image references resolve (default: the input)
     image_key: str = "image"  # Label Studio task data field holding the image
     label_config: Path | None = None  # Label Studio labeling config (JSON-MIN needs it)
-    # A stable name for where the input came from when its path is not (an archive
-    # extracted into a temporary folder): readers build default source names from it.
-    origin: str | None = None
+
+
+def default_source(kind: str, folder: Path) -> str:
+    """`<kind>:<folder name>`, the source a reader names when the user gives none and the
+    export names none itself. Only the export's own folder name counts, never where it
+    lies: the same export read from a folder, from another copy of it, or from its .zip
+    (whose single top-level folder, or else the archive's name without .zip, is that
+    folder) is one source, so reading it again adds no duplicate source items."""
+    return f"{kind}:{folder.name or 'export'}"
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,9 @@ def _result_shapes(r: dict, where: _Where, image_size: tuple[int, int] | None) -
         m = mask_shape(mask, "_")
         geo = {"size": m.size, "counts": m.counts}
         cls = Mask
-    return [cls(label=lab, attributes=attrs, **geo) for lab in labels]
+    # Every field was checked above (labels, finite numbers, mask size): building the
+    # shapes without pydantic's validation saves a second pass over each number.
+    return [cls.model_construct(label=lab, attributes=dict(attrs), **geo) for lab in labels]
 
 
 def _geometry_kind(value: dict) -> str | None:
@@ -178,6 +180,8 @@ def _num(
 
 def _finite(v: object) -> float | None:
     """float(v) for real JSON numbers; None for bools, strings, inf/nan and huge ints."""
+    if type(v) is float:  # most numbers of an export: checked without a conversion
+        return v if math.isfinite(v) else None
     if isinstance(v, bool) or not isinstance(v, int | float):
         return None
     try:
@@ -195,8 +199,11 @@ def _points(value: dict, width: int, height: int, where: _Where) -> list[tuple[f
     for p in pts:
         if not isinstance(p, list | tuple) or len(p) != 2:
             raise where.error(f"polygon point {p!r} is not an [x, y] pair")
-        pair = {"x": p[0], "y": p[1]}
-        out.append((_num(pair, "x", where) * width / 100, _num(pair, "y", where) * height / 100))
+        x, y = _finite(p[0]), _finite(p[1])
+        if x is None or y is None:  # _num names what is wrong
+            pair = {"x": p[0], "y": p[1]}
+            x, y = _num(pair, "x", where), _num(pair, "y", where)
+        out.append((x * width / 100, y * height / 100))  # as before: revisions hash these
     return out
 
 

@@ -22,6 +22,7 @@ from labelloop.ingest.records import (
     ReadOptions,
     RecordAnnotation,
     SourceRecord,
+    default_source,
     error_record,
     image_record,
 )
@@ -67,7 +68,7 @@ def read_createml(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
     if not files:
         raise InputError("no CreateML JSON (a list of {image, annotations})", file=str(path))
     root = (path if path.is_dir() else path.parent).resolve()
-    source = opts.source or f"createml:{root.name}"
+    source = opts.source or default_source("createml", root)
     for file in files:
         folder = file.parent.resolve()
         prefix = folder.relative_to(root).as_posix() if folder != root else ""

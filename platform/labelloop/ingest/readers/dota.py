@@ -21,6 +21,7 @@ from labelloop.ingest.records import (
     ReadOptions,
     RecordAnnotation,
     SourceRecord,
+    default_source,
     error_record,
     image_record,
 )
@@ -47,7 +48,7 @@ def read_dota(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
     if not bases:
         raise InputError(f"no {LABEL_DIR}/ folder (YOLO-OBB / DOTA layout)", file=str(path))
     root = path.resolve()
-    source = opts.source or f"obb:{root.name}"
+    source = opts.source or default_source("obb", root)
     for base in bases:
         images = _image_dir(base)
         meta = split_meta(base.name) if base != path else {}

@@ -19,6 +19,7 @@ from labelloop.ingest.records import (
     ReadOptions,
     RecordAnnotation,
     SourceRecord,
+    default_source,
     error_record,
     image_record,
 )
@@ -85,7 +86,7 @@ def read_class_folders(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
     folders = class_folders(path)
     if not folders:
         raise InputError("no class folders found (expected <class>/ image folders)", file=str(path))
-    source = opts.source or f"folders:{opts.origin or root.name}"
+    source = opts.source or default_source("folders", root)
     seen: dict[str, tuple[str, str | None, str]] = {}  # sha256 -> (class, split, where)
     for split, folder in folders:
         label = folder.name

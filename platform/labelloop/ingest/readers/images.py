@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from labelloop.errors import InputError
-from labelloop.ingest.records import Format, ReadOptions, SourceRecord, file_loader
+from labelloop.ingest.records import Format, ReadOptions, SourceRecord, default_source, file_loader
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 
@@ -30,9 +30,7 @@ def read_image_folder(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
         raise InputError(
             "no images found (looked for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")", file=str(path)
         )
-    src = source or (
-        f"files:{opts.origin}" if opts.origin else f"files:{root if root.is_dir() else root.parent}"
-    )
+    src = source or default_source("files", root if root.is_dir() else root.parent)
     for f in files:
         real = f.resolve()
         if path.is_dir() and not real.is_relative_to(root):

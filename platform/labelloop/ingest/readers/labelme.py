@@ -1,9 +1,12 @@
 """LabelMe JSON: one JSON file per image, shapes in pixels of that image.
 
 `imagePath` is relative to the JSON file; when the image is not on disk, the base64
-`imageData` embedded by LabelMe is used instead. Shape types: rectangle -> Box, polygon ->
-Polygon, circle (centre + a point on the rim) -> Ellipse, point/points -> Keypoint,
-mask (a base64 PNG of the region between two corner points, newer LabelMe) -> Mask.
+`imageData` embedded by LabelMe is used instead. When both are there (LabelMe's default,
+and its own tutorial file, whose imagePath names the JSON itself) the file is read if the
+embedded copy shows the same picture, and the record is refused if it shows another.
+Shape types: rectangle -> Box, polygon -> Polygon, circle (centre + a point on the rim)
+-> Ellipse, point/points -> Keypoint, mask (a base64 PNG of the region between two
+corner points, newer LabelMe) -> Mask.
 line and linestrip have no area and no canonical shape: they are left out and counted in
 the record's meta["ignored_shapes"], rather than becoming zero-area polygons that the
 ingest would refuse.
@@ -41,6 +44,7 @@ from labelloop.ingest.records import (
     ReadOptions,
     RecordAnnotation,
     SourceRecord,
+    default_source,
     error_record,
     file_loader,
     image_record,
@@ -86,7 +90,7 @@ def read_labelme(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
     if not files:
         raise InputError("no LabelMe JSON files found", file=str(path))
     image_root = (opts.image_root or root).resolve()
-    source = opts.source or f"labelme:{root.name}"
+    source = opts.source or default_source("labelme", root)
     for f in files:
         key = (f.relative_to(path) if path.is_dir() else Path(f.name)).with_suffix("").as_posix()
         name = f"image {key}"
@@ -119,7 +123,9 @@ def _load_json(path: Path, name: str) -> dict:
 def _image(
     data: dict, path: Path, root: Path, image_root: Path, name: str
 ) -> tuple[Callable[[], bytes], tuple[int, int], str, Path | str]:
-    """(loader, (width, height), uri, where it came from) for the JSON's image."""
+    """(loader, (width, height), uri, where it came from) for the JSON's image: the file
+    `imagePath` names (or one named like the JSON) when there is one, else the embedded
+    `imageData`. With both, they must show the same picture (`_same_picture`)."""
     file = str(path)
     ref = data.get("imagePath")
     ref = relative_ref(ref) if isinstance(ref, str) else ""
@@ -127,16 +133,18 @@ def _image(
     if ref:
         cands += [path.parent / ref, path.parent / Path(ref).name, image_root / Path(ref).name]
     cands += with_suffixes(path.parent, path.stem)
+    # An imagePath naming a JSON (labelme's own tutorial file names itself) is no image.
+    cands = [c for c in cands if c.suffix.lower() != ".json"]
     found = first_inside(cands, [root, image_root])
+    embedded = data.get("imageData")
     if found is not None:
         size = image_size(found, file=file, record=name)
+        if isinstance(embedded, str) and embedded:
+            raw = _decode_embedded(embedded, file, name)
+            _same_picture(found, size, raw, file, name)
         return file_loader(found, file=file, record=name), size, relative_uri(found, root), found
-    embedded = data.get("imageData")
     if isinstance(embedded, str) and embedded:
-        try:
-            raw = base64.b64decode("".join(embedded.split()), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InputError(f"imageData is not base64 ({exc})", file=file, record=name) from None
+        raw = _decode_embedded(embedded, file, name)
         size = bytes_size(raw, file=file, record=name)
         return (lambda: raw), size, ref or f"{path.stem}.embedded", "embedded imageData"
     raise InputError(
@@ -146,6 +154,46 @@ def _image(
         file=file,
         record=name,
     )
+
+
+def _decode_embedded(embedded: str, file: str, name: str) -> bytes:
+    try:
+        return base64.b64decode("".join(embedded.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError(f"imageData is not base64 ({exc})", file=file, record=name) from None
+
+
+# Mean absolute difference per channel (0-255) under which two decodings are one picture:
+# LabelMe re-encodes the image it embeds (JPEG again, EXIF dropped), so the bytes differ.
+SAME_PICTURE_LEVELS = 8.0
+
+
+def _same_picture(found: Path, size: tuple[int, int], raw: bytes, file: str, name: str) -> None:
+    """The file beside the JSON is read when the embedded copy shows the same picture; when
+    they differ the shapes fit one of them and nothing says which, so it is refused."""
+    if raw == found.read_bytes():
+        return
+    embedded_size = bytes_size(raw, file=file, record=name)
+    fix = "; keep the one the shapes were drawn on (remove imageData, or the file)"
+    if embedded_size != size:
+        raise InputError(
+            f"the image embedded in imageData is {embedded_size[0]}x{embedded_size[1]} but "
+            f"{found.name} beside the JSON is {size[0]}x{size[1]}{fix}",
+            file=file,
+            record=name,
+        )
+    pictures = [
+        np.asarray(open_raster(src, name=what, file=file, record=name).convert("RGB"), np.int16)
+        for src, what in ((found, found.name), (raw, "imageData"))
+    ]
+    diff = float(np.abs(pictures[0] - pictures[1]).mean())
+    if diff > SAME_PICTURE_LEVELS:
+        raise InputError(
+            f"{found.name} beside the JSON differs from the image embedded in imageData "
+            f"(mean difference {diff:.0f} levels per pixel){fix}",
+            file=file,
+            record=name,
+        )
 
 
 def _record(

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from labelloop.domain import Mask
 from labelloop.errors import InputError
@@ -42,6 +41,7 @@ from labelloop.ingest.records import (
     ReadOptions,
     RecordAnnotation,
     SourceRecord,
+    default_source,
     error_record,
     image_record,
 )
@@ -60,6 +60,8 @@ def instance_masks(
 ) -> list[Mask]:
     """One Mask per instance: SegmentationObject ids when given (each instance takes the
     majority class under it), else the connected components of each class."""
+    from scipy import ndimage  # imported here: every ingest loads this reader, few use it
+
     out: list[Mask] = []
     full = np.zeros(codes.shape, dtype=bool)
     if objects is None:
@@ -244,7 +246,7 @@ def read_mask_folder(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
             "not a mask dataset: expected SegmentationClass/ or images/ + masks/", file=str(path)
         )
     root = layout.root.resolve()
-    source = opts.source or f"masks:{root.name}"
+    source = opts.source or default_source("masks", root)
     image_root = (opts.image_root or layout.images or layout.root).resolve()
     masks = layout.mask_files()
     images = _by_key(layout.images) if layout.images is not None else {}

@@ -35,6 +35,7 @@ from labelloop.ingest.records import (
     ReadOptions,
     RecordAnnotation,
     SourceRecord,
+    default_source,
     error_record,
     image_record,
 )
@@ -187,7 +188,7 @@ def read_object_masks(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
             file=str(path),
         )
     root = path.resolve()
-    source = opts.source or f"object-masks:{opts.origin or root.name}"
+    source = opts.source or default_source("object-masks", root)
     for key, image, masks in _entries(root):
         try:
             yield _record(source, key, image, masks, root)

@@ -37,6 +37,7 @@ from labelloop.ingest.records import (
     ReadOptions,
     RecordAnnotation,
     SourceRecord,
+    default_source,
     error_record,
     image_record,
 )
@@ -115,7 +116,7 @@ def read_voc(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
     """One record per XML file, then one per segmentation mask without XML, then one
     (unlabeled) per image in JPEGImages/ that no annotation claimed."""
     lay = _layout(path, opts)
-    source = opts.source or f"voc:{lay.root.name}"
+    source = opts.source or default_source("voc", lay.root)
     if not lay.xml_files and lay.seg is None:
         raise InputError("no Pascal VOC XML files found", file=str(path))
     seen: set[str] = set()

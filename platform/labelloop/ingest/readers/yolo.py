@@ -32,6 +32,7 @@ from labelloop.ingest.records import (
     ReadOptions,
     RecordAnnotation,
     SourceRecord,
+    default_source,
     error_record,
     image_record,
 )
@@ -152,7 +153,7 @@ def read_yolo(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
             "a YOLO dataset is a folder (images/ + labels/ or obj_*_data/)", file=str(path)
         )
     root = path.resolve()
-    source = opts.source or f"yolo:{root.name}"
+    source = opts.source or default_source("yolo", root)
     image_root = (opts.image_root or root).resolve()
     names = class_names(root)
     used: set[Path] = set()
