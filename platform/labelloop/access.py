@@ -188,6 +188,8 @@ def create_token(ctx: Context, name: str, role: str, project: str | None = None)
     if len(name) > 200:
         raise InputError("a token name has at most 200 characters")
     check_role(role)
+    if name in env_tokens(ctx.settings):  # the runs and promotions it causes would say who
+        raise ConflictError(f"a token of LABELLOOP_API_TOKENS is named {name!r}; choose another")
     token = new_secret()
     try:
         with ctx.db.session() as s:
