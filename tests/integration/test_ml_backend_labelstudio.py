@@ -100,7 +100,8 @@ def test_connected_label_studio_gets_production_predictions_for_any_task(
         own = _cli(env, *args, "--project-secret")
         assert own.returncode == 0, own.stderr + own.stdout
         assert json.loads(own.stdout)["secret"] == "project"
-        (hook,) = client.webhooks.list(project=str(ls_project))
+        hook_url = f"{api.url}/webhooks/labelstudio/{project}"
+        (hook,) = [h for h in client.webhooks.list(project=str(ls_project)) if h.url == hook_url]
         given = hook.headers[SECRET_HEADER]
         assert given != SECRET
         with ctx.db.session() as s:

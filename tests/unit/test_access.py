@@ -57,6 +57,8 @@ def test_unknown_roles_and_kinds_are_refused():
         require_role("root")
     with pytest.raises(ValueError):
         access("everyone")
+    with pytest.raises(ValueError):  # a page's log-in check is the dashboard's own
+        access("session")
 
 
 def test_environment_tokens_are_admin_over_every_project():

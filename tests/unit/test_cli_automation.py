@@ -84,7 +84,11 @@ def test_serve_and_webhooks_refuse_to_start_unconfigured(project, monkeypatch):
     assert run("tokens", "revoke", "ops").exit_code == 0
     r = run("serve")
     assert r.exit_code == 2 and "no API tokens" in r.output
+    r = run("tokens", "revoke", "ops")
+    assert r.exit_code == 2 and "no active token named 'ops'" in r.output
     monkeypatch.setenv("LABELLOOP_API_TOKENS", '{"a": "b"}')
+    r = run("tokens", "create", "a", "--role", "read")  # the environment's name is taken
+    assert r.exit_code == 2 and "LABELLOOP_API_TOKENS is named 'a'" in r.output
     r = run("serve", "--workers", "2")
     assert r.exit_code == 2 and "needs a real broker" in r.output
     r = run("webhooks", "register", "-p", "cells", "--ls-project", "1", "--url", "http://x")

@@ -3,7 +3,10 @@
 Every route declares what it needs in one place, `**access(KIND)` in its decorator: a
 role (`read` < `trigger` < `admin`, labelloop.access), `webhook` (the project's webhook
 secret) or `public`. That adds the check as a dependency and states the kind in the
-OpenAPI document (`x-labelloop-role`, and a line in the description). A missing or
+OpenAPI document (`x-labelloop-role`, and a line in the description). The routers this
+layer cannot give a dependency to state the kind next to their own check: the ML backend
+(`webhook`, labelloop.labelstudio.ml_backend) and the dashboard's pages (`session`,
+labelloop.web.session); tests/unit/test_access.py checks every route's check matches. A missing or
 unknown token gets 401; a valid token whose role or project does not reach the route
 gets 403 naming what is needed, or 404 for an object of another project addressed by
 its id (its existence is not revealed)."""
@@ -162,7 +165,7 @@ def require_webhook_secret(
 
 def access(kind: str) -> dict[str, Any]:
     """Route keyword arguments declaring who may call it: the check and its OpenAPI note."""
-    if kind not in KINDS:
+    if kind not in KINDS or kind == SESSION:  # a page depends on web.session.current_caller
         raise ValueError(f"unknown access kind {kind!r}: one of {', '.join(KINDS)}")
     extra = {"openapi_extra": {ROLE_KEY: kind}}
     if kind in ROLES:
