@@ -181,6 +181,8 @@ def measure(kind: str, code: str, export: Path, image_root: Path | None, lib: Pa
             if db:
                 _pg_database(db, drop=True)
     result.update(kind=kind, code=code, database="postgresql" if db else "sqlite")
+    if lib is not None:
+        result["ref"] = lib.name  # the git ref the "before" library was extracted from
     print(f"  {result}", flush=True)
     return result
 
@@ -189,6 +191,7 @@ def _extract(ref: str, dest: Path) -> Path:
     archive = subprocess.run(
         ["git", "archive", ref, "platform", "migrations"], cwd=REPO, capture_output=True, check=True
     ).stdout
+    dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest
 
@@ -243,7 +246,7 @@ def main() -> None:
         runs.append(("coco", generate_coco(args.images, args.polygons), None))
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-before-") as tmp:
-        old = _extract(args.before, Path(tmp)) if args.before else None
+        old = _extract(args.before, Path(tmp) / args.before) if args.before else None
         for kind, export, root in runs:
             if old is not None:
                 results.append(measure(kind, "before", export, root, old))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from labelloop.errors import ConfigError
@@ -51,10 +51,39 @@ def get_or_insert(
         if new_id is None:
             found = select(model).where(*(getattr(model, k) == values[k] for k in keys))
             return s.scalars(found).one(), False
+    return _attach(s, model, new_id, values), True
+
+
+def get_or_insert_many(
+    s: Session, model: Any, rows: list[dict[str, Any]], keys: list[str]
+) -> list[Any]:
+    """`get_or_insert` for many rows in one multi-row INSERT (and one SELECT for those
+    that were there): the rows, in the order of `rows`."""
+    if not rows:
+        return []
+    stmt = _insert_statement(s.get_bind().dialect.name, model, tuple(keys))
+    stmt = stmt.returning(*(getattr(model, k) for k in keys), model.id)
+    with s.no_autoflush:
+        ids = {tuple(r[:-1]): r[-1] for r in s.connection().execute(stmt, rows)}
+        out: dict[tuple, Any] = {}
+        for values in rows:
+            key = tuple(values[k] for k in keys)
+            if key in ids:
+                out[key] = _attach(s, model, ids[key], values)
+        missing = [tuple(v[k] for k in keys) for v in rows if tuple(v[k] for k in keys) not in out]
+        if missing:
+            found = select(model).where(tuple_(*(getattr(model, k) for k in keys)).in_(missing))
+            for row in s.scalars(found):
+                out[tuple(getattr(row, k) for k in keys)] = row
+    return [out[tuple(v[k] for k in keys)] for v in rows]
+
+
+def _attach(s: Session, model: Any, new_id: int, values: dict[str, Any]) -> Any:
+    """The row just inserted with `values`, persistent in the session without a SELECT."""
     stale = s.identity_map.get(s.identity_key(model, new_id))
     if stale is not None:  # a row of a rolled-back savepoint whose id the database reused
         s.expunge(stale)
     row = model(id=new_id, **values)
     make_transient_to_detached(row)  # persistent once added: its columns are not re-read
     s.add(row)
-    return row, True
+    return row

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labelloop.db.models import Annotation, Image, Project, SourceItem
-from labelloop.db.upsert import get_or_insert
+from labelloop.db.upsert import get_or_insert, get_or_insert_many
 from labelloop.domain import Box, Keypoint, Mask, Polygon, Shape, Tag, shapes_to_json
 from labelloop.errors import InputError
 from labelloop.imaging import decode_image
@@ -210,10 +210,12 @@ class _Writer:
         self.images: dict[str, Image] = {}
         self.items: dict[tuple[str, str], SourceItem | None] = {}
         self.anns: dict[tuple[str, str], list[Annotation]] = {}
+        # id(record) -> (record, its image), filled by `prepare`
+        self.record_images: dict[int, tuple[SourceRecord, Image]] = {}
 
     def forget(self) -> None:
         """Drop the cached rows: a rolled-back savepoint may have taken some with it."""
-        self.images, self.items, self.anns = {}, {}, {}
+        self.images, self.items, self.anns, self.record_images = {}, {}, {}, {}
 
     def prefetch(self, records: list[SourceRecord]) -> None:
         """Source items and annotations of a batch of records, in a few queries. The
@@ -346,21 +348,43 @@ class _Writer:
         self._write(rec)
         self.seen_ids[key] = rec.name
 
+    def prepare(self, records: list[SourceRecord]) -> None:
+        """Outside savepoints (no --skip-invalid): a batch's images first, then its new
+        source items in one INSERT, where each took a statement of its own. A record whose
+        image fails keeps that as its error, raised when the ingest reaches it."""
+        new: dict[tuple[str, str], dict] = {}
+        for rec in records:
+            if rec.error is not None:
+                break  # the ingest stops at this record: what follows is not written
+            try:
+                img = self.image(rec)
+            except InputError as exc:
+                rec.error = exc
+                break
+            self.record_images[id(rec)] = (rec, img)  # the record held: its id stays its own
+            key = (rec.source, rec.external_id)
+            if self.items.get(key) is None and key not in new:
+                new[key] = self._item_values(rec, img)
+        rows = get_or_insert_many(self.s, SourceItem, list(new.values()), ITEM_KEYS)
+        self.items.update(zip(new, rows, strict=True))
+
+    def _item_values(self, rec: SourceRecord, img: Image) -> dict:
+        return {
+            "project_id": self.project.id,
+            "image_id": img.id,
+            "source": rec.source,
+            "external_id": rec.external_id,
+            "uri": rec.uri,
+            "meta": rec.meta,
+        }
+
     def _write(self, rec: SourceRecord) -> None:
-        img = self.image(rec)
+        prepared = self.record_images.pop(id(rec), None)
+        img = prepared[1] if prepared else self.image(rec)
         item = self._item(rec.source, rec.external_id)
         if item is None:
-            values = {
-                "project_id": self.project.id,
-                "image_id": img.id,
-                "source": rec.source,
-                "external_id": rec.external_id,
-                "uri": rec.uri,
-                "meta": rec.meta,
-            }
-            item, _ = get_or_insert(
-                self.s, SourceItem, values, ["project_id", "source", "external_id"]
-            )
+            values = self._item_values(rec, img)
+            item, _ = get_or_insert(self.s, SourceItem, values, ITEM_KEYS)
             self.items[(rec.source, rec.external_id)] = item
         if item.image_id != img.id:
             self.claim(rec, item, img)
@@ -544,6 +568,8 @@ def _ingest_batches(
                     continue  # reported above, on the next turn
                 break
             writer.prefetch(batch)
+            if not skip_invalid:  # with savepoints each record writes its own rows
+                writer.prepare(batch)
             batch.reverse()  # popped from the end, in reading order
         rec = batch.pop()
         report.records += 1
@@ -581,6 +607,7 @@ def _ingest_batches(
 
 
 BATCH = 500  # records per prefetch; also the size of each IN (...) list
+ITEM_KEYS = ["project_id", "source", "external_id"]
 
 
 def _same(row_fk: int | None, target_id: int | None, objects_same: Callable[[], bool]) -> bool:
