@@ -39,6 +39,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.serving import wait_healthy  # noqa: E402
+
 RESULTS = HERE / "results"
 TOKEN = "bench-" + "0" * 32
 SECRET = "bench-secret"
@@ -349,17 +353,7 @@ def main() -> None:
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         try:
-            import httpx
-
-            deadline = time.monotonic() + 600  # slow to start on a loaded machine
-            while True:
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "labelloop serve did not start"
-                time.sleep(0.2)
+            wait_healthy(url, server)
             stop = threading.Event()
             attacks: list = []
             rss: list = []

@@ -31,6 +31,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.serving import wait_healthy  # noqa: E402
+
 RESULTS = HERE / "results"
 ENV_TOKEN = "bench-env-" + "0" * 32
 PG_ADMIN = os.environ.get(
@@ -127,16 +131,7 @@ def _through_server(url: str, tokens: dict[str, str], run_id: int, requests: int
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("labelloop serve did not start")
-            time.sleep(0.5)
+        wait_healthy(base, proc, timeout=180)
         samples: dict[str, list[float]] = {k: [] for k in KINDS}
         with httpx.Client(base_url=base, timeout=30) as client:
             for i in range(requests + 30):

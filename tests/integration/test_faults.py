@@ -89,6 +89,20 @@ def _project_id(ctx: Context, project: str) -> int:
         return s.scalar(select(Project.id).where(Project.name == project))
 
 
+def _first_checkpoint(ctx: Context, project_id: int) -> TrainingRun:
+    """Wait for the project's training to mirror a checkpoint (epoch >= 1)."""
+
+    def checkpointed():
+        with ctx.db.session() as s:
+            return s.scalar(
+                select(TrainingRun).where(
+                    TrainingRun.project_id == project_id, TrainingRun.checkpoint_epoch >= 1
+                )
+            )
+
+    return wait_for(checkpointed, 240, "a checkpoint at epoch >= 1", every=0.2)
+
+
 def test_killed_worker_mid_training_is_redelivered_and_resumes(
     service_env, service_settings, start_worker, celery_app, tmp_path
 ):
@@ -113,16 +127,7 @@ def test_killed_worker_mid_training_is_redelivered_and_resumes(
     started = time.monotonic()
     run_id = _trigger(ctx, project, {"epochs": 4, "batch_size": 2, "image_size": 64})
     pid = _project_id(ctx, project)
-
-    def checkpointed():
-        with ctx.db.session() as s:
-            return s.scalar(
-                select(TrainingRun).where(
-                    TrainingRun.project_id == pid, TrainingRun.checkpoint_epoch >= 1
-                )
-            )
-
-    tr = wait_for(checkpointed, 240, "a checkpoint at epoch >= 1", every=0.2)
+    tr = _first_checkpoint(ctx, pid)
     assert tr.checkpoint_epoch < 4, "training finished before the worker could be killed"
     by_node = {w.name: w for w in gpu}
     victim = by_node[tr.worker.split("@")[0]]
@@ -163,16 +168,7 @@ def test_sigterm_mid_training_hands_the_task_back_quietly(
     victim = start_worker("gpu", extra_env={**fast, "LABELLOOP_DATA_DIR": str(tmp_path / "a")})
     run_id = _trigger(ctx, project, {"epochs": 6, "batch_size": 2, "image_size": 64})
     pid = _project_id(ctx, project)
-
-    def checkpointed():
-        with ctx.db.session() as s:
-            return s.scalar(
-                select(TrainingRun).where(
-                    TrainingRun.project_id == pid, TrainingRun.checkpoint_epoch >= 1
-                )
-            )
-
-    tr = wait_for(checkpointed, 240, "a checkpoint at epoch >= 1", every=0.2)
+    tr = _first_checkpoint(ctx, pid)
     assert tr.checkpoint_epoch < 6, "training finished before the worker could be stopped"
     victim.proc.send_signal(signal.SIGTERM)  # the main process only, as a deploy does
     seen: set[str] = set()
