@@ -188,12 +188,24 @@ class TriggerOut(BaseModel):
     coalesced: bool = Field(description="true: a run was already active; this one joined it")
 
 
+# A reason is stored as text: a NUL byte is refused when the body is read (422), before
+# the state of the run or model version is looked at.
+STORABLE_TEXT = r"^[^\x00]*$"
+
+
 class CancelIn(BaseModel):
-    reason: str = Field("cancelled through the API", min_length=1, max_length=2000)
+    reason: str = Field(
+        "cancelled through the API", min_length=1, max_length=2000, pattern=STORABLE_TEXT
+    )
 
 
 class PromoteIn(BaseModel):
-    reason: str = Field(min_length=1, max_length=2000, description="recorded with the promotion")
+    reason: str = Field(
+        min_length=1,
+        max_length=2000,
+        pattern=STORABLE_TEXT,
+        description="recorded with the promotion",
+    )
 
 
 class WebhookOut(BaseModel):
