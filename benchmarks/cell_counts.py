@@ -112,33 +112,46 @@ def smears(epochs: int) -> dict:
         )
         t0, c0 = time.monotonic(), cpu_seconds()
         model, done = train(manifest, fetch, recipe, labels)
+        if mode == "instance":
+            # The default reading first, then the rules a run chooses on val (what the
+            # model version stores and `count` uses).
+            m = evaluate_segmentation(model, manifest, fetch, "test", labels, recipe=recipe)
+            out["models"]["instance, default rules"] = _smear_scores(m, done, t0, c0)
+            recipe = KIND.calibrate(model, manifest, fetch, labels=labels, recipe=recipe)
         m = evaluate_segmentation(model, manifest, fetch, "test", labels, recipe=recipe)
-        out["models"][mode] = {
-            "epochs": done,
-            "wall_s": round(time.monotonic() - t0, 1),
-            "cpu_s": round(cpu_seconds() - c0, 1),
-            "mean_dice": m["mean_dice"],
-            "per_class": {
-                lb: {
-                    "true": c["true_count"],
-                    "predicted": c["pred_count"],
-                    "relative_error": rel(c["pred_count"], c["true_count"]),
-                    "count_mae": c["count_mae"],
-                    "f1_50": c.get("f1_50"),
-                }
-                for lb, c in m["per_class"].items()
-            },
-        }
+        out["models"][mode] = _smear_scores(m, done, t0, c0)
+        if mode == "instance":
+            out["models"][mode]["rules"] = m["instance_rules"]
     return out
+
+
+def _smear_scores(m: dict, epochs: int, t0: float, c0: float) -> dict:
+    return {
+        "epochs": epochs,
+        "wall_s": round(time.monotonic() - t0, 1),
+        "cpu_s": round(cpu_seconds() - c0, 1),
+        "mean_dice": m["mean_dice"],
+        "per_class": {
+            lb: {
+                "true": c["true_count"],
+                "predicted": c["pred_count"],
+                "relative_error": rel(c["pred_count"], c["true_count"]),
+                "count_mae": c["count_mae"],
+                "f1_50": c.get("f1_50"),
+            }
+            for lb, c in m["per_class"].items()
+        },
+    }
 
 
 def plot_smears(result: dict, path: Path) -> None:
     labels = list(next(iter(result["models"].values()))["per_class"])
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    width = 0.38
+    n = len(result["models"])
+    width = 0.8 / n
     for k, (mode, m) in enumerate(result["models"].items()):
         errs = [m["per_class"][lb]["relative_error"] or 0 for lb in labels]
-        x = np.arange(len(labels)) + (k - 0.5) * width
+        x = np.arange(len(labels)) + (k - (n - 1) / 2) * width
         ax.bar(x, errs, width, label=f"{mode} ({m['epochs']} epochs)")
         for xi, e in zip(x, errs, strict=True):
             ax.text(xi, e, f"{e:.1%}", ha="center", va="bottom", fontsize=8)
@@ -323,10 +336,12 @@ def _isbi_models(
     recipe = isbi_recipe("instance", epochs)
     t0, c0 = time.monotonic(), cpu_seconds()
     model, done = train(cells, fetch, recipe, ["cell"])
+    recipe = KIND.calibrate(model, cells, fetch, labels=["cell"], recipe=recipe)
     probs = predict_outputs(model, images["test"], recipe)
-    preds = [instances_from_probs(p, 1)[0] for p in probs]
+    preds = [instances_from_probs(p, 1, **recipe.instance_rules(["cell"]))[0] for p in probs]
     out["methods"]["instance"] = {
         **score_slices(preds, t_maps["test"], t_counts["test"]),
+        "rules": recipe.instance_rules(["cell"]),
         "epochs": done,
         "wall_s": round(time.monotonic() - t0, 1),
         "cpu_s": round(cpu_seconds() - c0, 1),
