@@ -8,6 +8,13 @@ including where it touches another cell). Interiors of touching cells are then s
 by two contour pixels; each interior blob seeds a watershed that grows back over the
 contour, giving every cell its full extent.
 
+The network rarely closes the thin contour between touching cells everywhere, and then two
+interiors join at a neck and count once; it also leaves specks and fragments. How the
+output is read is therefore tunable per label and chosen on the validation split
+(`choose_instance_rules`, stored in the model version's recipe): a split depth that cuts
+interior blobs at their necks (distance-transform h-maxima), and a minimum area below
+which a seed is flooded by the cell around it and an instance is dropped.
+
 An instance map is int32 (H, W): 0 = background, 1..N = instances; `classes[i]` is the
 1-based label index of instance i (classes[0] = 0).
 """
