@@ -8,8 +8,10 @@ from labelloop.domain import Ellipse
 from labelloop.geometry import mask_shape
 from labelloop.objects import counts_from_instances, counts_from_label_map
 from labelloop.training.segmentation.instances import (
+    choose_instance_rules,
     instance_targets,
     instances_from_probs,
+    interior_seeds,
     match_instances,
     rasterize_instances,
     semantic_map,
@@ -87,3 +89,84 @@ def test_matching_counts_pairs_above_iou_of_the_same_label():
     assert match_instances(pred, np.array([0, 1, 1, 1]), truth, t_cls, 2).tolist() == [0, 1, 0]
     # The right overlap but the wrong label is no match.
     assert match_instances(pred, np.array([0, 2, 1, 1]), truth, t_cls, 2).tolist() == [0, 0, 0]
+
+
+def _necked_pair(n_labels: int = 2) -> np.ndarray:
+    """One-hot instance probabilities of two touching 'cell' discs whose interiors join at
+    a neck: the network left the contour between them open (as it often does)."""
+    yy, xx = np.mgrid[:40, :60]
+    disc = lambda cx, r: (yy - 20) ** 2 + (xx - cx) ** 2 <= r * r  # noqa: E731
+    whole = disc(22, 9) | disc(36, 9)
+    interior = disc(22, 7.5) | disc(36, 7.5)
+    target = np.zeros((40, 60), np.int64)
+    target[whole] = 1 + n_labels  # cell contour
+    target[interior] = 1  # cell interior, one blob
+    return _one_hot(target, 1 + 2 * n_labels)
+
+
+def test_a_split_depth_cuts_interiors_joined_at_a_neck_into_two_cells():
+    probs = _necked_pair()
+    _, merged = instances_from_probs(probs, len(LABELS))
+    assert merged.tolist() == [0, 1]  # one blob, one seed: the pair counts once
+    inst, classes = instances_from_probs(probs, len(LABELS), split_depth=[1.0, 0.0])
+    assert classes.tolist() == [0, 1, 1]
+    # Each half gets its disc (the cut runs along the neck), contour included.
+    assert {int(inst[20, 14]), int(inst[20, 44])} == {1, 2}
+    assert abs(int((inst == 1).sum()) - int((inst == 2).sum())) <= 4
+    # A round cell alone has one distance maximum and is never cut.
+    yy, xx = np.mgrid[:40, :40]
+    one = np.where((yy - 20) ** 2 + (xx - 20) ** 2 <= 81, 1, 0)
+    seeds = interior_seeds(one.astype(bool), split_depth=1.0)
+    assert seeds.max() == 1
+
+
+def test_min_area_per_label_drops_specks_of_one_label_only():
+    target = np.zeros((20, 30), np.int64)
+    target[2:5, 2:5] = 1  # 9 px of "cell" interior
+    target[10:13, 10:13] = 2  # 9 px of "platelet" interior
+    probs = _one_hot(target, 5)
+    _, both = instances_from_probs(probs, len(LABELS), min_area=4)
+    assert both.tolist() == [0, 1, 2]
+    _, only = instances_from_probs(probs, len(LABELS), min_area=[16, 4])
+    assert only.tolist() == [0, 2]
+    with pytest.raises(ValueError, match="one value per label"):
+        instances_from_probs(probs, len(LABELS), min_area=[4, 4, 4])
+
+
+def test_a_fragment_below_half_the_min_area_is_flooded_by_its_cell():
+    # A cell (contour ring, interior) with a stray interior fragment inside its contour
+    # area: two seeds without a minimum, one cell with it.
+    target = np.zeros((30, 30), np.int64)
+    target[4:26, 4:26] = 3  # cell contour probability everywhere in the cell
+    target[8:20, 8:20] = 1  # the cell's interior, 144 px
+    target[22:24, 22:24] = 1  # a 4 px fragment, cut off by contour
+    probs = _one_hot(target, 5)
+    _, classes = instances_from_probs(probs, len(LABELS), min_area=4)
+    assert classes.tolist() == [0, 1, 1]
+    inst, classes = instances_from_probs(probs, len(LABELS), min_area=[20, 4])
+    assert classes.tolist() == [0, 1] and (inst > 0).sum() == 22 * 22
+
+
+def test_an_instance_takes_the_label_most_of_its_pixels_have():
+    # A 2 x 2 "platelet" interior seeds a blob that is otherwise "cell" contour: the seed's
+    # label alone would call the whole 8 x 8 cell a platelet.
+    target = np.zeros((12, 12), np.int64)
+    target[2:10, 2:10] = 3  # cell contour
+    target[5:7, 5:7] = 2  # platelet interior
+    inst, classes = instances_from_probs(_one_hot(target, 5), len(LABELS))
+    assert classes.tolist() == [0, 1] and (inst == 1).sum() == 64
+
+
+def test_rules_are_chosen_per_label_on_validation_counts():
+    probs = [_necked_pair()] * 2
+    speck = _necked_pair()
+    speck[:, 2:4, 2:4] = 0.0
+    speck[2, 2:4, 2:4] = 1.0  # a 4 px "platelet" nobody annotated
+    probs.append(speck)
+    min_area, depth = choose_instance_rules(
+        probs, [[2, 0]] * 3, len(LABELS), split_depths=(0.0, 1.0, 2.0), min_areas=(4, 8, 1000)
+    )
+    # Cells: the shallowest depth that splits the pair; the largest area that keeps them.
+    assert depth[0] == 1.0 and min_area[0] == 8
+    # Platelets: no split asked for; the speck goes at area 8 and nothing else is lost.
+    assert depth[1] == 0.0 and min_area[1] == 1000

@@ -190,3 +190,57 @@ def test_count_error_is_measured_against_annotated_objects_not_truth_blobs(mode)
     assert (red["true_count"], red["pred_count"], red["count_mae"]) == (2, 1, 1.0)
     assert m["per_class"]["Blue"]["count_mae"] == 0.0
     assert m["count_truth"] == "annotated_objects"
+
+
+class _InstanceOracle(nn.Module):
+    """The colour oracle in instance mode that never predicts a contour: touching cells of
+    one colour come out as one interior blob joined at a neck."""
+
+    def __init__(self):
+        super().__init__()
+        self.oracle = _ColourOracle()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.oracle(x)
+        return torch.cat([logits, torch.full_like(logits[:, 1:], -1e4)], dim=1)
+
+
+def test_instance_rules_chosen_on_val_are_what_evaluation_and_prediction_use():
+    from labelloop.training.segmentation.kind import KIND
+
+    manifest, blobs = _one_item_manifest(TOUCHING)
+    val = {**manifest["items"][0], "split": "val", "image_id": 2}
+    manifest["items"].append(val)
+    recipe = SegmentationRecipe(mode="instance")
+    model, fetch = _InstanceOracle(), blobs.__getitem__
+    before = evaluate_segmentation(model, manifest, fetch, recipe=recipe)
+    assert before["per_class"]["Red"]["pred_count"] == 1  # the pair merged
+    assert before["instance_rules"]["split_depth"] == {"Red": 0.0, "Blue": 0.0}
+
+    tuned = KIND.calibrate(model, manifest, fetch, labels=LABELS, recipe=recipe)
+    assert tuned.instance_split_depth["Red"] > 0 and tuned.instance_split_depth["Blue"] == 0
+    assert set(tuned.instance_min_area) == set(LABELS)
+    after = evaluate_segmentation(model, manifest, fetch, recipe=tuned)
+    assert after["per_class"]["Red"]["pred_count"] == 2
+    assert after["per_class"]["Red"]["f1_50"] == 1.0
+    image, _ = draw(TOUCHING)
+    (pred,) = KIND.predict(model, [image], recipe=tuned, labels=LABELS)
+    assert pred.counts == {"Red": 2, "Blue": 1}
+    # Stored and reloaded with the model version's recipe, the rules survive.
+    assert SegmentationRecipe.from_dict(tuned.model_dump()).instance_rules(LABELS) == (
+        tuned.instance_rules(LABELS)
+    )
+    # Other modes and recipes that opt out are left as they are.
+    off = recipe.model_copy(update={"tune_instances": False})
+    assert KIND.calibrate(model, manifest, fetch, labels=LABELS, recipe=off) == off
+    semantic = SegmentationRecipe()
+    assert KIND.calibrate(_ColourOracle(), manifest, fetch, labels=LABELS, recipe=semantic) == (
+        semantic
+    )
+
+
+def test_instance_rules_must_be_positive():
+    with pytest.raises(ValueError, match="instance_min_area"):
+        SegmentationRecipe(mode="instance", instance_min_area={"Red": 0})
+    with pytest.raises(ValueError, match="instance_split_depth"):
+        SegmentationRecipe(mode="instance", instance_split_depth={"Red": -1.0})

@@ -44,6 +44,7 @@ from labelloop.training.segmentation.data import (
     segmentation_labels,
 )
 from labelloop.training.segmentation.instances import (
+    choose_instance_rules,
     instances_from_probs,
     match_instances,
     rasterize_instances,
@@ -290,6 +291,7 @@ def evaluate_segmentation(
     truths: list[Any] = []
     true_counts: list[dict[str, int]] = []
     items = split_items(manifest, split)
+    rules = recipe.instance_rules(labels)
     # Chunked so memory stays bounded by one batch of images and probabilities.
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
@@ -299,7 +301,7 @@ def evaluate_segmentation(
             if recipe.mode == "binary":
                 preds.append(probs > 0.5)
             elif recipe.mode == "instance":
-                preds.append(instances_from_probs(probs, len(labels), min_area=min_area))
+                preds.append(instances_from_probs(probs, len(labels), **rules))
             else:
                 preds.append(probs_to_label_map(probs))
             truths.append(_truth(item, shapes, labels, image.shape[:2], recipe.mode))
@@ -312,7 +314,39 @@ def evaluate_segmentation(
         result = segmentation_metrics(
             preds, truths, labels, true_counts=true_counts, min_area=min_area
         )
+    if recipe.mode == "instance":
+        result["instance_rules"] = {k: dict(zip(labels, v, strict=True)) for k, v in rules.items()}
     result["split"] = split
     result["mode"] = recipe.mode
     result["count_truth"] = COUNT_TRUTH
     return result
+
+
+def tune_instance_rules(
+    model: nn.Module,
+    manifest: dict[str, Any],
+    fetch: Fetch,
+    *,
+    labels: Sequence[str],
+    recipe: SegmentationRecipe,
+) -> SegmentationRecipe:
+    """The recipe with instance mode's per-label minimum area and split depth chosen on
+    the validation split (`instances.choose_instance_rules`); unchanged outside instance
+    mode, when the recipe opts out or there is no validation split."""
+    items = split_items(manifest, "val")
+    if recipe.mode != "instance" or not recipe.tune_instances or not items:
+        return recipe
+    probs: list[np.ndarray] = []
+    counts: list[list[int]] = []
+    for item in items:
+        image, shapes = load_shapes(item, fetch)
+        probs.append(predict_outputs(model, [image], recipe)[0])
+        found = object_counts(shapes, labels, COUNTED)
+        counts.append([found[lb] for lb in labels])
+    min_area, depth = choose_instance_rules(probs, counts, len(labels))
+    return recipe.model_copy(
+        update={
+            "instance_min_area": dict(zip(labels, min_area, strict=True)),
+            "instance_split_depth": dict(zip(labels, depth, strict=True)),
+        }
+    )

@@ -8,6 +8,13 @@ including where it touches another cell). Interiors of touching cells are then s
 by two contour pixels; each interior blob seeds a watershed that grows back over the
 contour, giving every cell its full extent.
 
+The network rarely closes the thin contour between touching cells everywhere, and then two
+interiors join at a neck and count once; it also leaves specks and fragments. How the
+output is read is therefore tunable per label and chosen on the validation split
+(`choose_instance_rules`, stored in the model version's recipe): a split depth that cuts
+interior blobs at their necks (distance-transform h-maxima), and a minimum area below
+which a seed is flooded by the cell around it and an instance is dropped.
+
 An instance map is int32 (H, W): 0 = background, 1..N = instances; `classes[i]` is the
 1-based label index of instance i (classes[0] = 0).
 """
@@ -18,10 +25,12 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
+from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 from labelloop.domain import Mask, Shape
 from labelloop.geometry import shape_mask
+from labelloop.objects import DEFAULT_MIN_AREA
 
 REGION_KINDS = frozenset({"mask", "polygon", "ellipse"})
 _EIGHT = np.ones((3, 3), bool)
@@ -81,52 +90,140 @@ def instance_targets(inst: np.ndarray, classes: np.ndarray, n_labels: int) -> np
 
 
 def instances_from_probs(
-    probs: np.ndarray, n_labels: int, *, min_area: int = 4
+    probs: np.ndarray,
+    n_labels: int,
+    *,
+    min_area: int | Sequence[int] = DEFAULT_MIN_AREA,
+    split_depth: float | Sequence[float] = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split the network's instance-mode softmax (1 + 2L, H, W) into instances.
 
-    Foreground is every pixel whose most likely class is not background. Each connected
-    interior blob of a label (at least min_area // 2 pixels) seeds a watershed over the
-    foreground, flooding from low to high contour probability; foreground no seed
-    reaches (e.g. a cell so small it is all contour) becomes an instance of its own with
-    its most likely label. Instances smaller than `min_area` pixels are dropped.
+    Foreground is every pixel whose most likely class is not background. Each label's
+    interior pixels are cut into seeds (`interior_seeds`); seeds of at least half the
+    label's `min_area` start a watershed over the foreground, flooding from low to high
+    contour probability, so a smaller seed (a fragment of a cell) is flooded by the cell
+    around it instead of counting on its own. Foreground no seed reaches (e.g. a cell so
+    small it is all contour) becomes an instance of its own. Every instance then takes the
+    label with the most interior + contour probability over its pixels (a cell is one
+    label even where a few of its pixels lean to another), and instances smaller than
+    their label's `min_area` pixels are dropped.
+
+    `min_area` and `split_depth` are one value for every label or one per label (the
+    per-label values a model version stores in its recipe, chosen on validation).
     """
     if probs.ndim != 3 or probs.shape[0] != 1 + 2 * n_labels:
         raise ValueError(
             f"expected instance probabilities of shape ({1 + 2 * n_labels}, H, W) for "
             f"{n_labels} labels, got {probs.shape}"
         )
+    areas_min = _per_label(min_area, n_labels, "min_area")
+    depths = _per_label(split_depth, n_labels, "split_depth")
     top = probs.argmax(axis=0)
     fg = top > 0
     markers = np.zeros(top.shape, np.int32)
-    cls = [0]
+    n_seeds = 0
     for lab in range(1, n_labels + 1):
-        comp, n = ndimage.label(top == lab, structure=_EIGHT)
-        if n == 0:
+        seeds = interior_seeds(top == lab, float(depths[lab]))
+        if seeds.max(initial=0) == 0:
             continue
-        areas = np.bincount(comp.ravel())
-        for j in np.flatnonzero(areas[1:] >= max(1, min_area // 2)) + 1:
-            cls.append(lab)
-            markers[comp == j] = len(cls) - 1
+        areas = np.bincount(seeds.ravel())
+        keep = np.flatnonzero(areas[1:] >= max(1, int(areas_min[lab]) // 2)) + 1
+        lut = np.zeros(len(areas), np.int32)
+        lut[keep] = np.arange(n_seeds + 1, n_seeds + 1 + len(keep), dtype=np.int32)
+        markers = np.where(seeds > 0, lut[seeds], markers)
+        n_seeds += len(keep)
     contour = probs[1 + n_labels :].sum(axis=0)
-    inst = watershed(contour, markers, mask=fg) if len(cls) > 1 else np.zeros_like(markers)
+    inst = watershed(contour, markers, mask=fg) if n_seeds else np.zeros_like(markers)
     inst = inst.astype(np.int32)
     rest, n = ndimage.label(fg & (inst == 0), structure=_EIGHT)
     if n:
-        # Per label, the summed interior + contour probability over each leftover blob.
-        per_label = probs[1 : 1 + n_labels] + probs[1 + n_labels :]
-        ids = np.arange(1, n + 1)
-        score = np.stack([ndimage.sum(per_label[k], rest, ids) for k in range(n_labels)])
-        offset = len(cls) - 1
-        inst[rest > 0] = rest[rest > 0] + offset
-        cls.extend((score.argmax(axis=0) + 1).tolist())
-    classes = np.asarray(cls, np.int32)
-    areas = np.bincount(inst.ravel(), minlength=len(classes))
-    small = np.flatnonzero(areas < min_area)
+        inst[rest > 0] = rest[rest > 0] + n_seeds
+    n_inst = n_seeds + n
+    if n_inst == 0:
+        return inst, np.zeros(1, np.int32)
+    # Per label, the summed interior + contour probability over each instance.
+    per_label = probs[1 : 1 + n_labels] + probs[1 + n_labels :]
+    ids = np.arange(1, n_inst + 1)
+    score = np.stack([ndimage.sum(per_label[k], inst, ids) for k in range(n_labels)])
+    classes = np.concatenate([[0], score.argmax(axis=0) + 1]).astype(np.int32)
+    areas = np.bincount(inst.ravel(), minlength=n_inst + 1)
+    small = np.flatnonzero(areas < areas_min[classes])
     small = small[small > 0]
     if small.size:
         inst[np.isin(inst, small)] = 0
     return _relabel(inst, classes)
+
+
+SPLIT_DEPTHS = (0.0, 0.5, 1.0, 2.0, 3.0)
+MIN_AREAS = (4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def choose_instance_rules(
+    probs: Sequence[np.ndarray],
+    true_counts: Sequence[Sequence[int]],
+    n_labels: int,
+    *,
+    split_depths: Sequence[float] = SPLIT_DEPTHS,
+    min_areas: Sequence[int] = MIN_AREAS,
+) -> tuple[list[int], list[float]]:
+    """Per label, the minimum area and split depth whose instance counts on the given
+    (validation) images are closest to the annotated counts (`true_counts[i][l]`, image i,
+    label l), summed over images as |predicted - true|.
+
+    Ties go to the shallower split (a cut the counts do not ask for can only break cells)
+    and then to the larger minimum area: the most noise dropped that costs no annotated
+    cell. Returns (min_area, split_depth), one value per label.
+    """
+    truth = np.asarray(true_counts, np.int64).reshape(len(probs), n_labels)
+    best: list[tuple[tuple[int, float, int], int, float]] = []
+    for depth in split_depths:
+        for area in min_areas:
+            found = np.zeros_like(truth)
+            for i, p in enumerate(probs):
+                _, classes = instances_from_probs(p, n_labels, min_area=area, split_depth=depth)
+                found[i] = np.bincount(classes[1:], minlength=n_labels + 1)[1:]
+            error = np.abs(found - truth).sum(axis=0)
+            for lab in range(n_labels):
+                key = (int(error[lab]), float(depth), -int(area))
+                if len(best) <= lab:
+                    best.append((key, area, depth))
+                elif key < best[lab][0]:
+                    best[lab] = (key, area, depth)
+    return [int(b[1]) for b in best], [float(b[2]) for b in best]
+
+
+def interior_seeds(interior: np.ndarray, split_depth: float = 0.0) -> np.ndarray:
+    """Seeds (int32 map, 0 = none) from one label's interior pixels (bool (H, W)).
+
+    Without `split_depth` each 8-connected interior blob is one seed. A network often
+    leaves a gap in the thin contour between touching cells, so two interiors join at a
+    neck; with `split_depth` > 0 a blob is cut at its necks: each maximum of the distance
+    to the blob's edge that rises at least `split_depth` pixels above the neck joining it
+    to a higher one becomes a seed (h-maxima), and the blob is shared among them by a
+    watershed of that distance. A single round cell has one maximum and stays whole;
+    blobs too thin to have a maximum of that height stay whole too.
+    """
+    blobs, n = ndimage.label(interior, structure=_EIGHT)
+    if n == 0 or split_depth <= 0:
+        return blobs.astype(np.int32)
+    dist = ndimage.distance_transform_edt(interior)
+    peaks, n_peaks = ndimage.label(h_maxima(dist, split_depth), structure=_EIGHT)
+    seeds = watershed(-dist, peaks, mask=interior).astype(np.int32)
+    unseeded = interior & (seeds == 0)
+    if unseeded.any():
+        rest, _ = ndimage.label(unseeded, structure=_EIGHT)
+        seeds[unseeded] = rest[unseeded] + n_peaks
+    return seeds
+
+
+def _per_label(value: float | Sequence[float], n_labels: int, name: str) -> np.ndarray:
+    """A setting as an array indexed by label (index 0, background, unused)."""
+    if np.ndim(value) == 0:
+        return np.full(n_labels + 1, value)
+    values = np.asarray(value)
+    if values.shape != (n_labels,):
+        raise ValueError(f"{name} needs one value per label ({n_labels}), got {len(values)}")
+    return np.concatenate([[values[0]], values])
 
 
 def semantic_map(inst: np.ndarray, classes: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from labelloop.training.harness import TrainingPlan
 from labelloop.training.kind import ModelKind
 from labelloop.training.segmentation.calibrate import CALIBRATION
 from labelloop.training.segmentation.data import SegmentationDataModule
-from labelloop.training.segmentation.evaluate import evaluate_segmentation
+from labelloop.training.segmentation.evaluate import evaluate_segmentation, tune_instance_rules
 from labelloop.training.segmentation.network import build_network, output_channels
 from labelloop.training.segmentation.predict import load_model, predict_segmentation
 from labelloop.training.segmentation.recipe import SegmentationRecipe
@@ -56,4 +56,5 @@ KIND = ModelKind(
     predict=predict_segmentation,
     views=segmentation_views,
     embed=segmentation_embed,
+    calibrate=tune_instance_rules,
 )

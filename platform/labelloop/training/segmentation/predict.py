@@ -214,7 +214,7 @@ def prediction_from_output(
             arrays={"probs": probs, "label_probs": out, "label_map": label_map},
         )
     if recipe.mode == "instance":
-        inst, classes = instances_from_probs(out, len(labels))
+        inst, classes = instances_from_probs(out, len(labels), **recipe.instance_rules(labels))
         return Prediction(
             shapes=instance_shapes(inst, classes, labels, label_probs=_instance_label_probs(out)),
             counts=counts_from_instances(classes, labels),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from labelloop.objects import DEFAULT_MIN_AREA
 from labelloop.training.recipe import BaseRecipe
 
 LossName = Literal["dice_ce", "ce", "focal", "dice_focal", "bce", "dice_bce"]
@@ -99,6 +101,16 @@ class SegmentationRecipe(BaseRecipe):
     # default; > 0 (e.g. 0.2) is what Monte-Carlo dropout scoring (bald, mc_variance)
     # samples from.
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # Instance mode's reading of the network, per label (labels not named: no split and
+    # objects.DEFAULT_MIN_AREA; see `instances.instances_from_probs`): the minimum instance
+    # area in pixels, and the depth in pixels of a neck that cuts an interior blob into two
+    # cells (touching red cells whose thin contour the network leaves open). With
+    # `tune_instances` a run chooses both on the validation split (the lowest count error
+    # per image; see `instances.choose_instance_rules`) and the model version stores them
+    # here, so counting and evaluation read the network the same way.
+    instance_min_area: dict[str, int] = Field(default_factory=dict)
+    instance_split_depth: dict[str, float] = Field(default_factory=dict)
+    tune_instances: bool = True
 
     @field_validator("encoder")
     @classmethod
@@ -132,12 +144,25 @@ class SegmentationRecipe(BaseRecipe):
                 f"decoder_channels has {len(self.decoder_channels)} entries but encoder_depth "
                 f"is {self.encoder_depth}; they must match"
             )
+        bad = {k: v for k, v in self.instance_min_area.items() if v < 1}
+        bad |= {k: v for k, v in self.instance_split_depth.items() if v < 0}
+        if bad:
+            raise ValueError(
+                f"instance_min_area must be >= 1 and instance_split_depth >= 0, got {bad}"
+            )
         if self.loss not in MODE_LOSSES[self.mode]:
             raise ValueError(
                 f"loss {self.loss!r} does not fit mode {self.mode!r}; valid for {self.mode}: "
                 f"{', '.join(MODE_LOSSES[self.mode])}"
             )
         return self
+
+    def instance_rules(self, labels: Sequence[str]) -> dict[str, list[Any]]:
+        """`instances_from_probs` keyword arguments (one value per label, in order)."""
+        return {
+            "min_area": [self.instance_min_area.get(lb, DEFAULT_MIN_AREA) for lb in labels],
+            "split_depth": [self.instance_split_depth.get(lb, 0.0) for lb in labels],
+        }
 
     def _override_data(self, overrides: dict[str, Any]) -> dict[str, Any]:
         data = super()._override_data(overrides)
