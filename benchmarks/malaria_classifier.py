@@ -6,6 +6,8 @@ seen by training or by the choice of epoch; 10 % of `train/` picks the best epoc
 recipe is the classification default unless flags override it; the budget is a number
 of epochs, and the compute it took is reported as CPU seconds of this process
 (`resource.getrusage`) beside the wall time, which other work on the machine inflates.
+The test split is scored twice from the same weights: with the recipe's test-time views
+(the softmax averaged over flips / quarter turns, 8 by default) and with one view.
 
 Usage: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/malaria_classifier.py [--epochs N]
        [--seeds 0 1] [--encoder NAME] [--image-size PX] [--lr LR]
