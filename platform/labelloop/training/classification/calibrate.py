@@ -18,7 +18,7 @@ def collect_samples(
     if dm.val_set is None or not len(dm.val_set):
         return None
     samples = dm.val_set.samples
-    probs = predict_sample_probs(network, samples.crops, recipe.batch_size)
+    probs = predict_sample_probs(network, samples.crops, recipe.batch_size, recipe.views)
     return probs.astype(np.float64), np.asarray(samples.targets, np.int64)
 
 

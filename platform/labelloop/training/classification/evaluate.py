@@ -24,6 +24,7 @@ from labelloop.training.classification.data import (
 )
 from labelloop.training.classification.recipe import ClassificationRecipe
 from labelloop.training.common import Fetch, inference, inputs_to_tensor, split_items
+from labelloop.training.passes import DIHEDRAL, transform_image
 
 
 def confusion_matrix(
@@ -77,11 +78,33 @@ def classification_metrics(
 
 
 def predict_sample_probs(
-    model: nn.Module, crops: np.ndarray | Sequence[np.ndarray], batch_size: int = 64
+    model: nn.Module,
+    crops: np.ndarray | Sequence[np.ndarray],
+    batch_size: int = 64,
+    views: int = 1,
 ) -> np.ndarray:
-    """Softmax probabilities (N, C) float32 for prepared inputs (N, S, S, 3) uint8."""
+    """Softmax probabilities (N, C) float32 for prepared inputs (N, S, S, 3) uint8.
+
+    `views` > 1 averages the softmax over the first `views` symmetries of the square
+    (`passes.DIHEDRAL`: the quarter turns, then those of the mirror image). A cell has no
+    up or down, so every view is an equally valid look and their mean is steadier than
+    one (malaria crops: see BENCHMARKS.md)."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    if not 1 <= views <= len(DIHEDRAL):
+        raise ValueError(f"views must be 1 to {len(DIHEDRAL)}, got {views}")
+    if views > 1 and len(crops):
+        looks = [
+            _softmax(model, [transform_image(c, f, k) for c in crops], batch_size)
+            for f, k in DIHEDRAL[:views]
+        ]
+        return np.mean(looks, axis=0, dtype=np.float64).astype(np.float32)
+    return _softmax(model, crops, batch_size)
+
+
+def _softmax(
+    model: nn.Module, crops: np.ndarray | Sequence[np.ndarray], batch_size: int
+) -> np.ndarray:
     device = next(model.parameters()).device
     out: list[np.ndarray] = []
     with inference(model):
@@ -94,9 +117,13 @@ def predict_sample_probs(
 
 
 def evaluate_samples(
-    model: nn.Module, samples: SampleSet, labels: Sequence[str], batch_size: int = 64
+    model: nn.Module,
+    samples: SampleSet,
+    labels: Sequence[str],
+    batch_size: int = 64,
+    views: int = 1,
 ) -> dict[str, Any]:
-    probs = predict_sample_probs(model, samples.crops, batch_size)
+    probs = predict_sample_probs(model, samples.crops, batch_size, views)
     pred = probs.argmax(1) if len(probs) else np.zeros(0, np.int64)
     return classification_metrics(samples.targets, pred, labels)
 
@@ -116,7 +143,7 @@ def evaluate_classification(
     """
     labels = list(labels) if labels is not None else classification_labels(manifest)
     samples = load_samples(split_items(manifest, split), labels, recipe, fetch)
-    result = evaluate_samples(model, samples, labels, recipe.batch_size)
+    result = evaluate_samples(model, samples, labels, recipe.batch_size, recipe.views)
     result["split"] = split
     result["n_images"] = len(set(samples.image_ids))
     return result

@@ -35,7 +35,9 @@ def _evaluate_val(
 ) -> dict[str, Any]:
     """On the val samples the DataModule already cut, rather than cutting them again."""
     assert dm.val_set is not None
-    metrics = evaluate_samples(network, dm.val_set.samples, dm.labels, recipe.batch_size)
+    metrics = evaluate_samples(
+        network, dm.val_set.samples, dm.labels, recipe.batch_size, recipe.views
+    )
     metrics["split"] = "val"
     return metrics
 

@@ -60,7 +60,7 @@ def predict(
         )
     check_images(images)
     inputs = [whole_image(img, recipe.image_size) for img in images]
-    probs = predict_sample_probs(model, inputs, recipe.batch_size)
+    probs = predict_sample_probs(model, inputs, recipe.batch_size, recipe.views)
     out = []
     for p in probs:
         top = int(p.argmax())
@@ -100,7 +100,11 @@ def classify_crops(
         except ValueError as exc:
             raise InputError(f"shape {i}: {exc}") from exc
     n = len(labels)
-    probs = predict_sample_probs(model, crops, recipe.batch_size) if crops else np.zeros((0, n))
+    probs = (
+        predict_sample_probs(model, crops, recipe.batch_size, recipe.views)
+        if crops
+        else np.zeros((0, n))
+    )
     top = probs.argmax(1) if len(probs) else np.zeros(0, np.int64)
     shapes: list[Shape] = []
     for shape, p, t in zip(boxes, probs, top, strict=True):

@@ -19,6 +19,8 @@ BalanceName = Literal["none", "loss", "sampler"]
 
 # Trains from scratch at a useful speed on two CPU cores (see docs in the benchmark).
 DEFAULT_ENCODER = "lcnet_050"
+# Flips / quarter turns averaged at evaluation and prediction when a recipe names none.
+DEFAULT_TTA_VIEWS = 8
 
 
 def _default_augment() -> Augment:
@@ -47,6 +49,15 @@ class ClassificationRecipe(BaseRecipe):
     balance: BalanceName = "loss"
     drop_rate: float = Field(0.1, ge=0.0, lt=1.0, description="dropout before the head")
     augment: Augment = Field(default_factory=_default_augment)
+    # Test-time views: the softmax averaged over this many flips / quarter turns at
+    # evaluation, calibration and prediction (1 = the image as it is). It changes no
+    # weights, so unset (None: DEFAULT_TTA_VIEWS) it stays out of the run's hash.
+    tta_views: int | None = Field(None, ge=1, le=8)
+
+    @property
+    def views(self) -> int:
+        """The number of test-time views in force."""
+        return self.tta_views if self.tta_views is not None else DEFAULT_TTA_VIEWS
 
     @field_validator("encoder")
     @classmethod
