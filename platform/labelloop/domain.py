@@ -9,7 +9,8 @@ them.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from functools import cache
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -99,6 +100,8 @@ class Tag(_Shape):
     kind: Literal["tag"] = "tag"
 
 
+_S = TypeVar("_S", bound=_Shape)
+
 Shape = Annotated[Box | Polygon | Mask | Keypoint | Ellipse | Tag, Field(discriminator="kind")]
 
 
@@ -109,6 +112,28 @@ class ShapeList(BaseModel):
 
 
 _SHAPES = TypeAdapter(list[Shape])
+
+
+def trusted_shape(cls: type[_S], **values: Any) -> _S:
+    """A shape from values its reader has already checked, without pydantic's validation:
+    what `model_construct` builds (same fields, in order, and defaults), for
+    ~70 % of its cost, paid once per shape by an ingest of millions. Missing
+    defaults with a factory are not filled: the caller passes those fields."""
+    shape = cls.__new__(cls)
+    fields = {name: values.get(name, dflt) for name, dflt in _layout(cls)}
+    object.__setattr__(shape, "__dict__", fields)
+    object.__setattr__(shape, "__pydantic_fields_set__", set(values))
+    object.__setattr__(shape, "__pydantic_extra__", None)
+    object.__setattr__(shape, "__pydantic_private__", None)
+    return shape
+
+
+@cache
+def _layout(cls: type[_Shape]) -> tuple[tuple[str, Any], ...]:
+    return tuple(
+        (name, None if f.is_required() or f.default_factory else f.default)
+        for name, f in cls.model_fields.items()
+    )
 
 
 def shapes_to_json(shapes: list[Shape]) -> list[dict]:

@@ -14,7 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from labelloop.domain import Box, Ellipse, Keypoint, Mask, Polygon, Tag
+from labelloop.domain import (
+    Box,
+    Ellipse,
+    Keypoint,
+    Mask,
+    Polygon,
+    Tag,
+    shapes_to_json,
+    trusted_shape,
+)
 from labelloop.errors import ConfigError, InputError
 from labelloop.geometry import decode_mask, mask_shape
 from labelloop.labelstudio.convert import (
@@ -679,3 +688,25 @@ def test_fuzz_results_only_raise_input_error(results):
         assert exc.file == "fuzz.json"
         return
     assert all(s.label for s in shapes)
+
+
+@pytest.mark.parametrize(
+    ("cls", "values"),
+    [
+        (Box, {"x": 1.0, "y": 2.0, "w": 3.0, "h": 4.0}),
+        (Box, {"x": 1.0, "y": 2.0, "w": 3.0, "h": 4.0, "rotation": 30.0}),
+        (Polygon, {"points": [(0.0, 0.0), (4.0, 0.0), (0.0, 4.0)]}),
+        (Keypoint, {"x": 1.0, "y": 2.0}),
+        (Ellipse, {"x": 1.0, "y": 2.0, "rx": 3.0, "ry": 4.0}),
+        (Mask, {"size": (4, 5), "counts": "abc"}),
+        (Tag, {}),
+    ],
+)
+def test_a_trusted_shape_is_the_validated_shape(cls, values):
+    """The converter's shapes skip validation: each must be the shape pydantic builds."""
+    values = {"label": "RBC", "attributes": {"a": 1}, **values}
+    trusted, checked = trusted_shape(cls, **values), cls.model_validate(values)
+    assert trusted == checked
+    assert list(vars(trusted)) == list(vars(checked))
+    assert shapes_to_json([trusted]) == shapes_to_json([checked])
+    assert trusted.model_fields_set == checked.model_fields_set

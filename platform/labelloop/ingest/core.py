@@ -16,10 +16,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import PurePosixPath
+from typing import Any
 from urllib.parse import urlparse
 
-from sqlalchemy import select
+from sqlalchemy import Text, bindparam, cast, insert, select
 from sqlalchemy.orm import Session
 
 from labelloop.db.models import Annotation, Image, Project, SourceItem
@@ -91,13 +93,38 @@ class IngestReport:
         return asdict(self)
 
 
-def revision_of(ann: RecordAnnotation, shapes_json: list[dict] | None = None) -> str:
-    """`shapes_json`: the shapes already serialised (the ingest stores that list too)."""
-    if shapes_json is None:
-        shapes_json = shapes_to_json(ann.shapes)
-    payload = {"shapes": shapes_json, "gt": ann.ground_truth, "x": ann.cancelled}
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:32]
+def revision_of(ann: RecordAnnotation) -> str:
+    return _revision(ann, shapes_to_json(ann.shapes))[0]
+
+
+def _revision(ann: RecordAnnotation, shapes_json: list[dict]) -> tuple[str, str]:
+    """The revision hash and the shapes' JSON text that the ingest stores: the shapes are
+    serialised once, and the hashed payload is built around that text. Its bytes are
+    those of `{"gt": .., "shapes": .., "x": ..}` dumped with sorted keys, as revisions
+    have always been hashed, so a re-ingest finds the revisions it wrote before."""
+    text = json.dumps(shapes_json, sort_keys=True, separators=(",", ":"))
+    gt, cancelled = json.dumps(ann.ground_truth), json.dumps(ann.cancelled)
+    blob = f'{{"gt":{gt},"shapes":{text},"x":{cancelled}}}'.encode()
+    return hashlib.sha256(blob).hexdigest()[:32], text
+
+
+@dataclass
+class _NewAnnotation:
+    """An annotation row of this batch, not written yet: a batch's rows go in one
+    executemany INSERT (`_Writer.write_annotations`), where ORM objects cost a flush that
+    took most of the writing time. Fields are the `annotation` table's columns."""
+
+    project_id: int
+    source_item_id: int
+    image_id: int
+    source: str
+    external_id: str
+    revision: str
+    annotator: str | None
+    is_ground_truth: bool
+    state: str
+    shapes: str  # the JSON text the revision was hashed from
+    source_updated_at: str | None
 
 
 def _map_labels(
@@ -209,17 +236,31 @@ class _Writer:
         # cached but None / [] is known to be absent; a key not cached is looked up.
         self.images: dict[str, Image] = {}
         self.items: dict[tuple[str, str], SourceItem | None] = {}
-        self.anns: dict[tuple[str, str], list[Annotation]] = {}
+        self.anns: dict[tuple[str, str], list[Annotation | _NewAnnotation]] = {}
+        self.new_annotations: list[_NewAnnotation] = []  # written by `write_annotations`
         # id(record) -> (record, its image), filled by `prepare`
         self.record_images: dict[int, tuple[SourceRecord, Image]] = {}
 
     def forget(self) -> None:
         """Drop the cached rows: a rolled-back savepoint may have taken some with it."""
         self.images, self.items, self.anns, self.record_images = {}, {}, {}, {}
+        self.new_annotations = []
+
+    def write_annotations(self) -> None:
+        """Insert the annotation rows added since the last call, in one statement. Their
+        ids are not read back: their keys leave the cache, so whatever next needs one of
+        them (a later record with the same key) selects it as a row of the session."""
+        if self.new_annotations:
+            stmt = _annotation_insert(self.s.get_bind().dialect.name)
+            self.s.connection().execute(stmt, [vars(a) for a in self.new_annotations])
+            for ann in self.new_annotations:
+                self.anns.pop((ann.source, ann.external_id), None)
+            self.new_annotations = []
 
     def prefetch(self, records: list[SourceRecord]) -> None:
         """Source items and annotations of a batch of records, in a few queries. The
         previous batch is written and its rows let go first, so memory holds one batch."""
+        self.write_annotations()
         self.s.flush()
         self.forget()
         items: dict[str, set[str]] = {}
@@ -271,7 +312,7 @@ class _Writer:
             )
         return self.items[key]
 
-    def _annotations(self, source: str, external_id: str) -> list[Annotation]:
+    def _annotations(self, source: str, external_id: str) -> list[Annotation | _NewAnnotation]:
         """Every revision of one annotation key, oldest first (cached, then kept current
         as this ingest adds revisions)."""
         key = (source, external_id)
@@ -439,8 +480,7 @@ class _Writer:
         shapes = _fit_geometry(shapes, img.width, img.height, rec.file, where, self.report.warnings)
         ann = RecordAnnotation(**{**ann.__dict__, "shapes": shapes})
         ext = f"{rec.external_id}/{ann.external_id}"
-        shapes_json = shapes_to_json(shapes)
-        rev = revision_of(ann, shapes_json)
+        rev, shapes_text = _revision(ann, shapes_to_json(shapes))
         if ann.cancelled:
             self.report.annotations_cancelled += 1
         else:
@@ -456,11 +496,12 @@ class _Writer:
         existing = next((a for a in revisions if a.revision == rev), None)
         if existing is not None and existing.state == state:
             # The task's image may have been replaced upstream with the labels unchanged:
-            # the labels follow the task to its new pixels.
-            if not _same(existing.image_id, img.id, lambda: existing.image is img):
-                existing.image = img
-            if not _same(existing.source_item_id, item.id, lambda: existing.source_item is item):
-                existing.source_item = item
+            # the labels follow the task to its new pixels. (Images and source items are
+            # inserted as they are met, so both have their ids.)
+            if existing.image_id != img.id:
+                existing.image_id = img.id
+            if existing.source_item_id != item.id:
+                existing.source_item_id = item.id
             self.report.annotations_unchanged += 1
             return
         # Whatever counted for this key until now stops counting: a new revision, or an
@@ -472,20 +513,20 @@ class _Writer:
             existing.state = state
             self.report.annotations_restored += 1
             return
-        new = Annotation(
+        new = _NewAnnotation(
             project_id=self.project.id,
-            source_item=item,
-            image=img,
+            source_item_id=item.id,
+            image_id=img.id,
             source=rec.source,
             external_id=ext,
             revision=rev,
             annotator=ann.annotator,
             is_ground_truth=ann.ground_truth,
             state=state,
-            shapes=shapes_json,
+            shapes=shapes_text,
             source_updated_at=ann.updated_at,
         )
-        self.s.add(new)
+        self.new_annotations.append(new)
         revisions.append(new)
         self.report.annotations_new += 1
 
@@ -519,7 +560,9 @@ def ingest_records(
     if created_blobs is not None:
         writer.created_blobs = created_blobs
     with _collections_per_batch():
-        return _ingest_batches(s, writer, records, report, skip_invalid, per_file, on_record)
+        _ingest_batches(s, writer, records, report, skip_invalid, per_file, on_record)
+    writer.write_annotations()
+    return report
 
 
 @contextmanager
@@ -581,6 +624,7 @@ def _ingest_batches(
             sp = s.begin_nested()
             try:
                 writer.record(rec)
+                writer.write_annotations()  # inside the record's savepoint
                 sp.commit()
                 report.warnings.extend(rec.warnings)
                 ok = True
@@ -610,12 +654,14 @@ BATCH = 500  # records per prefetch; also the size of each IN (...) list
 ITEM_KEYS = ["project_id", "source", "external_id"]
 
 
-def _same(row_fk: int | None, target_id: int | None, objects_same: Callable[[], bool]) -> bool:
-    """Whether a row already points at a target: by id when both are in the database,
-    else by object (a row of this batch, not inserted yet)."""
-    if row_fk is not None and target_id is not None:
-        return row_fk == target_id
-    return objects_same()
+@cache
+def _annotation_insert(dialect: str) -> Any:
+    """The INSERT of annotation rows, the shapes bound as the JSON text already made
+    (the JSON column type would serialise the list a second time)."""
+    shapes: Any = bindparam("shapes", type_=Text)
+    if dialect == "postgresql":  # SQLite stores JSON as text; PostgreSQL casts it
+        shapes = cast(shapes, Annotation.__table__.c.shapes.type)
+    return insert(Annotation).values(shapes=shapes)
 
 
 def _chunks(values: list[str], size: int = BATCH) -> Iterator[list[str]]:

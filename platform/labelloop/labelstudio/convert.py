@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from labelloop.domain import Box, Ellipse, Keypoint, Mask, Polygon, Shape, Tag
+from labelloop.domain import Box, Ellipse, Keypoint, Mask, Polygon, Shape, Tag, trusted_shape
 from labelloop.errors import ConfigError, InputError
 from labelloop.geometry import decode_mask, mask_shape
 from labelloop.imaging import DEFAULT_MAX_PIXELS
@@ -129,7 +129,7 @@ def _result_shapes(r: dict, where: _Where, image_size: tuple[int, int] | None) -
         cls = Mask
     # Every field was checked above (labels, finite numbers, mask size): building the
     # shapes without pydantic's validation saves a second pass over each number.
-    return [cls.model_construct(label=lab, attributes=dict(attrs), **geo) for lab in labels]
+    return [trusted_shape(cls, label=lab, attributes=dict(attrs), **geo) for lab in labels]
 
 
 def _geometry_kind(value: dict) -> str | None:
