@@ -103,35 +103,41 @@ async def _generate(url: str, rate: float, duration: float, webhook_share: float
     import httpx
 
     n = int(rate * duration)
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+    # Several small pools, not one large one: httpcore matches queued requests to
+    # connections in a loop over both, so with thousands queued (a server that slowed down
+    # for a second) one pool's bookkeeping takes the load generator's whole CPU and the
+    # measurement becomes the client's own backlog.
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
     samples: list[tuple[str, float, float, int]] = []  # kind, start offset, latency, status
-    async with httpx.AsyncClient(base_url=url, timeout=10, limits=limits) as client:
-        t0 = time.perf_counter()
+    clients = [httpx.AsyncClient(base_url=url, timeout=10, limits=limits) for _ in range(8)]
+    t0 = time.perf_counter()
 
-        async def send(i: int, webhook: bool):
-            if webhook:
-                return await client.post(
-                    f"/webhooks/labelstudio/{PROJECT}",
-                    json=_event(i),
-                    headers={"X-Labelloop-Webhook-Secret": SECRET},
-                )
-            return await client.get(
-                f"/projects/{PROJECT}/runs",
-                params={"limit": 20},
-                headers={"Authorization": f"Bearer {TOKEN}"},
+    async def send(i: int, webhook: bool):
+        client = clients[i % len(clients)]
+        if webhook:
+            return await client.post(
+                f"/webhooks/labelstudio/{PROJECT}",
+                json=_event(i),
+                headers={"X-Labelloop-Webhook-Secret": SECRET},
             )
+        return await client.get(
+            f"/projects/{PROJECT}/runs",
+            params={"limit": 20},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
 
-        async def one(i: int) -> None:
-            webhook = (i * webhook_share) % 1 + webhook_share > 1 - 1e-9
-            start = time.perf_counter()
-            try:
-                status = (await asyncio.wait_for(send(i, webhook), timeout=15)).status_code
-            except (httpx.HTTPError, TimeoutError):
-                status = 0  # no answer (in time) counts as an error
-            samples.append(
-                ("webhook" if webhook else "api", start - t0, time.perf_counter() - start, status)
-            )
+    async def one(i: int) -> None:
+        webhook = (i * webhook_share) % 1 + webhook_share > 1 - 1e-9
+        start = time.perf_counter()
+        try:
+            status = (await asyncio.wait_for(send(i, webhook), timeout=15)).status_code
+        except (httpx.HTTPError, TimeoutError):
+            status = 0  # no answer (in time) counts as an error
+        samples.append(
+            ("webhook" if webhook else "api", start - t0, time.perf_counter() - start, status)
+        )
 
+    try:
         tasks = []
         for i in range(n):
             delay = t0 + i / rate - time.perf_counter()
@@ -139,6 +145,9 @@ async def _generate(url: str, rate: float, duration: float, webhook_share: float
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(i)))
         await asyncio.gather(*tasks)  # each request gives up after 15 s
+    finally:
+        for client in clients:
+            await client.aclose()
     return samples
 
 
@@ -178,12 +187,16 @@ def _attack_once(port: int, kind: int) -> tuple[str, int, int]:
     return name, status, sent
 
 
-def _attack(port: int, kind: int, stop: threading.Event, out: list) -> None:
+def _attack(port: int, kind: int, stop: threading.Event, out: list, pause: float) -> None:
+    """One attacking connection at a time, again `pause` seconds after each refusal: N
+    attackers keep up to N oversized bodies in flight. (Without a pause they become a flood
+    of requests, a matter of rate limits in front of the API, not of body size.)"""
     while not stop.is_set():
         try:
             out.append(_attack_once(port, kind))
         except OSError:
             out.append((("anonymous", "token", "token-chunked")[kind], 0, 0))
+        stop.wait(pause)
 
 
 def _rss_kib(pid: int) -> int:
@@ -328,6 +341,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="uvicorn processes")
     ap.add_argument("--webhook-share", type=float, default=0.5)
     ap.add_argument("--attackers", type=int, default=0, help="connections sending huge bodies")
+    ap.add_argument(
+        "--attack-pause", type=float, default=0.2, help="seconds an attacker waits after a refusal"
+    )
     ap.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -360,7 +376,9 @@ def main() -> None:
             idle_rss_mib = _rss_kib(server.pid) / 1024
             helpers = [threading.Thread(target=_sample_rss, args=(server.pid, stop, rss))]
             helpers += [
-                threading.Thread(target=_attack, args=(port, i % 3, stop, attacks))
+                threading.Thread(
+                    target=_attack, args=(port, i % 3, stop, attacks, args.attack_pause)
+                )
                 for i in range(args.attackers)
             ]
             for t in helpers:
@@ -430,6 +448,7 @@ def main() -> None:
 
         summary["attack"] = {
             "attackers": args.attackers,
+            "pause_after_refusal_s": args.attack_pause,
             "body_limit_bytes": Settings().api_max_body_bytes,
             "requests": len(attacks),
             "statuses": {

@@ -36,7 +36,7 @@ from labelloop.access import (
 )
 from labelloop.context import Context
 from labelloop.db.models import ModelVersion, PipelineRun
-from labelloop.labelstudio.webhooks import SECRET_HEADER, check_secret
+from labelloop.labelstudio.webhooks import SECRET_HEADER, check_request_secret
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -70,10 +70,17 @@ def bearer_caller(ctx: Context, tokens: dict[str, str], authorization: str | Non
     return caller
 
 
+# The request state's key for the caller found before the body was read (api.limits).
+CALLER = "labelloop_caller"
+
+
 def current_caller(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
 ) -> Caller:
     """The holder of the request's bearer token; 401 without a valid one."""
+    found = request.scope.get("state", {}).get(CALLER)
+    if isinstance(found, Caller):
+        return found
     given = f"{credentials.scheme} {credentials.credentials}" if credentials else None
     return bearer_caller(get_ctx(request), request.app.state.tokens, given)
 
@@ -160,7 +167,9 @@ def require_webhook_secret(
         description="the project's webhook secret (`labelloop webhooks register`)",
     ),
 ) -> None:
-    check_secret(get_ctx(request), request.path_params.get("project", ""), secret, SECRET_HEADER)
+    state = request.scope.setdefault("state", {})
+    project = request.path_params.get("project", "")
+    check_request_secret(get_ctx(request), state, project, secret, SECRET_HEADER)
 
 
 def access(kind: str) -> dict[str, Any]:

@@ -26,9 +26,9 @@ from fastapi import HTTPException
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from labelloop.api.auth import bearer_caller
+from labelloop.api.auth import CALLER, bearer_caller
 from labelloop.context import Context
-from labelloop.labelstudio.webhooks import BASIC, SECRET_HEADER, check_secret
+from labelloop.labelstudio.webhooks import BASIC, SECRET_HEADER, check_request_secret
 
 WEBHOOK_PREFIX = "/webhooks/"
 ML_BACKEND_PREFIX = "/ml/"
@@ -63,24 +63,28 @@ class CredentialsBeforeBody:
         if scope["type"] == "http":
             headers = Headers(scope=scope)
             if carries_body(headers):
+                state = scope.setdefault("state", {})
                 try:
-                    await anyio.to_thread.run_sync(self.check, scope["path"], headers)
+                    await anyio.to_thread.run_sync(self.check, scope["path"], headers, state)
                 except HTTPException as exc:
                     await _refuse(send, exc)
                     return
         await self.app(scope, receive, send)
 
-    def check(self, path: str, headers: Headers) -> None:
-        """Raises the HTTPException a request without valid credentials gets."""
+    def check(self, path: str, headers: Headers, state: dict) -> None:
+        """Raises the HTTPException a request without valid credentials gets; what it
+        found is kept in the request's `state` for the route (`auth.CALLER`,
+        `webhooks.CHECKED_PROJECT`), which then does not look it up again."""
         if path == LOGIN_PATH:
             return
         if path.startswith(WEBHOOK_PREFIX):  # /webhooks/labelstudio/<project>
-            check_secret(self.ctx, _segment(path, 3), headers.get(SECRET_HEADER), SECRET_HEADER)
+            given = headers.get(SECRET_HEADER)
+            check_request_secret(self.ctx, state, _segment(path, 3), given, SECRET_HEADER)
         elif path.startswith(ML_BACKEND_PREFIX):  # /ml/<project>/...
             password = basic_password(headers.get("authorization"))
-            check_secret(self.ctx, _segment(path, 2), password, BASIC)
+            check_request_secret(self.ctx, state, _segment(path, 2), password, BASIC)
         else:
-            bearer_caller(self.ctx, self.tokens(), headers.get("authorization"))
+            state[CALLER] = bearer_caller(self.ctx, self.tokens(), headers.get("authorization"))
 
 
 def _segment(path: str, index: int) -> str:

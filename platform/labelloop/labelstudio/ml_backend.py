@@ -43,7 +43,7 @@ from labelloop.labelstudio.export import image_reference
 from labelloop.labelstudio.label_config import parse_label_config
 from labelloop.labelstudio.push import KEY_FIELD, confidence, controls_for, drawable
 from labelloop.labelstudio.remote import LabelStudioSource
-from labelloop.labelstudio.webhooks import BASIC, check_secret
+from labelloop.labelstudio.webhooks import BASIC, check_request_secret
 from labelloop.projects import get_project
 from labelloop.storage import sha256_bytes
 
@@ -259,7 +259,9 @@ def _ctx(request: Request) -> Context:
 def require_backend_auth(
     project: str, request: Request, credentials: HTTPBasicCredentials | None = Depends(basic)
 ) -> None:
-    check_secret(_ctx(request), project, credentials.password if credentials else None, BASIC)
+    password = credentials.password if credentials else None
+    state = request.scope.setdefault("state", {})
+    check_request_secret(_ctx(request), state, project, password, BASIC)
 
 
 router = APIRouter(prefix="/ml/{project}", tags=["ml backend"])

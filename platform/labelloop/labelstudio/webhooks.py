@@ -91,5 +91,21 @@ def check_secret(ctx: Context, project: str, given: str | None, carrier: str) ->
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, f"missing or wrong {carrier}", headers)
 
 
+# Where a request keeps what its credentials were found to be (its ASGI scope's "state"),
+# so the check made before the body is read (api.limits) is not made again by the route:
+# each is a query, and at a hundred webhooks a second the repeats saturate the pool.
+CHECKED_PROJECT = "labelloop_secret_project"
+
+
+def check_request_secret(
+    ctx: Context, state: dict, project: str, given: str | None, carrier: str
+) -> None:
+    """`check_secret`, once per request: `state` is the request's scope state."""
+    if state.get(CHECKED_PROJECT) == project:
+        return
+    check_secret(ctx, project, given, carrier)
+    state[CHECKED_PROJECT] = project
+
+
 def webhook_url(base_url: str, project: str) -> str:
     return f"{base_url.rstrip('/')}/webhooks/labelstudio/{project}"
