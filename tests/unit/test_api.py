@@ -202,6 +202,38 @@ def test_webhooks_need_the_secret_and_a_readable_event(ctx, make_client, project
         assert s.scalar(select(func.count()).select_from(WebhookEvent)) == 5
 
 
+def test_a_webhook_and_a_backend_call_look_their_secret_up_once(
+    ctx, make_client, project, monkeypatch
+):
+    """The check made before the body is read serves the route: one lookup per request
+    (each is a query, and a hundred webhooks a second made the repeats queue on the pool),
+    and a wrong secret is still refused by the first."""
+    import labelloop.labelstudio.webhooks as hooks
+
+    with ctx.db.session() as s:
+        link_labelstudio(get_project(s, project), "http://ls:8080", 3)
+    calls: list[str] = []
+    real = hooks.check_webhook_secret
+
+    def counted(ctx, project, given):
+        calls.append(project)
+        return real(ctx, project, given)
+
+    monkeypatch.setattr(hooks, "check_webhook_secret", counted)
+    client = make_client(webhook_secret="s3cret")
+    url = "/webhooks/labelstudio/cells"
+    ok = client.post(url, json=_annotation_event(1), headers={SECRET_HEADER: "s3cret"})
+    assert ok.status_code == 202 and calls == ["cells"]
+    calls.clear()
+    assert (
+        client.post(url, json=_annotation_event(2), headers={SECRET_HEADER: "x"}).status_code == 401
+    )
+    assert calls == ["cells"]
+    calls.clear()
+    setup = client.post("/ml/cells/setup", json={}, auth=("labelloop", "s3cret"))
+    assert setup.status_code not in (401, 403, 500) and calls == ["cells"]
+
+
 def test_serving_embedded_runs_a_triggered_pipeline_and_serves_its_model(
     ctx, make_client, project, tmp_path
 ):
