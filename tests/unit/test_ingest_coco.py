@@ -454,3 +454,15 @@ def test_fuzz_retyped_values_only_raise_input_error(tmp_path, data):
     path = _write(tmp_path / "coco", coco_doc())
     path.write_bytes(data)
     read_all("coco", path)
+
+
+def test_a_number_beyond_any_float_in_a_damaged_file_is_an_input_error(tmp_path):
+    """Found by the fuzz test: locating the damaged section read numbers as Decimal, and an
+    exponent past Decimal's range escaped as decimal.InvalidOperation."""
+    path = _write(tmp_path / "coco", coco_doc())
+    text = VALID.decode().replace('"smears"', "1e999999999999999999999", 1)
+    path.write_text(text[:-40])  # and the file breaks off
+    with pytest.raises(InputError, match="invalid or truncated JSON"):
+        for rec in formats()["coco"].read(path, ReadOptions()):
+            if rec.error is not None:
+                raise rec.error

@@ -52,7 +52,7 @@ def _is_export(path: Path, max_events: int = 200_000, *, empty: bool = True) -> 
         f.seek(0)
         try:
             for n, (prefix, event, value) in enumerate(
-                ijson.parse(f, buf_size=json_buffer(f.name))
+                ijson.parse(f, use_float=True, buf_size=json_buffer(f.name))
             ):
                 # JSON: tasks with `data`; JSON-MIN: flat rows with `annotation_id`
                 if prefix == "item" and event == "map_key" and value in ("data", "annotation_id"):
@@ -71,7 +71,9 @@ def _is_single_task(f, max_events: int) -> bool:
     object, and no COCO `images`."""
     f.seek(0)
     try:
-        for n, (prefix, event, value) in enumerate(ijson.parse(f, buf_size=json_buffer(f.name))):
+        for n, (prefix, event, value) in enumerate(
+            ijson.parse(f, use_float=True, buf_size=json_buffer(f.name))
+        ):
             if prefix == "" and event == "map_key" and value in ("images", "categories"):
                 return False
             if prefix == "data" and event == "start_map":

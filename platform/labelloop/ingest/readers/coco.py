@@ -55,7 +55,7 @@ def _looks_coco(path: Path) -> bool:
         return False
     key, found = None, False
     try:
-        for prefix, event, value in ijson.parse(head):
+        for prefix, event, value in ijson.parse(head, use_float=True):
             if prefix == "" and event == "map_key":
                 if value == "data":  # a Label Studio task object, not COCO
                     return False
@@ -178,7 +178,9 @@ def _damaged_section(file: Path) -> str | None:
         with open(file, "rb") as f:
             if f.read(len(_BOM)) != _BOM:
                 f.seek(0)
-            for prefix, event, value in ijson.parse(f, buf_size=json_buffer(f.name)):
+            for prefix, event, value in ijson.parse(
+                f, use_float=True, buf_size=json_buffer(f.name)
+            ):
                 if prefix == "" and event == "map_key":
                     section = value
     except (ijson.JSONError, UnicodeDecodeError, OSError):

@@ -40,7 +40,7 @@ def _looks_createml(path: Path) -> bool:
         return False
     keys: set[str] = set()
     try:
-        for prefix, event, value in ijson.parse(head):
+        for prefix, event, value in ijson.parse(head, use_float=True):
             if prefix == "item" and event == "map_key":
                 keys.add(value)
             elif prefix == "item" and event == "end_map":
