@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -263,14 +264,37 @@ def _describe(row: ApiToken, project: str | None) -> dict[str, Any]:
 SecretCheck = Literal["ok", "wrong", "off"]
 
 
+# A project's own webhook secret (its sha256, or None: it uses the shared one) as last
+# read, per database and project, kept only after it let a request in. A webhook showing
+# the secret read within SECRET_TTL_S needs no query (Label Studio can send a hundred
+# events a second, each would otherwise take a pool connection for it); one that does not
+# match is checked against the database again, so a secret set a moment ago works at
+# once. The price: a replaced secret keeps working for at most SECRET_TTL_S in each API
+# process. Only secrets that let a request in are kept, so made-up names cannot grow it.
+SECRET_TTL_S = 2.0
+_let_in: dict[tuple[str, str], tuple[float, str | None]] = {}
+
+
 def check_webhook_secret(ctx: Context, project: str, given: str | None) -> SecretCheck:
     """Whether `given` is the webhook secret of `project`: its own if it has one (the
     shared secret then does not work for it), else the shared LABELLOOP_WEBHOOK_SECRET.
     "off": neither exists, so webhooks cannot be authenticated for this project."""
+    key = (ctx.db.url, project)
+    kept = _let_in.get(key)
+    fresh = kept is not None and time.monotonic() - kept[0] < SECRET_TTL_S
+    if fresh and _verdict(ctx, kept[1], given) == "ok":
+        return "ok"
     own = None
     if "\x00" not in project:  # no such name can exist (PostgreSQL refuses NUL in text)
         with ctx.db.session() as s:
             own = s.scalar(select(Project.webhook_secret_sha256).where(Project.name == project))
+    verdict = _verdict(ctx, own, given)
+    if verdict == "ok":
+        _let_in[key] = (time.monotonic(), own)
+    return verdict
+
+
+def _verdict(ctx: Context, own: str | None, given: str | None) -> SecretCheck:
     if own:
         given_digest = digest(given) if given is not None else ""
         return "ok" if hmac.compare_digest(own, given_digest) else "wrong"
@@ -302,3 +326,4 @@ def set_webhook_secret(ctx: Context, project: str, secret: str | None) -> None:
         if row is None:
             raise NotFoundError(f"no project named {project!r}")
         row.webhook_secret_sha256 = digest(secret) if secret else None
+    _let_in.pop((ctx.db.url, project), None)  # this process stops taking the old one now

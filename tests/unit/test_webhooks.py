@@ -229,6 +229,42 @@ def test_a_projects_own_secret_replaces_the_shared_one_for_it_alone(ctx, project
         assert get_project(s, "cells").webhook_secret_sha256 == digest("mine")
 
 
+def test_a_secret_that_let_a_webhook_in_is_kept_briefly_and_a_new_one_works_at_once(
+    ctx, project, monkeypatch
+):
+    """A burst of webhooks asks the database once per SECRET_TTL_S; a secret set by another
+    process works at once (a mismatch asks again), the replaced one for at most the TTL;
+    wrong secrets and made-up project names are never kept."""
+    import time
+
+    from sqlalchemy import event
+
+    import labelloop.access as access
+
+    queries: list[str] = []
+
+    def listen(conn, cursor, statement, *rest) -> None:
+        queries.append(statement)
+
+    event.listen(ctx.db.engine, "before_cursor_execute", listen)
+    try:
+        monkeypatch.setattr(ctx.settings, "webhook_secret", SecretStr("shared"))
+        assert [check_webhook_secret(ctx, "cells", "shared") for _ in range(20)] == ["ok"] * 20
+        assert sum("webhook_secret_sha256" in q for q in queries) == 1
+        with ctx.db.session() as s:  # as `labelloop webhooks register` in another process
+            get_project(s, "cells").webhook_secret_sha256 = digest("mine")
+        assert check_webhook_secret(ctx, "cells", "mine") == "ok"  # at once
+        monkeypatch.setattr(access, "SECRET_TTL_S", 0.05)
+        time.sleep(0.1)
+        assert check_webhook_secret(ctx, "cells", "shared") == "wrong"  # after the TTL
+        kept = dict(access._let_in)
+        for name in ("nope", "cells"):
+            assert check_webhook_secret(ctx, name, "guess") == "wrong"
+        assert access._let_in == kept
+    finally:
+        event.remove(ctx.db.engine, "before_cursor_execute", listen)
+
+
 def test_wiring_picks_the_secret_and_a_failed_registration_keeps_the_old(ctx, project, monkeypatch):
     monkeypatch.setattr(ctx.settings, "webhook_secret", SecretStr("shared"))
     assert wiring_secret(ctx, "cells", None) == WiringSecret("shared", False)
