@@ -279,11 +279,9 @@ def check_webhook_secret(ctx: Context, project: str, given: str | None) -> Secre
     """Whether `given` is the webhook secret of `project`: its own if it has one (the
     shared secret then does not work for it), else the shared LABELLOOP_WEBHOOK_SECRET.
     "off": neither exists, so webhooks cannot be authenticated for this project."""
-    key = (ctx.db.url, project)
-    kept = _let_in.get(key)
-    fresh = kept is not None and time.monotonic() - kept[0] < SECRET_TTL_S
-    if fresh and _verdict(ctx, kept[1], given) == "ok":
+    if webhook_secret_let_in(ctx, project, given):
         return "ok"
+    key = (ctx.db.url, project)
     own = None
     if "\x00" not in project:  # no such name can exist (PostgreSQL refuses NUL in text)
         with ctx.db.session() as s:
@@ -292,6 +290,15 @@ def check_webhook_secret(ctx: Context, project: str, given: str | None) -> Secre
     if verdict == "ok":
         _let_in[key] = (time.monotonic(), own)
     return verdict
+
+
+def webhook_secret_let_in(ctx: Context, project: str, given: str | None) -> bool:
+    """True when `given` is the secret that let a request for `project` in within the last
+    SECRET_TTL_S: the answer without a query (False means: ask `check_webhook_secret`)."""
+    kept = _let_in.get((ctx.db.url, project))
+    if kept is None or time.monotonic() - kept[0] >= SECRET_TTL_S:
+        return False
+    return _verdict(ctx, kept[1], given) == "ok"
 
 
 def _verdict(ctx: Context, own: str | None, given: str | None) -> SecretCheck:

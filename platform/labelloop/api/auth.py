@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Integer, select
@@ -33,10 +34,11 @@ from labelloop.access import (
     WEBHOOK,
     Caller,
     authenticate,
+    env_caller,
 )
 from labelloop.context import Context
 from labelloop.db.models import ModelVersion, PipelineRun
-from labelloop.labelstudio.webhooks import SECRET_HEADER, check_request_secret
+from labelloop.labelstudio.webhooks import SECRET_HEADER, check_request_secret, secret_settled
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -74,15 +76,30 @@ def bearer_caller(ctx: Context, tokens: dict[str, str], authorization: str | Non
 CALLER = "labelloop_caller"
 
 
-def current_caller(
+def settled_caller(state: dict, tokens: dict[str, str], authorization: str | None) -> Caller | None:
+    """The caller when no query is needed: found before the body was read, or an
+    environment token. Dependencies are async and take a worker thread only for a query:
+    at a hundred requests a second the threads, not the work, were what requests queued
+    for."""
+    found = state.get(CALLER)
+    if isinstance(found, Caller):
+        return found
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() == "bearer" and given.strip():
+        return env_caller(tokens, given.strip())
+    return None
+
+
+async def current_caller(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
 ) -> Caller:
     """The holder of the request's bearer token; 401 without a valid one."""
-    found = request.scope.get("state", {}).get(CALLER)
-    if isinstance(found, Caller):
-        return found
     given = f"{credentials.scheme} {credentials.credentials}" if credentials else None
-    return bearer_caller(get_ctx(request), request.app.state.tokens, given)
+    tokens = request.app.state.tokens
+    found = settled_caller(request.scope.get("state", {}), tokens, given)
+    if found is not None:
+        return found
+    return await run_in_threadpool(bearer_caller, get_ctx(request), tokens, given)
 
 
 def _forbidden(detail: str) -> HTTPException:
@@ -147,19 +164,20 @@ def require_role(role: str) -> Callable[..., Caller]:
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
 
-    def dependency(request: Request, caller: Caller = Depends(current_caller)) -> Caller:
+    async def dependency(request: Request, caller: Caller = Depends(current_caller)) -> Caller:
         if not caller.allows(role):
             raise _forbidden(
                 f"this operation needs the {role!r} role; token {caller.name!r} has {caller.role!r}"
             )
-        check_scope(get_ctx(request), caller, request.path_params)
+        if caller.project_id is not None:  # only a scoped token's check can need a query
+            await run_in_threadpool(check_scope, get_ctx(request), caller, request.path_params)
         return caller
 
     dependency.role = role  # type: ignore[attr-defined]
     return dependency
 
 
-def require_webhook_secret(
+async def require_webhook_secret(
     request: Request,
     secret: str | None = Header(
         None,
@@ -169,7 +187,9 @@ def require_webhook_secret(
 ) -> None:
     state = request.scope.setdefault("state", {})
     project = request.path_params.get("project", "")
-    check_request_secret(get_ctx(request), state, project, secret, SECRET_HEADER)
+    ctx = get_ctx(request)
+    if not secret_settled(ctx, state, project, secret):
+        await run_in_threadpool(check_request_secret, ctx, state, project, secret, SECRET_HEADER)
 
 
 def access(kind: str) -> dict[str, Any]:

@@ -26,9 +26,14 @@ from fastapi import HTTPException
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from labelloop.api.auth import CALLER, bearer_caller
+from labelloop.api.auth import CALLER, bearer_caller, settled_caller
 from labelloop.context import Context
-from labelloop.labelstudio.webhooks import BASIC, SECRET_HEADER, check_request_secret
+from labelloop.labelstudio.webhooks import (
+    BASIC,
+    SECRET_HEADER,
+    check_request_secret,
+    secret_settled,
+)
 
 WEBHOOK_PREFIX = "/webhooks/"
 ML_BACKEND_PREFIX = "/ml/"
@@ -65,11 +70,27 @@ class CredentialsBeforeBody:
             if carries_body(headers):
                 state = scope.setdefault("state", {})
                 try:
-                    await anyio.to_thread.run_sync(self.check, scope["path"], headers, state)
+                    if not self.settled(scope["path"], headers, state):
+                        await anyio.to_thread.run_sync(self.check, scope["path"], headers, state)
                 except HTTPException as exc:
                     await _refuse(send, exc)
                     return
         await self.app(scope, receive, send)
+
+    def settled(self, path: str, headers: Headers, state: dict) -> bool:
+        """True when the credentials are known good without a query (an environment token,
+        a webhook secret that let a request in a moment ago): no worker thread needed."""
+        if path == LOGIN_PATH:
+            return True
+        if path.startswith(WEBHOOK_PREFIX):
+            return secret_settled(self.ctx, state, _segment(path, 3), headers.get(SECRET_HEADER))
+        if path.startswith(ML_BACKEND_PREFIX):
+            password = basic_password(headers.get("authorization"))
+            return secret_settled(self.ctx, state, _segment(path, 2), password)
+        found = settled_caller(state, self.tokens(), headers.get("authorization"))
+        if found is not None:
+            state[CALLER] = found
+        return found is not None
 
     def check(self, path: str, headers: Headers, state: dict) -> None:
         """Raises the HTTPException a request without valid credentials gets; what it

@@ -21,7 +21,7 @@ from typing import Any
 
 from fastapi import HTTPException, status
 
-from labelloop.access import check_webhook_secret
+from labelloop.access import check_webhook_secret, webhook_secret_let_in
 from labelloop.context import Context
 from labelloop.errors import InputError
 
@@ -101,10 +101,22 @@ def check_request_secret(
     ctx: Context, state: dict, project: str, given: str | None, carrier: str
 ) -> None:
     """`check_secret`, once per request: `state` is the request's scope state."""
-    if state.get(CHECKED_PROJECT) == project:
+    if secret_settled(ctx, state, project, given):
         return
     check_secret(ctx, project, given, carrier)
     state[CHECKED_PROJECT] = project
+
+
+def secret_settled(ctx: Context, state: dict, project: str, given: str | None) -> bool:
+    """True when the request's secret for `project` is known good without a query (checked
+    already, or it let a request in a moment ago: `access.webhook_secret_let_in`), so an
+    async caller need not take a worker thread for it."""
+    if state.get(CHECKED_PROJECT) == project:
+        return True
+    if webhook_secret_let_in(ctx, project, given):
+        state[CHECKED_PROJECT] = project
+        return True
+    return False
 
 
 def webhook_url(base_url: str, project: str) -> str:
