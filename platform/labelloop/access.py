@@ -281,14 +281,11 @@ def check_webhook_secret(ctx: Context, project: str, given: str | None) -> Secre
     "off": neither exists, so webhooks cannot be authenticated for this project."""
     if webhook_secret_let_in(ctx, project, given):
         return "ok"
-    key = (ctx.db.url, project)
-    own = None
-    if "\x00" not in project:  # no such name can exist (PostgreSQL refuses NUL in text)
-        with ctx.db.session() as s:
-            own = s.scalar(select(Project.webhook_secret_sha256).where(Project.name == project))
+    # A name with a NUL byte cannot exist (PostgreSQL refuses NUL in text): no query.
+    own = _own_secret(ctx, project) if "\x00" not in project else None
     verdict = _verdict(ctx, own, given)
     if verdict == "ok":
-        _let_in[key] = (time.monotonic(), own)
+        _let_in[(ctx.db.url, project)] = (time.monotonic(), own)
     return verdict
 
 
@@ -320,9 +317,14 @@ def secret_matches(configured: str, given: str | None) -> bool:
     )
 
 
-def has_own_webhook_secret(ctx: Context, project: str) -> bool:
+def _own_secret(ctx: Context, project: str) -> str | None:
+    """The sha256 of the project's own webhook secret; None: it has none (or no project)."""
     with ctx.db.session() as s:
-        return bool(s.scalar(select(Project.webhook_secret_sha256).where(Project.name == project)))
+        return s.scalar(select(Project.webhook_secret_sha256).where(Project.name == project))
+
+
+def has_own_webhook_secret(ctx: Context, project: str) -> bool:
+    return bool(_own_secret(ctx, project))
 
 
 def set_webhook_secret(ctx: Context, project: str, secret: str | None) -> None:

@@ -38,7 +38,7 @@ from labelloop.access import (
 )
 from labelloop.context import Context
 from labelloop.db.models import ModelVersion, PipelineRun
-from labelloop.labelstudio.webhooks import SECRET_HEADER, check_request_secret, secret_settled
+from labelloop.labelstudio.webhooks import SECRET_HEADER, verify_request_secret
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -187,9 +187,7 @@ async def require_webhook_secret(
 ) -> None:
     state = request.scope.setdefault("state", {})
     project = request.path_params.get("project", "")
-    ctx = get_ctx(request)
-    if not secret_settled(ctx, state, project, secret):
-        await run_in_threadpool(check_request_secret, ctx, state, project, secret, SECRET_HEADER)
+    await verify_request_secret(get_ctx(request), state, project, secret, SECRET_HEADER)
 
 
 def access(kind: str) -> dict[str, Any]:

@@ -82,11 +82,9 @@ class CredentialsBeforeBody:
         a webhook secret that let a request in a moment ago): no worker thread needed."""
         if path == LOGIN_PATH:
             return True
-        if path.startswith(WEBHOOK_PREFIX):
-            return secret_settled(self.ctx, state, _segment(path, 3), headers.get(SECRET_HEADER))
-        if path.startswith(ML_BACKEND_PREFIX):
-            password = basic_password(headers.get("authorization"))
-            return secret_settled(self.ctx, state, _segment(path, 2), password)
+        secret = _secret(path, headers)
+        if secret is not None:
+            return secret_settled(self.ctx, state, *secret[:2])
         found = settled_caller(state, self.tokens(), headers.get("authorization"))
         if found is not None:
             state[CALLER] = found
@@ -98,20 +96,24 @@ class CredentialsBeforeBody:
         `webhooks.CHECKED_PROJECT`), which then does not look it up again."""
         if path == LOGIN_PATH:
             return
-        if path.startswith(WEBHOOK_PREFIX):  # /webhooks/labelstudio/<project>
-            given = headers.get(SECRET_HEADER)
-            check_request_secret(self.ctx, state, _segment(path, 3), given, SECRET_HEADER)
-        elif path.startswith(ML_BACKEND_PREFIX):  # /ml/<project>/...
-            password = basic_password(headers.get("authorization"))
-            check_request_secret(self.ctx, state, _segment(path, 2), password, BASIC)
+        secret = _secret(path, headers)
+        if secret is not None:
+            check_request_secret(self.ctx, state, *secret)
         else:
             state[CALLER] = bearer_caller(self.ctx, self.tokens(), headers.get("authorization"))
 
 
-def _segment(path: str, index: int) -> str:
-    """The project name in a (decoded) path; empty when the path has none."""
+def _secret(path: str, headers: Headers) -> tuple[str, str | None, str] | None:
+    """On the paths Label Studio calls: (project, the secret given, where it is carried);
+    None on the others, which need a bearer token."""
     parts = path.split("/")
-    return parts[index] if len(parts) > index else ""
+    if path.startswith(WEBHOOK_PREFIX):  # /webhooks/labelstudio/<project>
+        project = parts[3] if len(parts) > 3 else ""
+        return project, headers.get(SECRET_HEADER), SECRET_HEADER
+    if path.startswith(ML_BACKEND_PREFIX):  # /ml/<project>/...
+        project = parts[2] if len(parts) > 2 else ""
+        return project, basic_password(headers.get("authorization")), BASIC
+    return None
 
 
 async def _refuse(send: Send, exc: HTTPException) -> None:

@@ -43,7 +43,7 @@ from labelloop.labelstudio.export import image_reference
 from labelloop.labelstudio.label_config import parse_label_config
 from labelloop.labelstudio.push import KEY_FIELD, confidence, controls_for, drawable
 from labelloop.labelstudio.remote import LabelStudioSource
-from labelloop.labelstudio.webhooks import BASIC, check_request_secret
+from labelloop.labelstudio.webhooks import BASIC, verify_request_secret
 from labelloop.projects import get_project
 from labelloop.storage import sha256_bytes
 
@@ -256,12 +256,12 @@ def _ctx(request: Request) -> Context:
     return request.app.state.ctx
 
 
-def require_backend_auth(
+async def require_backend_auth(
     project: str, request: Request, credentials: HTTPBasicCredentials | None = Depends(basic)
 ) -> None:
     password = credentials.password if credentials else None
     state = request.scope.setdefault("state", {})
-    check_request_secret(_ctx(request), state, project, password, BASIC)
+    await verify_request_secret(_ctx(request), state, project, password, BASIC)
 
 
 router = APIRouter(prefix="/ml/{project}", tags=["ml backend"])

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import HTTPException, status
+from fastapi.concurrency import run_in_threadpool
 
 from labelloop.access import check_webhook_secret, webhook_secret_let_in
 from labelloop.context import Context
@@ -100,11 +101,18 @@ CHECKED_PROJECT = "labelloop_secret_project"
 def check_request_secret(
     ctx: Context, state: dict, project: str, given: str | None, carrier: str
 ) -> None:
-    """`check_secret`, once per request: `state` is the request's scope state."""
-    if secret_settled(ctx, state, project, given):
-        return
+    """`check_secret` (it may query), remembered in `state`, the request's scope state."""
     check_secret(ctx, project, given, carrier)
     state[CHECKED_PROJECT] = project
+
+
+async def verify_request_secret(
+    ctx: Context, state: dict, project: str, given: str | None, carrier: str
+) -> None:
+    """What the webhook and ML backend routes depend on: settled without a thread when it
+    can be (`secret_settled`), else checked in a worker thread."""
+    if not secret_settled(ctx, state, project, given):
+        await run_in_threadpool(check_request_secret, ctx, state, project, given, carrier)
 
 
 def secret_settled(ctx: Context, state: dict, project: str, given: str | None) -> bool:
