@@ -12,7 +12,7 @@ measured on the same machine under the same load. Reported: records/s (wall), CP
 of the ingesting process (the database server's own CPU is not in it), peak RSS (VmHWM).
 
 Usage: .venv/bin/python benchmarks/ingest_database.py [--tasks N] [--images N]
-         [--polygons N] [--before REF] [--pg-admin-url URL] [--only labelstudio|coco]
+         [--polygons N] [--before REF] [--repeat N] [--only labelstudio|coco]
 Writes benchmarks/results/ingest_database.json and ingest_database.png."""
 
 from __future__ import annotations
@@ -225,6 +225,13 @@ def main() -> None:
     ap.add_argument("--polygons", type=int, default=50)
     ap.add_argument("--before", help="git ref of the code to compare against")
     ap.add_argument("--only", choices=("labelstudio", "coco"))
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure before and after N times, alternating; each keeps its least CPU "
+        "(a shared machine only ever adds time), all CPU seconds are listed",
+    )
     ap.add_argument("--measure", choices=("labelstudio", "coco"))
     ap.add_argument("--export", type=Path)
     ap.add_argument("--image-root", type=Path)
@@ -248,9 +255,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-before-") as tmp:
         old = _extract(args.before, Path(tmp) / args.before) if args.before else None
         for kind, export, root in runs:
-            if old is not None:
-                results.append(measure(kind, "before", export, root, old))
-            results.append(measure(kind, "after", export, root, None))
+            sides = [("before", old)] if old is not None else []
+            tries: dict[str, list[dict]] = {}
+            for _ in range(max(args.repeat, 1)):
+                for code, lib in [*sides, ("after", None)]:
+                    tries.setdefault(code, []).append(measure(kind, code, export, root, lib))
+            for measured in tries.values():
+                best = min(measured, key=lambda r: r["cpu_s"])
+                results.append({**best, "cpu_s_all": [r["cpu_s"] for r in measured]})
     RESULTS.mkdir(exist_ok=True)
     previous = RESULTS / "ingest_database.json"
     if previous.is_file():  # keep the other export's rows from an earlier --only run
@@ -261,6 +273,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared), "
         f"Python {platform.python_version()}",
         "before": args.before,
+        "repeat": args.repeat,
         "tasks": args.tasks,
         "coco": {"images": args.images, "polygons_per_image": args.polygons},
         "results": results,

@@ -21,11 +21,13 @@ from labelloop.domain import (
     Mask,
     Polygon,
     Tag,
+    shapes_json_text,
     shapes_to_json,
     trusted_shape,
 )
 from labelloop.errors import ConfigError, InputError
 from labelloop.geometry import decode_mask, mask_shape
+from labelloop.labelstudio import convert
 from labelloop.labelstudio.convert import (
     decode_brush,
     encode_brush,
@@ -33,6 +35,7 @@ from labelloop.labelstudio.convert import (
     shapes_to_results,
 )
 from labelloop.labelstudio.export import (
+    LocalImages,
     image_reference,
     iter_export_tasks,
     resolve_local_image,
@@ -710,3 +713,106 @@ def test_a_trusted_shape_is_the_validated_shape(cls, values):
     assert list(vars(trusted)) == list(vars(checked))
     assert shapes_to_json([trusted]) == shapes_to_json([checked])
     assert trusted.model_fields_set == checked.model_fields_set
+
+
+def _outcome(results):
+    try:
+        return results_to_shapes(results, file="f.json", record="task 1 / annotation 1")
+    except InputError as exc:
+        return (exc.record, exc.reason)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_result(), max_size=4), st.integers(1, 4000), st.integers(1, 4000))
+def test_the_fast_paths_read_what_the_checked_paths_read(results, width, height):
+    """Plain boxes, single labels and integer sizes skip the per-number checks: the shapes,
+    or the error with its record, must be what the checked path gives, and the revision
+    text must be the bytes pydantic's dump gives."""
+    for r in results:
+        if isinstance(r.get("type"), str) and r["type"].lower() == "rectanglelabels":
+            r.setdefault("original_width", width)
+            r.setdefault("original_height", height)
+    fast = _outcome(results)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(convert, "_plain_box", lambda value, width, height: None)
+        mp.setattr(convert, "_LARGE", 0)  # every size through the float checks
+        checked = _outcome(results)
+    assert fast == checked
+    if isinstance(fast, list):
+        assert [vars(s) for s in fast] == [vars(s) for s in checked]
+        dumped = json.dumps(shapes_to_json(fast), sort_keys=True, separators=(",", ":"))
+        assert shapes_json_text(fast) == dumped
+
+
+def test_plain_boxes_take_ints_and_refuse_what_the_checks_refuse():
+    def box(**value):
+        r = {"id": "b", "type": "rectanglelabels", "original_width": 200, "original_height": 100}
+        return [{**r, "value": {"rectanglelabels": ["RBC"], **value}}]
+
+    (shape,) = results_to_shapes(box(x=10, y=20, width=5, height=50), file="f", record="t")
+    assert (shape.x, shape.y, shape.w, shape.h, shape.rotation) == (20.0, 20.0, 10.0, 50.0, 0.0)
+    assert all(type(v) is float for v in (shape.x, shape.y, shape.w, shape.h, shape.rotation))
+    for value, why in [
+        ({"x": 1, "y": 2, "width": -1, "height": 3}, "negative"),
+        ({"x": 10**400, "y": 2, "width": 1, "height": 3}, "not a finite number"),
+        ({"x": 1e308, "y": 1e308, "width": 1, "height": 3}, None),  # a sum overflows: checked
+        ({"x": True, "y": 2, "width": 1, "height": 3}, "not a finite number"),
+        ({"x": 1, "y": 2, "width": 1, "height": 3, "rotation": None}, None),
+    ]:
+        if why is None:
+            assert results_to_shapes(box(**value), file="f", record="t")
+        else:
+            with pytest.raises(InputError, match=why) as err:
+                results_to_shapes(box(**value), file="f", record="t")
+            assert err.value.record == "t / result b"
+
+
+def test_shapes_json_text_is_the_pydantic_dump_and_takes_what_json_cannot():
+    shapes = [
+        Box(label="Plättchen", x=1, y=2.5, w=3, h=4, attributes={"z": 1, "a": True}),
+        Polygon(label="p", points=[(0, 0), (4.25, 0), (0, 4)]),
+        Mask(label="m", size=(2, 3), counts="abc"),
+        Keypoint(label="k", x=1e16, y=-0.0),
+        Ellipse(label="e", x=1, y=2, rx=3, ry=4, rotation=5),
+        Tag(label="t"),
+    ]
+    dumped = json.dumps(shapes_to_json(shapes), sort_keys=True, separators=(",", ":"))
+    assert shapes_json_text(shapes) == dumped
+    odd = [Keypoint(label="k", x=float("inf"), y=0.0)]  # pydantic writes null, json cannot
+    assert shapes_json_text(odd) == json.dumps(
+        shapes_to_json(odd), sort_keys=True, separators=(",", ":")
+    )
+
+
+def test_local_images_resolve_as_the_full_walk_does(tmp_path):
+    """One lstat per reference where nothing is a link; links, '..' and hidden folders
+    give what resolving every component gives."""
+    root = tmp_path / "storage"
+    (root / ".cache" / "images").mkdir(parents=True)
+    (root / "real").mkdir()
+    (root / ".cache" / "images" / "a.png").write_bytes(b"x")
+    (root / "real" / "b.png").write_bytes(b"x")
+    (root / "alias").symlink_to(root / "real")  # a linked folder inside the root
+    (root / "real" / "c.png").symlink_to(root / "real" / "b.png")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "d.png").write_bytes(b"x")
+    (root / "out").symlink_to(outside)
+    images = LocalImages(root)
+    refs = [
+        ".cache/images/a.png",
+        "alias/b.png",
+        "real/c.png",
+        "real/../real/b.png",
+        "real/b.png",
+        "alias/b.png",
+        "./real/b.png",
+        "real//b.png",
+    ]
+    for ref in refs * 2:  # the second round meets folders already known
+        assert images.resolve(ref) == (root / ref).resolve()
+    for ref in ["out/d.png", "alias/../out/d.png"]:
+        with pytest.raises(InputError, match="escapes"):
+            images.resolve(ref)
+    with pytest.raises(InputError, match="not found"):
+        images.resolve("real")  # a folder is not an image

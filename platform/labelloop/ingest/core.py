@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from labelloop.db.models import Annotation, Image, Project, SourceItem
 from labelloop.db.upsert import get_or_insert, get_or_insert_many
-from labelloop.domain import Box, Keypoint, Mask, Polygon, Shape, Tag, shapes_to_json
+from labelloop.domain import Box, Keypoint, Mask, Polygon, Shape, Tag, shapes_json_text
 from labelloop.errors import InputError
 from labelloop.imaging import decode_image
 from labelloop.ingest.records import RecordAnnotation, SourceRecord
@@ -94,18 +94,17 @@ class IngestReport:
 
 
 def revision_of(ann: RecordAnnotation) -> str:
-    return _revision(ann, shapes_to_json(ann.shapes))[0]
+    return _revision(ann, shapes_json_text(ann.shapes))
 
 
-def _revision(ann: RecordAnnotation, shapes_json: list[dict]) -> tuple[str, str]:
-    """The revision hash and the shapes' JSON text that the ingest stores: the shapes are
-    serialised once, and the hashed payload is built around that text. Its bytes are
-    those of `{"gt": .., "shapes": .., "x": ..}` dumped with sorted keys, as revisions
-    have always been hashed, so a re-ingest finds the revisions it wrote before."""
-    text = json.dumps(shapes_json, sort_keys=True, separators=(",", ":"))
+def _revision(ann: RecordAnnotation, text: str) -> str:
+    """The revision hash of an annotation whose shapes dump to `text` (which the ingest
+    stores): the hashed payload is built around that text. Its bytes are those of
+    `{"gt": .., "shapes": .., "x": ..}` dumped with sorted keys, as revisions have always
+    been hashed, so a re-ingest finds the revisions it wrote before."""
     gt, cancelled = json.dumps(ann.ground_truth), json.dumps(ann.cancelled)
     blob = f'{{"gt":{gt},"shapes":{text},"x":{cancelled}}}'.encode()
-    return hashlib.sha256(blob).hexdigest()[:32], text
+    return hashlib.sha256(blob).hexdigest()[:32]
 
 
 @dataclass
@@ -174,12 +173,16 @@ def _fit_geometry(
                 warnings.append(f"{file} {where}: {shape.label} box clipped to the image")
                 shape = shape.model_copy(update={"x": x0, "y": y0, "w": x1 - x0, "h": y1 - y0})
         elif isinstance(shape, Polygon):
-            pts = [(min(max(x, 0.0), width), min(max(y, 0.0), height)) for x, y in shape.points]
-            if len(set(pts)) < 3 or _area(pts) <= 0:
+            pts = shape.points
+            xs, ys = zip(*pts, strict=True) if pts else ((0.0,), (0.0,))
+            inside = min(xs) >= 0 and min(ys) >= 0 and max(xs) <= width and max(ys) <= height
+            if not inside:  # a polygon inside the image keeps its points as they are
+                pts = [(min(max(x, 0.0), width), min(max(y, 0.0), height)) for x, y in pts]
+            if len(set(map(tuple, pts))) < 3 or _area(pts) <= 0:
                 raise InputError(
                     f"{shape.label} polygon has no area inside the image", file=file, record=where
                 )
-            if pts != [tuple(p) for p in shape.points]:
+            if not inside and pts != [tuple(p) for p in shape.points]:
                 warnings.append(f"{file} {where}: {shape.label} polygon clipped to the image")
                 shape = shape.model_copy(update={"points": pts})
         elif isinstance(shape, Keypoint) and not (0 <= shape.x <= width and 0 <= shape.y <= height):
@@ -480,7 +483,8 @@ class _Writer:
         shapes = _fit_geometry(shapes, img.width, img.height, rec.file, where, self.report.warnings)
         ann = RecordAnnotation(**{**ann.__dict__, "shapes": shapes})
         ext = f"{rec.external_id}/{ann.external_id}"
-        rev, shapes_text = _revision(ann, shapes_to_json(shapes))
+        shapes_text = shapes_json_text(shapes)
+        rev = _revision(ann, shapes_text)
         if ann.cancelled:
             self.report.annotations_cancelled += 1
         else:

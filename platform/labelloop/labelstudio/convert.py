@@ -38,10 +38,17 @@ MAX_BRUSH_PIXELS = DEFAULT_MAX_PIXELS
 
 
 class _Where:
-    """File and record of the result being converted, for error messages."""
+    """File and record of the result being converted, for error messages; the record's
+    name is spelled out only when an error needs it (an ingest converts millions)."""
 
-    def __init__(self, file: str, record: str):
-        self.file, self.record = file, record
+    def __init__(self, file: str, record: str, result: object = None):
+        self.file, self._record, self._result = file, record, result
+
+    @property
+    def record(self) -> str:
+        if self._result is None:
+            return self._record
+        return f"{self._record} / result {self._result}"
 
     def error(self, reason: str) -> InputError:
         return InputError(reason, file=self.file, record=self.record)
@@ -67,7 +74,7 @@ def results_to_shapes(
     for i, r in enumerate(results):
         rid = r.get("id") if isinstance(r, dict) else None
         named = isinstance(rid, str | int) and not isinstance(rid, bool)
-        where = _Where(file, f"{record} / result {rid if named else f'#{i}'}")
+        where = _Where(file, record, rid if named else f"#{i}")
         if not isinstance(r, dict):
             raise where.error("result is not an object")
         shapes.extend(_result_shapes(r, where, image_size))
@@ -92,15 +99,17 @@ def _result_shapes(r: dict, where: _Where, image_size: tuple[int, int] | None) -
     if kind is None or not labels:
         return []  # text-span labels, or a region nobody labelled: nothing to learn from
     width, height = _image_size(r, image_size, where)
-    if kind == "box":
-        geo: dict[str, Any] = {
+    if kind == "box" and (geo := _plain_box(value, width, height)) is not None:
+        cls: type[Shape] = Box
+    elif kind == "box":
+        geo = {
             "x": _num(value, "x", where) * width / 100,
             "y": _num(value, "y", where) * height / 100,
             "w": _num(value, "width", where, minimum=0) * width / 100,
             "h": _num(value, "height", where, minimum=0) * height / 100,
             "rotation": _num(value, "rotation", where, default=0.0),
         }
-        cls: type[Shape] = Box
+        cls = Box
     elif kind == "polygon":
         geo = {"points": _points(value, width, height, where)}
         cls = Polygon
@@ -132,6 +141,34 @@ def _result_shapes(r: dict, where: _Where, image_size: tuple[int, int] | None) -
     return [trusted_shape(cls, label=lab, attributes=dict(attrs), **geo) for lab in labels]
 
 
+def _plain_box(value: dict, width: int, height: int) -> dict[str, Any] | None:
+    """A box whose numbers are all plain finite floats (or ints) with a non-negative size,
+    converted in one go: most boxes of an export. None sends the box through `_num`,
+    which names what is wrong."""
+    x, y, w, h = value.get("x"), value.get("y"), value.get("width"), value.get("height")
+    rot = value.get("rotation", 0.0)
+    if not all(type(v) in _PLAIN for v in (x, y, w, h, rot)):
+        return None
+    try:  # as `_num` reads them: an int is taken as a float, a huge one is refused
+        x, y, w, h, rot = float(x), float(y), float(w), float(h), float(rot)
+    except OverflowError:
+        return None
+    total = x + y + w + h + rot  # finite iff every term is (barring an overflow: refused)
+    if total - total != 0 or w < 0 or h < 0:
+        return None
+    return {
+        "x": x * width / 100,
+        "y": y * height / 100,
+        "w": w * width / 100,
+        "h": h * height / 100,
+        "rotation": rot,
+    }
+
+
+_PLAIN = (float, int)  # exact types: bool, a subclass of int, is not a number here
+_LARGE = 1 << 31
+
+
 def _geometry_kind(value: dict) -> str | None:
     """Kind of a generic `labels` result, told by which geometry keys it carries."""
     if "rle" in value:
@@ -157,6 +194,8 @@ def _attributes(r: dict, where: _Where) -> dict[str, str | int | float | bool]:
 
 def _labels(value: dict, key: str, where: _Where) -> list[str]:
     labels = value.get(key, [])
+    if type(labels) is list and len(labels) == 1 and type(labels[0]) is str and labels[0]:
+        return labels  # the usual single label, checked without a generator
     if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
         raise where.error(f"value.{key} must be a list of non-empty strings")
     return labels
@@ -209,6 +248,8 @@ def _points(value: dict, width: int, height: int, where: _Where) -> list[tuple[f
 
 def _image_size(r: dict, fallback: tuple[int, int] | None, where: _Where) -> tuple[int, int]:
     ow, oh = r.get("original_width"), r.get("original_height")
+    if type(ow) is int and type(oh) is int and 0 < ow < _LARGE and 0 < oh < _LARGE:
+        return ow, oh  # the usual case, without a float round trip
     if ow is None or oh is None:
         if fallback is None:
             raise where.error(

@@ -7,6 +7,7 @@ storage the server shares with us; resolving one must never leave that storage r
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import ijson
 
 from labelloop.errors import InputError
+from labelloop.ingest.readers._imagefiles import real_file
 from labelloop.ingest.streaming import json_buffer
 from labelloop.labelstudio.label_config import LabelConfig
 
@@ -185,35 +187,52 @@ def resolve_local_image(ref: str, root: Path) -> Path:
     `/data/upload/<project>/<file>` (looked up under root/upload, then by basename) and plain
     paths. Anything that resolves outside root (.., absolute paths, symlinks) is refused.
     """
-    root_resolved = Path(root).resolve()
-    parsed = urlparse(ref)
-    if parsed.path.rstrip("/") == "/data/local-files":
-        d = parse_qs(parsed.query).get("d")
-        if not d or not d[0]:
-            raise InputError("local-files reference without ?d=", record=ref)
-        candidates = [d[0]]
-    elif parsed.path.startswith("/data/upload/"):
-        rest = unquote(parsed.path[len("/data/upload/") :])
-        base = rest.rsplit("/", 1)[-1]
-        candidates = [f"upload/{rest}", f"upload/{base}", base]
-    elif parsed.scheme in ("", "file") and not parsed.netloc:
-        candidates = [unquote(parsed.path) if parsed.scheme == "file" else ref]
-    else:
-        raise InputError("image reference is not a local file", record=ref)
-    for cand in candidates:
-        path = _inside(root_resolved, cand, ref)
-        if path.is_file():
-            return path
-    raise InputError(f"image not found under {root_resolved}", record=ref)
+    return LocalImages(root).resolve(ref)
 
 
-def _inside(root: Path, rel: str, ref: str) -> Path:
-    if "\x00" in rel:
-        raise InputError("image reference contains a NUL byte", record=repr(ref))
-    try:
-        path = (root / rel).resolve()
-    except (OSError, RuntimeError) as exc:
-        raise InputError(f"cannot resolve image reference ({exc})", record=ref) from exc
-    if not path.is_relative_to(root):
-        raise InputError(f"image reference escapes the storage root {root}", record=ref)
-    return path
+class LocalImages:
+    """`resolve_local_image` for the many references of one export: the root is resolved
+    once, and folders seen to hold no symlink are not walked again."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+        self._base = str(self.root)
+        self._inner = self._base.rstrip("/") + "/"  # what a path inside the root starts with
+        self._plain_dirs: set[str] = set()
+
+    def resolve(self, ref: str) -> Path:
+        parsed = urlparse(ref)
+        if parsed.path.rstrip("/") == "/data/local-files":
+            d = parse_qs(parsed.query).get("d")
+            if not d or not d[0]:
+                raise InputError("local-files reference without ?d=", record=ref)
+            candidates = [d[0]]
+        elif parsed.path.startswith("/data/upload/"):
+            rest = unquote(parsed.path[len("/data/upload/") :])
+            base = rest.rsplit("/", 1)[-1]
+            candidates = [f"upload/{rest}", f"upload/{base}", base]
+        elif parsed.scheme in ("", "file") and not parsed.netloc:
+            candidates = [unquote(parsed.path) if parsed.scheme == "file" else ref]
+        else:
+            raise InputError("image reference is not a local file", record=ref)
+        for cand in candidates:
+            path = self._inside(cand, ref)
+            if path is not None:
+                return path
+        raise InputError(f"image not found under {self.root}", record=ref)
+
+    def _inside(self, rel: str, ref: str) -> Path | None:
+        """The file `rel` names under the root, None where there is none; a name that
+        resolves outside the root is refused."""
+        if "\x00" in rel:
+            raise InputError("image reference contains a NUL byte", record=repr(ref))
+        found = real_file(os.path.join(self._base, rel), self._plain_dirs)
+        if found is not None and str(found).startswith(self._inner):
+            return found
+        try:
+            path = (self.root / rel).resolve()
+        except (OSError, RuntimeError) as exc:
+            raise InputError(f"cannot resolve image reference ({exc})", record=ref) from exc
+        if not path.is_relative_to(self.root):
+            raise InputError(f"image reference escapes the storage root {self.root}", record=ref)
+        return path if path.is_file() else None

@@ -20,10 +20,10 @@ from labelloop.ingest.streaming import json_buffer
 from labelloop.labelstudio.convert import results_to_shapes
 from labelloop.labelstudio.export import (
     ExportedAnnotation,
+    LocalImages,
     image_reference,
     is_json_min,
     iter_export_tasks,
-    resolve_local_image,
     task_annotations,
 )
 from labelloop.labelstudio.label_config import LabelConfig, parse_label_config
@@ -108,7 +108,7 @@ def read_labelstudio_export(path: Path, opts: ReadOptions) -> Iterator[SourceRec
         if export is None:
             raise InputError("no single Label Studio export JSON in this folder", file=str(path))
         path = export
-    root = (opts.image_root or path.parent).resolve()
+    images = LocalImages(opts.image_root or path.parent)
     source, image_key = opts.source, opts.image_key
     config = _label_config(path, opts)
     # Not strict: a task that is not an object is that record's error, and the rest of
@@ -137,7 +137,7 @@ def read_labelstudio_export(path: Path, opts: ReadOptions) -> Iterator[SourceRec
             f"labelstudio:project-{task['project']}" if task.get("project") else "labelstudio:file"
         )
         try:
-            yield _record(task, path, root, src, task_id, record, image_key, config)
+            yield _record(task, path, images, src, task_id, record, image_key, config)
         except InputError as exc:
             yield error_record(exc, source=src, external_id=task_id, file=str(path), name=record)
 
@@ -162,7 +162,7 @@ def _label_config(path: Path, opts: ReadOptions) -> LabelConfig | None:
 def _record(
     task: dict,
     path: Path,
-    root: Path,
+    images: LocalImages,
     src: str,
     task_id: str,
     record: str,
@@ -184,7 +184,7 @@ def _record(
             )
         )
     try:
-        image_path = resolve_local_image(ref, root)
+        image_path = images.resolve(ref)
     except InputError as exc:  # the resolver names the reference; the user needs the task
         raise InputError(
             f"image {exc.record or ref}: {exc.reason}", file=str(path), record=record

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import stat
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -53,6 +55,35 @@ def first_inside(candidates: Iterable[Path], roots: Iterable[Path]) -> Path | No
         if any(real.is_relative_to(b) for b in bases):
             return real
     return None
+
+
+_NOT_PLAIN = ("//", "/./", "/../")  # and a path ending in '.' (".", "..", or "x.")
+
+
+def real_file(path: Path | str, plain_dirs: set[str]) -> Path | None:
+    """`Path(path).resolve()` if that is an existing regular file, else None. An ingest
+    asks this per record, and resolving walks every component with a system call: an
+    absolute path with no '.', '..' or empty component, whose file is not a link and
+    whose folder is known to hold no link (`plain_dirs`, kept by the caller for one read),
+    is its own resolution, which one lstat shows. Anything else is resolved in full."""
+    text = os.fspath(path)
+    if text[:1] == "/" and not any(part in text for part in _NOT_PLAIN) and text[-1] != ".":
+        try:
+            mode = os.lstat(text).st_mode
+        except (OSError, ValueError):
+            return None
+        if stat.S_ISREG(mode):
+            folder = text.rsplit("/", 1)[0]
+            if folder in plain_dirs or os.path.realpath(folder) == folder:
+                plain_dirs.add(folder)
+                return Path(text)
+        elif not stat.S_ISLNK(mode):
+            return None  # a folder, a device: not an image file
+    try:
+        real = Path(text).resolve()
+        return real if real.is_file() else None
+    except (OSError, RuntimeError, ValueError):
+        return None
 
 
 def outside_note(candidates: Iterable[Path], roots: Iterable[Path]) -> str:
