@@ -31,6 +31,9 @@ class KindEntry:
     model: str  # "module:KIND", its `training.kind.ModelKind`
     scoring: str  # module whose import registers its scoring methods
     default_scoring: str  # a method of that module: what rounds rank by unless told
+    # The selection strategy rounds use unless told, chosen on the label-efficiency
+    # benchmarks (BENCHMARKS.md, "Label efficiency"): the one that did no worse than random.
+    default_strategy: str
     # A key of the kind's evaluation, higher is better: what the promotion gate compares.
     primary_metric: str
     # Canonical shape kinds annotators may draw for it. The labeling config has ONE control
@@ -62,6 +65,9 @@ KINDS: tuple[KindEntry, ...] = (
         model="labelloop.training.segmentation.kind:KIND",
         scoring="labelloop.scoring.segmentation",
         default_scoring="entropy_mean",
+        # ISBI 2012: plain uncertainty fell more than one sd below random; uncertainty
+        # with diversity (k-center over the most doubtful) stayed within it.
+        default_strategy="hybrid",
         primary_metric="mean_dice",
         label_kinds=("mask", "polygon"),  # brush unless the project says polygons
         # A box says where a cell is, not which pixels are it: never a segmentation target.
@@ -75,6 +81,9 @@ KINDS: tuple[KindEntry, ...] = (
         scoring="labelloop.scoring.detection",
         # The least confident kept box decides: one doubtful cell is worth an annotator's look.
         default_scoring="least_confidence_max",
+        # BCCD: plain uncertainty sends dense RBC clumps and fell below random; boosting
+        # images with predicted rare classes (WBC, platelets) beat random.
+        default_strategy="class_balance",
         primary_metric="map50",
         label_kinds=("box",),
         # Any shape with an extent gives a box; a keypoint has none.
@@ -87,6 +96,8 @@ KINDS: tuple[KindEntry, ...] = (
         model="labelloop.training.classification.kind:KIND",
         scoring="labelloop.scoring.classification",
         default_scoring="entropy",
+        # No label-efficiency pool is measured for this kind yet: plain uncertainty.
+        default_strategy="uncertainty",
         # Macro-F1, not accuracy: a model that calls every cell an RBC is 86% accurate on BCCD.
         primary_metric="macro_f1",
         label_kinds=("tag",),

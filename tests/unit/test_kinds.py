@@ -22,6 +22,7 @@ from labelloop.labelstudio.label_config import (
 )
 from labelloop.scoring import available_methods
 from labelloop.scoring.stage import default_method
+from labelloop.selection.registry import STRATEGIES
 from labelloop.training.kind import get_kind
 from labelloop.training.recipe import parse_recipe, recipe_class
 
@@ -75,6 +76,8 @@ def test_every_entry_names_code_that_exists(task):
     assert len(config.controls) == 1 and config.labels == ["A", "B"]
     assert CONTROL_KINDS[config.controls[0].type.lower()] == entry.label_kinds[0]
     assert set(entry.label_kinds) <= entry.trainable_kinds
+    # Rounds without a strategy use the kind's; it must be one users can name.
+    assert entry.default_strategy in STRATEGIES
 
 
 def test_an_unknown_task_names_the_valid_ones():

@@ -10,7 +10,7 @@ from labelloop.datasets.freeze import freeze
 from labelloop.errors import InputError
 from labelloop.runs import execute_run, request_run
 from labelloop.scoring.stage import score_pool
-from labelloop.selection import Candidates, get_strategy, select_round
+from labelloop.selection import Candidates, default_strategy, get_strategy, select_round
 from labelloop.selection.kcenter import kcenter_greedy
 from labelloop.selection.registry import check_params
 from tests.factories import TINY_RECIPE, trained_project
@@ -104,3 +104,6 @@ def test_scoring_several_methods_stores_embeddings_for_diversity(ctx, project):
         assert len(rnd.items) == 2
         picked += [i for i, _, _ in rnd.items]
     assert len(set(picked)) == 6  # open rounds keep their images from later rounds
+    # Without a strategy, the kind's default (hybrid for segmentation) picks the round.
+    rnd = select_round(ctx, project, budget=2, model_version_id=mv)
+    assert rnd.strategy == default_strategy(ctx, project) == "hybrid" and len(rnd.items) == 2

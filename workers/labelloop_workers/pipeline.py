@@ -30,7 +30,7 @@ from labelloop.pipelines.runs import (
     set_task,
 )
 from labelloop.pipelines.state import ChainState
-from labelloop.selection import get_strategy
+from labelloop.selection import default_strategy, get_strategy
 from labelloop_workers import stages
 from labelloop_workers.stages import RETRY, RETRY_RACES, Message, StageTask, dispatcher, enter
 
@@ -45,14 +45,16 @@ def round_pipeline(
     *,
     budget: int,
     sources: list[dict] | None = None,
-    strategy: str = "uncertainty",
+    strategy: str | None = None,
     target: str = "file",
     out_dir: str | None = None,
     overrides: dict | None = None,
     round_model: str = "production",
 ) -> Signature:
     """`sources`: kwargs for each ingest (path, fmt, ...), ingested in order before freezing.
-    `round_model`: production (default) or candidate, the model that scores the round."""
+    `round_model`: production (default) or candidate, the model that scores the round.
+    Without `strategy`, the project's kind names it (`labelloop.kinds`)."""
+    strategy = strategy or default_strategy(get_context(), project)
     get_strategy(strategy)  # a typo fails here, before any training
     state = ChainState(project=project).message()
     steps: list[Signature] = [stages.ingest.s(**src) for src in sources or []]

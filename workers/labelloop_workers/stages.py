@@ -260,7 +260,7 @@ def select(
     self,
     state: Message,
     budget: int,
-    strategy: str = "uncertainty",
+    strategy: str | None = None,  # the project's kind's
     seed: int = 0,
     method: str | None = None,
     batch_size: int | None = None,

@@ -112,13 +112,16 @@ def select_cmd(
     project: ProjectOpt,
     budget: Annotated[int, typer.Option(help="How many images to send to annotators.")],
     strategy: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="uncertainty | random | coreset | hybrid | class_balance | badge | "
             "cluster_margin | detection_aware | typiclust | count_uncertainty "
-            "(random, coreset and typiclust also work before any model: a cold start)"
+            "(random, coreset and typiclust also work before any model: a cold start). "
+            "Default: the project's kind's, chosen on the label-efficiency benchmarks: "
+            "class_balance for detection, hybrid for segmentation, uncertainty for "
+            "classification"
         ),
-    ] = "uncertainty",
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Model version name.")] = None,
     method: Annotated[
         str | None, typer.Option(help="Which stored scores rank the pool (default per task).")
@@ -143,9 +146,11 @@ def select_cmd(
 ) -> None:
     """Pick the next annotation round from stored scores: never an image that is labelled
     or already out with annotators in an open round."""
-    from labelloop.selection import get_strategy, select_round
+    from labelloop.selection import default_strategy, get_strategy, select_round
 
     ctx = context()
+    if strategy is None:
+        strategy = default_strategy(ctx, project)
     strat = get_strategy(strategy)
     mv = resolve_model(ctx, model, project) if (model or strat.needs_model) else None
     result = select_round(

@@ -30,6 +30,7 @@ from labelloop.context import Context
 from labelloop.db.models import PipelineRun, Project, TrainingRun, WebhookEvent, utcnow
 from labelloop.domain import RunStatus
 from labelloop.errors import ConfigError, ConflictError, InputError, NotFoundError
+from labelloop.kinds import kind_entry
 from labelloop.pipelines.triggers import PUSH_TARGETS, effective_triggers
 from labelloop.projects import get_project
 
@@ -58,7 +59,9 @@ class PipelineParams(BaseModel):
 
     budget: int | None = Field(None, ge=1, description="images to select (default: project's)")
     push_to: str | None = Field(None, description=" | ".join(PUSH_TARGETS))
-    strategy: str = Field("uncertainty", description="selection strategy")
+    strategy: str | None = Field(
+        None, description="selection strategy (default: the project kind's, labelloop.kinds)"
+    )
     recipe: dict[str, Any] = Field(
         default_factory=dict, description="recipe overrides, e.g. {'epochs': 10}"
     )
@@ -116,7 +119,8 @@ def resolve_params(project: Project, ctx: Context, params: PipelineParams) -> Ru
     push_to = params.push_to or trig.push_to
     if push_to not in PUSH_TARGETS:
         raise InputError(f"push_to must be one of {', '.join(PUSH_TARGETS)}, got {push_to!r}")
-    get_strategy(params.strategy)  # NotFound/Input error listing the strategies
+    strategy = params.strategy or kind_entry(project.task).default_strategy
+    get_strategy(strategy)  # NotFound/Input error listing the strategies
     recipe = {**trig.recipe, **params.recipe}
     try:
         default_recipe(project.task).with_overrides(recipe)
@@ -127,7 +131,7 @@ def resolve_params(project: Project, ctx: Context, params: PipelineParams) -> Ru
     return RunParams(
         budget=params.budget or trig.budget,
         push_to=push_to,
-        strategy=params.strategy,
+        strategy=strategy,
         recipe=recipe,
         recipe_requested=bool(params.recipe),
         sync=params.sync,

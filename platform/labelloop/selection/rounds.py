@@ -22,6 +22,7 @@ from labelloop.datasets.freeze import current_annotations
 from labelloop.db.models import AnnotationRound, Image, ModelVersion, RoundItem, Score
 from labelloop.errors import InputError, NotFoundError
 from labelloop.imaging import decode_image
+from labelloop.kinds import kind_entry
 from labelloop.projects import get_project
 from labelloop.registry import find_model
 from labelloop.scoring.embeddings import load_embeddings, pixel_embedding
@@ -62,12 +63,18 @@ def _close_finished_rounds(s, project_id: int, labelled: set[int]) -> None:
             rnd.status = "done"
 
 
+def default_strategy(ctx: Context, project_name: str) -> str:
+    """The strategy a project's rounds use unless told: its kind's (`labelloop.kinds`)."""
+    with ctx.db.session() as s:
+        return kind_entry(get_project(s, project_name).task).default_strategy
+
+
 def select_round(
     ctx: Context,
     project_name: str,
     *,
     budget: int,
-    strategy: str = "uncertainty",
+    strategy: str | None = None,
     model_version_id: int | None = None,
     method: str | None = None,
     seed: int = 0,
@@ -76,8 +83,9 @@ def select_round(
     control_fraction: float = 0.0,
 ) -> RoundResult:
     """A new round of at most `budget` images, or the open round these parameters already
-    made. `batch_size` deals the round into per-annotator batches round-robin in rank
-    order, so every annotator gets a share of the least confident images.
+    made. Without `strategy`, the project's kind names it. `batch_size` deals the round
+    into per-annotator batches round-robin in rank order, so every annotator gets a share
+    of the least confident images.
 
     With `control_fraction`, that share of the budget is a random control slice (ranked
     after the strategy's picks), and the guard first weighs the control slices of earlier
@@ -87,6 +95,7 @@ def select_round(
         raise InputError(f"budget must be at least 1, got {budget}")
     if batch_size is not None and batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
+    strategy = strategy or default_strategy(ctx, project_name)
     n_control = control_size(budget, control_fraction)
     report, requested = None, strategy
     if control_fraction > 0 and strategy != FALLBACK:
