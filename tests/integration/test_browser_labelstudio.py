@@ -52,7 +52,7 @@ def test_round_tab_and_task_as_an_annotator_sees_them(ctx, labelstudio, page, tm
     _, mv = trained_project(ctx, "browser", tmp_path, labelled=6, pool=10, pool_seed=600)
     score_pool(ctx, mv)
     # Ten images: ranks 1..10, which a text sort would order 1, 10, 2, ...
-    rnd = select_round(ctx, "browser", budget=10, model_version_id=mv)
+    rnd = select_round(ctx, "browser", budget=10, strategy="uncertainty", model_version_id=mv)
     pushed = push_round(
         ctx,
         rnd.round_id,

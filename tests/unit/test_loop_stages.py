@@ -44,12 +44,15 @@ def test_scores_select_and_push_file(ctx, trained, tmp_path):
     assert (result.scored, result.method) == (6, "entropy_mean")
     assert score_pool(ctx, trained).scored == 0  # stored: never scored twice
 
-    first = select_round(ctx, "loop", budget=4, model_version_id=trained)
+    # Ranked by uncertainty (named: a segmentation project's default is hybrid).
+    first = select_round(ctx, "loop", budget=4, strategy="uncertainty", model_version_id=trained)
     scores = [sc for _, _, sc in first.items]
     assert [r for _, r, _ in first.items] == [1, 2, 3, 4]
     assert scores == sorted(scores, reverse=True)
     # Images out with annotators in an open round are not selected again.
-    second = select_round(ctx, "loop", budget=4, model_version_id=trained, seed=1)
+    second = select_round(
+        ctx, "loop", budget=4, strategy="uncertainty", model_version_id=trained, seed=1
+    )
     assert len(second.items) == 2
     assert not {i for i, _, _ in first.items} & {i for i, _, _ in second.items}
     with pytest.raises(InputError, match="budget must be at least 1"):
