@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
+from functools import cache
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -121,7 +122,7 @@ def trusted_shape(cls: type[_S], **values: Any) -> _S:
     factory are not filled: the caller passes those fields. Float fields must be given
     floats (validation would convert an int; `shapes_json_text` does not)."""
     shape = _new(cls)
-    _set(shape, "__dict__", {**(_DEFAULTS.get(cls) or _defaults(cls)), **values})
+    _set(shape, "__dict__", {**_defaults(cls), **values})
     _set(shape, "__pydantic_fields_set__", set(values))
     _set(shape, "__pydantic_extra__", None)
     _set(shape, "__pydantic_private__", None)
@@ -129,16 +130,16 @@ def trusted_shape(cls: type[_S], **values: Any) -> _S:
 
 
 _new, _set = object.__new__, object.__setattr__  # a frozen model refuses its own setattr
-_DEFAULTS: dict[type, dict[str, Any]] = {}
 
 
+@cache
 def _defaults(cls: type[_Shape]) -> dict[str, Any]:
-    """Every field of `cls` in order, with its default (None where there is none)."""
-    _DEFAULTS[cls] = {
+    """Every field of `cls` in order, with its default (None where there is none); read,
+    never changed: `trusted_shape` copies it."""
+    return {
         name: None if f.is_required() or f.default_factory else f.default
         for name, f in cls.model_fields.items()
     }
-    return _DEFAULTS[cls]
 
 
 def shapes_to_json(shapes: list[Shape]) -> list[dict]:

@@ -45,14 +45,10 @@ def first_inside(candidates: Iterable[Path], roots: Iterable[Path]) -> Path | No
     """The first candidate that is an existing file inside one of `roots` (resolved, so
     '..' and symlinks cannot leave the dataset folder)."""
     bases = [r.resolve() for r in roots]
+    plain_dirs: set[str] = set()
     for cand in candidates:
-        try:
-            real = cand.resolve()
-            if not real.is_file():
-                continue
-        except (OSError, RuntimeError, ValueError):
-            continue
-        if any(real.is_relative_to(b) for b in bases):
+        real = real_file(cand, plain_dirs)
+        if real is not None and any(real.is_relative_to(b) for b in bases):
             return real
     return None
 
