@@ -11,6 +11,7 @@ import typer
 from labelloop.cli.options import JsonOpt, ProjectOpt, context, interactive, resolve_model
 from labelloop.cli.output import console, emit_json, handle_errors, progress
 from labelloop.errors import InputError
+from labelloop.kinds import KINDS
 from labelloop.push.targets import targets_help
 
 app = typer.Typer()
@@ -118,8 +119,7 @@ def select_cmd(
             "cluster_margin | detection_aware | typiclust | count_uncertainty "
             "(random, coreset and typiclust also work before any model: a cold start). "
             "Default: the project's kind's, chosen on the label-efficiency benchmarks: "
-            "class_balance for detection, hybrid for segmentation, uncertainty for "
-            "classification"
+            + ", ".join(f"{k.default_strategy} for {k.name}" for k in KINDS)
         ),
     ] = None,
     model: Annotated[str | None, typer.Option(help="Model version name.")] = None,
