@@ -784,6 +784,57 @@ def test_shapes_json_text_is_the_pydantic_dump_and_takes_what_json_cannot():
     )
 
 
+_PLAIN_FLOAT = st.one_of(st.floats(0, 5000), st.integers(-(10**6), 10**6).map(lambda i: i / 64))
+_EDGE_FLOAT = st.one_of(
+    st.floats(),  # nan, inf, subnormals, 1e308
+    st.floats(-1e-3, 1e-3),  # where json switches to an exponent (below 1e-4)
+    st.floats(1e15, 1e17),  # and above 1e16
+    st.sampled_from([0.0, -0.0, 1e-4, 1e-5, -2.5e-7, 1e16, 9999999999999998.0, 100.00001]),
+    st.sampled_from([math.nan, math.inf, -math.inf]),
+)
+# Mostly plain coordinates, so that most examples hold at most one edge value.
+_ANY_FLOAT = st.one_of(_PLAIN_FLOAT, _PLAIN_FLOAT, _PLAIN_FLOAT, _EDGE_FLOAT)
+_ATTRIBUTE = st.one_of(st.text(max_size=8), st.integers(-(2**70), 2**70), _ANY_FLOAT, st.booleans())
+
+
+@st.composite
+def _any_shapes(draw) -> list:
+    label = draw(
+        st.one_of(
+            st.sampled_from(["RBC", "Plättchen", 'a"b', "null", "1e-5", "del\x7f", "tab\t"]),
+            st.text(max_size=12),
+        )
+    )
+    attributes = draw(st.dictionaries(st.text("abc", max_size=3), _ATTRIBUTE, max_size=2))
+    f = _ANY_FLOAT
+    built = [
+        trusted_shape(
+            Box, label=label, x=draw(f), y=draw(f), w=draw(f), h=draw(f), attributes=attributes
+        ),
+        trusted_shape(
+            Polygon, label=label, points=draw(st.lists(st.tuples(f, f), max_size=3)), attributes={}
+        ),
+        trusted_shape(Keypoint, label=label, x=draw(f), y=draw(f), attributes={}),
+        trusted_shape(Tag, label=label, attributes=attributes),
+    ]
+    return draw(st.lists(st.sampled_from(built), min_size=1, max_size=3))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_any_shapes())
+def test_shapes_json_text_never_changes_the_revision_bytes(shapes):
+    """The revision text is hashed and compared with revisions stored by earlier versions:
+    whichever encoder writes it, it is json's compact sorted dump of pydantic's values,
+    byte for byte, for any float (nan, inf, tiny, huge), label or attribute."""
+    try:
+        want = json.dumps(
+            [s.__dict__ for s in shapes], sort_keys=True, separators=(",", ":"), allow_nan=False
+        )
+    except (TypeError, ValueError):
+        want = json.dumps(shapes_to_json(shapes), sort_keys=True, separators=(",", ":"))
+    assert shapes_json_text(shapes) == want
+
+
 def test_local_images_resolve_as_the_full_walk_does(tmp_path):
     """One lstat per reference where nothing is a link; links, '..' and hidden folders
     give what resolving every component gives."""
