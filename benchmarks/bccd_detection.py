@@ -7,7 +7,9 @@ wall-clock training budget (validation every epoch included) and the same test s
 labelloop's `detection_metrics` (torchmetrics / pycocotools COCO mAP) over each model's
 test predictions at conf 0.001 (a box per class above it, as both frameworks rank boxes
 for mAP), in original image pixels; count MAE over the boxes each framework's predict
-keeps at conf 0.25.
+keeps at conf 0.25 ("test") and at per-class thresholds each framework's predictions on
+the validation split choose ("test_tuned": labelloop's `choose_count_thresholds`, what a
+labelloop training run stores with the model version).
 
 - labelloop: `get_kind("detection")` train -> load -> evaluate on the frozen manifest,
   recipe defaults unless `--set field=value` overrides them.
@@ -48,8 +50,15 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.datasets import bccd_manifest  # noqa: E402
 from labelloop.training.common import split_items  # noqa: E402
 from labelloop.training.detection.data import item_boxes, load_sample  # noqa: E402
-from labelloop.training.detection.evaluate import detection_metrics  # noqa: E402
-from labelloop.training.detection.predict import Detections  # noqa: E402
+from labelloop.training.detection.evaluate import (  # noqa: E402
+    choose_count_thresholds,
+    detection_metrics,
+)
+from labelloop.training.detection.predict import (  # noqa: E402
+    Detections,
+    detect,
+    keep_counted,
+)
 from labelloop.training.kind import get_kind  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -105,7 +114,6 @@ def train_labelloop(args: argparse.Namespace) -> None:
     """Child process: train labelloop's detector under the budget, evaluate on test."""
     kind = get_kind("detection")
     manifest, fetch = bccd_manifest("detection")
-    labels = manifest["labels"]
     fields = {
         "image_size": args.image_size,
         "batch_size": args.batch,
@@ -138,21 +146,48 @@ def train_labelloop(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         outcome = kind.train(manifest, recipe, fetch, Path(tmp), on_progress=report)
         train_s = time.monotonic() - started
-        model = kind.load(outcome.weights_path, recipe, labels)
         shutil.copy(outcome.weights_path, Path(args.child_out).with_suffix(".pt"))
-    t0 = time.monotonic()
-    test = kind.evaluate(model, manifest, fetch, split="test", labels=labels, recipe=recipe)
     result = {
         "recipe": recipe.model_dump(mode="json"),
         "epochs": outcome.epochs_completed,
         "best_epoch": outcome.best_epoch,
         "train_wall_s": round(train_s, 1),
         "train_loop_s": round(outcome.duration_s, 1),
-        "test_eval_s": round(time.monotonic() - t0, 1),
         "history": history,
-        "test": test,
     }
     Path(args.child_out).write_text(json.dumps(result, indent=2))
+    score_labelloop(Path(args.child_out), manifest, fetch)
+
+
+def score_labelloop(out: Path, manifest: dict[str, Any], fetch: Any) -> None:
+    """The trained model's test metrics added to its result file `out` (weights beside it,
+    `.pt`): counts at the recipe's 0.25 ("test") and at per-class thresholds chosen on the
+    validation split ("test_tuned"), what a training run stores, with each test image's
+    tuned counts."""
+    kind = get_kind("detection")
+    labels = manifest["labels"]
+    result = json.loads(out.read_text())
+    recipe = kind.recipe_cls.from_dict(result["recipe"])
+    model = kind.load(out.with_suffix(".pt").read_bytes(), recipe, labels)
+    t0 = time.monotonic()
+    test = kind.evaluate(model, manifest, fetch, split="test", labels=labels, recipe=recipe)
+    result["test_eval_s"] = round(time.monotonic() - t0, 1)
+    tuned = kind.calibrate(model, manifest, fetch, labels=labels, recipe=recipe)
+    result["test"] = test
+    result["test_tuned"] = kind.evaluate(
+        model, manifest, fetch, split="test", labels=labels, recipe=tuned
+    )
+    images = [load_sample(it, labels, fetch)[0] for it in split_items(manifest, "test")]
+    counted = detect(model, images, tuned, labels=labels)
+    result["test_counts_tuned"] = per_image_counts(counted, len(labels))
+    result["test_boxes_tuned"] = [  # for the overlay: xyxy and class index of each box
+        [[*map(float, b), int(c)] for b, c in zip(d.boxes, d.labels, strict=True)] for d in counted
+    ]
+    out.write_text(json.dumps(result, indent=2))
+
+
+def per_image_counts(counted: list[Detections], classes: int) -> list[list[int]]:
+    return [np.bincount(d.labels, minlength=classes)[:classes].tolist() for d in counted]
 
 
 class LoadSampler:
@@ -260,11 +295,13 @@ def run_contenders(jobs: list[tuple[str, list[str], int | None]], log_dir: Path)
     return phases
 
 
-def score_yolo(out: Path, manifest: dict[str, Any], fetch: Any) -> dict[str, Any]:
-    """YOLOv8n's test predictions scored by labelloop's metric code."""
+def score_yolo(out: Path, manifest: dict[str, Any], fetch: Any) -> dict[str, dict[str, Any]]:
+    """YOLOv8n's test predictions scored by labelloop's metric code: "test" counts at
+    ultralytics' default conf 0.25, "test_tuned" at per-class thresholds chosen on its
+    validation predictions by the same code as labelloop's."""
     labels = manifest["labels"]
     preds = json.loads((out / "predictions.json").read_text())
-    items = split_items(manifest, "test")
+    val_kept = json.loads((out / "val_kept.json").read_text())
 
     def dets(p: dict[str, Any]) -> Detections:
         return Detections(
@@ -274,13 +311,29 @@ def score_yolo(out: Path, manifest: dict[str, Any], fetch: Any) -> dict[str, Any
             class_probs=np.zeros((len(p["scores"]), len(labels)), np.float32),
         )
 
+    val = split_items(manifest, "val")
+    chosen = choose_count_thresholds(
+        [dets(val_kept[it["name"]]) for it in val],
+        [item_boxes(it, labels)[1] for it in val],
+        labels,
+        default=COUNT_THRESHOLD,
+    )
+    tuned = get_kind("detection").recipe_cls.from_dict({"count_thresholds": chosen})
     ranked, kept, truths = [], [], []
-    for item in items:
+    for item in split_items(manifest, "test"):
         _, boxes, classes = load_sample(item, labels, fetch)
         ranked.append(dets(preds[item["name"]]))
         kept.append(dets(preds[item["name"]]["kept"]))
         truths.append((boxes, classes))
-    return detection_metrics(ranked, truths, labels, score_threshold=COUNT_THRESHOLD, counted=kept)
+    tuned_kept = [keep_counted(d, tuned, labels) for d in kept]
+    test_tuned = detection_metrics(ranked, truths, labels, score_threshold=0.0, counted=tuned_kept)
+    return {
+        "test": detection_metrics(
+            ranked, truths, labels, score_threshold=COUNT_THRESHOLD, counted=kept
+        ),
+        "test_tuned": {**test_tuned, "count_thresholds": chosen},
+        "test_counts_tuned": per_image_counts(tuned_kept, len(labels)),
+    }
 
 
 def yolo_history(out: Path) -> list[dict[str, Any]]:
@@ -306,7 +359,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
     names = list(summary["contenders"])
     labels = summary["labels"]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(17, 4.8))
     groups = [*labels, "mAP@0.5", "mAP@0.5:0.95"]
     x = np.arange(len(groups))
     width = 0.8 / len(names)
@@ -332,23 +385,130 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     bx.grid(alpha=0.3)
     bx.legend(loc="lower right")
     bx.set_title(f"budget {summary['budget_min']} min each, {summary['mode']}")
+    # RBC counts per test image at the thresholds chosen on validation: the truth is the
+    # annotated boxes, and some BCCD images leave most red cells unboxed.
+    true = np.asarray(summary["test_true_counts"])[:, 0]
+    top = 1
+    for i, name in enumerate(names):
+        c = summary["contenders"][name]
+        pred = np.asarray(c["test_counts_tuned"])[:, 0]
+        mae = c["test_tuned"]["per_class"][labels[0]]["count_mae"]
+        jitter = (i - (len(names) - 1) / 2) * 0.25
+        cx.scatter(true + jitter, pred, s=14, alpha=0.7, label=f"{name} (MAE {mae:.2f})")
+        top = max(top, int(pred.max()), int(true.max()))
+    cx.plot([0, top], [0, top], color="grey", lw=1, ls="--")
+    cx.set_xlabel(f"annotated {labels[0]} boxes per test image")
+    cx.set_ylabel(f"{labels[0]} counted (thresholds chosen on val)")
+    cx.set_title(f"{labels[0]} count per test image")
+    cx.grid(alpha=0.3)
+    cx.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def overlay(
+    summary: dict[str, Any], manifest: dict[str, Any], fetch: Any, boxes: list, path: Path
+) -> None:
+    """The two test images labelloop's first-class count most exceeds and the two it most
+    falls short of the annotated boxes: annotated boxes green, counted boxes red, at half
+    size."""
+    from PIL import Image, ImageDraw
+
+    items = split_items(manifest, "test")
+    true = np.asarray(summary["test_true_counts"])[:, 0]
+    pred = np.asarray(summary["contenders"]["labelloop"]["test_counts_tuned"])[:, 0]
+    order = np.argsort(pred - true, kind="stable")
+    tiles = []
+    for i in [*order[:2], *order[-2:]]:
+        image, truth, classes = load_sample(items[i], manifest["labels"], fetch)
+        tile = Image.fromarray(image).convert("RGB")
+        draw = ImageDraw.Draw(tile)
+        for b in truth[classes == 0]:
+            draw.rectangle([float(v) for v in b], outline=(0, 200, 0), width=3)
+        for *b, c in boxes[i]:
+            if c == 0:
+                draw.rectangle([v + 3 for v in b], outline=(230, 0, 0), width=2)
+        tile = tile.resize((tile.width // 2, tile.height // 2))  # a light file to open
+        draw = ImageDraw.Draw(tile)
+        draw.rectangle([0, 0, tile.width, 22], fill=(255, 255, 255))
+        draw.text(
+            (6, 5),
+            f"{items[i]['name']}: {true[i]} annotated, {pred[i]} counted",
+            fill=(0, 0, 0),
+        )
+        tiles.append(tile)
+    sheet = Image.new("RGB", (sum(t.width for t in tiles), max(t.height for t in tiles)), "white")
+    x = 0
+    for tile in tiles:
+        sheet.paste(tile, (x, 0))
+        x += tile.width
+    sheet.save(path)
 
 
 def _table(summary: dict[str, Any]) -> str:
     labels = summary["labels"]
     rows = []
     for name, c in summary["contenders"].items():
-        t = c["test"]
+        t, tt = c["test"], c["test_tuned"]
         ap = " / ".join(f"{t['per_class'][n]['ap50'] or 0.0:.3f}" for n in labels)
         mae = " / ".join(f"{t['per_class'][n]['count_mae']:.2f}" for n in labels)
+        tuned = " / ".join(
+            f"{tt['per_class'][n]['count_mae']:.2f} at {tt['count_thresholds'][n]:.2f}"
+            for n in labels
+        )
         rows.append(
             f"{name:10s} epochs {c['epochs']:3d}  train {c['train_wall_s']:6.0f} s  "
-            f"mAP50 {t['map50']:.3f}  mAP {t['map']:.3f}  AP50 {ap}  count MAE {mae}"
+            f"mAP50 {t['map50']:.3f}  mAP {t['map']:.3f}  AP50 {ap}  count MAE {mae}  "
+            f"tuned on val {tuned}"
         )
     return "\n".join(rows)
+
+
+def count_agreement(summary: dict[str, Any]) -> dict[str, Any]:
+    """Per class, how each contender's tuned counts per test image follow the annotated
+    counts (Pearson r) and, with two contenders, how far they are from each other (MAE):
+    two detectors that agree with each other and not with the truth point at the truth."""
+    true = np.asarray(summary["test_true_counts"], float)
+    contenders = summary["contenders"]
+    counts = {n: np.asarray(c["test_counts_tuned"], float) for n, c in contenders.items()}
+    out: dict[str, Any] = {}
+    for k, label in enumerate(summary["labels"]):
+        row: dict[str, Any] = {
+            f"r_{n}_vs_annotated": round(float(np.corrcoef(c[:, k], true[:, k])[0, 1]), 3)
+            for n, c in counts.items()
+        }
+        if len(counts) == 2:
+            a, b = counts.values()
+            row["mae_between_contenders"] = round(float(np.abs(a[:, k] - b[:, k]).mean()), 3)
+        out[label] = row
+    return out
+
+
+def train_contenders(
+    args: argparse.Namespace, want: list[str], work: Path, manifest: dict[str, Any], fetch: Any
+) -> dict[str, Any]:
+    """Train (and, for labelloop, score) the contenders; what the run was like is kept in
+    `work/run.json` for `--rescore`."""
+    jobs: list[tuple[str, list[str], int | None]] = []
+    cores = {} if args.sequential else {"labelloop": 0, "yolov8n": 1}
+    if "labelloop" in want:
+        jobs.append(
+            ("labelloop", labelloop_cmd(args, work / "labelloop.json"), cores.get("labelloop"))
+        )
+    if "yolov8n" in want:
+        data_yaml = write_yolo_dataset(manifest, fetch, CACHE / "bccd_yolo")
+        yolo_out = work / "yolov8n"
+        shutil.rmtree(yolo_out, ignore_errors=True)
+        jobs.append(("yolov8n", yolo_cmd(args, data_yaml, yolo_out), cores.get("yolov8n")))
+    load_start = os.getloadavg()
+    run = {
+        "phases": run_contenders(jobs, work),
+        "loadavg_1m_start": round(load_start[0], 2),
+        "loadavg_1m_end": round(os.getloadavg()[0], 2),
+    }
+    (work / "run.json").write_text(json.dumps(run, indent=2))
+    return run
 
 
 def main() -> None:
@@ -368,6 +528,11 @@ def main() -> None:
         metavar="FIELD=VALUE",
         help="labelloop recipe override (YAML value; augment.scale=0.3 nests)",
     )
+    ap.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score the models and predictions of the last run again, without training",
+    )
     ap.add_argument("--name", default="bccd_detection", help="stem of the result files")
     ap.add_argument("--results", type=Path, default=RESULTS, help="folder for JSON and PNG")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -378,28 +543,24 @@ def main() -> None:
         return
 
     manifest, fetch = bccd_manifest("detection")
+    labels = manifest["labels"]
     want = [args.only] if args.only else ["labelloop", "yolov8n"]
     if "yolov8n" in want and not BENCH_PYTHON.exists():
         raise SystemExit(f"{BENCH_PYTHON} not found: run `make bench-venv` first")
     work = CACHE / args.name
     work.mkdir(parents=True, exist_ok=True)
-    jobs: list[tuple[str, list[str], int | None]] = []
-    cores = {} if args.sequential else {"labelloop": 0, "yolov8n": 1}
-    if "labelloop" in want:
-        jobs.append(
-            ("labelloop", labelloop_cmd(args, work / "labelloop.json"), cores.get("labelloop"))
-        )
-    if "yolov8n" in want:
-        data_yaml = write_yolo_dataset(manifest, fetch, CACHE / "bccd_yolo")
-        yolo_out = work / "yolov8n"
-        shutil.rmtree(yolo_out, ignore_errors=True)
-        jobs.append(("yolov8n", yolo_cmd(args, data_yaml, yolo_out), cores.get("yolov8n")))
-
-    load_start = os.getloadavg()
-    phases = run_contenders(jobs, work)
+    if args.rescore:  # the models and predictions of the last run, scored again
+        trained = json.loads((work / "run.json").read_text())
+        if "labelloop" in want:
+            score_labelloop(work / "labelloop.json", manifest, fetch)
+    else:
+        trained = train_contenders(args, want, work, manifest, fetch)
+    phases = trained["phases"]
     contenders: dict[str, Any] = {}
+    boxes = None
     if "labelloop" in want:
         ours = json.loads((work / "labelloop.json").read_text())
+        boxes = ours.pop("test_boxes_tuned")
         contenders["labelloop"] = {**ours, **phases["labelloop"]}
     if "yolov8n" in want:
         yolo_out = work / "yolov8n"
@@ -411,7 +572,7 @@ def main() -> None:
             "epochs": run["epochs"],
             "train_wall_s": run["train_wall_s"],
             "history": yolo_history(yolo_out),
-            "test": score_yolo(yolo_out, manifest, fetch),
+            **score_yolo(yolo_out, manifest, fetch),
             "own_test_metrics": own,
             **phases["yolov8n"],
         }
@@ -419,27 +580,35 @@ def main() -> None:
         "dataset": "BCCD (VOC), its own ImageSets/Main split; 2 images with zero-size boxes "
         "left out (as ingest --skip-invalid)",
         "images": {s: len(split_items(manifest, s)) for s in ("train", "val", "test")},
-        "labels": manifest["labels"],
+        "labels": labels,
         "budget_min": args.minutes,
         "image_size": args.image_size,
         "batch_size": args.batch,
         "mode": "one after the other" if args.sequential else "side by side, one core each",
         "metric": "labelloop detection_metrics (torchmetrics/pycocotools) on test predictions "
-        f"at conf 0.001; counts at conf {COUNT_THRESHOLD}",
+        f"at conf 0.001; counts at conf {COUNT_THRESHOLD} (test) and at per-class thresholds "
+        "chosen on validation (test_tuned)",
         "contenders": contenders,
+        "test_true_counts": [
+            np.bincount(item_boxes(it, labels)[1], minlength=len(labels)).tolist()
+            for it in split_items(manifest, "test")
+        ],
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
-            "loadavg_1m_start": round(load_start[0], 2),
-            "loadavg_1m_end": round(os.getloadavg()[0], 2),
+            "loadavg_1m_start": trained["loadavg_1m_start"],
+            "loadavg_1m_end": trained["loadavg_1m_end"],
         },
     }
+    summary["count_agreement"] = count_agreement(summary)
     out_dir = args.results.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / f"{args.name}.png"
     summary["png"] = png.name
     (out_dir / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(summary, png)
+    if boxes is not None:
+        overlay(summary, manifest, fetch, boxes, out_dir / f"{args.name}_rbc_overlay.png")
     print(_table(summary))
     print(f"wrote {png.name} and {args.name}.json")
 
