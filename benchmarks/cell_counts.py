@@ -452,6 +452,7 @@ def main() -> None:
     ap.add_argument(
         "--no-train", action="store_true", help="isbi: the classical baseline only (no models)"
     )
+    ap.add_argument("--name", default=None, help="stem of the result files (cell_counts_PART)")
     args = ap.parse_args()
     if args.part == "isbi" and not ISBI.exists():
         raise SystemExit(f"benchmark data not found: {ISBI}")
@@ -463,10 +464,12 @@ def main() -> None:
         wall_s=round(time.monotonic() - t0, 1),
         cpu_s=round(cpu_seconds() - c0, 1),
         command=f"nice -n 10 .venv/bin/python benchmarks/cell_counts.py --part {args.part} "
-        f"--epochs {epochs}" + (" --no-train" if args.no_train else ""),
+        f"--epochs {epochs}"
+        + (" --no-train" if args.no_train else "")
+        + (f" --name {args.name}" if args.name else ""),
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"cell_counts_{args.part}"
+    stem = RESULTS / (args.name or f"cell_counts_{args.part}")
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     (plot_smears if args.part == "smears" else plot_isbi)(result, stem.with_suffix(".png"))
     print(json.dumps(result, indent=2))
