@@ -7,6 +7,7 @@ from scipy import ndimage
 from labelloop.domain import Ellipse
 from labelloop.geometry import mask_shape
 from labelloop.objects import counts_from_instances, counts_from_label_map
+from labelloop.training.segmentation.evaluate import annotated_area_cap
 from labelloop.training.segmentation.instances import (
     choose_instance_rules,
     instance_targets,
@@ -155,6 +156,27 @@ def test_an_instance_takes_the_label_most_of_its_pixels_have():
     target[5:7, 5:7] = 2  # platelet interior
     inst, classes = instances_from_probs(_one_hot(target, 5), len(LABELS))
     assert classes.tolist() == [0, 1] and (inst == 1).sum() == 64
+
+
+def test_a_minimum_area_may_not_drop_the_annotated_cells_to_fix_the_count():
+    """A split that breaks a cell in two and a minimum area that drops a small annotated
+    cell cancel out in the count: by count alone that pair of rules wins. With the label's
+    area cap (from the annotated areas) the minimum area cannot drop the small cell."""
+    probs = _necked_pair()  # annotated as ONE (peanut-shaped) cell
+    probs[:, 3:8, 48:53] = 0.0
+    probs[3, 3:8, 48:53] = 1.0  # a small annotated cell: contour ring ...
+    probs[3, 4:7, 49:52] = 0.0
+    probs[1, 4:7, 49:52] = 1.0  # ... around its interior, 25 px in all
+    probs[:, 30:33, 50:53] = 0.0
+    probs[1, 30:33, 50:53] = 1.0  # a 9 px speck nobody annotated
+    rules = {"split_depths": (0.0, 1.0), "min_areas": (4, 30)}
+    area, depth = choose_instance_rules([probs], [[2, 0]], len(LABELS), **rules)
+    assert (area[0], depth[0]) == (30, 1.0)  # "2 cells": two halves, the small cell dropped
+    caps = [annotated_area_cap([25, 600]), annotated_area_cap([])]
+    assert caps[0] < 30 and caps[1] == float("inf")
+    area, depth = choose_instance_rules([probs], [[2, 0]], len(LABELS), area_caps=caps, **rules)
+    assert (area[0], depth[0]) == (4, 0.0)  # the pair whole, the small cell kept
+    assert area[1] == 30  # no platelet annotated: no cap
 
 
 def test_rules_are_chosen_per_label_on_validation_counts():

@@ -322,6 +322,19 @@ def evaluate_segmentation(
     return result
 
 
+# A minimum area may drop at most this share of the annotated objects of its label (on
+# the validation split, by the area each has in the rasterised truth).
+AREA_CAP_QUANTILE = 0.05
+
+
+def annotated_area_cap(areas: Sequence[int]) -> float:
+    """The largest minimum area that keeps all but the smallest `AREA_CAP_QUANTILE` of
+    these annotated areas (no bound without any)."""
+    return (
+        float(np.quantile(areas, AREA_CAP_QUANTILE, method="lower")) if len(areas) else float("inf")
+    )
+
+
 def tune_instance_rules(
     model: nn.Module,
     manifest: dict[str, Any],
@@ -338,12 +351,19 @@ def tune_instance_rules(
         return recipe
     probs: list[np.ndarray] = []
     counts: list[list[int]] = []
+    areas: list[list[int]] = [[] for _ in labels]
     for item in items:
         image, shapes = load_shapes(item, fetch)
         probs.append(predict_outputs(model, [image], recipe)[0])
         found = object_counts(shapes, labels, COUNTED)
         counts.append([found[lb] for lb in labels])
-    min_area, depth = choose_instance_rules(probs, counts, len(labels))
+        inst, classes = _truth(item, shapes, labels, image.shape[:2], "instance")
+        for k, area in enumerate(np.bincount(inst.ravel(), minlength=len(classes))[1:], 1):
+            if area:  # an object painted over entirely by another has no area of its own
+                areas[classes[k] - 1].append(int(area))
+    min_area, depth = choose_instance_rules(
+        probs, counts, len(labels), area_caps=[annotated_area_cap(a) for a in areas]
+    )
     return recipe.model_copy(
         update={
             "instance_min_area": dict(zip(labels, min_area, strict=True)),
