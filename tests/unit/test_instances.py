@@ -177,6 +177,11 @@ def test_a_minimum_area_may_not_drop_the_annotated_cells_to_fix_the_count():
     area, depth = choose_instance_rules([probs], [[2, 0]], len(LABELS), area_caps=caps, **rules)
     assert (area[0], depth[0]) == (4, 0.0)  # the pair whole, the small cell kept
     assert area[1] == 30  # no platelet annotated: no cap
+    # The grid's order does not matter, though the cap skips the cells' first candidate
+    # and not the platelets'.
+    rules["min_areas"] = (30, 4)
+    area, depth = choose_instance_rules([probs], [[2, 0]], len(LABELS), area_caps=caps, **rules)
+    assert (area, depth) == ([4, 30], [0.0, 0.0])
 
 
 def test_rules_are_chosen_per_label_on_validation_counts():

@@ -180,7 +180,9 @@ def choose_instance_rules(
     no annotated cell. Returns (min_area, split_depth), one value per label.
     """
     truth = np.asarray(true_counts, np.int64).reshape(len(probs), n_labels)
-    best: list[tuple[tuple[int, float, int], int, float]] = []
+    # One slot per label: a cap may skip a label's first candidates, so labels do not
+    # all find their first candidate in the same round.
+    best: list[tuple[tuple[int, float, int], int, float] | None] = [None] * n_labels
     smallest = min(min_areas)
     for depth in split_depths:
         for area in min_areas:
@@ -193,11 +195,13 @@ def choose_instance_rules(
                 if area_caps is not None and smallest < area > area_caps[lab]:
                     continue
                 key = (int(error[lab]), float(depth), -int(area))
-                if len(best) <= lab:
-                    best.append((key, area, depth))
-                elif key < best[lab][0]:
+                held = best[lab]
+                if held is None or key < held[0]:
                     best[lab] = (key, area, depth)
-    return [int(b[1]) for b in best], [float(b[2]) for b in best]
+    chosen = [b for b in best if b is not None]
+    if len(chosen) != n_labels:
+        raise ValueError("no split depths or minimum areas to choose from")
+    return [int(b[1]) for b in chosen], [float(b[2]) for b in chosen]
 
 
 def interior_seeds(interior: np.ndarray, split_depth: float = 0.0) -> np.ndarray:
