@@ -241,9 +241,12 @@ def choose_min_area(
     boundaries: Sequence[np.ndarray],
     true_counts: Sequence[int],
     grid: Sequence[int] = (4, 8, 16, 32, 64, 128, 256),
+    area_cap: float = float("inf"),
 ) -> int:
     """The minimum cell area whose enclosed-region counts have the lowest mean relative
-    error against the annotated counts (validation images); ties to the smaller area."""
+    error against the annotated counts (validation images); ties to the smaller area.
+    Areas above `area_cap` are not candidates (the smallest always is): a right count
+    must not come from dropping real cells to offset split ones."""
 
     def error(area: int) -> float:
         errs = []
@@ -252,7 +255,9 @@ def choose_min_area(
             errs.append(abs(found - n) / max(n, 1))
         return float(np.mean(errs))
 
-    return min(grid, key=lambda a: (round(error(a), 9), a))
+    smallest = min(grid)
+    allowed = [a for a in grid if a <= area_cap or a == smallest]
+    return min(allowed, key=lambda a: (round(error(a), 9), a))
 
 
 def count_intervals(

@@ -204,6 +204,11 @@ def test_cells_enclosed_by_membranes_are_counted_and_specks_dropped_by_min_area(
     gap[15, 4] = False  # a gap in the membrane merges the two cells it separated
     assert len(np.unique(enclosed_regions(gap))) - 1 == 3
     assert choose_min_area([membrane, membrane], [4, 4], grid=(1, 4, 200)) == 4
+    # Two annotated cells: dropping the two small ones matches the count, unless the
+    # annotated areas forbid a minimum area that large.
+    assert choose_min_area([membrane], [2], grid=(1, 4, 200)) == 200
+    assert choose_min_area([membrane], [2], grid=(1, 4, 200), area_cap=100) == 4
+    assert choose_min_area([membrane], [2], grid=(4, 200), area_cap=1) == 4
 
 
 def test_encode_instances_matches_one_mask_at_a_time_at_the_edges_and_gaps():

@@ -170,17 +170,17 @@ def test_a_minimum_area_may_not_drop_the_annotated_cells_to_fix_the_count():
     probs[:, 30:33, 50:53] = 0.0
     probs[1, 30:33, 50:53] = 1.0  # a 9 px speck nobody annotated
     rules = {"split_depths": (0.0, 1.0), "min_areas": (4, 30)}
-    area, depth = choose_instance_rules([probs], [[2, 0]], len(LABELS), **rules)
+    area, depth, _ = choose_instance_rules([probs], [[2, 0]], len(LABELS), **rules)
     assert (area[0], depth[0]) == (30, 1.0)  # "2 cells": two halves, the small cell dropped
     caps = [annotated_area_cap([25, 600]), annotated_area_cap([])]
     assert caps[0] < 30 and caps[1] == float("inf")
-    area, depth = choose_instance_rules([probs], [[2, 0]], len(LABELS), area_caps=caps, **rules)
+    area, depth, _ = choose_instance_rules([probs], [[2, 0]], len(LABELS), area_caps=caps, **rules)
     assert (area[0], depth[0]) == (4, 0.0)  # the pair whole, the small cell kept
     assert area[1] == 30  # no platelet annotated: no cap
     # The grid's order does not matter, though the cap skips the cells' first candidate
     # and not the platelets'.
     rules["min_areas"] = (30, 4)
-    area, depth = choose_instance_rules([probs], [[2, 0]], len(LABELS), area_caps=caps, **rules)
+    area, depth, _ = choose_instance_rules([probs], [[2, 0]], len(LABELS), area_caps=caps, **rules)
     assert (area, depth) == ([4, 30], [0.0, 0.0])
 
 
@@ -190,10 +190,46 @@ def test_rules_are_chosen_per_label_on_validation_counts():
     speck[:, 2:4, 2:4] = 0.0
     speck[2, 2:4, 2:4] = 1.0  # a 4 px "platelet" nobody annotated
     probs.append(speck)
-    min_area, depth = choose_instance_rules(
+    min_area, depth, apart = choose_instance_rules(
         probs, [[2, 0]] * 3, len(LABELS), split_depths=(0.0, 1.0, 2.0), min_areas=(4, 8, 1000)
     )
+    assert apart == [False, False]  # components would merge the pair; a tie goes to the watershed
     # Cells: the shallowest depth that splits the pair; the largest area that keeps them.
     assert depth[0] == 1.0 and min_area[0] == 8
     # Platelets: no split asked for; the speck goes at area 8 and nothing else is lost.
     assert depth[1] == 0.0 and min_area[1] == 1000
+
+
+def _platelet_beside_a_cell() -> np.ndarray:
+    """A cell (contour ring around its interior) and, touching its contour, a platelet the
+    network saw only as platelet contour: no platelet interior, so no seed of its own."""
+    target = np.zeros((24, 36), np.int64)
+    target[4:20, 4:20] = 3  # cell contour
+    target[7:17, 7:17] = 1  # cell interior
+    target[9:14, 20:25] = 4  # platelet contour, touching the cell's contour
+    return _one_hot(target, 5)
+
+
+def test_a_label_read_as_components_keeps_a_small_cell_the_watershed_floods():
+    probs = _platelet_beside_a_cell()
+    _, flooded = instances_from_probs(probs, len(LABELS), min_area=4)
+    assert flooded.tolist() == [0, 1]  # the cell's watershed took the platelet's pixels
+    inst, classes = instances_from_probs(probs, len(LABELS), min_area=4, components=[False, True])
+    assert classes.tolist() == [0, 1, 2]
+    assert (inst == 1).sum() == 16 * 16 and (inst == 2).sum() == 25
+    # Every label read as components: the same two objects, each its own label.
+    _, both = instances_from_probs(probs, len(LABELS), min_area=4, components=True)
+    assert both.tolist() == [0, 1, 2]
+    # Below the label's minimum area a component is dropped like any instance.
+    _, small = instances_from_probs(probs, len(LABELS), min_area=[4, 30], components=[0, 1])
+    assert small.tolist() == [0, 1]
+
+
+def test_components_are_chosen_for_a_label_whose_count_they_get_right():
+    probs = [_platelet_beside_a_cell()] * 2
+    rules = choose_instance_rules(probs, [[1, 1]] * 2, len(LABELS), min_areas=(4, 8))
+    assert rules.components == [False, True]
+    assert rules.min_area == [8, 8] and rules.split_depth == [0.0, 0.0]
+    # Where the watershed counts right too, it is kept.
+    rules = choose_instance_rules(probs, [[1, 0]] * 2, len(LABELS), min_areas=(4, 8))
+    assert rules.components == [False, False]

@@ -361,12 +361,14 @@ def tune_instance_rules(
         for k, area in enumerate(np.bincount(inst.ravel(), minlength=len(classes))[1:], 1):
             if area:  # an object painted over entirely by another has no area of its own
                 areas[classes[k] - 1].append(int(area))
-    min_area, depth = choose_instance_rules(
+    rules = choose_instance_rules(
         probs, counts, len(labels), area_caps=[annotated_area_cap(a) for a in areas]
     )
+    apart = [lb for lb, c in zip(labels, rules.components, strict=True) if c]
     return recipe.model_copy(
         update={
-            "instance_min_area": dict(zip(labels, min_area, strict=True)),
-            "instance_split_depth": dict(zip(labels, depth, strict=True)),
+            "instance_min_area": dict(zip(labels, rules.min_area, strict=True)),
+            "instance_split_depth": dict(zip(labels, rules.split_depth, strict=True)),
+            "instance_components": apart or None,
         }
     )

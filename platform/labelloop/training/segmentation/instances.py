@@ -13,7 +13,11 @@ interiors join at a neck and count once; it also leaves specks and fragments. Ho
 output is read is therefore tunable per label and chosen on the validation split
 (`choose_instance_rules`, stored in the model version's recipe): a split depth that cuts
 interior blobs at their necks (distance-transform h-maxima), and a minimum area below
-which a seed is flooded by the cell around it and an instance is dropped.
+which a seed is flooded by the cell around it and an instance is dropped. A label whose
+cells rarely touch (platelets, often WBCs) may instead be read as the connected components
+of its own pixels: the watershed of the other labels then cannot swallow a small cell
+beside a large one, nor a cell whose pixels its label shares with another take that
+label and be dropped as too small for it.
 
 An instance map is int32 (H, W): 0 = background, 1..N = instances; `classes[i]` is the
 1-based label index of instance i (classes[0] = 0).
@@ -22,6 +26,7 @@ An instance map is int32 (H, W): 0 = background, 1..N = instances; `classes[i]` 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -95,6 +100,7 @@ def instances_from_probs(
     *,
     min_area: int | Sequence[int] = DEFAULT_MIN_AREA,
     split_depth: float | Sequence[float] = 0.0,
+    components: bool | Sequence[bool] = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split the network's instance-mode softmax (1 + 2L, H, W) into instances.
 
@@ -108,8 +114,13 @@ def instances_from_probs(
     label even where a few of its pixels lean to another), and instances smaller than
     their label's `min_area` pixels are dropped.
 
-    `min_area` and `split_depth` are one value for every label or one per label (the
-    per-label values a model version stores in its recipe, chosen on validation).
+    A label with `components` set is read apart: its instances are the 8-connected
+    components of the pixels whose most likely class is its interior or contour, they take
+    that label, and those pixels are out of the watershed (no seed, no flooding).
+
+    `min_area`, `split_depth` and `components` are one value for every label or one per
+    label (the per-label values a model version stores in its recipe, chosen on
+    validation).
     """
     if probs.ndim != 3 or probs.shape[0] != 1 + 2 * n_labels:
         raise ValueError(
@@ -118,11 +129,17 @@ def instances_from_probs(
         )
     areas_min = _per_label(min_area, n_labels, "min_area")
     depths = _per_label(split_depth, n_labels, "split_depth")
+    apart = _per_label(components, n_labels, "components").astype(bool)
+    apart[0] = False
     top = probs.argmax(axis=0)
-    fg = top > 0
+    # The label of each pixel's most likely class (interiors 1..L, contours L+1..2L).
+    pixel_label = np.where(top > 0, (top - 1) % n_labels + 1, 0)
+    fg = (top > 0) & ~apart[pixel_label]
     markers = np.zeros(top.shape, np.int32)
     n_seeds = 0
     for lab in range(1, n_labels + 1):
+        if apart[lab]:
+            continue
         seeds = interior_seeds(top == lab, float(depths[lab]))
         if seeds.max(initial=0) == 0:
             continue
@@ -139,13 +156,25 @@ def instances_from_probs(
     if n:
         inst[rest > 0] = rest[rest > 0] + n_seeds
     n_inst = n_seeds + n
-    if n_inst == 0:
-        return inst, np.zeros(1, np.int32)
-    # Per label, the summed interior + contour probability over each instance.
+    # Per label, the summed interior + contour probability over each instance; labels
+    # read apart are not open to the watershed's instances.
     per_label = probs[1 : 1 + n_labels] + probs[1 + n_labels :]
     ids = np.arange(1, n_inst + 1)
-    score = np.stack([ndimage.sum(per_label[k], inst, ids) for k in range(n_labels)])
-    classes = np.concatenate([[0], score.argmax(axis=0) + 1]).astype(np.int32)
+    score = np.zeros((n_labels, n_inst))
+    if n_inst:
+        score[:] = [ndimage.sum(per_label[k], inst, ids) for k in range(n_labels)]
+    if not apart[1:].all():
+        score[apart[1:]] = -np.inf
+    fixed = [score.argmax(axis=0) + 1] if n_inst else []
+    for lab in np.flatnonzero(apart):
+        parts, k = ndimage.label(pixel_label == lab, structure=_EIGHT)
+        if k:
+            inst[parts > 0] = parts[parts > 0] + n_inst
+            fixed.append(np.full(k, lab))
+            n_inst += k
+    if n_inst == 0:
+        return inst, np.zeros(1, np.int32)
+    classes = np.concatenate([[0], *fixed]).astype(np.int32)
     areas = np.bincount(inst.ravel(), minlength=n_inst + 1)
     small = np.flatnonzero(areas < areas_min[classes])
     small = small[small > 0]
@@ -158,6 +187,14 @@ SPLIT_DEPTHS = (0.0, 0.5, 1.0, 2.0, 3.0)
 MIN_AREAS = (4, 8, 16, 32, 64, 128, 256, 512)
 
 
+class InstanceRules(NamedTuple):
+    """Instance mode's reading per label (one value per label, in label order)."""
+
+    min_area: list[int]
+    split_depth: list[float]
+    components: list[bool]
+
+
 def choose_instance_rules(
     probs: Sequence[np.ndarray],
     true_counts: Sequence[Sequence[int]],
@@ -166,42 +203,50 @@ def choose_instance_rules(
     area_caps: Sequence[float] | None = None,
     split_depths: Sequence[float] = SPLIT_DEPTHS,
     min_areas: Sequence[int] = MIN_AREAS,
-) -> tuple[list[int], list[float]]:
-    """Per label, the minimum area and split depth whose instance counts on the given
-    (validation) images are closest to the annotated counts (`true_counts[i][l]`, image i,
-    label l), summed over images as |predicted - true|.
+) -> InstanceRules:
+    """Per label, the reading (watershed with a split depth, or connected components),
+    and the minimum area, whose instance counts on the given (validation) images are
+    closest to the annotated counts (`true_counts[i][l]`, image i, label l), summed over
+    images as |predicted - true|.
 
     `area_caps` (per label) bounds the minimum area: a count can come out right with a
     minimum area that drops real cells while other errors add instances, and on three
     validation slices that chose 256 px for ISBI cells and lost a third of the test
     cells. A minimum area above the label's cap is not tried (the smallest candidate
-    always is). Ties go to the shallower split (a cut the counts do not ask for can only
-    break cells) and then to the larger minimum area: the most noise dropped that costs
-    no annotated cell. Returns (min_area, split_depth), one value per label.
+    always is). Ties go to the watershed (components merge touching cells), to the
+    shallower split (a cut the counts do not ask for can only break cells) and then to
+    the larger minimum area: the most noise dropped that costs no annotated cell. Each
+    label is judged with every label read the same way: an approximation, as a label's
+    count depends little on how the others are read.
     """
     truth = np.asarray(true_counts, np.int64).reshape(len(probs), n_labels)
     # One slot per label: a cap may skip a label's first candidates, so labels do not
     # all find their first candidate in the same round.
-    best: list[tuple[tuple[int, float, int], int, float] | None] = [None] * n_labels
+    best: list[tuple[tuple[int, int, float, int], int, float, bool] | None] = [None] * n_labels
     smallest = min(min_areas)
-    for depth in split_depths:
+    readings = [(False, d) for d in split_depths] + [(True, 0.0)]
+    for apart, depth in readings:
         for area in min_areas:
             found = np.zeros_like(truth)
             for i, p in enumerate(probs):
-                _, classes = instances_from_probs(p, n_labels, min_area=area, split_depth=depth)
+                _, classes = instances_from_probs(
+                    p, n_labels, min_area=area, split_depth=depth, components=apart
+                )
                 found[i] = np.bincount(classes[1:], minlength=n_labels + 1)[1:]
             error = np.abs(found - truth).sum(axis=0)
             for lab in range(n_labels):
                 if area_caps is not None and smallest < area > area_caps[lab]:
                     continue
-                key = (int(error[lab]), float(depth), -int(area))
+                key = (int(error[lab]), int(apart), float(depth), -int(area))
                 held = best[lab]
                 if held is None or key < held[0]:
-                    best[lab] = (key, area, depth)
+                    best[lab] = (key, area, depth, apart)
     chosen = [b for b in best if b is not None]
     if len(chosen) != n_labels:
         raise ValueError("no split depths or minimum areas to choose from")
-    return [int(b[1]) for b in chosen], [float(b[2]) for b in chosen]
+    return InstanceRules(
+        [int(b[1]) for b in chosen], [float(b[2]) for b in chosen], [bool(b[3]) for b in chosen]
+    )
 
 
 def interior_seeds(interior: np.ndarray, split_depth: float = 0.0) -> np.ndarray:

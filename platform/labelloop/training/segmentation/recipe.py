@@ -110,6 +110,10 @@ class SegmentationRecipe(BaseRecipe):
     # here, so counting and evaluation read the network the same way.
     instance_min_area: dict[str, int] = Field(default_factory=dict)
     instance_split_depth: dict[str, float] = Field(default_factory=dict)
+    # Labels read as connected components of their own pixels instead of by the watershed
+    # (cells that rarely touch; chosen on validation like the two above). Unset (None)
+    # it stays out of the run's hash, so recorded runs keep theirs.
+    instance_components: list[str] | None = None
     tune_instances: bool = True
 
     @field_validator("encoder")
@@ -162,6 +166,7 @@ class SegmentationRecipe(BaseRecipe):
         return {
             "min_area": [self.instance_min_area.get(lb, DEFAULT_MIN_AREA) for lb in labels],
             "split_depth": [self.instance_split_depth.get(lb, 0.0) for lb in labels],
+            "components": [lb in (self.instance_components or ()) for lb in labels],
         }
 
     def _override_data(self, overrides: dict[str, Any]) -> dict[str, Any]:
