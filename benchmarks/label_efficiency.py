@@ -98,8 +98,11 @@ SLIDES = [  # (share of the pool, RGB gain, brightness)
 ]
 
 
-def smears_data(n_pool: int = 80, n_test: int = 30, size: int = 192) -> SimulationData:
-    """Generated smears with a per-slide stain cast (see the module docstring)."""
+def smears_data(
+    n_pool: int = 80, n_test: int = 30, size: int = 192, regions: bool = False
+) -> SimulationData:
+    """Generated smears with a per-slide stain cast (see the module docstring): each cell's
+    box, or with `regions` its polygon / mask."""
     from labelloop.domain import Box
     from labelloop.imaging import encode_png
     from labelloop.synthetic import generate_smear, instance_shapes, smear_seed
@@ -112,7 +115,7 @@ def smears_data(n_pool: int = 80, n_test: int = 30, size: int = 192) -> Simulati
         _, gain, bright = SLIDES[min(slide, len(SLIDES) - 1)]
         img = np.clip(sample.image * np.array(gain) * bright, 0, 255).astype(np.uint8)
         data = encode_png(img)
-        boxes = [sh for sh in instance_shapes(sample) if isinstance(sh, Box)]
+        boxes = [sh for sh in instance_shapes(sample) if isinstance(sh, Box) != regions]
         return SourceRecord(
             source="smears",
             external_id=f"{prefix}{i}",
@@ -179,7 +182,24 @@ SPECS["smears"] = {
     "extra_metrics": ["map", "count_mae"],
     "samples_per_epoch": 64,
 }
-LOADERS = {"isbi": isbi_data, "bccd": bccd_data, "smears": smears_data}
+SPECS["smears_seg"] = {
+    "name": "Heterogeneous synthetic smears (instance segmentation, counts)",
+    "task": "segmentation",
+    "labels": BCCD_LABELS,
+    "recipe": {"mode": "instance", "image_size": 192, "epochs": 15, "batch_size": 8},
+    "strategies": ["random", "uncertainty", "hybrid", "count_uncertainty"],
+    "methods": {},
+    "sizes": [8, 16, 32],
+    "metric": "mean_dice",
+    "extra_metrics": ["mean_count_mae"],
+    "samples_per_epoch": 64,
+}
+LOADERS = {
+    "isbi": isbi_data,
+    "bccd": bccd_data,
+    "smears": smears_data,
+    "smears_seg": lambda: smears_data(regions=True),
+}
 
 
 def markdown_table(summary: dict) -> str:
