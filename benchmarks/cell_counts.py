@@ -496,11 +496,14 @@ def main() -> None:
     if args.part == "smears":
         splits = dict(zip(("train", "val", "test"), args.images, strict=True))
         result = smears(epochs, splits, stem.with_name(stem.name + "_overlay.png"))
-        extra = "" if args.images == [24, 6, 10] else " --images " + " ".join(map(str, args.images))
+        default = args.images == ap.get_default("images")
+        extra = "" if default else " --images " + " ".join(map(str, args.images))
     else:
         result = isbi(epochs, not args.no_train, args.val, args.input_scale)
-        extra = (f" --val {args.val}" if args.val != 3 else "") + (
-            f" --input-scale {args.input_scale}" if args.input_scale != 0.5 else ""
+        extra = (f" --val {args.val}" if args.val != ap.get_default("val") else "") + (
+            f" --input-scale {args.input_scale}"
+            if args.input_scale != ap.get_default("input_scale")
+            else ""
         )
     result.update(
         epochs_per_model=epochs,

@@ -115,14 +115,14 @@ def smears_data(
         _, gain, bright = SLIDES[min(slide, len(SLIDES) - 1)]
         img = np.clip(sample.image * np.array(gain) * bright, 0, 255).astype(np.uint8)
         data = encode_png(img)
-        boxes = [sh for sh in instance_shapes(sample) if isinstance(sh, Box) != regions]
+        shapes = [sh for sh in instance_shapes(sample) if isinstance(sh, Box) != regions]
         return SourceRecord(
             source="smears",
             external_id=f"{prefix}{i}",
             uri=f"{prefix}{i}.png",
             file="generated",
             load=lambda d=data: d,
-            annotations=[RecordAnnotation(external_id=f"{prefix}{i}", shapes=boxes)],
+            annotations=[RecordAnnotation(external_id=f"{prefix}{i}", shapes=shapes)],
             meta={"slide": slide},
         )
 

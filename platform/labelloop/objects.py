@@ -255,9 +255,14 @@ def choose_min_area(
             errs.append(abs(found - n) / max(n, 1))
         return float(np.mean(errs))
 
-    smallest = min(grid)
-    allowed = [a for a in grid if a <= area_cap or a == smallest]
+    allowed = [a for a in grid if area_allowed(a, area_cap, grid)]
     return min(allowed, key=lambda a: (round(error(a), 9), a))
+
+
+def area_allowed(area: int, cap: float, grid: Sequence[int]) -> bool:
+    """Whether a candidate minimum area may be tried under a cap from the annotated areas:
+    within the cap, or the grid's smallest (some minimum area is always tried)."""
+    return area <= cap or area == min(grid)
 
 
 def count_intervals(

@@ -35,7 +35,7 @@ from skimage.segmentation import watershed
 
 from labelloop.domain import Mask, Shape
 from labelloop.geometry import shape_mask
-from labelloop.objects import DEFAULT_MIN_AREA
+from labelloop.objects import DEFAULT_MIN_AREA, area_allowed
 
 REGION_KINDS = frozenset({"mask", "polygon", "ellipse"})
 _EIGHT = np.ones((3, 3), bool)
@@ -163,9 +163,8 @@ def instances_from_probs(
     score = np.zeros((n_labels, n_inst))
     if n_inst:
         score[:] = [ndimage.sum(per_label[k], inst, ids) for k in range(n_labels)]
-    if not apart[1:].all():
-        score[apart[1:]] = -np.inf
-    fixed = [score.argmax(axis=0) + 1] if n_inst else []
+    score[apart[1:]] = -np.inf
+    fixed = [score.argmax(axis=0) + 1]
     for lab in np.flatnonzero(apart):
         parts, k = ndimage.label(pixel_label == lab, structure=_EIGHT)
         if k:
@@ -223,7 +222,6 @@ def choose_instance_rules(
     # One slot per label: a cap may skip a label's first candidates, so labels do not
     # all find their first candidate in the same round.
     best: list[tuple[tuple[int, int, float, int], int, float, bool] | None] = [None] * n_labels
-    smallest = min(min_areas)
     readings = [(False, d) for d in split_depths] + [(True, 0.0)]
     for apart, depth in readings:
         for area in min_areas:
@@ -235,7 +233,7 @@ def choose_instance_rules(
                 found[i] = np.bincount(classes[1:], minlength=n_labels + 1)[1:]
             error = np.abs(found - truth).sum(axis=0)
             for lab in range(n_labels):
-                if area_caps is not None and smallest < area > area_caps[lab]:
+                if area_caps is not None and not area_allowed(area, area_caps[lab], min_areas):
                     continue
                 key = (int(error[lab]), int(apart), float(depth), -int(area))
                 held = best[lab]
