@@ -170,17 +170,17 @@ def test_a_minimum_area_may_not_drop_the_annotated_cells_to_fix_the_count():
     probs[:, 30:33, 50:53] = 0.0
     probs[1, 30:33, 50:53] = 1.0  # a 9 px speck nobody annotated
     rules = {"split_depths": (0.0, 1.0), "min_areas": (4, 30)}
-    area, depth, _ = choose_instance_rules([probs], [[2, 0]], len(LABELS), **rules)
+    area, depth, *_ = choose_instance_rules([probs], [[2, 0]], len(LABELS), **rules)
     assert (area[0], depth[0]) == (30, 1.0)  # "2 cells": two halves, the small cell dropped
     caps = [annotated_area_cap([25, 600]), annotated_area_cap([])]
     assert caps[0] < 30 and caps[1] == float("inf")
-    area, depth, _ = choose_instance_rules([probs], [[2, 0]], len(LABELS), area_caps=caps, **rules)
+    area, depth, *_ = choose_instance_rules([probs], [[2, 0]], len(LABELS), area_caps=caps, **rules)
     assert (area[0], depth[0]) == (4, 0.0)  # the pair whole, the small cell kept
     assert area[1] == 30  # no platelet annotated: no cap
     # The grid's order does not matter, though the cap skips the cells' first candidate
     # and not the platelets'.
     rules["min_areas"] = (30, 4)
-    area, depth, _ = choose_instance_rules([probs], [[2, 0]], len(LABELS), area_caps=caps, **rules)
+    area, depth, *_ = choose_instance_rules([probs], [[2, 0]], len(LABELS), area_caps=caps, **rules)
     assert (area, depth) == ([4, 30], [0.0, 0.0])
 
 
@@ -190,7 +190,7 @@ def test_rules_are_chosen_per_label_on_validation_counts():
     speck[:, 2:4, 2:4] = 0.0
     speck[2, 2:4, 2:4] = 1.0  # a 4 px "platelet" nobody annotated
     probs.append(speck)
-    min_area, depth, apart = choose_instance_rules(
+    min_area, depth, apart, _ = choose_instance_rules(
         probs, [[2, 0]] * 3, len(LABELS), split_depths=(0.0, 1.0, 2.0), min_areas=(4, 8, 1000)
     )
     assert apart == [False, False]  # components would merge the pair; a tie goes to the watershed
@@ -233,3 +233,40 @@ def test_components_are_chosen_for_a_label_whose_count_they_get_right():
     # Where the watershed counts right too, it is kept.
     rules = choose_instance_rules(probs, [[1, 0]] * 2, len(LABELS), min_areas=(4, 8))
     assert rules.components == [False, False]
+
+
+def _bridged_pair() -> np.ndarray:
+    """Two cells separated by a membrane (background) with a gap in it: their interiors
+    join through a 2 px bridge. Beside them, a sliver of a cell 3 px wide."""
+    target = np.zeros((24, 48), np.int64)
+    target[4:20, 4:18] = 1  # cell A's interior
+    target[4:20, 24:38] = 1  # cell B's interior
+    target[11:13, 18:24] = 1  # the gap in the membrane between them
+    target[4:20, 42:45] = 1  # a sliver of a third cell
+    return _one_hot(target, 5)
+
+
+def test_an_opening_cuts_a_bridge_through_a_membrane_gap_and_keeps_slivers():
+    probs = _bridged_pair()
+    _, merged = instances_from_probs(probs, len(LABELS), min_area=4)
+    assert merged.tolist() == [0, 1, 1]  # the pair counts once
+    inst, classes = instances_from_probs(probs, len(LABELS), min_area=4, opening=[2, 0])
+    assert classes.tolist() == [0, 1, 1, 1]
+    # Each cell gets its interior and half the bridge back; the sliver, too narrow for
+    # the disk, has no seed and is an instance of its own.
+    a, b = int(inst[10, 10]), int(inst[10, 30])
+    assert a != b and (inst == a).sum() == (inst == b).sum() == 16 * 14 + 6
+    assert (inst[4:20, 42:45] > 0).all() and len(np.unique(inst[4:20, 42:45])) == 1
+    # A round cell wider than the disk is not cut.
+    yy, xx = np.mgrid[:40, :40]
+    one = (yy - 20) ** 2 + (xx - 20) ** 2 <= 81
+    assert interior_seeds(one, opening=4).max() == 1
+
+
+def test_an_opening_is_chosen_where_the_counts_ask_for_the_cut():
+    probs = [_bridged_pair()] * 2
+    rules = choose_instance_rules(probs, [[3, 0]] * 2, len(LABELS), split_depths=(0.0,))
+    assert rules.opening[0] == 1 and rules.split_depth[0] == 0.0  # the smallest that cuts
+    assert rules.opening[1] == 0  # no platelets: nothing to cut
+    rules = choose_instance_rules(probs, [[2, 0]] * 2, len(LABELS), split_depths=(0.0,))
+    assert rules.opening == [0, 0]

@@ -12,6 +12,7 @@ from labelloop.errors import ConfigError, InputError
 from labelloop.imaging import encode_png
 from labelloop.ingest.records import RecordAnnotation, SourceRecord
 from labelloop.simulate import FULL, SimulationData, load_spec, simulate
+from labelloop.simulate.loop import run_one
 from labelloop.simulate.oracle import data_from_source
 from labelloop.simulate.report import summarise
 from labelloop.simulate.spec import SimulationSpec, SourceSpec
@@ -68,9 +69,18 @@ def test_simulation_reveals_only_what_each_strategy_selects(tmp_path):
         picked = [i for p in run["points"] for i in p.get("selected", [])]
         assert len(picked) == len(set(picked)) == (0 if strategy == FULL else 4)
         assert all(0 <= p["metric"] <= 1 for p in run["points"])
-    # The same seed starts every strategy from the same labelled images.
+    # The same seed starts every strategy from the same labelled images, trained once: the
+    # seed's first strategy keeps its first step and the others start from a copy.
     first = {s: runs[(s, 0)]["points"][0] for s in ("random", "uncertainty", "hybrid")}
     assert len({json.dumps(p["metric"]) for p in first.values()}) == 1
+    assert not first["random"].get("shared")
+    assert first["uncertainty"]["shared"] and first["hybrid"]["shared"]
+    assert not (tmp_path / "out" / "seed_sets").exists()  # every run finished
+    # A run started from the kept seed set goes on exactly as one that trained it.
+    alone = run_one(_spec(), data, "uncertainty", 0, tmp_path / "alone")
+    shared = runs[("uncertainty", 0)]["points"]
+    assert [p.get("selected") for p in alone["points"]] == [p.get("selected") for p in shared]
+    assert [p["metric"] for p in alone["points"]] == [p["metric"] for p in shared]
     st = summary["strategies"]["uncertainty"]
     assert st["sizes"] == [2, 4, 6]
     assert all(0 <= v <= 1 for v in st["curves"]["per_class.Red.dice"]["mean"])

@@ -244,3 +244,7 @@ def test_instance_rules_must_be_positive():
         SegmentationRecipe(mode="instance", instance_min_area={"Red": 0})
     with pytest.raises(ValueError, match="instance_split_depth"):
         SegmentationRecipe(mode="instance", instance_split_depth={"Red": -1.0})
+    with pytest.raises(ValueError, match="instance_opening"):
+        SegmentationRecipe(mode="instance", instance_opening={"Red": -1})
+    opened = SegmentationRecipe(mode="instance", instance_opening={"Red": 3})
+    assert opened.instance_rules(LABELS)["opening"] == [3, 0]

@@ -3,7 +3,9 @@
 Runs are (strategy, seed) pairs plus one full-pool reference per seed. Each finished run
 is appended to `runs.jsonl` under the output folder with the spec's hash, so an
 interrupted simulation resumes where it stopped; the summary (`simulation.json`) and the
-plot (`simulation.png`) are rewritten from all finished runs at the end.
+plot (`simulation.png`) are rewritten from all finished runs at the end. The first step
+of each seed is trained once for all strategies (`seed_sets/`, see `loop`), and removed
+when every run is finished.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,35 +29,47 @@ __all__ = ["FULL", "SimulationData", "SimulationSpec", "load_spec", "simulate"]
 _DATA: SimulationData | None = None  # set before forking workers: they inherit it
 
 
-def spec_hash(spec: SimulationSpec, strategy: str | None = None) -> str:
-    """What a finished run depends on. The full-pool reference ignores the strategies and
-    label sizes, so changing those keeps the (expensive) references already trained."""
-    skip = {"jobs", "name", "seeds"}
-    if strategy == FULL:
-        skip |= {"strategies", "methods", "params", "sizes", "include_full"}
-    core = spec.model_dump(mode="json", exclude=skip)
-    for key in (
-        "warm_start",
-        "warm_epochs",
-        "control_fraction",
-    ):  # added later: unset, old runs still count
+_BASE_SKIP = {"jobs", "name", "seeds"}
+_STRATEGY_FIELDS = {"strategies", "methods", "params", "sizes", "include_full"}
+# Added later: unset, runs recorded before them still count.
+_LATER = ("warm_start", "warm_epochs", "control_fraction")
+
+
+def _digest(spec: SimulationSpec, skip: set[str], **extra: Any) -> str:
+    core = {**spec.model_dump(mode="json", exclude=skip), **extra}
+    for key in _LATER:
         if not core.get(key):
             core.pop(key, None)
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def spec_hash(spec: SimulationSpec, strategy: str | None = None) -> str:
+    """What a finished run depends on. The full-pool reference ignores the strategies and
+    label sizes, so changing those keeps the (expensive) references already trained."""
+    return _digest(spec, _BASE_SKIP | (_STRATEGY_FIELDS if strategy == FULL else set()))
+
+
+def seed_set_hash(spec: SimulationSpec) -> str:
+    """What a seed's first step depends on: not the strategies, the later sizes or how
+    later rounds are trained and chosen."""
+    return _digest(spec, _BASE_SKIP | _STRATEGY_FIELDS | set(_LATER), first=spec.sizes[0])
+
+
 def _jobs(spec: SimulationSpec) -> list[tuple[str, int]]:
+    # Every seed's first strategy goes first: it leaves the seed set the others start from.
     jobs = [(FULL, seed) for seed in spec.seeds] if spec.include_full else []
-    return jobs + [(s, seed) for seed in spec.seeds for s in spec.strategies]
+    first, rest = spec.strategies[:1], spec.strategies[1:]
+    jobs += [(s, seed) for s in first for seed in spec.seeds]
+    return jobs + [(s, seed) for seed in spec.seeds for s in rest]
 
 
 def _work(args: tuple) -> dict[str, Any]:
-    spec_json, strategy, seed, workdir, label_map, core = args
+    spec_json, strategy, seed, workdir, label_map, seed_set, core = args
     if core is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {core})  # one core per run: training uses one thread
     spec = SimulationSpec.model_validate_json(spec_json)
     assert _DATA is not None
-    return run_one(spec, _DATA, strategy, seed, Path(workdir), label_map)
+    return run_one(spec, _DATA, strategy, seed, Path(workdir), label_map, seed_set=Path(seed_set))
 
 
 def simulate(
@@ -89,6 +104,9 @@ def simulate(
     todo = [j for j in _jobs(spec) if j not in finished] if run_missing else []
     total = len(_jobs(spec))
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    seed_sets = out_dir / "seed_sets"
+    seed_sets.mkdir(exist_ok=True)
+    first = seed_set_hash(spec)
     args = [
         (
             spec.model_dump_json(),
@@ -96,6 +114,7 @@ def simulate(
             seed,
             str(out_dir / "work" / f"{strategy}-{seed}"),
             label_map,
+            str(seed_sets / f"{first}-{seed}"),
             cores[i % len(cores)] if spec.jobs > 1 and cores else None,
         )
         for i, (strategy, seed) in enumerate(todo)
@@ -117,9 +136,11 @@ def simulate(
                     record(run)
         else:
             for a in args:
-                record(_work((*a[:5], None)))
+                record(_work((*a[:6], None)))
     finally:
         _DATA = None
+    if len(done) == total:  # nothing left to start from a seed set
+        shutil.rmtree(seed_sets, ignore_errors=True)
     summary = summarise(done, spec.metric, spec.extra_metrics)
     summary.update(
         {

@@ -343,9 +343,10 @@ def tune_instance_rules(
     labels: Sequence[str],
     recipe: SegmentationRecipe,
 ) -> SegmentationRecipe:
-    """The recipe with instance mode's per-label minimum area and split depth chosen on
-    the validation split (`instances.choose_instance_rules`); unchanged outside instance
-    mode, when the recipe opts out or there is no validation split."""
+    """The recipe with instance mode's per-label reading (minimum area, split depth,
+    opening, components) chosen on the validation split
+    (`instances.choose_instance_rules`); unchanged outside instance mode, when the recipe
+    opts out or there is no validation split."""
     items = split_items(manifest, "val")
     if recipe.mode != "instance" or not recipe.tune_instances or not items:
         return recipe
@@ -370,5 +371,7 @@ def tune_instance_rules(
             "instance_min_area": dict(zip(labels, rules.min_area, strict=True)),
             "instance_split_depth": dict(zip(labels, rules.split_depth, strict=True)),
             "instance_components": apart or None,
+            "instance_opening": {lb: r for lb, r in zip(labels, rules.opening, strict=True) if r}
+            or None,
         }
     )

@@ -12,8 +12,10 @@ The network rarely closes the thin contour between touching cells everywhere, an
 interiors join at a neck and count once; it also leaves specks and fragments. How the
 output is read is therefore tunable per label and chosen on the validation split
 (`choose_instance_rules`, stored in the model version's recipe): a split depth that cuts
-interior blobs at their necks (distance-transform h-maxima), and a minimum area below
-which a seed is flooded by the cell around it and an instance is dropped. A label whose
+interior blobs at their necks (distance-transform h-maxima), or an opening that cuts the
+narrow bridges a gap in a predicted membrane leaves (cells of irregular shape, whose many
+distance maxima a split depth would cut too), and a minimum area below which a seed is
+flooded by the cell around it and an instance is dropped. A label whose
 cells rarely touch (platelets, often WBCs) may instead be read as the connected components
 of its own pixels: the watershed of the other labels then cannot swallow a small cell
 beside a large one, nor a cell whose pixels its label shares with another take that
@@ -30,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
-from skimage.morphology import h_maxima
+from skimage.morphology import disk, h_maxima
 from skimage.segmentation import watershed
 
 from labelloop.domain import Mask, Shape
@@ -101,6 +103,7 @@ def instances_from_probs(
     min_area: int | Sequence[int] = DEFAULT_MIN_AREA,
     split_depth: float | Sequence[float] = 0.0,
     components: bool | Sequence[bool] = False,
+    opening: int | Sequence[int] = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split the network's instance-mode softmax (1 + 2L, H, W) into instances.
 
@@ -118,8 +121,8 @@ def instances_from_probs(
     components of the pixels whose most likely class is its interior or contour, they take
     that label, and those pixels are out of the watershed (no seed, no flooding).
 
-    `min_area`, `split_depth` and `components` are one value for every label or one per
-    label (the per-label values a model version stores in its recipe, chosen on
+    `min_area`, `split_depth`, `opening` and `components` are one value for every label or
+    one per label (the per-label values a model version stores in its recipe, chosen on
     validation).
     """
     if probs.ndim != 3 or probs.shape[0] != 1 + 2 * n_labels:
@@ -129,6 +132,7 @@ def instances_from_probs(
         )
     areas_min = _per_label(min_area, n_labels, "min_area")
     depths = _per_label(split_depth, n_labels, "split_depth")
+    openings = _per_label(opening, n_labels, "opening").astype(int)
     apart = _per_label(components, n_labels, "components").astype(bool)
     apart[0] = False
     top = probs.argmax(axis=0)
@@ -140,7 +144,7 @@ def instances_from_probs(
     for lab in range(1, n_labels + 1):
         if apart[lab]:
             continue
-        seeds = interior_seeds(top == lab, float(depths[lab]))
+        seeds = interior_seeds(top == lab, float(depths[lab]), int(openings[lab]))
         if seeds.max(initial=0) == 0:
             continue
         areas = np.bincount(seeds.ravel())
@@ -183,6 +187,7 @@ def instances_from_probs(
 
 
 SPLIT_DEPTHS = (0.0, 0.5, 1.0, 2.0, 3.0)
+OPENINGS = (1, 2, 3, 4, 6)
 MIN_AREAS = (4, 8, 16, 32, 64, 128, 256, 512)
 
 
@@ -192,6 +197,7 @@ class InstanceRules(NamedTuple):
     min_area: list[int]
     split_depth: list[float]
     components: list[bool]
+    opening: list[int]
 
 
 def choose_instance_rules(
@@ -201,63 +207,85 @@ def choose_instance_rules(
     *,
     area_caps: Sequence[float] | None = None,
     split_depths: Sequence[float] = SPLIT_DEPTHS,
+    openings: Sequence[int] = OPENINGS,
     min_areas: Sequence[int] = MIN_AREAS,
 ) -> InstanceRules:
-    """Per label, the reading (watershed with a split depth, or connected components),
-    and the minimum area, whose instance counts on the given (validation) images are
-    closest to the annotated counts (`true_counts[i][l]`, image i, label l), summed over
-    images as |predicted - true|.
+    """Per label, the reading (the watershed with a split depth or with an opening of the
+    seeds, or connected components), and the minimum area, whose instance counts on the
+    given (validation) images are closest to the annotated counts (`true_counts[i][l]`,
+    image i, label l), summed over images as |predicted - true|.
 
     `area_caps` (per label) bounds the minimum area: a count can come out right with a
     minimum area that drops real cells while other errors add instances, and on three
     validation slices that chose 256 px for ISBI cells and lost a third of the test
     cells. A minimum area above the label's cap is not tried (the smallest candidate
     always is). Ties go to the watershed (components merge touching cells), to the
-    shallower split (a cut the counts do not ask for can only break cells) and then to
-    the larger minimum area: the most noise dropped that costs no annotated cell. Each
-    label is judged with every label read the same way: an approximation, as a label's
-    count depends little on how the others are read.
+    shallower split and the smaller opening (a cut the counts do not ask for can only
+    break cells) and then to the larger minimum area: the most noise dropped that costs
+    no annotated cell. Each label is judged with every label read the same way: an
+    approximation, as a label's count depends little on how the others are read.
     """
     truth = np.asarray(true_counts, np.int64).reshape(len(probs), n_labels)
     # One slot per label: a cap may skip a label's first candidates, so labels do not
     # all find their first candidate in the same round.
-    best: list[tuple[tuple[int, int, float, int], int, float, bool] | None] = [None] * n_labels
-    readings = [(False, d) for d in split_depths] + [(True, 0.0)]
-    for apart, depth in readings:
+    best: list[tuple[tuple[int, int, float, int, int], int, float, bool, int] | None]
+    best = [None] * n_labels
+    # One neck cutter at a time: a split depth or an opening (both together cut twice).
+    readings = [(False, d, 0) for d in split_depths]
+    readings += [(False, 0.0, r) for r in openings if r > 0] + [(True, 0.0, 0)]
+    for apart, depth, radius in readings:
         for area in min_areas:
             found = np.zeros_like(truth)
             for i, p in enumerate(probs):
                 _, classes = instances_from_probs(
-                    p, n_labels, min_area=area, split_depth=depth, components=apart
+                    p,
+                    n_labels,
+                    min_area=area,
+                    split_depth=depth,
+                    components=apart,
+                    opening=radius,
                 )
                 found[i] = np.bincount(classes[1:], minlength=n_labels + 1)[1:]
             error = np.abs(found - truth).sum(axis=0)
             for lab in range(n_labels):
                 if area_caps is not None and not area_allowed(area, area_caps[lab], min_areas):
                     continue
-                key = (int(error[lab]), int(apart), float(depth), -int(area))
+                key = (int(error[lab]), int(apart), float(depth), radius, -int(area))
                 held = best[lab]
                 if held is None or key < held[0]:
-                    best[lab] = (key, area, depth, apart)
+                    best[lab] = (key, area, depth, apart, radius)
     chosen = [b for b in best if b is not None]
     if len(chosen) != n_labels:
         raise ValueError("no split depths or minimum areas to choose from")
     return InstanceRules(
-        [int(b[1]) for b in chosen], [float(b[2]) for b in chosen], [bool(b[3]) for b in chosen]
+        [int(b[1]) for b in chosen],
+        [float(b[2]) for b in chosen],
+        [bool(b[3]) for b in chosen],
+        [int(b[4]) for b in chosen],
     )
 
 
-def interior_seeds(interior: np.ndarray, split_depth: float = 0.0) -> np.ndarray:
+def interior_seeds(interior: np.ndarray, split_depth: float = 0.0, opening: int = 0) -> np.ndarray:
     """Seeds (int32 map, 0 = none) from one label's interior pixels (bool (H, W)).
 
-    Without `split_depth` each 8-connected interior blob is one seed. A network often
-    leaves a gap in the thin contour between touching cells, so two interiors join at a
-    neck; with `split_depth` > 0 a blob is cut at its necks: each maximum of the distance
-    to the blob's edge that rises at least `split_depth` pixels above the neck joining it
-    to a higher one becomes a seed (h-maxima), and the blob is shared among them by a
-    watershed of that distance. A single round cell has one maximum and stays whole;
-    blobs too thin to have a maximum of that height stay whole too.
+    Without `split_depth` or `opening` each 8-connected interior blob is one seed. A
+    network often leaves a gap in the thin contour between touching cells, so two
+    interiors join at a neck; two ways cut it, chosen per label on validation:
+    - `opening` > 0 (pixels): a morphological opening with a disk of that radius removes
+      every bridge narrower than its diameter (a gap in a predicted membrane) before the
+      blobs are labelled. The watershed gives the removed pixels back to the cells on
+      either side; a sliver the opening erases whole has no seed of its own (kept as one,
+      slivers became false cells on ISBI) and joins a neighbour or, where no seed reaches
+      it, becomes an instance of its own.
+    - `split_depth` > 0: each maximum of the distance to the blob's edge that rises at
+      least `split_depth` pixels above the neck joining it to a higher one becomes a seed
+      (h-maxima), and the blob is shared among them by a watershed of that distance. A
+      single round cell has one maximum and stays whole; blobs too thin to have a maximum
+      of that height stay whole too. Irregular cells have several maxima, which is why
+      the opening suits them better (EM sections of neurites).
     """
+    if opening > 0:
+        interior = ndimage.binary_opening(interior, structure=disk(opening))
     blobs, n = ndimage.label(interior, structure=_EIGHT)
     if n == 0 or split_depth <= 0:
         return blobs.astype(np.int32)

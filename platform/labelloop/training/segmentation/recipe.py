@@ -114,6 +114,10 @@ class SegmentationRecipe(BaseRecipe):
     # (cells that rarely touch; chosen on validation like the two above). Unset (None)
     # it stays out of the run's hash, so recorded runs keep theirs.
     instance_components: list[str] | None = None
+    # The radius in pixels of an opening that cuts interior bridges before seeding (a gap
+    # in a predicted membrane), per label, chosen like the split depth; unset, out of the
+    # hash like `instance_components`.
+    instance_opening: dict[str, int] | None = None
     tune_instances: bool = True
 
     @field_validator("encoder")
@@ -150,9 +154,11 @@ class SegmentationRecipe(BaseRecipe):
             )
         bad = {k: v for k, v in self.instance_min_area.items() if v < 1}
         bad |= {k: v for k, v in self.instance_split_depth.items() if v < 0}
+        bad |= {k: v for k, v in (self.instance_opening or {}).items() if v < 0}
         if bad:
             raise ValueError(
-                f"instance_min_area must be >= 1 and instance_split_depth >= 0, got {bad}"
+                "instance_min_area must be >= 1, instance_split_depth and instance_opening "
+                f">= 0, got {bad}"
             )
         if self.loss not in MODE_LOSSES[self.mode]:
             raise ValueError(
@@ -167,6 +173,7 @@ class SegmentationRecipe(BaseRecipe):
             "min_area": [self.instance_min_area.get(lb, DEFAULT_MIN_AREA) for lb in labels],
             "split_depth": [self.instance_split_depth.get(lb, 0.0) for lb in labels],
             "components": [lb in (self.instance_components or ()) for lb in labels],
+            "opening": [(self.instance_opening or {}).get(lb, 0) for lb in labels],
         }
 
     def _override_data(self, overrides: dict[str, Any]) -> dict[str, Any]:
