@@ -203,17 +203,24 @@ LOADERS = {
 
 
 def markdown_table(summary: dict) -> str:
-    """The BENCHMARKS.md table: labels needed for 95 % of the full-pool metric, area under
-    the curve and its paired gain over random (mean +/- sd over seeds), final values."""
+    """The BENCHMARKS.md table: labels needed for 95 % of the full-pool metric (when the
+    full pool was trained), area under the curve and its paired gain over random (mean
+    +/- sd over seeds, and in how many seeds it was ahead), final values."""
     pool = summary["pool"]
     full, target = summary["full"], summary["target"]
+    has_full = bool(full.get("seeds"))
     extra = [k for k in next(iter(summary["strategies"].values()))["curves"] if k != "metric"]
+    reference = summary["strategies"].get("random", {}).get("auc", {}).get("per_seed", {})
     head = [
         "strategy",
-        "labels for 95 % of full" + ("" if target is None else f" ({target:.3f})"),
-        "per seed",
+        *(
+            ["labels for 95 % of full" + ("" if target is None else f" ({target:.3f})"), "per seed"]
+            if has_full
+            else []
+        ),
         "AUC",
         "AUC gain over random (paired)",
+        "seeds ahead of random",
         f"{summary['metric']} at the last size",
         *[f"{k} at the last size" for k in extra],
     ]
@@ -225,22 +232,32 @@ def markdown_table(summary: dict) -> str:
             for _, v in sorted(st["labels_for_target_per_seed"].items())
         )
         gain = st.get("auc_gain_over_random", {})
+        paired = [k for k in st["auc"]["per_seed"] if k in reference]
+        ahead = sum(st["auc"]["per_seed"][k] > reference[k] for k in paired)
         cells = [
             name,
-            f"not reached by {st['sizes'][-1]}" if need is None else f"{need} of {pool}",
-            per_seed,
+            *(
+                [
+                    f"not reached by {st['sizes'][-1]}" if need is None else f"{need} of {pool}",
+                    per_seed,
+                ]
+                if has_full
+                else []
+            ),
             f"{st['auc']['mean']:.4f} ± {st['auc']['sd']:.4f}",
             "–"
             if name == "random"
             else f"{gain.get('mean', float('nan')):+.4f} ± {gain.get('sd', float('nan')):.4f}",
+            "–" if name == "random" or not paired else f"{ahead} of {len(paired)}",
             f"{st['curves']['metric']['mean'][-1]:.3f} ± {st['curves']['metric']['sd'][-1]:.3f}",
             *[f"{st['curves'][k]['mean'][-1]:.3f}" for k in extra],
         ]
         rows.append("| " + " | ".join(cells) + " |")
-    rows.append(
-        f"| full pool ({pool} images) | | | | | {full['mean']:.3f} ± {full['sd']:.3f} |"
-        + " |" * len(extra)
-    )
+    if has_full:
+        rows.append(
+            f"| full pool ({pool} images) | | | | | | {full['mean']:.3f} ± {full['sd']:.3f} |"
+            + " |" * len(extra)
+        )
     return "\n".join(rows)
 
 
