@@ -6,15 +6,21 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from labelloop.errors import ConfigError
 from labelloop.simulate import SimulationData, simulate
 from labelloop.simulate.__init__ import spec_hash
+from labelloop.training.classification.recipe import ClassificationRecipe
+from labelloop.training.detection.recipe import DetectionRecipe
+from labelloop.training.kind import get_kind
+from labelloop.training.recipe import parse_recipe
 from labelloop.training.segmentation.kind import KIND
 from labelloop.training.segmentation.recipe import SegmentationRecipe
 from tests.unit.segmentation_fixtures import make_manifest
+from tests.unit.test_classification_train import _manifest, _scene
 from tests.unit.test_simulate import _records, _spec
 
 TINY = {
@@ -38,6 +44,18 @@ def test_an_unset_warm_start_leaves_a_recipe_hash_as_it_was():
     assert recipe.recipe_hash() == before
     warm = recipe.model_copy(update={"init_from": "models/a.pt"})
     assert warm.recipe_hash() != before and warm.resume_key() != recipe.resume_key()
+
+
+def test_an_unset_weight_average_leaves_a_classification_hash_as_it_was():
+    recipe = ClassificationRecipe()
+    data = recipe.model_dump(mode="json")
+    for later in ("init_from", "tta_views", "ema_decay", "ema_tau"):
+        assert data.pop(later) is None
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    assert recipe.recipe_hash() == hashlib.sha256(text.encode()).hexdigest()
+    assert recipe.model_copy(update={"ema_decay": 0.99}).recipe_hash() != recipe.recipe_hash()
+    # A detector's average was always part of its recipe: explicitly off stays in its hash.
+    assert "ema_decay" in DetectionRecipe(ema_decay=None).canonical_json()
 
 
 def test_a_training_starts_from_the_given_weights(tmp_path):
@@ -72,6 +90,38 @@ def test_a_training_starts_from_the_given_weights(tmp_path):
             blobs.__getitem__,
             tmp_path / "e",
         )
+
+
+@pytest.mark.parametrize(
+    "task, recipe",
+    [
+        ("detection", {"image_size": 64, "batch_size": 4}),  # averages by default
+        (
+            "classification",
+            {"encoder": "test_resnet", "source": "crops", "image_size": 32, "ema_decay": 0.99},
+        ),
+    ],
+)
+def test_a_warm_start_also_starts_the_weight_average(tmp_path, task, recipe):
+    """With a moving average of the weights, the network the optimiser trains and the
+    average that is validated and saved both start from the given weights (loading only
+    the average let the trained network start from scratch, and the average follow it)."""
+    kind = get_kind(task)
+    rng = np.random.default_rng(0)
+    manifest, blobs = _manifest([(*_scene(rng), "val" if i == 3 else "train") for i in range(4)])
+    manifest["project"]["task"] = task
+    recipe_cls = type(parse_recipe({"task": task}))
+    # Another seed: the saved weights are far from where a fresh network starts.
+    first = kind.train(
+        manifest, recipe_cls(epochs=1, seed=1, **recipe), blobs.__getitem__, tmp_path / "a"
+    )
+    blobs["models/prev.pt"] = first.weights_path.read_bytes()
+    still = recipe_cls(epochs=1, lr=1e-12, init_from="models/prev.pt", **recipe)
+    warm = kind.train(manifest, still, blobs.__getitem__, tmp_path / "b")
+    a = torch.load(first.weights_path, weights_only=True)
+    b = torch.load(warm.weights_path, weights_only=True)
+    params = [k for k in a if a[k].is_floating_point() and "running" not in k]
+    assert max((a[k] - b[k]).abs().max().item() for k in params) < 1e-4
 
 
 def test_a_warm_started_simulation_fine_tunes_each_step(tmp_path):

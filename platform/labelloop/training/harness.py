@@ -12,6 +12,7 @@ and returns the best epoch's network weights.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -454,6 +455,48 @@ class BudgetedSystem(pl.LightningModule):
     network: torch.nn.Module
     recipe: BaseRecipe
 
+    def average_weights(self, network: nn.Module, decay: float | None, tau: float) -> None:
+        """Train `network` and, when `decay` is set, make `self.network` (what validation
+        scores and the harness saves) the exponential moving average of its weights.
+
+        Averaging smooths the noisy updates of small-batch training from scratch: the
+        kept weights sit between the last steps' rather than at the last one. The decay
+        ramps up as decay * (1 - exp(-updates / tau)), so the average follows the
+        network closely while it is still far from trained.
+        """
+        self.ema_decay, self.ema_tau = decay, tau
+        if decay is None:
+            self.network = network
+        else:
+            self.student = network
+            self.network = copy.deepcopy(network).requires_grad_(False)
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.float64))
+
+    @property
+    def trained(self) -> nn.Module:
+        """The network the optimiser updates: `network`, or the one it averages."""
+        student = self._modules.get("student")
+        return student if student is not None else self.network
+
+    def start_from(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a saved network's weights into the trained network and its average."""
+        for module in {id(m): m for m in (self.trained, self.network)}.values():
+            module.load_state_dict(state, strict=True)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        student = self._modules.get("student")
+        if student is None or self.ema_decay is None:
+            return
+        self.ema_updates += 1
+        d = self.ema_decay * (1 - math.exp(-float(self.ema_updates) / self.ema_tau))
+        with torch.no_grad():
+            live = student.state_dict()
+            for k, v in self.network.state_dict().items():
+                if v.dtype.is_floating_point:
+                    v.mul_(d).add_(live[k].detach(), alpha=1 - d)
+                else:
+                    v.copy_(live[k])
+
     def _progress(self) -> float:
         total = self.trainer.estimated_stepping_batches
         done = self.global_step / total if total and math.isfinite(total) else 0.0
@@ -465,7 +508,7 @@ class BudgetedSystem(pl.LightningModule):
         return done
 
     def configure_optimizers(self) -> dict[str, Any]:
-        params = self.network.parameters()
+        params = self.trained.parameters()
         r = self.recipe
         if r.optimizer == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD(
@@ -497,12 +540,12 @@ class TrainingPlan:
     calibration: Calibration | None = None
 
 
-def warm_start(network: nn.Module, weights: bytes, name: str) -> None:
+def warm_start(system: BudgetedSystem, weights: bytes, name: str) -> None:
     """Start from a saved network's weights (read weights-only) instead of from scratch:
     the loop as users run it fine-tunes the previous round's model on the grown set."""
     state = load_state_dict(weights)
     try:
-        network.load_state_dict(state, strict=True)
+        system.start_from(state)
     except RuntimeError as exc:
         raise ConfigError(
             f"warm-start weights {name} do not fit this recipe's network: {exc}"
@@ -533,7 +576,7 @@ def train(
         has_val = dm.has_val()
         system = plan.build_system(dm, recipe)
         if recipe.init_from:
-            warm_start(system.network, fetch(recipe.init_from), recipe.init_from)
+            warm_start(system, fetch(recipe.init_from), recipe.init_from)
         result = fit(
             system,
             dm,

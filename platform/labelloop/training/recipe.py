@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -54,6 +54,8 @@ class BaseRecipe(BaseModel):
     `task` and its own fields; `parse_recipe` picks the class from `task`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    # The kind's fields that LATER_OPTIONAL describes (a kind adds its own).
+    later_optional: ClassVar[frozenset[str]] = LATER_OPTIONAL
 
     task: str
     encoder: str = "resnet18"
@@ -83,7 +85,7 @@ class BaseRecipe(BaseModel):
         """The fields that identify a run; optional fields added after runs were recorded
         count only when set, so every recorded run keeps its hash."""
         data = self.model_dump(mode="json")
-        return {k: v for k, v in data.items() if not (k in LATER_OPTIONAL and v is None)}
+        return {k: v for k, v in data.items() if not (k in self.later_optional and v is None)}
 
     def canonical_json(self) -> str:
         return json.dumps(self._identity(), sort_keys=True, separators=(",", ":"))

@@ -8,11 +8,11 @@ name; a typo is refused when the recipe is read, not minutes into a run.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from labelloop.training.recipe import Augment, BaseRecipe
+from labelloop.training.recipe import LATER_OPTIONAL, Augment, BaseRecipe
 
 SourceName = Literal["image", "crops"]
 BalanceName = Literal["none", "loss", "sampler"]
@@ -21,6 +21,9 @@ BalanceName = Literal["none", "loss", "sampler"]
 DEFAULT_ENCODER = "lcnet_050"
 # Flips / quarter turns averaged at evaluation and prediction when a recipe names none.
 DEFAULT_TTA_VIEWS = 8
+# Steps over which the weight average's decay ramps up when a recipe names none: a few
+# epochs of a few thousand crops.
+DEFAULT_EMA_TAU = 100.0
 
 
 def _default_augment() -> Augment:
@@ -31,6 +34,8 @@ def _default_augment() -> Augment:
 
 class ClassificationRecipe(BaseRecipe):
     """A timm classifier over whole images or over crops around annotated cells."""
+
+    later_optional: ClassVar[frozenset[str]] = LATER_OPTIONAL | {"ema_decay", "ema_tau"}
 
     task: Literal["classification"] = "classification"
     encoder: str = DEFAULT_ENCODER
@@ -53,6 +58,11 @@ class ClassificationRecipe(BaseRecipe):
     # evaluation, calibration and prediction (1 = the image as it is). It changes no
     # weights, so unset (None: DEFAULT_TTA_VIEWS) it stays out of the run's hash.
     tta_views: int | None = Field(None, ge=1, le=8)
+    # Exponential moving average of the weights, which validation and the saved model use
+    # (None: the raw weights); its decay ramps up as decay * (1 - exp(-updates / ema_tau))
+    # (None: DEFAULT_EMA_TAU steps). See `BudgetedSystem.average_weights`.
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
+    ema_tau: float | None = Field(None, gt=0.0)
 
     @property
     def views(self) -> int:

@@ -1,4 +1,5 @@
-"""The classifier's training system: cross-entropy, validation macro-F1 and accuracy."""
+"""The classifier's training system: cross-entropy, validation macro-F1 and accuracy, and
+optionally a moving average of the weights (`ema_decay`) as what is validated and kept."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from labelloop.training.classification.evaluate import scores_from_confusion
-from labelloop.training.classification.recipe import ClassificationRecipe
+from labelloop.training.classification.recipe import DEFAULT_EMA_TAU, ClassificationRecipe
 from labelloop.training.harness import BudgetedSystem
 
 
@@ -28,7 +29,7 @@ class ClassificationSystem(BudgetedSystem):
         class_weights: Sequence[float] | None = None,
     ):
         super().__init__()
-        self.network = network
+        self.average_weights(network, recipe.ema_decay, recipe.ema_tau or DEFAULT_EMA_TAU)
         self.recipe = recipe
         self.labels = list(labels)
         weight = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights else None
@@ -42,7 +43,7 @@ class ClassificationSystem(BudgetedSystem):
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
         x, y = batch
-        loss = self.loss_fn(self(x), y)
+        loss = self.loss_fn(self.trained(x), y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss
 

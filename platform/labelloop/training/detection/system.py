@@ -1,15 +1,12 @@
 """The detection system: TAL loss, weight EMA, mosaic schedule and val mAP around a Detector.
 
 `self.network` is what validation scores and the harness saves: the exponential moving
-average of the trained weights (`self.student`) when the recipe enables EMA. Averaging
-smooths the noisy updates of small-batch training from scratch, and YOLO-style detectors
-rely on it for their validation numbers.
+average of the trained weights (`BudgetedSystem.average_weights`) when the recipe enables
+EMA, as YOLO-style detectors do for their validation numbers.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,19 +49,9 @@ class DetectionSystem(BudgetedSystem):
         super().__init__()
         self.recipe = recipe
         self.labels = list(labels)
-        self.use_ema = recipe.ema_decay is not None
-        if self.use_ema:
-            self.student = network
-            self.network = copy.deepcopy(network).requires_grad_(False)
-        else:
-            self.network = network
-        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.float64))
+        self.average_weights(network, recipe.ema_decay, recipe.ema_tau)
         self.loss_fn = DetectionLoss(recipe)
         self.val_map = map_metric()
-
-    @property
-    def trained(self) -> nn.Module:
-        return self.student if self.use_ema else self.network
 
     def forward(self, x: torch.Tensor) -> Any:
         return self.network(x)
@@ -86,21 +73,6 @@ class DetectionSystem(BudgetedSystem):
         for name in ("box", "cls", "dfl"):
             self.log(f"train_{name}", parts[name], on_step=False, on_epoch=True, batch_size=n)
         return parts["loss"]
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if not self.use_ema:
-            return
-        self.ema_updates += 1
-        r = self.recipe
-        assert r.ema_decay is not None
-        d = r.ema_decay * (1 - math.exp(-float(self.ema_updates) / r.ema_tau))
-        with torch.no_grad():
-            ema, live = self.network.state_dict(), self.student.state_dict()
-            for k, v in ema.items():
-                if v.dtype.is_floating_point:
-                    v.mul_(d).add_(live[k].detach(), alpha=1 - d)
-                else:
-                    v.copy_(live[k])
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         images, boxes, classes, mask = batch
