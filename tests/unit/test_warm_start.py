@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,6 +59,15 @@ def test_an_unset_weight_average_leaves_a_classification_hash_as_it_was():
     assert "ema_decay" in DetectionRecipe(ema_decay=None).canonical_json()
 
 
+def _moved(start: Path, end: Path) -> float:
+    """The largest change of a parameter between two saved networks (parameters only:
+    batch-norm running statistics follow the data in train mode)."""
+    a = torch.load(start, weights_only=True)
+    b = torch.load(end, weights_only=True)
+    params = [k for k in a if a[k].is_floating_point() and "running" not in k]
+    return max((a[k] - b[k]).abs().max().item() for k in params)
+
+
 def test_a_training_starts_from_the_given_weights(tmp_path):
     manifest, blobs = make_manifest({"train": 4, "val": 1})
     first = KIND.train(
@@ -67,12 +77,7 @@ def test_a_training_starts_from_the_given_weights(tmp_path):
     # A learning rate too small to move anything: the result is the starting point.
     recipe = SegmentationRecipe(epochs=1, lr=1e-12, init_from="models/prev.pt", **TINY)
     warm = KIND.train(manifest, recipe, blobs.__getitem__, tmp_path / "b")
-    a = torch.load(first.weights_path, weights_only=True)
-    b = torch.load(warm.weights_path, weights_only=True)
-    # Parameters only: batch-norm running statistics follow the data in train mode.
-    params = [k for k in a if a[k].is_floating_point() and "running" not in k]
-    moved = max((a[k] - b[k]).abs().max().item() for k in params)
-    assert moved < 1e-4
+    assert _moved(first.weights_path, warm.weights_path) < 1e-4
     cold = KIND.train(
         manifest, recipe.model_copy(update={"init_from": None}), blobs.__getitem__, tmp_path / "c"
     )
@@ -118,10 +123,7 @@ def test_a_warm_start_also_starts_the_weight_average(tmp_path, task, recipe):
     blobs["models/prev.pt"] = first.weights_path.read_bytes()
     still = recipe_cls(epochs=1, lr=1e-12, init_from="models/prev.pt", **recipe)
     warm = kind.train(manifest, still, blobs.__getitem__, tmp_path / "b")
-    a = torch.load(first.weights_path, weights_only=True)
-    b = torch.load(warm.weights_path, weights_only=True)
-    params = [k for k in a if a[k].is_floating_point() and "running" not in k]
-    assert max((a[k] - b[k]).abs().max().item() for k in params) < 1e-4
+    assert _moved(first.weights_path, warm.weights_path) < 1e-4
 
 
 def test_a_warm_started_simulation_fine_tunes_each_step(tmp_path):
