@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from labelloop.errors import ConfigError, InputError
 from labelloop.imaging import encode_png
 from labelloop.ingest.records import RecordAnnotation, SourceRecord
-from labelloop.simulate import FULL, SimulationData, load_spec, simulate
+from labelloop.simulate import FULL, SimulationData, load_spec, simulate, spec_hash
 from labelloop.simulate.loop import run_one
 from labelloop.simulate.oracle import data_from_source
 from labelloop.simulate.report import summarise
@@ -95,6 +95,21 @@ def test_simulation_reveals_only_what_each_strategy_selects(tmp_path):
         more, tmp_path / "out", data, on_run=lambda r, d, t: calls.append(d), run_missing=False
     )
     assert len(calls) == 8 and partial["strategies"]["uncertainty"]["seeds"] == 2
+    # Another list of strategies reuses the runs it shares with the finished one.
+    fewer = simulate(
+        _spec(strategies=["random", "uncertainty"]),
+        tmp_path / "out",
+        data,
+        on_run=lambda r, d, t: calls.append(d),
+    )
+    assert len(calls) == 8 and fewer["strategies"]["uncertainty"]["seeds"] == 2
+    # Runs recorded under the hash of the whole spec (as runs were before) still count.
+    log = tmp_path / "out" / "runs.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    legacy = [{**r, "spec": spec_hash(_spec())} if r["strategy"] != FULL else r for r in rows]
+    log.write_text("".join(json.dumps(r) + "\n" for r in legacy))
+    simulate(_spec(), tmp_path / "out", data, on_run=lambda r, d, t: calls.append(d))
+    assert len(calls) == 8
 
 
 def test_summary_labels_for_target_and_auc():
@@ -168,9 +183,20 @@ def test_cli_runs_a_spec_file(tmp_path, monkeypatch):
 
 
 def test_full_references_survive_a_change_of_strategies_or_sizes():
-    from labelloop.simulate import spec_hash
-
     a, b = _spec(), _spec(sizes=[2, 3], strategies=["random"], seeds=[0, 1, 2, 3])
     assert spec_hash(a, FULL) == spec_hash(b, FULL)
     assert spec_hash(a, "random") != spec_hash(b, "random")
     assert spec_hash(a, FULL) != spec_hash(_spec(recipe={**TINY, "epochs": 2}), FULL)
+
+
+def test_a_strategy_run_keeps_its_hash_when_other_strategies_come_and_go():
+    a = _spec(strategies=["random", "uncertainty"])
+    b = _spec(strategies=["random", "uncertainty", "coreset"], methods={"coreset": "margin"})
+    assert spec_hash(a, "random") == spec_hash(b, "random")
+    assert spec_hash(a, "uncertainty") == spec_hash(b, "uncertainty")
+    # What the run itself depends on still counts: its method, its sizes, the recipe.
+    assert spec_hash(a, "uncertainty") != spec_hash(
+        _spec(strategies=["random", "uncertainty"], methods={"uncertainty": "margin"}),
+        "uncertainty",
+    )
+    assert spec_hash(a, "random") != spec_hash(_spec(strategies=["random"], sizes=[2, 3]), "random")

@@ -24,13 +24,14 @@ from labelloop.simulate.oracle import SimulationData, data_from_source
 from labelloop.simulate.report import plot, summarise
 from labelloop.simulate.spec import SimulationSpec, load_spec
 
-__all__ = ["FULL", "SimulationData", "SimulationSpec", "load_spec", "simulate"]
+__all__ = ["FULL", "SimulationData", "SimulationSpec", "load_spec", "simulate", "spec_hash"]
 
 _DATA: SimulationData | None = None  # set before forking workers: they inherit it
 
 
 _BASE_SKIP = {"jobs", "name", "seeds"}
-_STRATEGY_FIELDS = {"strategies", "methods", "params", "sizes", "include_full"}
+_LISTS = {"strategies", "methods", "params", "include_full"}
+_STRATEGY_FIELDS = _LISTS | {"sizes"}
 # Added later: unset, runs recorded before them still count.
 _LATER = ("warm_start", "warm_epochs", "control_fraction")
 
@@ -45,8 +46,15 @@ def _digest(spec: SimulationSpec, skip: set[str], **extra: Any) -> str:
 
 def spec_hash(spec: SimulationSpec, strategy: str | None = None) -> str:
     """What a finished run depends on. The full-pool reference ignores the strategies and
-    label sizes, so changing those keeps the (expensive) references already trained."""
-    return _digest(spec, _BASE_SKIP | (_STRATEGY_FIELDS if strategy == FULL else set()))
+    label sizes, so changing those keeps the (expensive) references already trained; a
+    strategy's run depends on its own scoring method and parameters, not on which other
+    strategies the spec lists, so adding one to a finished simulation runs only it."""
+    if strategy == FULL:
+        return _digest(spec, _BASE_SKIP | _STRATEGY_FIELDS)
+    if strategy is None:
+        return _digest(spec, _BASE_SKIP)
+    own = {"strategy": strategy, "method": spec.methods.get(strategy)}
+    return _digest(spec, _BASE_SKIP | _LISTS, run={**own, "params": spec.params.get(strategy)})
 
 
 def seed_set_hash(spec: SimulationSpec) -> str:
@@ -97,7 +105,10 @@ def simulate(
         for line in log.read_text().splitlines():
             row = json.loads(line)
             key = (row["strategy"], row["seed"])
-            if key in wanted and row.get("spec") == spec_hash(spec, row["strategy"]):
+            # Runs recorded under the hash of the whole spec (before strategies were
+            # hashed one by one) still count while the spec is unchanged.
+            stored = row.get("spec")
+            if key in wanted and stored in (spec_hash(spec, row["strategy"]), spec_hash(spec)):
                 done.append(row)
                 wanted.discard(key)  # one row per run, the first one written
     finished = {(r["strategy"], r["seed"]) for r in done}
