@@ -245,9 +245,7 @@ def markdown_table(summary: dict) -> str:
                 else []
             ),
             f"{st['auc']['mean']:.4f} ± {st['auc']['sd']:.4f}",
-            "–"
-            if name == "random"
-            else f"{gain.get('mean', float('nan')):+.4f} ± {gain.get('sd', float('nan')):.4f}",
+            "–" if not gain else f"{gain['mean']:+.4f} ± {gain['sd']:.4f}",
             "–" if name == "random" or not paired else f"{ahead} of {len(paired)}",
             f"{st['curves']['metric']['mean'][-1]:.3f} ± {st['curves']['metric']['sd'][-1]:.3f}",
             *[f"{st['curves'][k]['mean'][-1]:.3f}" for k in extra],
