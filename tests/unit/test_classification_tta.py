@@ -15,6 +15,7 @@ from labelloop.training.classification.evaluate import evaluate_samples, predict
 from labelloop.training.classification.predict import predict
 from labelloop.training.classification.recipe import DEFAULT_TTA_VIEWS, ClassificationRecipe
 from labelloop.training.classification.views import classification_views
+from labelloop.training.detection.recipe import DetectionRecipe
 from labelloop.training.passes import DIHEDRAL, transform_image
 
 LABELS = ["a", "b"]
@@ -76,9 +77,14 @@ def test_evaluation_scores_the_averaged_views():
 def test_unset_views_leave_the_recipe_hash_as_it_was():
     recipe = ClassificationRecipe()
     data = recipe.model_dump(mode="json")
-    assert data.pop("tta_views") is None and data.pop("init_from") is None
+    # Fields added after runs were recorded, unset: a recorded recipe's hash is unchanged.
+    for later in ("init_from", "tta_views", "ema_decay", "ema_tau"):
+        assert data.pop(later) is None
     before = hashlib.sha256(
         json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     ).hexdigest()
     assert recipe.recipe_hash() == before
     assert recipe.with_overrides({"tta_views": 1}).recipe_hash() != before
+    assert recipe.with_overrides({"ema_decay": 0.99}).recipe_hash() != before
+    # A detector's weight average was always part of its recipe: off stays in its hash.
+    assert "ema_decay" in DetectionRecipe(ema_decay=None).canonical_json()

@@ -14,8 +14,6 @@ import torch
 from labelloop.errors import ConfigError
 from labelloop.simulate import SimulationData, simulate
 from labelloop.simulate.__init__ import spec_hash
-from labelloop.training.classification.recipe import ClassificationRecipe
-from labelloop.training.detection.recipe import DetectionRecipe
 from labelloop.training.kind import get_kind
 from labelloop.training.recipe import parse_recipe
 from labelloop.training.segmentation.kind import KIND
@@ -45,18 +43,6 @@ def test_an_unset_warm_start_leaves_a_recipe_hash_as_it_was():
     assert recipe.recipe_hash() == before
     warm = recipe.model_copy(update={"init_from": "models/a.pt"})
     assert warm.recipe_hash() != before and warm.resume_key() != recipe.resume_key()
-
-
-def test_an_unset_weight_average_leaves_a_classification_hash_as_it_was():
-    recipe = ClassificationRecipe()
-    data = recipe.model_dump(mode="json")
-    for later in ("init_from", "tta_views", "ema_decay", "ema_tau"):
-        assert data.pop(later) is None
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    assert recipe.recipe_hash() == hashlib.sha256(text.encode()).hexdigest()
-    assert recipe.model_copy(update={"ema_decay": 0.99}).recipe_hash() != recipe.recipe_hash()
-    # A detector's average was always part of its recipe: explicitly off stays in its hash.
-    assert "ema_decay" in DetectionRecipe(ema_decay=None).canonical_json()
 
 
 def _moved(start: Path, end: Path) -> float:
