@@ -53,8 +53,12 @@ def spec_hash(spec: SimulationSpec, strategy: str | None = None) -> str:
         return _digest(spec, _BASE_SKIP | _STRATEGY_FIELDS)
     if strategy is None:
         return _digest(spec, _BASE_SKIP)
-    own = {"strategy": strategy, "method": spec.methods.get(strategy)}
-    return _digest(spec, _BASE_SKIP | _LISTS, run={**own, "params": spec.params.get(strategy)})
+    run = {
+        "strategy": strategy,
+        "method": spec.methods.get(strategy),
+        "params": spec.params.get(strategy),
+    }
+    return _digest(spec, _BASE_SKIP | _LISTS, run=run)
 
 
 def seed_set_hash(spec: SimulationSpec) -> str:
@@ -102,13 +106,14 @@ def simulate(
     done: list[dict] = []
     wanted = set(_jobs(spec))
     if log.exists():
+        # Runs recorded under the hash of the whole spec (before strategies were hashed
+        # one by one) still count while the spec is unchanged.
+        whole = spec_hash(spec)
+        hashes = {s: (spec_hash(spec, s), whole) for s, _ in wanted}
         for line in log.read_text().splitlines():
             row = json.loads(line)
             key = (row["strategy"], row["seed"])
-            # Runs recorded under the hash of the whole spec (before strategies were
-            # hashed one by one) still count while the spec is unchanged.
-            stored = row.get("spec")
-            if key in wanted and stored in (spec_hash(spec, row["strategy"]), spec_hash(spec)):
+            if key in wanted and row.get("spec") in hashes[row["strategy"]]:
                 done.append(row)
                 wanted.discard(key)  # one row per run, the first one written
     finished = {(r["strategy"], r["seed"]) for r in done}
