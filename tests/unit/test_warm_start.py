@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from labelloop.errors import ConfigError
-from labelloop.simulate import SimulationData, simulate
+from labelloop.simulate import FULL, SimulationData, simulate
 from labelloop.simulate.__init__ import spec_hash
+from labelloop.simulate.loop import run_one
 from labelloop.training.kind import get_kind
 from labelloop.training.recipe import parse_recipe
 from labelloop.training.segmentation.kind import KIND
@@ -133,3 +134,18 @@ def test_a_warm_started_simulation_fine_tunes_each_step(tmp_path):
     # Specs that do not ask for warm starts keep the hash their finished runs were stored under.
     assert spec_hash(_spec()) == spec_hash(_spec(warm_start=False, control_fraction=0.0))
     assert spec_hash(_spec()) != spec_hash(_spec(warm_start=True))
+
+
+def test_a_warm_loops_full_reference_trains_as_long_as_the_whole_loop(tmp_path):
+    """A warm loop of three steps (1 epoch, then 2 + 2 fine-tuning) has trained 5 epochs;
+    its full-pool reference gets the same, where a cold loop's gets one step's."""
+    data = SimulationData(_records(8, 0, "p"), _records(2, 1, "t"))
+    warm = _spec(seeds=[0], warm_start=True, warm_epochs=2)
+    assert warm.reference_epochs(3) == 5 and _spec().reference_epochs(3) is None
+    run = run_one(warm, data, FULL, 0, tmp_path / "w")
+    assert [p["epochs"] for p in run["points"]] == [5]
+    # The reference depends on the loop's length only when the loop is warm.
+    assert spec_hash(warm, FULL) != spec_hash(
+        _spec(seeds=[0], warm_start=True, warm_epochs=2, sizes=[2, 4]), FULL
+    )
+    assert spec_hash(_spec(), FULL) == spec_hash(_spec(sizes=[2, 4]), FULL)

@@ -50,7 +50,9 @@ def spec_hash(spec: SimulationSpec, strategy: str | None = None) -> str:
     strategy's run depends on its own scoring method and parameters, not on which other
     strategies the spec lists, so adding one to a finished simulation runs only it."""
     if strategy == FULL:
-        return _digest(spec, _BASE_SKIP | _STRATEGY_FIELDS)
+        # A warm loop's reference trains as long as the loop's steps together.
+        steps = {"steps": len(spec.sizes)} if spec.warm_start else {}
+        return _digest(spec, _BASE_SKIP | _STRATEGY_FIELDS, **steps)
     if strategy is None:
         return _digest(spec, _BASE_SKIP)
     run = {

@@ -153,7 +153,9 @@ def _run(
             ).all()
         )
     record_of = {image_of[k]: by_id[k] for k in by_id}
-    sizes = [len(data.pool)] if strategy == FULL else [s for s in spec.sizes if s < len(data.pool)]
+    steps = [s for s in spec.sizes if s < len(data.pool)]
+    sizes = [len(data.pool)] if strategy == FULL else steps
+    epochs = spec.reference_epochs(len(steps)) if strategy == FULL else None
     order = sorted(by_id)
     labelled = set(random.Random(seed).sample(order, sizes[0]))
     if kept is None:
@@ -166,7 +168,9 @@ def _run(
             mv_id, previous = kept["model_version_id"], kept["artifact"]
             point: dict[str, Any] = {**kept["point"], "shared": True}
         else:
-            mv_id, previous, point = _train_step(ctx, spec, name, seed, len(labelled), previous)
+            mv_id, previous, point = _train_step(
+                ctx, spec, name, seed, len(labelled), previous, epochs
+            )
             if step == 0 and keep is not None and len(sizes) > 1:
                 state = {"model_version_id": mv_id, "artifact": previous, "point": point}
                 _keep_first_step(ctx, keep, state)
@@ -210,12 +214,21 @@ def _run(
 
 
 def _train_step(
-    ctx: Context, spec: SimulationSpec, name: str, seed: int, labelled: int, previous: str | None
+    ctx: Context,
+    spec: SimulationSpec,
+    name: str,
+    seed: int,
+    labelled: int,
+    previous: str | None,
+    epochs: int | None = None,
 ) -> tuple[int, str, dict[str, Any]]:
-    """Freeze what is labelled, train on it (warm from `previous` where the spec says so)
-    and measure on the test split: (model version id, its artifact, the curve's point)."""
+    """Freeze what is labelled, train on it (warm from `previous` where the spec says so,
+    for `epochs` where given) and measure on the test split: (model version id, its
+    artifact, the curve's point)."""
     dv = freeze(ctx, name).dataset_version_id
     overrides = _overrides(spec, seed, labelled)
+    if epochs is not None:
+        overrides["epochs"] = epochs
     if spec.warm_start and previous is not None:
         overrides["init_from"] = previous
         if spec.warm_epochs:

@@ -74,6 +74,22 @@ class SimulationSpec(BaseModel):
     # (`selection.guard`): a strategy's curve then includes what the guard did.
     control_fraction: float = Field(0.0, ge=0, lt=1)
 
+    def reference_epochs(self, steps: int) -> int | None:
+        """The full-pool reference's epochs: None (the recipe's) for loops that retrain from
+        scratch, which each step trains as long as the reference; a warm-started loop of
+        `steps` trainings has trained as long as all of them together, and the reference
+        it is measured against gets the same (equal compute, so "95 % of full" means
+        labels saved, not training withheld from the reference)."""
+        if not self.warm_start:
+            return None
+        from labelloop.training.recipe import recipe_class
+
+        first = (
+            self.recipe.get("epochs")
+            or recipe_class(self.task.value).model_fields["epochs"].default
+        )
+        return int(first + (self.warm_epochs or first) * (steps - 1))
+
     @model_validator(mode="after")
     def _check(self) -> SimulationSpec:
         if any(b <= a for a, b in zip(self.sizes, self.sizes[1:], strict=False)):
