@@ -280,7 +280,8 @@ def main() -> None:
     summary["confusion_png"] = png.name
     rule = stain_rule(manifest, fetch, manifest["labels"], 128, test.targets)
     rule_pred = rule.pop("test_predictions")
-    averaged = np.mean(probs, axis=0).argmax(1)
+    mean_probs = np.mean(probs, axis=0)
+    averaged = mean_probs.argmax(1)
     agree = averaged == rule_pred
     rule["network_agrees_on"] = int(agree.sum())
     rule["accuracy_where_both_agree"] = round(
@@ -304,7 +305,7 @@ def main() -> None:
         plot_shared_errors(
             test.crops,
             test.targets,
-            np.mean(probs, axis=0),
+            mean_probs,
             agreement["shared_error_indices"],
             manifest["labels"],
             shared_png,

@@ -56,7 +56,8 @@ selects images; each step trains on what is labelled and is measured on a fixed 
 
 Writes curves (mean ± sd over seeds), the area under each curve and the labels each
 strategy needs for 95 % of the full-pool metric. An interrupted run resumes from
-runs.jsonl.
+runs.jsonl. With `warm_start: true` each step fine-tunes the previous step's model for
+`warm_epochs`, and the full-pool reference trains as long as all the steps together.
 
 Example spec:
 
