@@ -202,7 +202,7 @@ def main() -> None:
     ap.add_argument("--rot90", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--zoom", type=float, default=0.15, help="relative zoom augmentation")
     ap.add_argument("--scale", type=float, default=0.5, help="input scale (0.5: half size)")
-    ap.add_argument("--precision", default="bf16", choices=["32", "bf16", "auto"])
+    ap.add_argument("--precision", default="auto", choices=["32", "bf16", "auto"])
     ap.add_argument("--val", default="22-24", help='validation image ids, or "none"')
     ap.add_argument(
         "--register",

@@ -9,6 +9,7 @@ from labelloop.training import harness
 from labelloop.training.common import balanced_class_weights
 from labelloop.training.harness import (
     FINAL_LR_FACTOR,
+    DevicePlan,
     compute_threads,
     lr_factor,
     trainer_precision,
@@ -109,6 +110,20 @@ def test_precision_maps_to_lightning_and_auto_follows_the_hardware(monkeypatch):
     assert trainer_precision("auto") == "32-true"
     monkeypatch.setattr(harness, "native_bf16", lambda device: True)
     assert trainer_precision("auto") == "bf16-mixed"
+
+
+def test_bf16_on_a_cpu_that_emulates_it_is_kept_but_logged(monkeypatch, caplog):
+    cpu = DevicePlan("cpu", 1, "auto")
+    monkeypatch.setattr(harness, "native_bf16", lambda device: False)
+    with caplog.at_level("WARNING", logger=harness.__name__):
+        assert trainer_precision("bf16", cpu) == "bf16-mixed"
+    assert "emulates bfloat16" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(harness, "native_bf16", lambda device: True)
+    with caplog.at_level("WARNING", logger=harness.__name__):
+        assert trainer_precision("bf16", cpu) == "bf16-mixed"
+        assert trainer_precision("32", cpu) == "32-true"
+    assert caplog.text == ""
 
 
 def test_threads_follow_omp_num_threads_when_set(monkeypatch):

@@ -413,7 +413,17 @@ def _cuda_bf16_in_child() -> bool:
 
 def trainer_precision(precision: str, plan: DevicePlan | None = None) -> str:
     """Lightning's precision for a recipe's `precision` ("32", "bf16", "auto") on the
-    devices of `plan` (default: `device_plan()`)."""
+    devices of `plan` (default: `device_plan()`). An explicit "bf16" on a CPU that only
+    emulates bfloat16 is honoured but logged: there it trains several times slower than
+    float32, a cost nobody asking for mixed precision means to pay."""
+    if precision == "bf16":
+        plan = plan or device_plan()
+        if plan.accelerator == "cpu" and not native_bf16("cpu"):
+            _log.warning(
+                "precision bf16 asked for, but this CPU emulates bfloat16 (no AVX512-BF16 or "
+                "AMX): training will be several times slower than in float32; "
+                "`precision: auto` takes float32 here"
+            )
     if precision == "auto":
         plan = plan or device_plan()
         if plan.accelerator == "cuda" and plan.distributed:
