@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from labelloop.cli.main import app
+from labelloop.cli.render import selection_order
 from tests.factories import small_export
 
 runner = CliRunner()
@@ -266,3 +267,10 @@ def test_train_while_the_project_is_locked_leaves_no_queued_run(tmp_path):
     assert lock_name("cells") in r.output or "held" in r.output
     assert "\N{LOCK}" not in r.output
     assert _training_runs() == 0
+
+
+def test_a_rounds_title_says_least_confident_first_only_for_uncertainty():
+    assert selection_order("uncertainty") == "least confident first"
+    assert "least confident" not in selection_order("random")
+    hybrid = selection_order("hybrid")
+    assert "least confident" not in hybrid and "hybrid" in hybrid

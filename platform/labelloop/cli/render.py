@@ -26,6 +26,17 @@ def _count_err(model: dict, label: str) -> str:
     return f"{err:.1%}" + ("" if count_warning(model) is None else "*")
 
 
+def selection_order(strategy: str) -> str:
+    """How a round's ranks read. Only `uncertainty` ranks by the score alone; the others
+    also weigh diversity, class balance or chance, so their uncertainty column is not
+    sorted, and a title saying "least confident first" would misstate their order."""
+    if strategy == "uncertainty":
+        return "least confident first"
+    if strategy == "random":
+        return "a random sample"
+    return f"in the order {strategy} chose them, which is not by uncertainty alone"
+
+
 def render_status(st: dict, console: Console, *, items: int = 10) -> None:
     p = st["project"]
     im = st["images"]
@@ -95,7 +106,7 @@ def render_status(st: dict, console: Console, *, items: int = 10) -> None:
         labels = p["labels"]
         t = Table(
             title=f"round {rnd['number']} ({rnd['strategy']}, {rnd['size']} images, "
-            f"{rnd['status']}) — least confident first",
+            f"{rnd['status']}) — {selection_order(rnd['strategy'])}",
             title_justify="left",
         )
         for c in ("rank", "image", "uncertainty", *[f"pred {lb}" for lb in labels]):
