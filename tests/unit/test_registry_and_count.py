@@ -225,3 +225,31 @@ def test_a_round_uses_production_unless_the_candidate_is_asked_for(ctx, project)
     assert asked.id == second and asked.reason.startswith("requested")
     with pytest.raises(InputError, match="production, candidate"):
         round_model(ctx, second, "newest")
+
+
+def test_count_says_when_instance_rules_rest_on_few_validation_objects(ctx, project, tmp_path):
+    from labelloop.counting.stage import MIN_RULE_OBJECTS, thin_rule_basis
+    from labelloop.datasets.freeze import load_manifest
+
+    dv, src = project
+    mv = execute_run(ctx, request_run(ctx, dv, overrides={**TINY, "mode": "instance"}).run_id)
+    with ctx.db.session() as s:
+        name = s.get(ModelVersion, mv).name
+    manifest = load_manifest(ctx, dv)
+    val = [it for it in manifest["items"] if it["split"] == "val"]
+    assert val, "small sets always get a validation split"
+    labels = ["RBC", "WBC", "Platelets"]
+    kinds = ("box", "polygon", "mask", "point")
+    thin = thin_rule_basis(manifest, labels, kinds)
+    # The factory draws one object of each label per image.
+    assert thin == dict.fromkeys(labels, len(val))
+    image = sorted((src.parent / "images").glob("*.png"))[0]
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["count", str(image), "--model", name, "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    warned = [w for w in json.loads(r.output)["warnings"] if "validation split" in w]
+    assert len(warned) == 1 and name in warned[0]
+    assert all(f"{lb} {len(val)}" in warned[0] for lb in labels)
+    # Enough validation objects of every label: nothing to say.
+    many = {**manifest, "items": manifest["items"] + val * MIN_RULE_OBJECTS}
+    assert thin_rule_basis(many, labels, kinds) == {}

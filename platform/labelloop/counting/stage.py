@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
@@ -31,7 +32,7 @@ from labelloop.counting.report import (
     plot_predicted_vs_true,
     write_csv,
 )
-from labelloop.datasets.freeze import current_annotations
+from labelloop.datasets.freeze import current_annotations, load_manifest
 from labelloop.db.models import Image as ImageRow
 from labelloop.db.models import ModelVersion, Project
 from labelloop.domain import shapes_from_json
@@ -76,6 +77,46 @@ def _truth_by_sha(ctx: Context, model_version_id: int, labels: Sequence[str]) ->
         }
 
 
+# Fewer annotated objects of a label than this in the validation split, and the instance
+# rules chosen there for it (minimum area, neck cuts) rest on too little to trust.
+MIN_RULE_OBJECTS = 10
+
+
+def thin_rule_basis(manifest: dict, labels: Sequence[str], kinds: Sequence[str]) -> dict[str, int]:
+    """Labels whose instance rules were chosen on fewer than `MIN_RULE_OBJECTS` annotated
+    objects of the validation split, with how many there were. Small projects hash few
+    images into validation: the demo's 40 images gave it 2, holding 1 platelet and no WBC,
+    and its rules for both were chosen on that."""
+    found = dict.fromkeys(labels, 0)
+    for item in manifest["items"]:
+        if item["split"] == "val":
+            for lb, n in object_counts(shapes_from_json(item["shapes"]), labels, kinds).items():
+                found[lb] += n
+    return {lb: n for lb, n in found.items() if n < MIN_RULE_OBJECTS}
+
+
+def _rule_warnings(ctx: Context, model_version_id: int, name: str, loaded: Any) -> list[str]:
+    """A warning when the model version's instance rules were chosen on validation (recipe
+    `tune_instances`, which stores them) from too few objects of some label."""
+    recipe = loaded.recipe
+    chosen = getattr(recipe, "tune_instances", False) and getattr(recipe, "instance_min_area", None)
+    if getattr(recipe, "mode", None) != "instance" or not chosen:
+        return []
+    with ctx.db.session() as s:
+        mv = s.get(ModelVersion, model_version_id)
+        kinds = kind_entry(s.get(Project, mv.project_id).task).counted_kinds
+        dataset_version_id = mv.dataset_version_id
+    thin = thin_rule_basis(load_manifest(ctx, dataset_version_id), loaded.labels, kinds)
+    if not thin:
+        return []
+    few = ", ".join(f"{lb} {n}" for lb, n in thin.items())
+    return [
+        f"{name}'s instance rules (minimum area, neck cuts) were chosen on a validation split "
+        f"holding few annotated objects ({few}; {MIN_RULE_OBJECTS} or more wanted): counts of "
+        "these classes may be off; annotate more images or pin more to val, then retrain"
+    ]
+
+
 def count_images(
     ctx: Context,
     model_version_id: int,
@@ -99,6 +140,7 @@ def count_images(
             "class merge into one region and are counted once; train with mode: instance "
             "to count them apart"
         )
+    report.warnings.extend(_rule_warnings(ctx, model_version_id, name, loaded))
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".count-", dir=out_dir))
     try:
