@@ -231,5 +231,8 @@ def test_count_report_inlines_overlays_and_plots_against_truth(world, tmp_path, 
             low, high = (round(sum(iv[end] for iv in ivs)) for end in ("low", "high"))
             row = re.search(rf'data-class="{lb}".*?data-field="interval">([^<]*)<', html)
             assert row.group(1) == f"{low}–{high}"
+    # What the command warned about is in the report too (a PDF travels without the terminal).
+    shown = re.findall(r"<p class=\"warning\" data-warning>([^<]*)</p>", html)
+    assert counts["warnings"] and [unescape(w) for w in shown] == counts["warnings"]
     assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
     assert json.loads((out / "report.json").read_text())["totals"] == counts["totals"]

@@ -113,7 +113,8 @@ def _rule_warnings(ctx: Context, model_version_id: int, name: str, loaded: Any) 
     return [
         f"{name}'s instance rules (minimum area, neck cuts) were chosen on a validation split "
         f"holding few annotated objects ({few}; {MIN_RULE_OBJECTS} or more wanted): counts of "
-        "these classes may be off; annotate more images or pin more to val, then retrain"
+        "these classes may be off; annotate more images or pin some to validation "
+        "(`labelloop ingest --split val`), then retrain"
     ]
 
 
