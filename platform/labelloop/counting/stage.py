@@ -20,7 +20,6 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import select
 
@@ -41,7 +40,7 @@ from labelloop.imaging import decode_image
 from labelloop.ingest.readers.images import IMAGE_SUFFIXES
 from labelloop.kinds import kind_entry
 from labelloop.objects import count_intervals, object_counts
-from labelloop.registry import load_model_version
+from labelloop.registry import LoadedModel, load_model_version
 
 
 def expand_inputs(paths: Iterable[Path]) -> list[Path]:
@@ -95,7 +94,9 @@ def thin_rule_basis(manifest: dict, labels: Sequence[str], kinds: Sequence[str])
     return {lb: n for lb, n in found.items() if n < MIN_RULE_OBJECTS}
 
 
-def _rule_warnings(ctx: Context, model_version_id: int, name: str, loaded: Any) -> list[str]:
+def _rule_warnings(
+    ctx: Context, model_version_id: int, name: str, loaded: LoadedModel
+) -> list[str]:
     """A warning when the model version's instance rules were chosen on validation (recipe
     `tune_instances`, which stores them) from too few objects of some label."""
     recipe = loaded.recipe
