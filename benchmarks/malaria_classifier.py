@@ -149,11 +149,13 @@ def stain_rule(
     }
 
 
-def seed_agreement(probs: list[np.ndarray], targets: np.ndarray) -> dict[str, Any]:
-    """How much of the error is shared by every seed, and what averaging the seeds gives."""
+def seed_agreement(
+    probs: list[np.ndarray], averaged: np.ndarray, targets: np.ndarray
+) -> dict[str, Any]:
+    """How much of the error is shared by every seed, and what averaging the seeds gives
+    (`averaged`: the class of the seeds' mean softmax per crop)."""
     wrong = [p.argmax(1) != targets for p in probs]
     shared = np.logical_and.reduce(wrong)
-    averaged = np.mean(probs, axis=0).argmax(1)
     return {
         "errors_per_seed": [int(w.sum()) for w in wrong],
         "errors_shared_by_every_seed": int(shared.sum()),
@@ -296,7 +298,7 @@ def main() -> None:
         flush=True,
     )
     if len(probs) > 1:
-        agreement = seed_agreement(probs, test.targets)
+        agreement = seed_agreement(probs, averaged, test.targets)
         shared = agreement["shared_error_indices"]
         agreement["shared_errors_the_rule_also_calls_so"] = int(
             (rule_pred[shared] != test.targets[shared]).sum()

@@ -60,13 +60,13 @@ def expand_inputs(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
-def _truth_by_sha(ctx: Context, model_version_id: int, labels: Sequence[str]) -> dict[str, dict]:
-    """True counts (annotated objects of the kinds the project's model learns) of every
-    image of the model's project that has an annotation, by content hash."""
+def _truth_by_sha(
+    ctx: Context, project_id: int, labels: Sequence[str], kinds: Sequence[str]
+) -> dict[str, dict]:
+    """True counts (annotated objects of the `kinds` the project's model learns) of every
+    image of the project that has an annotation, by content hash."""
     with ctx.db.session() as s:
-        project = s.get(Project, s.get(ModelVersion, model_version_id).project_id)
-        kinds = kind_entry(project.task).counted_kinds
-        chosen = current_annotations(s, project.id)
+        chosen = current_annotations(s, project_id)
         shas = dict(
             s.execute(select(ImageRow.id, ImageRow.sha256).where(ImageRow.id.in_(chosen))).all()
         )
@@ -95,7 +95,7 @@ def thin_rule_basis(manifest: dict, labels: Sequence[str], kinds: Sequence[str])
 
 
 def _rule_warnings(
-    ctx: Context, model_version_id: int, name: str, loaded: LoadedModel
+    ctx: Context, dataset_version_id: int, name: str, loaded: LoadedModel, kinds: Sequence[str]
 ) -> list[str]:
     """A warning when the model version's instance rules were chosen on validation (recipe
     `tune_instances`, which stores them) from too few objects of some label."""
@@ -103,10 +103,6 @@ def _rule_warnings(
     chosen = getattr(recipe, "tune_instances", False) and getattr(recipe, "instance_min_area", None)
     if getattr(recipe, "mode", None) != "instance" or not chosen:
         return []
-    with ctx.db.session() as s:
-        mv = s.get(ModelVersion, model_version_id)
-        kinds = kind_entry(s.get(Project, mv.project_id).task).counted_kinds
-        dataset_version_id = mv.dataset_version_id
     thin = thin_rule_basis(load_manifest(ctx, dataset_version_id), loaded.labels, kinds)
     if not thin:
         return []
@@ -132,8 +128,10 @@ def count_images(
     files = expand_inputs(paths)
     loaded = load_model_version(ctx, model_version_id)
     with ctx.db.session() as s:
-        name = s.get(ModelVersion, model_version_id).name
-    truths = _truth_by_sha(ctx, model_version_id, loaded.labels)
+        mv = s.get(ModelVersion, model_version_id)
+        name, project_id, dataset_version_id = mv.name, mv.project_id, mv.dataset_version_id
+        kinds = kind_entry(s.get(Project, project_id).task).counted_kinds
+    truths = _truth_by_sha(ctx, project_id, loaded.labels, kinds)
     out_dir = Path(out_dir)
     report = CountReport(name, list(loaded.labels), out_dir)
     if loaded.recipe.task == "segmentation" and loaded.recipe.mode != "instance":
@@ -142,7 +140,7 @@ def count_images(
             "class merge into one region and are counted once; train with mode: instance "
             "to count them apart"
         )
-    report.warnings.extend(_rule_warnings(ctx, model_version_id, name, loaded))
+    report.warnings.extend(_rule_warnings(ctx, dataset_version_id, name, loaded, kinds))
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".count-", dir=out_dir))
     try:

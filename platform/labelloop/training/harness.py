@@ -416,16 +416,16 @@ def trainer_precision(precision: str, plan: DevicePlan | None = None) -> str:
     devices of `plan` (default: `device_plan()`). An explicit "bf16" on a CPU that only
     emulates bfloat16 is honoured but logged: there it trains several times slower than
     float32, a cost nobody asking for mixed precision means to pay."""
-    if precision == "bf16":
-        plan = plan or device_plan()
-        if plan.accelerator == "cpu" and not native_bf16("cpu"):
-            _log.warning(
-                "precision bf16 asked for, but this CPU emulates bfloat16 (no AVX512-BF16 or "
-                "AMX): training will be several times slower than in float32; "
-                "`precision: auto` takes float32 here"
-            )
+    if precision == "32":
+        return "32-true"
+    plan = plan or device_plan()
+    if precision == "bf16" and plan.accelerator == "cpu" and not native_bf16("cpu"):
+        _log.warning(
+            "precision bf16 asked for, but this CPU emulates bfloat16 (no AVX512-BF16 or "
+            "AMX): training will be several times slower than in float32; "
+            "`precision: auto` takes float32 here"
+        )
     if precision == "auto":
-        plan = plan or device_plan()
         if plan.accelerator == "cuda" and plan.distributed:
             native = _cuda_bf16_in_child()
         else:
