@@ -143,7 +143,9 @@ def count_cmd(
     legend), `counts.csv` and `counts.json` into `--out`; each count carries an interval
     from the objects' confidences. Images already labelled in the project (same content)
     are compared with their annotated objects: count MAE and relative error per class, and
-    `counts.png` plots predicted against true counts.
+    `counts.png` plots predicted against true counts. It warns when the model cannot be
+    trusted to count: a semantic model (touching cells merge), or instance rules chosen
+    on fewer than 10 annotated validation objects of a class.
     """
     from labelloop.counting.stage import count_images
 
