@@ -131,6 +131,16 @@ def smears(epochs: int, images: dict[str, int], overlay: Path) -> dict:
             # model version stores and `count` uses).
             m = evaluate_segmentation(model, manifest, fetch, "test", labels, recipe=recipe)
             out["models"]["instance, default rules"] = _smear_scores(m, done, t0, c0)
+            # Rules chosen as before training images joined the basis of labels that
+            # validation holds few of (`evaluate.rule_basis`): validation alone.
+            held_out = {
+                **manifest,
+                "items": [i for i in manifest["items"] if i["split"] != "train"],
+            }
+            alone = KIND.calibrate(model, held_out, fetch, labels=labels, recipe=recipe)
+            m = evaluate_segmentation(model, manifest, fetch, "test", labels, recipe=alone)
+            out["models"]["instance, val alone"] = _smear_scores(m, done, t0, c0)
+            out["models"]["instance, val alone"]["rule_objects"] = alone.instance_rule_objects
             tuned = KIND.calibrate(model, manifest, fetch, labels=labels, recipe=recipe)
             plot_overlays(model, manifest, fetch, labels, recipe, tuned, overlay)
             recipe = tuned
@@ -138,6 +148,7 @@ def smears(epochs: int, images: dict[str, int], overlay: Path) -> dict:
         out["models"][mode] = _smear_scores(m, done, t0, c0)
         if mode == "instance":
             out["models"][mode]["rules"] = m["instance_rules"]
+            out["models"][mode]["rule_objects"] = recipe.instance_rule_objects
     return out
 
 
@@ -200,7 +211,7 @@ def plot_smears(result: dict, path: Path) -> None:
     for k, (mode, m) in enumerate(result["models"].items()):
         errs = [m["per_class"][lb]["relative_error"] or 0 for lb in labels]
         x = np.arange(len(labels)) + (k - (n - 1) / 2) * width
-        name = f"{mode}, rules chosen on val" if "rules" in m else mode
+        name = f"{mode}, rules chosen (val; + train where val is thin)" if "rules" in m else mode
         ax.bar(x, np.minimum(errs, top), width, label=f"{name} ({m['epochs']} epochs)")
         for xi, e in zip(x, errs, strict=True):
             ax.text(xi, min(e, top), f"{e:.1%}", ha="center", va="bottom", fontsize=8)

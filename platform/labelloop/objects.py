@@ -259,6 +259,12 @@ def choose_min_area(
     return min(allowed, key=lambda a: (round(error(a), 9), a))
 
 
+# Fewer annotated objects of a label than this, and counting rules chosen on them (a
+# minimum area, neck cuts) rest on too little: small projects hash few images into
+# validation (the demo's 40 images gave it 2, holding 1 platelet and no WBC).
+MIN_RULE_OBJECTS = 10
+
+
 def area_allowed(area: int, cap: float, grid: Sequence[int]) -> bool:
     """Whether a candidate minimum area may be tried under a cap from the annotated areas:
     within the cap, or the grid's smallest (some minimum area is always tried)."""

@@ -227,29 +227,36 @@ def test_a_round_uses_production_unless_the_candidate_is_asked_for(ctx, project)
         round_model(ctx, second, "newest")
 
 
-def test_count_says_when_instance_rules_rest_on_few_validation_objects(ctx, project, tmp_path):
-    from labelloop.counting.stage import MIN_RULE_OBJECTS, thin_rule_basis
+def test_count_says_when_instance_rules_rest_on_few_annotated_objects(ctx, project, tmp_path):
+    from labelloop.counting.stage import thin_rule_basis
     from labelloop.datasets.freeze import load_manifest
+    from labelloop.objects import MIN_RULE_OBJECTS
 
     dv, src = project
     mv = execute_run(ctx, request_run(ctx, dv, overrides={**TINY, "mode": "instance"}).run_id)
     with ctx.db.session() as s:
-        name = s.get(ModelVersion, mv).name
+        row = s.get(ModelVersion, mv)
+        name, recorded = row.name, row.recipe["instance_rule_objects"]
     manifest = load_manifest(ctx, dv)
-    val = [it for it in manifest["items"] if it["split"] == "val"]
-    assert val, "small sets always get a validation split"
+    split = {k: [it for it in manifest["items"] if it["split"] == k] for k in ("train", "val")}
+    assert split["val"], "small sets always get a validation split"
     labels = ["RBC", "WBC", "Platelets"]
     kinds = ("box", "polygon", "mask", "point")
-    thin = thin_rule_basis(manifest, labels, kinds)
-    # The factory draws one object of each label per image.
-    assert thin == dict.fromkeys(labels, len(val))
+    # The factory draws one object of each label per image: validation holds too few, so
+    # every training image joined each label's basis, and the version recorded the sum.
+    held = len(split["val"]) + len(split["train"])
+    assert held < MIN_RULE_OBJECTS and recorded == dict.fromkeys(labels, held)
+    assert thin_rule_basis(manifest, labels, kinds, recorded) == dict.fromkeys(labels, held)
     image = sorted((src.parent / "images").glob("*.png"))[0]
     out = tmp_path / "out"
     r = runner.invoke(app, ["count", str(image), "--model", name, "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
-    warned = [w for w in json.loads(r.output)["warnings"] if "validation split" in w]
-    assert len(warned) == 1 and name in warned[0]
-    assert all(f"{lb} {len(val)}" in warned[0] for lb in labels)
-    # Enough validation objects of every label: nothing to say.
-    many = {**manifest, "items": manifest["items"] + val * MIN_RULE_OBJECTS}
+    warned = [w for w in json.loads(r.output)["warnings"] if "few annotated objects" in w]
+    assert len(warned) == 1 and name in warned[0] and "validation and training" in warned[0]
+    assert all(f"{lb} {held}" in warned[0] for lb in labels)
+    # A version trained before the basis was recorded: its validation split's objects.
+    assert thin_rule_basis(manifest, labels, kinds) == dict.fromkeys(labels, len(split["val"]))
+    # Enough objects of every label: nothing to say.
+    assert thin_rule_basis(manifest, labels, kinds, dict.fromkeys(labels, MIN_RULE_OBJECTS)) == {}
+    many = {**manifest, "items": manifest["items"] + split["val"] * MIN_RULE_OBJECTS}
     assert thin_rule_basis(many, labels, kinds) == {}

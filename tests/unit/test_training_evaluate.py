@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from labelloop.domain import shapes_to_json
+from labelloop.domain import Ellipse, shapes_to_json
 from labelloop.imaging import encode_png
 from labelloop.training.common import MEAN, STD
 from labelloop.training.segmentation.evaluate import (
@@ -220,6 +220,7 @@ def test_instance_rules_chosen_on_val_are_what_evaluation_and_prediction_use():
     tuned = KIND.calibrate(model, manifest, fetch, labels=LABELS, recipe=recipe)
     assert tuned.instance_split_depth["Red"] > 0 and tuned.instance_split_depth["Blue"] == 0
     assert set(tuned.instance_min_area) == set(LABELS)
+    assert tuned.instance_rule_objects == {"Red": 2, "Blue": 1}  # what the rules rest on
     after = evaluate_segmentation(model, manifest, fetch, recipe=tuned)
     assert after["per_class"]["Red"]["pred_count"] == 2
     assert after["per_class"]["Red"]["f1_50"] == 1.0
@@ -237,6 +238,66 @@ def test_instance_rules_chosen_on_val_are_what_evaluation_and_prediction_use():
     assert KIND.calibrate(_ColourOracle(), manifest, fetch, labels=LABELS, recipe=semantic) == (
         semantic
     )
+
+
+def test_labels_thin_in_validation_take_their_rules_from_training_images_too():
+    """Validation holds one lone red cell and no blue one: on it alone no split is asked
+    for. Training images of touching pairs join the basis of both labels (fewer than
+    MIN_RULE_OBJECTS each in validation), and the red rules cut the pairs."""
+    from labelloop.training.segmentation.kind import KIND
+
+    manifest, blobs = _one_item_manifest(TOUCHING)
+    lone, lone_shapes = draw([("Red", 30.0, 30.0, 7.0)])
+    data = encode_png(lone)
+    blobs["images/lone.png"] = data
+    val = {
+        **manifest["items"][0],
+        "split": "val",
+        "image_id": 2,
+        "blob_key": "images/lone.png",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "shapes": shapes_to_json(lone_shapes),
+    }
+    train = [{**manifest["items"][0], "split": "train", "image_id": 3 + k} for k in range(3)]
+    recipe = SegmentationRecipe(mode="instance")
+    model, fetch = _InstanceOracle(), blobs.__getitem__
+    alone = {**manifest, "items": [*manifest["items"], val]}
+    assert KIND.calibrate(model, alone, fetch, labels=LABELS, recipe=recipe).instance_split_depth[
+        "Red"
+    ] == 0
+    both = {**manifest, "items": [*manifest["items"], val, *train]}
+    tuned = KIND.calibrate(model, both, fetch, labels=LABELS, recipe=recipe)
+    assert tuned.instance_split_depth["Red"] > 0
+    assert tuned.instance_rule_objects == {"Red": 1 + 3 * 2, "Blue": 3}
+
+
+def _items(split: str, labels: list[str], n: int) -> list[dict]:
+    shapes = [Ellipse(label=lb, x=10.0 + 20 * k, y=10.0, rx=5, ry=5) for k, lb in enumerate(labels)]
+    return [{"split": split, "image_id": k, "shapes": shapes_to_json(shapes)} for k in range(n)]
+
+
+def test_rule_basis_adds_training_images_only_for_thin_labels_and_only_as_many_as_needed():
+    from labelloop.objects import MIN_RULE_OBJECTS
+    from labelloop.training.segmentation.evaluate import (
+        RULE_BASIS_OBJECTS,
+        RULE_TRAIN_IMAGES,
+        rule_basis,
+    )
+
+    val = _items("val", ["Red"], MIN_RULE_OBJECTS)
+    manifest = {"items": val + _items("train", ["Red", "Blue"], 2 * RULE_BASIS_OBJECTS)}
+    items, use = rule_basis(manifest, LABELS)
+    assert len(items) == MIN_RULE_OBJECTS + RULE_BASIS_OBJECTS  # Blue reached its target
+    assert use[:MIN_RULE_OBJECTS].all() and not use[MIN_RULE_OBJECTS:, 0].any()
+    assert use[MIN_RULE_OBJECTS:, 1].all()  # the training images count for Blue alone
+    # A label absent from training too: at most RULE_TRAIN_IMAGES are read for it.
+    items, _ = rule_basis({"items": val + _items("train", ["Red"], 100)}, LABELS)
+    assert len(items) == MIN_RULE_OBJECTS + RULE_TRAIN_IMAGES
+    # Validation enough for every label: training images stay out.
+    enough = _items("val", ["Red", "Blue"], MIN_RULE_OBJECTS) + _items("train", ["Red"], 5)
+    items, use = rule_basis({"items": enough}, LABELS)
+    assert len(items) == MIN_RULE_OBJECTS and use.all()
+    assert rule_basis({"items": []}, LABELS)[0] == []
 
 
 def test_instance_rules_must_be_positive():

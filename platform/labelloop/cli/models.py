@@ -145,7 +145,8 @@ def count_cmd(
     are compared with their annotated objects: count MAE and relative error per class, and
     `counts.png` plots predicted against true counts. It warns when the model cannot be
     trusted to count: a semantic model (touching cells merge), or instance rules chosen
-    on fewer than 10 annotated validation objects of a class.
+    on fewer than 10 annotated objects of a class (validation's, and training images'
+    where validation holds too few).
     """
     from labelloop.counting.stage import count_images
 

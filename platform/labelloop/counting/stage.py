@@ -39,7 +39,7 @@ from labelloop.errors import InputError
 from labelloop.imaging import decode_image
 from labelloop.ingest.readers.images import IMAGE_SUFFIXES
 from labelloop.kinds import kind_entry
-from labelloop.objects import count_intervals, object_counts
+from labelloop.objects import MIN_RULE_OBJECTS, count_intervals, object_counts
 from labelloop.registry import LoadedModel, load_model_version
 
 
@@ -76,21 +76,22 @@ def _truth_by_sha(
         }
 
 
-# Fewer annotated objects of a label than this in the validation split, and the instance
-# rules chosen there for it (minimum area, neck cuts) rest on too little to trust.
-MIN_RULE_OBJECTS = 10
-
-
-def thin_rule_basis(manifest: dict, labels: Sequence[str], kinds: Sequence[str]) -> dict[str, int]:
+def thin_rule_basis(
+    manifest: dict, labels: Sequence[str], kinds: Sequence[str], recorded: dict | None = None
+) -> dict[str, int]:
     """Labels whose instance rules were chosen on fewer than `MIN_RULE_OBJECTS` annotated
-    objects of the validation split, with how many there were. Small projects hash few
-    images into validation: the demo's 40 images gave it 2, holding 1 platelet and no WBC,
-    and its rules for both were chosen on that."""
-    found = dict.fromkeys(labels, 0)
-    for item in manifest["items"]:
-        if item["split"] == "val":
-            for lb, n in object_counts(shapes_from_json(item["shapes"]), labels, kinds).items():
-                found[lb] += n
+    objects, with how many there were: as the model version recorded them (`recorded`,
+    recipe `instance_rule_objects`: validation plus training images where validation held
+    too few), else, for versions trained before that was recorded, the validation
+    split's."""
+    if recorded is not None:
+        found = {lb: int(recorded.get(lb, 0)) for lb in labels}
+    else:
+        found = dict.fromkeys(labels, 0)
+        for item in manifest["items"]:
+            if item["split"] == "val":
+                for lb, n in object_counts(shapes_from_json(item["shapes"]), labels, kinds).items():
+                    found[lb] += n
     return {lb: n for lb, n in found.items() if n < MIN_RULE_OBJECTS}
 
 
@@ -103,12 +104,15 @@ def _rule_warnings(
     chosen = getattr(recipe, "tune_instances", False) and getattr(recipe, "instance_min_area", None)
     if getattr(recipe, "mode", None) != "instance" or not chosen:
         return []
-    thin = thin_rule_basis(load_manifest(ctx, dataset_version_id), loaded.labels, kinds)
+    recorded = getattr(recipe, "instance_rule_objects", None)
+    manifest = load_manifest(ctx, dataset_version_id)
+    thin = thin_rule_basis(manifest, loaded.labels, kinds, recorded)
     if not thin:
         return []
     few = ", ".join(f"{lb} {n}" for lb, n in thin.items())
+    where = "validation and training images" if recorded is not None else "a validation split"
     return [
-        f"{name}'s instance rules (minimum area, neck cuts) were chosen on a validation split "
+        f"{name}'s instance rules (minimum area, neck cuts) were chosen on {where} "
         f"holding few annotated objects ({few}; {MIN_RULE_OBJECTS} or more wanted): counts of "
         "these classes may be off; annotate more images or pin some to validation "
         "(`labelloop ingest --split val`), then retrain"

@@ -28,7 +28,15 @@ PrecisionName = Literal["32", "bf16", "auto"]
 # one budget may be continued under another (see `BaseRecipe.resume_key`).
 BUDGET_FIELDS = frozenset({"epochs", "max_time_s", "num_workers"})
 # Optional fields added after runs were recorded: left out of a run's identity when unset.
-LATER_OPTIONAL = frozenset({"init_from", "tta_views", "instance_components", "instance_opening"})
+LATER_OPTIONAL = frozenset(
+    {
+        "init_from",
+        "tta_views",
+        "instance_components",
+        "instance_opening",
+        "instance_rule_objects",
+    }
+)
 
 
 class Augment(BaseModel):

@@ -96,6 +96,45 @@ def instance_targets(inst: np.ndarray, classes: np.ndarray, n_labels: int) -> np
     return target
 
 
+class Seeded(NamedTuple):
+    """What `instances_from_probs` reads before any minimum area: each pixel's most likely
+    class, the labels read as components (bool, indexed by label) and each label's
+    interior seeds (None for those)."""
+
+    top: np.ndarray
+    apart: np.ndarray
+    seeds: list[np.ndarray | None]
+    contour: np.ndarray  # summed contour probability (H, W), what the watershed floods
+    per_label: np.ndarray  # interior + contour probability per label (L, H, W)
+
+
+def seed_maps(
+    probs: np.ndarray,
+    n_labels: int,
+    *,
+    split_depth: float | Sequence[float] = 0.0,
+    opening: int | Sequence[int] = 0,
+    components: bool | Sequence[bool] = False,
+) -> Seeded:
+    """The seeds of `instances_from_probs` (see there), which cost most of its time."""
+    if probs.ndim != 3 or probs.shape[0] != 1 + 2 * n_labels:
+        raise ValueError(
+            f"expected instance probabilities of shape ({1 + 2 * n_labels}, H, W) for "
+            f"{n_labels} labels, got {probs.shape}"
+        )
+    depths = _per_label(split_depth, n_labels, "split_depth")
+    openings = _per_label(opening, n_labels, "opening").astype(int)
+    apart = _per_label(components, n_labels, "components").astype(bool)
+    apart[0] = False
+    top = probs.argmax(axis=0)
+    seeds = [
+        None if apart[lab] else interior_seeds(top == lab, float(depths[lab]), int(openings[lab]))
+        for lab in range(1, n_labels + 1)
+    ]
+    contours = probs[1 + n_labels :]
+    return Seeded(top, apart, seeds, contours.sum(axis=0), probs[1 : 1 + n_labels] + contours)
+
+
 def instances_from_probs(
     probs: np.ndarray,
     n_labels: int,
@@ -104,6 +143,7 @@ def instances_from_probs(
     split_depth: float | Sequence[float] = 0.0,
     components: bool | Sequence[bool] = False,
     opening: int | Sequence[int] = 0,
+    seeded: Seeded | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split the network's instance-mode softmax (1 + 2L, H, W) into instances.
 
@@ -123,29 +163,23 @@ def instances_from_probs(
 
     `min_area`, `split_depth`, `opening` and `components` are one value for every label or
     one per label (the per-label values a model version stores in its recipe, chosen on
-    validation).
+    validation). `seeded`, the `seed_maps` of these probabilities, replaces the split
+    depth, opening and components: made once, it serves several minimum areas (the seeds
+    do not depend on them).
     """
-    if probs.ndim != 3 or probs.shape[0] != 1 + 2 * n_labels:
-        raise ValueError(
-            f"expected instance probabilities of shape ({1 + 2 * n_labels}, H, W) for "
-            f"{n_labels} labels, got {probs.shape}"
+    if seeded is None:
+        seeded = seed_maps(
+            probs, n_labels, split_depth=split_depth, opening=opening, components=components
         )
     areas_min = _per_label(min_area, n_labels, "min_area")
-    depths = _per_label(split_depth, n_labels, "split_depth")
-    openings = _per_label(opening, n_labels, "opening").astype(int)
-    apart = _per_label(components, n_labels, "components").astype(bool)
-    apart[0] = False
-    top = probs.argmax(axis=0)
+    apart, top = seeded.apart, seeded.top
     # The label of each pixel's most likely class (interiors 1..L, contours L+1..2L).
     pixel_label = np.where(top > 0, (top - 1) % n_labels + 1, 0)
     fg = (top > 0) & ~apart[pixel_label]
     markers = np.zeros(top.shape, np.int32)
     n_seeds = 0
-    for lab in range(1, n_labels + 1):
-        if apart[lab]:
-            continue
-        seeds = interior_seeds(top == lab, float(depths[lab]), int(openings[lab]))
-        if seeds.max(initial=0) == 0:
+    for lab, seeds in enumerate(seeded.seeds, 1):
+        if seeds is None or seeds.max(initial=0) == 0:
             continue
         areas = np.bincount(seeds.ravel())
         keep = np.flatnonzero(areas[1:] >= max(1, int(areas_min[lab]) // 2)) + 1
@@ -153,8 +187,7 @@ def instances_from_probs(
         lut[keep] = np.arange(n_seeds + 1, n_seeds + 1 + len(keep), dtype=np.int32)
         markers = np.where(seeds > 0, lut[seeds], markers)
         n_seeds += len(keep)
-    contour = probs[1 + n_labels :].sum(axis=0)
-    inst = watershed(contour, markers, mask=fg) if n_seeds else np.zeros_like(markers)
+    inst = watershed(seeded.contour, markers, mask=fg) if n_seeds else np.zeros_like(markers)
     inst = inst.astype(np.int32)
     rest, n = ndimage.label(fg & (inst == 0), structure=_EIGHT)
     if n:
@@ -162,11 +195,10 @@ def instances_from_probs(
     n_inst = n_seeds + n
     # Per label, the summed interior + contour probability over each instance; labels
     # read apart are not open to the watershed's instances.
-    per_label = probs[1 : 1 + n_labels] + probs[1 + n_labels :]
-    ids = np.arange(1, n_inst + 1)
-    score = np.zeros((n_labels, n_inst))
-    if n_inst:
-        score[:] = [ndimage.sum(per_label[k], inst, ids) for k in range(n_labels)]
+    flat = inst.ravel()
+    score = np.array(
+        [np.bincount(flat, weights=w.ravel(), minlength=n_inst + 1)[1:] for w in seeded.per_label]
+    ).reshape(n_labels, n_inst)
     score[apart[1:]] = -np.inf
     fixed = [score.argmax(axis=0) + 1]
     for lab in np.flatnonzero(apart):
@@ -209,6 +241,7 @@ def choose_instance_rules(
     split_depths: Sequence[float] = SPLIT_DEPTHS,
     openings: Sequence[int] = OPENINGS,
     min_areas: Sequence[int] = MIN_AREAS,
+    use: np.ndarray | None = None,
 ) -> InstanceRules:
     """Per label, the reading (the watershed with a split depth or with an opening of the
     seeds, or connected components), and the minimum area, whose instance counts on the
@@ -219,13 +252,16 @@ def choose_instance_rules(
     minimum area that drops real cells while other errors add instances, and on three
     validation slices that chose 256 px for ISBI cells and lost a third of the test
     cells. A minimum area above the label's cap is not tried (the smallest candidate
-    always is). Ties go to the watershed (components merge touching cells), to the
-    shallower split and the smaller opening (a cut the counts do not ask for can only
-    break cells) and then to the larger minimum area: the most noise dropped that costs
-    no annotated cell. Each label is judged with every label read the same way: an
-    approximation, as a label's count depends little on how the others are read.
+    always is). `use` (bool (images, labels)) leaves an image out of a label's error
+    (one chosen on more images than the others, `evaluate.rule_basis`). Ties go to the
+    watershed (components merge touching cells), to the shallower split and the smaller
+    opening (a cut the counts do not ask for can only break cells) and then to the larger
+    minimum area: the most noise dropped that costs no annotated cell. Each label is
+    judged with every label read the same way: an approximation, as a label's count
+    depends little on how the others are read.
     """
     truth = np.asarray(true_counts, np.int64).reshape(len(probs), n_labels)
+    weight = np.ones_like(truth) if use is None else np.asarray(use, np.int64)
     # One slot per label: a cap may skip a label's first candidates, so labels do not
     # all find their first candidate in the same round.
     best: list[tuple[tuple[int, int, float, int, int], int, float, bool, int] | None]
@@ -234,19 +270,16 @@ def choose_instance_rules(
     readings = [(False, d, 0) for d in split_depths]
     readings += [(False, 0.0, r) for r in openings if r > 0] + [(True, 0.0, 0)]
     for apart, depth, radius in readings:
+        seeded = [
+            seed_maps(p, n_labels, split_depth=depth, opening=radius, components=apart)
+            for p in probs
+        ]
         for area in min_areas:
             found = np.zeros_like(truth)
             for i, p in enumerate(probs):
-                _, classes = instances_from_probs(
-                    p,
-                    n_labels,
-                    min_area=area,
-                    split_depth=depth,
-                    components=apart,
-                    opening=radius,
-                )
+                _, classes = instances_from_probs(p, n_labels, min_area=area, seeded=seeded[i])
                 found[i] = np.bincount(classes[1:], minlength=n_labels + 1)[1:]
-            error = np.abs(found - truth).sum(axis=0)
+            error = (np.abs(found - truth) * weight).sum(axis=0)
             for lab in range(n_labels):
                 if area_caps is not None and not area_allowed(area, area_caps[lab], min_areas):
                     continue

@@ -118,6 +118,11 @@ class SegmentationRecipe(BaseRecipe):
     # in a predicted membrane), per label, chosen like the split depth; unset, out of the
     # hash like `instance_components`.
     instance_opening: dict[str, int] | None = None
+    # How many annotated objects of each label the rules above were chosen on (the
+    # validation split's, plus training images' for a label it holds few of; see
+    # `evaluate.rule_basis`), for `count` to say when that is too few; unset, out of the
+    # hash like `instance_components`.
+    instance_rule_objects: dict[str, int] | None = None
     tune_instances: bool = True
 
     @field_validator("encoder")
