@@ -241,9 +241,13 @@ def test_instance_rules_chosen_on_val_are_what_evaluation_and_prediction_use():
 
 
 def test_labels_thin_in_validation_take_their_rules_from_training_images_too():
-    """Validation holds one lone red cell and no blue one: on it alone no split is asked
-    for. Training images of touching pairs join the basis of both labels (fewer than
-    MIN_RULE_OBJECTS each in validation), and the red rules cut the pairs."""
+    """Validation holds one lone red cell and no blue one. On it alone every blue minimum
+    area ties at no error and the largest wins, which drops every blue cell. Training
+    images join the basis of both labels (fewer than MIN_RULE_OBJECTS each in
+    validation) and decide the minimum areas; no neck cut is taken from them, though
+    their touching red pairs would ask for one (a network reads its training images more
+    cleanly than new ones)."""
+    from labelloop.training.segmentation.instances import MIN_AREAS
     from labelloop.training.segmentation.kind import KIND
 
     manifest, blobs = _one_item_manifest(TOUCHING)
@@ -261,14 +265,21 @@ def test_labels_thin_in_validation_take_their_rules_from_training_images_too():
     train = [{**manifest["items"][0], "split": "train", "image_id": 3 + k} for k in range(3)]
     recipe = SegmentationRecipe(mode="instance")
     model, fetch = _InstanceOracle(), blobs.__getitem__
-    alone = {**manifest, "items": [*manifest["items"], val]}
-    assert KIND.calibrate(model, alone, fetch, labels=LABELS, recipe=recipe).instance_split_depth[
-        "Red"
-    ] == 0
+    alone = KIND.calibrate(
+        model, {**manifest, "items": [*manifest["items"], val]}, fetch, labels=LABELS, recipe=recipe
+    )
+    assert alone.instance_min_area["Blue"] == max(MIN_AREAS)
+    assert alone.instance_rule_objects == {"Red": 1, "Blue": 0}
     both = {**manifest, "items": [*manifest["items"], val, *train]}
     tuned = KIND.calibrate(model, both, fetch, labels=LABELS, recipe=recipe)
-    assert tuned.instance_split_depth["Red"] > 0
+    assert tuned.instance_min_area["Blue"] < np.pi * 6**2  # a blue cell is kept
+    assert tuned.instance_split_depth == {"Red": 0.0, "Blue": 0.0} and not tuned.instance_opening
     assert tuned.instance_rule_objects == {"Red": 1 + 3 * 2, "Blue": 3}
+    image, _ = draw(TOUCHING)
+    (pred,) = KIND.predict(model, [image], recipe=tuned, labels=LABELS)
+    assert pred.counts["Blue"] == 1
+    (pred,) = KIND.predict(model, [image], recipe=alone, labels=LABELS)
+    assert pred.counts["Blue"] == 0
 
 
 def _items(split: str, labels: list[str], n: int) -> list[dict]:
@@ -286,17 +297,18 @@ def test_rule_basis_adds_training_images_only_for_thin_labels_and_only_as_many_a
 
     val = _items("val", ["Red"], MIN_RULE_OBJECTS)
     manifest = {"items": val + _items("train", ["Red", "Blue"], 2 * RULE_BASIS_OBJECTS)}
-    items, use = rule_basis(manifest, LABELS)
+    items, use, pooled = rule_basis(manifest, LABELS)
     assert len(items) == MIN_RULE_OBJECTS + RULE_BASIS_OBJECTS  # Blue reached its target
+    assert pooled.tolist() == [False, True]
     assert use[:MIN_RULE_OBJECTS].all() and not use[MIN_RULE_OBJECTS:, 0].any()
     assert use[MIN_RULE_OBJECTS:, 1].all()  # the training images count for Blue alone
     # A label absent from training too: at most RULE_TRAIN_IMAGES are read for it.
-    items, _ = rule_basis({"items": val + _items("train", ["Red"], 100)}, LABELS)
+    items, _, _ = rule_basis({"items": val + _items("train", ["Red"], 100)}, LABELS)
     assert len(items) == MIN_RULE_OBJECTS + RULE_TRAIN_IMAGES
     # Validation enough for every label: training images stay out.
     enough = _items("val", ["Red", "Blue"], MIN_RULE_OBJECTS) + _items("train", ["Red"], 5)
-    items, use = rule_basis({"items": enough}, LABELS)
-    assert len(items) == MIN_RULE_OBJECTS and use.all()
+    items, use, pooled = rule_basis({"items": enough}, LABELS)
+    assert len(items) == MIN_RULE_OBJECTS and use.all() and not pooled.any()
     assert rule_basis({"items": []}, LABELS)[0] == []
 
 

@@ -242,6 +242,7 @@ def choose_instance_rules(
     openings: Sequence[int] = OPENINGS,
     min_areas: Sequence[int] = MIN_AREAS,
     use: np.ndarray | None = None,
+    cuts: Sequence[bool] | None = None,
 ) -> InstanceRules:
     """Per label, the reading (the watershed with a split depth or with an opening of the
     seeds, or connected components), and the minimum area, whose instance counts on the
@@ -253,7 +254,8 @@ def choose_instance_rules(
     validation slices that chose 256 px for ISBI cells and lost a third of the test
     cells. A minimum area above the label's cap is not tried (the smallest candidate
     always is). `use` (bool (images, labels)) leaves an image out of a label's error
-    (one chosen on more images than the others, `evaluate.rule_basis`). Ties go to the
+    (one chosen on more images than the others, `evaluate.rule_basis`); a label whose
+    `cuts` entry is False is read without neck cuts (no split depth, no opening). Ties go to the
     watershed (components merge touching cells), to the shallower split and the smaller
     opening (a cut the counts do not ask for can only break cells) and then to the larger
     minimum area: the most noise dropped that costs no annotated cell. Each label is
@@ -280,8 +282,11 @@ def choose_instance_rules(
                 _, classes = instances_from_probs(p, n_labels, min_area=area, seeded=seeded[i])
                 found[i] = np.bincount(classes[1:], minlength=n_labels + 1)[1:]
             error = (np.abs(found - truth) * weight).sum(axis=0)
+            cut = depth > 0 or radius > 0
             for lab in range(n_labels):
                 if area_caps is not None and not area_allowed(area, area_caps[lab], min_areas):
+                    continue
+                if cut and cuts is not None and not cuts[lab]:
                     continue
                 key = (int(error[lab]), int(apart), float(depth), radius, -int(area))
                 held = best[lab]
