@@ -354,10 +354,10 @@ def rule_basis(manifest: dict[str, Any], labels: Sequence[str]) -> RuleBasis:
     """The items instance rules are chosen on, and per item and label whether it counts
     for that label: the validation split for every label and, for a label with fewer than
     `MIN_RULE_OBJECTS` annotated objects there, training images too (see
-    `RULE_BASIS_OBJECTS`). One or two validation objects decide a label's
-    minimum area and reading poorly: on demo-sized splits (2 validation images) its
-    platelets were counted 7.9 % under on 50 test images, and 1.3 % with training images in
-    the basis (`benchmarks/cell_counts.py`)."""
+    `RULE_BASIS_OBJECTS`). One or two validation objects decide a label's minimum area and
+    reading poorly: on a demo-sized split (2 validation images) platelets were counted
+    7.9 % under on 50 test images, and 1.3 % under with training images in their basis
+    (`benchmarks/cell_counts.py`)."""
     val = split_items(manifest, "val")
 
     def found(item: dict[str, Any]) -> np.ndarray:
