@@ -263,6 +263,20 @@ def choose_min_area(
 # minimum area, neck cuts) rest on too little: small projects hash few images into
 # validation (the demo's 40 images gave it 2, holding 1 platelet and no WBC).
 MIN_RULE_OBJECTS = 10
+# Where the rules of a version that recorded its basis (`instance_rule_objects`) were chosen.
+RULE_BASIS = "validation and training images"
+
+
+def thin_rules_warning(model: str, thin: dict[str, int], where: str) -> str:
+    """What `count` and `models` say of a model version whose instance rules for the
+    labels in `thin` (label: annotated objects) were chosen on `where`."""
+    few = ", ".join(f"{lb} {n}" for lb, n in thin.items())
+    return (
+        f"{model}'s instance rules (minimum area, neck cuts) were chosen on {where} "
+        f"holding few annotated objects ({few}; {MIN_RULE_OBJECTS} or more wanted): counts of "
+        "these classes may be off; annotate more images or pin some to validation "
+        "(`labelloop ingest --split val`), then retrain"
+    )
 
 
 def area_allowed(area: int, cap: float, grid: Sequence[int]) -> bool:

@@ -24,7 +24,14 @@ from labelloop.db.models import (
 )
 from labelloop.domain import shapes_from_json
 from labelloop.kinds import kind_entry
-from labelloop.objects import COUNT_TRUTH, count_truth_of, object_counts
+from labelloop.objects import (
+    COUNT_TRUTH,
+    MIN_RULE_OBJECTS,
+    RULE_BASIS,
+    count_truth_of,
+    object_counts,
+    thin_rules_warning,
+)
 from labelloop.projects import get_project, label_names
 
 
@@ -117,6 +124,14 @@ def count_warning(row: dict) -> str | None:
         "of the rasterised truth (touching cells merged), not annotated objects; "
         "retrain or re-evaluate before comparing counts"
     )
+
+
+def rule_basis_warning(row: dict) -> str | None:
+    """Why a model version's counts of some classes may be off: its instance rules rest on
+    fewer than `MIN_RULE_OBJECTS` annotated objects of them (as the version recorded)."""
+    recorded = row.get("rule_objects") or {}
+    thin = {lb: n for lb, n in recorded.items() if n < MIN_RULE_OBJECTS}
+    return thin_rules_warning(row.get("name", "model"), thin, RULE_BASIS) if thin else None
 
 
 def _datasets(s, pid: int) -> list[dict]:
@@ -266,6 +281,8 @@ def model_versions(ctx: Context, project_name: str) -> list[dict]:
                     "test": (mv.metrics.get("test") or {}).get(metric),
                     "metrics": mv.metrics.get("test") or {},
                     "count_truth": count_truth_of(mv.metrics.get("test"), p.task),
+                    # Annotated objects per label the instance rules rest on (instance mode).
+                    "rule_objects": mv.recipe.get("instance_rule_objects"),
                     "val_metrics": mv.metrics.get("val") or {},
                     "comparison": mv.metrics.get("comparison"),
                     "train_seconds": mv.metrics.get("train_seconds"),

@@ -149,6 +149,17 @@ def test_old_count_metrics_are_flagged_and_new_ones_give_relative_errors():
     assert "rasterised truth" in count_warning({"name": "m1", "count_truth": "raster_components"})
 
 
+def test_a_version_whose_rules_rest_on_few_objects_is_flagged_for_those_classes_only():
+    from labelloop.reports import rule_basis_warning
+
+    row = {"name": "m1", "rule_objects": {"RBC": 52, "WBC": 3, "Platelets": 9}}
+    warning = rule_basis_warning(row)
+    assert "m1's instance rules" in warning and "WBC 3, Platelets 9" in warning
+    assert "RBC" not in warning
+    assert rule_basis_warning({**row, "rule_objects": {"RBC": 10}}) is None
+    assert rule_basis_warning({"name": "m0", "rule_objects": None}) is None  # not recorded
+
+
 def test_count_intervals_read_object_scores_as_probabilities():
     from labelloop.objects import count_intervals
 

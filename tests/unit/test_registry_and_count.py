@@ -254,6 +254,12 @@ def test_count_says_when_instance_rules_rest_on_few_annotated_objects(ctx, proje
     warned = [w for w in json.loads(r.output)["warnings"] if "few annotated objects" in w]
     assert len(warned) == 1 and name in warned[0] and "validation and training" in warned[0]
     assert all(f"{lb} {held}" in warned[0] for lb in labels)
+    # `models` says it too, from what the version recorded.
+    r = runner.invoke(app, ["models", "--project", "reg", "--json"])
+    row = next(m for m in json.loads(r.output) if m["name"] == name)
+    assert row["rule_objects"] == recorded
+    r = runner.invoke(app, ["models", "--project", "reg"])
+    assert r.exit_code == 0 and "few annotated objects" in r.output, r.output
     # A version trained before the basis was recorded: its validation split's objects.
     assert thin_rule_basis(manifest, labels, kinds) == dict.fromkeys(labels, len(split["val"]))
     # Enough objects of every label: nothing to say.

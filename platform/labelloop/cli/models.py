@@ -35,8 +35,9 @@ def models_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """List a project's model versions: stage, test metric, dataset version, recipe hash,
-    and why each reached its stage."""
-    from labelloop.reports import count_warning, model_versions
+    and why each reached its stage; with a warning for a version whose instance rules rest
+    on fewer than 10 annotated objects of a class (`--json`: `rule_objects`)."""
+    from labelloop.reports import count_warning, model_versions, rule_basis_warning
 
     rows = model_versions(context(), project)
     if as_json:
@@ -61,9 +62,9 @@ def models_cmd(
         )
     console.print(t)
     for r in rows:
-        warning = count_warning(r)
-        if warning:
-            err_console.print(f"[yellow]{warning}[/]")
+        for warning in (count_warning(r), rule_basis_warning(r)):
+            if warning:
+                err_console.print(f"[yellow]{warning}[/]")
 
 
 @app.command("promote")

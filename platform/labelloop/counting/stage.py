@@ -39,7 +39,13 @@ from labelloop.errors import InputError
 from labelloop.imaging import decode_image
 from labelloop.ingest.readers.images import IMAGE_SUFFIXES
 from labelloop.kinds import kind_entry
-from labelloop.objects import MIN_RULE_OBJECTS, count_intervals, object_counts
+from labelloop.objects import (
+    MIN_RULE_OBJECTS,
+    RULE_BASIS,
+    count_intervals,
+    object_counts,
+    thin_rules_warning,
+)
 from labelloop.registry import LoadedModel, load_model_version
 
 
@@ -109,14 +115,8 @@ def _rule_warnings(
     thin = thin_rule_basis(manifest, loaded.labels, kinds, recorded)
     if not thin:
         return []
-    few = ", ".join(f"{lb} {n}" for lb, n in thin.items())
-    where = "validation and training images" if recorded is not None else "a validation split"
-    return [
-        f"{name}'s instance rules (minimum area, neck cuts) were chosen on {where} "
-        f"holding few annotated objects ({few}; {MIN_RULE_OBJECTS} or more wanted): counts of "
-        "these classes may be off; annotate more images or pin some to validation "
-        "(`labelloop ingest --split val`), then retrain"
-    ]
+    where = RULE_BASIS if recorded is not None else "a validation split"
+    return [thin_rules_warning(name, thin, where)]
 
 
 def count_images(
