@@ -66,6 +66,7 @@ def project_status(ctx: Context, project_name: str, *, round_items: int = 20) ->
                     "primary_metric": mv.metrics.get("primary_metric") or "mean_dice",
                     "count_truth": count_truth_of(test, project.task),
                     "count_relative_error": count_relative_errors(test),
+                    "rule_objects": mv.recipe.get("instance_rule_objects"),
                     "train_seconds": mv.metrics.get("train_seconds"),
                     "epochs": mv.metrics.get("epochs"),
                     "scored_images": s.scalar(
@@ -132,6 +133,11 @@ def rule_basis_warning(row: dict) -> str | None:
     recorded = row.get("rule_objects") or {}
     thin = {lb: n for lb, n in recorded.items() if n < MIN_RULE_OBJECTS}
     return thin_rules_warning(row.get("name", "model"), thin, RULE_BASIS) if thin else None
+
+
+def model_warnings(row: dict) -> list[str]:
+    """What a listing of model versions says under its table about this one."""
+    return [w for w in (count_warning(row), rule_basis_warning(row)) if w]
 
 
 def _datasets(s, pid: int) -> list[dict]:

@@ -258,8 +258,9 @@ def test_count_says_when_instance_rules_rest_on_few_annotated_objects(ctx, proje
     r = runner.invoke(app, ["models", "--project", "reg", "--json"])
     row = next(m for m in json.loads(r.output) if m["name"] == name)
     assert row["rule_objects"] == recorded
-    r = runner.invoke(app, ["models", "--project", "reg"])
-    assert r.exit_code == 0 and "few annotated objects" in r.output, r.output
+    for command in ("models", "status"):
+        r = runner.invoke(app, [command, "--project", "reg"])
+        assert r.exit_code == 0 and "few annotated objects" in r.output, (command, r.output)
     # A version trained before the basis was recorded: its validation split's objects.
     assert thin_rule_basis(manifest, labels, kinds) == dict.fromkeys(labels, len(split["val"]))
     # Enough objects of every label: nothing to say.

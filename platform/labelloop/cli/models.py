@@ -37,7 +37,7 @@ def models_cmd(
     """List a project's model versions: stage, test metric, dataset version, recipe hash,
     and why each reached its stage; with a warning for a version whose instance rules rest
     on fewer than 10 annotated objects of a class (`--json`: `rule_objects`)."""
-    from labelloop.reports import count_warning, model_versions, rule_basis_warning
+    from labelloop.reports import model_versions, model_warnings
 
     rows = model_versions(context(), project)
     if as_json:
@@ -62,9 +62,8 @@ def models_cmd(
         )
     console.print(t)
     for r in rows:
-        for warning in (count_warning(r), rule_basis_warning(r)):
-            if warning:
-                err_console.print(f"[yellow]{warning}[/]")
+        for warning in model_warnings(r):
+            err_console.print(f"[yellow]{warning}[/]")
 
 
 @app.command("promote")

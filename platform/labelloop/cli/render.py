@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from labelloop.reports import count_warning
+from labelloop.reports import count_warning, model_warnings
 
 # The per-class figure shown beside each kind's primary metric.
 PER_CLASS_KEY = {"mean_dice": "dice", "map50": "ap50", "macro_f1": "f1"}
@@ -99,8 +99,7 @@ def render_status(st: dict, console: Console, *, items: int = 10) -> None:
             )
         console.print(t)
         for m in st["model_versions"]:
-            warning = count_warning(m)
-            if warning:
+            for warning in model_warnings(m):
                 console.print(f"[yellow]{warning}[/]")
     for rnd in st["rounds"][-1:]:
         labels = p["labels"]
