@@ -267,9 +267,15 @@ MIN_RULE_OBJECTS = 10
 RULE_BASIS = "validation and training images"
 
 
+def thin_labels(found: dict[str, int]) -> dict[str, int]:
+    """The labels of `found` (label: annotated objects a label's rules rest on) with fewer
+    than `MIN_RULE_OBJECTS`."""
+    return {lb: n for lb, n in found.items() if n < MIN_RULE_OBJECTS}
+
+
 def thin_rules_warning(model: str, thin: dict[str, int], where: str) -> str:
-    """What `count` and `models` say of a model version whose instance rules for the
-    labels in `thin` (label: annotated objects) were chosen on `where`."""
+    """What `count`, `models` and `status` say of a model version whose instance rules for
+    the labels in `thin` (label: annotated objects) were chosen on `where`."""
     few = ", ".join(f"{lb} {n}" for lb, n in thin.items())
     return (
         f"{model}'s instance rules (minimum area, neck cuts) were chosen on {where} "

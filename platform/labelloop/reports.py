@@ -26,10 +26,10 @@ from labelloop.domain import shapes_from_json
 from labelloop.kinds import kind_entry
 from labelloop.objects import (
     COUNT_TRUTH,
-    MIN_RULE_OBJECTS,
     RULE_BASIS,
     count_truth_of,
     object_counts,
+    thin_labels,
     thin_rules_warning,
 )
 from labelloop.projects import get_project, label_names
@@ -129,9 +129,8 @@ def count_warning(row: dict) -> str | None:
 
 def rule_basis_warning(row: dict) -> str | None:
     """Why a model version's counts of some classes may be off: its instance rules rest on
-    fewer than `MIN_RULE_OBJECTS` annotated objects of them (as the version recorded)."""
-    recorded = row.get("rule_objects") or {}
-    thin = {lb: n for lb, n in recorded.items() if n < MIN_RULE_OBJECTS}
+    too few annotated objects of them (`objects.thin_labels`, as the version recorded)."""
+    thin = thin_labels(row.get("rule_objects") or {})
     return thin_rules_warning(row.get("name", "model"), thin, RULE_BASIS) if thin else None
 
 

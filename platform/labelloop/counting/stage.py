@@ -40,10 +40,10 @@ from labelloop.imaging import decode_image
 from labelloop.ingest.readers.images import IMAGE_SUFFIXES
 from labelloop.kinds import kind_entry
 from labelloop.objects import (
-    MIN_RULE_OBJECTS,
     RULE_BASIS,
     count_intervals,
     object_counts,
+    thin_labels,
     thin_rules_warning,
 )
 from labelloop.registry import LoadedModel, load_model_version
@@ -83,22 +83,24 @@ def _truth_by_sha(
 
 
 def thin_rule_basis(
-    manifest: dict, labels: Sequence[str], kinds: Sequence[str], recorded: dict | None = None
+    manifest: dict | None,
+    labels: Sequence[str],
+    kinds: Sequence[str],
+    recorded: dict | None = None,
 ) -> dict[str, int]:
-    """Labels whose instance rules were chosen on fewer than `MIN_RULE_OBJECTS` annotated
-    objects, with how many there were: as the model version recorded them (`recorded`,
-    recipe `instance_rule_objects`: validation plus training images where validation held
-    too few), else, for versions trained before that was recorded, the validation
-    split's."""
+    """Labels whose instance rules were chosen on too few annotated objects
+    (`objects.thin_labels`), with how many there were: as the model version recorded them
+    (`recorded`, recipe `instance_rule_objects`: validation plus training images where
+    validation held too few), else, for versions trained before that was recorded, the
+    validation split's (read from `manifest`, which only they need)."""
     if recorded is not None:
-        found = {lb: int(recorded.get(lb, 0)) for lb in labels}
-    else:
-        found = dict.fromkeys(labels, 0)
-        for item in manifest["items"]:
-            if item["split"] == "val":
-                for lb, n in object_counts(shapes_from_json(item["shapes"]), labels, kinds).items():
-                    found[lb] += n
-    return {lb: n for lb, n in found.items() if n < MIN_RULE_OBJECTS}
+        return thin_labels({lb: int(recorded.get(lb, 0)) for lb in labels})
+    found = dict.fromkeys(labels, 0)
+    for item in manifest["items"]:
+        if item["split"] == "val":
+            for lb, n in object_counts(shapes_from_json(item["shapes"]), labels, kinds).items():
+                found[lb] += n
+    return thin_labels(found)
 
 
 def _rule_warnings(
@@ -111,7 +113,7 @@ def _rule_warnings(
     if getattr(recipe, "mode", None) != "instance" or not chosen:
         return []
     recorded = getattr(recipe, "instance_rule_objects", None)
-    manifest = load_manifest(ctx, dataset_version_id)
+    manifest = load_manifest(ctx, dataset_version_id) if recorded is None else None
     thin = thin_rule_basis(manifest, loaded.labels, kinds, recorded)
     if not thin:
         return []
