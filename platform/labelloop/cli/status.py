@@ -14,7 +14,9 @@ app = typer.Typer()
 @app.command()
 @handle_errors
 def status(project: ProjectOpt, as_json: JsonOpt = False) -> None:
-    """Images, annotations per class, dataset and model versions with metrics, rounds."""
+    """Images, annotations per class, dataset and model versions with metrics, rounds;
+    warns under the model table when a version's counts cannot be trusted (old count
+    metrics, or instance rules resting on fewer than 10 annotated objects of a class)."""
     from labelloop.reports import project_status
 
     st = project_status(context(), project)
