@@ -22,6 +22,11 @@ one thread: equal conditions on a shared machine, and ultralytics' own CPU setti
 trains on one thread, without loader workers, on a 2-core machine). `--sequential` runs
 them one after the other instead, labelloop then using every core.
 
+Counts are also set beside the plain baseline every count metric is shown with
+(`objects.add_count_baseline`): a constant count per image, the median of the training
+list's annotated boxes per image ("count_baseline"). `--baseline` adds it to the last
+result JSON and redraws its PNG without training.
+
 Usage: .venv/bin/python benchmarks/bccd_detection.py [--minutes 30] [--only labelloop]
 Writes benchmarks/results/bccd_detection.json and bccd_detection.png.
 """
@@ -48,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.datasets import bccd_manifest  # noqa: E402
+from labelloop.objects import add_count_baseline  # noqa: E402
 from labelloop.training.common import split_items  # noqa: E402
 from labelloop.training.detection.data import item_boxes, load_sample  # noqa: E402
 from labelloop.training.detection.evaluate import (  # noqa: E402
@@ -397,6 +403,11 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         cx.scatter(true + jitter, pred, s=14, alpha=0.7, label=f"{name} (MAE {mae:.2f})")
         top = max(top, int(pred.max()), int(true.max()))
     cx.plot([0, top], [0, top], color="grey", lw=1, ls="--")
+    base = summary.get("count_baseline")
+    if base:
+        const = base["count_constant"][labels[0]]
+        mae = base["per_class"][labels[0]]["count_mae_constant"]
+        cx.axhline(const, color="black", lw=1, ls=":", label=f"constant {const:g} (MAE {mae:.2f})")
     cx.set_xlabel(f"annotated {labels[0]} boxes per test image")
     cx.set_ylabel(f"{labels[0]} counted (thresholds chosen on val)")
     cx.set_title(f"{labels[0]} count per test image")
@@ -462,7 +473,25 @@ def _table(summary: dict[str, Any]) -> str:
             f"mAP50 {t['map50']:.3f}  mAP {t['map']:.3f}  AP50 {ap}  count MAE {mae}  "
             f"tuned on val {tuned}"
         )
+    base = summary.get("count_baseline")
+    if base:
+        mae = " / ".join(f"{base['per_class'][n]['count_mae_constant']:.2f}" for n in labels)
+        const = " / ".join(f"{base['count_constant'][n]:g}" for n in labels)
+        rows.append(f"constant   {const} per image (training median)  count MAE {mae}")
     return "\n".join(rows)
+
+
+def count_baseline(manifest: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+    """The constant count per image a counter must beat, as a training run stores it: per
+    class the median of the training list's boxes per image, and its MAE on the test list."""
+
+    def boxes(split: str) -> list[list[int]]:
+        return [
+            np.bincount(item_boxes(it, labels)[1], minlength=len(labels)).tolist()
+            for it in split_items(manifest, split)
+        ]
+
+    return add_count_baseline({"per_class": {}}, labels, boxes("train"), boxes("test"))
 
 
 def count_agreement(summary: dict[str, Any]) -> dict[str, Any]:
@@ -533,6 +562,11 @@ def main() -> None:
         action="store_true",
         help="score the models and predictions of the last run again, without training",
     )
+    ap.add_argument(
+        "--baseline",
+        action="store_true",
+        help="add the constant count baseline to the last result and redraw it, no training",
+    )
     ap.add_argument("--name", default="bccd_detection", help="stem of the result files")
     ap.add_argument("--results", type=Path, default=RESULTS, help="folder for JSON and PNG")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -544,6 +578,14 @@ def main() -> None:
 
     manifest, fetch = bccd_manifest("detection")
     labels = manifest["labels"]
+    if args.baseline:
+        path = args.results.resolve() / f"{args.name}.json"
+        summary = json.loads(path.read_text())
+        summary["count_baseline"] = count_baseline(manifest, labels)
+        path.write_text(json.dumps(summary, indent=2) + "\n")
+        plot(summary, path.with_suffix(".png"))
+        print(_table(summary))
+        return
     want = [args.only] if args.only else ["labelloop", "yolov8n"]
     if "yolov8n" in want and not BENCH_PYTHON.exists():
         raise SystemExit(f"{BENCH_PYTHON} not found: run `make bench-venv` first")
@@ -601,6 +643,7 @@ def main() -> None:
         },
     }
     summary["count_agreement"] = count_agreement(summary)
+    summary["count_baseline"] = count_baseline(manifest, labels)
     out_dir = args.results.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / f"{args.name}.png"

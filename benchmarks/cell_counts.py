@@ -6,7 +6,8 @@ mask instance), never with connected components of a rasterised truth.
 Part `smears`: the demo's synthetic blood smears (labelloop.synthetic; polygons and brush
 masks, boxes left out), one model in instance mode and one in multiclass (semantic) mode,
 trained for the same number of epochs; per class on the test split: count relative
-error of the totals, count MAE per image, and instance F1 at IoU 0.5.
+error of the totals, count MAE per image, and instance F1 at IoU 0.5; beside them, a
+constant count per image (the training images' median, `objects.add_count_baseline`).
 
 Part `isbi`: ISBI 2012's 30 labelled slices; the annotated cells are the connected regions
 of each label mask's cell interior (255), 3,431 in all, as `labelloop ingest` reads them.
@@ -19,7 +20,9 @@ Slices 0-21 train, 22-24 validation, 25-29 test. Compared with the same epochs p
 - membranes, contours: the same model, regions below a minimum area (chosen on the
   validation slices) dropped;
 - classical: Otsu threshold + distance-transform watershed (scikit-image), marker distance
-  and minimum area chosen on the validation slices; no training.
+  and minimum area chosen on the validation slices; no training;
+- constant: every test slice given the median cell count of the training slices, the plain
+  baseline every count is shown beside (counts only, no cells to match).
 Each trained network is also read from the mean of its 8 flipped / turned views (recipe
 `tta`, rows ", TTA"), with its own rules chosen on validation from those views.
 Per test slice: predicted and true cells, count relative error; over the test slices:
@@ -73,7 +76,7 @@ from labelloop.objects import (  # noqa: E402
     instance_shapes,
     object_counts,
 )
-from labelloop.training.common import split_items  # noqa: E402
+from labelloop.training.common import item_shapes, split_items  # noqa: E402
 from labelloop.training.segmentation.data import load_shapes  # noqa: E402
 from labelloop.training.segmentation.evaluate import (  # noqa: E402
     COUNTED,
@@ -149,7 +152,30 @@ def smears(epochs: int, images: dict[str, int], overlay: Path, seed: int = 0) ->
         if mode == "instance":
             out["models"][mode]["rules"] = m["instance_rules"]
             out["models"][mode]["rule_objects"] = recipe.instance_rule_objects
+    out["models"][CONSTANT_ROW] = _constant_scores(m)
     return out
+
+
+# The plain baseline beside every count (`objects.add_count_baseline`, stored by every
+# evaluation): a constant count per image, the median of the training images.
+CONSTANT_ROW = "constant (median count per training image)"
+
+
+def _constant_scores(m: dict) -> dict:
+    """The constant's row from an evaluation: its count per image and class, the total it
+    gives the test split, and its count MAE per image."""
+    n = m["n_images"]
+    per_class = {}
+    for lb, c in m["per_class"].items():
+        const = m["count_constant"][lb]
+        per_class[lb] = {
+            "true": c["true_count"],
+            "constant": const,
+            "predicted": const * n,
+            "relative_error": rel(const * n, c["true_count"]),
+            "count_mae": c["count_mae_constant"],
+        }
+    return {"per_class": per_class}
 
 
 def _smear_scores(m: dict, epochs: int, t0: float, c0: float) -> dict:
@@ -212,7 +238,8 @@ def plot_smears(result: dict, path: Path) -> None:
         errs = [m["per_class"][lb]["relative_error"] or 0 for lb in labels]
         x = np.arange(len(labels)) + (k - (n - 1) / 2) * width
         name = f"{mode}, rules chosen (val; + train where val is thin)" if "rules" in m else mode
-        ax.bar(x, np.minimum(errs, top), width, label=f"{name} ({m['epochs']} epochs)")
+        name += f" ({m['epochs']} epochs)" if "epochs" in m else ", no model"
+        ax.bar(x, np.minimum(errs, top), width, label=name)
         for xi, e in zip(x, errs, strict=True):
             ax.text(xi, min(e, top), f"{e:.1%}", ha="center", va="bottom", fontsize=8)
     ax.set_ylim(0, top * 1.1)
@@ -367,6 +394,24 @@ def isbi(epochs: int, train_models: bool = True, n_val: int = 3, input_scale: fl
     if train_models:
         _isbi_models(out, cells, fetch, images, t_maps, t_counts, shift, epochs, val, input_scale)
 
+    # The plain baseline: every test slice given the median cells of the training slices.
+    per_train = [
+        object_counts(item_shapes(it), ["cell"], ("mask",))["cell"]
+        for it in split_items(cells, "train")
+    ]
+    const = float(np.median(per_train))
+    slices = [
+        {"predicted": const, "true": t, "relative_error": rel(const, t)} for t in t_counts["test"]
+    ]
+    out["methods"]["constant (median cells per training slice)"] = {
+        "slices": slices,
+        "constant": const,
+        "mean_relative_error": round(float(np.mean([s["relative_error"] for s in slices])), 4),
+        "max_relative_error": round(float(np.max([s["relative_error"] for s in slices])), 4),
+        "total_relative_error": rel(const * len(slices), sum(t_counts["test"])),
+        "f1_50": None,  # no cells, only a number
+    }
+
     # Classical baseline, parameters chosen on val.
     t0, c0 = time.monotonic(), cpu_seconds()
     # Not bounded by the annotated areas as the trained methods are: a baseline at its
@@ -477,9 +522,11 @@ def plot_isbi(result: dict, path: Path) -> None:
     a.set_xlabel("annotated cells per test slice")
     a.set_ylabel("predicted cells")
     a.legend(fontsize=7)
-    names = list(result["methods"])
+    # Colours as in the scatter; a method without cells (the constant) has no F1 bar.
+    colour = {n: f"C{i}" for i, n in enumerate(result["methods"])}
+    names = [n for n, m in result["methods"].items() if m["f1_50"] is not None]
     f1 = [result["methods"][n]["f1_50"] for n in names]
-    b.bar(range(len(names)), f1, color=[f"C{i}" for i in range(len(names))])
+    b.bar(range(len(names)), f1, color=[colour[n] for n in names])
     for i, v in enumerate(f1):
         b.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
     b.axhline(TARGET_F1, color="k", ls=":", lw=1)

@@ -291,6 +291,79 @@ def area_allowed(area: int, cap: float, grid: Sequence[int]) -> bool:
     return area <= cap or area == min(grid)
 
 
+# The plain baseline every count metric is shown beside: a counter that ignores the image
+# and says "the median number of annotated objects per training image" for every image.
+# A model whose count MAE for a class is no better than that constant's has not shown that
+# it counts the class: on BCCD, where many red cells have no box, both detectors counted
+# red cells worse (MAE 3.82, 3.79) than the training median of 12 per image (3.15), while
+# beating it by far on white cells and platelets (benchmarks/bccd_detection.py).
+CONSTANT_MAE = "count_mae_constant"  # per class, beside "count_mae"
+CONSTANT = "count_constant"  # per label, the constant itself
+
+
+def add_count_baseline(
+    result: dict[str, Any],
+    labels: Sequence[str],
+    train_counts: np.ndarray,
+    true_counts: np.ndarray,
+) -> dict[str, Any]:
+    """`result` (an evaluation with `per_class` entries) with the constant of each label,
+    the median of `train_counts` (training images, labels), and its count MAE per image on
+    `true_counts` (evaluated images, labels), counted as the evaluation counts its truth.
+    Unchanged without training or evaluated images."""
+    train = np.asarray(train_counts, np.float64).reshape(-1, len(labels))
+    truth = np.asarray(true_counts, np.float64).reshape(-1, len(labels))
+    if not len(train) or not len(truth):
+        return result
+    constant = np.median(train, axis=0)
+    mae = np.abs(truth - constant).mean(axis=0)
+    per_class = result.setdefault("per_class", {})
+    for i, name in enumerate(labels):
+        per_class.setdefault(name, {})[CONSTANT_MAE] = round(float(mae[i]), 4)
+    result[CONSTANT] = {name: float(constant[i]) for i, name in enumerate(labels)}
+    return result
+
+
+def counts_not_beaten(
+    rows: Iterable[tuple[str, float | None, float | None, int | None]],
+    constants: Mapping[str, float],
+) -> dict[str, tuple[float, float, float]]:
+    """Of rows (label, count MAE, constant's count MAE, true objects), the labels whose
+    count MAE is no better than the constant's, as (MAE, constant's MAE, constant); labels
+    without annotated objects are left out (both are right to say zero)."""
+    return {
+        lb: (float(mae), float(base), float(constants[lb]))
+        for lb, mae, base, true in rows
+        if mae is not None and base is not None and true and lb in constants and mae >= base
+    }
+
+
+def evaluation_not_beaten(metrics: Mapping[str, Any]) -> dict[str, tuple[float, float, float]]:
+    """`counts_not_beaten` of a stored evaluation (segmentation stores `true_count`,
+    detection `n_true`)."""
+    rows = [
+        (lb, e.get("count_mae"), e.get(CONSTANT_MAE), e.get("true_count", e.get("n_true")))
+        for lb, e in (metrics.get("per_class") or {}).items()
+        if e
+    ]
+    return counts_not_beaten(rows, metrics.get(CONSTANT) or {})
+
+
+def constant_count_warning(model: str, beaten_not: Mapping[str, tuple[float, ...]]) -> str:
+    """What `models` and `status` say of a model version whose counts of some classes are
+    no better than a constant count per image (`counts_not_beaten`)."""
+    few = "; ".join(
+        f"{lb}: MAE {mae:.2f} against {base:.2f} for {const:g} per image"
+        for lb, (mae, base, const) in beaten_not.items()
+    )
+    return (
+        f"{model}'s counts of {', '.join(beaten_not)} are no closer to the annotations than "
+        f"a constant count per image, the training images' median ({few}): they are not "
+        "shown to follow the images; check that every such cell is annotated in the images "
+        "compared (missing annotations make counts unmeasurable), or label more"
+    )
+
+
 def count_intervals(
     shapes: Iterable[Shape], labels: Sequence[str], z: float = 1.96
 ) -> dict[str, dict[str, float]]:

@@ -27,7 +27,9 @@ from labelloop.kinds import kind_entry
 from labelloop.objects import (
     COUNT_TRUTH,
     RULE_BASIS,
+    constant_count_warning,
     count_truth_of,
+    evaluation_not_beaten,
     object_counts,
     thin_labels,
     thin_rules_warning,
@@ -111,7 +113,9 @@ def count_relative_errors(metrics: dict) -> dict[str, float | None]:
     metrics (None where the class has no true object or no counts were stored)."""
     out: dict[str, float | None] = {}
     for lb, m in (metrics.get("per_class") or {}).items():
-        true, pred = (m or {}).get("true_count"), (m or {}).get("pred_count")
+        m = m or {}
+        # Segmentation stores true_count / pred_count, detection n_true / n_pred.
+        true, pred = m.get("true_count", m.get("n_true")), m.get("pred_count", m.get("n_pred"))
         out[lb] = round(abs(pred - true) / true, 4) if true and pred is not None else None
     return out
 
@@ -134,9 +138,20 @@ def rule_basis_warning(row: dict) -> str | None:
     return thin_rules_warning(row.get("name", "model"), thin, RULE_BASIS) if thin else None
 
 
+def constant_warning(row: dict) -> str | None:
+    """Why a model version's counts of some classes show nothing: on its test split they
+    are no closer to the annotations than a constant count per image
+    (`objects.evaluation_not_beaten`)."""
+    if row.get("count_truth", COUNT_TRUTH) != COUNT_TRUTH:
+        return None  # old count metrics; `count_warning` says so
+    beaten_not = evaluation_not_beaten(row.get("metrics") or {})
+    return constant_count_warning(row.get("name", "model"), beaten_not) if beaten_not else None
+
+
 def model_warnings(row: dict) -> list[str]:
     """What a listing of model versions says under its table about this one."""
-    return [w for w in (count_warning(row), rule_basis_warning(row)) if w]
+    found = (count_warning(row), rule_basis_warning(row), constant_warning(row))
+    return [w for w in found if w]
 
 
 def _datasets(s, pid: int) -> list[dict]:

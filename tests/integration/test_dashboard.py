@@ -116,6 +116,13 @@ def test_every_page_kind_renders_the_database(world, page):
         cell = page.locator(f'tr[data-class="{label}"] [data-field="dice"]')
         expect = "–" if entry["dice"] is None else f"{entry['dice']:.3f}"
         assert cell.inner_text() == expect
+        # The plain baseline beside the model's count error, from the same evaluation.
+        base = page.locator(f'tr[data-class="{label}"] [data-field="count_mae_constant"]')
+        assert base.inner_text() == f"{entry['count_mae_constant']:.3f}"
+    # The page says what `models` says of this version (here every training and test image
+    # holds one object of each class, so the constant is exact and no model beats it).
+    warning = page.locator("[data-warning]").first.inner_text()
+    assert "no closer to the annotations than a constant" in warning
     errors = [
         int(e)
         for e in page.locator("#gallery .item").evaluate_all("els => els.map(e => e.dataset.error)")

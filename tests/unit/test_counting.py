@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,6 +148,68 @@ def test_old_count_metrics_are_flagged_and_new_ones_give_relative_errors():
     assert count_relative_errors(test) == {"RBC": 0.05, "WBC": None}
     assert count_warning({"name": "m1", "count_truth": "annotated_objects"}) is None
     assert "rasterised truth" in count_warning({"name": "m1", "count_truth": "raster_components"})
+
+
+def test_detection_metrics_give_relative_errors_too():
+    from labelloop.reports import count_relative_errors
+
+    test = {"per_class": {"RBC": {"n_true": 100, "n_pred": 90}, "WBC": {"n_true": 0}}}
+    assert count_relative_errors(test) == {"RBC": 0.1, "WBC": None}
+
+
+def test_the_constant_count_baseline_and_the_classes_it_is_not_beaten_on():
+    from labelloop.objects import add_count_baseline, evaluation_not_beaten
+    from labelloop.reports import model_warnings
+
+    labels = ["RBC", "WBC", "Platelets"]
+    train = [[10, 1, 0], [14, 1, 2], [12, 0, 1]]  # medians 12, 1, 1
+    truth = [[12, 1, 0], [3, 1, 4]]  # the second field's RBCs mostly unannotated
+    result = {
+        "per_class": {
+            "RBC": {"count_mae": 5.0, "true_count": 15},
+            "WBC": {"count_mae": 0.5, "true_count": 2},
+            "Platelets": {"count_mae": 0.5, "true_count": 4},
+        }
+    }
+    add_count_baseline(result, labels, train, truth)
+    assert result["count_constant"] == {"RBC": 12.0, "WBC": 1.0, "Platelets": 1.0}
+    per = result["per_class"]
+    # RBC |12-12|, |3-12| -> 4.5; WBC exact -> 0; platelets |0-1|, |4-1| -> 2.
+    assert [per[lb]["count_mae_constant"] for lb in labels] == [4.5, 0.0, 2.0]
+    # RBC (5.0 >= 4.5) and WBC (0.5 >= 0, the constant is exact) are not beaten.
+    assert evaluation_not_beaten(result) == {"RBC": (5.0, 4.5, 12.0), "WBC": (0.5, 0.0, 1.0)}
+    row = {"name": "m2", "count_truth": "annotated_objects", "metrics": result}
+    (warning,) = model_warnings(row)
+    assert warning.startswith("m2's counts of RBC, WBC are no closer to the annotations than")
+    assert "RBC: MAE 5.00 against 4.50 for 12 per image" in warning
+    # A class without annotated objects in the test split is not judged.
+    per["WBC"]["true_count"] = 0
+    assert set(evaluation_not_beaten(result)) == {"RBC"}
+    # Nothing without training images; old metrics get the old-definition warning only.
+    assert add_count_baseline({"per_class": {}}, labels, [], truth) == {"per_class": {}}
+    old = {**row, "count_truth": "raster_components"}
+    assert ["rasterised truth" in w for w in model_warnings(old)] == [True]
+
+
+def test_a_count_report_sets_each_mae_beside_the_constants():
+    from labelloop.counting.report import CountReport, ImageCount
+
+    report = CountReport("m1", ["RBC"], Path("."), constant={"RBC": 10.0})
+    report.images = [
+        ImageCount("a.png", {"RBC": 11}, {"RBC": 12}),
+        ImageCount("b.png", {"RBC": 7}, {"RBC": 6}),
+        ImageCount("c.png", {"RBC": 9}),  # not annotated: not compared
+    ]
+    acc = report.accuracy()["RBC"]
+    assert (acc["mae"], acc["mae_constant"]) == (1.0, 3.0)
+    assert report.not_beaten() == {}
+    report.constant = {"RBC": 9.0}  # |12-9|, |6-9|: 3 -> still beaten by the model
+    assert report.not_beaten() == {}
+    report.images[0] = ImageCount("a.png", {"RBC": 2}, {"RBC": 12})
+    assert report.not_beaten() == {"RBC": (5.5, 3.0, 9.0)}
+    assert (
+        "mae_constant" not in CountReport("m1", ["RBC"], Path("."), report.images).accuracy()["RBC"]
+    )
 
 
 def test_a_version_whose_rules_rest_on_few_objects_is_flagged_for_those_classes_only():

@@ -59,6 +59,11 @@ def test_train_score_count_push(task, tmp_path):
     mv = out["model_version"]
     assert mv["stage"] == "production" and mv["primary_metric"] == METRIC[task]
     assert 0.0 <= mv["metrics"][METRIC[task]] <= 1.0
+    if task == "detection":
+        # Every factory image holds one box of each class: the constant a count must beat
+        # is 1 per image, and it makes no error on the test split.
+        assert mv["metrics"]["count_constant"] == {"RBC": 1.0, "WBC": 1.0, "Platelets": 1.0}
+        assert {c["count_mae_constant"] for c in mv["metrics"]["per_class"].values()} == {0.0}
     models = run("models", "--project", "p")
     assert [m["task"] for m in models] == [task]
 

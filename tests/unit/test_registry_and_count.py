@@ -154,6 +154,14 @@ def test_count_writes_overlays_and_compares_with_labels(ctx, project, tmp_path):
     assert rbc["true"] == 2 and rbc["images"] == 2
     # The tiny model is semantic (multiclass): the report says touching cells merge.
     assert any("touching cells" in w for w in report["warnings"])
+    # Every image holds one object of each class, so the constant (the training images'
+    # median, stored with the evaluation) is 1 and exact: no model beats it, and the
+    # report says its counts are not shown to follow the images.
+    with ctx.db.session() as s:
+        stored = s.get(ModelVersion, mv).metrics["test"]
+    assert stored["count_constant"] == {"RBC": 1.0, "WBC": 1.0, "Platelets": 1.0}
+    assert all(a["mae_constant"] == 0.0 for a in report["accuracy"].values())
+    assert any("no closer to the annotations than a constant" in w for w in report["warnings"])
     for im in report["images"]:
         assert Image.open(im["overlay"]).size == Image.open(im["file"]).size
         for lb, iv in im["intervals"].items():

@@ -134,6 +134,31 @@ def test_evaluate_with_a_perfect_model_scores_one():
     )
 
 
+def test_evaluation_stores_the_constant_count_a_model_must_beat():
+    manifest, blobs = make_manifest({"train": 5, "test": 3}, seed=3)
+
+    def annotated(split: str) -> np.ndarray:  # shapes per label, as drawn
+        return np.array(
+            [
+                [sum(sh["label"] == lb for sh in it["shapes"]) for lb in LABELS]
+                for it in manifest["items"]
+                if it["split"] == split
+            ]
+        )
+
+    constant = np.median(annotated("train"), axis=0)
+    m = evaluate_segmentation(_ColourOracle(), manifest, blobs.__getitem__, split="test")
+    assert m["count_constant"] == dict(zip(LABELS, constant.tolist(), strict=True))
+    errors = np.abs(annotated("test") - constant).mean(axis=0)
+    for lb, err in zip(LABELS, errors, strict=True):
+        assert m["per_class"][lb]["count_mae_constant"] == round(float(err), 4)
+    # Without training images there is no constant, and nothing is claimed.
+    no_train, blobs = make_manifest({"test": 2})
+    m = evaluate_segmentation(_ColourOracle(), no_train, blobs.__getitem__, split="test")
+    assert "count_constant" not in m
+    assert all("count_mae_constant" not in c for c in m["per_class"].values())
+
+
 class _ColourSigmoid(nn.Module):
     """The colour oracle in binary mode: one logit per label, high where its colour is."""
 

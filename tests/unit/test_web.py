@@ -122,6 +122,11 @@ def test_model_version_page_gallery_worst_first(client, world):
     page = client.get(f"/models/{name}")
     assert page.status_code == 200
     assert 'id="per-class"' in page.text and 'data-class="RBC"' in page.text
+    # Every image holds one object of each class: the constant count is exact, the page
+    # shows its error beside the model's and says the model's counts show nothing.
+    assert _field(page.text, "count_mae_constant") == "0.000"
+    assert "data-warning>" in page.text
+    assert "no closer to the annotations than a constant" in page.text
     errors = [int(e) for e in re.findall(r'data-error="(\d+)"', page.text)]
     assert errors and errors == sorted(errors, reverse=True)
     image = re.search(r'data-image="(\d+)"', page.text).group(1)

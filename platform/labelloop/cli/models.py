@@ -36,7 +36,9 @@ def models_cmd(
 ) -> None:
     """List a project's model versions: stage, test metric, dataset version, recipe hash,
     and why each reached its stage; with a warning for a version whose instance rules rest
-    on fewer than 10 annotated objects of a class (`--json`: `rule_objects`)."""
+    on fewer than 10 annotated objects of a class (`--json`: `rule_objects`), or whose test
+    counts of a class are no closer to the annotations than a constant count per image,
+    the training images' median (`--json`: `count_mae_constant` per class in `metrics`)."""
     from labelloop.reports import model_versions, model_warnings
 
     rows = model_versions(context(), project)
@@ -143,10 +145,12 @@ def count_cmd(
     legend), `counts.csv` and `counts.json` into `--out`; each count carries an interval
     from the objects' confidences. Images already labelled in the project (same content)
     are compared with their annotated objects: count MAE and relative error per class, and
-    `counts.png` plots predicted against true counts. It warns when the model cannot be
-    trusted to count: a semantic model (touching cells merge), or instance rules chosen
-    on fewer than 10 annotated objects of a class (validation's, and training images'
-    where validation holds too few).
+    `counts.png` plots predicted against true counts. Beside each MAE stands the plain
+    baseline's: a constant count per image, the median of the model's training images. It
+    warns when the model cannot be trusted to count: a semantic model (touching cells
+    merge), instance rules chosen on fewer than 10 annotated objects of a class
+    (validation's, and training images' where validation holds too few), or counts of a
+    class on the annotated images no better than the constant's.
     """
     from labelloop.counting.stage import count_images
 
@@ -171,7 +175,8 @@ def count_cmd(
         emit_json(data)
         return
     t = Table(title=f"counts by {result.model} ({len(result.images)} images)")
-    for c in ("class", "total", "interval", "true", "MAE / image", "relative error", "in interval"):
+    columns = ("class", "total", "interval", "true", "MAE / image", "constant's MAE")
+    for c in (*columns, "relative error", "in interval"):
         t.add_column(c, justify="left" if c == "class" else "right")
     acc = result.accuracy() or {}
     for lb, total in result.totals().items():
@@ -184,6 +189,7 @@ def count_cmd(
             f"{low:.0f}-{high:.0f}",
             str(a.get("true", "-")),
             _fmt(a.get("mae"), 2),
+            _fmt(a.get("mae_constant"), 2),
             _fmt(a.get("relative_error"), 3),
             _fmt(a.get("interval_coverage"), 2),
         )

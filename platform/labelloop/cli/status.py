@@ -16,7 +16,8 @@ app = typer.Typer()
 def status(project: ProjectOpt, as_json: JsonOpt = False) -> None:
     """Images, annotations per class, dataset and model versions with metrics, rounds;
     warns under the model table when a version's counts cannot be trusted (old count
-    metrics, or instance rules resting on fewer than 10 annotated objects of a class)."""
+    metrics, instance rules resting on fewer than 10 annotated objects of a class, or
+    test counts of a class no better than a constant count per image)."""
     from labelloop.reports import project_status
 
     st = project_status(context(), project)

@@ -1,6 +1,8 @@
 """What `labelloop count` reports: per image and class the predicted count, its interval,
 the true count where the image is annotated, and the error; per class the MAE per image,
-the relative error of the totals and how often the interval held the truth.
+the relative error of the totals, how often the interval held the truth and, beside the
+MAE, that of the plain baseline: a constant count per image, the training images' median
+(`objects.add_count_baseline`, stored with the model version's evaluation).
 
 The same dict is printed by `--json`, written as `counts.json`, flattened into
 `counts.csv` and drawn as a predicted-vs-true plot (`counts.png`).
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from labelloop.objects import counts_not_beaten
 
 
 @dataclass
@@ -40,13 +44,16 @@ class CountReport:
     # What a reader of the counts must know (e.g. a semantic model merges touching cells).
     warnings: list[str] = field(default_factory=list)
     plot: str | None = None
+    # Per label the constant count a model must beat (the training images' median).
+    constant: dict[str, float] = field(default_factory=dict)
 
     def totals(self) -> dict[str, int]:
         return {lb: sum(im.counts.get(lb, 0) for im in self.images) for lb in self.labels}
 
     def accuracy(self) -> dict[str, dict[str, Any]] | None:
-        """Per class over the annotated images: MAE per image, relative error of the
-        total, and the share of images whose true count lies in the predicted interval."""
+        """Per class over the annotated images: MAE per image (and the constant's, where
+        the model version stored one), relative error of the total, and the share of
+        images whose true count lies in the predicted interval."""
         known = [im for im in self.images if im.truth is not None]
         if not known:
             return None
@@ -70,7 +77,18 @@ class CountReport:
                 "interval_coverage": round(float(np.mean(inside)), 4) if inside else None,
                 "images": len(known),
             }
+            if lb in self.constant:
+                base = float(np.abs(self.constant[lb] - true).mean())
+                out[lb]["mae_constant"] = round(base, 4)
         return out
+
+    def not_beaten(self) -> dict[str, tuple[float, float, float]]:
+        """The classes these annotated images count no better than the constant."""
+        rows = [
+            (lb, a["mae"], a.get("mae_constant"), a["true"])
+            for lb, a in (self.accuracy() or {}).items()
+        ]
+        return counts_not_beaten(rows, self.constant)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -161,10 +179,17 @@ def plot_predicted_vs_true(report: CountReport, path: Path) -> bool:
         ax.plot([0, top], [0, top], "k--", lw=0.8)
         a = acc.get(lb) or {}
         rel = a.get("relative_error")
-        ax.set_title(
-            f"{lb}: MAE {a.get('mae', 0):.2f}, rel. err " + ("-" if rel is None else f"{rel:.1%}"),
-            fontsize=9,
+        title = f"{lb}: MAE {a.get('mae', 0):.2f}, rel. err " + (
+            "-" if rel is None else f"{rel:.1%}"
         )
+        if "mae_constant" in a:
+            # The plain baseline: what a constant count per image scores on these images.
+            const = report.constant[lb]
+            top = max(top, const * 1.05)
+            ax.axhline(const, color="grey", ls=":", lw=1.0, label=f"constant {const:g}")
+            ax.legend(fontsize=7, loc="upper left")
+            title += f"\nconstant {const:g}/image: MAE {a['mae_constant']:.2f}"
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("true count (annotated objects)")
         ax.set_ylabel("predicted count")
         ax.set_xlim(0, top)

@@ -40,7 +40,9 @@ from labelloop.imaging import decode_image
 from labelloop.ingest.readers.images import IMAGE_SUFFIXES
 from labelloop.kinds import kind_entry
 from labelloop.objects import (
+    CONSTANT,
     RULE_BASIS,
+    constant_count_warning,
     count_intervals,
     object_counts,
     thin_labels,
@@ -137,9 +139,10 @@ def count_images(
         mv = s.get(ModelVersion, model_version_id)
         name, project_id, dataset_version_id = mv.name, mv.project_id, mv.dataset_version_id
         kinds = kind_entry(s.get(Project, project_id).task).counted_kinds
+        constant = (mv.metrics.get("test") or {}).get(CONSTANT) or {}
     truths = _truth_by_sha(ctx, project_id, loaded.labels, kinds)
     out_dir = Path(out_dir)
-    report = CountReport(name, list(loaded.labels), out_dir)
+    report = CountReport(name, list(loaded.labels), out_dir, constant=dict(constant))
     if loaded.recipe.task == "segmentation" and loaded.recipe.mode != "instance":
         report.warnings.append(
             f"{name} is a {loaded.recipe.mode} segmentation model: touching cells of one "
@@ -174,6 +177,9 @@ def count_images(
             report.images.append(entry)
             if on_progress:
                 on_progress(n, len(files))
+        beaten_not = report.not_beaten()
+        if beaten_not:
+            report.warnings.append(constant_count_warning(name, beaten_not))
         if plot_predicted_vs_true(report, staging / "counts.png"):
             report.plot = str(out_dir / "counts.png")
         write_csv(report, staging / "counts.csv")

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from labelloop.errors import ConfigError
-from labelloop.objects import COUNT_TRUTH
+from labelloop.objects import COUNT_TRUTH, add_count_baseline
 from labelloop.training.common import Fetch, split_items
-from labelloop.training.detection.data import load_sample
+from labelloop.training.detection.data import item_boxes, load_sample
 from labelloop.training.detection.predict import (
     Detections,
     count_floor,
@@ -135,6 +135,17 @@ def evaluate_detection(
     result["count_thresholds"] = {
         lb: recipe.count_thresholds.get(lb, recipe.score_threshold) for lb in labels
     }
+
+    # The constant count a model must beat, counted as the truth above is (boxes per class).
+    def boxes_per_class(classes: np.ndarray) -> np.ndarray:
+        return np.bincount(classes, minlength=len(labels))[: len(labels)]
+
+    add_count_baseline(
+        result,
+        labels,
+        [boxes_per_class(item_boxes(it, labels)[1]) for it in split_items(manifest, "train")],
+        [boxes_per_class(s[2]) for s in samples],
+    )
     return {**result, "split": split}
 
 

@@ -32,6 +32,7 @@ from labelloop.objects import (
     COUNT_TRUTH,
     DEFAULT_MIN_AREA,
     MIN_RULE_OBJECTS,
+    add_count_baseline,
     counts_from_instances,
     counts_from_label_map,
     counts_from_masks,
@@ -317,6 +318,17 @@ def evaluate_segmentation(
         )
     if recipe.mode == "instance":
         result["instance_rules"] = {k: dict(zip(labels, v, strict=True)) for k, v in rules.items()}
+
+    def per_label(counts: dict[str, int]) -> list[int]:
+        return [counts[lb] for lb in labels]
+
+    train = split_items(manifest, "train")
+    add_count_baseline(
+        result,
+        labels,
+        [per_label(object_counts(item_shapes(it), labels, COUNTED)) for it in train],
+        [per_label(c) for c in true_counts],
+    )
     result["split"] = split
     result["mode"] = recipe.mode
     result["count_truth"] = COUNT_TRUTH
