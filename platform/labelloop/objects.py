@@ -15,6 +15,7 @@ otherwise. Instance output (an instance map from watershed, see
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -365,13 +366,18 @@ def constant_count_warning(model: str, beaten_not: Mapping[str, tuple[float, ...
 
 
 def count_intervals(
-    shapes: Iterable[Shape], labels: Sequence[str], z: float = 1.96
+    shapes: Iterable[Shape],
+    labels: Sequence[str],
+    z: float = 1.96,
+    margin: Mapping[str, float] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per label: the expected number of real objects among the predicted ones and an
     approximate 95 % interval, reading each object's `score` as the probability that it is
     a real cell (Poisson-binomial: mean = sum p, variance = sum p (1 - p); objects without
-    a score count as certain). Cells the model missed entirely are not in it, so the
-    interval is about the objects found, not a bound on the truth."""
+    a score count as certain). Cells the model missed entirely are not in it, so on its
+    own the interval is about the objects found, not a bound on the truth; `margin` (per
+    label, cells, `interval_margins`) widens both sides by what validation showed that
+    reading leaves out."""
     mean = dict.fromkeys(labels, 0.0)
     var = dict.fromkeys(labels, 0.0)
     for sh in shapes:
@@ -382,12 +388,42 @@ def count_intervals(
         var[sh.label] += p * (1.0 - p)
     out: dict[str, dict[str, float]] = {}
     for lb in labels:
-        half = z * float(np.sqrt(var[lb]))
+        half = z * float(np.sqrt(var[lb])) + float((margin or {}).get(lb, 0.0))
         out[lb] = {
             "expected": round(mean[lb], 3),
             "low": round(max(0.0, mean[lb] - half), 3),
             "high": round(mean[lb] + half, 3),
         }
+    return out
+
+
+# The share of images whose annotated count a count interval claims to hold.
+INTERVAL_COVERAGE = 0.95
+
+
+def interval_margins(
+    rows: Sequence[tuple[Mapping[str, Mapping[str, float]], Mapping[str, int]]],
+    labels: Sequence[str],
+    coverage: float = INTERVAL_COVERAGE,
+) -> dict[str, float]:
+    """Per label, the cells to add to both sides of `count_intervals` so that the interval
+    holds the annotated count of at least `coverage` of images like these: rows are the
+    (intervals, annotated counts) of held-out images. Split conformal prediction: each
+    image's excess (how far its truth lies outside its interval, 0 inside) and the
+    ceil((n + 1) coverage)-th smallest of them, which holds for a new image with
+    probability >= coverage when images are exchangeable. Empty when there are too few
+    images to say (fewer than 19 for 95 %)."""
+    n = len(rows)
+    k = math.ceil((n + 1) * coverage)
+    if n == 0 or k > n:
+        return {}
+    out: dict[str, float] = {}
+    for lb in labels:
+        excess = sorted(
+            max(0.0, abs(truth[lb] - iv[lb]["expected"]) - (iv[lb]["high"] - iv[lb]["expected"]))
+            for iv, truth in rows
+        )
+        out[lb] = round(excess[k - 1], 3)
     return out
 
 

@@ -212,6 +212,7 @@ def execute_run(
 
     Returns the model version id; a run that already produced one returns it unchanged."""
     from labelloop.registry import consider_promotion
+    from labelloop.training.intervals import calibrate_count_intervals
     from labelloop.training.kind import get_kind
 
     with ctx.db.session() as s:
@@ -257,6 +258,10 @@ def execute_run(
             recipe = kind.calibrate(
                 model, manifest, ctx.blobs.get_bytes, labels=labels, recipe=recipe
             )
+        # After the kind's own choices: the intervals are those of the counts it now makes.
+        recipe = calibrate_count_intervals(
+            kind, model, manifest, ctx.blobs.get_bytes, labels=labels, recipe=recipe
+        )
         test = kind.evaluate(
             model, manifest, ctx.blobs.get_bytes, split="test", labels=labels, recipe=recipe
         )

@@ -212,6 +212,37 @@ def test_a_count_report_sets_each_mae_beside_the_constants():
     )
 
 
+def test_interval_margins_cover_the_truth_of_19_in_20_images():
+    from labelloop.objects import interval_margins
+
+    def row(expected: float, half: float, truth: int):
+        iv = {"expected": expected, "low": expected - half, "high": expected + half}
+        return {"RBC": iv}, {"RBC": truth}
+
+    # 19 images: 15 inside their interval, and 4 whose truth lies 1, 2, 3 and 5 cells
+    # beyond it (missed cells the confidences cannot see).
+    rows = [row(10.0, 1.0, 10) for _ in range(15)]
+    rows += [row(10.0, 1.0, 10 + 1 + extra) for extra in (1, 2, 3)] + [row(10.0, 1.0, 4)]
+    # ceil(20 * 0.95) = 19: the largest excess, 5, is what holds 95 % of new images.
+    assert interval_margins(rows, ["RBC"]) == {"RBC": 5.0}
+    # At 80 %: the ceil(20 * 0.8) = 16th smallest excess, 1.
+    assert interval_margins(rows, ["RBC"], coverage=0.8) == {"RBC": 1.0}
+    # 18 images cannot support a 95 % claim: nothing is chosen.
+    assert interval_margins(rows[:18], ["RBC"]) == {}
+
+
+def test_a_margin_widens_both_sides_of_a_count_interval():
+    from labelloop.objects import count_intervals
+
+    half = Box(label="RBC", x=9, y=0, w=4, h=4, attributes={"score": 0.5})
+    plain = count_intervals([half, half], ["RBC", "WBC"])
+    wide = count_intervals([half, half], ["RBC", "WBC"], margin={"RBC": 2.0})
+    assert wide["RBC"]["high"] == pytest.approx(plain["RBC"]["high"] + 2.0)
+    assert wide["RBC"]["low"] == 0.0  # clipped at zero, never negative
+    assert wide["RBC"]["expected"] == plain["RBC"]["expected"] == 1.0
+    assert wide["WBC"] == plain["WBC"]  # no margin for WBC
+
+
 def test_a_version_whose_rules_rest_on_few_objects_is_flagged_for_those_classes_only():
     from labelloop.reports import rule_basis_warning
 

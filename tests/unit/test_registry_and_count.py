@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -16,7 +17,9 @@ from labelloop.context import Context
 from labelloop.datasets.freeze import freeze
 from labelloop.db.models import ModelVersion, Promotion, TrainingRun
 from labelloop.errors import ConfigError
+from labelloop.imaging import decode_image
 from labelloop.ingest import ingest_path
+from labelloop.objects import count_intervals
 from labelloop.projects import create_project
 from labelloop.registry import load_model_version
 from labelloop.runs import execute_run, request_run
@@ -127,8 +130,11 @@ def test_a_run_resumes_from_the_checkpoint_in_the_blob_store(ctx, project, tmp_p
 
 def test_count_writes_overlays_and_compares_with_labels(ctx, project, tmp_path):
     dv, src = project
-    # A semantic model: the report must say that touching cells merge.
-    mv = execute_run(ctx, request_run(ctx, dv, overrides={**TINY, "mode": "multiclass"}).run_id)
+    # A semantic model: the report must say that touching cells merge. Its RBC intervals
+    # get a margin set by hand (validation is too small here to choose one).
+    margin = {"count_interval_margin": {"RBC": 3.0}}
+    overrides = {**TINY, "mode": "multiclass", **margin}
+    mv = execute_run(ctx, request_run(ctx, dv, overrides=overrides).run_id)
     loaded = load_model_version(ctx, mv)
     assert loaded.kind.task == "segmentation"
     folder = tmp_path / "imgs"
@@ -167,6 +173,11 @@ def test_count_writes_overlays_and_compares_with_labels(ctx, project, tmp_path):
         for lb, iv in im["intervals"].items():
             assert iv["low"] <= iv["expected"] <= iv["high"]
             assert iv["expected"] <= im["counts"][lb]  # each object's p is at most 1
+        # The stored margin widens the confidences' own interval by 3 RBCs on each side.
+        image = decode_image(Path(im["file"]).read_bytes())
+        plain = count_intervals(loaded.predict([image])[0].shapes, loaded.labels)
+        assert im["intervals"]["RBC"]["high"] == pytest.approx(plain["RBC"]["high"] + 3.0)
+        assert im["intervals"]["WBC"] == plain["WBC"]
     assert report["plot"] == str(out / "counts.png") and Image.open(out / "counts.png").size
     with open(out / "counts.csv") as f:
         rows = list(csv.DictReader(f))

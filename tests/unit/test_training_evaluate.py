@@ -159,6 +159,31 @@ def test_evaluation_stores_the_constant_count_a_model_must_beat():
     assert all("count_mae_constant" not in c for c in m["per_class"].values())
 
 
+def test_count_intervals_are_widened_on_validation_by_what_the_model_cannot_see():
+    from labelloop.training.intervals import calibrate_count_intervals
+    from labelloop.training.segmentation.kind import KIND
+
+    manifest, blobs = make_manifest({"train": 1, "val": 19}, seed=5)
+    val = [it for it in manifest["items"] if it["split"] == "val"]
+    # Three validation images hold an annotated red cell that is not in the image (an
+    # annotation the model cannot see): their truth lies one cell above any interval.
+    for it in val[:3]:
+        it["shapes"] = it["shapes"] + shapes_to_json([Ellipse(label="Red", x=1, y=1, rx=1, ry=1)])
+    recipe = SegmentationRecipe()
+    tuned = calibrate_count_intervals(
+        KIND, _ColourOracle(), manifest, blobs.__getitem__, labels=LABELS, recipe=recipe
+    )
+    # The oracle finds every drawn disc with certainty: no interval width of its own, and
+    # the 19th smallest of 19 excesses (16 zeros, three ones) is one red cell.
+    assert tuned.count_interval_margin == {"Red": 1.0, "Blue": 0.0}
+    # With 18 validation images a 95 % interval cannot be calibrated: the recipe stays.
+    manifest["items"] = [it for it in manifest["items"] if it is not val[-1]]
+    same = calibrate_count_intervals(
+        KIND, _ColourOracle(), manifest, blobs.__getitem__, labels=LABELS, recipe=recipe
+    )
+    assert same is recipe and same.count_interval_margin is None
+
+
 class _ColourSigmoid(nn.Module):
     """The colour oracle in binary mode: one logit per label, high where its colour is."""
 

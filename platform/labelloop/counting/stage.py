@@ -162,7 +162,9 @@ def count_images(
                 str(path),
                 dict(pred.counts),
                 truths.get(hashlib.sha256(data).hexdigest()),
-                intervals=count_intervals(pred.shapes, loaded.labels),
+                intervals=count_intervals(
+                    pred.shapes, loaded.labels, margin=loaded.recipe.count_interval_margin
+                ),
             )
             if overlays:
                 stem = path.stem

@@ -168,7 +168,9 @@ def score_pool(
         views = _views_for(loaded, arrays, scorers.values())
         rows = []
         for j, (image_id, pred) in enumerate(zip(chunk, preds, strict=True)):
-            details = _prediction_details(ctx, pred, loaded.labels)
+            details = _prediction_details(
+                ctx, pred, loaded.labels, loaded.recipe.count_interval_margin
+            )
             for m, scorer in scorers.items():
                 if image_id in done[m]:
                     continue
@@ -220,7 +222,9 @@ def _views_for(loaded, arrays: list, scorers) -> dict[str, dict[int, list]]:
     return out
 
 
-def _prediction_details(ctx: Context, pred, labels: list[str]) -> dict:
+def _prediction_details(
+    ctx: Context, pred, labels: list[str], margin: dict[str, float] | None
+) -> dict:
     shapes_key, _ = ctx.blobs.put_bytes(
         json.dumps(shapes_to_json(pred.shapes), separators=(",", ":")).encode(),
         prefix="predictions",
@@ -231,7 +235,7 @@ def _prediction_details(ctx: Context, pred, labels: list[str]) -> dict:
         "counts": pred.counts,
         # Per label expected count and ~95 % interval from the objects' confidences: what
         # `labelloop count` shows and the `count_uncertainty` strategy ranks by.
-        "count_intervals": count_intervals(pred.shapes, list(pred.counts)),
+        "count_intervals": count_intervals(pred.shapes, list(pred.counts), margin=margin),
         "confidence": round(float(pred.confidence), 6),
         **box_statistics(pred.arrays, labels),
     }

@@ -35,6 +35,7 @@ LATER_OPTIONAL = frozenset(
         "instance_components",
         "instance_opening",
         "instance_rule_objects",
+        "count_interval_margin",
     }
 )
 
@@ -88,6 +89,11 @@ class BaseRecipe(BaseModel):
     # takes it only where it is native; see `harness.trainer_precision`. Prediction always
     # runs in float32.
     precision: PrecisionName = "auto"
+    # Per label, cells added to both sides of every count interval so that it holds the
+    # annotated count of 95 % of images (`objects.interval_margins`): chosen on the
+    # validation split after training when it holds enough images (`training.intervals`);
+    # set it by hand for a project whose validation split is smaller.
+    count_interval_margin: dict[str, float] | None = None
 
     def _identity(self) -> dict[str, Any]:
         """The fields that identify a run; optional fields added after runs were recorded
