@@ -25,7 +25,9 @@ them one after the other instead, labelloop then using every core.
 Counts are also set beside the plain baseline every count metric is shown with
 (`objects.add_count_baseline`): a constant count per image, the median of the training
 list's annotated boxes per image ("count_baseline"). `--baseline` adds it to the last
-result JSON and redraws its PNG without training.
+result JSON and redraws its PNG without training. labelloop's count intervals are scored
+on the test list from box scores alone ("intervals") and widened by the margins a
+training run chooses on validation ("intervals_calibrated", `training.intervals`).
 
 Usage: .venv/bin/python benchmarks/bccd_detection.py [--minutes 30] [--only labelloop]
 Writes benchmarks/results/bccd_detection.json and bccd_detection.png.

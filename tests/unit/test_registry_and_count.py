@@ -173,11 +173,13 @@ def test_count_writes_overlays_and_compares_with_labels(ctx, project, tmp_path):
         for lb, iv in im["intervals"].items():
             assert iv["low"] <= iv["expected"] <= iv["high"]
             assert iv["expected"] <= im["counts"][lb]  # each object's p is at most 1
-        # The stored margin widens the confidences' own interval by 3 RBCs on each side.
+        # The stored margin (the report names it) widens the confidences' own interval by
+        # 3 RBCs on each side.
         image = decode_image(Path(im["file"]).read_bytes())
         plain = count_intervals(loaded.predict([image])[0].shapes, loaded.labels)
         assert im["intervals"]["RBC"]["high"] == pytest.approx(plain["RBC"]["high"] + 3.0)
         assert im["intervals"]["WBC"] == plain["WBC"]
+    assert report["interval_margin"] == {"RBC": 3.0}
     assert report["plot"] == str(out / "counts.png") and Image.open(out / "counts.png").size
     with open(out / "counts.csv") as f:
         rows = list(csv.DictReader(f))

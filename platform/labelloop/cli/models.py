@@ -194,6 +194,17 @@ def count_cmd(
             _fmt(a.get("interval_coverage"), 2),
         )
     console.print(t)
+    margin = result.interval_margin
+    console.print(
+        "intervals: the objects' confidences ± 1.96 sd"
+        + (
+            ", widened by margins chosen on validation ("
+            + ", ".join(f"{lb} {m:g}" for lb, m in margin.items())
+            + " cells)"
+            if margin
+            else " (not calibrated on validation)"
+        )
+    )
     extra = ", report.html/.pdf/.json" if report else ""
     console.print(f"per image: {out / 'counts.csv'}, {out / 'counts.json'}{extra}")
     if result.plot:

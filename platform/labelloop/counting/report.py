@@ -46,6 +46,9 @@ class CountReport:
     plot: str | None = None
     # Per label the constant count a model must beat (the training images' median).
     constant: dict[str, float] = field(default_factory=dict)
+    # Per label the cells each interval was widened by (chosen on validation), or None:
+    # intervals from the objects' confidences alone.
+    interval_margin: dict[str, float] | None = None
 
     def totals(self) -> dict[str, int]:
         return {lb: sum(im.counts.get(lb, 0) for im in self.images) for lb in self.labels}
@@ -98,6 +101,7 @@ class CountReport:
             "totals": self.totals(),
             "accuracy": self.accuracy(),
             "plot": self.plot,
+            "interval_margin": self.interval_margin,
             "warnings": self.warnings,
         }
 

@@ -142,7 +142,10 @@ def count_images(
         constant = (mv.metrics.get("test") or {}).get(CONSTANT) or {}
     truths = _truth_by_sha(ctx, project_id, loaded.labels, kinds)
     out_dir = Path(out_dir)
-    report = CountReport(name, list(loaded.labels), out_dir, constant=dict(constant))
+    margin = loaded.recipe.count_interval_margin
+    report = CountReport(
+        name, list(loaded.labels), out_dir, constant=dict(constant), interval_margin=margin
+    )
     if loaded.recipe.task == "segmentation" and loaded.recipe.mode != "instance":
         report.warnings.append(
             f"{name} is a {loaded.recipe.mode} segmentation model: touching cells of one "
@@ -162,9 +165,7 @@ def count_images(
                 str(path),
                 dict(pred.counts),
                 truths.get(hashlib.sha256(data).hexdigest()),
-                intervals=count_intervals(
-                    pred.shapes, loaded.labels, margin=loaded.recipe.count_interval_margin
-                ),
+                intervals=count_intervals(pred.shapes, loaded.labels, margin=margin),
             )
             if overlays:
                 stem = path.stem
