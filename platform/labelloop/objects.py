@@ -401,6 +401,13 @@ def count_intervals(
 INTERVAL_COVERAGE = 0.95
 
 
+def conformal_rank(n: int, coverage: float = INTERVAL_COVERAGE) -> int | None:
+    """Which of n held-out excesses, smallest first (1-based), holds `coverage` of new
+    images: ceil((n + 1) coverage); None when n images are too few to say."""
+    k = math.ceil((n + 1) * coverage)
+    return k if 0 < k <= n else None
+
+
 def interval_margins(
     rows: Sequence[tuple[Mapping[str, Mapping[str, float]], Mapping[str, int]]],
     labels: Sequence[str],
@@ -413,9 +420,8 @@ def interval_margins(
     ceil((n + 1) coverage)-th smallest of them, which holds for a new image with
     probability >= coverage when images are exchangeable. Empty when there are too few
     images to say (fewer than 19 for 95 %)."""
-    n = len(rows)
-    k = math.ceil((n + 1) * coverage)
-    if n == 0 or k > n:
+    k = conformal_rank(len(rows), coverage)
+    if k is None:
         return {}
     out: dict[str, float] = {}
     for lb in labels:

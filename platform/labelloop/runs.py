@@ -258,10 +258,10 @@ def execute_run(
             recipe = kind.calibrate(
                 model, manifest, ctx.blobs.get_bytes, labels=labels, recipe=recipe
             )
-        # After the kind's own choices: the intervals are those of the counts it now makes.
-        recipe = calibrate_count_intervals(
-            kind, model, manifest, ctx.blobs.get_bytes, labels=labels, recipe=recipe
-        )
+        if kind.count_intervals:  # after the kind's own choices: the counts it now makes
+            recipe = calibrate_count_intervals(
+                kind, model, manifest, ctx.blobs.get_bytes, labels=labels, recipe=recipe
+            )
         test = kind.evaluate(
             model, manifest, ctx.blobs.get_bytes, split="test", labels=labels, recipe=recipe
         )

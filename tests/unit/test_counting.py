@@ -231,6 +231,18 @@ def test_interval_margins_cover_the_truth_of_19_in_20_images():
     assert interval_margins(rows[:18], ["RBC"]) == {}
 
 
+def test_the_conformal_rank_and_the_kinds_that_calibrate_their_intervals():
+    from labelloop.objects import conformal_rank
+    from labelloop.training.kind import get_kind
+
+    assert [conformal_rank(n) for n in (0, 18, 19, 99)] == [None, None, 19, 95]
+    assert conformal_rank(9, coverage=0.8) == 8
+    assert get_kind("segmentation").count_intervals and get_kind("detection").count_intervals
+    # A classifier labels whole images; one trained on crops cannot predict an image at
+    # all, so a training run must not ask it to.
+    assert not get_kind("classification").count_intervals
+
+
 def test_a_margin_widens_both_sides_of_a_count_interval():
     from labelloop.objects import count_intervals
 

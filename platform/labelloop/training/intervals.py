@@ -7,7 +7,8 @@ model reads differently, so on its own it covers the annotated count less often 
 images, and the cells to add to both sides of each label's interval are chosen so that
 95 % of those images' annotated counts fall inside (`objects.interval_margins`, split
 conformal); the model version stores them in its recipe (`count_interval_margin`) and
-`count` and the score stage (the `count_uncertainty` strategy) use them.
+`count` and the score stage (the `count_uncertainty` strategy) use them. Kinds opt in
+(`ModelKind.count_intervals`): segmentation and detection, not classification.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from labelloop.kinds import kind_entry
-from labelloop.objects import count_intervals, interval_margins, object_counts
+from labelloop.objects import conformal_rank, count_intervals, interval_margins, object_counts
 from labelloop.training.common import Fetch, item_shapes, load_image, split_items
 from labelloop.training.kind import ModelKind
 
@@ -38,6 +39,8 @@ def calibrate_count_intervals(
     (a margin set by hand kept) when validation holds too few images to calibrate
     (fewer than 19 for 95 %)."""
     items = split_items(manifest, "val")
+    if conformal_rank(len(items)) is None:
+        return recipe  # nothing to predict for: no margin could be chosen
     counted = kind_entry(recipe.task).counted_kinds
     rows = []
     for start in range(0, len(items), CHUNK):

@@ -132,6 +132,10 @@ class ModelKind:
     # Inference settings chosen on the validation split after training (e.g. a detector's
     # per-class count thresholds): the recipe the model version is stored and used with.
     calibrate: CalibrateFn | None = None
+    # Whether `predict` counts objects whose confidences give count intervals, widened
+    # after training by margins chosen on validation (`training.intervals`). A classifier
+    # labels whole images (or, trained on crops, cannot predict an image without boxes).
+    count_intervals: bool = False
 
     @property
     def task(self) -> str:

@@ -51,4 +51,5 @@ KIND = ModelKind(
     views=detection_views,
     embed=detection_embed,
     calibrate=tune_count_thresholds,
+    count_intervals=True,
 )

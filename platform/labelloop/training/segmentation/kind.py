@@ -57,4 +57,5 @@ KIND = ModelKind(
     views=segmentation_views,
     embed=segmentation_embed,
     calibrate=tune_instance_rules,
+    count_intervals=True,
 )
