@@ -347,17 +347,20 @@ def test_rule_basis_adds_training_images_only_for_thin_labels_and_only_as_many_a
 
     val = _items("val", ["Red"], MIN_RULE_OBJECTS)
     manifest = {"items": val + _items("train", ["Red", "Blue"], 2 * RULE_BASIS_OBJECTS)}
-    items, use, pooled = rule_basis(manifest, LABELS)
+    items, use, pooled, counts = rule_basis(manifest, LABELS)
     assert len(items) == MIN_RULE_OBJECTS + RULE_BASIS_OBJECTS  # Blue reached its target
+    # Each item's annotated objects, read once: a red cell each, a blue one in training.
+    assert counts[:MIN_RULE_OBJECTS].tolist() == [[1, 0]] * MIN_RULE_OBJECTS
+    assert counts[MIN_RULE_OBJECTS:].tolist() == [[1, 1]] * RULE_BASIS_OBJECTS
     assert pooled.tolist() == [False, True]
     assert use[:MIN_RULE_OBJECTS].all() and not use[MIN_RULE_OBJECTS:, 0].any()
     assert use[MIN_RULE_OBJECTS:, 1].all()  # the training images count for Blue alone
     # A label absent from training too: at most RULE_TRAIN_IMAGES are read for it.
-    items, _, _ = rule_basis({"items": val + _items("train", ["Red"], 100)}, LABELS)
+    items, _, _, _ = rule_basis({"items": val + _items("train", ["Red"], 100)}, LABELS)
     assert len(items) == MIN_RULE_OBJECTS + RULE_TRAIN_IMAGES
     # Validation enough for every label: training images stay out.
     enough = _items("val", ["Red", "Blue"], MIN_RULE_OBJECTS) + _items("train", ["Red"], 5)
-    items, use, pooled = rule_basis({"items": enough}, LABELS)
+    items, use, pooled, _ = rule_basis({"items": enough}, LABELS)
     assert len(items) == MIN_RULE_OBJECTS and use.all() and not pooled.any()
     assert rule_basis({"items": []}, LABELS)[0] == []
 

@@ -318,16 +318,11 @@ def evaluate_segmentation(
         )
     if recipe.mode == "instance":
         result["instance_rules"] = {k: dict(zip(labels, v, strict=True)) for k, v in rules.items()}
-
-    def per_label(counts: dict[str, int]) -> list[int]:
-        return [counts[lb] for lb in labels]
-
-    train = split_items(manifest, "train")
     add_count_baseline(
         result,
         labels,
-        [per_label(object_counts(item_shapes(it), labels, COUNTED)) for it in train],
-        [per_label(c) for c in true_counts],
+        [annotated_counts(item_shapes(it), labels) for it in split_items(manifest, "train")],
+        [[c[lb] for lb in labels] for c in true_counts],
     )
     result["split"] = split
     result["mode"] = recipe.mode
@@ -356,10 +351,17 @@ RULE_BASIS_OBJECTS = 50
 RULE_TRAIN_IMAGES = 64
 
 
+def annotated_counts(shapes: Sequence[Shape], labels: Sequence[str]) -> np.ndarray:
+    """An image's annotated objects per label, in label order (`objects.object_counts`)."""
+    counts = object_counts(shapes, labels, COUNTED)
+    return np.array([counts[lb] for lb in labels], np.int64)
+
+
 class RuleBasis(NamedTuple):
     items: list[dict[str, Any]]
     use: np.ndarray  # bool (items, labels): whether an item counts for a label
     pooled: np.ndarray  # bool (labels): training images joined the label's basis
+    counts: np.ndarray  # int (items, labels): each item's annotated objects
 
 
 def rule_basis(manifest: dict[str, Any], labels: Sequence[str]) -> RuleBasis:
@@ -371,12 +373,8 @@ def rule_basis(manifest: dict[str, Any], labels: Sequence[str]) -> RuleBasis:
     7.9 % under on 50 test images, and 1.3 % under with training images in their basis
     (`benchmarks/cell_counts.py`)."""
     val = split_items(manifest, "val")
-
-    def found(item: dict[str, Any]) -> np.ndarray:
-        counts = object_counts(item_shapes(item), labels, COUNTED)
-        return np.array([counts[lb] for lb in labels], np.int64)
-
-    held = sum((found(it) for it in val), np.zeros(len(labels), np.int64))
+    found = [annotated_counts(item_shapes(it), labels) for it in val]
+    held = sum(found, np.zeros(len(labels), np.int64))
     thin = held < MIN_RULE_OBJECTS
     items, use = list(val), [np.ones(len(labels), bool) for _ in val]
     if thin.any():
@@ -385,9 +383,11 @@ def rule_basis(manifest: dict[str, Any], labels: Sequence[str]) -> RuleBasis:
                 break
             items.append(item)
             use.append(thin.copy())
-            held += found(item) * thin
+            found.append(annotated_counts(item_shapes(item), labels))
+            held += found[-1] * thin
     use_map = np.array(use, bool).reshape(len(items), len(labels))
-    return RuleBasis(items, use_map, use_map[len(val) :].any(axis=0))
+    counts = np.array(found, np.int64).reshape(len(items), len(labels))
+    return RuleBasis(items, use_map, use_map[len(val) :].any(axis=0), counts)
 
 
 def tune_instance_rules(
@@ -406,17 +406,14 @@ def tune_instance_rules(
     or there is nothing to choose on."""
     if recipe.mode != "instance" or not recipe.tune_instances:
         return recipe
-    items, use, pooled = rule_basis(manifest, labels)
+    items, use, pooled, counts = rule_basis(manifest, labels)
     if not items:
         return recipe
     probs: list[np.ndarray] = []
-    counts: list[list[int]] = []
     areas: list[list[int]] = [[] for _ in labels]
     for item, used in zip(items, use, strict=True):
         image, shapes = load_shapes(item, fetch)
         probs.append(predict_outputs(model, [image], recipe)[0])
-        found = object_counts(shapes, labels, COUNTED)
-        counts.append([found[lb] for lb in labels])
         inst, classes = _truth(item, shapes, labels, image.shape[:2], "instance")
         for k, area in enumerate(np.bincount(inst.ravel(), minlength=len(classes))[1:], 1):
             # An object painted over entirely by another has no area of its own.
@@ -435,7 +432,7 @@ def tune_instance_rules(
         use=use,
         cuts=~pooled,
     )
-    held = (np.asarray(counts, np.int64) * use).sum(axis=0)
+    held = (counts * use).sum(axis=0)
     apart = [lb for lb, c in zip(labels, rules.components, strict=True) if c]
     return recipe.model_copy(
         update={
