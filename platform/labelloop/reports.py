@@ -56,19 +56,16 @@ def project_status(ctx: Context, project_name: str, *, round_items: int = 20) ->
         for mv in s.scalars(
             select(ModelVersion).where(ModelVersion.project_id == pid).order_by(ModelVersion.id)
         ):
-            test = mv.metrics.get("test", {})
+            fields = version_fields(mv, project.task)
             models.append(
                 {
                     "id": mv.id,
-                    "name": mv.name,
+                    **fields,
                     "stage": mv.stage,
                     "dataset_version": dv_numbers.get(mv.dataset_version_id),
                     "sha256": mv.sha256[:12],
-                    "metrics": test,
                     "primary_metric": mv.metrics.get("primary_metric") or "mean_dice",
-                    "count_truth": count_truth_of(test, project.task),
-                    "count_relative_error": count_relative_errors(test),
-                    "rule_objects": mv.recipe.get("instance_rule_objects"),
+                    "count_relative_error": count_relative_errors(fields["metrics"]),
                     "train_seconds": mv.metrics.get("train_seconds"),
                     "epochs": mv.metrics.get("epochs"),
                     "scored_images": s.scalar(
@@ -106,6 +103,19 @@ def project_status(ctx: Context, project_name: str, *, round_items: int = 20) ->
             "model_versions": models,
             "rounds": rounds,
         }
+
+
+def version_fields(mv: ModelVersion, task: str) -> dict:
+    """What every listing of a model version carries and its warnings
+    (`model_warnings`) read: name, test metrics, what its counts were measured against,
+    and the annotated objects per label its instance rules rest on (instance mode)."""
+    test = mv.metrics.get("test") or {}
+    return {
+        "name": mv.name,
+        "metrics": test,
+        "count_truth": count_truth_of(test, task),
+        "rule_objects": mv.recipe.get("instance_rule_objects"),
+    }
 
 
 def count_relative_errors(metrics: dict) -> dict[str, float | None]:
@@ -289,7 +299,7 @@ def model_versions(ctx: Context, project_name: str) -> list[dict]:
             rows.append(
                 {
                     "id": mv.id,
-                    "name": mv.name,
+                    **version_fields(mv, p.task),
                     "stage": mv.stage,
                     "task": mv.recipe.get("task", p.task),
                     "dataset_version": dv.number if dv else None,
@@ -299,10 +309,6 @@ def model_versions(ctx: Context, project_name: str) -> list[dict]:
                     "sha256": mv.sha256,
                     "metric": metric,
                     "test": (mv.metrics.get("test") or {}).get(metric),
-                    "metrics": mv.metrics.get("test") or {},
-                    "count_truth": count_truth_of(mv.metrics.get("test"), p.task),
-                    # Annotated objects per label the instance rules rest on (instance mode).
-                    "rule_objects": mv.recipe.get("instance_rule_objects"),
                     "val_metrics": mv.metrics.get("val") or {},
                     "comparison": mv.metrics.get("comparison"),
                     "train_seconds": mv.metrics.get("train_seconds"),

@@ -26,9 +26,8 @@ from labelloop.counting.testset import reliability, test_predictions
 from labelloop.db.models import AnnotationRound, Image, ModelVersion, Project, Score
 from labelloop.domain import shapes_from_json
 from labelloop.errors import NotFoundError
-from labelloop.objects import count_truth_of
 from labelloop.push.stage import round_batch
-from labelloop.reports import model_warnings
+from labelloop.reports import model_warnings, version_fields
 from labelloop.web import charts, data
 from labelloop.web.overlay import overlay_png
 from labelloop.web.session import (
@@ -243,14 +242,7 @@ def model_version_data(ctx: Context, name: str, rows: list[dict[str, Any]]) -> d
             "comparison": mv.metrics.get("comparison"),
         }
         # What `models` and `status` say under their tables about this version.
-        warnings = model_warnings(
-            {
-                "name": mv.name,
-                "metrics": dict(test),
-                "count_truth": count_truth_of(test, project.task),
-                "rule_objects": mv.recipe.get("instance_rule_objects"),
-            }
-        )
+        warnings = model_warnings(version_fields(mv, project.task))
     per_class = test.pop("per_class", {}) or {}
     confusion = test.pop("confusion_matrix", None)
     columns: list[str] = []
