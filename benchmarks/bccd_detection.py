@@ -60,6 +60,7 @@ from labelloop.objects import add_count_baseline  # noqa: E402
 from labelloop.training.common import split_items  # noqa: E402
 from labelloop.training.detection.data import item_boxes, load_sample  # noqa: E402
 from labelloop.training.detection.evaluate import (  # noqa: E402
+    boxes_per_class,
     choose_count_thresholds,
     detection_metrics,
 )
@@ -207,7 +208,7 @@ def score_labelloop(out: Path, manifest: dict[str, Any], fetch: Any) -> None:
 
 
 def per_image_counts(counted: list[Detections], classes: int) -> list[list[int]]:
-    return [np.bincount(d.labels, minlength=classes)[:classes].tolist() for d in counted]
+    return [boxes_per_class(d.labels, classes).tolist() for d in counted]
 
 
 class LoadSampler:
@@ -495,17 +496,22 @@ def _table(summary: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def count_baseline(manifest: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+def annotated_boxes(manifest: dict[str, Any], labels: list[str], split: str) -> list[list[int]]:
+    """Annotated boxes per class of each image of a split."""
+    return [
+        boxes_per_class(item_boxes(it, labels)[1], len(labels)).tolist()
+        for it in split_items(manifest, split)
+    ]
+
+
+def count_baseline(
+    manifest: dict[str, Any], labels: list[str], test_counts: list[list[int]]
+) -> dict[str, Any]:
     """The constant count per image a counter must beat, as a training run stores it: per
-    class the median of the training list's boxes per image, and its MAE on the test list."""
-
-    def boxes(split: str) -> list[list[int]]:
-        return [
-            np.bincount(item_boxes(it, labels)[1], minlength=len(labels)).tolist()
-            for it in split_items(manifest, split)
-        ]
-
-    return add_count_baseline({"per_class": {}}, labels, boxes("train"), boxes("test"))
+    class the median of the training list's boxes per image, and its MAE on the test
+    list's (`test_counts`, boxes per class of each test image)."""
+    train = annotated_boxes(manifest, labels, "train")
+    return add_count_baseline({"per_class": {}}, labels, train, test_counts)
 
 
 def count_agreement(summary: dict[str, Any]) -> dict[str, Any]:
@@ -595,7 +601,7 @@ def main() -> None:
     if args.baseline:
         path = args.results.resolve() / f"{args.name}.json"
         summary = json.loads(path.read_text())
-        summary["count_baseline"] = count_baseline(manifest, labels)
+        summary["count_baseline"] = count_baseline(manifest, labels, summary["test_true_counts"])
         path.write_text(json.dumps(summary, indent=2) + "\n")
         plot(summary, path.with_suffix(".png"))
         print(_table(summary))
@@ -645,10 +651,7 @@ def main() -> None:
         f"at conf 0.001; counts at conf {COUNT_THRESHOLD} (test) and at per-class thresholds "
         "chosen on validation (test_tuned)",
         "contenders": contenders,
-        "test_true_counts": [
-            np.bincount(item_boxes(it, labels)[1], minlength=len(labels)).tolist()
-            for it in split_items(manifest, "test")
-        ],
+        "test_true_counts": annotated_boxes(manifest, labels, "test"),
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -657,7 +660,7 @@ def main() -> None:
         },
     }
     summary["count_agreement"] = count_agreement(summary)
-    summary["count_baseline"] = count_baseline(manifest, labels)
+    summary["count_baseline"] = count_baseline(manifest, labels, summary["test_true_counts"])
     out_dir = args.results.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / f"{args.name}.png"

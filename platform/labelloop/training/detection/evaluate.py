@@ -33,6 +33,11 @@ def _value(x: torch.Tensor) -> float | None:
     return None if v < 0 else round(v, 6)
 
 
+def boxes_per_class(classes: np.ndarray, n_classes: int) -> np.ndarray:
+    """Boxes per class index (0..n_classes - 1) of one image."""
+    return np.bincount(np.asarray(classes, np.int64), minlength=n_classes)[:n_classes]
+
+
 def detection_metrics(
     predictions: Sequence[Detections],
     truths: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -69,8 +74,7 @@ def detection_metrics(
         coco.update([pred], [true])
         coco50.update([pred], [true])
         kept = np.asarray(count_det.labels)[np.asarray(count_det.scores) >= score_threshold]
-        n_pred = np.bincount(kept, minlength=c)[:c]
-        n_true = np.bincount(np.asarray(gt_labels, np.int64), minlength=c)[:c]
+        n_pred, n_true = boxes_per_class(kept, c), boxes_per_class(gt_labels, c)
         count_err += np.abs(n_pred - n_true)
         pred_total += n_pred
         true_total += n_true
@@ -135,16 +139,13 @@ def evaluate_detection(
     result["count_thresholds"] = {
         lb: recipe.count_thresholds.get(lb, recipe.score_threshold) for lb in labels
     }
-
     # The constant count a model must beat, counted as the truth above is (boxes per class).
-    def boxes_per_class(classes: np.ndarray) -> np.ndarray:
-        return np.bincount(classes, minlength=len(labels))[: len(labels)]
-
+    n = len(labels)
     add_count_baseline(
         result,
         labels,
-        [boxes_per_class(item_boxes(it, labels)[1]) for it in split_items(manifest, "train")],
-        [boxes_per_class(s[2]) for s in samples],
+        [boxes_per_class(item_boxes(it, labels)[1], n) for it in split_items(manifest, "train")],
+        [boxes_per_class(s[2], n) for s in samples],
     )
     return {**result, "split": split}
 
