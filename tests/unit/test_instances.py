@@ -198,6 +198,12 @@ def test_rules_are_chosen_per_label_on_validation_counts():
     assert depth[0] == 1.0 and min_area[0] == 8
     # Platelets: no split asked for; the speck goes at area 8 and nothing else is lost.
     assert depth[1] == 0.0 and min_area[1] == 1000
+    # A label that may not be cut (its rules rest on training images) is read uncut, also
+    # when no label may be cut and the cutting readings are not tried at all.
+    grid = {"split_depths": (0.0, 1.0, 2.0), "min_areas": (4, 8, 1000)}
+    for cuts in ([False, True], [False, False]):
+        _, depth, *_ = choose_instance_rules(probs, [[2, 0]] * 3, len(LABELS), cuts=cuts, **grid)
+        assert depth == [0.0, 0.0]
 
 
 def _platelet_beside_a_cell() -> np.ndarray:

@@ -271,6 +271,8 @@ def choose_instance_rules(
     # One neck cutter at a time: a split depth or an opening (both together cut twice).
     readings = [(False, d, 0) for d in split_depths]
     readings += [(False, 0.0, r) for r in openings if r > 0] + [(True, 0.0, 0)]
+    if cuts is not None and not any(cuts):  # no label may be cut: read no cut at all
+        readings = [(a, d, r) for a, d, r in readings if d <= 0 and r <= 0]
     for apart, depth, radius in readings:
         seeded = [
             seed_maps(p, n_labels, split_depth=depth, opening=radius, components=apart)
