@@ -30,6 +30,7 @@ from labelloop.objects import (
     constant_count_warning,
     count_truth_of,
     evaluation_not_beaten,
+    interval_coverage_warning,
     object_counts,
     thin_labels,
     thin_rules_warning,
@@ -110,11 +111,12 @@ def version_fields(mv: ModelVersion, task: str) -> dict:
     (`model_warnings`) read: name, test metrics, what its counts were measured against,
     and the annotated objects per label its instance rules rest on (instance mode)."""
     test = mv.metrics.get("test") or {}
-    return {
+    return {  # the recipe's interval margins tell whether its intervals were calibrated
         "name": mv.name,
         "metrics": test,
         "count_truth": count_truth_of(test, task),
         "rule_objects": mv.recipe.get("instance_rule_objects"),
+        "interval_margin": mv.recipe.get("count_interval_margin"),
     }
 
 
@@ -160,8 +162,20 @@ def constant_warning(row: dict) -> str | None:
 
 def model_warnings(row: dict) -> list[str]:
     """What a listing of model versions says under its table about this one."""
-    found = (count_warning(row), rule_basis_warning(row), constant_warning(row))
+    found = (
+        count_warning(row),
+        rule_basis_warning(row),
+        constant_warning(row),
+        interval_warning(row),
+    )
     return [w for w in found if w]
+
+
+def interval_warning(row: dict) -> str | None:
+    """Why a model version's count intervals must not be read at their word: on its test
+    split they held the annotated count far less often than 95 %."""
+    calibrated = bool(row.get("interval_margin"))
+    return interval_coverage_warning(row.get("name", "model"), row.get("metrics") or {}, calibrated)
 
 
 def _datasets(s, pid: int) -> list[dict]:

@@ -212,7 +212,7 @@ def execute_run(
 
     Returns the model version id; a run that already produced one returns it unchanged."""
     from labelloop.registry import consider_promotion
-    from labelloop.training.intervals import calibrate_count_intervals
+    from labelloop.training.intervals import add_interval_coverage, calibrate_count_intervals
     from labelloop.training.kind import get_kind
 
     with ctx.db.session() as s:
@@ -265,6 +265,10 @@ def execute_run(
         test = kind.evaluate(
             model, manifest, ctx.blobs.get_bytes, split="test", labels=labels, recipe=recipe
         )
+        if kind.count_intervals:  # whether the intervals hold on images nothing was chosen on
+            test = add_interval_coverage(
+                test, kind, model, manifest, ctx.blobs.get_bytes, labels=labels, recipe=recipe
+            )
         key, digest = ctx.blobs.put_bytes(weights, prefix="models", suffix=".pt")
     except Cancelled:  # the reason is on the row already, written by whoever cancelled
         _mark(ctx, run_id, status=RunStatus.cancelled.value, finished_at=utcnow())

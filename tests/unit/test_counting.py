@@ -212,6 +212,56 @@ def test_a_count_report_sets_each_mae_beside_the_constants():
     )
 
 
+def test_a_count_report_measures_on_images_the_model_has_not_seen():
+    from labelloop.counting.report import CountReport, ImageCount
+
+    report = CountReport("m1", ["RBC"], Path("."), constant={"RBC": 10.0})
+    report.images = [
+        ImageCount("train.png", {"RBC": 12}, {"RBC": 12}, split="train"),
+        ImageCount("val.png", {"RBC": 6}, {"RBC": 6}, split="val"),
+        ImageCount("test.png", {"RBC": 9}, {"RBC": 12}, split="test"),
+        ImageCount("since.png", {"RBC": 5}, {"RBC": 6}),  # annotated after the freeze
+        ImageCount("new.png", {"RBC": 9}),  # not annotated
+    ]
+    acc = report.accuracy()["RBC"]
+    # |9-12|, |5-6| on the held-out images; the exact training and validation counts are
+    # left out.
+    assert (acc["mae"], acc["images"], acc["true"]) == (2.0, 2, 18)
+    assert report.comparison() == {"images": 2, "held_out": True, "left_out_seen": 2}
+    # Only seen images: they are compared, marked as not held out.
+    report.images = report.images[:2]
+    assert report.accuracy()["RBC"]["mae"] == 0.0
+    assert report.comparison() == {"images": 2, "held_out": False, "left_out_seen": 0}
+    report.images = [ImageCount("new.png", {"RBC": 9})]
+    assert report.accuracy() is None
+    assert report.comparison() == {"images": 0, "held_out": None, "left_out_seen": 0}
+
+
+def test_intervals_that_held_far_less_often_than_claimed_on_the_test_split_are_named():
+    from labelloop.objects import intervals_not_held
+    from labelloop.reports import model_warnings
+
+    per = {
+        "RBC": {"count_mae": 1.0, "interval_coverage": 0.26},
+        "WBC": {"count_mae": 0.1, "interval_coverage": 0.96},
+        "Platelets": {"count_mae": 0.3, "interval_coverage": 0.79},
+    }
+    test = {"per_class": per, "interval_images": 72}
+    assert intervals_not_held(test) == {"RBC": 0.26, "Platelets": 0.79}
+    row = {"name": "m3", "metrics": test, "interval_margin": None}
+    (warning,) = model_warnings(row)
+    assert warning.startswith("m3's count intervals held the annotated count of only RBC 26%")
+    assert "Platelets 79% of its 72 test images, where they claim 95%" in warning
+    assert "not calibrated" in warning
+    calibrated = model_warnings({**row, "interval_margin": {"RBC": 13.9}})
+    assert ["did not carry over" in w for w in calibrated] == [True]
+    # 19 test images are too few to judge; versions evaluated before coverage was stored
+    # (no `interval_images`) are not judged either.
+    assert intervals_not_held({**test, "interval_images": 19}) == {}
+    assert intervals_not_held({"per_class": per}) == {}
+    assert model_warnings({**row, "metrics": {"per_class": per}}) == []
+
+
 def test_interval_margins_cover_the_truth_of_19_in_20_images():
     from labelloop.objects import interval_margins
 

@@ -4,6 +4,7 @@ promotion with a reason, resumable runs through the blob store, and `labelloop c
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 from labelloop.cli.main import app
 from labelloop.config import Settings
 from labelloop.context import Context
-from labelloop.datasets.freeze import freeze
+from labelloop.datasets.freeze import freeze, load_manifest
 from labelloop.db.models import ModelVersion, Promotion, TrainingRun
 from labelloop.errors import ConfigError
 from labelloop.imaging import decode_image
@@ -137,10 +138,16 @@ def test_count_writes_overlays_and_compares_with_labels(ctx, project, tmp_path):
     mv = execute_run(ctx, request_run(ctx, dv, overrides=overrides).run_id)
     loaded = load_model_version(ctx, mv)
     assert loaded.kind.task == "segmentation"
+    # One training and one validation image, and every test image: only those are held out.
+    split_of = {it["sha256"]: it["split"] for it in load_manifest(ctx, dv)["items"]}
+    by_split: dict[str, list[Path]] = {}
+    for p in sorted((src.parent / "images").glob("*.png")):
+        by_split.setdefault(split_of[hashlib.sha256(p.read_bytes()).hexdigest()], []).append(p)
+    assert set(by_split) == {"train", "val", "test"}
+    tests = by_split["test"]
     folder = tmp_path / "imgs"
     folder.mkdir()
-    labelled = sorted((src.parent / "images").glob("*.png"))[:2]
-    for p in labelled:
+    for p in (by_split["train"][0], by_split["val"][0], *tests):
         (folder / p.name).write_bytes(p.read_bytes())
     (folder / "new.png").write_bytes(png(seed=99))
     with ctx.db.session() as s:
@@ -149,15 +156,21 @@ def test_count_writes_overlays_and_compares_with_labels(ctx, project, tmp_path):
     r = runner.invoke(app, ["count", str(folder), "--model", name, "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     report = json.loads(r.output)
-    assert len(report["images"]) == 3
+    assert len(report["images"]) == 3 + len(tests)
     with_truth = [im for im in report["images"] if im["truth"] is not None]
-    assert len(with_truth) == len(labelled)
+    assert sorted(im["split"] for im in with_truth) == sorted(
+        ["train", "val"] + ["test"] * len(tests)
+    )
     # The factory's annotation: an RBC box, a WBC box and a Platelets polygon, each one
     # annotated object (boxes count where no outline of their label covers them).
     assert with_truth[0]["truth"] == {"RBC": 1, "WBC": 1, "Platelets": 1}
     assert set(report["accuracy"]) == {"RBC", "WBC", "Platelets"}
+    # The figures rest on the test images alone: the model trained on one of the others
+    # and chose its margins on the other.
     rbc = report["accuracy"]["RBC"]
-    assert rbc["true"] == 2 and rbc["images"] == 2
+    assert rbc["true"] == rbc["images"] == len(tests)
+    assert report["compared"] == {"images": len(tests), "held_out": True, "left_out_seen": 2}
+    assert not any("optimistic" in w for w in report["warnings"])
     # The tiny model is semantic (multiclass): the report says touching cells merge.
     assert any("touching cells" in w for w in report["warnings"])
     # Every image holds one object of each class, so the constant (the training images'
@@ -166,6 +179,12 @@ def test_count_writes_overlays_and_compares_with_labels(ctx, project, tmp_path):
     with ctx.db.session() as s:
         stored = s.get(ModelVersion, mv).metrics["test"]
     assert stored["count_constant"] == {"RBC": 1.0, "WBC": 1.0, "Platelets": 1.0}
+    # The evaluation measured how often the intervals held on the test split: the same
+    # images and intervals as `count` compared, so the same share.
+    assert stored["interval_images"] == len(tests)
+    for lb, a in report["accuracy"].items():
+        assert stored["per_class"][lb]["interval_coverage"] == a["interval_coverage"]
+        assert stored["per_class"][lb]["interval_width"] > 0
     assert all(a["mae_constant"] == 0.0 for a in report["accuracy"].values())
     assert any("no closer to the annotations than a constant" in w for w in report["warnings"])
     for im in report["images"]:
@@ -183,12 +202,38 @@ def test_count_writes_overlays_and_compares_with_labels(ctx, project, tmp_path):
     assert report["plot"] == str(out / "counts.png") and Image.open(out / "counts.png").size
     with open(out / "counts.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 * 3
-    assert set(rows[0]) == {"file", "class", "predicted", "low", "high", "true", "error"}
+    assert len(rows) == (3 + len(tests)) * 3
+    assert set(rows[0]) == {"file", "class", "predicted", "low", "high", "true", "error", "split"}
     unknown = [r for r in rows if r["file"].endswith("new.png")]
-    assert len(unknown) == 3 and all(r["true"] == "" and r["error"] == "" for r in unknown)
+    assert all(r["true"] == r["error"] == r["split"] == "" for r in unknown) and len(unknown) == 3
     assert json.loads((out / "counts.json").read_text())["model"] == name
     assert not [p for p in out.iterdir() if p.name.startswith(".count-")]
+
+    # Only images the model trained or tuned on: they are compared, and the report says
+    # the figures are optimistic.
+    for p in folder.iterdir():
+        if p.name in {t.name for t in tests} | {"new.png"}:
+            p.unlink()
+    r = runner.invoke(app, ["count", str(folder), "--model", name, "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    assert report["compared"] == {"images": 2, "held_out": False, "left_out_seen": 0}
+    assert report["accuracy"]["RBC"]["images"] == 2
+    (warned,) = [w for w in report["warnings"] if "optimistic" in w]
+    assert warned.startswith(f"all 2 annotated images counted were in {name}'s training")
+
+    # Intervals that a large test split found too narrow: `count` passes that on.
+    with ctx.db.session() as s:
+        row = s.get(ModelVersion, mv)
+        per_class = {**stored["per_class"], "RBC": {**stored["per_class"]["RBC"]}}
+        per_class["RBC"]["interval_coverage"] = 0.5
+        row.metrics = {
+            **row.metrics,
+            "test": {**stored, "per_class": per_class, "interval_images": 40},
+        }
+    r = runner.invoke(app, ["count", str(folder), "--model", name, "--out", str(out), "--json"])
+    (warned,) = [w for w in json.loads(r.output)["warnings"] if "count intervals held" in w]
+    assert "only RBC 50% of its 40 test images" in warned and "did not carry over" in warned
 
 
 def test_count_with_a_broken_image_fails_cleanly(ctx, project, tmp_path):
@@ -250,7 +295,6 @@ def test_a_round_uses_production_unless_the_candidate_is_asked_for(ctx, project)
 
 def test_count_says_when_instance_rules_rest_on_few_annotated_objects(ctx, project, tmp_path):
     from labelloop.counting.stage import thin_rule_basis
-    from labelloop.datasets.freeze import load_manifest
     from labelloop.objects import MIN_RULE_OBJECTS
 
     dv, src = project

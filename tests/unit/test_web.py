@@ -229,6 +229,9 @@ def test_count_report_inlines_overlays_and_plots_against_truth(world, tmp_path, 
     points = json.loads(unescape(found.group(1)))
     truth = [im for im in counts["images"] if im["truth"]]
     assert len(points) == 3 * len(truth) >= 3
+    # It says which labelled images the figures rest on (held out or not).
+    held = "held-out" if counts["compared"]["held_out"] else "training/validation"
+    assert re.search(rf"data-compared>True counts: 1 {held} labelled images", html)
     # Each class total carries the interval the count stage computed, summed over images.
     for lb in counts["labels"]:
         ivs = [im["intervals"][lb] for im in counts["images"] if lb in im["intervals"]]

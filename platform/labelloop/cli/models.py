@@ -38,7 +38,9 @@ def models_cmd(
     and why each reached its stage; with a warning for a version whose instance rules rest
     on fewer than 10 annotated objects of a class (`--json`: `rule_objects`), or whose test
     counts of a class are no closer to the annotations than a constant count per image,
-    the training images' median (`--json`: `count_mae_constant` per class in `metrics`)."""
+    the training images' median (`--json`: `count_mae_constant` per class in `metrics`),
+    or whose count intervals held the annotated count of fewer than 80 % of 20 or more
+    test images (`interval_coverage` per class)."""
     from labelloop.reports import model_versions, model_warnings
 
     rows = model_versions(context(), project)
@@ -145,12 +147,15 @@ def count_cmd(
     legend), `counts.csv` and `counts.json` into `--out`; each count carries an interval
     from the objects' confidences. Images already labelled in the project (same content)
     are compared with their annotated objects: count MAE and relative error per class, and
-    `counts.png` plots predicted against true counts. Beside each MAE stands the plain
+    `counts.png` plots predicted against true counts. Only held-out images are compared
+    (not in the model's training or validation split) unless every annotated image is one
+    of those, and then it warns that the figures are optimistic. Beside each MAE stands the plain
     baseline's: a constant count per image, the median of the model's training images. It
     warns when the model cannot be trusted to count: a semantic model (touching cells
     merge), instance rules chosen on fewer than 10 annotated objects of a class
     (validation's, and training images' where validation holds too few), or counts of a
-    class on the annotated images no better than the constant's.
+    class on the annotated images no better than the constant's, or intervals the test
+    split found too narrow.
     """
     from labelloop.counting.stage import count_images
 
@@ -175,8 +180,9 @@ def count_cmd(
         emit_json(data)
         return
     t = Table(title=f"counts by {result.model} ({len(result.images)} images)")
-    columns = ("class", "total", "interval", "true", "MAE / image", "constant's MAE")
-    for c in (*columns, "relative error", "in interval"):
+    # The totals are over every image; the rest over the compared (annotated) images.
+    columns = ("class", "total", "interval", "compared: predicted / true", "MAE / image")
+    for c in (*columns, "constant's MAE", "relative error", "in interval"):
         t.add_column(c, justify="left" if c == "class" else "right")
     acc = result.accuracy() or {}
     for lb, total in result.totals().items():
@@ -187,13 +193,21 @@ def count_cmd(
             lb,
             str(total),
             f"{low:.0f}-{high:.0f}",
-            str(a.get("true", "-")),
+            f"{a['predicted']} / {a['true']}" if a else "-",
             _fmt(a.get("mae"), 2),
             _fmt(a.get("mae_constant"), 2),
             _fmt(a.get("relative_error"), 3),
             _fmt(a.get("interval_coverage"), 2),
         )
     console.print(t)
+    cmp = result.comparison()
+    if cmp["images"]:
+        which = "held-out" if cmp["held_out"] else "training/validation"
+        skipped = cmp["left_out_seen"]
+        console.print(
+            f"true counts: {cmp['images']} {which} annotated images"
+            + (f" ({skipped} the model trained or tuned on left out)" if skipped else "")
+        )
     margin = result.interval_margin
     console.print(
         "intervals: the objects' confidences ± 1.96 sd"

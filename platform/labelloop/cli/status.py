@@ -16,8 +16,9 @@ app = typer.Typer()
 def status(project: ProjectOpt, as_json: JsonOpt = False) -> None:
     """Images, annotations per class, dataset and model versions with metrics, rounds;
     warns under the model table when a version's counts cannot be trusted (old count
-    metrics, instance rules resting on fewer than 10 annotated objects of a class, or
-    test counts of a class no better than a constant count per image)."""
+    metrics, instance rules resting on fewer than 10 annotated objects of a class, test
+    counts of a class no better than a constant count per image, or count intervals that
+    held below 80 % on the test split)."""
     from labelloop.reports import project_status
 
     st = project_status(context(), project)

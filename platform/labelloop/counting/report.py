@@ -4,6 +4,11 @@ the relative error of the totals, how often the interval held the truth and, bes
 MAE, that of the plain baseline: a constant count per image, the training images' median
 (`objects.add_count_baseline`, stored with the model version's evaluation).
 
+The per-class figures are measured on held-out images only: an annotated image the model
+version trained on, or chose its rules and interval margins on (its dataset version's
+`train` and `val` splits), would flatter it. Only when every annotated image counted is one
+of those are they compared, and the report says the figures are optimistic.
+
 The same dict is printed by `--json`, written as `counts.json`, flattened into
 `counts.csv` and drawn as a predicted-vs-true plot (`counts.png`).
 """
@@ -19,6 +24,9 @@ import numpy as np
 
 from labelloop.objects import counts_not_beaten
 
+# Splits a model version learnt from (train) or chose its rules and margins on (val).
+SEEN_SPLITS = ("train", "val")
+
 
 @dataclass
 class ImageCount:
@@ -28,6 +36,14 @@ class ImageCount:
     overlay: str | None = None
     # Per label {"expected", "low", "high"} (`objects.count_intervals`).
     intervals: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The split the image held in the model version's dataset version; None when it was
+    # not in it (annotated since, or not annotated).
+    split: str | None = None
+
+    @property
+    def seen(self) -> bool:
+        """Whether the model version trained or tuned on this image."""
+        return self.split in SEEN_SPLITS
 
     def errors(self) -> dict[str, int] | None:
         if self.truth is None:
@@ -53,11 +69,30 @@ class CountReport:
     def totals(self) -> dict[str, int]:
         return {lb: sum(im.counts.get(lb, 0) for im in self.images) for lb in self.labels}
 
-    def accuracy(self) -> dict[str, dict[str, Any]] | None:
-        """Per class over the annotated images: MAE per image (and the constant's, where
-        the model version stored one), relative error of the total, and the share of
-        images whose true count lies in the predicted interval."""
+    def compared(self) -> tuple[list[ImageCount], bool]:
+        """The annotated images the figures are measured on, and whether they are held out:
+        those the model version did not train or tune on, or, when there are none, every
+        annotated image (False: the figures flatter the model)."""
         known = [im for im in self.images if im.truth is not None]
+        held_out = [im for im in known if not im.seen]
+        return (held_out, True) if held_out else (known, False)
+
+    def comparison(self) -> dict[str, Any]:
+        """How many annotated images the figures rest on, whether they are held out, and
+        how many annotated images were left out because the model saw them."""
+        known = sum(im.truth is not None for im in self.images)
+        compared, held_out = self.compared()
+        return {
+            "images": len(compared),
+            "held_out": held_out if compared else None,
+            "left_out_seen": known - len(compared),
+        }
+
+    def accuracy(self) -> dict[str, dict[str, Any]] | None:
+        """Per class over the compared images (`compared`): MAE per image (and the
+        constant's, where the model version stored one), relative error of the total, and
+        the share of images whose true count lies in the predicted interval."""
+        known, _ = self.compared()
         if not known:
             return None
         out: dict[str, dict[str, Any]] = {}
@@ -98,6 +133,7 @@ class CountReport:
             "model": self.model,
             "images": len(self.images),
             "annotated_images": sum(im.truth is not None for im in self.images),
+            "compared": self.comparison(),
             "totals": self.totals(),
             "accuracy": self.accuracy(),
             "plot": self.plot,
@@ -113,6 +149,7 @@ class CountReport:
             "images": [
                 {
                     "file": im.file,
+                    "split": im.split,
                     "counts": im.counts,
                     "intervals": im.intervals,
                     "truth": im.truth,
@@ -125,10 +162,11 @@ class CountReport:
 
 
 def write_csv(report: CountReport, path: Path) -> None:
-    """One row per image and class: predicted, interval, true (blank when unknown), error."""
+    """One row per image and class: predicted, interval, true (blank when unknown), error,
+    and the split the image held in the model's dataset version (blank when none)."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["file", "class", "predicted", "low", "high", "true", "error"])
+        w.writerow(["file", "class", "predicted", "low", "high", "true", "error", "split"])
         for im in report.images:
             errors = im.errors() or {}
             for lb in report.labels:
@@ -143,14 +181,16 @@ def write_csv(report: CountReport, path: Path) -> None:
                         iv.get("high", ""),
                         true,
                         errors.get(lb, ""),
+                        im.split or "",
                     ]
                 )
 
 
 def plot_predicted_vs_true(report: CountReport, path: Path) -> bool:
-    """Predicted against true count per annotated image, one panel per class, with the
-    intervals as error bars and the identity line; False when no image is annotated."""
-    known = [im for im in report.images if im.truth is not None]
+    """Predicted against true count per compared image (`CountReport.compared`), one panel
+    per class, with the intervals as error bars and the identity line; False when no image
+    is annotated."""
+    known, held_out = report.compared()
     if not known:
         return False
     import matplotlib
@@ -171,7 +211,7 @@ def plot_predicted_vs_true(report: CountReport, path: Path) -> bool:
             ax.errorbar(
                 true,
                 pred,
-                yerr=[np.clip(lo, 0, None), np.clip(hi, 0, None)],
+                yerr=np.clip(np.vstack([lo, hi]), 0, None),
                 fmt="o",
                 ms=4,
                 alpha=0.7,
@@ -198,7 +238,8 @@ def plot_predicted_vs_true(report: CountReport, path: Path) -> bool:
         ax.set_ylabel("predicted count")
         ax.set_xlim(0, top)
         ax.set_ylim(0, top)
-    fig.suptitle(f"{report.model}: {len(known)} annotated images", fontsize=10)
+    which = "held-out" if held_out else "training/validation (optimistic)"
+    fig.suptitle(f"{report.model}: {len(known)} {which} annotated images", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

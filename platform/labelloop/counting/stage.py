@@ -7,8 +7,10 @@ outline and index, a count legend) plus `counts.csv`, `counts.json` and, when so
 are annotated, `counts.png` (predicted vs true). Each count carries an interval from the
 objects' confidences (`objects.count_intervals`). Where an image is already labelled in the
 model's project (matched by content hash), its annotated objects are the true count
-(`objects.object_counts`). Every output is written to a temporary folder first and moved
-into place at the end, so a bad image leaves nothing half-written.
+(`objects.object_counts`), and the split it held in the model version's dataset version
+says whether it is held out (`CountReport.compared`). Every output is written to a
+temporary folder first and moved into place at the end, so a bad image leaves nothing
+half-written.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from labelloop.counting.report import (
     write_csv,
 )
 from labelloop.datasets.freeze import current_annotations, load_manifest
+from labelloop.db.models import DatasetItem, ModelVersion, Project
 from labelloop.db.models import Image as ImageRow
-from labelloop.db.models import ModelVersion, Project
 from labelloop.domain import shapes_from_json
 from labelloop.errors import InputError
 from labelloop.imaging import decode_image
@@ -44,6 +46,7 @@ from labelloop.objects import (
     RULE_BASIS,
     constant_count_warning,
     count_intervals,
+    interval_coverage_warning,
     object_counts,
     thin_labels,
     thin_rules_warning,
@@ -69,19 +72,44 @@ def expand_inputs(paths: Iterable[Path]) -> list[Path]:
 
 
 def _truth_by_sha(
-    ctx: Context, project_id: int, labels: Sequence[str], kinds: Sequence[str]
-) -> dict[str, dict]:
-    """True counts (annotated objects of the `kinds` the project's model learns) of every
-    image of the project that has an annotation, by content hash."""
+    ctx: Context,
+    project_id: int,
+    dataset_version_id: int,
+    labels: Sequence[str],
+    kinds: Sequence[str],
+) -> dict[str, tuple[dict, str | None]]:
+    """By content hash, for every image of the project that has an annotation: its true
+    counts (annotated objects of the `kinds` the project's model learns) and the split it
+    held in the model's dataset version (None: not in it)."""
     with ctx.db.session() as s:
         chosen = current_annotations(s, project_id)
         shas = dict(
             s.execute(select(ImageRow.id, ImageRow.sha256).where(ImageRow.id.in_(chosen))).all()
         )
+        splits = dict(
+            s.execute(
+                select(DatasetItem.image_id, DatasetItem.split).where(
+                    DatasetItem.dataset_version_id == dataset_version_id
+                )
+            ).all()
+        )
         return {
-            shas[iid]: object_counts(shapes_from_json(ann.shapes), labels, kinds)
+            shas[iid]: (
+                object_counts(shapes_from_json(ann.shapes), labels, kinds),
+                splits.get(iid),
+            )
             for iid, ann in chosen.items()
         }
+
+
+def seen_only_warning(name: str, images: int) -> str:
+    """What a reader must know when every annotated image compared trained or tuned the
+    model: its errors there are smaller than on new images."""
+    return (
+        f"all {images} annotated images counted were in {name}'s training or validation "
+        "split, so the errors and interval coverage above are optimistic; count images it "
+        "has not seen (its test split, or images annotated since) to measure it"
+    )
 
 
 def thin_rule_basis(
@@ -139,8 +167,9 @@ def count_images(
         mv = s.get(ModelVersion, model_version_id)
         name, project_id, dataset_version_id = mv.name, mv.project_id, mv.dataset_version_id
         kinds = kind_entry(s.get(Project, project_id).task).counted_kinds
-        constant = (mv.metrics.get("test") or {}).get(CONSTANT) or {}
-    truths = _truth_by_sha(ctx, project_id, loaded.labels, kinds)
+        test = mv.metrics.get("test") or {}
+        constant = test.get(CONSTANT) or {}
+    truths = _truth_by_sha(ctx, project_id, dataset_version_id, loaded.labels, kinds)
     out_dir = Path(out_dir)
     margin = loaded.recipe.count_interval_margin
     report = CountReport(
@@ -153,6 +182,8 @@ def count_images(
             "to count them apart"
         )
     report.warnings.extend(_rule_warnings(ctx, dataset_version_id, name, loaded, kinds))
+    if held_not := interval_coverage_warning(name, test, calibrated=bool(margin)):
+        report.warnings.append(held_not)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".count-", dir=out_dir))
     try:
@@ -161,11 +192,13 @@ def count_images(
             data = path.read_bytes()
             image = decode_image(data, name=str(path), max_pixels=ctx.settings.max_image_pixels)
             pred = loaded.predict([image])[0]
+            truth, split = truths.get(hashlib.sha256(data).hexdigest(), (None, None))
             entry = ImageCount(
                 str(path),
                 dict(pred.counts),
-                truths.get(hashlib.sha256(data).hexdigest()),
+                truth,
                 intervals=count_intervals(pred.shapes, loaded.labels, margin=margin),
+                split=split,
             )
             if overlays:
                 stem = path.stem
@@ -180,6 +213,9 @@ def count_images(
             report.images.append(entry)
             if on_progress:
                 on_progress(n, len(files))
+        compared, held_out = report.compared()
+        if compared and not held_out:
+            report.warnings.append(seen_only_warning(name, len(compared)))
         beaten_not = report.not_beaten()
         if beaten_not:
             report.warnings.append(constant_count_warning(name, beaten_not))

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import select
 
 from labelloop.context import Context
+from labelloop.counting.report import SEEN_SPLITS
 from labelloop.counting.testset import test_predictions
 from labelloop.db.models import AnnotationRound, Image
 from labelloop.domain import shapes_from_json
@@ -109,17 +110,19 @@ def round_report(
 
 def count_report(report: dict[str, Any], out: Path, *, pdf: bool = True) -> dict[str, Path]:
     """`report.html` / `.pdf` / `.json` beside the output of `labelloop count` (the dict of
-    `CountReport.to_json`): totals with their intervals, accuracy against labelled images,
+    `CountReport.to_json`): totals with their intervals, accuracy against held-out labelled
+    images (`CountReport.compared`),
     the per-image table with intervals, predicted-vs-true plot and the overlays, inlined."""
     overlays = {
         im["file"]: _data_uri(Path(im["overlay"]).read_bytes())
         for im in report["images"]
         if im.get("overlay") and Path(im["overlay"]).exists()
     }
-    points = [
+    held_out = (report.get("compared") or {}).get("held_out")
+    points = [  # the images the figures rest on (`CountReport.compared`)
         (float(im["truth"].get(lb, 0)), float(im["counts"].get(lb, 0)), lb)
         for im in report["images"]
-        if im.get("truth")
+        if im.get("truth") and not (held_out and im.get("split") in SEEN_SPLITS)
         for lb in report["labels"]
     ]
     figure = (
