@@ -109,9 +109,10 @@ def project_status(ctx: Context, project_name: str, *, round_items: int = 20) ->
 def version_fields(mv: ModelVersion, task: str) -> dict:
     """What every listing of a model version carries and its warnings
     (`model_warnings`) read: name, test metrics, what its counts were measured against,
-    and the annotated objects per label its instance rules rest on (instance mode)."""
+    the annotated objects per label its instance rules rest on (instance mode), and the
+    count interval margins chosen on validation (None: the intervals were not calibrated)."""
     test = mv.metrics.get("test") or {}
-    return {  # the recipe's interval margins tell whether its intervals were calibrated
+    return {
         "name": mv.name,
         "metrics": test,
         "count_truth": count_truth_of(test, task),

@@ -111,8 +111,8 @@ def round_report(
 def count_report(report: dict[str, Any], out: Path, *, pdf: bool = True) -> dict[str, Path]:
     """`report.html` / `.pdf` / `.json` beside the output of `labelloop count` (the dict of
     `CountReport.to_json`): totals with their intervals, accuracy against held-out labelled
-    images (`CountReport.compared`),
-    the per-image table with intervals, predicted-vs-true plot and the overlays, inlined."""
+    images (`CountReport.compared`), the per-image table with intervals and splits, the
+    predicted-vs-true plot of the compared images and the overlays, inlined."""
     overlays = {
         im["file"]: _data_uri(Path(im["overlay"]).read_bytes())
         for im in report["images"]
