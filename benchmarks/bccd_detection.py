@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.datasets import bccd_manifest  # noqa: E402
+from benchmarks.intervals import interval_figures  # noqa: E402
 from labelloop.objects import add_count_baseline  # noqa: E402
 from labelloop.training.common import split_items  # noqa: E402
 from labelloop.training.detection.data import item_boxes, load_sample  # noqa: E402
@@ -67,10 +68,6 @@ from labelloop.training.detection.predict import (  # noqa: E402
     Detections,
     detect,
     keep_counted,
-)
-from labelloop.training.intervals import (  # noqa: E402
-    calibrate_count_intervals,
-    interval_coverage,
 )
 from labelloop.training.kind import get_kind  # noqa: E402
 
@@ -192,16 +189,7 @@ def score_labelloop(out: Path, manifest: dict[str, Any], fetch: Any) -> None:
     )
     # Count intervals as `count` prints them: from the boxes' scores alone, and widened by
     # the margins a training run chooses on the validation split (`training.intervals`).
-    result["intervals"] = interval_coverage(
-        kind, model, manifest, fetch, labels=labels, recipe=tuned
-    )
-    calibrated = calibrate_count_intervals(
-        kind, model, manifest, fetch, labels=labels, recipe=tuned
-    )
-    result["interval_margin"] = calibrated.count_interval_margin
-    result["intervals_calibrated"] = interval_coverage(
-        kind, model, manifest, fetch, labels=labels, recipe=calibrated
-    )
+    result.update(interval_figures(kind, model, manifest, fetch, labels, tuned))
     images = [load_sample(it, labels, fetch)[0] for it in split_items(manifest, "test")]
     counted = detect(model, images, tuned, labels=labels)
     result["test_counts_tuned"] = per_image_counts(counted, len(labels))

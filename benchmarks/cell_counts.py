@@ -66,6 +66,7 @@ from benchmarks.datasets import (  # noqa: E402
     shift_image,
     synthetic_manifest,
 )
+from benchmarks.intervals import interval_figures  # noqa: E402
 from labelloop.counting.overlay import draw_overlay  # noqa: E402
 from labelloop.imaging import decode_image, encode_png  # noqa: E402
 from labelloop.ingest.readers.masks import instance_masks  # noqa: E402
@@ -77,10 +78,6 @@ from labelloop.objects import (  # noqa: E402
     object_counts,
 )
 from labelloop.training.common import item_shapes, split_items  # noqa: E402
-from labelloop.training.intervals import (  # noqa: E402
-    calibrate_count_intervals,
-    interval_coverage,
-)
 from labelloop.training.segmentation.data import load_shapes  # noqa: E402
 from labelloop.training.segmentation.evaluate import (  # noqa: E402
     COUNTED,
@@ -158,15 +155,8 @@ def smears(epochs: int, images: dict[str, int], overlay: Path, seed: int = 0) ->
             out["models"][mode]["rule_objects"] = recipe.instance_rule_objects
             # Count intervals from the objects' confidences alone, and widened by the
             # margins a training run chooses on validation (`training.intervals`).
-            out["models"][mode]["intervals"] = interval_coverage(
-                KIND, model, manifest, fetch, labels=labels, recipe=recipe
-            )
-            calibrated = calibrate_count_intervals(
-                KIND, model, manifest, fetch, labels=labels, recipe=recipe
-            )
-            out["models"][mode]["interval_margin"] = calibrated.count_interval_margin
-            out["models"][mode]["intervals_calibrated"] = interval_coverage(
-                KIND, model, manifest, fetch, labels=labels, recipe=calibrated
+            out["models"][mode].update(
+                interval_figures(KIND, model, manifest, fetch, labels, recipe)
             )
     out["models"][CONSTANT_ROW] = _constant_scores(m)
     return out
