@@ -158,9 +158,16 @@ def smears(epochs: int, images: dict[str, int], overlay: Path, seed: int = 0) ->
             out["models"][mode].update(
                 interval_figures(KIND, model, manifest, fetch, labels, recipe)
             )
+            # The same network and rules without cutting blobs larger than the largest
+            # annotated object of their label (`instances.cut_oversized`).
+            uncut = recipe.model_copy(update={"instance_split_area": None})
+            m = evaluate_segmentation(model, manifest, fetch, "test", labels, recipe=uncut)
+            out["models"][UNCUT_ROW] = _smear_scores(m, done, t0, c0)
     out["models"][CONSTANT_ROW] = _constant_scores(m)
     return out
 
+
+UNCUT_ROW = "instance, no cut above the largest annotated object"
 
 # The plain baseline beside every count (`objects.add_count_baseline`, stored by every
 # evaluation): a constant count per image, the median of the training images.
@@ -367,7 +374,13 @@ def cell_areas(maps: list[tuple]) -> list[int]:
     return [int(a) for inst, _ in maps for a in np.bincount(inst.ravel())[1:] if a]
 
 
-def isbi(epochs: int, train_models: bool = True, n_val: int = 3, input_scale: float = 0.5) -> dict:
+def isbi(
+    epochs: int,
+    train_models: bool = True,
+    n_val: int = 3,
+    input_scale: float = 0.5,
+    instance_only: bool = False,
+) -> dict:
     val = range(TEST.start - n_val, TEST.start)
     train_ids = [i for i in range(30) if i not in TEST and i not in val]
     dy, dx = membrane_offset(train_ids)
@@ -398,7 +411,19 @@ def isbi(epochs: int, train_models: bool = True, n_val: int = 3, input_scale: fl
     }
 
     if train_models:
-        _isbi_models(out, cells, fetch, images, t_maps, t_counts, shift, epochs, val, input_scale)
+        _isbi_models(
+            out,
+            cells,
+            fetch,
+            images,
+            t_maps,
+            t_counts,
+            shift,
+            epochs,
+            val,
+            input_scale,
+            instance_only=instance_only,
+        )
 
     # The plain baseline: every test slice given the median cells of the training slices.
     per_train = [
@@ -458,8 +483,11 @@ def _isbi_models(
     epochs: int,
     val: range,
     input_scale: float,
+    *,
+    instance_only: bool = False,
 ) -> None:
-    """Instance mode on the cells; a membrane model read as regions and as contours."""
+    """Instance mode on the cells; a membrane model read as regions and as contours
+    (`instance_only`: instance mode from one view alone)."""
     # Instance mode on the cells, read from one view and from the mean of the 8 flipped /
     # turned views (recipe `tta`), each with its own rules chosen on validation; and from
     # one view with rules chosen on the training slices too (a larger basis that the
@@ -468,8 +496,13 @@ def _isbi_models(
     t0, c0 = time.monotonic(), cpu_seconds()
     model, done = train(cells, fetch, recipe, ["cell"])
     pooled = {**cells, "items": [{**i, "split": _pooled(i["split"])} for i in cells["items"]]}
-    readings = (("instance", False, cells), ("instance, TTA", True, cells))
-    for name, tta, basis in (*readings, ("instance, rules chosen on val + train", False, pooled)):
+    readings = [("instance", False, cells)]
+    if not instance_only:
+        readings += [
+            ("instance, TTA", True, cells),
+            ("instance, rules chosen on val + train", False, pooled),
+        ]
+    for name, tta, basis in readings:
         tuned = KIND.calibrate(
             model, basis, fetch, labels=["cell"], recipe=recipe.model_copy(update={"tta": tta})
         )
@@ -482,7 +515,15 @@ def _isbi_models(
             "wall_s": round(time.monotonic() - t0, 1),
             "cpu_s": round(cpu_seconds() - c0, 1),
         }
+        if name == "instance":
+            # The same reading without cutting cells larger than the largest annotated one.
+            uncut = tuned.model_copy(update={"instance_split_area": None})
+            preds = [instances_from_probs(p, 1, **uncut.instance_rules(["cell"]))[0] for p in probs]
+            out["methods"][UNCUT_ROW] = score_slices(preds, t_maps["test"], t_counts["test"])
+            out["methods"][UNCUT_ROW]["rules"] = uncut.instance_rules(["cell"])
 
+    if instance_only:
+        return
     # A membrane model: semantic regions, and contours with a minimum area tuned on val.
     membranes, mfetch = isbi_manifest(test_ids=TEST, val_ids=val, shift=shift)
     recipe = isbi_recipe("binary", epochs, input_scale)
@@ -558,6 +599,11 @@ def main() -> None:
         help="isbi: validation slices, the ones just before the test slices 25-29 (default 3)",
     )
     ap.add_argument(
+        "--instance-only",
+        action="store_true",
+        help="isbi: instance mode alone, from one view (no TTA, no membrane model)",
+    )
+    ap.add_argument(
         "--input-scale", type=float, default=0.5, help="isbi: models' input scale (default 0.5)"
     )
     ap.add_argument(
@@ -586,8 +632,9 @@ def main() -> None:
         extra = "" if default else " --images " + " ".join(map(str, args.images))
         extra += f" --seed {args.seed}" if args.seed else ""
     else:
-        result = isbi(epochs, not args.no_train, args.val, args.input_scale)
-        extra = (f" --val {args.val}" if args.val != ap.get_default("val") else "") + (
+        result = isbi(epochs, not args.no_train, args.val, args.input_scale, args.instance_only)
+        extra = " --instance-only" if args.instance_only else ""
+        extra += (f" --val {args.val}" if args.val != ap.get_default("val") else "") + (
             f" --input-scale {args.input_scale}"
             if args.input_scale != ap.get_default("input_scale")
             else ""

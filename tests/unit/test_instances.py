@@ -9,7 +9,10 @@ from labelloop.geometry import mask_shape
 from labelloop.objects import counts_from_instances, counts_from_label_map
 from labelloop.training.segmentation.evaluate import annotated_area_cap
 from labelloop.training.segmentation.instances import (
+    InstanceRules,
     choose_instance_rules,
+    choose_split_areas,
+    cut_oversized,
     instance_targets,
     instances_from_probs,
     interior_seeds,
@@ -119,6 +122,57 @@ def test_a_split_depth_cuts_interiors_joined_at_a_neck_into_two_cells():
     one = np.where((yy - 20) ** 2 + (xx - 20) ** 2 <= 81, 1, 0)
     seeds = interior_seeds(one.astype(bool), split_depth=1.0)
     assert seeds.max() == 1
+
+
+def _discs(shape: tuple[int, int], *discs: tuple[float, float, float]) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return np.any([np.hypot(yy - y, xx - x) < r for y, x, r in discs], axis=0)
+
+
+def test_a_blob_larger_than_the_split_area_is_cut_at_its_deepest_necks():
+    pair = _discs((80, 120), (40, 35, 20), (40, 72, 20)).astype(np.int32)  # 2,464 px
+    assert cut_oversized(pair, 0) is pair  # no bound: untouched
+    assert cut_oversized(pair, 2500).max() == 1  # within the bound: one cell
+    cut = cut_oversized(pair, 1500)
+    assert sorted(np.bincount(cut.ravel())[1:].tolist()) == [1232, 1232]
+    assert cut[40, 35] != cut[40, 72]
+    # A chain of three is cut until every part is within the bound.
+    chain = _discs((80, 120), (40, 20, 15), (40, 47, 15), (40, 74, 15)).astype(np.int32)
+    assert len(np.unique(cut_oversized(chain, 1000))) - 1 == 3
+    # A large round cell has no neck and stays whole, however small the bound.
+    one = _discs((80, 120), (40, 60, 25)).astype(np.int32)
+    assert cut_oversized(one, 100).max() == 1
+    # Other seeds keep their ids; the input is not written to.
+    both = np.where(one, 1, 0).astype(np.int32)
+    both[_discs((80, 120), (10, 10, 5))] = 2
+    assert (cut_oversized(both, 100) == both).all()
+
+
+def test_a_split_area_parts_a_merged_pair_that_no_split_depth_was_chosen_for():
+    probs = _necked_pair()
+    area = int((probs.argmax(axis=0) == 1).sum())  # the merged interior blob
+    _, whole = instances_from_probs(probs, len(LABELS), split_area=[area, 0])
+    assert whole.tolist() == [0, 1]
+    _, cut = instances_from_probs(probs, len(LABELS), split_area=[area - 1, 0])
+    assert cut.tolist() == [0, 1, 1]
+
+
+def test_a_split_area_is_kept_unless_it_counts_the_basis_worse():
+    probs = _necked_pair()
+    rules = InstanceRules([4, 4], [0.0, 0.0], [False, False], [0, 0])
+    area = int((probs.argmax(axis=0) == 1).sum())
+    # The basis holds two cells there: the cut helps.
+    assert choose_split_areas([probs], [[2, 0]], 2, rules, [area - 1, 50]) == [area - 1, 50]
+    # It holds one (a large cell): the cut hurts and is dropped.
+    assert choose_split_areas([probs], [[1, 0]], 2, rules, [area - 1, 50]) == [0, 50]
+    # No blob above the bound: a tie, and the bound is kept for new images.
+    assert choose_split_areas([probs], [[1, 0]], 2, rules, [area, 50]) == [area, 50]
+    # Left out by `use`, the image cannot drop it; no bound at all stays none.
+    use = np.array([[False, True]])
+    assert choose_split_areas([probs], [[1, 0]], 2, rules, [area - 1, 0], use=use) == [
+        area - 1,
+        0,
+    ]
 
 
 def test_min_area_per_label_drops_specks_of_one_label_only():

@@ -332,6 +332,50 @@ def test_labels_thin_in_validation_take_their_rules_from_training_images_too():
     assert pred.counts["Blue"] == 0
 
 
+def test_a_label_read_without_cuts_still_parts_a_blob_larger_than_any_of_its_cells():
+    """As on the demo: validation holds one red cell, so red's rules come from training
+    images too and take no neck cut; those images hold only lone cells. A touching pair
+    on a new image is one blob twice the size of any annotated red cell, and is cut."""
+    from labelloop.training.segmentation.kind import KIND
+
+    manifest, blobs = _one_item_manifest(TOUCHING)
+    items = list(manifest["items"])
+    lone = [("Red", 12.0, 12.0, 7.0), ("Red", 48.0, 14.0, 7.0), ("Red", 14.0, 48.0, 7.0)]
+    for k, discs in enumerate([lone[:1]] + [lone] * 4):
+        image, shapes = draw(discs)
+        data = encode_png(image)
+        key = f"images/lone-{k}.png"
+        blobs[key] = data
+        items.append(
+            {
+                **items[0],
+                "split": "val" if k == 0 else "train",
+                "image_id": 2 + k,
+                "blob_key": key,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "shapes": shapes_to_json(shapes),
+            }
+        )
+    recipe = SegmentationRecipe(mode="instance")
+    model, fetch = _InstanceOracle(), blobs.__getitem__
+    tuned = KIND.calibrate(model, {**manifest, "items": items}, fetch, labels=LABELS, recipe=recipe)
+    assert tuned.instance_split_depth["Red"] == 0 and not tuned.instance_opening
+    assert tuned.instance_rule_objects["Red"] == 13
+    disc = int(np.pi * 7**2)
+    assert disc * 0.8 < tuned.instance_split_area["Red"] < disc * 1.2  # one red cell
+    assert "Blue" not in tuned.instance_split_area  # no blue objects to bound it
+    image, _ = draw(TOUCHING)
+    (pred,) = KIND.predict(model, [image], recipe=tuned, labels=LABELS)
+    assert pred.counts["Red"] == 2
+    uncut = tuned.model_copy(update={"instance_split_area": None})
+    (pred,) = KIND.predict(model, [image], recipe=uncut, labels=LABELS)
+    assert pred.counts["Red"] == 1
+    # The bound is stored and reloaded with the rest of the rules.
+    assert SegmentationRecipe.from_dict(tuned.model_dump()).instance_split_area == (
+        tuned.instance_split_area
+    )
+
+
 def _items(split: str, labels: list[str], n: int) -> list[dict]:
     shapes = [Ellipse(label=lb, x=10.0 + 20 * k, y=10.0, rx=5, ry=5) for k, lb in enumerate(labels)]
     return [{"split": split, "image_id": k, "shapes": shapes_to_json(shapes)} for k in range(n)]
@@ -372,5 +416,7 @@ def test_instance_rules_must_be_positive():
         SegmentationRecipe(mode="instance", instance_split_depth={"Red": -1.0})
     with pytest.raises(ValueError, match="instance_opening"):
         SegmentationRecipe(mode="instance", instance_opening={"Red": -1})
+    with pytest.raises(ValueError, match="instance_split_area"):
+        SegmentationRecipe(mode="instance", instance_split_area={"Red": -1})
     opened = SegmentationRecipe(mode="instance", instance_opening={"Red": 3})
     assert opened.instance_rules(LABELS)["opening"] == [3, 0]

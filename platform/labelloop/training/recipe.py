@@ -34,6 +34,7 @@ LATER_OPTIONAL = frozenset(
         "tta_views",
         "instance_components",
         "instance_opening",
+        "instance_split_area",
         "instance_rule_objects",
         "count_interval_margin",
     }

@@ -47,6 +47,7 @@ from labelloop.training.segmentation.data import (
 )
 from labelloop.training.segmentation.instances import (
     choose_instance_rules,
+    choose_split_areas,
     instances_from_probs,
     match_instances,
     rasterize_instances,
@@ -401,9 +402,10 @@ def tune_instance_rules(
     """The recipe with instance mode's per-label reading (minimum area, split depth,
     opening, components) chosen on the validation split
     (`instances.choose_instance_rules`), with training images for labels it holds too
-    few of (`rule_basis`), and the number of annotated objects each label's rules rest on
-    (`instance_rule_objects`); unchanged outside instance mode, when the recipe opts out
-    or there is nothing to choose on."""
+    few of (`rule_basis`), the area above which a blob is cut at its neck
+    (`instances.choose_split_areas`), and the number of annotated objects each label's
+    rules rest on (`instance_rule_objects`); unchanged outside instance mode, when the
+    recipe opts out or there is nothing to choose on."""
     if recipe.mode != "instance" or not recipe.tune_instances:
         return recipe
     items, use, pooled, counts = rule_basis(manifest, labels)
@@ -432,6 +434,10 @@ def tune_instance_rules(
         use=use,
         cuts=~pooled,
     )
+    # Blobs larger than every annotated object of their label are cut at their necks, a
+    # bound taken only from a label with enough objects to show its size range.
+    largest = [max(a) if len(a) >= MIN_RULE_OBJECTS else 0 for a in areas]
+    split_area = choose_split_areas(probs, counts, len(labels), rules, largest, use=use)
     held = (counts * use).sum(axis=0)
     apart = [lb for lb, c in zip(labels, rules.components, strict=True) if c]
     return recipe.model_copy(
@@ -440,6 +446,8 @@ def tune_instance_rules(
             "instance_split_depth": dict(zip(labels, rules.split_depth, strict=True)),
             "instance_components": apart or None,
             "instance_opening": {lb: r for lb, r in zip(labels, rules.opening, strict=True) if r}
+            or None,
+            "instance_split_area": {lb: a for lb, a in zip(labels, split_area, strict=True) if a}
             or None,
             "instance_rule_objects": dict(zip(labels, map(int, held), strict=True)),
         }

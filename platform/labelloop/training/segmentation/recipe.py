@@ -118,6 +118,11 @@ class SegmentationRecipe(BaseRecipe):
     # in a predicted membrane), per label, chosen like the split depth; unset, out of the
     # hash like `instance_components`.
     instance_opening: dict[str, int] | None = None
+    # Per label, the area in pixels above which an interior blob is cut at its deepest neck
+    # (`instances.cut_oversized`): the largest annotated object of the label the rules were
+    # chosen on, kept where it does not count them worse; unset, out of the hash like
+    # `instance_components`.
+    instance_split_area: dict[str, int] | None = None
     # How many annotated objects of each label the rules above were chosen on (the
     # validation split's, plus training images' for a label it holds few of; see
     # `evaluate.rule_basis`), for `count` to say when that is too few; unset, out of the
@@ -160,10 +165,11 @@ class SegmentationRecipe(BaseRecipe):
         bad = {k: v for k, v in self.instance_min_area.items() if v < 1}
         bad |= {k: v for k, v in self.instance_split_depth.items() if v < 0}
         bad |= {k: v for k, v in (self.instance_opening or {}).items() if v < 0}
+        bad |= {k: v for k, v in (self.instance_split_area or {}).items() if v < 0}
         if bad:
             raise ValueError(
-                "instance_min_area must be >= 1, instance_split_depth and instance_opening "
-                f">= 0, got {bad}"
+                "instance_min_area must be >= 1, instance_split_depth, instance_opening and "
+                f"instance_split_area >= 0, got {bad}"
             )
         if self.loss not in MODE_LOSSES[self.mode]:
             raise ValueError(
@@ -179,6 +185,7 @@ class SegmentationRecipe(BaseRecipe):
             "split_depth": [self.instance_split_depth.get(lb, 0.0) for lb in labels],
             "components": [lb in (self.instance_components or ()) for lb in labels],
             "opening": [(self.instance_opening or {}).get(lb, 0) for lb in labels],
+            "split_area": [(self.instance_split_area or {}).get(lb, 0) for lb in labels],
         }
 
     def _override_data(self, overrides: dict[str, Any]) -> dict[str, Any]:
