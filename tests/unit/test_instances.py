@@ -155,6 +155,14 @@ def test_a_split_area_parts_a_merged_pair_that_no_split_depth_was_chosen_for():
     assert whole.tolist() == [0, 1]
     _, cut = instances_from_probs(probs, len(LABELS), split_area=[area - 1, 0])
     assert cut.tolist() == [0, 1, 1]
+    # Read as components, the pair (contour included) is one component, cut the same way.
+    top = probs.argmax(axis=0)
+    area = int(((top == 1) | (top == 1 + len(LABELS))).sum())
+    apart = [True, False]
+    _, whole = instances_from_probs(probs, len(LABELS), components=apart, split_area=[area, 0])
+    assert whole.tolist() == [0, 1]
+    _, cut = instances_from_probs(probs, len(LABELS), components=apart, split_area=[area - 1, 0])
+    assert cut.tolist() == [0, 1, 1]
 
 
 def test_a_split_area_is_kept_unless_it_counts_the_basis_worse():

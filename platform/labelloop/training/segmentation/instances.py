@@ -15,10 +15,10 @@ output is read is therefore tunable per label and chosen on the validation split
 interior blobs at their necks (distance-transform h-maxima), or an opening that cuts the
 narrow bridges a gap in a predicted membrane leaves (cells of irregular shape, whose many
 distance maxima a split depth would cut too), and a minimum area below which a seed is
-flooded by the cell around it and an instance is dropped. Whatever the reading, an
-interior blob larger than the largest annotated object of its label is cut at its deepest
-neck (`cut_oversized`), since no single cell of that label was ever seen that large. A label whose
-cells rarely touch (platelets, often WBCs) may instead be read as the connected components
+flooded by the cell around it and an instance is dropped. Whatever the reading, a blob
+larger than the largest annotated object of its label is cut at its deepest neck
+(`cut_oversized`), since no single cell of that label was ever seen that large. A label
+whose cells rarely touch (platelets, often WBCs) may instead be read as the connected components
 of its own pixels: the watershed of the other labels then cannot swallow a small cell
 beside a large one, nor a cell whose pixels its label shares with another take that
 label and be dropped as too small for it.
@@ -108,6 +108,7 @@ class Seeded(NamedTuple):
     seeds: list[np.ndarray | None]
     contour: np.ndarray  # summed contour probability (H, W), what the watershed floods
     per_label: np.ndarray  # interior + contour probability per label (L, H, W)
+    split_area: np.ndarray  # per label (indexed by label), `cut_oversized`'s bound
 
 
 def seed_maps(
@@ -140,7 +141,8 @@ def seed_maps(
         for lab in range(1, n_labels + 1)
     ]
     contours = probs[1 + n_labels :]
-    return Seeded(top, apart, seeds, contours.sum(axis=0), probs[1 : 1 + n_labels] + contours)
+    per_label = probs[1 : 1 + n_labels] + contours
+    return Seeded(top, apart, seeds, contours.sum(axis=0), per_label, largest)
 
 
 def instances_from_probs(
@@ -167,11 +169,13 @@ def instances_from_probs(
     their label's `min_area` pixels are dropped.
 
     A label with `components` set is read apart: its instances are the 8-connected
-    components of the pixels whose most likely class is its interior or contour, they take
-    that label, and those pixels are out of the watershed (no seed, no flooding).
+    components of the pixels whose most likely class is its interior or contour (cut like
+    seeds where larger than the split area), they take that label, and those pixels are
+    out of the watershed (no seed, no flooding).
 
-    A seed larger than its label's `split_area` (pixels; 0: no bound) is cut at its deepest
-    neck until every part is within it or has no neck (`cut_oversized`).
+    A seed (or component) larger than its label's `split_area` (pixels; 0: no bound) is
+    cut at its deepest neck until every part is within it or has no neck
+    (`cut_oversized`).
 
     `min_area`, `split_depth`, `opening`, `components` and `split_area` are one value for
     every label or one per label (the per-label values a model version stores in its
@@ -219,7 +223,9 @@ def instances_from_probs(
     score[apart[1:]] = -np.inf
     fixed = [score.argmax(axis=0) + 1]
     for lab in np.flatnonzero(apart):
-        parts, k = ndimage.label(pixel_label == lab, structure=_EIGHT)
+        parts, _ = ndimage.label(pixel_label == lab, structure=_EIGHT)
+        parts = cut_oversized(parts, int(seeded.split_area[lab]))
+        k = int(parts.max(initial=0))
         if k:
             inst[parts > 0] = parts[parts > 0] + n_inst
             fixed.append(np.full(k, lab))
