@@ -472,6 +472,14 @@ def _pooled(split: str) -> str:
     return "val" if split == "train" else split
 
 
+def _read_cells(probs: list, recipe: SegmentationRecipe, maps: list, counts: list) -> dict:
+    """Test slices' cells read from instance-mode outputs with the recipe's rules, scored
+    against the annotated cells, with the rules."""
+    rules = recipe.instance_rules(["cell"])
+    preds = [instances_from_probs(p, 1, **rules)[0] for p in probs]
+    return {**score_slices(preds, maps, counts), "rules": rules}
+
+
 def _isbi_models(
     out: dict,
     cells: dict,
@@ -507,10 +515,8 @@ def _isbi_models(
             model, basis, fetch, labels=["cell"], recipe=recipe.model_copy(update={"tta": tta})
         )
         probs = predict_outputs(model, images["test"], tuned)
-        preds = [instances_from_probs(p, 1, **tuned.instance_rules(["cell"]))[0] for p in probs]
         out["methods"][name] = {
-            **score_slices(preds, t_maps["test"], t_counts["test"]),
-            "rules": tuned.instance_rules(["cell"]),
+            **_read_cells(probs, tuned, t_maps["test"], t_counts["test"]),
             "epochs": done,
             "wall_s": round(time.monotonic() - t0, 1),
             "cpu_s": round(cpu_seconds() - c0, 1),
@@ -518,9 +524,7 @@ def _isbi_models(
         if name == "instance":
             # The same reading without cutting cells larger than the largest annotated one.
             uncut = tuned.model_copy(update={"instance_split_area": None})
-            preds = [instances_from_probs(p, 1, **uncut.instance_rules(["cell"]))[0] for p in probs]
-            out["methods"][UNCUT_ROW] = score_slices(preds, t_maps["test"], t_counts["test"])
-            out["methods"][UNCUT_ROW]["rules"] = uncut.instance_rules(["cell"])
+            out["methods"][UNCUT_ROW] = _read_cells(probs, uncut, t_maps["test"], t_counts["test"])
 
     if instance_only:
         return

@@ -29,7 +29,7 @@ An instance map is int32 (H, W): 0 = background, 1..N = instances; `classes[i]` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -302,11 +302,14 @@ def choose_instance_rules(
             for p in probs
         ]
         for area in min_areas:
-            found = np.zeros_like(truth)
-            for i, p in enumerate(probs):
-                _, classes = instances_from_probs(p, n_labels, min_area=area, seeded=seeded[i])
-                found[i] = np.bincount(classes[1:], minlength=n_labels + 1)[1:]
-            error = (np.abs(found - truth) * weight).sum(axis=0)
+            error = _count_errors(
+                (
+                    instances_from_probs(p, n_labels, min_area=area, seeded=s)[1]
+                    for p, s in zip(probs, seeded, strict=True)
+                ),
+                truth,
+                weight,
+            )
             cut = depth > 0 or radius > 0
             for lab in range(n_labels):
                 if area_caps is not None and not area_allowed(area, area_caps[lab], min_areas):
@@ -337,8 +340,9 @@ def choose_split_areas(
     *,
     use: np.ndarray | None = None,
 ) -> list[int]:
-    """Per label, `largest` (the largest annotated object of the label, in pixels; 0 for
-    none) as the area above which `cut_oversized` cuts a seed, or 0 (no cut) where reading
+    """Per label, `largest` (pixels; 0 for none: the bound `evaluate.tune_instance_rules`
+    takes from the annotated objects) as the area above which `cut_oversized` cuts a seed
+    or component, or 0 (no cut) where reading
     these images with the cut counts them further from `true_counts` (summed
     |predicted - true| over the images `use` keeps, as in `choose_instance_rules`) than
     reading them without. A tie keeps the cut: these images rarely hold a blob larger than
@@ -349,14 +353,26 @@ def choose_split_areas(
     gates = [int(a) for a in largest]
     if not any(gates):
         return gates
-    errors = []
-    for split_area in ([0] * n_labels, gates):
-        found = np.zeros_like(truth)
-        for i, p in enumerate(probs):
-            _, classes = instances_from_probs(p, n_labels, **rules._asdict(), split_area=split_area)
-            found[i] = np.bincount(classes[1:], minlength=n_labels + 1)[1:]
-        errors.append((np.abs(found - truth) * weight).sum(axis=0))
-    return [g if cut <= uncut else 0 for g, uncut, cut in zip(gates, *errors, strict=True)]
+    uncut, cut = (
+        _count_errors(
+            (instances_from_probs(p, n_labels, **rules._asdict(), split_area=a)[1] for p in probs),
+            truth,
+            weight,
+        )
+        for a in ([0] * n_labels, gates)
+    )
+    return [g if c <= u else 0 for g, u, c in zip(gates, uncut, cut, strict=True)]
+
+
+def _count_errors(
+    classes: Iterable[np.ndarray], truth: np.ndarray, weight: np.ndarray
+) -> np.ndarray:
+    """Per label, |instances found - annotated| summed over the images (`classes`, one
+    instance-class array per image, in the rows of `truth`), each weighted by `weight`
+    (int (images, labels), 0 leaves an image out of a label's error)."""
+    n_labels = truth.shape[1]
+    found = np.array([np.bincount(c[1:], minlength=n_labels + 1)[1:] for c in classes])
+    return (np.abs(found.reshape(truth.shape) - truth) * weight).sum(axis=0)
 
 
 def interior_seeds(interior: np.ndarray, split_depth: float = 0.0, opening: int = 0) -> np.ndarray:

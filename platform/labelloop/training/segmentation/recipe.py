@@ -118,10 +118,10 @@ class SegmentationRecipe(BaseRecipe):
     # in a predicted membrane), per label, chosen like the split depth; unset, out of the
     # hash like `instance_components`.
     instance_opening: dict[str, int] | None = None
-    # Per label, the area in pixels above which an interior blob is cut at its deepest neck
-    # (`instances.cut_oversized`): the largest annotated object of the label the rules were
-    # chosen on, kept where it does not count them worse; unset, out of the hash like
-    # `instance_components`.
+    # Per label, the area in pixels above which a blob is cut at its deepest neck
+    # (`instances.cut_oversized`): the largest annotated interior of the label the rules
+    # were chosen on (its largest whole object for a label read as components), kept where
+    # it does not count them worse; unset, out of the hash like `instance_components`.
     instance_split_area: dict[str, int] | None = None
     # How many annotated objects of each label the rules above were chosen on (the
     # validation split's, plus training images' for a label it holds few of; see
