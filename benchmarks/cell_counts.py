@@ -145,6 +145,12 @@ def smears(epochs: int, images: dict[str, int], overlay: Path, seed: int = 0) ->
             m = evaluate_segmentation(model, manifest, fetch, "test", labels, recipe=alone)
             row = {**_smear_scores(m, done, t0, c0), "rule_objects": alone.instance_rule_objects}
             out["models"]["instance, rules chosen on val alone"] = row
+            # Rules chosen and read with cells on the image's edge held to the whole
+            # minimum area, as before `objects.EDGE_AREA_SHARE`.
+            whole = recipe.model_copy(update={"instance_edge_share": 1.0})
+            whole = KIND.calibrate(model, manifest, fetch, labels=labels, recipe=whole)
+            m = evaluate_segmentation(model, manifest, fetch, "test", labels, recipe=whole)
+            out["models"][EDGE_ROW] = _smear_scores(m, done, t0, c0)
             tuned = KIND.calibrate(model, manifest, fetch, labels=labels, recipe=recipe)
             plot_overlays(model, manifest, fetch, labels, recipe, tuned, overlay)
             recipe = tuned
@@ -168,6 +174,7 @@ def smears(epochs: int, images: dict[str, int], overlay: Path, seed: int = 0) ->
 
 
 UNCUT_ROW = "instance, no cut above the largest annotated object"
+EDGE_ROW = "instance, edge cells held to the whole minimum area"
 
 # The plain baseline beside every count (`objects.add_count_baseline`, stored by every
 # evaluation): a constant count per image, the median of the training images.
@@ -525,6 +532,11 @@ def _isbi_models(
             # The same reading without cutting cells larger than the largest annotated one.
             uncut = tuned.model_copy(update={"instance_split_area": None})
             out["methods"][UNCUT_ROW] = _read_cells(probs, uncut, t_maps["test"], t_counts["test"])
+            # Rules chosen and read with cells on the image's edge held to the whole
+            # minimum area, as before `objects.EDGE_AREA_SHARE`.
+            whole = recipe.model_copy(update={"instance_edge_share": 1.0})
+            whole = KIND.calibrate(model, basis, fetch, labels=["cell"], recipe=whole)
+            out["methods"][EDGE_ROW] = _read_cells(probs, whole, t_maps["test"], t_counts["test"])
 
     if instance_only:
         return

@@ -196,6 +196,26 @@ def test_min_area_per_label_drops_specks_of_one_label_only():
         instances_from_probs(probs, len(LABELS), min_area=[4, 4, 4])
 
 
+def test_a_cell_the_image_edge_cuts_is_held_to_a_share_of_the_min_area():
+    # Two 12 px "cell" interiors: one in the open (a speck), one on the left edge (what
+    # the edge leaves of a cell). Under a 20 px minimum only the edge one stays.
+    target = np.zeros((20, 30), np.int64)
+    target[8:11, 0:4] = 1
+    target[8:11, 14:18] = 1
+    probs = _one_hot(target, 5)
+    for apart in (False, True):  # the watershed and components alike
+        read = {"min_area": [20, 4], "components": [apart, False]}
+        inst, classes = instances_from_probs(probs, len(LABELS), **read)
+        assert classes.tolist() == [0, 1] and inst[9, 0] > 0 and inst[9, 15] == 0
+        # Held to the whole minimum area, both go; a share below 12 / 20 is needed.
+        _, whole = instances_from_probs(probs, len(LABELS), **read, edge_share=1.0)
+        assert whole.tolist() == [0]
+        _, kept = instances_from_probs(probs, len(LABELS), **read, edge_share=0.6)
+        assert kept.tolist() == [0, 1]
+        _, gone = instances_from_probs(probs, len(LABELS), **read, edge_share=0.61)
+        assert gone.tolist() == [0]
+
+
 def test_a_fragment_below_half_the_min_area_is_flooded_by_its_cell():
     # A cell (contour ring, interior) with a stray interior fragment inside its contour
     # area: two seeds without a minimum, one cell with it.

@@ -9,6 +9,7 @@ from torch import nn
 
 from labelloop.domain import Ellipse, shapes_to_json
 from labelloop.imaging import encode_png
+from labelloop.objects import EDGE_AREA_SHARE
 from labelloop.training.common import MEAN, STD
 from labelloop.training.segmentation.evaluate import (
     binary_metrics,
@@ -418,5 +419,12 @@ def test_instance_rules_must_be_positive():
         SegmentationRecipe(mode="instance", instance_opening={"Red": -1})
     with pytest.raises(ValueError, match="instance_split_area"):
         SegmentationRecipe(mode="instance", instance_split_area={"Red": -1})
+    for share in (0.0, 1.5):
+        with pytest.raises(ValueError, match="instance_edge_share"):
+            SegmentationRecipe(mode="instance", instance_edge_share=share)
     opened = SegmentationRecipe(mode="instance", instance_opening={"Red": 3})
     assert opened.instance_rules(LABELS)["opening"] == [3, 0]
+    # Unset, cells on the image's edge are held to the default share of the minimum area.
+    assert opened.instance_rules(LABELS)["edge_share"] == [EDGE_AREA_SHARE] * 2
+    whole = SegmentationRecipe(mode="instance", instance_edge_share=1.0)
+    assert whole.instance_rules(LABELS)["edge_share"] == [1.0, 1.0]

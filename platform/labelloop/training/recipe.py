@@ -35,6 +35,7 @@ LATER_OPTIONAL = frozenset(
         "instance_components",
         "instance_opening",
         "instance_split_area",
+        "instance_edge_share",
         "instance_rule_objects",
         "count_interval_margin",
     }

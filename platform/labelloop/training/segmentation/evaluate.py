@@ -430,6 +430,7 @@ def tune_instance_rules(
     # cells split at 0.5 px on training images came out 8 % over on test images, against
     # 0 % uncut). A label whose basis holds training images is read without cuts; its
     # minimum area and reading (watershed or components) are still chosen there.
+    edges = recipe.instance_rules(labels)["edge_share"]
     rules = choose_instance_rules(
         probs,
         counts,
@@ -437,6 +438,7 @@ def tune_instance_rules(
         area_caps=[annotated_area_cap(a) for a in areas],
         use=use,
         cuts=~pooled,
+        edge_share=edges,
     )
     # Blobs larger than every annotated object of their label are cut at their necks, a
     # bound taken only from a label with enough objects to show its size range. Seeds are
@@ -450,7 +452,9 @@ def tune_instance_rules(
         max(whole if apart else inner) if len(whole) >= MIN_RULE_OBJECTS else 0
         for whole, inner, apart in zip(areas, interiors, rules.components, strict=True)
     ]
-    split_area = choose_split_areas(probs, counts, len(labels), rules, largest, use=use)
+    split_area = choose_split_areas(
+        probs, counts, len(labels), rules, largest, use=use, edge_share=edges
+    )
     held = (counts * use).sum(axis=0)
     apart = [lb for lb, c in zip(labels, rules.components, strict=True) if c]
     return recipe.model_copy(

@@ -39,7 +39,7 @@ from skimage.segmentation import watershed
 
 from labelloop.domain import Mask, Shape
 from labelloop.geometry import shape_mask
-from labelloop.objects import DEFAULT_MIN_AREA, area_allowed
+from labelloop.objects import DEFAULT_MIN_AREA, EDGE_AREA_SHARE, area_allowed
 
 REGION_KINDS = frozenset({"mask", "polygon", "ellipse"})
 _EIGHT = np.ones((3, 3), bool)
@@ -154,6 +154,7 @@ def instances_from_probs(
     components: bool | Sequence[bool] = False,
     opening: int | Sequence[int] = 0,
     split_area: int | Sequence[int] = 0,
+    edge_share: float | Sequence[float] = EDGE_AREA_SHARE,
     seeded: Seeded | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split the network's instance-mode softmax (1 + 2L, H, W) into instances.
@@ -177,8 +178,12 @@ def instances_from_probs(
     cut at its deepest neck until every part is within it or has no neck
     (`cut_oversized`).
 
-    `min_area`, `split_depth`, `opening`, `components` and `split_area` are one value for
-    every label or one per label (the per-label values a model version stores in its
+    A seed or instance on the image's edge is held to `edge_share` of its label's minimum
+    area: the edge may cut a cell anywhere, leaving a sliver of it in view, while the
+    minimum area is chosen to drop specks among whole cells.
+
+    `min_area`, `split_depth`, `opening`, `components`, `split_area` and `edge_share` are
+    one value for every label or one per label (the per-label values a model version stores in its
     recipe, chosen on validation). `seeded`, the `seed_maps` of these probabilities,
     replaces the split depth, opening, components and split area: made once, it serves
     several minimum areas (the seeds do not depend on them).
@@ -193,6 +198,7 @@ def instances_from_probs(
             split_area=split_area,
         )
     areas_min = _per_label(min_area, n_labels, "min_area")
+    shares = _per_label(edge_share, n_labels, "edge_share")
     apart, top = seeded.apart, seeded.top
     # The label of each pixel's most likely class (interiors 1..L, contours L+1..2L).
     pixel_label = np.where(top > 0, (top - 1) % n_labels + 1, 0)
@@ -203,7 +209,8 @@ def instances_from_probs(
         if seeds is None or seeds.max(initial=0) == 0:
             continue
         areas = np.bincount(seeds.ravel())
-        keep = np.flatnonzero(areas[1:] >= max(1, int(areas_min[lab]) // 2)) + 1
+        need = np.where(on_edge(seeds, len(areas) - 1), shares[lab], 1.0) * areas_min[lab] / 2
+        keep = np.flatnonzero(areas[1:] >= np.maximum(1, need[1:])) + 1
         lut = np.zeros(len(areas), np.int32)
         lut[keep] = np.arange(n_seeds + 1, n_seeds + 1 + len(keep), dtype=np.int32)
         markers = np.where(seeds > 0, lut[seeds], markers)
@@ -234,11 +241,21 @@ def instances_from_probs(
         return inst, np.zeros(1, np.int32)
     classes = np.concatenate([[0], *fixed]).astype(np.int32)
     areas = np.bincount(inst.ravel(), minlength=n_inst + 1)
-    small = np.flatnonzero(areas < areas_min[classes])
+    need = areas_min[classes] * np.where(on_edge(inst, n_inst), shares[classes], 1.0)
+    small = np.flatnonzero(areas < need)
     small = small[small > 0]
     if small.size:
         inst[np.isin(inst, small)] = 0
     return _relabel(inst, classes)
+
+
+def on_edge(inst: np.ndarray, n: int) -> np.ndarray:
+    """bool (n + 1,): whether instance k of `inst` (ids 1..n) has a pixel on the image's
+    outermost rows or columns (index 0, background, is False)."""
+    edge = np.zeros(n + 1, bool)
+    edge[np.concatenate([inst[0], inst[-1], inst[:, 0], inst[:, -1]])] = True
+    edge[0] = False
+    return edge
 
 
 SPLIT_DEPTHS = (0.0, 0.5, 1.0, 2.0, 3.0)
@@ -266,6 +283,7 @@ def choose_instance_rules(
     min_areas: Sequence[int] = MIN_AREAS,
     use: np.ndarray | None = None,
     cuts: Sequence[bool] | None = None,
+    edge_share: float | Sequence[float] = EDGE_AREA_SHARE,
 ) -> InstanceRules:
     """Per label, the reading (the watershed with a split depth or with an opening of the
     seeds, or connected components), and the minimum area, whose instance counts on the
@@ -278,7 +296,9 @@ def choose_instance_rules(
     cells. A minimum area above the label's cap is not tried (the smallest candidate
     always is). `use` (bool (images, labels)) leaves an image out of a label's error
     (one chosen on more images than the others, `evaluate.rule_basis`); a label whose
-    `cuts` entry is False is read without neck cuts (no split depth, no opening). Ties go to the
+    `cuts` entry is False is read without neck cuts (no split depth, no opening);
+    `edge_share` is the reading's share of the minimum area for cells on the image's edge
+    (`instances_from_probs`). Ties go to the
     watershed (components merge touching cells), to the shallower split and the smaller
     opening (a cut the counts do not ask for can only break cells) and then to the larger
     minimum area: the most noise dropped that costs no annotated cell. Each label is
@@ -304,7 +324,9 @@ def choose_instance_rules(
         for area in min_areas:
             error = _count_errors(
                 (
-                    instances_from_probs(p, n_labels, min_area=area, seeded=s)[1]
+                    instances_from_probs(
+                        p, n_labels, min_area=area, edge_share=edge_share, seeded=s
+                    )[1]
                     for p, s in zip(probs, seeded, strict=True)
                 ),
                 truth,
@@ -339,6 +361,7 @@ def choose_split_areas(
     largest: Sequence[int],
     *,
     use: np.ndarray | None = None,
+    edge_share: float | Sequence[float] = EDGE_AREA_SHARE,
 ) -> list[int]:
     """Per label, `largest` (pixels; 0 for none: the bound `evaluate.tune_instance_rules`
     takes from the annotated objects) as the area above which `cut_oversized` cuts a seed
@@ -355,7 +378,12 @@ def choose_split_areas(
         return gates
     uncut, cut = (
         _count_errors(
-            (instances_from_probs(p, n_labels, **rules._asdict(), split_area=a)[1] for p in probs),
+            (
+                instances_from_probs(
+                    p, n_labels, **rules._asdict(), split_area=a, edge_share=edge_share
+                )[1]
+                for p in probs
+            ),
             truth,
             weight,
         )

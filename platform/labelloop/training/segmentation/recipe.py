@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from labelloop.objects import DEFAULT_MIN_AREA
+from labelloop.objects import DEFAULT_MIN_AREA, EDGE_AREA_SHARE
 from labelloop.training.recipe import BaseRecipe
 
 LossName = Literal["dice_ce", "ce", "focal", "dice_focal", "bce", "dice_bce"]
@@ -123,6 +123,9 @@ class SegmentationRecipe(BaseRecipe):
     # were chosen on (its largest whole object for a label read as components), kept where
     # it does not count them worse; unset, out of the hash like `instance_components`.
     instance_split_area: dict[str, int] | None = None
+    # The share of its label's minimum area an instance on the image's edge must reach
+    # (`objects.EDGE_AREA_SHARE` when unset, and out of the hash like `instance_components`).
+    instance_edge_share: float | None = Field(None, gt=0.0, le=1.0)
     # How many annotated objects of each label the rules above were chosen on (the
     # validation split's, plus training images' for a label it holds few of; see
     # `evaluate.rule_basis`), for `count` to say when that is too few; unset, out of the
@@ -186,6 +189,10 @@ class SegmentationRecipe(BaseRecipe):
             "components": [lb in (self.instance_components or ()) for lb in labels],
             "opening": [(self.instance_opening or {}).get(lb, 0) for lb in labels],
             "split_area": [(self.instance_split_area or {}).get(lb, 0) for lb in labels],
+            "edge_share": [
+                EDGE_AREA_SHARE if self.instance_edge_share is None else self.instance_edge_share
+            ]
+            * len(labels),
         }
 
     def _override_data(self, overrides: dict[str, Any]) -> dict[str, Any]:
