@@ -179,12 +179,12 @@ def instances_from_probs(
     (`cut_oversized`).
 
     A seed or instance on the image's edge is held to `edge_share` of its label's minimum
-    area: the edge may cut a cell anywhere, leaving a sliver of it in view, while the
-    minimum area is chosen to drop specks among whole cells.
+    area (`objects.EDGE_AREA_SHARE`): the edge cuts cells, one whose centre is in view
+    shows about half of itself or more, and the minimum area is chosen among whole cells.
 
     `min_area`, `split_depth`, `opening`, `components`, `split_area` and `edge_share` are
-    one value for every label or one per label (the per-label values a model version stores in its
-    recipe, chosen on validation). `seeded`, the `seed_maps` of these probabilities,
+    one value for every label or one per label (the per-label values a model version
+    stores in its recipe, chosen on validation). `seeded`, the `seed_maps` of these probabilities,
     replaces the split depth, opening, components and split area: made once, it serves
     several minimum areas (the seeds do not depend on them).
     """
