@@ -528,15 +528,16 @@ def _isbi_models(
             "wall_s": round(time.monotonic() - t0, 1),
             "cpu_s": round(cpu_seconds() - c0, 1),
         }
+        # Rules chosen and read with cells on the image's edge held to the whole minimum
+        # area, as before `objects.EDGE_AREA_SHARE`.
+        whole = recipe.model_copy(update={"tta": tta, "instance_edge_share": 1.0})
+        whole = KIND.calibrate(model, basis, fetch, labels=["cell"], recipe=whole)
+        row = EDGE_ROW if name == "instance" else f"{name}, {EDGE_ROW.removeprefix('instance, ')}"
+        out["methods"][row] = _read_cells(probs, whole, t_maps["test"], t_counts["test"])
         if name == "instance":
             # The same reading without cutting cells larger than the largest annotated one.
             uncut = tuned.model_copy(update={"instance_split_area": None})
             out["methods"][UNCUT_ROW] = _read_cells(probs, uncut, t_maps["test"], t_counts["test"])
-            # Rules chosen and read with cells on the image's edge held to the whole
-            # minimum area, as before `objects.EDGE_AREA_SHARE`.
-            whole = recipe.model_copy(update={"instance_edge_share": 1.0})
-            whole = KIND.calibrate(model, basis, fetch, labels=["cell"], recipe=whole)
-            out["methods"][EDGE_ROW] = _read_cells(probs, whole, t_maps["test"], t_counts["test"])
 
     if instance_only:
         return
@@ -571,31 +572,43 @@ def _isbi_models(
 
 
 def plot_isbi(result: dict, path: Path) -> None:
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, m in result["methods"].items():
+    """Predicted against annotated cells per test slice (left) and each method's instance
+    F1, named with its mean count error per slice (right), one colour per method in both:
+    the rows of a full run are too many for a legend over the scatter."""
+    methods = result["methods"]
+    colour = {name: plt.cm.tab20(i % 20) for i, name in enumerate(methods)}
+    fig, (a, b) = plt.subplots(
+        1,
+        2,
+        figsize=(13, max(4.0, 0.3 * len(methods) + 1.5)),
+        gridspec_kw={"width_ratios": [1, 1.5]},
+    )
+    for name, m in methods.items():
         true = [s["true"] for s in m["slices"]]
         pred = [s["predicted"] for s in m["slices"]]
-        a.plot(true, pred, "o", label=f"{name} (mean rel. err {m['mean_relative_error']:.1%})")
-    lo = min(s["true"] for m in result["methods"].values() for s in m["slices"]) * 0.8
-    hi = (
-        max(max(s["true"], s["predicted"]) for m in result["methods"].values() for s in m["slices"])
-        * 1.05
-    )
+        a.plot(true, pred, "o", color=colour[name], alpha=0.8)
+    cells = [v for m in methods.values() for s in m["slices"] for v in (s["true"], s["predicted"])]
+    lo, hi = min(cells) * 0.95, max(cells) * 1.05
     a.plot([lo, hi], [lo, hi], "k--", lw=0.8)
     a.set_xlabel("annotated cells per test slice")
     a.set_ylabel("predicted cells")
-    a.legend(fontsize=7)
-    # Colours as in the scatter; a method without cells (the constant) has no F1 bar.
-    colour = {n: f"C{i}" for i, n in enumerate(result["methods"])}
-    names = [n for n, m in result["methods"].items() if m["f1_50"] is not None]
-    f1 = [result["methods"][n]["f1_50"] for n in names]
-    b.bar(range(len(names)), f1, color=[colour[n] for n in names])
-    for i, v in enumerate(f1):
-        b.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
-    b.axhline(TARGET_F1, color="k", ls=":", lw=1)
-    b.set_xticks(range(len(names)), names, fontsize=7, rotation=30, ha="right")
-    b.set_ylabel("instance F1 at IoU 0.5 (test slices)")
-    fig.suptitle("ISBI 2012 cells: counts and instances vs annotated cells", fontsize=10)
+    a.set_title("one colour per method, as on the right", fontsize=8)
+    names = list(methods)[::-1]  # the first method at the top
+    f1 = [methods[n]["f1_50"] for n in names]
+    y = np.arange(len(names))
+    b.barh(y, [v or 0 for v in f1], color=[colour[n] for n in names])
+    for yi, v in zip(y, f1, strict=True):
+        b.text(0.01, yi, "no instances" if v is None else f"F1 {v:.3f}", va="center", fontsize=7)
+    b.axvline(TARGET_F1, color="k", ls=":", lw=1)
+    b.set_xlim(0, 1)
+    b.set_yticks(
+        y, [f"{n} (count {methods[n]['mean_relative_error']:.1%} off)" for n in names], fontsize=7
+    )
+    b.set_xlabel(f"instance F1 at IoU 0.5 (test slices); dotted: target {TARGET_F1}")
+    fig.suptitle(
+        "ISBI 2012 cells: counts (mean relative error per slice) and instances vs annotated cells",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -634,11 +647,18 @@ def main() -> None:
         "--seed", type=int, default=0, help="smears: seed of the images and the training"
     )
     ap.add_argument("--name", default=None, help="stem of the result files (cell_counts_PART)")
+    ap.add_argument(
+        "--replot", action="store_true", help="draw the PNG again from the result JSON; no run"
+    )
     args = ap.parse_args()
-    if args.part == "isbi" and not ISBI.exists():
-        raise SystemExit(f"benchmark data not found: {ISBI}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / (args.name or f"cell_counts_{args.part}")
+    plot = plot_smears if args.part == "smears" else plot_isbi
+    if args.replot:
+        plot(json.loads(stem.with_suffix(".json").read_text()), stem.with_suffix(".png"))
+        return
+    if args.part == "isbi" and not ISBI.exists():
+        raise SystemExit(f"benchmark data not found: {ISBI}")
     t0, c0 = time.monotonic(), cpu_seconds()
     epochs = args.epochs or (40 if args.part == "smears" else 10)
     if args.part == "smears":
@@ -666,7 +686,7 @@ def main() -> None:
         + (f" --name {args.name}" if args.name else ""),
     )
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    (plot_smears if args.part == "smears" else plot_isbi)(result, stem.with_suffix(".png"))
+    plot(result, stem.with_suffix(".png"))
     print(json.dumps(result, indent=2))
 
 
