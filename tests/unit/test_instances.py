@@ -214,6 +214,14 @@ def test_a_cell_the_image_edge_cuts_is_held_to_a_share_of_the_min_area():
         assert kept.tolist() == [0, 1]
         _, gone = instances_from_probs(probs, len(LABELS), **read, edge_share=0.61)
         assert gone.tolist() == [0]
+    # The rules are chosen under the same reading: with the edge cell annotated (and the
+    # speck not), half the minimum area lets the larger candidate keep it; held to the
+    # whole area, only the smaller one does.
+    edge_only = np.where(np.arange(30) < 10, target, 0)
+    probs = _one_hot(edge_only, 5)
+    for share, area in ((0.5, 16), (1.0, 4)):
+        rules = choose_instance_rules([probs], [[1, 0]], 2, min_areas=(4, 16), edge_share=share)
+        assert rules.min_area[0] == area
 
 
 def test_a_fragment_below_half_the_min_area_is_flooded_by_its_cell():
