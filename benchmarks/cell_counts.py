@@ -145,10 +145,7 @@ def smears(epochs: int, images: dict[str, int], overlay: Path, seed: int = 0) ->
             m = evaluate_segmentation(model, manifest, fetch, "test", labels, recipe=alone)
             row = {**_smear_scores(m, done, t0, c0), "rule_objects": alone.instance_rule_objects}
             out["models"]["instance, rules chosen on val alone"] = row
-            # Rules chosen and read with cells on the image's edge held to the whole
-            # minimum area, as before `objects.EDGE_AREA_SHARE`.
-            whole = recipe.model_copy(update={"instance_edge_share": 1.0})
-            whole = KIND.calibrate(model, manifest, fetch, labels=labels, recipe=whole)
+            whole = _edge_held_whole(model, manifest, fetch, labels, recipe)
             m = evaluate_segmentation(model, manifest, fetch, "test", labels, recipe=whole)
             out["models"][EDGE_ROW] = _smear_scores(m, done, t0, c0)
             tuned = KIND.calibrate(model, manifest, fetch, labels=labels, recipe=recipe)
@@ -174,7 +171,19 @@ def smears(epochs: int, images: dict[str, int], overlay: Path, seed: int = 0) ->
 
 
 UNCUT_ROW = "instance, no cut above the largest annotated object"
-EDGE_ROW = "instance, edge cells held to the whole minimum area"
+EDGE_HELD = "edge cells held to the whole minimum area"
+EDGE_ROW = f"instance, {EDGE_HELD}"
+
+
+def _edge_held_whole(
+    model: Any, manifest: dict, fetch: Any, labels: list[str], recipe: SegmentationRecipe
+) -> SegmentationRecipe:
+    """The recipe with its rules chosen (and read) with cells on the image's edge held to
+    the whole minimum area, as before `objects.EDGE_AREA_SHARE`: the row it is measured
+    against."""
+    whole = recipe.model_copy(update={"instance_edge_share": 1.0})
+    return KIND.calibrate(model, manifest, fetch, labels=labels, recipe=whole)
+
 
 # The plain baseline beside every count (`objects.add_count_baseline`, stored by every
 # evaluation): a constant count per image, the median of the training images.
@@ -518,9 +527,8 @@ def _isbi_models(
             ("instance, rules chosen on val + train", False, pooled),
         ]
     for name, tta, basis in readings:
-        tuned = KIND.calibrate(
-            model, basis, fetch, labels=["cell"], recipe=recipe.model_copy(update={"tta": tta})
-        )
+        viewed = recipe.model_copy(update={"tta": tta})
+        tuned = KIND.calibrate(model, basis, fetch, labels=["cell"], recipe=viewed)
         probs = predict_outputs(model, images["test"], tuned)
         out["methods"][name] = {
             **_read_cells(probs, tuned, t_maps["test"], t_counts["test"]),
@@ -528,12 +536,10 @@ def _isbi_models(
             "wall_s": round(time.monotonic() - t0, 1),
             "cpu_s": round(cpu_seconds() - c0, 1),
         }
-        # Rules chosen and read with cells on the image's edge held to the whole minimum
-        # area, as before `objects.EDGE_AREA_SHARE`.
-        whole = recipe.model_copy(update={"tta": tta, "instance_edge_share": 1.0})
-        whole = KIND.calibrate(model, basis, fetch, labels=["cell"], recipe=whole)
-        row = EDGE_ROW if name == "instance" else f"{name}, {EDGE_ROW.removeprefix('instance, ')}"
-        out["methods"][row] = _read_cells(probs, whole, t_maps["test"], t_counts["test"])
+        whole = _edge_held_whole(model, basis, fetch, ["cell"], viewed)
+        out["methods"][f"{name}, {EDGE_HELD}"] = _read_cells(
+            probs, whole, t_maps["test"], t_counts["test"]
+        )
         if name == "instance":
             # The same reading without cutting cells larger than the largest annotated one.
             uncut = tuned.model_copy(update={"instance_split_area": None})

@@ -184,9 +184,10 @@ def instances_from_probs(
 
     `min_area`, `split_depth`, `opening`, `components`, `split_area` and `edge_share` are
     one value for every label or one per label (the per-label values a model version
-    stores in its recipe, chosen on validation). `seeded`, the `seed_maps` of these probabilities,
-    replaces the split depth, opening, components and split area: made once, it serves
-    several minimum areas (the seeds do not depend on them).
+    stores in its recipe, chosen on validation). `seeded`, the `seed_maps` of these
+    probabilities, replaces the split depth, opening, components and split area: made
+    once, it serves several minimum areas and edge shares (the seeds do not depend on
+    them).
     """
     if seeded is None:
         seeded = seed_maps(
