@@ -276,9 +276,10 @@ def plot_smears(result: dict, path: Path) -> None:
     ax.set_xticks(np.arange(len(labels)), labels)
     ax.set_ylabel("count relative error (test totals)")
     ax.set_title("synthetic smears: counts vs annotated objects, same budget", fontsize=10)
-    ax.legend(fontsize=8)
+    # Below the axes: over them, the legend hid the bars of a run with many rows.
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
