@@ -44,6 +44,29 @@ def test_hybrid_keeps_doubt_and_drops_near_duplicates():
         get_strategy("hybrid").rank(cand, 2, 0, {"prefilter": 0.5})
 
 
+def test_power_draws_in_proportion_to_uncertainty():
+    power = get_strategy("power")
+    scores = {1: 0.4, 2: 0.2, 3: 0.2, 4: 0.1, 5: 0.1, 6: 0.0}
+    cand = _cand(scores=scores)
+    firsts = np.bincount([power.rank(cand, 1, seed, {})[0] for seed in range(4000)], minlength=7)
+    # Gumbel top-k: the first pick is image i with probability s_i / sum(s).
+    assert np.allclose(firsts[1:] / 4000, [0.4, 0.2, 0.2, 0.1, 0.1, 0.0], atol=0.025)
+    batch = power.rank(cand, 6, 7, {})
+    assert sorted(batch) == [1, 2, 3, 4, 5, 6] and batch == power.rank(cand, 6, 7, {})
+    # Equal doubt is a uniform draw; beta 0 ignores the scores, a large beta is top-k.
+    level = _cand(scores=dict.fromkeys(range(1, 7), 0.3))
+    firsts = np.bincount([power.rank(level, 1, seed, {})[0] for seed in range(3000)])
+    assert firsts[1:].min() > 400
+    uniform = np.bincount([power.rank(cand, 1, s, {"beta": 0})[0] for s in range(3000)])
+    assert uniform[1:].min() > 400
+    steep = power.rank(cand, 3, 0, {"beta": 60})  # 2 and 3 tie: either order
+    assert steep[0] == 1 and set(steep) == set(get_strategy("uncertainty").rank(cand, 3, 0, {}))
+    with pytest.raises(InputError, match="beta must be a number >= 0"):
+        power.rank(cand, 2, 0, {"beta": -1})
+    with pytest.raises(InputError, match="finite and >= 0"):
+        power.rank(_cand(scores={1: -0.1}), 1, 0, {})
+
+
 def test_class_balance_prefers_images_predicted_to_hold_rare_cells():
     scores = {i: 0.5 for i in range(1, 7)}
     counts = {i: {"RBC": 20, "WBC": 0} for i in range(1, 7)}

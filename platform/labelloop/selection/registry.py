@@ -17,6 +17,7 @@ from labelloop.selection.strategies import (
     ClassBalanceStrategy,
     CoresetStrategy,
     HybridStrategy,
+    PowerStrategy,
     RandomStrategy,
     Strategy,
     UncertaintyStrategy,
@@ -27,6 +28,7 @@ STRATEGIES: dict[str, Strategy] = {
     for s in (
         RandomStrategy,
         UncertaintyStrategy,
+        PowerStrategy,
         CoresetStrategy,
         HybridStrategy,
         ClassBalanceStrategy,

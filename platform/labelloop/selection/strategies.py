@@ -8,6 +8,7 @@ is labelled or already out with annotators, the budget) are enforced around it, 
 
 - `random` (needs nothing): a seeded uniform sample; the baseline, and a cold start.
 - `uncertainty` (scores): the top `budget` by stored uncertainty.
+- `power` (scores): a draw weighted by uncertainty, top-k made stochastic.
 - `coreset` (embeddings, or pixels): k-center greedy, far from everything labelled.
 - `hybrid` (scores + embeddings): the `prefilter` x budget most uncertain, then k-center.
 - `class_balance` (scores + counts): uncertainty boosted for predicted rare classes.
@@ -106,6 +107,36 @@ class UncertaintyStrategy:
 
     def rank(self, cand, budget, seed, params):
         return by_uncertainty(cand)[:budget]
+
+
+class PowerStrategy:
+    """Power acquisition (Kirsch et al. 2023, stochastic batch acquisition): a draw without
+    replacement with probability proportional to uncertainty ** `beta` (Gumbel top-k).
+
+    Top-k trusts a small score difference as much as a large one: where every image is
+    about as doubtful as the next (the slices of one stack) it still takes one corner of
+    the pool, the most doubtful neighbours, and on ISBI that fell below random. A draw
+    weighted by the scores leans to doubt as far as the scores differ and is close to
+    random where they do not; `beta` = 0 is random, a large `beta` is top-k."""
+
+    name = "power"
+    needs_scores = True
+    needs_model = True
+    needs_embeddings = False
+    defaults: ClassVar[dict[str, Any]] = {"beta": 1.0}
+
+    def rank(self, cand, budget, seed, params):
+        beta = float(params.get("beta", self.defaults["beta"]))
+        if not 0 <= beta < float("inf"):
+            raise InputError(f"power: beta must be a number >= 0, got {beta}")
+        scored = sorted(i for i in cand.ids if i in cand.scores)
+        s = np.array([cand.scores[i] for i in scored], float)
+        if not np.isfinite(s).all() or (s < 0).any():
+            raise InputError("power: uncertainty scores must be finite and >= 0")
+        # A zero score is the least likely pick, not an impossible one (log 0).
+        noise = np.random.default_rng(seed).gumbel(size=len(s))
+        keys = beta * np.log(np.maximum(s, 1e-12)) + noise
+        return [scored[k] for k in np.argsort(-keys, kind="stable")[:budget]]
 
 
 class CoresetStrategy:
