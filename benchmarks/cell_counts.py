@@ -306,7 +306,7 @@ def isbi_cells_manifest(shift: tuple[float, float], val: range) -> tuple[dict, A
     return manifest, blobs.__getitem__
 
 
-def isbi_recipe(mode: str, epochs: int, input_scale: float) -> SegmentationRecipe:
+def isbi_recipe(mode: str, epochs: int, input_scale: float, seed: int = 0) -> SegmentationRecipe:
     return SegmentationRecipe.from_dict(
         {
             "mode": mode,
@@ -324,7 +324,7 @@ def isbi_recipe(mode: str, epochs: int, input_scale: float) -> SegmentationRecip
             "scheduler": "onecycle",
             "epochs": epochs,
             "max_time_s": MAX_TIME_S,
-            "seed": 0,
+            "seed": seed,
             "augment": {
                 "flips": True,
                 "rot90": True,
@@ -397,6 +397,7 @@ def isbi(
     n_val: int = 3,
     input_scale: float = 0.5,
     instance_only: bool = False,
+    seed: int = 0,
 ) -> dict:
     val = range(TEST.start - n_val, TEST.start)
     train_ids = [i for i in range(30) if i not in TEST and i not in val]
@@ -423,6 +424,7 @@ def isbi(
         "test_slices": list(TEST),
         "val_slices": list(val),
         "input_scale": input_scale,
+        "seed": seed,
         "annotated_cells_test": sum(t_counts["test"]),
         "methods": {},
     }
@@ -440,6 +442,7 @@ def isbi(
             val,
             input_scale,
             instance_only=instance_only,
+            seed=seed,
         )
 
     # The plain baseline: every test slice given the median cells of the training slices.
@@ -510,6 +513,7 @@ def _isbi_models(
     input_scale: float,
     *,
     instance_only: bool = False,
+    seed: int = 0,
 ) -> None:
     """Instance mode on the cells; a membrane model read as regions and as contours
     (`instance_only`: instance mode from one view alone)."""
@@ -517,7 +521,7 @@ def _isbi_models(
     # turned views (recipe `tta`), each with its own rules chosen on validation; and from
     # one view with rules chosen on the training slices too (a larger basis that the
     # network reads more cleanly than new slices).
-    recipe = isbi_recipe("instance", epochs, input_scale)
+    recipe = isbi_recipe("instance", epochs, input_scale, seed)
     t0, c0 = time.monotonic(), cpu_seconds()
     model, done = train(cells, fetch, recipe, ["cell"])
     pooled = {**cells, "items": [{**i, "split": _pooled(i["split"])} for i in cells["items"]]}
@@ -550,7 +554,7 @@ def _isbi_models(
         return
     # A membrane model: semantic regions, and contours with a minimum area tuned on val.
     membranes, mfetch = isbi_manifest(test_ids=TEST, val_ids=val, shift=shift)
-    recipe = isbi_recipe("binary", epochs, input_scale)
+    recipe = isbi_recipe("binary", epochs, input_scale, seed)
     t0, c0 = time.monotonic(), cpu_seconds()
     model, done = train(membranes, mfetch, recipe, ["membrane"])
     cap = annotated_area_cap(cell_areas(t_maps["val"]))
@@ -651,7 +655,10 @@ def main() -> None:
         help="smears: images per split (default 24 6 10, the demo's)",
     )
     ap.add_argument(
-        "--seed", type=int, default=0, help="smears: seed of the images and the training"
+        "--seed",
+        type=int,
+        default=0,
+        help="smears: seed of the images and the training; isbi: of the training",
     )
     ap.add_argument("--name", default=None, help="stem of the result files (cell_counts_PART)")
     ap.add_argument(
@@ -675,8 +682,11 @@ def main() -> None:
         extra = "" if default else " --images " + " ".join(map(str, args.images))
         extra += f" --seed {args.seed}" if args.seed else ""
     else:
-        result = isbi(epochs, not args.no_train, args.val, args.input_scale, args.instance_only)
+        result = isbi(
+            epochs, not args.no_train, args.val, args.input_scale, args.instance_only, args.seed
+        )
         extra = " --instance-only" if args.instance_only else ""
+        extra += f" --seed {args.seed}" if args.seed else ""
         extra += (f" --val {args.val}" if args.val != ap.get_default("val") else "") + (
             f" --input-scale {args.input_scale}"
             if args.input_scale != ap.get_default("input_scale")
