@@ -44,7 +44,7 @@ def test_scores_select_and_push_file(ctx, trained, tmp_path):
     assert (result.scored, result.method) == (6, "entropy_mean")
     assert score_pool(ctx, trained).scored == 0  # stored: never scored twice
 
-    # Ranked by uncertainty (named: a segmentation project's default is hybrid).
+    # Ranked by uncertainty (named: a segmentation project's default is power).
     first = select_round(ctx, "loop", budget=4, strategy="uncertainty", model_version_id=trained)
     scores = [sc for _, _, sc in first.items]
     assert [r for _, r, _ in first.items] == [1, 2, 3, 4]

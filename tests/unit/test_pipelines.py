@@ -113,7 +113,7 @@ def test_project_defaults_and_overrides_are_resolved_into_params(ctx, project):
     assert params == {
         "budget": 7,
         "push_to": "file",
-        "strategy": "hybrid",  # the default of a segmentation project (labelloop.kinds)
+        "strategy": "power",  # the default of a segmentation project (labelloop.kinds)
         "recipe": {"epochs": 3, "batch_size": 2},
         "recipe_requested": True,
         "sync": True,

@@ -48,11 +48,14 @@ def test_power_draws_in_proportion_to_uncertainty():
     power = get_strategy("power")
     scores = {1: 0.4, 2: 0.2, 3: 0.2, 4: 0.1, 5: 0.1, 6: 0.0}
     cand = _cand(scores=scores)
-    firsts = np.bincount([power.rank(cand, 1, seed, {})[0] for seed in range(4000)], minlength=7)
+    one = {"beta": 1}
+    firsts = np.bincount([power.rank(cand, 1, s, one)[0] for s in range(4000)], minlength=7)
     # Gumbel top-k: the first pick is image i with probability s_i / sum(s).
     assert np.allclose(firsts[1:] / 4000, [0.4, 0.2, 0.2, 0.1, 0.1, 0.0], atol=0.025)
     batch = power.rank(cand, 6, 7, {})
     assert sorted(batch) == [1, 2, 3, 4, 5, 6] and batch == power.rank(cand, 6, 7, {})
+    default = np.bincount([power.rank(cand, 1, s, {})[0] for s in range(4000)], minlength=7)
+    assert default[1] / 4000 > 0.8  # the default beta 4: 0.4^4 / sum(s^4) = 0.88
     # Equal doubt is a uniform draw; beta 0 ignores the scores, a large beta is top-k.
     level = _cand(scores=dict.fromkeys(range(1, 7), 0.3))
     firsts = np.bincount([power.rank(level, 1, seed, {})[0] for seed in range(3000)])
@@ -127,6 +130,6 @@ def test_scoring_several_methods_stores_embeddings_for_diversity(ctx, project):
         assert len(rnd.items) == 2
         picked += [i for i, _, _ in rnd.items]
     assert len(set(picked)) == 6  # open rounds keep their images from later rounds
-    # Without a strategy, the kind's default (hybrid for segmentation) picks the round.
+    # Without a strategy, the kind's default (power for segmentation) picks the round.
     rnd = select_round(ctx, project, budget=2, model_version_id=mv)
-    assert rnd.strategy == default_strategy(ctx, project) == "hybrid" and len(rnd.items) == 2
+    assert rnd.strategy == default_strategy(ctx, project) == "power" and len(rnd.items) == 2

@@ -115,7 +115,7 @@ def select_cmd(
     strategy: Annotated[
         str | None,
         typer.Option(
-            help="uncertainty | random | coreset | hybrid | class_balance | badge | "
+            help="uncertainty | power | random | coreset | hybrid | class_balance | badge | "
             "cluster_margin | detection_aware | typiclust | count_uncertainty "
             "(random, coreset and typiclust also work before any model: a cold start). "
             "Default: the project's kind's, chosen on the label-efficiency benchmarks: "
