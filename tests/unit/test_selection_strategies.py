@@ -64,8 +64,9 @@ def test_power_draws_in_proportion_to_uncertainty():
     assert uniform[1:].min() > 400
     steep = power.rank(cand, 3, 0, {"beta": 60})  # 2 and 3 tie: either order
     assert steep[0] == 1 and set(steep) == set(get_strategy("uncertainty").rank(cand, 3, 0, {}))
-    with pytest.raises(InputError, match="beta must be a number >= 0"):
-        power.rank(cand, 2, 0, {"beta": -1})
+    for bad in (-1, "steep", None):
+        with pytest.raises(InputError, match="beta must be a number >= 0"):
+            power.rank(cand, 2, 0, {"beta": bad})
     with pytest.raises(InputError, match="finite and >= 0"):
         power.rank(_cand(scores={1: -0.1}), 1, 0, {})
 

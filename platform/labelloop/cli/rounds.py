@@ -132,7 +132,9 @@ def select_cmd(
     ] = None,
     param: Annotated[
         list[str] | None,
-        typer.Option(help="Strategy parameter key=value, e.g. prefilter=4 (hybrid)."),
+        typer.Option(
+            help="Strategy parameter key=value, e.g. prefilter=4 (hybrid), beta=1 (power)."
+        ),
     ] = None,
     seed: int = 0,
     control_fraction: Annotated[

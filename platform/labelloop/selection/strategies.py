@@ -128,9 +128,13 @@ class PowerStrategy:
     defaults: ClassVar[dict[str, Any]] = {"beta": 4.0}
 
     def rank(self, cand, budget, seed, params):
-        beta = float(params.get("beta", self.defaults["beta"]))
+        beta = params.get("beta", self.defaults["beta"])
+        try:
+            beta = float(beta)
+        except (TypeError, ValueError):
+            beta = float("nan")
         if not 0 <= beta < float("inf"):
-            raise InputError(f"power: beta must be a number >= 0, got {beta}")
+            raise InputError(f"power: beta must be a number >= 0, got {params.get('beta')!r}")
         scored = sorted(i for i in cand.ids if i in cand.scores)
         s = np.array([cand.scores[i] for i in scored], float)
         if not np.isfinite(s).all() or (s < 0).any():
