@@ -500,6 +500,27 @@ def _read_cells(probs: list, recipe: SegmentationRecipe, maps: list, counts: lis
     return {**score_slices(preds, maps, counts), "rules": rules}
 
 
+# Fixed readings of the same network, whatever validation chose: most likely interior
+# (0) against seed thresholds, at two minimum areas within the annotated-area bound.
+FIXED_THRESHOLDS = (0.0, 0.6, 0.7, 0.8)
+FIXED_AREAS = (16, 32)
+
+
+def _fixed_readings(probs: list, maps: list, counts: list) -> list[dict]:
+    """Test slices read with each seed threshold and minimum area (no other cut): what a
+    threshold changes on one network, apart from the choice among readings."""
+    rows = []
+    for sure in FIXED_THRESHOLDS:
+        for area in FIXED_AREAS:
+            preds = [
+                instances_from_probs(p, 1, min_area=area, seed_threshold=sure)[0] for p in probs
+            ]
+            rows.append(
+                {"seed_threshold": sure, "min_area": area, **score_slices(preds, maps, counts)}
+            )
+    return rows
+
+
 def _isbi_models(
     out: dict,
     cells: dict,
@@ -549,6 +570,7 @@ def _isbi_models(
             # The same reading without cutting cells larger than the largest annotated one.
             uncut = tuned.model_copy(update={"instance_split_area": None})
             out["methods"][UNCUT_ROW] = _read_cells(probs, uncut, t_maps["test"], t_counts["test"])
+            out["fixed_readings"] = _fixed_readings(probs, t_maps["test"], t_counts["test"])
 
     if instance_only:
         return

@@ -167,7 +167,7 @@ def test_a_split_area_parts_a_merged_pair_that_no_split_depth_was_chosen_for():
 
 def test_a_split_area_is_kept_unless_it_counts_the_basis_worse():
     probs = _necked_pair()
-    rules = InstanceRules([4, 4], [0.0, 0.0], [False, False], [0, 0])
+    rules = InstanceRules([4, 4], [0.0, 0.0], [False, False], [0, 0], [0.0, 0.0])
     area = int((probs.argmax(axis=0) == 1).sum())
     # The basis holds two cells there: the cut helps.
     assert choose_split_areas([probs], [[2, 0]], 2, rules, [area - 1, 50]) == [area - 1, 50]
@@ -280,7 +280,7 @@ def test_rules_are_chosen_per_label_on_validation_counts():
     speck[:, 2:4, 2:4] = 0.0
     speck[2, 2:4, 2:4] = 1.0  # a 4 px "platelet" nobody annotated
     probs.append(speck)
-    min_area, depth, apart, _ = choose_instance_rules(
+    min_area, depth, apart, *_ = choose_instance_rules(
         probs, [[2, 0]] * 3, len(LABELS), split_depths=(0.0, 1.0, 2.0), min_areas=(4, 8, 1000)
     )
     assert apart == [False, False]  # components would merge the pair; a tie goes to the watershed
@@ -366,3 +366,40 @@ def test_an_opening_is_chosen_where_the_counts_ask_for_the_cut():
     assert rules.opening[1] == 0  # no platelets: nothing to cut
     rules = choose_instance_rules(probs, [[2, 0]] * 2, len(LABELS), split_depths=(0.0,))
     assert rules.opening == [0, 0]
+
+
+def _softly_bridged_pair() -> np.ndarray:
+    """Two cells whose interiors join through a gap in their membrane where the network
+    calls the pixels interior by a thin margin (0.55 against 0.45 contour), the way a
+    trained network leaves an open membrane."""
+    probs = _bridged_pair()[:, :, :40]
+    probs[:, 11:13, 18:24] = 0.0
+    probs[1, 11:13, 18:24] = 0.55
+    probs[3, 11:13, 18:24] = 0.45
+    return probs
+
+
+def test_a_seed_threshold_parts_cells_joined_where_the_interior_is_unsure():
+    probs = _softly_bridged_pair()
+    _, merged = instances_from_probs(probs, len(LABELS), min_area=4)
+    assert merged.tolist() == [0, 1]  # most likely interior: one seed, one cell
+    inst, classes = instances_from_probs(probs, len(LABELS), min_area=4, seed_threshold=[0.7, 0])
+    assert classes.tolist() == [0, 1, 1]
+    # The bridge stays foreground: the watershed shares it between the two cells.
+    a, b = int(inst[10, 10]), int(inst[10, 30])
+    assert a != b and (inst == a).sum() + (inst == b).sum() == 2 * 16 * 14 + 12
+    # A threshold the bridge reaches cuts nothing.
+    _, same = instances_from_probs(probs, len(LABELS), min_area=4, seed_threshold=0.5)
+    assert same.tolist() == [0, 1]
+
+
+def test_a_seed_threshold_is_chosen_where_the_counts_ask_for_the_cut():
+    probs = [_softly_bridged_pair()] * 2
+    grid = {"split_depths": (0.0,), "openings": ()}
+    rules = choose_instance_rules(probs, [[2, 0]] * 2, len(LABELS), **grid)
+    assert rules.seed_threshold == [0.6, 0.0]  # the lowest that parts the pair
+    rules = choose_instance_rules(probs, [[1, 0]] * 2, len(LABELS), **grid)
+    assert rules.seed_threshold == [0.0, 0.0]  # one cell: no threshold
+    # A label whose rules rest on training images is read without it.
+    rules = choose_instance_rules(probs, [[2, 0]] * 2, len(LABELS), cuts=[False, True], **grid)
+    assert rules.seed_threshold == [0.0, 0.0]

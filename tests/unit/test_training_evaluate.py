@@ -419,11 +419,17 @@ def test_instance_rules_must_be_positive():
         SegmentationRecipe(mode="instance", instance_opening={"Red": -1})
     with pytest.raises(ValueError, match="instance_split_area"):
         SegmentationRecipe(mode="instance", instance_split_area={"Red": -1})
+    for sure in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="instance_seed_threshold"):
+            SegmentationRecipe(mode="instance", instance_seed_threshold={"Red": sure})
     for share in (0.0, 1.5):
         with pytest.raises(ValueError, match="instance_edge_share"):
             SegmentationRecipe(mode="instance", instance_edge_share=share)
     opened = SegmentationRecipe(mode="instance", instance_opening={"Red": 3})
     assert opened.instance_rules(LABELS)["opening"] == [3, 0]
+    assert opened.instance_rules(LABELS)["seed_threshold"] == [0.0, 0.0]
+    sure = SegmentationRecipe(mode="instance", instance_seed_threshold={"Blue": 0.7})
+    assert sure.instance_rules(LABELS)["seed_threshold"] == [0.0, 0.7]
     # Unset, cells on the image's edge are held to the default share of the minimum area.
     assert opened.instance_rules(LABELS)["edge_share"] == [EDGE_AREA_SHARE] * 2
     whole = SegmentationRecipe(mode="instance", instance_edge_share=1.0)

@@ -40,6 +40,7 @@ def test_an_unset_warm_start_leaves_a_recipe_hash_as_it_was():
         "init_from",
         "instance_components",
         "instance_opening",
+        "instance_seed_threshold",
         "instance_split_area",
         "instance_edge_share",
         "instance_rule_objects",

@@ -34,6 +34,7 @@ LATER_OPTIONAL = frozenset(
         "tta_views",
         "instance_components",
         "instance_opening",
+        "instance_seed_threshold",
         "instance_split_area",
         "instance_edge_share",
         "instance_rule_objects",

@@ -401,7 +401,7 @@ def tune_instance_rules(
     recipe: SegmentationRecipe,
 ) -> SegmentationRecipe:
     """The recipe with instance mode's per-label reading (minimum area, split depth,
-    opening, components) chosen on the validation split
+    opening, seed threshold, components) chosen on the validation split
     (`instances.choose_instance_rules`), with training images for labels it holds too
     few of (`rule_basis`), the area above which a blob is cut at its neck
     (`instances.choose_split_areas`), and the number of annotated objects each label's
@@ -465,6 +465,10 @@ def tune_instance_rules(
             "instance_opening": {lb: r for lb, r in zip(labels, rules.opening, strict=True) if r}
             or None,
             "instance_split_area": {lb: a for lb, a in zip(labels, split_area, strict=True) if a}
+            or None,
+            "instance_seed_threshold": {
+                lb: t for lb, t in zip(labels, rules.seed_threshold, strict=True) if t
+            }
             or None,
             "instance_rule_objects": dict(zip(labels, map(int, held), strict=True)),
         }

@@ -118,6 +118,11 @@ class SegmentationRecipe(BaseRecipe):
     # in a predicted membrane), per label, chosen like the split depth; unset, out of the
     # hash like `instance_components`.
     instance_opening: dict[str, int] | None = None
+    # The interior probability a pixel needs to seed a cell, per label (0 or unset: the
+    # interior is its most likely class), chosen like the split depth; a gap in a predicted
+    # membrane is interior by a thin margin, so the threshold parts the cells it joins.
+    # Unset, out of the hash like `instance_components`.
+    instance_seed_threshold: dict[str, float] | None = None
     # Per label, the area in pixels above which a blob is cut at its deepest neck
     # (`instances.cut_oversized`): the largest annotated interior of the label the rules
     # were chosen on (its largest whole object for a label read as components), kept where
@@ -169,10 +174,12 @@ class SegmentationRecipe(BaseRecipe):
         bad |= {k: v for k, v in self.instance_split_depth.items() if v < 0}
         bad |= {k: v for k, v in (self.instance_opening or {}).items() if v < 0}
         bad |= {k: v for k, v in (self.instance_split_area or {}).items() if v < 0}
+        bad |= {k: v for k, v in (self.instance_seed_threshold or {}).items() if not 0 <= v < 1}
         if bad:
             raise ValueError(
                 "instance_min_area must be >= 1, instance_split_depth, instance_opening and "
-                f"instance_split_area >= 0, got {bad}"
+                "instance_split_area >= 0, instance_seed_threshold in [0, 1), "
+                f"got {bad}"
             )
         if self.loss not in MODE_LOSSES[self.mode]:
             raise ValueError(
@@ -189,6 +196,7 @@ class SegmentationRecipe(BaseRecipe):
             "components": [lb in (self.instance_components or ()) for lb in labels],
             "opening": [(self.instance_opening or {}).get(lb, 0) for lb in labels],
             "split_area": [(self.instance_split_area or {}).get(lb, 0) for lb in labels],
+            "seed_threshold": [(self.instance_seed_threshold or {}).get(lb, 0.0) for lb in labels],
             "edge_share": [
                 EDGE_AREA_SHARE if self.instance_edge_share is None else self.instance_edge_share
             ]
