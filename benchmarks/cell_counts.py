@@ -25,6 +25,9 @@ Slices 0-21 train, 22-24 validation, 25-29 test. Compared with the same epochs p
   baseline every count is shown beside (counts only, no cells to match).
 Each trained network is also read from the mean of its 8 flipped / turned views (recipe
 `tta`, rows ", TTA"), with its own rules chosen on validation from those views.
+The instance network's test slices are also read with fixed readings, whatever validation
+chose (`fixed_readings`): seeds from the most likely class or from each seed threshold,
+at 16 and 32 px.
 Per test slice: predicted and true cells, count relative error; over the test slices:
 instance precision / recall / F1 at IoU 0.5.
 
