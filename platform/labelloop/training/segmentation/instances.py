@@ -332,8 +332,9 @@ def choose_instance_rules(
     weight = np.ones_like(truth) if use is None else np.asarray(use, np.int64)
     # One slot per label: a cap may skip a label's first candidates, so labels do not
     # all find their first candidate in the same round.
-    Key = tuple[int, int, float, int, float, int]
-    best: list[tuple[Key, int, float, bool, int, float] | None] = [None] * n_labels
+    # Per label the best key so far: (error, components, depth, radius, threshold, -area),
+    # the order ties are broken in, and all the reading it names.
+    best: list[tuple[int, int, float, int, float, int] | None] = [None] * n_labels
     # One neck cutter at a time: a split depth, an opening or a seed threshold (two
     # together cut twice).
     readings = [(False, d, 0, 0.0) for d in split_depths]
@@ -370,26 +371,19 @@ def choose_instance_rules(
                     continue
                 if cut and cuts is not None and not cuts[lab]:
                     continue
-                key = (
-                    int(error[lab]),
-                    int(apart),
-                    float(depth),
-                    radius,
-                    sure,
-                    -int(area),
-                )
+                key = (int(error[lab]), int(apart), float(depth), radius, sure, -int(area))
                 held = best[lab]
-                if held is None or key < held[0]:
-                    best[lab] = (key, area, depth, apart, radius, sure)
+                if held is None or key < held:
+                    best[lab] = key
     chosen = [b for b in best if b is not None]
     if len(chosen) != n_labels:
         raise ValueError("no split depths or minimum areas to choose from")
     return InstanceRules(
-        [int(b[1]) for b in chosen],
+        [-int(b[5]) for b in chosen],
         [float(b[2]) for b in chosen],
-        [bool(b[3]) for b in chosen],
-        [int(b[4]) for b in chosen],
-        [float(b[5]) for b in chosen],
+        [bool(b[1]) for b in chosen],
+        [int(b[3]) for b in chosen],
+        [float(b[4]) for b in chosen],
     )
 
 
