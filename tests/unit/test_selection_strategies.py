@@ -95,6 +95,13 @@ def test_params_are_checked_against_the_strategy():
         check_params(get_strategy("hybrid"), {"alpha": 1})
     with pytest.raises(InputError, match="valid: none"):
         check_params(get_strategy("random"), {"x": 1})
+    # Every parameter is a number: a word, a list, a flag or a non-finite value is refused
+    # by name before any strategy ranks; a number or a string that reads as one passes.
+    for bad in ("wide", [3], True, None, float("nan"), "inf"):
+        with pytest.raises(InputError, match="parameter prefilter must be a number"):
+            check_params(get_strategy("hybrid"), {"prefilter": bad})
+    for good in (4, 2.5, "4"):
+        assert check_params(get_strategy("hybrid"), {"prefilter": good}) == {"prefilter": good}
     with pytest.raises(InputError, match="choose one of: badge, class_balance"):
         get_strategy("bald")
 
