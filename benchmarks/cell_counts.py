@@ -27,7 +27,8 @@ Each trained network is also read from the mean of its 8 flipped / turned views 
 `tta`, rows ", TTA"), with its own rules chosen on validation from those views.
 The instance network's test slices are also read with fixed readings, whatever validation
 chose (`fixed_readings`): seeds from the most likely class or from each seed threshold,
-at 16 and 32 px.
+at 16 and 32 px; `--save-outputs NPZ` keeps its validation and test outputs, which
+`isbi_readings.py` reads with every reading the rule choice tries.
 Per test slice: predicted and true cells, count relative error; over the test slices:
 instance precision / recall / F1 at IoU 0.5.
 
@@ -35,7 +36,7 @@ Compute: each part reports wall and CPU seconds (user + system of this process);
 niced on a shared machine.
 
 Usage: .venv/bin/python benchmarks/cell_counts.py --part smears|isbi [--epochs N] [--name STEM]
-       [--images TRAIN VAL TEST] (smears) [--val N] [--input-scale S] (isbi)
+       [--images TRAIN VAL TEST] (smears) [--val N] [--input-scale S] [--save-outputs NPZ] (isbi)
 Writes benchmarks/results/cell_counts_<part>.json and .png.
 """
 
@@ -401,6 +402,7 @@ def isbi(
     input_scale: float = 0.5,
     instance_only: bool = False,
     seed: int = 0,
+    save_outputs: Path | None = None,
 ) -> dict:
     val = range(TEST.start - n_val, TEST.start)
     train_ids = [i for i in range(30) if i not in TEST and i not in val]
@@ -446,6 +448,7 @@ def isbi(
             input_scale,
             instance_only=instance_only,
             seed=seed,
+            save_outputs=save_outputs,
         )
 
     # The plain baseline: every test slice given the median cells of the training slices.
@@ -524,6 +527,17 @@ def _fixed_readings(probs: list, maps: list, counts: list) -> list[dict]:
     return rows
 
 
+def _save_outputs(path: Path, probs: dict, maps: dict, counts: dict) -> None:
+    """One network's outputs per split (float16) beside the annotated cells (instance maps
+    and counts), so that readings can be compared on them without training again."""
+    arrays: dict[str, np.ndarray] = {}
+    for split, p in probs.items():
+        arrays[split] = np.stack(p).astype(np.float16)
+        arrays[f"{split}_maps"] = np.stack([inst for inst, _ in maps[split]])
+        arrays[f"{split}_counts"] = np.asarray(counts[split], np.int64)
+    np.savez_compressed(path, **arrays)
+
+
 def _isbi_models(
     out: dict,
     cells: dict,
@@ -538,9 +552,11 @@ def _isbi_models(
     *,
     instance_only: bool = False,
     seed: int = 0,
+    save_outputs: Path | None = None,
 ) -> None:
     """Instance mode on the cells; a membrane model read as regions and as contours
-    (`instance_only`: instance mode from one view alone)."""
+    (`instance_only`: instance mode from one view alone; `save_outputs`: an .npz of the
+    instance network's validation and test outputs, for `isbi_readings.py`)."""
     # Instance mode on the cells, read from one view and from the mean of the 8 flipped /
     # turned views (recipe `tta`), each with its own rules chosen on validation; and from
     # one view with rules chosen on the training slices too (a larger basis that the
@@ -574,6 +590,13 @@ def _isbi_models(
             uncut = tuned.model_copy(update={"instance_split_area": None})
             out["methods"][UNCUT_ROW] = _read_cells(probs, uncut, t_maps["test"], t_counts["test"])
             out["fixed_readings"] = _fixed_readings(probs, t_maps["test"], t_counts["test"])
+            if save_outputs is not None:
+                _save_outputs(
+                    save_outputs,
+                    {"val": predict_outputs(model, images["val"], tuned), "test": probs},
+                    t_maps,
+                    t_counts,
+                )
 
     if instance_only:
         return
@@ -685,6 +708,14 @@ def main() -> None:
         default=0,
         help="smears: seed of the images and the training; isbi: of the training",
     )
+    ap.add_argument(
+        "--save-outputs",
+        type=Path,
+        default=None,
+        metavar="NPZ",
+        help="isbi: write the instance network's validation and test outputs to NPZ "
+        "(read by benchmarks/isbi_readings.py)",
+    )
     ap.add_argument("--name", default=None, help="stem of the result files (cell_counts_PART)")
     ap.add_argument(
         "--replot", action="store_true", help="draw the PNG again from the result JSON; no run"
@@ -708,7 +739,13 @@ def main() -> None:
         extra += f" --seed {args.seed}" if args.seed else ""
     else:
         result = isbi(
-            epochs, not args.no_train, args.val, args.input_scale, args.instance_only, args.seed
+            epochs,
+            not args.no_train,
+            args.val,
+            args.input_scale,
+            args.instance_only,
+            args.seed,
+            args.save_outputs,
         )
         extra = " --instance-only" if args.instance_only else ""
         extra += f" --seed {args.seed}" if args.seed else ""
