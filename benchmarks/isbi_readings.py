@@ -141,6 +141,8 @@ def score_network(path: Path) -> dict:
         "spearman_without_split_depths": rank_correlation(plausible),
         "spearman_f1_without_split_depths": rank_correlation(plausible, "f1"),
         "area_cap": cap,
+        # The same quantile on test: whether the test slices hold more small cells.
+        "area_cap_test": annotated_area_cap(cell_areas(maps["test"])),
         "chosen_on_val": {k: chosen[k] for k in ("reading", "min_area", "val", "test")},
         "best_on_test": min(rows, key=lambda r: r["test"]["mean_relative_error"]),
         "best_f1_on_test": max(rows, key=lambda r: r["test"]["f1_50"]),
