@@ -721,6 +721,14 @@ def main() -> None:
         "--replot", action="store_true", help="draw the PNG again from the result JSON; no run"
     )
     args = ap.parse_args()
+    if args.save_outputs is not None:
+        # Refused before training, not found missing after it.
+        if args.part != "isbi" or args.no_train or args.replot:
+            ap.error("--save-outputs: only an isbi run that trains has network outputs to save")
+        if args.save_outputs.suffix != ".npz":
+            ap.error(f"--save-outputs {args.save_outputs}: the file name must end in .npz")
+        if not args.save_outputs.parent.is_dir():
+            ap.error(f"--save-outputs {args.save_outputs}: no directory {args.save_outputs.parent}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / (args.name or f"cell_counts_{args.part}")
     plot = plot_smears if args.part == "smears" else plot_isbi
