@@ -11,7 +11,9 @@ constant count per image (the training images' median, `objects.add_count_baseli
 
 Part `isbi`: ISBI 2012's 30 labelled slices; the annotated cells are the connected regions
 of each label mask's cell interior (255), 3,431 in all, as `labelloop ingest` reads them.
-Slices 0-21 train, 22-24 validation, 25-29 test. Compared with the same epochs per model:
+Slices 0-21 train, 22-24 validation, 25-29 test (`--val N`: the N slices before the test
+slices; `--val-spread`: N slices spread evenly over 0-24 instead). Compared with the same
+epochs per model:
 - instance: labelloop's instance mode trained on the cells (interior + contour,
   watershed);
 - membranes, semantic: a binary membrane model; cells are the connected regions of the
@@ -36,7 +38,8 @@ Compute: each part reports wall and CPU seconds (user + system of this process);
 niced on a shared machine.
 
 Usage: .venv/bin/python benchmarks/cell_counts.py --part smears|isbi [--epochs N] [--name STEM]
-       [--images TRAIN VAL TEST] (smears) [--val N] [--input-scale S] [--save-outputs NPZ] (isbi)
+       [--images TRAIN VAL TEST] (smears)
+       [--val N] [--val-spread] [--input-scale S] [--save-outputs NPZ] (isbi)
 Writes benchmarks/results/cell_counts_<part>.json and .png.
 """
 
@@ -48,6 +51,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +294,18 @@ def plot_smears(result: dict, path: Path) -> None:
 # --- ISBI -----------------------------------------------------------------------------
 
 
-def isbi_cells_manifest(shift: tuple[float, float], val: range) -> tuple[dict, Any]:
+def val_slices(n_val: int, spread: bool = False) -> tuple[int, ...]:
+    """The validation slices: the `n_val` just before the test slices, or (`spread`) one
+    from the middle of each of `n_val` equal stretches of slices 0-24, so that the rules
+    are chosen on slices from over the whole stack, as a project's hashed split draws them."""
+    if not 0 < n_val < TEST.start:
+        raise ValueError(f"--val {n_val}: between 1 and {TEST.start - 1} slices")
+    if spread:
+        return tuple(int((k + 0.5) * TEST.start / n_val) for k in range(n_val))
+    return tuple(range(TEST.start - n_val, TEST.start))
+
+
+def isbi_cells_manifest(shift: tuple[float, float], val: Sequence[int]) -> tuple[dict, Any]:
     """ISBI slices with one Mask per annotated cell (label 'cell')."""
     blobs: dict[str, bytes] = {}
     items = []
@@ -403,8 +418,9 @@ def isbi(
     instance_only: bool = False,
     seed: int = 0,
     save_outputs: Path | None = None,
+    val_spread: bool = False,
 ) -> dict:
-    val = range(TEST.start - n_val, TEST.start)
+    val = val_slices(n_val, val_spread)
     train_ids = [i for i in range(30) if i not in TEST and i not in val]
     dy, dx = membrane_offset(train_ids)
     shift = (-dy, -dx)
@@ -547,7 +563,7 @@ def _isbi_models(
     t_counts: dict,
     shift: tuple[float, float],
     epochs: int,
-    val: range,
+    val: Sequence[int],
     input_scale: float,
     *,
     instance_only: bool = False,
@@ -687,6 +703,11 @@ def main() -> None:
         help="isbi: validation slices, the ones just before the test slices 25-29 (default 3)",
     )
     ap.add_argument(
+        "--val-spread",
+        action="store_true",
+        help="isbi: take the --val slices spread evenly over slices 0-24 (3: slices 4, 12, 20)",
+    )
+    ap.add_argument(
         "--instance-only",
         action="store_true",
         help="isbi: instance mode alone, from one view (no TTA, no membrane model)",
@@ -729,6 +750,10 @@ def main() -> None:
             ap.error(f"--save-outputs {args.save_outputs}: the file name must end in .npz")
         if not args.save_outputs.parent.is_dir():
             ap.error(f"--save-outputs {args.save_outputs}: no directory {args.save_outputs.parent}")
+    if args.part == "isbi" and not 0 < args.val < TEST.start:
+        ap.error(f"--val {args.val}: between 1 and {TEST.start - 1} validation slices")
+    if args.val_spread and args.part != "isbi":
+        ap.error("--val-spread: only the isbi part has validation slices to spread")
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / (args.name or f"cell_counts_{args.part}")
     plot = plot_smears if args.part == "smears" else plot_isbi
@@ -754,10 +779,13 @@ def main() -> None:
             args.instance_only,
             args.seed,
             args.save_outputs,
+            args.val_spread,
         )
         extra = " --instance-only" if args.instance_only else ""
         extra += f" --seed {args.seed}" if args.seed else ""
-        extra += (f" --val {args.val}" if args.val != ap.get_default("val") else "") + (
+        extra += f" --val {args.val}" if args.val != ap.get_default("val") else ""
+        extra += " --val-spread" if args.val_spread else ""
+        extra += (
             f" --input-scale {args.input_scale}"
             if args.input_scale != ap.get_default("input_scale")
             else ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import cv2
@@ -123,8 +123,8 @@ def shift_image(image: np.ndarray, dy: float, dx: float) -> np.ndarray:
 
 
 def isbi_manifest(
-    test_ids: range = range(25, 30),
-    val_ids: range = range(22, 25),
+    test_ids: Sequence[int] = range(25, 30),
+    val_ids: Sequence[int] = range(22, 25),
     shift: tuple[float, float] | None = None,
 ) -> tuple[dict, Fetch]:
     """ISBI 2012: label 0 (black) is membrane, the class learned here; images 25-29 are
