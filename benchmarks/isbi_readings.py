@@ -40,7 +40,9 @@ from labelloop.training.segmentation.instances import (
     OPENINGS,
     SEED_THRESHOLDS,
     SPLIT_DEPTHS,
+    RuleKey,
     instances_from_probs,
+    rule_key,
     seed_maps,
 )
 
@@ -75,16 +77,16 @@ def truth(maps: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     return pairs
 
 
-def choice_key(row: dict) -> tuple:
-    """The order `choose_instance_rules` prefers readings in."""
+def choice_key(row: dict) -> RuleKey:
+    """A reading's place in the order `choose_instance_rules` prefers readings in."""
     cut = row["cut"]
-    return (
+    return rule_key(
         row["val"]["count_error"],
-        int(cut.get("components", False)),
+        cut.get("components", False),
         cut.get("split_depth", 0.0),
         cut.get("opening", 0),
         cut.get("seed_threshold", 0.0),
-        -row["min_area"],
+        row["min_area"],
     )
 
 

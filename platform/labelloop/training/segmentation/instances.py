@@ -294,6 +294,27 @@ class InstanceRules(NamedTuple):
     seed_threshold: list[float]
 
 
+RuleKey = tuple[int, int, float, int, float, int]
+
+
+def rule_key(
+    error: int, components: bool, depth: float, opening: int, threshold: float, min_area: int
+) -> RuleKey:
+    """The order `choose_instance_rules` prefers readings in, lowest first: the count
+    error, then the watershed before components, the shallower split, the smaller
+    opening, the lower seed threshold, the larger minimum area (why: its docstring).
+    One key, so that a benchmark that finds the choice among its own readings orders
+    them as the choice does."""
+    return (
+        int(error),
+        int(components),
+        float(depth),
+        int(opening),
+        float(threshold),
+        -int(min_area),
+    )
+
+
 def choose_instance_rules(
     probs: Sequence[np.ndarray],
     true_counts: Sequence[Sequence[int]],
@@ -332,9 +353,9 @@ def choose_instance_rules(
     weight = np.ones_like(truth) if use is None else np.asarray(use, np.int64)
     # One slot per label: a cap may skip a label's first candidates, so labels do not
     # all find their first candidate in the same round.
-    # Per label the best key so far: (error, components, depth, radius, threshold, -area),
-    # the order ties are broken in, and all the reading it names.
-    best: list[tuple[int, int, float, int, float, int] | None] = [None] * n_labels
+    # Per label the best `rule_key` so far: the order ties are broken in, and all the
+    # reading it names.
+    best: list[RuleKey | None] = [None] * n_labels
     # One neck cutter at a time: a split depth, an opening or a seed threshold (two
     # together cut twice).
     readings = [(False, d, 0, 0.0) for d in split_depths]
@@ -371,7 +392,7 @@ def choose_instance_rules(
                     continue
                 if cut and cuts is not None and not cuts[lab]:
                     continue
-                key = (int(error[lab]), int(apart), float(depth), radius, sure, -int(area))
+                key = rule_key(error[lab], apart, depth, radius, sure, area)
                 held = best[lab]
                 if held is None or key < held:
                     best[lab] = key
