@@ -395,13 +395,41 @@ def count_intervals(
         var[sh.label] += p * (1.0 - p)
     out: dict[str, dict[str, float]] = {}
     for lb in labels:
-        half = z * float(np.sqrt(var[lb])) + float((margin or {}).get(lb, 0.0))
+        sd = float(np.sqrt(var[lb]))
+        half = z * sd + float((margin or {}).get(lb, 0.0))
         out[lb] = {
             "expected": round(mean[lb], 3),
             "low": round(max(0.0, mean[lb] - half), 3),
             "high": round(mean[lb] + half, 3),
+            "sd": round(sd, 3),
         }
     return out
+
+
+def total_interval(
+    intervals: Sequence[Mapping[str, float]], margin: float = 0.0, z: float = 1.96
+) -> dict[str, float] | None:
+    """The interval of a label's count summed over images, from each image's interval
+    (`count_intervals`, widened by `margin`). The objects' confidences are independent,
+    so their variances add: the sd of the total is sqrt(sum sd^2), not the sum of the
+    sds, which overstates it by up to sqrt(images). The margins, cells the model misses
+    on an image, add in full: misses lean one way on every image, so they do not cancel.
+    Intervals stored without an sd (before it was kept) are summed end to end, wider
+    than need be but never narrower. None without any interval."""
+    if not intervals:
+        return None
+    expected = sum(float(iv.get("expected", 0.0)) for iv in intervals)
+    if not all("sd" in iv for iv in intervals):
+        low = sum(float(iv["low"]) for iv in intervals)
+        high = sum(float(iv["high"]) for iv in intervals)
+        return {"expected": round(expected, 3), "low": round(low, 3), "high": round(high, 3)}
+    half = z * float(np.sqrt(sum(float(iv["sd"]) ** 2 for iv in intervals)))
+    half += margin * len(intervals)
+    return {
+        "expected": round(expected, 3),
+        "low": round(max(0.0, expected - half), 3),
+        "high": round(expected + half, 3),
+    }
 
 
 # The share of images whose annotated count a count interval claims to hold.

@@ -325,7 +325,28 @@ def test_count_intervals_read_object_scores_as_probabilities():
     assert iv["RBC"]["expected"] == 2.0
     assert iv["RBC"]["high"] - 2.0 == pytest.approx(1.96 * np.sqrt(0.5), abs=1e-3)
     assert iv["RBC"]["low"] == pytest.approx(2.0 - 1.96 * np.sqrt(0.5), abs=1e-3)
-    assert iv["WBC"] == {"expected": 0.0, "low": 0.0, "high": 0.0}
+    assert iv["WBC"] == {"expected": 0.0, "low": 0.0, "high": 0.0, "sd": 0.0}
+    assert iv["RBC"]["sd"] == pytest.approx(np.sqrt(0.5), abs=1e-3)
+
+
+def test_a_total_interval_adds_variances_and_margins_not_sds():
+    from labelloop.objects import count_intervals, total_interval
+
+    half = Box(label="RBC", x=9, y=0, w=4, h=4, attributes={"score": 0.5})
+    # 100 images, each 8 objects at p = 0.5: sd sqrt(2) per image, 10 * sqrt(2) in all.
+    per_image = [count_intervals([half] * 8, ["RBC"], margin={"RBC": 1.0})["RBC"]] * 100
+    total = total_interval(per_image, margin=1.0)
+    assert total["expected"] == 400.0
+    half_width = 1.96 * 10 * np.sqrt(2) + 100 * 1.0
+    assert total["high"] == pytest.approx(400.0 + half_width, abs=0.05)
+    assert total["low"] == pytest.approx(400.0 - half_width, abs=0.05)
+    # The ends summed would claim 1.96 * 100 * sqrt(2) + 100 on each side: ten times the
+    # sd part. Intervals stored before the sd was kept are still summed end to end.
+    summed = sum(iv["high"] for iv in per_image)
+    assert total["high"] < summed
+    old = [{k: v for k, v in iv.items() if k != "sd"} for iv in per_image]
+    assert total_interval(old, margin=1.0)["high"] == pytest.approx(summed)
+    assert total_interval([]) is None
 
 
 def test_region_shapes_carry_their_mean_probability_as_score():

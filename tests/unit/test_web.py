@@ -8,6 +8,7 @@ import json
 import re
 from html import unescape
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -232,11 +233,17 @@ def test_count_report_inlines_overlays_and_plots_against_truth(world, tmp_path, 
     # It says which labelled images the figures rest on (held out or not).
     held = "held-out" if counts["compared"]["held_out"] else "training/validation"
     assert re.search(rf"data-compared>True counts: 1 {held} labelled images", html)
-    # Each class total carries the interval the count stage computed, summed over images.
+    # Each class total carries the interval of the summed count: the images' variances
+    # add, and so do their margins.
+    margins = counts["interval_margin"] or {}
     for lb in counts["labels"]:
         ivs = [im["intervals"][lb] for im in counts["images"] if lb in im["intervals"]]
         if ivs:
-            low, high = (round(sum(iv[end] for iv in ivs)) for end in ("low", "high"))
+            mid = sum(iv["expected"] for iv in ivs)
+            half = 1.96 * np.sqrt(sum(iv["sd"] ** 2 for iv in ivs))
+            half += len(ivs) * margins.get(lb, 0.0)
+            low, high = round(max(0.0, mid - half)), round(mid + half)
+            assert counts["interval_totals"][lb]["high"] == pytest.approx(mid + half, abs=0.01)
             row = re.search(rf'data-class="{lb}".*?data-field="interval">([^<]*)<', html)
             assert row.group(1) == f"{low}–{high}"
     # What the command warned about is in the report too (a PDF travels without the terminal).

@@ -185,14 +185,14 @@ def count_cmd(
     for c in (*columns, "constant's MAE", "relative error", "in interval"):
         t.add_column(c, justify="left" if c == "class" else "right")
     acc = result.accuracy() or {}
+    spans = result.interval_totals()
     for lb, total in result.totals().items():
         a = acc.get(lb) or {}
-        low = sum(im.intervals.get(lb, {}).get("low", 0.0) for im in result.images)
-        high = sum(im.intervals.get(lb, {}).get("high", 0.0) for im in result.images)
+        span = spans.get(lb)
         t.add_row(
             lb,
             str(total),
-            f"{low:.0f}-{high:.0f}",
+            f"{span['low']:.0f}-{span['high']:.0f}" if span else "-",
             f"{a['predicted']} / {a['true']}" if a else "-",
             _fmt(a.get("mae"), 2),
             _fmt(a.get("mae_constant"), 2),

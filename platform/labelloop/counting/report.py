@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from labelloop.objects import counts_not_beaten
+from labelloop.objects import counts_not_beaten, total_interval
 
 # Splits a model version learnt from (train) or chose its rules and margins on (val).
 SEEN_SPLITS = ("train", "val")
@@ -34,7 +34,7 @@ class ImageCount:
     counts: dict[str, int]
     truth: dict[str, int] | None = None
     overlay: str | None = None
-    # Per label {"expected", "low", "high"} (`objects.count_intervals`).
+    # Per label {"expected", "low", "high", "sd"} (`objects.count_intervals`).
     intervals: dict[str, dict[str, float]] = field(default_factory=dict)
     # The split the image held in the model version's dataset version; None when it was
     # not in it (annotated since, or not annotated).
@@ -68,6 +68,17 @@ class CountReport:
 
     def totals(self) -> dict[str, int]:
         return {lb: sum(im.counts.get(lb, 0) for im in self.images) for lb in self.labels}
+
+    def interval_totals(self) -> dict[str, dict[str, float]]:
+        """Per label with intervals, the interval of its total over every image counted
+        (`objects.total_interval`)."""
+        out = {}
+        for lb in self.labels:
+            ivs = [iv for im in self.images if (iv := im.intervals.get(lb))]
+            margin = float((self.interval_margin or {}).get(lb, 0.0))
+            if (total := total_interval(ivs, margin)) is not None:
+                out[lb] = total
+        return out
 
     def compared(self) -> tuple[list[ImageCount], bool]:
         """The annotated images the figures are measured on, and whether they are held out:
@@ -135,6 +146,7 @@ class CountReport:
             "annotated_images": sum(im.truth is not None for im in self.images),
             "compared": self.comparison(),
             "totals": self.totals(),
+            "interval_totals": self.interval_totals(),
             "accuracy": self.accuracy(),
             "plot": self.plot,
             "interval_margin": self.interval_margin,

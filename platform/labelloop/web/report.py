@@ -137,15 +137,7 @@ def count_report(report: dict[str, Any], out: Path, *, pdf: bool = True) -> dict
         else None
     )
     interval_totals = {
-        lb: tuple(
-            sum(
-                float((im.get("intervals") or {}).get(lb, {}).get(end, 0.0))
-                for im in report["images"]
-            )
-            for end in ("low", "high")
-        )
-        for lb in report["labels"]
-        if any((im.get("intervals") or {}).get(lb) for im in report["images"])
+        lb: (iv["low"], iv["high"]) for lb, iv in (report.get("interval_totals") or {}).items()
     }
     html = pages.templates.get_template("count.html").render(
         r=report,
