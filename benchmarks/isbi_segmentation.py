@@ -69,12 +69,18 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def parse_ids(text: str) -> range:
-    """Image ids from "22-24" (inclusive) or "none" (empty)."""
+def parse_ids(text: str) -> list[int]:
+    """Image ids from "22-24" (inclusive), "4,12,20", a mix of both, or "none" (empty);
+    ValueError naming the part not understood."""
     if text == "none":
-        return range(0)
-    lo, _, hi = text.partition("-")
-    return range(int(lo), int(hi or lo) + 1)
+        return []
+    ids: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or not (hi or lo).isdigit() or int(hi or lo) < int(lo):
+            raise ValueError(f"{part!r} is not an image id or a range such as 22-24")
+        ids += [i for i in range(int(lo), int(hi or lo) + 1) if i not in ids]
+    return ids
 
 
 def build_recipe(args: argparse.Namespace) -> SegmentationRecipe:
@@ -203,7 +209,9 @@ def main() -> None:
     ap.add_argument("--zoom", type=float, default=0.15, help="relative zoom augmentation")
     ap.add_argument("--scale", type=float, default=0.5, help="input scale (0.5: half size)")
     ap.add_argument("--precision", default="auto", choices=["32", "bf16", "auto"])
-    ap.add_argument("--val", default="22-24", help='validation image ids, or "none"')
+    ap.add_argument(
+        "--val", default="22-24", help='validation image ids ("22-24", "4,12,20"), or "none"'
+    )
     ap.add_argument(
         "--register",
         action=argparse.BooleanOptionalAction,
@@ -215,8 +223,13 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="checkpoints (default: temp)")
     args = ap.parse_args()
 
-    val_ids = parse_ids(args.val)
     test_ids = range(25, 30)
+    try:
+        val_ids = parse_ids(args.val)
+    except ValueError as exc:
+        ap.error(f"--val {args.val}: {exc}")
+    if any(not 0 <= i < test_ids.start for i in val_ids):
+        ap.error(f"--val {args.val}: validation slices are among 0-{test_ids.start - 1}")
     offset = None
     if args.register:
         train_ids = [i for i in range(30) if i not in val_ids and i not in test_ids]
