@@ -543,10 +543,11 @@ def _fixed_readings(probs: list, maps: list, counts: list) -> list[dict]:
     return rows
 
 
-def _save_outputs(path: Path, probs: dict, maps: dict, counts: dict) -> None:
+def _save_outputs(path: Path, probs: dict, maps: dict, counts: dict, val: Sequence[int]) -> None:
     """One network's outputs per split (float16) beside the annotated cells (instance maps
-    and counts), so that readings can be compared on them without training again."""
-    arrays: dict[str, np.ndarray] = {}
+    and counts) and which slices were validation, so that readings can be compared on
+    them without training again."""
+    arrays: dict[str, np.ndarray] = {"val_slices": np.asarray(val, np.int64)}
     for split, p in probs.items():
         arrays[split] = np.stack(p).astype(np.float16)
         arrays[f"{split}_maps"] = np.stack([inst for inst, _ in maps[split]])
@@ -612,6 +613,7 @@ def _isbi_models(
                     {"val": predict_outputs(model, images["val"], tuned), "test": probs},
                     t_maps,
                     t_counts,
+                    val,
                 )
 
     if instance_only:

@@ -2,12 +2,12 @@
 instance mode's rule choice tries (the watershed with a split depth, an opening or a seed
 threshold, or connected components, each at minimum areas 8-64 px), applied to saved
 outputs of ISBI instance networks (`cell_counts.py --part isbi --instance-only
---save-outputs NPZ`), scored on the validation slices (22-24: count error summed over the
-slices, what the choice minimises, and instance F1@0.5) and on the test slices (25-29: mean
-count error per slice, slices within 5 %, instance F1@0.5), always against the annotated
-cells; `chosen_on_val` is the reading the choice would pick among these (the lowest
-validation count error within the bound the annotated areas set, ties as the choice
-breaks them).
+--save-outputs NPZ`), scored on the validation slices (22-24, or those the file names:
+count error summed over the slices, what the choice minimises, and instance F1@0.5) and
+on the test slices (25-29: mean count error per slice, slices within 5 %, instance
+F1@0.5), always against the annotated cells; `chosen_on_val` is the reading the choice
+would pick among these (the lowest validation count error within the bound the annotated
+areas set, ties as the choice breaks them).
 
     python benchmarks/isbi_readings.py NPZ [NPZ ...] [--name STEM]
 
@@ -109,6 +109,8 @@ def score_network(path: Path) -> dict:
         probs = {s: [p.astype(np.float32) for p in saved[s]] for s in ("val", "test")}
         maps = {s: truth(saved[f"{s}_maps"]) for s in ("val", "test")}
         counts = {s: [int(c) for c in saved[f"{s}_counts"]] for s in ("val", "test")}
+        # Saved since --val-spread; before it the validation slices were always 22-24.
+        val_slices = [int(i) for i in saved["val_slices"]] if "val_slices" in saved else None
     cap = annotated_area_cap(cell_areas(maps["val"]))
     rows = []
     for family, name, kw in readings():
@@ -136,6 +138,7 @@ def score_network(path: Path) -> dict:
     chosen = min(allowed, key=choice_key)
     return {
         "outputs": str(path),
+        "val_slices": val_slices or [22, 23, 24],
         "annotated": counts,
         "spearman_val_test_count_error": rank_correlation(rows),
         # Split depths count every slice far off (ISBI cells have many distance maxima):
@@ -186,8 +189,10 @@ def plot(result: dict, path: Path) -> None:
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_formatter(ScalarFormatter())
         axis.set_minor_formatter(NullFormatter())
+    slices = {tuple(net["val_slices"]) for net in result["networks"]}
+    named = ", ".join(map(str, next(iter(slices)))) if len(slices) == 1 else "of each network"
     ax.set_xlabel(
-        "validation: count error, cells summed over slices 22-24 (what the choice minimises)"
+        f"validation: count error, cells summed over slices {named} (what the choice minimises)"
     )
     ax.set_ylabel("test: mean count error per slice, % (25-29)")
     ax.set_title("ISBI cells: every reading of each network (dotted: the 5 % target)", fontsize=9)
