@@ -154,7 +154,13 @@ def scores(
 
 
 def plot(
-    path: Path, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, curve: list, title: str
+    path: Path,
+    image: np.ndarray,
+    truth: np.ndarray,
+    pred: np.ndarray,
+    curve: list,
+    title: str,
+    val: str = "22-24",
 ) -> None:
     errors = np.zeros((*truth.shape, 3), np.float32)
     errors[pred & ~truth] = (1.0, 0.2, 0.2)  # false membrane
@@ -182,7 +188,7 @@ def plot(
         ax.set_ylim(0.5, 1.0)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
-        ax.set_title("validation (images 22-24, threshold 0.5, no TTA)")
+        ax.set_title(f"validation (images {val}, threshold 0.5, no TTA)")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -324,11 +330,20 @@ def main() -> None:
     title = (
         f"ISBI 2012 {report['test_images'][0]}: test 25-29 membrane Dice "
         f"{headline['membrane_dice']:.3f}, pixel error {headline['pixel_error']:.3f} (TTA, "
-        f"threshold {chosen}); {outcome.duration_s / 60:.1f} min CPU training, "
+        f"threshold {chosen}); {outcome.duration_s / 60:.1f} min training (wall), "
+        f"{report['training']['cpu_seconds'] / 60:.1f} CPU-min, "
         f"{recipe.encoder} U-Net from scratch"
     )
     pred = probs[0][0] >= chosen
-    plot(RESULTS / f"{args.name}.png", images[0][..., 0] / 255.0, truths[0][0], pred, curve, title)
+    plot(
+        RESULTS / f"{args.name}.png",
+        images[0][..., 0] / 255.0,
+        truths[0][0],
+        pred,
+        curve,
+        title,
+        ", ".join(map(str, val_ids)),
+    )
     print(json.dumps({k: report[k] for k in ("training", "headline")}, indent=2))
 
 
