@@ -148,6 +148,12 @@ def score_network(path: Path) -> dict:
         "area_cap": cap,
         # The same quantile on test: whether the test slices hold more small cells.
         "area_cap_test": annotated_area_cap(cell_areas(maps["test"])),
+        # Per split and minimum area, the annotated cells smaller than it: what that
+        # minimum area costs the count even if every other cell were found.
+        "annotated_below": {
+            s: {str(a): sum(x < a for x in cell_areas(maps[s])) for a in AREAS}
+            for s in ("val", "test")
+        },
         "chosen_on_val": {k: chosen[k] for k in ("reading", "min_area", "val", "test")},
         "best_on_test": min(rows, key=lambda r: r["test"]["mean_relative_error"]),
         "best_f1_on_test": max(rows, key=lambda r: r["test"]["f1_50"]),
