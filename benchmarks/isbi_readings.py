@@ -111,7 +111,8 @@ def score_network(path: Path) -> dict:
         counts = {s: [int(c) for c in saved[f"{s}_counts"]] for s in ("val", "test")}
         # Saved since --val-spread; before it the validation slices were always 22-24.
         val_slices = [int(i) for i in saved["val_slices"]] if "val_slices" in saved else None
-    cap = annotated_area_cap(cell_areas(maps["val"]))
+    areas = {s: cell_areas(maps[s]) for s in ("val", "test")}
+    cap = annotated_area_cap(areas["val"])
     rows = []
     for family, name, kw in readings():
         seeded = {s: [seed_maps(p, 1, **kw) for p in probs[s]] for s in probs}
@@ -147,12 +148,11 @@ def score_network(path: Path) -> dict:
         "spearman_f1_without_split_depths": rank_correlation(plausible, "f1"),
         "area_cap": cap,
         # The same quantile on test: whether the test slices hold more small cells.
-        "area_cap_test": annotated_area_cap(cell_areas(maps["test"])),
+        "area_cap_test": annotated_area_cap(areas["test"]),
         # Per split and minimum area, the annotated cells smaller than it: what that
         # minimum area costs the count even if every other cell were found.
         "annotated_below": {
-            s: {str(a): sum(x < a for x in cell_areas(maps[s])) for a in AREAS}
-            for s in ("val", "test")
+            s: {str(a): sum(x < a for x in found) for a in AREAS} for s, found in areas.items()
         },
         "chosen_on_val": {k: chosen[k] for k in ("reading", "min_area", "val", "test")},
         "best_on_test": min(rows, key=lambda r: r["test"]["mean_relative_error"]),
