@@ -299,7 +299,7 @@ def val_slices(n_val: int, spread: bool = False) -> tuple[int, ...]:
     from the middle of each of `n_val` equal stretches of slices 0-24, so that the rules
     are chosen on slices from over the whole stack, as a project's hashed split draws them."""
     if not 0 < n_val < TEST.start:
-        raise ValueError(f"--val {n_val}: between 1 and {TEST.start - 1} slices")
+        raise ValueError(f"--val {n_val}: between 1 and {TEST.start - 1} validation slices")
     if spread:
         return tuple(int((k + 0.5) * TEST.start / n_val) for k in range(n_val))
     return tuple(range(TEST.start - n_val, TEST.start))
@@ -752,8 +752,11 @@ def main() -> None:
             ap.error(f"--save-outputs {args.save_outputs}: the file name must end in .npz")
         if not args.save_outputs.parent.is_dir():
             ap.error(f"--save-outputs {args.save_outputs}: no directory {args.save_outputs.parent}")
-    if args.part == "isbi" and not 0 < args.val < TEST.start:
-        ap.error(f"--val {args.val}: between 1 and {TEST.start - 1} validation slices")
+    if args.part == "isbi":
+        try:  # refused here, before any data is read
+            val_slices(args.val, args.val_spread)
+        except ValueError as exc:
+            ap.error(str(exc))
     if args.val_spread and args.part != "isbi":
         ap.error("--val-spread: only the isbi part has validation slices to spread")
     RESULTS.mkdir(parents=True, exist_ok=True)
