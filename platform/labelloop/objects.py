@@ -436,6 +436,24 @@ def total_interval(
 INTERVAL_COVERAGE = 0.95
 
 
+def interval_basis(margin: Mapping[str, float] | None) -> str:
+    """How count intervals were formed, in words for whoever reads them (`count`'s table,
+    its report): calibrated ones claim INTERVAL_COVERAGE; uncalibrated ones must not seem
+    to, since they leave out the cells the model misses and hold the truth less often."""
+    if margin:
+        cells = ", ".join(f"{lb} {m:g}" for lb, m in margin.items())
+        return (
+            "Intervals: the objects' confidences ± 1.96 sd, widened by margins chosen on "
+            f"validation ({cells} cells per image) to hold the annotated count of "
+            f"{INTERVAL_COVERAGE:.0%} of images"
+        )
+    return (
+        "Intervals: the objects' confidences ± 1.96 sd only, not calibrated on validation "
+        "(it held fewer than 19 images): they leave out the cells the model misses, so "
+        f"they hold the true count less often than {INTERVAL_COVERAGE:.0%}"
+    )
+
+
 def conformal_rank(n: int, coverage: float = INTERVAL_COVERAGE) -> int | None:
     """Which of n held-out excesses, smallest first (1-based), holds `coverage` of new
     images: ceil((n + 1) coverage); None when n images are too few to say."""

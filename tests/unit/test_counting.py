@@ -349,6 +349,17 @@ def test_a_total_interval_adds_variances_and_margins_not_sds():
     assert total_interval([]) is None
 
 
+def test_interval_wording_claims_95_percent_only_when_calibrated():
+    from labelloop.objects import interval_basis
+
+    calibrated = interval_basis({"RBC": 3.0, "WBC": 0.5})
+    assert "margins chosen on validation (RBC 3, WBC 0.5 cells per image)" in calibrated
+    assert "to hold the annotated count of 95% of images" in calibrated
+    for plain in (interval_basis(None), interval_basis({})):
+        assert "not calibrated on validation" in plain
+        assert "less often than 95%" in plain and "margins" not in plain
+
+
 def test_region_shapes_carry_their_mean_probability_as_score():
     lm = _drawn()
     probs = np.zeros((3, *lm.shape), np.float32)

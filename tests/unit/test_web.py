@@ -203,6 +203,23 @@ def test_report_cli_names_what_is_missing(world, tmp_path, monkeypatch):
     assert res.exit_code == 2 and "no model version named 'nope'" in res.output
 
 
+def test_count_report_claims_95_percent_intervals_only_when_calibrated(tmp_path):
+    from labelloop.counting.report import CountReport, ImageCount
+    from labelloop.objects import interval_basis
+    from labelloop.web.report import count_report
+
+    iv = {"RBC": {"expected": 9.5, "low": 6.0, "high": 13.0, "sd": 1.8}}
+    for margin, head in ((None, "interval (not calibrated)"), ({"RBC": 2.0}, "interval (95 %)")):
+        r = CountReport("m1", ["RBC"], tmp_path, interval_margin=margin)
+        r.images.append(ImageCount("a.png", {"RBC": 10}, {"RBC": 14}, intervals=iv))
+        out = tmp_path / str(bool(margin))
+        html = count_report(r.to_json(), out, pdf=False)["html"].read_text()
+        assert re.search(r'data-field="interval-head">([^<]*)<', html).group(1) == head
+        said = re.search(r"data-interval-basis>([^<]*)</p>", html).group(1)
+        assert unescape(said) == interval_basis(margin) + "."
+        assert ("interval (95" in html) == bool(margin)
+
+
 def test_count_report_inlines_overlays_and_plots_against_truth(world, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

@@ -208,17 +208,7 @@ def count_cmd(
             f"true counts: {cmp['images']} {which} annotated images"
             + (f" ({skipped} the model trained or tuned on left out)" if skipped else "")
         )
-    margin = result.interval_margin
-    console.print(
-        "intervals: the objects' confidences ± 1.96 sd"
-        + (
-            ", widened by margins chosen on validation ("
-            + ", ".join(f"{lb} {m:g}" for lb, m in margin.items())
-            + " cells)"
-            if margin
-            else " (not calibrated on validation)"
-        )
-    )
+    console.print(data["interval_basis"])
     extra = ", report.html/.pdf/.json" if report else ""
     console.print(f"per image: {out / 'counts.csv'}, {out / 'counts.json'}{extra}")
     if result.plot:

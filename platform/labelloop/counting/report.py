@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from labelloop.objects import counts_not_beaten, total_interval
+from labelloop.objects import counts_not_beaten, interval_basis, total_interval
 
 # Splits a model version learnt from (train) or chose its rules and margins on (val).
 SEEN_SPLITS = ("train", "val")
@@ -150,6 +150,7 @@ class CountReport:
             "accuracy": self.accuracy(),
             "plot": self.plot,
             "interval_margin": self.interval_margin,
+            "interval_basis": interval_basis(self.interval_margin),
             "warnings": self.warnings,
         }
 
