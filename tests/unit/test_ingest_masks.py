@@ -197,6 +197,51 @@ def test_unknown_values_and_colours_are_named(ctx, project, tmp_path):
     assert row_counts(ctx)["Image"] == 3
 
 
+def test_grey_masks_drawn_in_0_and_255_are_never_read_as_void(ctx, tmp_path):
+    """255 is VOC's void border in palette masks only: in a grey mask it is the common way
+    to draw foreground, so a map that does not name it is refused, not read as empty."""
+    project = make_project(ctx, "cells", "segmentation", ["cell"])
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    grey = np.zeros((48, 64), np.uint8)
+    grey[4:12, 4:12] = 255
+    (root / "images" / "1.png").write_bytes(png(seed=1))
+    (root / "masks" / "1.png").write_bytes(_png(grey))
+    (root / "labelmap.txt").write_text("0 background\n1 cell\n")
+    with pytest.raises(InputError, match=r"mask 1\.png has pixel values not in .*: 255"):
+        ingest_path(ctx, project, root)
+    assert row_counts(ctx) == NOTHING
+    # The same pixels in a palette mask are VOC's void and stay ignored.
+    (root / "masks" / "1.png").write_bytes(_png(grey, "P", {1: (128, 0, 0), 255: (224, 224, 192)}))
+    report = ingest_path(ctx, project, root, dry_run=True)
+    assert report.shapes_per_class == {}
+    (root / "masks" / "1.png").write_bytes(_png(grey))
+    (root / "labelmap.txt").write_text("0 background\n255 cell\n")
+    assert ingest_path(ctx, project, root).shapes_per_class == {"cell": 1}
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "said"),
+    [
+        (
+            "labelmap.txt",
+            "0 background\n255 cell\n255 nucleus\n",
+            r"line 3 .*255 already names 'cell'",
+        ),
+        ("labelmap.txt", "cell:9,9,9::\nnucleus:9,9,9::\n", r"line 2 .*already names 'cell'"),
+        ("labels.json", '{"cell": 1, "nucleus": 1}', r"label 'nucleus': 1 already names 'cell'"),
+    ],
+)
+def test_a_label_map_that_names_one_value_twice_is_refused(tmp_path, name, text, said):
+    from labelloop.ingest.readers._labelmap import load_label_map
+
+    (tmp_path / name).write_text(text)
+    with pytest.raises(InputError, match=said) as err:
+        load_label_map(tmp_path)
+    assert err.value.file == str(tmp_path / name)
+
+
 def test_label_map_defects_name_the_file(tmp_path):
     path = tmp_path / "labelmap.txt"
     path.write_text("background:0,0,0::\nRBC:300,0,0::\n")

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -90,6 +91,17 @@ _VALUE_LINE = re.compile(r"^(\d+)\s*[:=,\s]\s*(\S.*)$")
 _RGB_NAME_LINE = re.compile(r"^(\d+)\s+(\d+)\s+(\d+)\s+(\S.*)$")
 
 
+def _name(names: dict, code: Any, name: str, file: str, where: str) -> None:
+    """Give a pixel value or colour its label, refusing a second, different one: masks
+    could not tell the two apart, and letting the later win would relabel the first's
+    objects without a word."""
+    if names.get(code, name) != name:
+        raise InputError(
+            f"label map {where}: {code} already names {names[code]!r}, not {name!r}", file=file
+        )
+    names[code] = name
+
+
 def parse_labelmap_txt(path: Path) -> LabelMap:
     """CVAT/datumaro 'name:r,g,b:parts:actions' (an empty colour takes the VOC palette
     colour of the line's index), CamVid 'r g b name', 'value name' / 'value: name', or one
@@ -107,14 +119,14 @@ def parse_labelmap_txt(path: Path) -> LabelMap:
             rgb = _rgb(colour.split(","), file, where) if colour else cmap[index % 256]
             if not name:
                 raise InputError(f"label map {where} has no name", file=file)
-            values[index] = name
-            colours[rgb] = name
+            _name(values, index, name, file, where)
+            _name(colours, rgb, name, file, where)
         elif m := _RGB_NAME_LINE.match(line):
-            colours[_rgb(m.groups()[:3], file, where)] = m.group(4).strip()
+            _name(colours, _rgb(m.groups()[:3], file, where), m.group(4).strip(), file, where)
         elif m := _VALUE_LINE.match(line):
-            values[int(m.group(1))] = m.group(2).strip()
+            _name(values, int(m.group(1)), m.group(2).strip(), file, where)
         elif ":" not in line:
-            values[index] = line
+            _name(values, index, line, file, where)
         else:
             raise InputError(f"cannot read label map {where}", file=file)
     if not values and not colours:
@@ -136,14 +148,16 @@ def parse_labels_json(path: Path) -> LabelMap:
         values = dict(enumerate(data))
     elif isinstance(data, dict):
         for key, val in data.items():
+            where = f"label {key!r}"
             if key.strip().isdigit() and isinstance(val, str):
-                values[int(key)] = val
+                _name(values, int(key), val, file, where)
             elif isinstance(val, int) and not isinstance(val, bool):
-                values[val] = key
+                _name(values, val, key, file, where)
             elif isinstance(val, list) and len(val) == 3:
-                colours[_rgb(val, file, f"label {key!r}")] = key
+                _name(colours, _rgb(val, file, where), key, file, where)
             elif isinstance(val, str) and re.fullmatch(r"#[0-9a-fA-F]{6}", val):
-                colours[(int(val[1:3], 16), int(val[3:5], 16), int(val[5:7], 16))] = key
+                rgb = (int(val[1:3], 16), int(val[3:5], 16), int(val[5:7], 16))
+                _name(colours, rgb, key, file, where)
             else:
                 raise InputError(
                     f"label {key!r}: cannot read {val!r} as a value or colour", file=file
@@ -217,18 +231,28 @@ def class_codes(
         im = im.convert("L")
     if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
         raise InputError(f"{name} has unsupported pixel mode {im.mode}", file=file, record=record)
-    return _value_codes(np.asarray(im), labels, name=name, file=file, record=record)
+    palette = im.mode == "P"
+    return _value_codes(np.asarray(im), labels, name=name, file=file, record=record, void=palette)
 
 
 def _value_codes(
-    arr: np.ndarray, labels: LabelMap | None, *, name: str, file: str, record: str
+    arr: np.ndarray,
+    labels: LabelMap | None,
+    *,
+    name: str,
+    file: str,
+    record: str,
+    void: bool = False,
 ) -> tuple[np.ndarray, dict[int, str]]:
+    """Codes of a single-channel mask. Value 255 is VOC's void border only in palette
+    masks (`void`) the map does not name: in a grey mask 0/255 is the common way to draw
+    foreground, and passing it over would store every image as labelled and empty."""
     arr = arr.astype(np.int64)
     if labels is None or not labels.values:
         present = {int(v) for v in np.unique(arr)} - {0}
         lookup = {v: str(v) for v in present}
         return _codes(arr, lookup, {0}, labels, str, name, file, record)
-    ignore = {0, VOID_INDEX} - set(labels.values) | {0}
+    ignore = ({0, VOID_INDEX} if void else {0}) - set(labels.values) | {0}
     return _codes(arr, dict(labels.values), ignore, labels, str, name, file, record)
 
 
