@@ -113,6 +113,12 @@ def test_detection_leaves_other_layouts_to_their_readers(tmp_path):
             "folder inside a class folder",
             {"infected": 1},
         ),
+        (
+            {"healthy/2.png": png(seed=2), "loose.png": png(seed=3)},
+            "loose.png",
+            "lies beside the class folders, in no class",
+            {"infected": 1, "healthy": 1},
+        ),
         # Folders are read in name order: the copy in healthy/ comes first.
         (
             {"healthy/copy.png": png(seed=1)},

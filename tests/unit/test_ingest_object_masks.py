@@ -142,3 +142,61 @@ def test_class_masks_named_like_their_images_stay_with_the_masks_reader(tmp_path
     (root / "images" / "a1.png").write_bytes(png(seed=0))
     (root / "masks" / "a1.png").write_bytes(_mask_png(CELLS[0]))
     assert detect_format(root) == "masks"
+
+
+def test_an_image_folder_without_masks_joins_the_pool(ctx, project, tmp_path):
+    root = _dsb(tmp_path / "stage1", ["a1", "b2"], {"a1": [_mask_png(CELLS[0])]})
+    (root / "b2" / "masks").rmdir()  # no masks/ at all, not an empty one
+    report = ingest_path(ctx, project, root, label_map={"object": "nucleus"})
+    assert report.images_new == 2 and report.unlabeled == 1
+    assert report.shapes_per_class == {"nucleus": 1}
+
+
+def _stray_folder(root: Path) -> tuple[str, str]:
+    (root / "notes").mkdir()
+    return "notes", r"notes/ holds no images/ or masks/"
+
+
+def _second_image(root: Path) -> tuple[str, str]:
+    (root / "b2" / "images" / "extra.png").write_bytes(png(seed=7))
+    return "b2/images/extra.png", r"b2/images/ holds 2 images \(b2.png, extra.png\); expected one"
+
+
+def _text_in_masks(root: Path) -> tuple[str, str]:
+    (root / "b2" / "masks" / "notes.txt").write_text("drawn by A.")
+    return "b2/masks/notes.txt", r"notes.txt is not an image"
+
+
+def _link_out(root: Path) -> tuple[str, str]:
+    outside = root.parent / "outside.png"
+    outside.write_bytes(_mask_png(CELLS[1]))
+    (root / "b2" / "masks" / "m09.png").symlink_to(outside)
+    return "b2/masks/m09.png", r"m09.png is a symlink that points outside"
+
+
+def _link_loop(root: Path) -> tuple[str, str]:
+    loop = root / "b2" / "masks" / "loop.png"
+    loop.symlink_to(loop)
+    return "b2/masks/loop.png", r"loop.png is a symlink that leads nowhere"
+
+
+@pytest.mark.parametrize(
+    "make", [_stray_folder, _second_image, _text_in_masks, _link_out, _link_loop]
+)
+def test_nothing_in_a_sample_folder_is_passed_over(ctx, project, tmp_path, make):
+    """Each file or folder that cannot be read as the sample's image or one of its masks
+    refuses that record, naming it; --skip-invalid keeps the others."""
+    root = _dsb(
+        tmp_path / "stage1",
+        ["a1", "b2"],
+        {"a1": [_mask_png(CELLS[0])], "b2": [_mask_png(CELLS[1])]},
+    )
+    file, reason = make(root)
+    with pytest.raises(InputError, match=reason) as err:
+        ingest_path(ctx, project, root, label_map={"object": "nucleus"})
+    assert err.value.file.endswith(file)
+    assert row_counts(ctx) == NOTHING
+    report = ingest_path(ctx, project, root, label_map={"object": "nucleus"}, skip_invalid=True)
+    kept = 2 if make is _stray_folder else 1  # a stray folder refuses itself, not b2
+    assert report.images_new == kept and report.shapes_per_class == {"nucleus": kept}
+    assert len(report.skipped) == 1

@@ -37,6 +37,34 @@ _PIL_ERRORS = (
 )
 
 
+# Files operating systems leave in folders: never data, never an error.
+LITTER = frozenset({"thumbs.db", "desktop.ini"})
+
+
+def visible(folder: Path) -> list[Path]:
+    """A folder's entries, less hidden files and OS litter: what a reader must account
+    for, each read or refused, so that nothing in it is passed over without a word."""
+    return sorted(
+        p for p in folder.iterdir() if not p.name.startswith(".") and p.name.lower() not in LITTER
+    )
+
+
+def file_refusal(f: Path, root: Path, inside: str) -> str | None:
+    """Why `f`, an entry of a folder that must hold images only (`inside` names it), is
+    not an image this ingest may read: a folder, a link that leads nowhere or out of
+    `root`, a file of another type; None when it is one."""
+    if f.is_symlink() and not f.exists():
+        return f"{f.name} is a symlink that leads nowhere (broken, or a loop)"
+    if f.is_dir():
+        return f"{f.name}/ is a folder inside {inside} (expected images only)"
+    if not f.resolve().is_relative_to(root):
+        return f"{f.name} is a symlink that points outside {root}"
+    if not is_image(f) or not f.is_file():
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        return f"{f.name} is not an image (expected {suffixes})"
+    return None
+
+
 def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 

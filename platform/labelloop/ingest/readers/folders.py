@@ -13,6 +13,7 @@ from pathlib import Path
 
 from labelloop.domain import Tag
 from labelloop.errors import InputError
+from labelloop.ingest.readers._imagefiles import file_refusal, visible
 from labelloop.ingest.readers.images import IMAGE_SUFFIXES
 from labelloop.ingest.records import (
     Format,
@@ -34,15 +35,7 @@ SPLIT_NAMES = {
     "test": "test",
     "testing": "test",
 }
-# Files operating systems leave in folders: never data, never an error.
-LITTER = frozenset({"thumbs.db", "desktop.ini"})
 ANNOTATION_ID = "folder"
-
-
-def _visible(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.iterdir() if not p.name.startswith(".") and p.name.lower() not in LITTER
-    )
 
 
 def _is_image(path: Path) -> bool:
@@ -50,11 +43,11 @@ def _is_image(path: Path) -> bool:
 
 
 def _subfolders(folder: Path) -> list[Path]:
-    return [p for p in _visible(folder) if p.is_dir()]
+    return [p for p in visible(folder) if p.is_dir()]
 
 
 def _all_images(folder: Path) -> bool:
-    entries = _visible(folder)
+    entries = visible(folder)
     return bool(entries) and all(_is_image(p) for p in entries)
 
 
@@ -70,7 +63,7 @@ def class_folders(root: Path) -> list[tuple[str | None, Path]]:
 def detect(path: Path) -> bool:
     """A folder with no loose images whose class folders (at least two in all) each hold
     images and nothing else."""
-    if not path.is_dir() or any(_is_image(p) for p in _visible(path)):
+    if not path.is_dir() or any(_is_image(p) for p in visible(path)):
         return False
     folders = class_folders(path)
     return len({c.name for _, c in folders}) >= 2 and all(_all_images(c) for _, c in folders)
@@ -87,11 +80,24 @@ def read_class_folders(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
     if not folders:
         raise InputError("no class folders found (expected <class>/ image folders)", file=str(path))
     source = opts.source or default_source("folders", root)
+    # An image beside the class folders belongs to no class: refused, never passed over
+    # (a note or a CSV there is the dataset's own, and allowed).
+    for place in [path, *sorted({f.parent for split, f in folders if split})]:
+        for f in visible(place):
+            if _is_image(f):
+                rel = f.relative_to(path).as_posix()
+                yield error_record(
+                    f"{f.name} lies beside the class folders, in no class",
+                    source=source,
+                    external_id=rel,
+                    file=str(f),
+                    name=rel,
+                )
     seen: dict[str, tuple[str, str | None, str]] = {}  # sha256 -> (class, split, where)
     for split, folder in folders:
         label = folder.name
         rel_folder = folder.relative_to(path).as_posix()
-        entries = _visible(folder)
+        entries = visible(folder)
         if not entries:
             yield error_record(
                 f"class folder {rel_folder}/ holds no images",
@@ -103,7 +109,7 @@ def read_class_folders(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
             continue
         for f in entries:
             rel = f.relative_to(path).as_posix()
-            fail = _refusal(f, root)
+            fail = file_refusal(f, root, "a class folder")
             data = b""
             if fail is None:
                 try:
@@ -131,18 +137,6 @@ def read_class_folders(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
                 meta=meta,
                 load=lambda data=data: data,
             )
-
-
-def _refusal(f: Path, root: Path) -> str | None:
-    """Why `f` cannot be a class folder's image, or None."""
-    if f.is_dir():
-        return f"{f.name}/ is a folder inside a class folder (expected images only)"
-    if not _is_image(f):
-        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
-        return f"{f.name} is not an image (expected {suffixes})"
-    if not f.resolve().is_relative_to(root):
-        return f"symlink points outside {root}"
-    return None
 
 
 FORMAT = Format(

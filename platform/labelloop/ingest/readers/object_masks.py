@@ -15,7 +15,7 @@ the record's error, naming the mask file.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +25,12 @@ from labelloop.errors import InputError
 from labelloop.geometry import mask_shape
 from labelloop.ingest.readers._imagefiles import (
     bool_mask,
+    file_refusal,
     image_size,
     is_image,
     open_raster,
     relative_uri,
+    visible,
 )
 from labelloop.ingest.records import (
     Format,
@@ -61,10 +63,11 @@ def _is_one_sample(path: Path) -> bool:
 
 
 def _dsb_samples(path: Path) -> list[Path]:
-    """`<id>/` folders holding images/ and masks/ (path itself when it is one)."""
+    """`<id>/` folders (path itself when it is one): every visible subfolder, since one
+    holding neither images/ nor masks/ must be reported, not passed over."""
     if _is_one_sample(path):
         return [path]
-    return sorted(c for c in path.iterdir() if c.is_dir() and (c / "masks").is_dir())
+    return [c for c in visible(path) if c.is_dir()]
 
 
 def _flat_groups(path: Path) -> tuple[dict[str, Path], dict[str, list[Path]]] | None:
@@ -164,18 +167,47 @@ def _record(
     return rec
 
 
-def _entries(path: Path) -> Iterator[tuple[str, Path | None, list[Path]]]:
-    """(key, image or None, mask files) per image of either layout."""
+def _sample(folder: Path, root: Path) -> tuple[Path | None, list[Path]]:
+    """The image and mask files of one `<id>/` folder. Everything in images/ and masks/
+    is accounted for: a second image, a file that is not an image, a link out of the
+    dataset or to nowhere, or a folder without images/ is the record's error."""
+    record = f"image {folder.name}"
+    parts = {name: folder / name for name in ("images", "masks")}
+    if not parts["images"].is_dir():
+        what = "masks/ but no images/" if parts["masks"].is_dir() else "no images/ or masks/"
+        raise InputError(
+            f"{folder.name}/ holds {what} (expected images/{folder.name}.png)",
+            file=str(folder),
+            record=record,
+        )
+    files: dict[str, list[Path]] = {}
+    for name, sub in parts.items():
+        files[name] = visible(sub) if sub.is_dir() else []
+        for f in files[name]:
+            if why := file_refusal(f, root, f"{folder.name}/{name}/"):
+                raise InputError(why, file=str(f), record=record)
+    found = files["images"]
+    if len(found) > 1:
+        listed = ", ".join(p.name for p in found[:4])
+        raise InputError(
+            f"{folder.name}/images/ holds {len(found)} images ({listed}); expected one",
+            file=str(found[1]),
+            record=record,
+        )
+    return (found[0] if found else None), files["masks"]
+
+
+def _entries(path: Path) -> Iterator[tuple[str, Callable[[], tuple[Path | None, list[Path]]]]]:
+    """Per image of either layout, its key and how to list its image (or None) and mask
+    files; the listing raises InputError for a folder that cannot be one image."""
     flat = _flat_groups(path)
     if flat is not None:
         images, masks = flat
         for key in sorted(set(images) | set(masks)):
-            yield key, images.get(key), masks.get(key, [])
+            yield key, lambda key=key: (images.get(key), masks.get(key, []))
         return
     for folder in _dsb_samples(path):
-        found = _images_in(folder / "images")
-        image = next((p for p in found if p.stem == folder.name), found[0] if found else None)
-        yield folder.name, image, _images_in(folder / "masks")
+        yield folder.name, lambda folder=folder: _sample(folder, path)
 
 
 def read_object_masks(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
@@ -189,11 +221,13 @@ def read_object_masks(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
         )
     root = path.resolve()
     source = opts.source or default_source("object-masks", root)
-    for key, image, masks in _entries(root):
+    for key, listing in _entries(root):
+        image, masks = None, []
         try:
+            image, masks = listing()
             yield _record(source, key, image, masks, root)
         except InputError as exc:
-            file = str(masks[0] if masks else image)
+            file = str(masks[0] if masks else image or root / key)
             yield error_record(exc, source=source, external_id=key, file=file, name=f"image {key}")
 
 
