@@ -464,6 +464,7 @@ def test_broken_results_raise_input_error_with_record():
         "original_width": 30,
         "original_height": 20,
     }
+    box = {"x": 1, "y": 1, "width": 2, "height": 2}
     cases = [
         (
             {
@@ -528,6 +529,24 @@ def test_broken_results_raise_input_error_with_record():
             {**base, "type": "keypointlabels", "value": {"x": 1, "y": 2, "keypointlabels": "RBC"}},
             "list of non-empty strings",
         ),
+        # A drawn region without a class, with two, or of a tool not read: refused,
+        # not skipped or counted once per class.
+        (
+            {**base, "type": "rectanglelabels", "value": {**box, "rectanglelabels": []}},
+            r"rectanglelabels region has no label; expected one",
+        ),
+        (
+            {
+                **base,
+                "type": "rectanglelabels",
+                "value": {**box, "rectanglelabels": ["RBC", "WBC"]},
+            },
+            r"has 2 labels \(RBC, WBC\); expected one",
+        ),
+        (
+            {**base, "type": "cuboidlabels", "value": {**box, "cuboidlabels": ["RBC"]}},
+            r"result type 'cuboidlabels' is not read \(labelloop reads brushlabels, ellipselabels",
+        ),
         (
             {
                 **base,
@@ -543,6 +562,16 @@ def test_broken_results_raise_input_error_with_record():
             results_to_shapes([result], file="export.json", record="task 12 / annotation 3")
         assert err.value.file == "export.json"
         assert err.value.record == "task 12 / annotation 3 / result abc"
+
+
+def test_an_annotation_whose_result_is_null_is_refused_not_read_as_empty():
+    from labelloop.labelstudio.export import task_annotations
+
+    task = {"id": 5, "data": {"image": "a.png"}, "annotations": [{"id": 9, "result": None}]}
+    (ann,) = task_annotations(task, None)
+    with pytest.raises(InputError, match="annotation result is not a list") as err:
+        results_to_shapes(ann.results, file="export.json", record=ann.record)
+    assert err.value.record == "task 5 / annotation 9"
 
 
 def test_ignored_result_types_are_silent():

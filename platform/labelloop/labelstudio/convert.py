@@ -66,7 +66,8 @@ def results_to_shapes(
     `record` names the annotation ("task 12 / annotation 3"); errors append the result id.
     `image_size` (width, height) is used only for results that lack original_width/height,
     as in hand-written tasks. Relations, text areas, unlabeled tool regions (their label
-    lives on a paired `labels` result) and other result types are skipped.
+    lives on a paired `labels` result) and other result types are skipped; a region of a
+    `*labels` type not read, or with no label or several, is an error.
     """
     if not isinstance(results, list):
         raise InputError("annotation result is not a list", file=file, record=record)
@@ -87,7 +88,10 @@ def _result_shapes(r: dict, where: _Where, image_size: tuple[int, int] | None) -
         raise where.error("result has no type")
     rtype = rtype.lower()
     if rtype not in _KIND_OF and rtype not in ("choices", "labels"):
-        return []
+        if rtype.endswith("labels"):  # a labelled region of a tool not read: say so
+            read = ", ".join(sorted(_KIND_OF))
+            raise where.error(f"result type {rtype!r} is not read (labelloop reads {read})")
+        return []  # relations, text areas, ratings, unlabeled tool regions
     value = r.get("value")
     if not isinstance(value, dict):
         raise where.error(f"{rtype} result has no value object")
@@ -96,8 +100,13 @@ def _result_shapes(r: dict, where: _Where, image_size: tuple[int, int] | None) -
         return [Tag(label=c, attributes=attrs) for c in _labels(value, "choices", where)]
     labels = _labels(value, rtype, where)
     kind = _KIND_OF.get(rtype) or _geometry_kind(value)
-    if kind is None or not labels:
-        return []  # text-span labels, or a region nobody labelled: nothing to learn from
+    if kind is None:
+        return []  # text-span labels: nothing of an image's
+    if len(labels) != 1:
+        # A drawn region without a class, or with several, is no object of one class:
+        # skipping it, or counting it once per class, would change the counts unseen.
+        said = "no label" if not labels else f"{len(labels)} labels ({', '.join(labels)})"
+        raise where.error(f"{rtype} region has {said}; expected one")
     width, height = _image_size(r, image_size, where)
     if kind == "box" and (geo := _plain_box(value, width, height)) is not None:
         cls: type[Shape] = Box
@@ -138,7 +147,7 @@ def _result_shapes(r: dict, where: _Where, image_size: tuple[int, int] | None) -
         cls = Mask
     # Every field was checked above (labels, finite numbers, mask size): building the
     # shapes without pydantic's validation saves a second pass over each number.
-    return [trusted_shape(cls, label=lab, attributes=dict(attrs), **geo) for lab in labels]
+    return [trusted_shape(cls, label=labels[0], attributes=dict(attrs), **geo)]
 
 
 def _plain_box(value: dict, width: int, height: int) -> dict[str, Any] | None:

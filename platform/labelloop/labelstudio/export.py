@@ -153,7 +153,7 @@ def task_annotations(
         aid = ann.get("id", f"#{i}")
         if (ann.get("was_cancelled") or ann.get("skipped")) and not include_cancelled:
             continue
-        results = ann.get("result") or []
+        results = ann.get("result", [])  # null is no list: results_to_shapes refuses it
         out.append(
             ExportedAnnotation(
                 tid,
