@@ -273,6 +273,40 @@ def test_truncated_and_non_coco_json_are_stream_errors(ctx, tmp_path):
     assert row_counts(ctx) == NOTHING
 
 
+def test_a_category_id_listed_under_two_names_is_refused(ctx, tmp_path):
+    """Which name id 1's annotations carry cannot be told: keeping either would relabel
+    them without a word. The same entry twice is harmless and read."""
+    doc = coco_doc()
+    doc["categories"].append({"id": 1, "name": "WBC", "supercategory": ""})
+    path = _write(tmp_path / "coco", doc)
+    project = make_project(ctx, "smears", "segmentation", LABELS)
+    with pytest.raises(InputError, match=r"categories list id 1 twice, as 'RBC' and 'WBC'") as err:
+        ingest_path(ctx, project, path)
+    assert err.value.file == str(path)
+    assert row_counts(ctx) == NOTHING
+    doc["categories"][-1]["name"] = "RBC"
+    path.write_text(json.dumps(doc))
+    assert ingest_path(ctx, project, path).shapes_per_class["RBC"] > 0
+
+
+def test_an_image_declared_at_another_size_is_refused(ctx, tmp_path):
+    doc = coco_doc()
+    doc["images"][1].update(width=2 * W, height=2 * H)
+    # Its boxes and polygons fit either size; an RLE's own size would be refused first.
+    anns = doc["annotations"]
+    doc["annotations"] = [
+        a for a in anns if a["image_id"] != 2 or isinstance(a.get("segmentation"), list)
+    ]
+    path = _write(tmp_path / "coco", doc)
+    project = make_project(ctx, "smears", "segmentation", LABELS)
+    with pytest.raises(
+        InputError, match=rf"gives its image as {2 * W}x{2 * H} but the image is {W}x{H}"
+    ) as err:
+        ingest_path(ctx, project, path)
+    assert err.value.record == "image 2 'b.png'"
+    assert row_counts(ctx) == NOTHING
+
+
 def test_label_studio_coco_sample(ctx, tmp_path):
     """label-studio-sdk's own COCO import input: a polygon, and a two-part polygon whose
     bbox/area describe only its first part; the parts become one mask (one object)."""

@@ -241,6 +241,12 @@ def test_bad_shape_fails_the_ingest_names_it_and_writes_nothing(ctx, tmp_path):
             "image 1 'c.png'",
             "image width 0",
         ),
+        (
+            'width="64" height="48">\n    <points',
+            'width="128" height="96">\n    <points',
+            "image 1 'c.png'",
+            "gives its image as 128x96 but the image is 64x48",
+        ),
     ],
 )
 def test_broken_records_name_file_record_and_reason(ctx, tmp_path, old, new, record, reason):

@@ -201,6 +201,7 @@ def _record(
         image=image_path,
         annotations=[RecordAnnotation(external_id=ANNOTATION_ID, shapes=shapes)] if shapes else [],
         meta=info,
+        declared_size=(width, height),
     )
 
 

@@ -425,6 +425,14 @@ class _Writer:
     def _write(self, rec: SourceRecord) -> None:
         prepared = self.record_images.pop(id(rec), None)
         img = prepared[1] if prepared else self.image(rec)
+        if rec.annotations and rec.declared_size and rec.declared_size != (img.width, img.height):
+            w, h = rec.declared_size
+            raise InputError(
+                f"the annotation file gives its image as {w}x{h} but the image is "
+                f"{img.width}x{img.height}: its shapes were drawn on an image of another size",
+                file=rec.file,
+                record=rec.name,
+            )
         item = self._item(rec.source, rec.external_id)
         if item is None:
             values = self._item_values(rec, img)

@@ -38,6 +38,9 @@ class SourceRecord:
     error: InputError | None = None
     # What the ingest report should say about a record it keeps (e.g. overlapping masks).
     warnings: list[str] = field(default_factory=list)
+    # (width, height) the annotation file gives the image, where it does: shapes drawn on
+    # an image of another size would land in the wrong place, so the ingest compares.
+    declared_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         self.name = self.name or self.external_id
@@ -68,6 +71,7 @@ def image_record(
     annotations: list[RecordAnnotation],
     meta: dict | None = None,
     load: Callable[[], bytes] | None = None,
+    declared_size: tuple[int, int] | None = None,
 ) -> SourceRecord:
     """A record whose image was found: `meta["image_path"]` says where, and the image is
     read from that file when the ingest asks (unless `load` reads it from elsewhere)."""
@@ -80,6 +84,7 @@ def image_record(
         annotations=annotations,
         meta={"image_path": str(image), **(meta or {})},
         name=name,
+        declared_size=declared_size,
     )
 
 

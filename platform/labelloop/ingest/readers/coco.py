@@ -201,7 +201,7 @@ def _read_file(file: Path, dataset: Path, source: str, opts: ReadOptions) -> Ite
         else [file.parent, file.parent / "images", dataset, dataset / "images"]
     )
     reader = _Reader(file, source, _subset(file, dataset), ImageFinder(bases))
-    reader.categories = _categories(reader.items("categories"))
+    reader.categories = _categories(reader.items("categories"), reader.name)
     images = list(reader.items("images"))
     if not images:
         raise InputError("the file lists no images", file=reader.name)
@@ -215,9 +215,11 @@ def _read_file(file: Path, dataset: Path, source: str, opts: ReadOptions) -> Ite
         yield from _orphans(reader, db, known, unusable)
 
 
-def _categories(items: Iterator[Any]) -> dict[str, Category]:
+def _categories(items: Iterator[Any], file: str) -> dict[str, Category]:
     """Usable categories by id; a malformed entry is left out, so the annotations that use
-    it fail with 'category N is not in categories' (that record's error, not the file's)."""
+    it fail with 'category N is not in categories' (that record's error, not the file's).
+    An id listed twice under two names is the file's error: which name its annotations
+    carry cannot be told, and keeping either would relabel them without a word."""
     out: dict[str, Category] = {}
     for cat in items:
         if not isinstance(cat, dict):
@@ -227,6 +229,10 @@ def _categories(items: Iterator[Any]) -> dict[str, Category]:
             continue
         names = cat.get("keypoints")
         points = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+        if key in out and out[key].name != name:
+            raise InputError(
+                f"categories list id {key} twice, as {out[key].name!r} and {name!r}", file=file
+            )
         out[key] = Category(name=name, keypoints=points)
     return out
 
@@ -317,6 +323,7 @@ def _image_record(
         if shapes
         else [],
         meta=meta,
+        declared_size=(image.width, image.height) if image.width and image.height else None,
     )
 
 
