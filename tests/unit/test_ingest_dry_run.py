@@ -59,12 +59,19 @@ def test_cli_dry_run_prints_each_file_and_leaves_the_database(tmp_path, monkeypa
     )
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["ingest", str(export), "--project", "cells", "--dry-run"])
-    assert r.exit_code == 0, r.output
+    # It answers as the ingest would: the record with a label outside the project fails
+    # it, so the check exits 2 (`ingest --dry-run && ingest` never half-works).
+    assert r.exit_code == 2, r.output
     assert "dry run, nothing written" in r.output
-    assert "2 images (0 unlabeled); shapes box 2, polygon 1; labels RBC 2, WBC 1; 1 skipped" in (
-        " ".join(r.output.split())
-    )
+    said = " ".join(r.output.split())
+    assert "2 images (0 unlabeled); shapes box 2, polygon 1; labels RBC 2, WBC 1; 1 skipped" in said
     assert "Tumour" in r.output
+    assert "dry run: 1 record(s) would fail the ingest, the first task 2 / annotation 200" in said
+    assert "pass --skip-invalid to ingest the rest" in said
+    args = ["ingest", str(export), "--project", "cells", "--dry-run", "--skip-invalid", "--json"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output  # with --skip-invalid the ingest would succeed
+    assert json.loads(r.output)["skipped"][0]["record"] == "task 2 / annotation 200"
     r = runner.invoke(app, ["status", "--project", "cells", "--json"])
     assert json.loads(r.output)["images"]["total"] == 0
     assert not list((tmp_path / "data").rglob("*.png"))

@@ -103,7 +103,8 @@ def ingest(
         typer.Option(
             "--dry-run",
             help="Read and check everything, print per file what would be ingested (images, "
-            "shapes per kind and label, skipped records with the reason), write nothing.",
+            "shapes per kind and label, skipped records with the reason), write nothing; "
+            "exit 2 when a record would fail the ingest (unless --skip-invalid).",
         ),
     ] = False,
     as_json: JsonOpt = False,
@@ -155,14 +156,22 @@ def ingest(
     data = report.to_dict()
     if as_json:
         emit_json(data)
-        return
-    if dry_run:
-        render_dry_run(report, console)
-    console.print(
-        ("dry run, nothing written: " if dry_run else "")
-        + f"{path} ({report.format}): {report.records} records, "
-        f"{report.images_new} new images ({report.images_existing} known), "
-        f"{report.annotations_new} new annotations "
-        f"({report.annotations_unchanged} unchanged), {report.unlabeled} unlabeled"
-    )
-    render_ingest_details(report, console, err_console)
+    else:
+        if dry_run:
+            render_dry_run(report, console)
+        console.print(
+            ("dry run, nothing written: " if dry_run else "")
+            + f"{path} ({report.format}): {report.records} records, "
+            f"{report.images_new} new images ({report.images_existing} known), "
+            f"{report.annotations_new} new annotations "
+            f"({report.annotations_unchanged} unchanged), {report.unlabeled} unlabeled"
+        )
+        render_ingest_details(report, console, err_console)
+    if dry_run and report.skipped and not skip_invalid:
+        # The check answers as the ingest would: `ingest --dry-run && ingest` is safe.
+        first = report.skipped[0]
+        raise InputError(
+            f"dry run: {len(report.skipped)} record(s) would fail the ingest, the first "
+            f"{first.record}: {first.reason}; fix them, or pass --skip-invalid to ingest the rest",
+            file=first.file,
+        )
