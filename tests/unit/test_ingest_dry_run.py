@@ -75,3 +75,16 @@ def test_cli_dry_run_prints_each_file_and_leaves_the_database(tmp_path, monkeypa
     r = runner.invoke(app, ["status", "--project", "cells", "--json"])
     assert json.loads(r.output)["images"]["total"] == 0
     assert not list((tmp_path / "data").rglob("*.png"))
+
+
+def test_an_export_saved_with_a_byte_order_mark_is_found_in_its_folder(ctx, tmp_path):
+    """Windows editors save UTF-8 with a BOM; the export given by folder is still found
+    (it was found only when named as a file)."""
+    from labelloop.ingest.formats import detect_format
+
+    export = _export(tmp_path)
+    export.write_bytes(b"\xef\xbb\xbf" + export.read_bytes())
+    assert detect_format(tmp_path) == "labelstudio"
+    make_project(ctx, "cells", "detection", ["RBC", "WBC"])
+    report = ingest_path(ctx, "cells", tmp_path, dry_run=True)
+    assert report.images_new == 2 and report.shapes_per_class == {"RBC": 2, "WBC": 1}

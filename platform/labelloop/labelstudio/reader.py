@@ -44,12 +44,14 @@ def _is_export(path: Path, max_events: int = 200_000, *, empty: bool = True) -> 
     if not path.is_file() or path.suffix.lower() != ".json":
         return False
     with open(path, "rb") as f:
-        first = f.read(512).lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+        head = f.read(512)
+        start = 3 if head.startswith(b"\xef\xbb\xbf") else 0  # a BOM: ijson would stop at it
+        first = head[start:].lstrip(b" \t\r\n")[:1]
         if first == b"{":
-            return _is_single_task(f, max_events)
+            return _is_single_task(f, max_events, start)
         if first != b"[":
             return False
-        f.seek(0)
+        f.seek(start)
         try:
             for n, (prefix, event, value) in enumerate(
                 ijson.parse(f, use_float=True, buf_size=json_buffer(f.name))
@@ -66,10 +68,10 @@ def _is_export(path: Path, max_events: int = 200_000, *, empty: bool = True) -> 
     return False
 
 
-def _is_single_task(f, max_events: int) -> bool:
+def _is_single_task(f, max_events: int, start: int = 0) -> bool:
     """One task object (as Label Studio's own examples are kept): a top-level `data`
     object, and no COCO `images`."""
-    f.seek(0)
+    f.seek(start)
     try:
         for n, (prefix, event, value) in enumerate(
             ijson.parse(f, use_float=True, buf_size=json_buffer(f.name))
