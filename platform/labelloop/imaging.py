@@ -54,7 +54,13 @@ def decode_image(
                 rgb = im.convert("RGB")
     except InputError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError as exc:  # its message names a BytesIO, not the file
+        raise InputError(
+            f"cannot decode image: a damaged image, or a format Pillow does not read (it "
+            f"starts {data[:8]!r})",
+            file=name,
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"cannot decode image ({exc})", file=name) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(f"image exceeds the pixel limit ({exc})", file=name) from exc

@@ -253,7 +253,15 @@ def test_label_outside_project_and_corrupt_image_are_refused(ctx, tmp_path):
     project = make_project(ctx, "smears", "segmentation", LABELS)
     with pytest.raises(InputError, match="cannot decode image") as err:
         ingest_path(ctx, project, path)
-    assert "b.png" in str(err.value)
+    assert "b.png" in str(err.value) and err.value.record == "image 2 'b.png'"
+    assert row_counts(ctx) == NOTHING
+    # A file that is no image at all: said plainly (Pillow's own message names a BytesIO).
+    (tmp_path / "coco" / "images" / "b.png").write_bytes(b"hello, not an image")
+    with pytest.raises(
+        InputError, match=r"a format Pillow does not read \(it starts b'hello, n'\)"
+    ) as err:
+        ingest_path(ctx, project, path)
+    assert "BytesIO" not in str(err.value) and err.value.record == "image 2 'b.png'"
     assert row_counts(ctx) == NOTHING
 
 

@@ -351,11 +351,14 @@ class _Writer:
             self.images[digest] = img
             self.report.images_existing += 1
             return img
-        arr = decode_image(
-            data,
-            name=rec.file if rec.file == rec.uri else f"{rec.file}: {rec.uri}",
-            max_pixels=self.max_pixels,
-        )
+        try:
+            arr = decode_image(
+                data,
+                name=rec.file if rec.file == rec.uri else f"{rec.file}: {rec.uri}",
+                max_pixels=self.max_pixels,
+            )
+        except InputError as exc:  # the image's defect, told with the record that uses it
+            raise InputError(exc.reason, file=exc.file, record=rec.name) from None
         suffix = _image_suffix(rec.uri)
         key = self.blobs.key_for(digest, "images", suffix)
         if not self.blobs.exists(key):
