@@ -529,6 +529,14 @@ def test_broken_results_raise_input_error_with_record():
             {**base, "type": "keypointlabels", "value": {"x": 1, "y": 2, "keypointlabels": "RBC"}},
             "list of non-empty strings",
         ),
+        (
+            {
+                **base,
+                "type": "polygonlabels",
+                "value": {"points": [[1, 2], [3, 4]], "polygonlabels": ["RBC"]},
+            },
+            r"polygon has 2 points; a region needs 3 or more",
+        ),
         # A drawn region without a class, with two, or of a tool not read: refused,
         # not skipped or counted once per class.
         (

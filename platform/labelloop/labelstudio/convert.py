@@ -252,6 +252,8 @@ def _points(value: dict, width: int, height: int, where: _Where) -> list[tuple[f
             pair = {"x": p[0], "y": p[1]}
             x, y = _num(pair, "x", where), _num(pair, "y", where)
         out.append((x * width / 100, y * height / 100))  # as before: revisions hash these
+    if len(out) < 3:
+        raise where.error(f"polygon has {len(out)} points; a region needs 3 or more")
     return out
 
 
