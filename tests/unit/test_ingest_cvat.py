@@ -241,6 +241,12 @@ def test_bad_shape_fails_the_ingest_names_it_and_writes_nothing(ctx, tmp_path):
             "image 1 'c.png'",
             "image width 0",
         ),
+        # CVAT's typed values: one its type cannot hold is refused, not read as false
+        # or kept as text.
+        ('occluded="1"', 'occluded="yes"', "image 0 'a.png' / box 1", "occluded 'yes' is not"),
+        (">true</attribute>", ">maybe</attribute>", "image 0 'a.png' / box 1", "'lysed' 'maybe'"),
+        (">3</attribute>", ">three</attribute>", "image 0 'a.png' / box 1", "'lobes' is 'three'"),
+        ('name="lobes">', ">", "image 0 'a.png' / box 1", "an <attribute> has no name"),
         (
             'width="64" height="48">\n    <points',
             'width="128" height="96">\n    <points',

@@ -226,7 +226,7 @@ def _shapes(
         label = child.get("label")
         if not label:
             raise at.error(f"<{kind}> has no label")
-        attrs = {**_user_attributes(child, label, meta), **_flags(child, at)}
+        attrs = {**_user_attributes(child, label, meta, at), **_flags(child, at)}
         if kind == "skeleton":
             attrs.update(skeleton=label, instance=seen[kind])
             shapes.extend(_skeleton(child, attrs, meta, at))
@@ -295,7 +295,7 @@ def _flags(el: Element, at: _At) -> Attrs:
     """CVAT's own per-shape fields, kept so a round trip back to CVAT loses nothing."""
     out: Attrs = {}
     if "occluded" in el.attrib:
-        out["occluded"] = el.get("occluded", "").strip() in ("1", "true", "True")
+        out["occluded"] = _truth(el.get("occluded", ""), "occluded", at)
     if "z_order" in el.attrib:
         out["z_order"] = _int(el.get("z_order"), "z_order", at)
     if el.get("group_id", "0").strip() not in ("", "0"):
@@ -305,23 +305,34 @@ def _flags(el: Element, at: _At) -> Attrs:
     return out
 
 
-def _user_attributes(el: Element, label: str, meta: _Meta) -> Attrs:
-    """<attribute name=...>text</attribute>, typed by the label's declaration in <meta>."""
+def _truth(text: str, what: str, at: _At) -> bool:
+    """CVAT's booleans (1/0, true/false); anything else is refused, not read as false."""
+    word = text.strip().lower()
+    if word not in ("1", "0", "true", "false"):
+        raise at.error(f"{what} {text!r} is not true/false or 1/0")
+    return word in ("1", "true")
+
+
+def _user_attributes(el: Element, label: str, meta: _Meta, at: _At) -> Attrs:
+    """<attribute name=...>text</attribute>, typed by the label's declaration in <meta>;
+    a value that its declared type cannot hold is refused, not changed."""
     out: Attrs = {}
     for attr in el.findall("attribute"):
         name, text = attr.get("name") or "", (attr.text or "").strip()
         if not name:
-            continue
+            raise at.error(f"an <attribute> has no name (its value {text[:40]!r})")
         kind = meta.attr_types.get((label, name), "")
         value: str | int | float | bool = text
         if kind == "checkbox":
-            value = text.lower() == "true"
+            value = _truth(text, f"checkbox attribute {name!r}", at)
         elif kind == "number":
             try:
                 number = float(text)
-                value = int(number) if number.is_integer() else number
             except (ValueError, OverflowError):
-                value = text
+                raise at.error(f"number attribute {name!r} is {text!r}") from None
+            if not math.isfinite(number):
+                raise at.error(f"number attribute {name!r} is {text!r}")
+            value = int(number) if number.is_integer() else number
         out[name] = value
     return out
 
@@ -374,7 +385,7 @@ def _skeleton(el: Element, attrs: Attrs, meta: _Meta, at: _At) -> list[Shape]:
         point_at = _At(at.width, at.height, f"{at.where} / point {n}", at.file)
         if not part:
             raise point_at.error("skeleton point has no label")
-        own = {**attrs, **_user_attributes(node, part, meta), **_flags(node, point_at)}
+        own = {**attrs, **_user_attributes(node, part, meta, point_at), **_flags(node, point_at)}
         out += [Keypoint(label=part, x=x, y=y, attributes=own) for x, y in _points(node, point_at)]
     return out
 
