@@ -3,9 +3,12 @@ bomb spread over many members is refused before anything is written."""
 
 from __future__ import annotations
 
+import json
 import zipfile
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from labelloop.context import Context
@@ -83,3 +86,63 @@ def test_a_failed_ingest_leaves_no_image_blobs(ctx, tmp_path):
     report = ingest_path(ctx, "cells", export, skip_invalid=True)
     assert report.images_new == 2 and len(report.skipped) == 1
     assert len(_image_blobs(ctx)) == 2  # the skipped record's image went with it
+
+
+def _nesting(text: str) -> int:
+    """The deepest array / object nesting of JSON text, read one character at a time."""
+    depth = deepest = 0
+    inside = escaped = False
+    for ch in text:
+        if inside:
+            escaped, inside = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            inside = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+@pytest.mark.parametrize("fmt", ["labelstudio", "coco"])
+def test_json_nested_beyond_any_export_is_refused_before_it_is_parsed(ctx, tmp_path, fmt):
+    """100,000 brackets (200 KB) took ijson over 24 GB, and the process was killed."""
+    path = tmp_path / ("export.json" if fmt == "labelstudio" else "instances.json")
+    body = "[" * 100_000 + "]" * 100_000
+    path.write_text(body if fmt == "labelstudio" else '{"images": ' + body + "}")
+    project = make_project(ctx, "cells", "detection", ["RBC"])
+    with pytest.raises(InputError, match=r"nested deeper than 256 levels") as err:
+        ingest_path(ctx, project, path, fmt=fmt)
+    assert err.value.file == str(path)
+    assert row_counts(ctx) == NOTHING
+
+
+json_values = st.recursive(
+    st.none() | st.integers() | st.text(alphabet='ab[]{}"\\\n', max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(alphabet='k"\\[{', max_size=3), inner, max_size=3)
+    ),
+    max_leaves=30,
+)
+
+
+@given(value=json_values, chunk=st.sampled_from([1, 2, 3, 5, 64]))
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_the_nesting_check_counts_as_a_parser_does(tmp_path, monkeypatch, value, chunk):
+    """Brackets inside strings, escaped quotes and backslash runs split across reads do
+    not count; the check passes at the true depth and refuses one below it."""
+    from labelloop.ingest import streaming
+
+    monkeypatch.setattr(streaming, "_SCAN_CHUNK", chunk)
+    text = json.dumps(value)
+    path = tmp_path / "v.json"
+    path.write_text(text)
+    depth = _nesting(text)
+    streaming.check_nesting(path, file="v.json", limit=depth)
+    if depth:
+        with pytest.raises(InputError, match=f"nested deeper than {depth - 1} levels"):
+            streaming.check_nesting(path, file="v.json", limit=depth - 1)

@@ -18,7 +18,7 @@ import ijson
 
 from labelloop.errors import InputError
 from labelloop.ingest.readers._imagefiles import real_file
-from labelloop.ingest.streaming import json_buffer
+from labelloop.ingest.streaming import check_nesting, json_buffer
 from labelloop.labelstudio.label_config import LabelConfig
 
 _BOM = b"\xef\xbb\xbf"
@@ -45,6 +45,7 @@ def iter_export_tasks(path: str | Path, *, strict: bool = True) -> Iterator[dict
         if stripped[:1] not in (b"[", b"{"):
             raise InputError("not a Label Studio JSON export (expected a list of tasks)", file=name)
         prefix = "item" if stripped[:1] == b"[" else ""
+        check_nesting(path, file=name)
         f.seek(start)
         index = 0
         try:

@@ -32,7 +32,7 @@ from labelloop.ingest.records import (
     error_record,
     image_record,
 )
-from labelloop.ingest.streaming import json_buffer
+from labelloop.ingest.streaming import check_nesting, json_buffer
 
 _BOM = b"\xef\xbb\xbf"
 _ARRAYS = ("images", "annotations", "categories")
@@ -200,6 +200,7 @@ def _read_file(file: Path, dataset: Path, source: str, opts: ReadOptions) -> Ite
         if opts.image_root
         else [file.parent, file.parent / "images", dataset, dataset / "images"]
     )
+    check_nesting(file, file=str(file))
     reader = _Reader(file, source, _subset(file, dataset), ImageFinder(bases))
     reader.categories = _categories(reader.items("categories"), reader.name)
     images = list(reader.items("images"))
