@@ -55,6 +55,11 @@ MARKER_KINDS = frozenset({"box", "keypoint"})
 DUPLICATE_IOU = 0.5
 
 
+# A mask attribute saying the mask is one object whatever its parts: a per-object mask
+# file (one nucleus drawn in two fragments is still one nucleus), set by its reader.
+WHOLE_OBJECT = "whole_object"
+
+
 def object_counts(
     shapes: Iterable[Shape], labels: Sequence[str], kinds: Iterable[str]
 ) -> dict[str, int]:
@@ -63,9 +68,9 @@ def object_counts(
     Each shape is one object, however much it touches or overlaps others, with two
     exceptions that keep one cell from counting twice or several cells once: a mask made of
     separate parts (a brush stroke or class-region file covering several cells) is one
-    object per 8-connected part, and a box or point that marks a cell already outlined (box
-    IoU >= 0.5 with the outline's bounding box, point inside it, same label) is not counted
-    again."""
+    object per 8-connected part, unless it says it is one object (`WHOLE_OBJECT`), and a
+    box or point that marks a cell already outlined (box IoU >= 0.5 with the outline's
+    bounding box, point inside it, same label) is not counted again."""
     wanted = frozenset(kinds)
     counts = dict.fromkeys(labels, 0)
     kept = [sh for sh in shapes if sh.kind in wanted and sh.label in counts]
@@ -76,7 +81,7 @@ def object_counts(
         bbox = shape_bbox(sh)
         if bbox is not None:
             outlines.setdefault(sh.label, []).append(bbox)
-        if isinstance(sh, Mask):
+        if isinstance(sh, Mask) and not sh.attributes.get(WHOLE_OBJECT):
             _, n = ndimage.label(decode_mask(sh.size, sh.counts), structure=_EIGHT)
             counts[sh.label] += n
         else:

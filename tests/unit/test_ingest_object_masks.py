@@ -200,3 +200,27 @@ def test_nothing_in_a_sample_folder_is_passed_over(ctx, project, tmp_path, make)
     kept = 2 if make is _stray_folder else 1  # a stray folder refuses itself, not b2
     assert report.images_new == kept and report.shapes_per_class == {"nucleus": kept}
     assert len(report.skipped) == 1
+
+
+def test_a_mask_file_drawn_in_fragments_is_one_cell_everywhere(ctx, project, tmp_path):
+    """Each file is one object: counts and instance maps read it whole, as the ingest
+    report does (a class-region mask would be one object per part)."""
+    from labelloop.domain import shapes_from_json
+    from labelloop.training.segmentation.instances import rasterize_instances
+
+    two_parts = np.maximum(
+        np.frombuffer(Image.open(io.BytesIO(_mask_png(CELLS[0]))).tobytes(), np.uint8),
+        np.frombuffer(Image.open(io.BytesIO(_mask_png((30, 40, 50, 60)))).tobytes(), np.uint8),
+    ).reshape(H, W)
+    buf = io.BytesIO()
+    Image.fromarray(two_parts).save(buf, format="PNG")
+    root = _dsb(tmp_path / "stage1", ["a1"], {"a1": [buf.getvalue(), _mask_png(CELLS[2])]})
+    report = ingest_path(ctx, project, root, label_map={"object": "nucleus"})
+    assert report.shapes_per_class == {"nucleus": 2}
+    shapes = shapes_from_json(active_shapes(ctx))
+    assert object_counts(shapes, ["nucleus"], ("mask",)) == {"nucleus": 2}
+    inst, _ = rasterize_instances(shapes, ["nucleus"], H, W)
+    assert int(inst.max()) == 2
+    # The same pixels as a plain mask (no per-object file behind it) count per part.
+    plain = [s.model_copy(update={"attributes": {}}) for s in shapes]
+    assert object_counts(plain, ["nucleus"], ("mask",)) == {"nucleus": 3}

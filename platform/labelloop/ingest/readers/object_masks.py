@@ -41,6 +41,7 @@ from labelloop.ingest.records import (
     error_record,
     image_record,
 )
+from labelloop.objects import WHOLE_OBJECT
 
 OBJECT_LABEL = "object"
 _NUMBERED = re.compile(r"^(?P<stem>.+)_(?P<k>\d+)$")
@@ -128,7 +129,8 @@ def object_mask_shapes(
                 "both kept"
             )
         owner[m & (owner == 0)] = i
-        shapes.append(mask_shape(m, OBJECT_LABEL))
+        shape = mask_shape(m, OBJECT_LABEL)  # one cell, even when drawn in fragments
+        shapes.append(shape.model_copy(update={"attributes": {WHOLE_OBJECT: True}}))
     return shapes, warnings
 
 

@@ -39,7 +39,7 @@ from skimage.segmentation import watershed
 
 from labelloop.domain import Mask, Shape
 from labelloop.geometry import shape_mask
-from labelloop.objects import DEFAULT_MIN_AREA, EDGE_AREA_SHARE, area_allowed
+from labelloop.objects import DEFAULT_MIN_AREA, EDGE_AREA_SHARE, WHOLE_OBJECT, area_allowed
 
 REGION_KINDS = frozenset({"mask", "polygon", "ellipse"})
 _EIGHT = np.ones((3, 3), bool)
@@ -56,7 +56,8 @@ def rasterize_instances(
     (largest first, so a small cell touching a large one keeps its pixels).
 
     A polygon or ellipse is one instance; a mask is one instance per connected part, since
-    masks often come from class-region PNGs where one file holds every cell of a class.
+    masks often come from class-region PNGs where one file holds every cell of a class,
+    unless it says it is one object (`objects.WHOLE_OBJECT`, a per-object mask file).
     Instances painted over entirely are dropped.
     """
     index = {name: i + 1 for i, name in enumerate(labels)}
@@ -67,7 +68,7 @@ def rasterize_instances(
         m = shape_mask(s, height, width)
         if m is None or not m.any():
             continue
-        if isinstance(s, Mask):
+        if isinstance(s, Mask) and not s.attributes.get(WHOLE_OBJECT):
             comp, n = ndimage.label(m, structure=_EIGHT)
             for j in range(1, n + 1):
                 part = comp == j
