@@ -36,10 +36,25 @@ MAX_DEPTH = 256
 _SCAN_CHUNK = 1 << 18  # its index arrays stay well under 2 MB
 
 
+def too_deep(limit: int, where: str, file: str) -> InputError:
+    return InputError(
+        f"JSON nested deeper than {limit} levels ({where}): not an annotation export, or a "
+        "damaged one",
+        file=file,
+    )
+
+
 def check_nesting(path: str | Path, *, file: str, limit: int = MAX_DEPTH) -> None:
     """Raise InputError when the JSON at `path` nests arrays and objects deeper than
     `limit`. One pass with numpy over the bytes that matter (quotes, backslashes,
-    brackets): brackets inside strings, escaped quotes included, do not count."""
+    brackets): brackets inside strings, escaped quotes included, do not count. Run before
+    any ijson parse of the file, format detection's too: yajl parses a whole read buffer
+    before it yields, so a guard on its events comes too late. A file found shallow is
+    remembered (by path, size and modification time) and not read again."""
+    stat = os.stat(path)
+    seen = (str(path), stat.st_size, stat.st_mtime_ns, limit)
+    if seen in _CHECKED:  # format detection checked it, and the reader asks again
+        return
     depth, in_string, slashes, offset = 0, False, 0, 0
     with open(path, "rb") as f:
         while chunk := f.read(_SCAN_CHUNK):
@@ -48,16 +63,18 @@ def check_nesting(path: str | Path, *, file: str, limit: int = MAX_DEPTH) -> Non
             if at.size:
                 depth, in_string, slashes = _scan(a[at], at, depth, in_string, slashes, limit)
                 if depth < 0:  # _scan found the limit passed at this byte
-                    raise InputError(
-                        f"JSON nested deeper than {limit} levels (at byte {offset - depth - 1}): "
-                        "not an annotation export, or a damaged one",
-                        file=file,
-                    )
+                    raise too_deep(limit, f"at byte {offset - depth - 1}", file)
                 if at[-1] != len(a) - 1 or a[-1] != 92:
                     slashes = 0  # the chunk does not end in a backslash run
             else:
                 slashes = 0
             offset += len(a)
+    if len(_CHECKED) > 1000:
+        _CHECKED.clear()
+    _CHECKED.add(seen)
+
+
+_CHECKED: set[tuple[str, int, int, int]] = set()
 
 
 _SPECIAL = np.zeros(256, bool)  # the bytes that matter: quote, backslash, brackets

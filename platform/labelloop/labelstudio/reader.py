@@ -16,7 +16,7 @@ from labelloop.ingest.records import (
     error_record,
     image_record,
 )
-from labelloop.ingest.streaming import json_buffer
+from labelloop.ingest.streaming import check_nesting, json_buffer
 from labelloop.labelstudio.convert import results_to_shapes
 from labelloop.labelstudio.export import (
     ExportedAnnotation,
@@ -53,9 +53,9 @@ def _is_export(path: Path, max_events: int = 200_000, *, empty: bool = True) -> 
             return False
         f.seek(start)
         try:
-            for n, (prefix, event, value) in enumerate(
-                ijson.parse(f, use_float=True, buf_size=json_buffer(f.name))
-            ):
+            check_nesting(path, file=str(path))
+            events = ijson.parse(f, use_float=True, buf_size=json_buffer(f.name))
+            for n, (prefix, event, value) in enumerate(events):
                 # JSON: tasks with `data`; JSON-MIN: flat rows with `annotation_id`
                 if prefix == "item" and event == "map_key" and value in ("data", "annotation_id"):
                     return True
@@ -73,9 +73,9 @@ def _is_single_task(f, max_events: int, start: int = 0) -> bool:
     object, and no COCO `images`."""
     f.seek(start)
     try:
-        for n, (prefix, event, value) in enumerate(
-            ijson.parse(f, use_float=True, buf_size=json_buffer(f.name))
-        ):
+        check_nesting(f.name, file=f.name)
+        events = ijson.parse(f, use_float=True, buf_size=json_buffer(f.name))
+        for n, (prefix, event, value) in enumerate(events):
             if prefix == "" and event == "map_key" and value in ("images", "categories"):
                 return False
             if prefix == "data" and event == "start_map":
