@@ -606,6 +606,21 @@ def test_ignored_result_types_are_silent():
             "to_name": "text",
             "value": {"start": 0, "end": 4, "labels": ["PER"]},
         },
+        # Spans of other objects in a mixed project: no image region, nothing to read.
+        {
+            "id": "p",
+            "type": "paragraphlabels",
+            "from_name": "para",
+            "to_name": "dialogue",
+            "value": {"start": "0", "end": "1", "paragraphlabels": ["question"]},
+        },
+        {
+            "id": "t",
+            "type": "timeserieslabels",
+            "from_name": "ts",
+            "to_name": "signal",
+            "value": {"start": 3, "end": 9, "instant": False, "timeserieslabels": ["Run"]},
+        },
     ]
     assert results_to_shapes(results, file="f", record="r") == []
 

@@ -88,10 +88,10 @@ def _result_shapes(r: dict, where: _Where, image_size: tuple[int, int] | None) -
         raise where.error("result has no type")
     rtype = rtype.lower()
     if rtype not in _KIND_OF and rtype not in ("choices", "labels"):
-        if rtype.endswith("labels"):  # a labelled region of a tool not read: say so
+        if rtype.endswith("labels") and _on_image(r):  # an image region of a tool not read
             read = ", ".join(sorted(_KIND_OF))
             raise where.error(f"result type {rtype!r} is not read (labelloop reads {read})")
-        return []  # relations, text areas, ratings, unlabeled tool regions
+        return []  # relations, text areas, ratings, text or time-series spans, tool regions
     value = r.get("value")
     if not isinstance(value, dict):
         raise where.error(f"{rtype} result has no value object")
@@ -176,6 +176,13 @@ def _plain_box(value: dict, width: int, height: int) -> dict[str, Any] | None:
 
 _PLAIN = (float, int)  # exact types: bool, a subclass of int, is not a number here
 _LARGE = 1 << 31
+
+
+def _on_image(r: dict) -> bool:
+    """Whether a result marks a region of an image: Label Studio gives those the image's
+    size (text, paragraph and time-series spans carry none), or they hold geometry."""
+    value = r.get("value")
+    return "original_width" in r or (isinstance(value, dict) and _geometry_kind(value) is not None)
 
 
 def _geometry_kind(value: dict) -> str | None:
