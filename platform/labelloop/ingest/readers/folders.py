@@ -80,32 +80,24 @@ def read_class_folders(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
     if not folders:
         raise InputError("no class folders found (expected <class>/ image folders)", file=str(path))
     source = opts.source or default_source("folders", root)
+
+    def refused(reason: str, at: Path) -> SourceRecord:
+        rel = at.relative_to(path).as_posix()
+        return error_record(reason, source=source, external_id=rel, file=str(at), name=rel)
+
     # An image beside the class folders belongs to no class: refused, never passed over
     # (a note or a CSV there is the dataset's own, and allowed).
     for place in [path, *sorted({f.parent for split, f in folders if split})]:
         for f in visible(place):
             if _is_image(f):
-                rel = f.relative_to(path).as_posix()
-                yield error_record(
-                    f"{f.name} lies beside the class folders, in no class",
-                    source=source,
-                    external_id=rel,
-                    file=str(f),
-                    name=rel,
-                )
+                yield refused(f"{f.name} lies beside the class folders, in no class", f)
     seen: dict[str, tuple[str, str | None, str]] = {}  # sha256 -> (class, split, where)
     for split, folder in folders:
         label = folder.name
         rel_folder = folder.relative_to(path).as_posix()
         entries = visible(folder)
         if not entries:
-            yield error_record(
-                f"class folder {rel_folder}/ holds no images",
-                source=source,
-                external_id=rel_folder,
-                file=str(folder),
-                name=rel_folder,
-            )
+            yield refused(f"class folder {rel_folder}/ holds no images", folder)
             continue
         for f in entries:
             rel = f.relative_to(path).as_posix()
@@ -123,7 +115,7 @@ def read_class_folders(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
                     what = f"class {first[0]!r}" if first[0] != label else f"split {first[1]!r}"
                     fail = f"the same image is also {first[2]} ({what})"
             if fail is not None:
-                yield error_record(fail, source=source, external_id=rel, file=str(f), name=rel)
+                yield refused(fail, f)
                 continue
             meta = {"class_folder": rel_folder, **({"split": split} if split else {})}
             yield image_record(
