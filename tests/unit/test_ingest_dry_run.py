@@ -68,10 +68,19 @@ def test_cli_dry_run_prints_each_file_and_leaves_the_database(tmp_path, monkeypa
     assert "Tumour" in r.output
     assert "dry run: 1 record(s) would fail the ingest, the first task 2 / annotation 200" in said
     assert "pass --skip-invalid to ingest the rest" in said
-    args = ["ingest", str(export), "--project", "cells", "--dry-run", "--skip-invalid", "--json"]
+    args = ["ingest", str(export), "--project", "cells", "--dry-run", "--json"]
     r = runner.invoke(app, args)
+    assert r.exit_code == 2  # one JSON document, saying how many records would fail
+    assert json.loads(r.stdout)["would_fail"] == 1
+    r = runner.invoke(app, [*args, "--skip-invalid"])
     assert r.exit_code == 0, r.output  # with --skip-invalid the ingest would succeed
-    assert json.loads(r.output)["skipped"][0]["record"] == "task 2 / annotation 200"
+    said = json.loads(r.stdout)
+    assert said["would_fail"] == 0 and said["skipped"][0]["record"] == "task 2 / annotation 200"
+    # A live pull cannot be checked this way, and says so rather than writing.
+    r = runner.invoke(
+        app, ["ingest", "labelstudio", "-p", "cells", "--ls-project", "3", "--dry-run"]
+    )
+    assert r.exit_code == 2 and "cannot be dry-run" in r.output
     r = runner.invoke(app, ["status", "--project", "cells", "--json"])
     assert json.loads(r.output)["images"]["total"] == 0
     assert not list((tmp_path / "data").rglob("*.png"))

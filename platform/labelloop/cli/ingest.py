@@ -119,6 +119,11 @@ def ingest(
     from labelloop.ingest.formats import parse_label_map
 
     if str(path) == "labelstudio" and not path.exists():
+        if dry_run:
+            raise InputError(
+                "--dry-run checks files; a live Label Studio pull cannot be dry-run: export "
+                "the project to a file and check that"
+            )
         if ls_project is None:
             raise InputError(
                 "`ingest labelstudio` needs --ls-project ID (the Label Studio project)"
@@ -154,8 +159,13 @@ def ingest(
             dry_run=dry_run,
         )
     data = report.to_dict()
+    # The check answers as the ingest would: `ingest --dry-run && ingest` is safe.
+    would_fail = len(report.skipped) if dry_run and not skip_invalid else 0
     if as_json:
-        emit_json(data)
+        emit_json({**data, "would_fail": would_fail} if dry_run else data)
+        if would_fail:
+            raise typer.Exit(2)  # one JSON document on stdout: the report says why
+        return
     else:
         if dry_run:
             render_dry_run(report, console)
@@ -167,8 +177,7 @@ def ingest(
             f"({report.annotations_unchanged} unchanged), {report.unlabeled} unlabeled"
         )
         render_ingest_details(report, console, err_console)
-    if dry_run and report.skipped and not skip_invalid:
-        # The check answers as the ingest would: `ingest --dry-run && ingest` is safe.
+    if would_fail:
         first = report.skipped[0]
         raise InputError(
             f"dry run: {len(report.skipped)} record(s) would fail the ingest, the first "
