@@ -212,6 +212,12 @@ def test_grey_masks_drawn_in_0_and_255_are_never_read_as_void(ctx, tmp_path):
     with pytest.raises(InputError, match=r"mask 1\.png has pixel values not in .*: 255"):
         ingest_path(ctx, project, root)
     assert row_counts(ctx) == NOTHING
+    # Beside labelled objects, 255 is a void border (DeepLab's grey VOC masks), ignored.
+    bordered = grey.copy()
+    bordered[20:30, 20:30] = 1
+    (root / "masks" / "1.png").write_bytes(_png(bordered))
+    report = ingest_path(ctx, project, root, dry_run=True)
+    assert report.shapes_per_class == {"cell": 1}
     # The same pixels in a palette mask are VOC's void and stay ignored.
     (root / "masks" / "1.png").write_bytes(_png(grey, "P", {1: (128, 0, 0), 255: (224, 224, 192)}))
     report = ingest_path(ctx, project, root, dry_run=True)

@@ -244,14 +244,17 @@ def _value_codes(
     record: str,
     void: bool = False,
 ) -> tuple[np.ndarray, dict[int, str]]:
-    """Codes of a single-channel mask. Value 255 is VOC's void border only in palette
-    masks (`void`) the map does not name: in a grey mask 0/255 is the common way to draw
-    foreground, and passing it over would store every image as labelled and empty."""
+    """Codes of a single-channel mask. Value 255, when the map does not name it, is VOC's
+    void border in palette masks (`void`) and in grey ones that hold labelled objects
+    besides (DeepLab's SegmentationClassRaw); a grey mask of 0 and 255 alone is the common
+    way to draw foreground, and passing it over would store the image as labelled and
+    empty, so there 255 must be named."""
     arr = arr.astype(np.int64)
+    present = {int(v) for v in np.unique(arr)}
     if labels is None or not labels.values:
-        present = {int(v) for v in np.unique(arr)} - {0}
-        lookup = {v: str(v) for v in present}
+        lookup = {v: str(v) for v in present - {0}}
         return _codes(arr, lookup, {0}, labels, str, name, file, record)
+    void = void or bool(present & (set(labels.values) - {0, VOID_INDEX}))
     ignore = ({0, VOID_INDEX} if void else {0}) - set(labels.values) | {0}
     return _codes(arr, dict(labels.values), ignore, labels, str, name, file, record)
 
@@ -283,8 +286,11 @@ def _codes(
         shown = ", ".join(str(show(u)) for u in unknown[:5])
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         src = labels.file if labels else "the label map"
+        hint = ""
+        if unknown == [VOID_INDEX] and show is str:
+            hint = " (a mask of 0 and 255 draws objects as 255: name it, e.g. '255 cell')"
         raise InputError(
-            f"{name} has pixel values not in {src}: {shown}{more}", file=file, record=record
+            f"{name} has pixel values not in {src}: {shown}{more}{hint}", file=file, record=record
         )
     codes = per_unique[inverse.reshape(arr.shape)]
     return codes, {code: label for label, code in names.items()}
