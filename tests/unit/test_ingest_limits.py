@@ -129,6 +129,15 @@ json_values = st.recursive(
 )
 
 
+def test_unbalanced_json_is_left_to_the_parser_not_called_too_deep(tmp_path):
+    from labelloop.ingest.streaming import check_nesting
+
+    for text in ('{"a": 1}}', "[1]]", '["x"]]]'):
+        path = tmp_path / "broken.json"
+        path.write_text(text)
+        check_nesting(path, file="broken.json")  # the parser's error names what is wrong
+
+
 @given(value=json_values, chunk=st.sampled_from([1, 2, 3, 5, 64]))
 @settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

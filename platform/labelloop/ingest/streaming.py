@@ -61,9 +61,11 @@ def check_nesting(path: str | Path, *, file: str, limit: int = MAX_DEPTH) -> Non
             a = np.frombuffer(chunk, np.uint8)
             at = np.flatnonzero(_SPECIAL[a])
             if at.size:
-                depth, in_string, slashes = _scan(a[at], at, depth, in_string, slashes, limit)
-                if depth < 0:  # _scan found the limit passed at this byte
-                    raise too_deep(limit, f"at byte {offset - depth - 1}", file)
+                depth, in_string, slashes, deep = _scan(a[at], at, depth, in_string, slashes, limit)
+                if deep is not None:
+                    raise too_deep(limit, f"at byte {offset + deep}", file)
+                if depth < 0:  # more closed than opened: not JSON, the parser will say so
+                    return
                 if at[-1] != len(a) - 1 or a[-1] != 92:
                     slashes = 0  # the chunk does not end in a backslash run
             else:
@@ -86,9 +88,10 @@ _STEP[np.frombuffer(b"]}", np.uint8)] = -1
 
 def _scan(
     chars: np.ndarray, at: np.ndarray, depth: int, in_string: bool, slashes: int, limit: int
-) -> tuple[int, bool, int]:
+) -> tuple[int, bool, int, int | None]:
     """One chunk's special bytes (`chars` at byte offsets `at`): the depth, string state
-    and trailing backslash run after it; depth -(byte + 1) where it passes `limit`."""
+    and trailing backslash run after it, and the chunk's byte where the depth passes
+    `limit` (None: it does not). A depth below 0 says more brackets closed than opened."""
     n = len(chars)
     backslash = chars == 92
     quote = chars == 34
@@ -111,8 +114,10 @@ def _scan(
     step[inside] = 0
     levels = depth + np.cumsum(step, dtype=np.int64)
     if levels.max() > limit:
-        return -int(at[np.argmax(levels > limit)]) - 1, False, 0
+        return depth, False, 0, int(at[np.argmax(levels > limit)])
+    if levels.min() < 0:
+        return -1, False, 0, None
     tail = 0
     if backslash[-1]:
         tail = n - int(start[-1]) + (slashes if at[start[-1]] == 0 else 0)
-    return int(levels[-1]), bool(inside[-1]), tail
+    return int(levels[-1]), bool(inside[-1]), tail, None
