@@ -539,7 +539,7 @@ def test_broken_results_raise_input_error_with_record():
         ),
         # A drawn region without a class, with two, or of a tool not read: refused,
         # not skipped or counted once per class.
-        (
+        (  # without a list to note it in, an unlabeled region is refused, not dropped
             {**base, "type": "rectanglelabels", "value": {**box, "rectanglelabels": []}},
             r"rectanglelabels region has no label; expected one",
         ),
@@ -549,7 +549,7 @@ def test_broken_results_raise_input_error_with_record():
                 "type": "rectanglelabels",
                 "value": {**box, "rectanglelabels": ["RBC", "WBC"]},
             },
-            r"has 2 labels \(RBC, WBC\); expected one",
+            r'has 2 labels \(RBC, WBC\); expected one \(a control with choice="multiple"',
         ),
         (
             {**base, "type": "cuboidlabels", "value": {**box, "cuboidlabels": ["RBC"]}},
@@ -570,6 +570,24 @@ def test_broken_results_raise_input_error_with_record():
             results_to_shapes([result], file="export.json", record="task 12 / annotation 3")
         assert err.value.file == "export.json"
         assert err.value.record == "task 12 / annotation 3 / result abc"
+
+
+def test_a_region_whose_label_was_deselected_is_left_out_with_a_warning(ctx, tmp_path):
+    """Label Studio lets an annotator deselect a region's label; the export then holds
+    `rectanglelabels: []`. The region is left out and the ingest says so."""
+    from labelloop.ingest import ingest_path
+    from tests.factories import png, rect, task, write_export
+    from tests.unit.ingest_fixtures import make_project
+
+    unlabeled = rect("RBC", 9, 9, 5, 5, rid="r2")
+    unlabeled["value"]["rectanglelabels"] = []
+    tasks = [task(0, "images/0.png", [[rect("RBC", 1, 1, 5, 5), unlabeled]])]
+    export = write_export(tmp_path, tasks, {"images/0.png": png(seed=0)})
+    make_project(ctx, "cells", "detection", ["RBC"])
+    report = ingest_path(ctx, "cells", export)
+    assert report.shapes_per_class == {"RBC": 1} and report.skipped == []
+    (said,) = [w for w in report.warnings if "no label" in w]
+    assert said.endswith("result r2: rectanglelabels region has no label; left out")
 
 
 def test_an_annotation_whose_result_is_null_is_refused_not_read_as_empty():

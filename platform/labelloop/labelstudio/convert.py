@@ -60,6 +60,7 @@ def results_to_shapes(
     file: str,
     record: str,
     image_size: tuple[int, int] | None = None,
+    unlabeled: list[str] | None = None,
 ) -> list[Shape]:
     """Convert one annotation's `result` list into canonical shapes in pixels.
 
@@ -67,7 +68,8 @@ def results_to_shapes(
     `image_size` (width, height) is used only for results that lack original_width/height,
     as in hand-written tasks. Relations, text areas, unlabeled tool regions (their label
     lives on a paired `labels` result) and other result types are skipped; a region of a
-    `*labels` type not read, or with no label or several, is an error.
+    `*labels` type not read, or with several labels, is an error, and one with none is
+    left out with a line in `unlabeled` (an error when no list is given).
     """
     if not isinstance(results, list):
         raise InputError("annotation result is not a list", file=file, record=record)
@@ -78,11 +80,13 @@ def results_to_shapes(
         where = _Where(file, record, rid if named else f"#{i}")
         if not isinstance(r, dict):
             raise where.error("result is not an object")
-        shapes.extend(_result_shapes(r, where, image_size))
+        shapes.extend(_result_shapes(r, where, image_size, unlabeled))
     return shapes
 
 
-def _result_shapes(r: dict, where: _Where, image_size: tuple[int, int] | None) -> list[Shape]:
+def _result_shapes(
+    r: dict, where: _Where, image_size: tuple[int, int] | None, unlabeled: list[str] | None
+) -> list[Shape]:
     rtype = r.get("type")
     if not isinstance(rtype, str):
         raise where.error("result has no type")
@@ -102,11 +106,16 @@ def _result_shapes(r: dict, where: _Where, image_size: tuple[int, int] | None) -
     kind = _KIND_OF.get(rtype) or _geometry_kind(value)
     if kind is None:
         return []  # text-span labels: nothing of an image's
+    if not labels and unlabeled is not None:
+        # Label Studio lets an annotator deselect a region's label: the region is left out,
+        # and said so (`unlabeled` collects the warnings), never dropped unseen.
+        unlabeled.append(f"{where.record}: {rtype} region has no label; left out")
+        return []
     if len(labels) != 1:
-        # A drawn region without a class, or with several, is no object of one class:
-        # skipping it, or counting it once per class, would change the counts unseen.
+        # Counted once per class, a region with several would add cells that are not there.
         said = "no label" if not labels else f"{len(labels)} labels ({', '.join(labels)})"
-        raise where.error(f"{rtype} region has {said}; expected one")
+        why = "" if not labels else ' (a control with choice="multiple"; keep one per region)'
+        raise where.error(f"{rtype} region has {said}; expected one{why}")
     width, height = _image_size(r, image_size, where)
     if kind == "box" and (geo := _plain_box(value, width, height)) is not None:
         cls: type[Shape] = Box

@@ -173,8 +173,11 @@ def _record(
 ) -> SourceRecord:
     ref = image_reference(task, image_key)
     anns = []
+    unlabeled: list[str] = []
     for ann in task_annotations(task, config, include_cancelled=True):
-        shapes = results_to_shapes(ann.results, file=str(path), record=ann.record)
+        shapes = results_to_shapes(
+            ann.results, file=str(path), record=ann.record, unlabeled=unlabeled
+        )
         anns.append(
             RecordAnnotation(
                 external_id=str(ann.annotation_id),
@@ -191,7 +194,7 @@ def _record(
         raise InputError(
             f"image {exc.record or ref}: {exc.reason}", file=str(path), record=record
         ) from None
-    return image_record(
+    rec = image_record(
         source=src,
         external_id=task_id,
         uri=ref,
@@ -200,6 +203,8 @@ def _record(
         image=image_path,
         annotations=anns,
     )
+    rec.warnings.extend(f"{path} {note}" for note in unlabeled)
+    return rec
 
 
 FORMAT = Format(

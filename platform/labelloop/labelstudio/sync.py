@@ -243,13 +243,16 @@ class _Pull:
 
     def _record(self, task: dict, tid: str) -> SourceRecord:
         name = f"task {tid}"
+        unlabeled: list[str] = []  # regions left out, said in the sync's warnings
         try:
             ref = image_reference(task, self.rp.image_key)
             anns = [
                 RecordAnnotation(
                     external_id=str(ann.annotation_id),
                     shapes=trainable_shapes(
-                        results_to_shapes(ann.results, file=self.file, record=ann.record),
+                        results_to_shapes(
+                            ann.results, file=self.file, record=ann.record, unlabeled=unlabeled
+                        ),
                         self.task,
                         file=self.file,
                         record=ann.record,
@@ -273,6 +276,7 @@ class _Pull:
             annotations=anns,
             meta={"ls_project": self.rp.id, "ls_task": int(task["id"])},
             name=name,
+            warnings=[f"{self.file} {note}" for note in unlabeled],
         )
 
     def _image(self, tid: str, ref: str, name: str) -> bytes:
