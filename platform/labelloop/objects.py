@@ -454,10 +454,10 @@ def interval_basis(margin: Mapping[str, float] | None) -> str:
         )
     return (
         "Intervals: the objects' confidences ± 1.96 sd only, not calibrated on validation "
-        "(it held fewer than 19 images): they take each object found as a cell with the "
-        "network's confidence in it, so they sit below the count where that confidence is "
-        "low, and leave out the cells the model misses; they hold the true count less "
-        f"often than {INTERVAL_COVERAGE:.0%}"
+        "(it held fewer than 19 images, or the model version predates calibration): they "
+        "take each object found as a cell with the network's confidence in it, so they sit "
+        "below the count where that confidence is low, and leave out the cells the model "
+        f"misses; they hold the true count less often than {INTERVAL_COVERAGE:.0%}"
     )
 
 

@@ -208,7 +208,8 @@ def count_cmd(
             f"true counts: {cmp['images']} {which} annotated images"
             + (f" ({skipped} the model trained or tuned on left out)" if skipped else "")
         )
-    console.print(data["interval_basis"])
+    if spans:  # how the intervals shown were formed
+        console.print(data["interval_basis"])
     extra = ", report.html/.pdf/.json" if report else ""
     console.print(f"per image: {out / 'counts.csv'}, {out / 'counts.json'}{extra}")
     if result.plot:
