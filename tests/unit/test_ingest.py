@@ -165,6 +165,15 @@ def test_boxes_outside_the_image_are_clipped_or_refused(ctx, project, tmp_path):
     export = write_export(tmp_path, [task(3, "images/a.png", [[outside]])], images)
     with pytest.raises(InputError, match="WBC box lies outside the image"):
         ingest_path(ctx, project, export)
+    # An ellipse of zero radius is a cell of no extent, as a zero-size box is.
+    dot = {
+        **rect("WBC", 10, 10, 5, 5, rid="e1"),
+        "type": "ellipselabels",
+        "value": {"x": 20, "y": 20, "radiusX": 0, "radiusY": 4, "ellipselabels": ["WBC"]},
+    }
+    export = write_export(tmp_path, [task(4, "images/a.png", [[dot]])], images)
+    with pytest.raises(InputError, match=r"task 4 / annotation 400: WBC ellipse has a zero radius"):
+        ingest_path(ctx, project, export)
 
 
 def test_reverting_to_an_earlier_revision_makes_it_count_again(ctx, project, tmp_path):

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from labelloop.db.models import Annotation, Image, Project, SourceItem
 from labelloop.db.upsert import get_or_insert, get_or_insert_many
-from labelloop.domain import Box, Keypoint, Mask, Polygon, Shape, Tag, shapes_json_text
+from labelloop.domain import Box, Ellipse, Keypoint, Mask, Polygon, Shape, Tag, shapes_json_text
 from labelloop.errors import InputError
 from labelloop.imaging import decode_image
 from labelloop.ingest.records import RecordAnnotation, SourceRecord
@@ -153,7 +153,8 @@ def _fit_geometry(
     shapes: list[Shape], width: int, height: int, file: str, where: str, warnings: list[str]
 ) -> list[Shape]:
     """Clip shapes that stick out of the image (with a warning); refuse shapes that have no
-    area left or lie wholly outside, and masks drawn for another image size."""
+    area left (boxes, polygons, ellipses of zero radius) or lie wholly outside, and masks
+    drawn for another image size."""
     out: list[Shape] = []
     for shape in shapes:
         if isinstance(shape, Mask) and tuple(shape.size) != (height, width):
@@ -187,6 +188,9 @@ def _fit_geometry(
                 shape = shape.model_copy(update={"points": pts})
         elif isinstance(shape, Keypoint) and not (0 <= shape.x <= width and 0 <= shape.y <= height):
             raise InputError(f"{shape.label} point lies outside the image", file=file, record=where)
+        elif isinstance(shape, Ellipse) and (shape.rx <= 0 or shape.ry <= 0):
+            # A cell of no extent, as a zero-size box is: refused for every format alike.
+            raise InputError(f"{shape.label} ellipse has a zero radius", file=file, record=where)
         out.append(shape)
     return out
 
