@@ -97,6 +97,23 @@ def test_docs_example_shapes_per_kind_and_label(ctx, tmp_path):
     assert {s.attributes["instance"] for s in skeleton} == {1}
 
 
+def test_skeleton_points_outside_are_left_out_and_a_bad_flag_is_refused(ctx, tmp_path):
+    export = _docs_export(tmp_path)
+    xml = export / "annotations.xml"
+    point = 'points label="2" occluded="0" source="manual" outside="0"'
+    assert point in xml.read_text()
+    project = make_project(ctx, "cvat-docs", "segmentation", DOCS_LABELS)
+    xml.write_text(xml.read_text().replace(point, point.replace('outside="0"', 'outside="maybe"')))
+    with pytest.raises(InputError) as err:
+        ingest_path(ctx, project, export)
+    assert err.value.record.endswith("/ point 2") and "outside 'maybe' is not" in err.value.reason
+    assert row_counts(ctx) == NOTHING
+    xml.write_text(xml.read_text().replace('outside="maybe"', 'outside="true"'))
+    report = ingest_path(ctx, project, export)
+    parts = {k: v for k, v in report.shapes_per_class.items() if k in ("1", "2", "3")}
+    assert parts == {"1": 1, "3": 1}  # point 2 is outside the picture
+
+
 def test_reingest_is_idempotent(ctx, tmp_path):
     export = _docs_export(tmp_path)
     project = make_project(ctx, "cvat-docs", "segmentation", DOCS_LABELS)

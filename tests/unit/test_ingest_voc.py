@@ -169,6 +169,21 @@ def test_inverted_box_names_the_object(ctx, project, tmp_path):
     assert row_counts(ctx) == NOTHING
 
 
+def test_a_flag_that_is_not_0_or_1_is_refused_not_read_as_false(ctx, project, tmp_path):
+    root = voc_dataset(tmp_path / "d", {"a": TWO_CELLS})
+    xml = root / "Annotations" / "a.xml"
+    xml.write_text(
+        xml.read_text().replace("<difficult>1</difficult>", "<difficult>yes</difficult>")
+    )
+    with pytest.raises(InputError, match=r"image a / object 2 \(WBC\): <difficult> 'yes' is not"):
+        ingest_path(ctx, project, root)
+    assert row_counts(ctx) == NOTHING
+    xml.write_text(xml.read_text().replace("<difficult>yes<", "<difficult>True<"))
+    ingest_path(ctx, project, root)
+    wbc = next(s for s in active_shapes(ctx) if s["label"] == "WBC")
+    assert wbc["attributes"] == {"difficult": True}
+
+
 def test_boxes_outside_the_image_are_clipped_or_refused_by_core(ctx, project, tmp_path):
     root = voc_dataset(tmp_path / "d", {"a": [("RBC", 50, 40, 70, 60)]})
     report = ingest_path(ctx, project, root)

@@ -379,10 +379,10 @@ def _skeleton(el: Element, attrs: Attrs, meta: _Meta, at: _At) -> list[Shape]:
     part); the skeleton's label and its instance number stay in the attributes."""
     out: list[Shape] = []
     for n, node in enumerate(el.findall("points"), start=1):
-        if node.get("outside", "0").strip() == "1":
-            continue
-        part = node.get("label")
         point_at = _At(at.width, at.height, f"{at.where} / point {n}", at.file)
+        if _truth(node.get("outside", "0"), "outside", point_at):
+            continue  # a part the annotator marked as not in the picture
+        part = node.get("label")
         if not part:
             raise point_at.error("skeleton point has no label")
         own = {**attrs, **_user_attributes(node, part, meta, point_at), **_flags(node, point_at)}

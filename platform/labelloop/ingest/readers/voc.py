@@ -235,8 +235,11 @@ def _object_shape(obj: Element, index: int, file: str, name: str) -> Shape:
             raise InputError(f"box has {a} {lo:g} >= {b} {hi:g} (no area)", file=file, record=where)
     attrs: dict[str, str | int | float | bool] = {}
     for flag in _FLAGS:
-        if (obj.findtext(flag) or "").strip() in ("1", "true", "True"):
+        word = (obj.findtext(flag) or "").strip()
+        if word.lower() in ("1", "true"):
             attrs[flag] = True
+        elif word.lower() not in ("", "0", "false"):  # not read as false: refused
+            raise InputError(f"<{flag}> {word!r} is not 0 or 1", file=file, record=where)
     for attr in obj.iterfind("attributes/attribute"):
         key, value = (attr.findtext("name") or "").strip(), (attr.findtext("value") or "").strip()
         if key:
