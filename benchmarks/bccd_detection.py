@@ -169,14 +169,18 @@ def train_labelloop(args: argparse.Namespace) -> None:
     score_labelloop(Path(args.child_out), manifest, fetch)
 
 
-def score_labelloop(out: Path, manifest: dict[str, Any], fetch: Any) -> None:
+def score_labelloop(
+    out: Path, manifest: dict[str, Any], fetch: Any, overrides: dict[str, Any] | None = None
+) -> None:
     """The trained model's test metrics added to its result file `out` (weights beside it,
     `.pt`): counts at the recipe's 0.25 ("test") and at per-class thresholds chosen on the
     validation split ("test_tuned"), what a training run stores, with each test image's
-    tuned counts."""
+    tuned counts. `overrides` change inference fields of the stored recipe (`--rescore
+    --set tta_views=8`) and are kept in the result's recipe."""
     kind = get_kind("detection")
     labels = manifest["labels"]
     result = json.loads(out.read_text())
+    result["recipe"] = {**result["recipe"], **(overrides or {})}
     recipe = kind.recipe_cls.from_dict(result["recipe"])
     model = kind.load(out.with_suffix(".pt").read_bytes(), recipe, labels)
     t0 = time.monotonic()
@@ -567,7 +571,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="labelloop recipe override (YAML value; augment.scale=0.3 nests)",
+        help="labelloop recipe override (YAML value; augment.scale=0.3 nests); with --rescore, "
+        "inference fields only (tta_views=8)",
     )
     ap.add_argument(
         "--rescore",
@@ -606,7 +611,7 @@ def main() -> None:
     if args.rescore:  # the models and predictions of the last run, scored again
         trained = json.loads((work / "run.json").read_text())
         if "labelloop" in want:
-            score_labelloop(work / "labelloop.json", manifest, fetch)
+            score_labelloop(work / "labelloop.json", manifest, fetch, parse_overrides(args.set))
     else:
         trained = train_contenders(args, want, work, manifest, fetch)
     phases = trained["phases"]

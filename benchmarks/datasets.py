@@ -158,10 +158,11 @@ def isbi_manifest(
 
 
 def synthetic_manifest(
-    splits: dict[str, int] | None = None, size: int = 256, seed: int = 0
+    splits: dict[str, int] | None = None, size: int = 256, seed: int = 0, task: str = "segmentation"
 ) -> tuple[dict, Fetch]:
-    """Synthetic blood smears (labelloop.synthetic) as a segmentation manifest: for
-    measurements that need identical data on every machine rather than real images."""
+    """Synthetic blood smears (labelloop.synthetic) as a segmentation manifest (each cell's
+    outline) or a detection one (each cell's box): for measurements that need identical
+    data on every machine rather than real images."""
     from labelloop.imaging import encode_png
     from labelloop.synthetic import generate_smear, instance_shapes, smear_seed
 
@@ -171,11 +172,13 @@ def synthetic_manifest(
     for split, n in splits.items():
         for _ in range(n):
             sample = generate_smear(smear_seed(seed, len(items)), size=size)
-            shapes = [sh for sh in instance_shapes(sample) if sh.kind != "box"]
+            shapes = [
+                sh for sh in instance_shapes(sample) if (sh.kind == "box") == (task == "detection")
+            ]
             items.append(_item(blobs, encode_png(sample.image), split, shapes, f"s{len(items)}"))
     manifest = {
         "version": 1,
-        "project": {"name": "synthetic", "task": "segmentation"},
+        "project": {"name": "synthetic", "task": task},
         "labels": ["RBC", "WBC", "Platelets"],
         "split_seed": seed,
         "items": items,

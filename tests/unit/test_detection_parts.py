@@ -232,3 +232,55 @@ def test_kept_boxes_follow_their_class_count_threshold():
     assert kept.labels.tolist() == [0, 1, 2]  # RBC 0.3 dropped, WBC 0.15 kept, Platelets 0.3
     with pytest.raises(ValueError, match="count_thresholds"):
         DetectionRecipe(count_thresholds={"RBC": 1.5})
+
+
+def test_eight_view_tta_gives_a_turned_image_the_turned_predictions():
+    """Averaged over all eight views, what a point predicts cannot depend on how the image
+    was turned: the turned image's point at (y, S - x) holds the same scores, and its box
+    turned. Wrong point order or a box left unturned breaks this at most points."""
+    from labelloop.training.detection.network import build_detector
+    from labelloop.training.detection.predict import point_predictions
+
+    size = 64
+    recipe = DetectionRecipe(
+        encoder="resnet10t", image_size=size, neck_channels=8, head_channels=8, tta_views=8
+    )
+    torch.manual_seed(0)
+    net = build_detector(recipe, 3).eval()
+    with torch.no_grad():  # far from a fresh head's near-constant, symmetric boxes
+        for p in net.parameters():
+            p.normal_(0.0, 0.2)
+    x = torch.rand(1, 3, size, size)
+    for turned, to_turned in [
+        (torch.rot90(x, 1, dims=(-2, -1)), lambda px, py: (py, size - px)),  # one turn left
+        (x.flip(-1), lambda px, py: (size - px, py)),  # mirrored
+    ]:
+        with torch.no_grad():
+            probs, boxes = point_predictions(net, x, recipe)
+            probs_t, boxes_t = point_predictions(net, turned, recipe)
+            points = net(x).points
+        where = {(float(px), float(py)): i for i, (px, py) in enumerate(points.tolist())}
+        # Points repeat across levels at no position here, so the lookup is unique.
+        assert len(where) == len(points)
+        for i, (px, py) in enumerate(points.tolist()):
+            j = where[to_turned(px, py)]
+            torch.testing.assert_close(probs_t[0, j], probs[0, i], atol=1e-5, rtol=1e-4)
+            x0, y0 = to_turned(float(boxes[0, i, 0]), float(boxes[0, i, 1]))
+            x1, y1 = to_turned(float(boxes[0, i, 2]), float(boxes[0, i, 3]))
+            want = torch.tensor([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)])
+            torch.testing.assert_close(boxes_t[0, j], want, atol=1e-3, rtol=1e-4)
+
+
+def test_one_view_tta_is_the_plain_prediction():
+    from labelloop.training.detection.network import build_detector, decode_boxes
+    from labelloop.training.detection.predict import point_predictions
+
+    recipe = DetectionRecipe(encoder="resnet10t", image_size=64, neck_channels=8, head_channels=8)
+    torch.manual_seed(0)
+    net = build_detector(recipe, 3).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        probs, boxes = point_predictions(net, x, recipe)
+        out = net(x)
+    torch.testing.assert_close(probs, out.cls_logits.sigmoid())
+    torch.testing.assert_close(boxes, decode_boxes(out, recipe.reg_max))

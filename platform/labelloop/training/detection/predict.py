@@ -23,6 +23,8 @@ from labelloop.training.detection.data import letterbox_matrix, unmap_boxes, war
 from labelloop.training.detection.network import Detector, DetOutput, build_detector, decode_boxes
 from labelloop.training.detection.recipe import DetectionRecipe
 from labelloop.training.kind import Prediction
+from labelloop.training.passes import DIHEDRAL
+from labelloop.training.passes import unmap_boxes as unturn_boxes
 
 # Boxes passed to NMS per image at most, best scores first: bounds NMS time early in
 # training, when thousands of points clear a low score threshold.
@@ -54,6 +56,18 @@ def postprocess(
     Counts and pre-annotations keep one box per point."""
     probs = out.cls_logits.float().sigmoid()
     boxes = decode_boxes(out, recipe.reg_max).float()
+    return select(probs, boxes, recipe, score_threshold, multi_label=multi_label)
+
+
+def select(
+    probs: torch.Tensor,
+    boxes: torch.Tensor,
+    recipe: DetectionRecipe,
+    score_threshold: float,
+    *,
+    multi_label: bool = False,
+) -> list[dict[str, torch.Tensor]]:
+    """`postprocess` from per-point class probabilities (B, A, C) and boxes (B, A, 4)."""
     results = []
     for p, b in zip(probs, boxes, strict=True):
         if multi_label:
@@ -156,12 +170,69 @@ def detect_passes(
             chunk = images[start : start + bs]
             mats = [letterbox_matrix(img.shape[:2], size) for img in chunk]
             x = inputs_to_tensor([warp(img, m, size) for img, m in zip(chunk, mats, strict=True)])
-            raw = model(x.to(device))
+            probs, boxes = point_predictions(model, x.to(device), recipe)
             for results, (threshold, multi) in zip(out, passes, strict=True):
-                dets = postprocess(raw, recipe, threshold, multi_label=multi)
+                dets = select(probs, boxes, recipe, threshold, multi_label=multi)
                 for img, m, det in zip(chunk, mats, dets, strict=True):
                     results.append(_in_image(det, m, img.shape[:2]))
     return out
+
+
+def point_predictions(
+    model: nn.Module, x: torch.Tensor, recipe: DetectionRecipe
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities (B, A, C) and boxes (B, A, 4, input pixels) at every grid point,
+    averaged over the recipe's `tta_views` flipped / turned views of the letterboxed square.
+
+    A turned square's grid points are the same points in another order, so each point's
+    probabilities and box from every view are put back at that point and averaged before
+    NMS: a cell seen in most views keeps a high score, one seen in a single view sinks."""
+    probs_sum: torch.Tensor | None = None
+    boxes_sum: torch.Tensor | None = None
+    views = DIHEDRAL[: recipe.tta_views]
+    for flip, k in views:
+        turned = torch.rot90(x.flip(-1) if flip else x, k, dims=(-2, -1))
+        out = model(turned.contiguous(memory_format=torch.channels_last))
+        probs = out.cls_logits.float().sigmoid()
+        boxes = decode_boxes(out, recipe.reg_max).float()
+        if flip or k:
+            size = x.shape[-1]
+            order = _unturned_order(out.points, out.strides, flip, k, size)
+            back = [unturn_boxes(b.cpu().numpy(), flip, k, (size, size)) for b in boxes]
+            boxes = torch.from_numpy(np.stack(back)).to(probs.device)
+            probs = torch.empty_like(probs).index_copy_(1, order, probs)
+            boxes = torch.empty_like(boxes).index_copy_(1, order, boxes)
+        probs_sum = probs if probs_sum is None else probs_sum + probs
+        boxes_sum = boxes if boxes_sum is None else boxes_sum + boxes
+    assert probs_sum is not None and boxes_sum is not None
+    return probs_sum / len(views), boxes_sum / len(views)
+
+
+_ORDERS: dict[tuple[bool, int, int, int], torch.Tensor] = {}
+
+
+def _unturned_order(
+    points: torch.Tensor, strides: torch.Tensor, flip: bool, k: int, size: int
+) -> torch.Tensor:
+    """For each grid point of a turned view, the index of the same point unturned."""
+    key = (flip, k, size, len(points))
+    if key not in _ORDERS:
+        pts = points.detach().cpu().double().numpy()
+        level = strides.detach().cpu().reshape(-1).round().long().tolist()
+        # Grid-cell centres sit at half-pixel multiples, so doubled they are exact integers.
+        index = {
+            (round(2 * px), round(2 * py), s): i
+            for i, ((px, py), s) in enumerate(zip(pts, level, strict=True))
+        }
+        back = unturn_boxes(np.concatenate([pts, pts], 1), flip, k, (size, size))
+        _ORDERS[key] = torch.tensor(
+            [
+                index[(round(2 * float(bx)), round(2 * float(by)), s)]
+                for (bx, by), s in zip(back[:, :2], level, strict=True)
+            ],
+            dtype=torch.long,
+        )
+    return _ORDERS[key].to(points.device)
 
 
 def _in_image(det: dict[str, torch.Tensor], m: np.ndarray, hw: tuple[int, int]) -> Detections:

@@ -1,0 +1,196 @@
+"""Test-time views for the detector: mAP@0.5 and prediction time at 1, 2, 4 and 8 views.
+
+The detector's `tta_views` puts every grid point's class scores and box from each
+flipped / turned view back where the point lies unturned and averages them before NMS
+(`training.detection.predict.point_predictions`). This measures what that buys on
+models trained with the recipe defaults, scored by the same code as every detection
+figure (`evaluate_detection`: COCO mAP over the validation and test splits):
+
+- BCCD: the models `bccd_detection.py --only labelloop` left in its work folders
+  (`--bccd NAME`, one per seed), scored again without training;
+- synthetic smears (`--synthetic-minutes M`): a detector trained here from scratch on
+  generated fields (every cell boxed; 96 train, 32 validation, 32 test at 256 px), a
+  second dataset so that a default is not chosen on BCCD alone.
+
+Views are chosen on validation, and checked on test. Prediction time is the wall time of
+one split's evaluation divided by its images, on one thread.
+
+Usage: .venv/bin/python benchmarks/detection_tta.py --bccd bccd_detection [--bccd ...]
+       [--synthetic-minutes 8] [--views 1,2,4,8]
+Writes benchmarks/results/detection_tta.json and detection_tta.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.datasets import bccd_manifest, synthetic_manifest  # noqa: E402
+from labelloop.training.common import split_items  # noqa: E402
+from labelloop.training.kind import get_kind  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+CACHE = ROOT / "benchmarks" / ".cache"
+SYNTHETIC_SPLITS = {"train": 96, "val": 32, "test": 32}
+BCCD_TARGET = 0.92  # test mAP@0.5 from scratch in 30 CPU-minutes
+
+
+def score_views(
+    model: Any, recipe: Any, manifest: dict, fetch: Any, views: list[int]
+) -> list[dict[str, Any]]:
+    """mAP of `model` on val and test at each number of views, with seconds per image."""
+    kind = get_kind("detection")
+    labels = manifest["labels"]
+    rows = []
+    for n in views:
+        tta = recipe.model_copy(update={"tta_views": n})
+        row: dict[str, Any] = {"tta_views": n}
+        for split in ("val", "test"):
+            t0 = time.monotonic()
+            m = kind.evaluate(model, manifest, fetch, split=split, labels=labels, recipe=tta)
+            row[split] = {
+                "map50": round(m["map50"], 4),
+                "map": round(m["map"], 4),
+                "ap50": {c: v["ap50"] for c, v in m["per_class"].items()},
+                "s_per_image": round(
+                    (time.monotonic() - t0) / len(split_items(manifest, split)), 4
+                ),
+            }
+        print(
+            f"  {n} views: val {row['val']['map50']:.4f}  test {row['test']['map50']:.4f}  "
+            f"({row['test']['s_per_image'] * 1000:.0f} ms/image)",
+            flush=True,
+        )
+        rows.append(row)
+    return rows
+
+
+def bccd_model(name: str) -> tuple[Any, Any, dict[str, Any]]:
+    """The detector a `bccd_detection.py` run left in `.cache/NAME`, its recipe, its run."""
+    kind = get_kind("detection")
+    manifest, _ = bccd_manifest("detection")
+    work = CACHE / name
+    if not (work / "labelloop.pt").exists():
+        raise SystemExit(
+            f"{work / 'labelloop.pt'} not found: run "
+            f"`benchmarks/bccd_detection.py --only labelloop --name {name}` first"
+        )
+    run = json.loads((work / "labelloop.json").read_text())
+    recipe = kind.recipe_cls.from_dict({**run["recipe"], "tta_views": 1})
+    model = kind.load((work / "labelloop.pt").read_bytes(), recipe, manifest["labels"])
+    return model, recipe, run
+
+
+def train_synthetic(minutes: float, seed: int) -> tuple[Any, Any, dict, Any, dict[str, Any]]:
+    kind = get_kind("detection")
+    manifest, fetch = synthetic_manifest(SYNTHETIC_SPLITS, size=256, seed=seed, task="detection")
+    recipe = kind.recipe_cls.from_dict(
+        {"image_size": 256, "epochs": 1000, "max_time_s": minutes * 60, "seed": seed}
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        outcome = kind.train(manifest, recipe, fetch, Path(tmp))
+        model = kind.load(outcome.weights_path.read_bytes(), recipe, manifest["labels"])
+    run = {"epochs": outcome.epochs_completed, "train_s": round(outcome.duration_s, 1)}
+    return model, recipe, manifest, fetch, run
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, (name, entry) in enumerate(summary["models"].items()):
+        rows = entry["views"]
+        n = [r["tta_views"] for r in rows]
+        for split, style in (("test", "-"), ("val", ":")):
+            ax.plot(
+                n,
+                [r[split]["map50"] for r in rows],
+                style,
+                marker="o",
+                color=f"C{i}",
+                label=f"{name} {split}",
+            )
+        bx.plot(n, [r["test"]["s_per_image"] * 1000 for r in rows], marker="o", color=f"C{i}")
+    ax.axhline(BCCD_TARGET, color="grey", ls="--", lw=1, label=f"BCCD target {BCCD_TARGET}")
+    ax.set_xlabel("views averaged (1: the image as it is)")
+    ax.set_ylabel("mAP@0.5")
+    ax.set_xticks(summary["view_counts"])
+    ax.set_title("Detector mAP@0.5 against test-time views")
+    ax.legend(fontsize=7)
+    bx.set_xlabel("views averaged")
+    bx.set_ylabel("evaluation time per image (ms, one thread)")
+    bx.set_xticks(summary["view_counts"])
+    bx.set_title("What the views cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument(
+        "--bccd", action="append", default=[], metavar="NAME", help="bccd_detection.py run name"
+    )
+    ap.add_argument("--synthetic-minutes", type=float, default=0.0, help="0: no synthetic model")
+    ap.add_argument("--seed", type=int, default=0, help="synthetic data and training seed")
+    ap.add_argument("--views", default="1,2,4,8")
+    ap.add_argument("--name", default="detection_tta")
+    ap.add_argument("--replot", action="store_true", help="redraw the PNG from the JSON")
+    args = ap.parse_args()
+    if args.replot:
+        path = RESULTS / f"{args.name}.json"
+        plot(json.loads(path.read_text()), path.with_suffix(".png"))
+        return
+    torch.set_num_threads(1)
+    views = [int(v) for v in args.views.split(",")]
+    models: dict[str, Any] = {}
+    if args.bccd:
+        manifest, fetch = bccd_manifest("detection")
+        for name in args.bccd:
+            print(f"BCCD {name}", flush=True)
+            model, recipe, run = bccd_model(name)
+            models[f"BCCD seed {run['recipe']['seed']}"] = {
+                "run": name,
+                "epochs": run["epochs"],
+                "views": score_views(model, recipe, manifest, fetch, views),
+            }
+    if args.synthetic_minutes:
+        print(f"synthetic smears: training {args.synthetic_minutes:g} min", flush=True)
+        model, recipe, manifest, fetch, run = train_synthetic(args.synthetic_minutes, args.seed)
+        models[f"synthetic seed {args.seed}"] = {
+            **run,
+            "images": SYNTHETIC_SPLITS,
+            "views": score_views(model, recipe, manifest, fetch, views),
+        }
+    if not models:
+        raise SystemExit("nothing to measure: give --bccd NAME and/or --synthetic-minutes M")
+    summary = {
+        "view_counts": views,
+        "metric": "evaluate_detection mAP@0.5 (COCO, conf 0.001) on each split",
+        "models": models,
+        "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads()},
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    png = RESULTS / f"{args.name}.png"
+    summary["png"] = png.name
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(summary, png)
+    print(f"wrote {png.name} and {args.name}.json")
+
+
+if __name__ == "__main__":
+    main()
