@@ -297,6 +297,26 @@ def test_a_category_id_listed_under_two_names_is_refused(ctx, tmp_path):
     assert ingest_path(ctx, project, path).shapes_per_class["RBC"] > 0
 
 
+def test_an_annotation_written_twice_is_kept_with_a_warning_naming_it(ctx, tmp_path):
+    """An export that repeats an annotation under a new id doubles that cell's count: both
+    are kept (they may be two annotators' identical boxes), and the ingest says so."""
+    doc = coco_doc()
+    first = next(a for a in doc["annotations"] if a["id"] == 11)
+    doc["annotations"] += [{**first, "id": 99}, {**first, "id": 98}]
+    path = _write(tmp_path / "coco", doc)
+    project = make_project(ctx, "smears", "segmentation", LABELS)
+    report = ingest_path(ctx, project, path)
+    assert report.shapes_per_class["WBC"] == 2 + 2  # ids 11, 98, 99 and the mask of image 1
+    (repeat,) = [w for w in report.warnings if "exact repeat" in w]
+    assert repeat.startswith(f"{path} image 2 'b.png'")
+    assert "WBC box: 2 exact repeats of another" in repeat
+    # A box moved by a pixel is another cell: no warning.
+    doc["annotations"][-1]["bbox"] = [6, 5, 10, 8]
+    doc["annotations"][-2]["bbox"] = [5, 6, 10, 8]
+    path.write_text(json.dumps(doc))
+    assert not [w for w in ingest_path(ctx, project, path).warnings if "exact repeat" in w]
+
+
 def test_an_image_declared_at_another_size_is_refused(ctx, tmp_path):
     doc = coco_doc()
     doc["images"][1].update(width=2 * W, height=2 * H)

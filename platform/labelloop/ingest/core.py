@@ -154,8 +154,12 @@ def _fit_geometry(
 ) -> list[Shape]:
     """Clip shapes that stick out of the image (with a warning); refuse shapes that have no
     area left (boxes, polygons, ellipses of zero radius) or lie wholly outside, and masks
-    drawn for another image size."""
+    drawn for another image size. Shapes that repeat another exactly are kept (each counts
+    as an object) with a warning: an export that wrote a cell twice would otherwise pass
+    as a crowded field."""
     out: list[Shape] = []
+    seen: set[tuple] = set()
+    repeats: dict[tuple[str, str], int] = {}
     for shape in shapes:
         if isinstance(shape, Mask) and tuple(shape.size) != (height, width):
             raise InputError(
@@ -192,7 +196,34 @@ def _fit_geometry(
             # A cell of no extent, as a zero-size box is: refused for every format alike.
             raise InputError(f"{shape.label} ellipse has a zero radius", file=file, record=where)
         out.append(shape)
+        key = _geometry_key(shape)
+        if key is not None:
+            if key in seen:
+                repeats[shape.label, shape.kind] = repeats.get((shape.label, shape.kind), 0) + 1
+            seen.add(key)
+    for (label, kind), n in repeats.items():
+        warnings.append(
+            f"{file} {where}: {label} {kind}: {n} exact repeat{'s' if n > 1 else ''} of "
+            "another (same label and geometry); kept, each counting as an object: if the "
+            "export wrote them twice, remove the repeats at the source"
+        )
     return out
+
+
+def _geometry_key(shape: Shape) -> tuple | None:
+    """Label and geometry, attributes left out (an export's duplicate carries its own id);
+    None for tags, which name the image rather than an object in it."""
+    if isinstance(shape, Box):
+        return ("box", shape.label, shape.x, shape.y, shape.w, shape.h, shape.rotation)
+    if isinstance(shape, Polygon):
+        return ("polygon", shape.label, tuple(shape.points))
+    if isinstance(shape, Mask):
+        return ("mask", shape.label, shape.counts)
+    if isinstance(shape, Keypoint):
+        return ("keypoint", shape.label, shape.x, shape.y)
+    if isinstance(shape, Ellipse):
+        return ("ellipse", shape.label, shape.x, shape.y, shape.rx, shape.ry, shape.rotation)
+    return None
 
 
 def _area(pts: list[tuple[float, float]]) -> float:
