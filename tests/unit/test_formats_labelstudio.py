@@ -590,6 +590,30 @@ def test_a_region_whose_label_was_deselected_is_left_out_with_a_warning(ctx, tmp
     assert said.endswith("result r2: rectanglelabels region has no label; left out")
 
 
+def test_a_tool_region_without_its_labels_result_is_said_not_dropped():
+    """<Rectangle> + <Labels> export each region twice, as a bare `rectangle` and as a
+    `labels` result of the same id; a region drawn and never labelled has only the first.
+    It was dropped without a word, so an image of drawn cells could read as empty."""
+    import json
+
+    root = require_shared_data(*LS, "frontend-examples")
+    doc = json.loads((root / "image_tools" / "annotations" / "1.json").read_text())
+    results = doc["annotations"][0]["result"]
+    kept = [r for r in results if not (r.get("id") == "kuZf2E5DRQ" and r["type"] == "labels")]
+    assert len(kept) == len(results) - 1
+    unlabeled: list[str] = []
+    shapes = results_to_shapes(kept, file="1.json", record="task 1", unlabeled=unlabeled)
+    assert _counts(shapes)[("box", "Moonwalker")] + _counts(shapes)[("box", "Planet")] == 3
+    assert unlabeled == ["task 1 / result kuZf2E5DRQ: rectangle region has no label; left out"]
+    with pytest.raises(InputError, match="rectangle region has no label; expected one") as err:
+        results_to_shapes(kept, file="1.json", record="task 1")
+    assert err.value.record == "task 1 / result kuZf2E5DRQ"
+    # Every paired region of the real export is read as before, with nothing said.
+    unlabeled.clear()
+    assert len(results_to_shapes(results, file="1.json", record="t", unlabeled=unlabeled)) == 10
+    assert unlabeled == []
+
+
 def test_an_annotation_whose_result_is_null_is_refused_not_read_as_empty():
     from labelloop.labelstudio.export import task_annotations
 
@@ -609,13 +633,6 @@ def test_ignored_result_types_are_silent():
             "from_name": "x",
             "to_name": "image",
             "value": {"text": ["hello"]},
-        },
-        {
-            "id": "r",
-            "type": "rectangle",
-            "from_name": "rect",
-            "to_name": "image",
-            "value": {"x": 1, "y": 1, "width": 1, "height": 1},
         },
         {
             "id": "n",

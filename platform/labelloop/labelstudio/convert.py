@@ -32,6 +32,9 @@ RESULT_TYPES = {
     "tag": "choices",
 }
 _KIND_OF = {t: k for k, t in RESULT_TYPES.items() if k != "tag"}
+# Bare drawing tools (<Rectangle>, <Brush>...): a region's label, when it has one, is a
+# `labels` result of the same id beside it.
+_TOOLS = {t.removesuffix("labels") for t in _KIND_OF}
 
 # Brush RLE decodes to width*height*4 bytes; the same pixel cap as image decoding.
 MAX_BRUSH_PIXELS = DEFAULT_MAX_PIXELS
@@ -74,14 +77,33 @@ def results_to_shapes(
     if not isinstance(results, list):
         raise InputError("annotation result is not a list", file=file, record=record)
     shapes: list[Shape] = []
+    labelled = {
+        r["id"]
+        for r in results
+        if isinstance(r, dict)
+        and isinstance(r.get("id"), str | int)
+        and str(r.get("type", "")).lower().endswith("labels")
+    }
     for i, r in enumerate(results):
         rid = r.get("id") if isinstance(r, dict) else None
         named = isinstance(rid, str | int) and not isinstance(rid, bool)
         where = _Where(file, record, rid if named else f"#{i}")
         if not isinstance(r, dict):
             raise where.error("result is not an object")
+        if str(r.get("type", "")).lower() in _TOOLS and _on_image(r):
+            if not named or rid not in labelled:  # drawn, never labelled: no cell to count
+                shapes.extend(_no_label(where, str(r["type"]).lower(), unlabeled))
+            continue
         shapes.extend(_result_shapes(r, where, image_size, unlabeled))
     return shapes
+
+
+def _no_label(where: _Where, rtype: str, unlabeled: list[str] | None) -> list[Shape]:
+    """A region without a label: left out with a line in `unlabeled`, else an error."""
+    if unlabeled is None:
+        raise where.error(f"{rtype} region has no label; expected one")
+    unlabeled.append(f"{where.record}: {rtype} region has no label; left out")
+    return []
 
 
 def _result_shapes(
@@ -95,7 +117,7 @@ def _result_shapes(
         if rtype.endswith("labels") and _on_image(r):  # an image region of a tool not read
             read = ", ".join(sorted(_KIND_OF))
             raise where.error(f"result type {rtype!r} is not read (labelloop reads {read})")
-        return []  # relations, text areas, ratings, text or time-series spans, tool regions
+        return []  # relations, text areas, ratings, text or time-series spans
     value = r.get("value")
     if not isinstance(value, dict):
         raise where.error(f"{rtype} result has no value object")
@@ -106,16 +128,16 @@ def _result_shapes(
     kind = _KIND_OF.get(rtype) or _geometry_kind(value)
     if kind is None:
         return []  # text-span labels: nothing of an image's
-    if not labels and unlabeled is not None:
+    if not labels:
         # Label Studio lets an annotator deselect a region's label: the region is left out,
         # and said so (`unlabeled` collects the warnings), never dropped unseen.
-        unlabeled.append(f"{where.record}: {rtype} region has no label; left out")
-        return []
+        return _no_label(where, rtype, unlabeled)
     if len(labels) != 1:
         # Counted once per class, a region with several would add cells that are not there.
-        said = "no label" if not labels else f"{len(labels)} labels ({', '.join(labels)})"
-        why = "" if not labels else ' (a control with choice="multiple"; keep one per region)'
-        raise where.error(f"{rtype} region has {said}; expected one{why}")
+        raise where.error(
+            f"{rtype} region has {len(labels)} labels ({', '.join(labels)}); expected one "
+            '(a control with choice="multiple"; keep one per region)'
+        )
     width, height = _image_size(r, image_size, where)
     if kind == "box" and (geo := _plain_box(value, width, height)) is not None:
         cls: type[Shape] = Box
