@@ -69,10 +69,12 @@ def results_to_shapes(
 
     `record` names the annotation ("task 12 / annotation 3"); errors append the result id.
     `image_size` (width, height) is used only for results that lack original_width/height,
-    as in hand-written tasks. Relations, text areas, unlabeled tool regions (their label
-    lives on a paired `labels` result) and other result types are skipped; a region of a
-    `*labels` type not read, or with several labels, is an error, and one with none is
-    left out with a line in `unlabeled` (an error when no list is given).
+    as in hand-written tasks. Relations, text areas and other result types are skipped,
+    and so are bare tool regions (`rectangle`...) whose label is a `labels` result of the
+    same id, which is read instead; a region of a `*labels` type not read, or with several
+    labels, is an error, and one with none (a label deselected, or a tool region no
+    `labels` result names) is left out with a line in `unlabeled` (an error when no list
+    is given).
     """
     if not isinstance(results, list):
         raise InputError("annotation result is not a list", file=file, record=record)
