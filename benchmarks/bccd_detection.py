@@ -169,19 +169,33 @@ def train_labelloop(args: argparse.Namespace) -> None:
     score_labelloop(Path(args.child_out), manifest, fetch)
 
 
+# Recipe fields that change what a trained model predicts without training it again.
+INFERENCE_FIELDS = frozenset(
+    {"tta_views", "nms_iou", "score_threshold", "eval_score_threshold", "max_detections"}
+)
+
+
 def score_labelloop(
     out: Path, manifest: dict[str, Any], fetch: Any, overrides: dict[str, Any] | None = None
 ) -> None:
     """The trained model's test metrics added to its result file `out` (weights beside it,
     `.pt`): counts at the recipe's 0.25 ("test") and at per-class thresholds chosen on the
     validation split ("test_tuned"), what a training run stores, with each test image's
-    tuned counts. `overrides` change inference fields of the stored recipe (`--rescore
-    --set tta_views=8`) and are kept in the result's recipe."""
+    tuned counts. `overrides` change inference fields of the trained recipe for this
+    scoring only (`--rescore --set tta_views=8`): the result names them apart
+    (`rescored_with`), and its recipe stays the one trained."""
     kind = get_kind("detection")
     labels = manifest["labels"]
     result = json.loads(out.read_text())
-    result["recipe"] = {**result["recipe"], **(overrides or {})}
-    recipe = kind.recipe_cls.from_dict(result["recipe"])
+    overrides = overrides or {}
+    training = set(overrides) - INFERENCE_FIELDS
+    if training:
+        raise SystemExit(
+            f"--rescore --set changes inference only ({', '.join(sorted(INFERENCE_FIELDS))}); "
+            f"{', '.join(sorted(training))} would need training again"
+        )
+    result["rescored_with"] = overrides
+    recipe = kind.recipe_cls.from_dict({**result["recipe"], **overrides})
     model = kind.load(out.with_suffix(".pt").read_bytes(), recipe, labels)
     t0 = time.monotonic()
     test = kind.evaluate(model, manifest, fetch, split="test", labels=labels, recipe=recipe)

@@ -34,7 +34,11 @@ SCRIPTS = [
 
 
 def _key(script: str) -> str:
-    return script.replace(".py", "")
+    """The name a script is picked by: its file stem, and its first argument when several
+    entries run one script ("label_efficiency isbi")."""
+    name, *args = script.split()
+    stem = name.removesuffix(".py")
+    return f"{stem} {args[0]}" if args and not args[0].startswith("-") else stem
 
 
 if __name__ == "__main__":

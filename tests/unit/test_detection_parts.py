@@ -271,6 +271,37 @@ def test_eight_view_tta_gives_a_turned_image_the_turned_predictions():
             torch.testing.assert_close(boxes_t[0, j], want, atol=1e-3, rtol=1e-4)
 
 
+def test_each_view_puts_its_scores_back_where_the_points_lie_unturned():
+    """View by view (the n-view mean less the (n-1)-view mean isolates view n), the scores
+    equal the network's output on the turned image with each level's grid turned back."""
+    from labelloop.training.detection.network import build_detector
+    from labelloop.training.detection.predict import point_predictions
+    from labelloop.training.passes import DIHEDRAL, unmap_probs
+
+    size = 64
+    recipe = DetectionRecipe(encoder="resnet10t", image_size=size, neck_channels=8, head_channels=8)
+    torch.manual_seed(0)
+    net = build_detector(recipe, 3).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.2)
+        x = torch.rand(1, 3, size, size)
+        means = [
+            point_predictions(net, x, recipe.model_copy(update={"tta_views": n}))[0]
+            for n in range(1, 9)
+        ]
+        for n, (flip, k) in enumerate(DIHEDRAL, start=1):
+            alone = means[n - 1] * n - (means[n - 2] * (n - 1) if n > 1 else 0)
+            out = net(torch.rot90(x.flip(-1) if flip else x, k, dims=(-2, -1)))
+            probs, want, at = out.cls_logits.sigmoid()[0], [], 0
+            for stride in (8, 16, 32):
+                side = size // stride
+                grid = probs[at : at + side * side].T.reshape(-1, side, side)
+                want.append(unmap_probs(grid, flip, k).reshape(grid.shape[0], -1).T)
+                at += side * side
+            torch.testing.assert_close(alone[0], torch.cat(want), atol=1e-5, rtol=1e-4)
+
+
 def test_one_view_tta_is_the_plain_prediction():
     from labelloop.training.detection.network import build_detector, decode_boxes
     from labelloop.training.detection.predict import point_predictions

@@ -604,8 +604,12 @@ def test_a_tool_region_without_its_labels_result_is_said_not_dropped():
     unlabeled: list[str] = []
     shapes = results_to_shapes(kept, file="1.json", record="task 1", unlabeled=unlabeled)
     assert _counts(shapes)[("box", "Moonwalker")] + _counts(shapes)[("box", "Planet")] == 3
-    assert unlabeled == ["task 1 / result kuZf2E5DRQ: rectangle region has no label; left out"]
-    with pytest.raises(InputError, match="rectangle region has no label; expected one") as err:
+    assert unlabeled == [
+        "task 1 / result kuZf2E5DRQ: rectangle region has no labels result of its id; left out"
+    ]
+    with pytest.raises(InputError, match="rectangle region has no labels result of its id; ex"):
+        results_to_shapes(kept, file="1.json", record="task 1")
+    with pytest.raises(InputError) as err:
         results_to_shapes(kept, file="1.json", record="task 1")
     assert err.value.record == "task 1 / result kuZf2E5DRQ"
     # Every paired region of the real export is read as before, with nothing said.

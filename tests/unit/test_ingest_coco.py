@@ -310,11 +310,14 @@ def test_an_annotation_written_twice_is_kept_with_a_warning_naming_it(ctx, tmp_p
     (repeat,) = [w for w in report.warnings if "exact repeat" in w]
     assert repeat.startswith(f"{path} image 2 'b.png'")
     assert "WBC box: 2 exact repeats of another" in repeat
-    # A box moved by a pixel is another cell: no warning.
-    doc["annotations"][-1]["bbox"] = [6, 5, 10, 8]
-    doc["annotations"][-2]["bbox"] = [5, 6, 10, 8]
+    # A box moved by a pixel is another cell, even where clipping to the image makes the
+    # two boxes one: no warning.
+    doc["annotations"][-1]["bbox"] = [-6, 5, 16, 8]
+    doc["annotations"][-2]["bbox"] = [-5, 5, 15, 8]
     path.write_text(json.dumps(doc))
-    assert not [w for w in ingest_path(ctx, project, path).warnings if "exact repeat" in w]
+    warned = ingest_path(ctx, project, path).warnings
+    assert not [w for w in warned if "exact repeat" in w]
+    assert len([w for w in warned if "box clipped" in w]) == 2
 
 
 def test_an_image_declared_at_another_size_is_refused(ctx, tmp_path):

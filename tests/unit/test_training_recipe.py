@@ -99,3 +99,25 @@ def test_an_unknown_encoder_is_refused_when_the_recipe_is_made(task):
     with pytest.raises(ConfigError, match="nope-net"):
         default_recipe(task).with_overrides({"encoder": "nope-net"})
     assert default_recipe("segmentation").with_overrides({"encoder": "tu-resnet18"})
+
+
+@pytest.mark.parametrize("task", ["segmentation", "detection", "classification"])
+def test_fields_added_after_runs_were_recorded_default_to_none(task):
+    """A later field with any other default would enter the hash of every run recorded
+    before it: pipelines would retrain them and their checkpoints would stop resuming."""
+    from labelloop.training.kind import get_kind
+
+    recipe_cls = get_kind(task).recipe_cls
+    later = recipe_cls.later_optional & set(recipe_cls.model_fields)
+    assert later, f"{task} names no later fields"
+    for name in later:
+        assert recipe_cls.model_fields[name].default is None, name
+        assert f'"{name}"' not in recipe_cls().canonical_json()
+
+
+def test_detection_views_count_in_the_hash_only_when_set():
+    from labelloop.training.detection.recipe import DetectionRecipe
+
+    assert DetectionRecipe().views == 1
+    assert DetectionRecipe(tta_views=4).views == 4
+    assert DetectionRecipe(tta_views=4).recipe_hash() != DetectionRecipe().recipe_hash()

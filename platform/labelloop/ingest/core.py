@@ -154,12 +154,8 @@ def _fit_geometry(
 ) -> list[Shape]:
     """Clip shapes that stick out of the image (with a warning); refuse shapes that have no
     area left (boxes, polygons, ellipses of zero radius) or lie wholly outside, and masks
-    drawn for another image size. Shapes that repeat another exactly are kept (each counts
-    as an object) with a warning: an export that wrote a cell twice would otherwise pass
-    as a crowded field."""
+    drawn for another image size."""
     out: list[Shape] = []
-    seen: set[tuple] = set()
-    repeats: dict[tuple[str, str], int] = {}
     for shape in shapes:
         if isinstance(shape, Mask) and tuple(shape.size) != (height, width):
             raise InputError(
@@ -196,6 +192,17 @@ def _fit_geometry(
             # A cell of no extent, as a zero-size box is: refused for every format alike.
             raise InputError(f"{shape.label} ellipse has a zero radius", file=file, record=where)
         out.append(shape)
+    return out
+
+
+def _warn_repeats(shapes: list[Shape], file: str, where: str, warnings: list[str]) -> None:
+    """Shapes that repeat another exactly as the source gives them (before label mapping
+    and clipping, which can make different shapes equal) are kept, each counting as an
+    object, with a warning: an export that wrote a cell twice would otherwise pass for a
+    crowded field."""
+    seen: set[tuple] = set()
+    repeats: dict[tuple[str, str], int] = {}
+    for shape in shapes:
         key = _geometry_key(shape)
         if key is not None:
             if key in seen:
@@ -207,7 +214,6 @@ def _fit_geometry(
             "another (same label and geometry); kept, each counting as an object: if the "
             "export wrote them twice, remove the repeats at the source"
         )
-    return out
 
 
 def _geometry_key(shape: Shape) -> tuple | None:
@@ -523,6 +529,7 @@ class _Writer:
         self, rec: SourceRecord, item: SourceItem, img: Image, ann: RecordAnnotation
     ) -> None:
         where = f"{rec.name} / annotation {ann.external_id}"
+        _warn_repeats(ann.shapes, rec.file, where, self.report.warnings)
         shapes = _map_labels(
             ann.shapes, self.allowed, self.label_map, self.project.name, where, rec.file
         )

@@ -94,17 +94,19 @@ def results_to_shapes(
             raise where.error("result is not an object")
         if str(r.get("type", "")).lower() in _TOOLS and _on_image(r):
             if not named or rid not in labelled:  # drawn, never labelled: no cell to count
-                shapes.extend(_no_label(where, str(r["type"]).lower(), unlabeled))
+                said = f"{str(r['type']).lower()} region has no labels result of its id"
+                shapes.extend(_no_label(where, said, unlabeled))
             continue
         shapes.extend(_result_shapes(r, where, image_size, unlabeled))
     return shapes
 
 
-def _no_label(where: _Where, rtype: str, unlabeled: list[str] | None) -> list[Shape]:
-    """A region without a label: left out with a line in `unlabeled`, else an error."""
+def _no_label(where: _Where, said: str, unlabeled: list[str] | None) -> list[Shape]:
+    """A region without a label (`said` how): left out with a line in `unlabeled`, else
+    an error."""
     if unlabeled is None:
-        raise where.error(f"{rtype} region has no label; expected one")
-    unlabeled.append(f"{where.record}: {rtype} region has no label; left out")
+        raise where.error(f"{said}; expected one")
+    unlabeled.append(f"{where.record}: {said}; left out")
     return []
 
 
@@ -133,7 +135,7 @@ def _result_shapes(
     if not labels:
         # Label Studio lets an annotator deselect a region's label: the region is left out,
         # and said so (`unlabeled` collects the warnings), never dropped unseen.
-        return _no_label(where, rtype, unlabeled)
+        return _no_label(where, f"{rtype} region has no label", unlabeled)
     if len(labels) != 1:
         # Counted once per class, a region with several would add cells that are not there.
         raise where.error(

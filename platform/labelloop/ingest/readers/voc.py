@@ -239,7 +239,7 @@ def _object_shape(obj: Element, index: int, file: str, name: str) -> Shape:
         if word.lower() in ("1", "true"):
             attrs[flag] = True
         elif word.lower() not in ("", "0", "false"):  # not read as false: refused
-            raise InputError(f"<{flag}> {word!r} is not 0 or 1", file=file, record=where)
+            raise InputError(f"<{flag}> {word!r} is not 0/1 or true/false", file=file, record=where)
     for attr in obj.iterfind("attributes/attribute"):
         key, value = (attr.findtext("name") or "").strip(), (attr.findtext("value") or "").strip()
         if key:

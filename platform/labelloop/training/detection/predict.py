@@ -189,7 +189,7 @@ def point_predictions(
     NMS: a cell seen in most views keeps a high score, one seen in a single view sinks."""
     probs_sum: torch.Tensor | None = None
     boxes_sum: torch.Tensor | None = None
-    views = DIHEDRAL[: recipe.tta_views]
+    views = DIHEDRAL[: recipe.views]
     for flip, k in views:
         turned = torch.rot90(x.flip(-1) if flip else x, k, dims=(-2, -1))
         out = model(turned.contiguous(memory_format=torch.channels_last))
