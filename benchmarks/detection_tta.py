@@ -139,7 +139,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("mAP@0.5")
     ax.set_xticks(summary["view_counts"])
     ax.set_title("Detector mAP@0.5 against test-time views")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center", ncol=2)
     bx.set_xlabel("views averaged")
     bx.set_ylabel("evaluation time per image (ms, one thread)")
     bx.set_xticks(summary["view_counts"])

@@ -118,6 +118,6 @@ def test_fields_added_after_runs_were_recorded_default_to_none(task):
 def test_detection_views_count_in_the_hash_only_when_set():
     from labelloop.training.detection.recipe import DetectionRecipe
 
-    assert DetectionRecipe().views == 1
+    assert DetectionRecipe().views == 2  # unset: the default, which the hash leaves out
     assert DetectionRecipe(tta_views=4).views == 4
     assert DetectionRecipe(tta_views=4).recipe_hash() != DetectionRecipe().recipe_hash()

@@ -17,6 +17,11 @@ IouLossName = Literal["ciou", "giou"]
 # Chosen by measurement (see network.py): the fastest forward and backward on one CPU
 # thread among those that learn well from scratch on ~200 images.
 DEFAULT_ENCODER = "regnetx_002"
+# The image and its quarter turn: on two BCCD detectors and one of synthetic smears, 2
+# views gave validation mAP@0.5 +0.002 to +0.008 over one (test +0.005 to +0.007) and
+# tighter boxes, at 1.1-1.7x the prediction time; 4 and 8 gained no more mAP@0.5 for
+# 1.6-5.6x on synthetic and BCCD fields (benchmarks/detection_tta.py, BENCHMARKS.md).
+DEFAULT_TTA_VIEWS = 2
 
 
 def _default_augment() -> Augment:
@@ -86,16 +91,14 @@ class DetectionRecipe(BaseRecipe):
     # turned views, and every grid point's class scores and box are averaged over them
     # before NMS (1: the image as it is). Costs that many forward passes wherever the
     # model predicts (evaluation, counts, pre-annotations, pool scores), never in
-    # training's per-epoch validation. None (the default) is one view: on BCCD and
-    # synthetic smears more views tightened boxes (mAP@0.5:0.95) but gave no steady
-    # mAP@0.5 gain on validation. None rather than 1 keeps the recipe hash of runs made
-    # before the field existed.
+    # training's per-epoch validation. Unset (None) means DEFAULT_TTA_VIEWS, and keeps
+    # the recipe hash of runs made before the field existed.
     tta_views: int | None = Field(None, ge=1, le=8)
 
     @property
     def views(self) -> int:
         """The number of test-time views in force."""
-        return self.tta_views if self.tta_views is not None else 1
+        return self.tta_views if self.tta_views is not None else DEFAULT_TTA_VIEWS
 
     @field_validator("encoder")
     @classmethod
