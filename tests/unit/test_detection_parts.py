@@ -318,3 +318,21 @@ def test_one_view_tta_is_the_plain_prediction():
         out = net(x)
     torch.testing.assert_close(probs, out.cls_logits.sigmoid())
     torch.testing.assert_close(boxes, decode_boxes(out, recipe.reg_max))
+
+
+def test_each_scoring_view_is_one_forward_pass_whatever_the_recipe_averages():
+    """The multi-pass scores compare single views with the plain prediction: a view that
+    averaged views of its own would blur what they measure and multiply their cost."""
+    from labelloop.training.detection.network import build_detector
+    from labelloop.training.detection.views import detection_views
+
+    recipe = DetectionRecipe(encoder="resnet10t", image_size=64, neck_channels=8, head_channels=8)
+    assert recipe.views > 1  # the default averages views
+    torch.manual_seed(0)
+    net = build_detector(recipe, 3).eval()
+    calls = []
+    net.register_forward_hook(lambda *_: calls.append(1))
+    images = [np.zeros((48, 64, 3), np.uint8)] * 2
+    views = detection_views(net, images, recipe=recipe, labels=LABELS, mode="tta", passes=3)
+    assert [len(v) for v in views] == [3, 3]
+    assert len(calls) == 3  # one batch of both images per view

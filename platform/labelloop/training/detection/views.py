@@ -35,7 +35,7 @@ def detection_views(
             "(tta_localisation, count_variance)"
         )
     out: list[list[View]] = [[] for _ in images]
-    recipe = recipe.model_copy(update={"tta_views": None})  # each view one pass, not eight
+    recipe = recipe.model_copy(update={"tta_views": 1})  # each view one pass, not several
     for flip, k in DIHEDRAL[1 : 1 + passes]:
         turned = [transform_image(img, flip, k) for img in images]
         for i, (img, det) in enumerate(
