@@ -85,10 +85,9 @@ def score_views(
     return rows
 
 
-def bccd_model(name: str) -> tuple[Any, Any, dict[str, Any]]:
+def bccd_model(name: str, labels: list[str]) -> tuple[Any, Any, dict[str, Any]]:
     """The detector a `bccd_detection.py` run left in `.cache/NAME`, its recipe, its run."""
     kind = get_kind("detection")
-    manifest, _ = bccd_manifest("detection")
     work = CACHE / name
     if not (work / "labelloop.pt").exists():
         raise SystemExit(
@@ -96,8 +95,8 @@ def bccd_model(name: str) -> tuple[Any, Any, dict[str, Any]]:
             f"`benchmarks/bccd_detection.py --only labelloop --name {name}` first"
         )
     run = json.loads((work / "labelloop.json").read_text())
-    recipe = kind.recipe_cls.from_dict({**run["recipe"], "tta_views": None})
-    model = kind.load((work / "labelloop.pt").read_bytes(), recipe, manifest["labels"])
+    recipe = kind.recipe_cls.from_dict(run["recipe"])  # views are set per row when scored
+    model = kind.load((work / "labelloop.pt").read_bytes(), recipe, labels)
     return model, recipe, run
 
 
@@ -171,7 +170,7 @@ def main() -> None:
         manifest, fetch = bccd_manifest("detection")
         for name in args.bccd:
             print(f"BCCD {name}", flush=True)
-            model, recipe, run = bccd_model(name)
+            model, recipe, run = bccd_model(name, manifest["labels"])
             models[f"BCCD seed {run['recipe']['seed']}"] = {
                 "run": name,
                 "epochs": run["epochs"],

@@ -92,9 +92,10 @@ def results_to_shapes(
         where = _Where(file, record, rid if named else f"#{i}")
         if not isinstance(r, dict):
             raise where.error("result is not an object")
-        if str(r.get("type", "")).lower() in _TOOLS and _on_image(r):
+        tool = str(r.get("type", "")).lower()
+        if tool in _TOOLS and _on_image(r):
             if not named or rid not in labelled:  # drawn, never labelled: no cell to count
-                said = f"{str(r['type']).lower()} region has no labels result of its id"
+                said = f"{tool} region has no labels result of its id"
                 shapes.extend(_no_label(where, said, unlabeled))
             continue
         shapes.extend(_result_shapes(r, where, image_size, unlabeled))
