@@ -618,6 +618,69 @@ def test_a_tool_region_without_its_labels_result_is_said_not_dropped():
     assert unlabeled == []
 
 
+def test_per_region_choices_are_the_regions_attributes_never_tags_of_the_image():
+    """`<Choices perRegion="true">` exports a `choices` result with a region's id and
+    geometry. It was read as a tag of the whole image: a region's "ring stage" became
+    the image's class, and a region classed by choices alone vanished unnamed."""
+    import copy
+    import json
+
+    root = require_shared_data(*LS, "frontend-examples")
+    doc = json.loads((root / "image_tools" / "annotations" / "1.json").read_text())
+    results = doc["annotations"][0]["result"]
+
+    def choice_of(rid: str, choice: str, control: str = "stage") -> dict:
+        region = next(r for r in results if r.get("id") == rid)
+        geometry = {k: v for k, v in region["value"].items() if not k.endswith("labels")}
+        return {
+            **{k: region[k] for k in ("original_width", "original_height", "to_name")},
+            "id": rid,
+            "from_name": control,
+            "type": "choices",
+            "value": {**copy.deepcopy(geometry), "choices": [choice]},
+        }
+
+    image_tag = {"id": "img1", "from_name": "q", "to_name": "image", "type": "choices",
+                 "value": {"choices": ["Space"]}}  # fmt: skip
+    extended = [
+        *results,
+        choice_of("dYjaasY56i", "ring"),
+        choice_of("dYjaasY56i", "sharp", control="focus"),
+        choice_of("kuZf2E5DRQ", "schizont"),
+        image_tag,
+    ]
+    said: list[str] = []
+    shapes = results_to_shapes(extended, file="1.json", record="task 1", unlabeled=said)
+    assert said == []
+    assert [s.label for s in shapes if isinstance(s, Tag)] == ["Space"]
+    assert len(shapes) == 11  # the 10 regions as before, and the image's own tag
+    by_id = {s.attributes.get("ls_id"): s for s in shapes}
+    assert by_id["dYjaasY56i"].attributes["stage"] == "ring"
+    assert by_id["dYjaasY56i"].attributes["focus"] == "sharp"
+    assert by_id["kuZf2E5DRQ"].attributes["stage"] == "schizont"
+    assert "stage" not in by_id["wkl8d6uPq5"].attributes
+
+    # A tool region classed by choices alone is left out, and the warning names them.
+    bare = [r for r in extended if not (r.get("id") == "kuZf2E5DRQ" and r["type"] == "labels")]
+    said.clear()
+    shapes = results_to_shapes(bare, file="1.json", record="task 1", unlabeled=said)
+    assert len(shapes) == 10 and [s.label for s in shapes if isinstance(s, Tag)] == ["Space"]
+    assert said == [
+        "task 1 / result kuZf2E5DRQ: rectangle region has no labels result of its id (its "
+        "per-region choices, stage: schizont, are not read as a class); left out"
+    ]
+    # A per-region result whose region is gone is said too, and refused without a list.
+    orphan = {**choice_of("wkl8d6uPq5", "ring"), "id": "gone"}
+    said.clear()
+    shapes = results_to_shapes([*results, orphan], file="1.json", record="t", unlabeled=said)
+    assert len(shapes) == 10 and not any(isinstance(s, Tag) for s in shapes)
+    assert said == [
+        "t / result gone: per-region choices (ring) have no region of their id; left out"
+    ]
+    with pytest.raises(InputError, match="no region of their id"):
+        results_to_shapes([*results, orphan], file="1.json", record="t")
+
+
 def test_an_annotation_whose_result_is_null_is_refused_not_read_as_empty():
     from labelloop.labelstudio.export import task_annotations
 

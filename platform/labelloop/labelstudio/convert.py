@@ -75,20 +75,29 @@ def results_to_shapes(
     labels, is an error, and one with none (a label deselected, or a tool region no
     `labels` result names) is left out with a line in `unlabeled` (an error when no list
     is given).
+
+    A per-region `<Choices>` result (the id of a region, or the region's geometry in its
+    value) is an attribute of that region, named by the control (`from_name`), never a
+    tag of the image; one whose region is missing, and a bare tool region classed by
+    choices alone, are left out the same way: a choice may be a property ("blurry") as
+    well as a class, so it is not taken as a label unasked.
     """
     if not isinstance(results, list):
         raise InputError("annotation result is not a list", file=file, record=record)
     shapes: list[Shape] = []
-    labelled = {
-        r["id"]
-        for r in results
-        if isinstance(r, dict)
-        and isinstance(r.get("id"), str | int)
-        and str(r.get("type", "")).lower().endswith("labels")
-    }
+    labelled: set[str | int] = set()
+    regions: set[str | int] = set()
+    for r in results:
+        if isinstance(r, dict) and _named(rid := r.get("id")):
+            rtype = str(r.get("type", "")).lower()
+            if rtype.endswith("labels"):
+                labelled.add(rid)
+            if (rtype in _TOOLS or rtype.endswith("labels")) and _on_image(r):
+                regions.add(rid)
+    region_choices = _region_choices(results, regions, file, record, unlabeled)
     for i, r in enumerate(results):
         rid = r.get("id") if isinstance(r, dict) else None
-        named = isinstance(rid, str | int) and not isinstance(rid, bool)
+        named = _named(rid)
         where = _Where(file, record, rid if named else f"#{i}")
         if not isinstance(r, dict):
             raise where.error("result is not an object")
@@ -96,10 +105,59 @@ def results_to_shapes(
         if tool in _TOOLS and _on_image(r):
             if not named or rid not in labelled:  # drawn, never labelled: no cell to count
                 said = f"{tool} region has no labels result of its id"
+                if named and rid in region_choices:
+                    chosen = "; ".join(f"{k}: {v}" for k, v in region_choices[rid].items())
+                    said += f" (its per-region choices, {chosen}, are not read as a class)"
                 shapes.extend(_no_label(where, said, unlabeled))
             continue
-        shapes.extend(_result_shapes(r, where, image_size, unlabeled))
+        if tool == "choices" and _per_region(r, regions):
+            continue  # read into its region's attributes above
+        extra = region_choices.get(rid, {}) if named else {}
+        shapes.extend(_result_shapes(r, where, image_size, unlabeled, extra))
     return shapes
+
+
+def _named(rid: object) -> bool:
+    return isinstance(rid, str | int) and not isinstance(rid, bool)
+
+
+def _per_region(r: dict, regions: set[str | int]) -> bool:
+    """Whether a `choices` result classifies one region (`perRegion="true"`): Label Studio
+    gives it the region's id and copies the region's geometry into its value."""
+    rid, value = r.get("id"), r.get("value")
+    return (_named(rid) and rid in regions) or (
+        isinstance(value, dict) and _geometry_kind(value) is not None
+    )
+
+
+def _region_choices(
+    results: list, regions: set[str | int], file: str, record: str, unlabeled: list[str] | None
+) -> dict[str | int, dict[str, str]]:
+    """Per region id, its per-region choices as attributes {control name: "a, b"}."""
+    out: dict[str | int, dict[str, str]] = {}
+    for i, r in enumerate(results):
+        if not (isinstance(r, dict) and str(r.get("type", "")).lower() == "choices"):
+            continue
+        if not _per_region(r, regions):
+            continue
+        rid = r.get("id")
+        where = _Where(file, record, rid if _named(rid) else f"#{i}")
+        value = r.get("value")
+        if not isinstance(value, dict):
+            raise where.error("choices result has no value object")
+        chosen = ", ".join(_labels(value, "choices", where))
+        if not (_named(rid) and rid in regions):
+            said = f"per-region choices ({chosen}) have no region of their id"
+            _no_label(where, said, unlabeled)
+            continue
+        control = str(r.get("from_name") or "choices")
+        if control in ("ls_id", "score"):
+            raise where.error(f"per-region choices control is named {control!r}, a reserved name")
+        attrs = out.setdefault(rid, {})
+        if control in attrs:
+            raise where.error(f"region has two per-region results of control {control!r}")
+        attrs[control] = chosen
+    return out
 
 
 def _no_label(where: _Where, said: str, unlabeled: list[str] | None) -> list[Shape]:
@@ -112,7 +170,11 @@ def _no_label(where: _Where, said: str, unlabeled: list[str] | None) -> list[Sha
 
 
 def _result_shapes(
-    r: dict, where: _Where, image_size: tuple[int, int] | None, unlabeled: list[str] | None
+    r: dict,
+    where: _Where,
+    image_size: tuple[int, int] | None,
+    unlabeled: list[str] | None,
+    extra: dict[str, str] | None = None,
 ) -> list[Shape]:
     rtype = r.get("type")
     if not isinstance(rtype, str):
@@ -127,6 +189,8 @@ def _result_shapes(
     if not isinstance(value, dict):
         raise where.error(f"{rtype} result has no value object")
     attrs = _attributes(r, where)
+    if extra:
+        attrs.update(extra)
     if rtype == "choices":
         return [Tag(label=c, attributes=attrs) for c in _labels(value, "choices", where)]
     labels = _labels(value, rtype, where)
