@@ -681,6 +681,54 @@ def test_per_region_choices_are_the_regions_attributes_never_tags_of_the_image()
         results_to_shapes([*results, orphan], file="1.json", record="t")
 
 
+def test_the_latest_annotation_counts_whatever_zone_its_time_is_written_in(ctx, tmp_path):
+    """Of one annotator's two annotations the later counts, chosen by comparing times as
+    text: 10:00+05:00 (05:00 UTC) sorted after 06:00Z, so the older one counted."""
+    from labelloop.datasets.freeze import current_annotations
+    from labelloop.ingest import ingest_path
+    from labelloop.projects import get_project
+    from tests.factories import png, rect, task, write_export
+    from tests.unit.ingest_fixtures import make_project
+
+    older = [rect("RBC", 1, 1, 5, 5, rid="a")]
+    newer = [rect("RBC", 1, 1, 5, 5, rid="a"), rect("RBC", 20, 20, 5, 5, rid="b")]
+    t = task(0, "images/0.png", [older, newer])
+    t["annotations"][0]["updated_at"] = "2026-01-02T10:00:00+05:00"
+    t["annotations"][1]["updated_at"] = "2026-01-02T06:00:00Z"
+    export = write_export(tmp_path, [t], {"images/0.png": png(seed=0)})
+    make_project(ctx, "cells", "detection", ["RBC"])
+    ingest_path(ctx, "cells", export)
+    with ctx.db.session() as s:
+        (labels,) = current_annotations(s, get_project(s, "cells").id).values()
+    assert len(labels.shapes) == 2
+
+
+def test_an_annotation_time_or_flag_not_understood_is_refused_naming_it():
+    from labelloop.labelstudio.export import task_annotations
+
+    def one(**fields) -> dict:
+        ann = {"id": 9, "result": [], "updated_at": "2021-03-09T21:52:49.513742Z", **fields}
+        return {"id": 5, "data": {"image": "a.png"}, "annotations": [ann]}
+
+    (ann,) = task_annotations(one(updated_at="2021-03-09T23:52:49+02:00"))
+    assert ann.updated_at == "2021-03-09T21:52:49.000000Z"
+    (ann,) = task_annotations(one(updated_at=None, created_at="2021-03-09 21:52:49"))
+    assert ann.updated_at == "2021-03-09T21:52:49.000000Z"  # no zone: taken as UTC
+    (ann,) = task_annotations(one(updated_at=None))
+    assert ann.updated_at is None and not ann.ground_truth
+    cases = [
+        ({"updated_at": "not a date"}, "updated_at 'not a date' is not an ISO 8601 date"),
+        ({"updated_at": 1615326769}, "updated_at 1615326769 is not an ISO 8601 date"),
+        ({"updated_at": "", "created_at": "yesterday"}, "created_at 'yesterday' is not"),
+        ({"ground_truth": "false"}, "ground_truth is 'false', not true or false"),
+        ({"ground_truth": 1}, "ground_truth is 1, not true or false"),
+    ]
+    for fields, why in cases:
+        with pytest.raises(InputError, match=why) as err:
+            task_annotations(one(**fields))
+        assert err.value.record == "task 5 / annotation 9"
+
+
 def test_an_annotation_whose_result_is_null_is_refused_not_read_as_empty():
     from labelloop.labelstudio.export import task_annotations
 

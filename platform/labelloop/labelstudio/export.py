@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -141,7 +142,7 @@ def task_annotations(
                 task.get("annotator"),
                 json_min_results(task, config),
                 f"task {tid} / annotation {aid}",
-                updated_at=task.get("updated_at") or task.get("created_at"),
+                updated_at=_when(task, f"task {tid} / annotation {aid}"),
             )
         ]
     anns = task.get("annotations", task.get("completions", []))
@@ -155,19 +156,50 @@ def task_annotations(
         if (ann.get("was_cancelled") or ann.get("skipped")) and not include_cancelled:
             continue
         results = ann.get("result", [])  # null is no list: results_to_shapes refuses it
+        record = f"task {tid} / annotation {aid}"
         out.append(
             ExportedAnnotation(
                 tid,
                 aid,
                 ann.get("completed_by"),
                 results,
-                f"task {tid} / annotation {aid}",
-                ground_truth=bool(ann.get("ground_truth")),
-                updated_at=ann.get("updated_at") or ann.get("created_at"),
+                record,
+                ground_truth=_flag(ann, "ground_truth", record),
+                updated_at=_when(ann, record),
                 cancelled=bool(ann.get("was_cancelled") or ann.get("skipped")),
             )
         )
     return out
+
+
+def _flag(ann: dict, key: str, record: str) -> bool:
+    """A true/false field, refused when it is anything else: `"false"` is a true string,
+    and a ground truth read from it would outrank every other annotator's work."""
+    value = ann.get(key)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise InputError(f"{key} is {value!r}, not true or false", record=record)
+
+
+def _when(ann: dict, record: str) -> str | None:
+    """`updated_at` (else `created_at`) as one UTC form, `2021-03-09T21:52:49.513742Z`.
+
+    Of several annotators' work the most recently updated counts, chosen by comparing
+    these strings; text that is no date, or dates written in other forms and zones,
+    would pick the wrong one unseen. A time without a zone is taken as UTC."""
+    key = "updated_at" if ann.get("updated_at") not in (None, "") else "created_at"
+    value = ann.get(key)
+    if value in (None, ""):
+        return None
+    try:
+        when = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        when = None
+    if when is None:
+        raise InputError(f"{key} {value!r} is not an ISO 8601 date and time", record=record)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def image_reference(task: dict, image_key: str = "image") -> str:
