@@ -238,3 +238,25 @@ def test_a_saved_head_of_the_same_classes_is_kept(tmp_path):
         ClassificationRecipe(encoder="test_resnet", encoder_weights=str(path)), 1000
     )
     assert torch.equal(net.get_classifier().weight, source.get_classifier().weight)
+
+
+def test_training_reads_the_validation_views_once_for_scores_and_calibration(tmp_path, monkeypatch):
+    """The validation scores and the calibration both need the trained network's softmax
+    on the validation crops; with 8 test-time views each reading was 8 passes more."""
+    from labelloop.training.classification import evaluate
+
+    calls: list[int] = []  # one per view: each is a pass over the crops
+    original = evaluate._softmax
+
+    def counted(model, crops, batch_size):
+        calls.append(len(crops))
+        return original(model, crops, batch_size)
+
+    monkeypatch.setattr(evaluate, "_softmax", counted)
+    rng = np.random.default_rng(2)
+    scenes = [_scene(rng) for _ in range(10)]
+    manifest, blobs = _manifest([(img, b, _splits(i)) for i, (img, b) in enumerate(scenes)])
+    recipe = ClassificationRecipe(source="crops", epochs=1, tta_views=8, **FAST)
+    outcome = KIND.train(manifest, recipe, blobs.__getitem__, tmp_path)
+    assert len(calls) == 8 and len(set(calls)) == 1
+    assert outcome.metrics["split"] == "val" and "calibration" in outcome.metrics

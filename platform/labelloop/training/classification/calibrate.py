@@ -8,7 +8,7 @@ import numpy as np
 from torch import nn
 
 from labelloop.training.calibration import Calibration
-from labelloop.training.classification.evaluate import predict_sample_probs
+from labelloop.training.classification.evaluate import val_probs
 from labelloop.training.classification.recipe import ClassificationRecipe
 
 
@@ -17,9 +17,8 @@ def collect_samples(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     if dm.val_set is None or not len(dm.val_set):
         return None
-    samples = dm.val_set.samples
-    probs = predict_sample_probs(network, samples.crops, recipe.batch_size, recipe.views)
-    return probs.astype(np.float64), np.asarray(samples.targets, np.int64)
+    probs = val_probs(network, dm, recipe.views, recipe.batch_size)
+    return probs.astype(np.float64), np.asarray(dm.val_set.samples.targets, np.int64)
 
 
 CALIBRATION = Calibration(

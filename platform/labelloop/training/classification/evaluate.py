@@ -123,9 +123,28 @@ def evaluate_samples(
     batch_size: int = 64,
     views: int = 1,
 ) -> dict[str, Any]:
-    probs = predict_sample_probs(model, samples.crops, batch_size, views)
+    return metrics_of_probs(
+        predict_sample_probs(model, samples.crops, batch_size, views), samples, labels
+    )
+
+
+def metrics_of_probs(
+    probs: np.ndarray, samples: SampleSet, labels: Sequence[str]
+) -> dict[str, Any]:
     pred = probs.argmax(1) if len(probs) else np.zeros(0, np.int64)
     return classification_metrics(samples.targets, pred, labels)
+
+
+def val_probs(network: nn.Module, dm: Any, views: int, batch_size: int) -> np.ndarray:
+    """The trained network's softmax on the validation samples, computed once: the
+    validation scores and the calibration both read it, and with 8 test-time views each
+    reading is 8 passes over the split."""
+    cached = getattr(dm, "_val_probs", None)
+    if cached is not None and cached[0] is network and cached[1] == views:
+        return cached[2]
+    probs = predict_sample_probs(network, dm.val_set.samples.crops, batch_size, views)
+    dm._val_probs = (network, views, probs)
+    return probs
 
 
 def evaluate_classification(

@@ -10,7 +10,11 @@ from torch import nn
 
 from labelloop.training.classification.calibrate import CALIBRATION
 from labelloop.training.classification.data import ClassificationDataModule
-from labelloop.training.classification.evaluate import evaluate_classification, evaluate_samples
+from labelloop.training.classification.evaluate import (
+    evaluate_classification,
+    metrics_of_probs,
+    val_probs,
+)
 from labelloop.training.classification.network import build_classifier
 from labelloop.training.classification.predict import load_classifier, predict
 from labelloop.training.classification.recipe import ClassificationRecipe
@@ -35,9 +39,8 @@ def _evaluate_val(
 ) -> dict[str, Any]:
     """On the val samples the DataModule already cut, rather than cutting them again."""
     assert dm.val_set is not None
-    metrics = evaluate_samples(
-        network, dm.val_set.samples, dm.labels, recipe.batch_size, recipe.views
-    )
+    probs = val_probs(network, dm, recipe.views, recipe.batch_size)
+    metrics = metrics_of_probs(probs, dm.val_set.samples, dm.labels)
     metrics["split"] = "val"
     return metrics
 
