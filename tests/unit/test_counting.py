@@ -373,19 +373,26 @@ def test_region_shapes_carry_their_mean_probability_as_score():
     }
 
 
-def test_overlay_numbers_every_counted_object():
-    from labelloop.counting.overlay import draw_overlay
+def test_overlay_numbers_every_counted_object_and_hides_none_under_the_legend():
+    from labelloop.counting.overlay import draw_overlay, legend_height
+
+    def overlay(shapes) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(draw_overlay(image, shapes, counts, LABELS))))
 
     image = np.full((120, 160, 3), 255, np.uint8)
     lm = np.zeros((120, 160), np.uint8)
-    lm[60:120, 80:160] = _drawn()  # clear of the legend in the top-left corner
+    lm[60:120, 80:160] = _drawn()
+    lm[2:12, 2:12] = 1  # an RBC in the top-left corner, where the legend used to cover it
     shapes = label_map_to_shapes(lm, LABELS)
     counts = counts_from_label_map(lm, LABELS)
-    drawn = np.asarray(Image.open(io.BytesIO(draw_overlay(image, shapes, counts, LABELS))))
-    no_index = np.asarray(Image.open(io.BytesIO(draw_overlay(image, shapes[:1], counts, LABELS))))
-    # The 10x10 RBC at (90:100, 110:120): its outline and, inside it, its index "3".
-    cell = (slice(92, 98), slice(112, 118))
-    assert (drawn[cell] != 255).any() and (no_index[cell] == 255).all()
+    top = legend_height(LABELS)
+    drawn, first_only = overlay(shapes), overlay(shapes[:1])
+    assert drawn.shape == (120 + top, 160, 3) and (drawn[:top] != 255).any()  # the legend
+    # The corner RBC's outline shows below the legend strip.
+    assert (drawn[top + 2 : top + 12, 2:12] != 255).any()
+    # The 10x10 RBC at (90:100, 110:120): its outline and, inside it, its index.
+    cell = (slice(top + 92, top + 98), slice(112, 118))
+    assert (drawn[cell] != 255).any() and (first_only[cell] == 255).all()
 
 
 def test_cells_enclosed_by_membranes_are_counted_and_specks_dropped_by_min_area():

@@ -26,11 +26,21 @@ PALETTE = [
 ]
 
 
+LEGEND_PAD = 6
+
+
+def legend_height(labels: Sequence[str], tagged: bool = False) -> int:
+    """Rows of the strip above the image in an overlay: one line per label (and one for
+    the image's class when it has one)."""
+    return LEGEND_PAD + 12 * (len(labels) + tagged)
+
+
 def draw_overlay(
     image: np.ndarray, shapes: Sequence[Shape], counts: dict[str, int], labels: Sequence[str]
 ) -> bytes:
     """PNG of the image with each object's box or outline and its index (1-based per
-    label, in the label's colour) and a legend of the counts."""
+    label, in the label's colour), under a strip with the legend of the counts
+    (`legend_height`)."""
     colour = {lb: PALETTE[i % len(PALETTE)] for i, lb in enumerate(labels)}
     canvas = np.ascontiguousarray(image.copy())
     h, w = canvas.shape[:2]
@@ -65,15 +75,17 @@ def draw_overlay(
         org = (int(cx - tw / 2), int(cy + th / 2))
         cv2.putText(canvas, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 2, cv2.LINE_AA)
         cv2.putText(canvas, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, c, 1, cv2.LINE_AA)
-    im = Image.fromarray(canvas)
-    draw = ImageDraw.Draw(im)
     lines = [f"{lb}: {counts.get(lb, 0)}" for lb in labels]
     tags = [sh.label for sh in shapes if isinstance(sh, Tag)]
     if tags:
         lines.insert(0, f"class: {', '.join(tags)}")
+    # The legend goes in a strip above the image, never over it: the objects under a
+    # legend drawn on the image could not be checked against the count.
     line_h = 12
-    box_w = 8 + 7 * max(len(t) for t in lines)
-    draw.rectangle((0, 0, box_w, 6 + line_h * len(lines)), fill=(255, 255, 255))
+    strip = legend_height(labels, bool(tags))
+    im = Image.new("RGB", (max(w, 8 + 7 * max(len(t) for t in lines)), h + strip), "white")
+    im.paste(Image.fromarray(canvas), (0, strip))
+    draw = ImageDraw.Draw(im)
     for i, text in enumerate(lines):
         lb = text.split(":")[0]
         draw.text((4, 3 + i * line_h), text, fill=colour.get(lb, (0, 0, 0)))
