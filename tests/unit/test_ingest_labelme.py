@@ -113,6 +113,10 @@ def test_every_shape_type(ctx, project, tmp_path):
     assert mask.shape == (48, 64) and mask.sum() == 20
     assert mask[41:45, 52:57].all()  # the region's (1:5, 2:7) at corner (50, 40)
     assert item_meta(ctx)["a"]["ignored_shapes"] == {"line": 1, "linestrip": 1}
+    # Lines are left out with a word, never unseen.
+    assert [w for w in report.warnings if "left out" in w] == [
+        f"{tmp_path / 'a.json'} (image a): 1 line, 1 linestrip shape(s) left out (lines are not read)"
+    ]
 
 
 def test_embedded_image_data_when_the_file_is_absent(ctx, project, tmp_path):

@@ -130,6 +130,8 @@ def test_a_run_resumes_from_the_checkpoint_in_the_blob_store(ctx, project, tmp_p
 
 
 def test_count_writes_overlays_and_compares_with_labels(ctx, project, tmp_path):
+    from labelloop.counting.overlay import legend_height
+
     dv, src = project
     # A semantic model: the report must say that touching cells merge. Its RBC intervals
     # get a margin set by hand (validation is too small here to choose one).
@@ -188,7 +190,8 @@ def test_count_writes_overlays_and_compares_with_labels(ctx, project, tmp_path):
     assert all(a["mae_constant"] == 0.0 for a in report["accuracy"].values())
     assert any("no closer to the annotations than a constant" in w for w in report["warnings"])
     for im in report["images"]:
-        assert Image.open(im["overlay"]).size == Image.open(im["file"]).size
+        (ow, oh), (w, h) = Image.open(im["overlay"]).size, Image.open(im["file"]).size
+        assert ow >= w and oh == h + legend_height(["RBC", "WBC", "Platelets"])  # under the legend
         for lb, iv in im["intervals"].items():
             assert iv["low"] <= iv["expected"] <= iv["high"]
             assert iv["expected"] <= im["counts"][lb]  # each object's p is at most 1

@@ -233,7 +233,7 @@ def _record(
     flags = data.get("flags")
     if isinstance(flags, dict) and (on := sorted(k for k, v in flags.items() if v is True)):
         meta["flags"] = on
-    return image_record(
+    rec = image_record(
         source=source,
         external_id=key,
         uri=uri,
@@ -244,6 +244,10 @@ def _record(
         meta=meta,
         load=load,
     )
+    if ignored:  # lines outline no region and count no cell; said, never dropped unseen
+        left = ", ".join(f"{n} {kind}" for kind, n in sorted(ignored.items()))
+        rec.warnings.append(f"{file} ({name}): {left} shape(s) left out (lines are not read)")
+    return rec
 
 
 def _points(raw: dict, file: str, where: str) -> list[tuple[float, float]]:
