@@ -115,7 +115,8 @@ def test_every_shape_type(ctx, project, tmp_path):
     assert item_meta(ctx)["a"]["ignored_shapes"] == {"line": 1, "linestrip": 1}
     # Lines are left out with a word, never unseen.
     assert [w for w in report.warnings if "left out" in w] == [
-        f"{tmp_path / 'a.json'} (image a): 1 line, 1 linestrip shape(s) left out (lines are not read)"
+        f"{tmp_path / 'a.json'} (image a): 1 line, 1 linestrip shape(s) left out "
+        "(lines are not read)"
     ]
 
 
