@@ -148,6 +148,68 @@ def test_refused_folders_name_the_record_and_write_nothing(
     assert _labels(ctx) == kept
 
 
+def test_folders_auto_detection_never_takes_for_a_pool_what_holds_labels(tmp_path):
+    """Class folders with one oddity (a nested folder, an empty class, a GIF) were read
+    as an unlabeled image pool, and masks beside their images (ISBI's train/image +
+    train/label) as two classes named after the folders: every label lost, exit 0."""
+    two = {"cat/a.png": png(seed=1), "dog/b.png": png(seed=2)}
+    for name, extra in [
+        ("nested", {"dog/puppies/e.png": png(seed=3)}),
+        ("gif", {"dog/c.gif": png(seed=3)}),
+        ("split", {"train/cat/a.png": png(seed=1), "train/dog/b.png": png(seed=2)}),
+    ]:
+        files = extra if name == "split" else {**two, **extra}
+        root = _tree(tmp_path / name, files)
+        if name == "split":
+            _tree(root, {"test/dog/sub/c.png": png(seed=4)})
+        with pytest.raises(InputError, match=r"subfolders hold images .* --format folders"):
+            detect_format(root)
+    empty = _tree(tmp_path / "empty", two)
+    (empty / "bird").mkdir()
+    with pytest.raises(InputError, match=r"2 subfolders hold images \(cat/, dog/\)"):
+        detect_format(empty)
+    # Classes that number their images alike are still classes.
+    alike = _tree(tmp_path / "alike", {"cat/1.png": png(seed=1), "dog/1.png": png(seed=2)})
+    assert detect_format(alike) == "folders"
+    # Masks beside their images: named like masks, and their names pair with the images'.
+    for layout in ["images+annotations", "train/image+train/label"]:
+        imgs, masks = layout.split("+")
+        root = _tree(
+            tmp_path / layout.replace("/", "_"),
+            {f"{imgs}/0.png": png(seed=1), f"{masks}/0.png": png(seed=2), "test/5.png": png(5)},
+        )
+        with pytest.raises(InputError, match=rf"{masks}/ holds files named like those in {imgs}"):
+            detect_format(root)
+    # A point-count dataset's .mat files are annotations too, not nothing.
+    mat = _tree(tmp_path / "mat", {"images/IMG_1.png": png(seed=1), "gt/GT_IMG_1.mat": "MATLAB"})
+    with pytest.raises(InputError, match=r"gt/GT_IMG_1\.mat: binary \.mat data"):
+        detect_format(mat)
+
+
+def test_the_real_isbi_stack_is_not_taken_for_class_folders():
+    root = require_shared_data("isbi2012-membrane")
+    with pytest.raises(InputError, match=r"train/label/ holds files named like those in train/"):
+        detect_format(root)
+    assert detect_format(root / "train") == "masks"
+
+
+def test_images_outside_any_class_in_a_split_folder_are_refused_not_dropped(ctx, tmp_path):
+    """Kaggle's layout: train/<class>/ and an unlabeled test/ of loose images, which the
+    reader passed over without a word."""
+    root = _tree(
+        tmp_path / "kaggle",
+        {
+            "train/infected/1.png": png(seed=1),
+            "train/healthy/2.png": png(seed=2),
+            "test/3.png": png(seed=3),
+        },
+    )
+    project = make_project(ctx, "cells", "classification", CLASSES)
+    with pytest.raises(InputError, match="3.png lies beside the class folders") as err:
+        ingest_path(ctx, project, root, fmt="folders")
+    assert err.value.record == "test/3.png" and counts(ctx) == NOTHING
+
+
 def test_an_image_in_two_splits_is_refused(tmp_path):
     root = _tree(
         tmp_path / "leak",

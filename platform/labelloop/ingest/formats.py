@@ -21,6 +21,7 @@ from labelloop.errors import InputError
 from labelloop.imaging import allow_pixels
 from labelloop.ingest.archive import safe_extract
 from labelloop.ingest.core import IngestReport, drop_unreferenced, ingest_records
+from labelloop.ingest.readers.folders import class_like
 from labelloop.ingest.records import Format, ReadOptions, SourceRecord
 from labelloop.ingest.sniff import refuse_image_pool
 from labelloop.projects import get_project
@@ -59,10 +60,11 @@ def detect_format(path: Path) -> str:
     for fmt in formats().values():
         if fmt.detect(path):
             if fmt.name == "images" and path.is_dir():
-                refuse_image_pool(path, [n for n in formats() if n != "images"])
+                tried = [n for n in formats() if n != "images"]
+                refuse_image_pool(path, tried, class_like(path))
             return fmt.name
     if path.is_dir():
-        refuse_image_pool(path, list(formats()))
+        refuse_image_pool(path, list(formats()), class_like(path))
     raise InputError(
         f"cannot detect the format; pass --format ({', '.join(formats())})", file=str(path)
     )

@@ -9,11 +9,33 @@ what each file looks like; `--format images` says the images alone are wanted.""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from labelloop.errors import InputError
 
 ANNOTATION_SUFFIXES = {".xml", ".json", ".txt", ".csv", ".yaml", ".yml"}
+# Binary files that hold annotations in published datasets (point counts in .mat, masks
+# in .npy / .h5): no reader takes them, and beside images they are never nothing.
+BINARY_ANNOTATION_SUFFIXES = {".mat", ".npy", ".npz", ".h5", ".hdf5"}
+# Folder names under which datasets keep masks or label images beside their images.
+MASK_FOLDER_NAMES = {
+    "mask",
+    "masks",
+    "label",
+    "labels",
+    "annotation",
+    "annotations",
+    "gt",
+    "groundtruth",
+    "ground_truth",
+    "ground-truth",
+    "seg",
+    "segmentation",
+    "segmentations",
+    "segmentationclass",
+    "segmentationobject",
+}
 # Files exports carry that describe the export, not its images (Roboflow's README.*.txt).
 _NOT_ANNOTATIONS = ("readme", "license", "licence", "changelog", "notes")
 SHOWN = 8  # files listed in the message; the rest are counted
@@ -26,8 +48,9 @@ def annotation_like(folder: Path) -> list[Path]:
         rel = p.relative_to(folder).parts
         if any(part.startswith(".") or part.startswith("__MACOSX") for part in rel):
             continue
+        suffix = p.suffix.lower()
         if (
-            p.suffix.lower() in ANNOTATION_SUFFIXES
+            (suffix in ANNOTATION_SUFFIXES or suffix in BINARY_ANNOTATION_SUFFIXES)
             and not p.name.lower().startswith(_NOT_ANNOTATIONS)
             and p.is_file()
         ):
@@ -48,6 +71,8 @@ def describe(path: Path) -> str:
         head = _head(path)
     except OSError as exc:
         return f"cannot be read ({exc.strerror})"
+    if path.suffix.lower() in BINARY_ANNOTATION_SUFFIXES:
+        return f"binary {path.suffix.lower()} data (MATLAB, NumPy or HDF5): no reader takes it"
     if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head[:200]:
         return "UTF-16 text: labelloop reads UTF-8; re-save the file as UTF-8"
     text = head.decode("utf-8-sig", errors="replace").lstrip()
@@ -89,19 +114,80 @@ def _describe_json(path: Path) -> str:
     return f"a JSON {type(data).__name__}"
 
 
-def refuse_image_pool(folder: Path, tried: list[str]) -> None:
-    """Raise when `folder` holds annotation-like files: auto-detection found no reader
-    for them, and reading the folder as images alone would silently drop them."""
-    files = annotation_like(folder)
-    if not files:
+def mask_folders(folder: Path, depth: int = 2) -> list[tuple[Path, Path]]:
+    """(images, masks) sibling folders at most `depth` levels below `folder`: a folder
+    named like masks (`MASK_FOLDER_NAMES`) whose files share their names (less the
+    suffix) with a sibling's, at least half of them. Read as class folders or as an
+    image pool, the masks would be taken for images and every label lost unseen."""
+    out: list[tuple[Path, Path]] = []
+    level = [folder]
+    for _ in range(depth):
+        below: list[Path] = []
+        for parent in level:
+            subs = sorted(p for p in parent.iterdir() if p.is_dir() and p.name[:1] != ".")
+            stems = {p: {f.stem for f in p.iterdir() if f.name[:1] != "."} for p in subs}
+            for masks in subs:
+                if masks.name.lower() not in MASK_FOLDER_NAMES or not stems[masks]:
+                    continue
+                pair = next(
+                    (
+                        o
+                        for o in subs
+                        if o != masks and 2 * len(stems[masks] & stems[o]) >= len(stems[masks])
+                    ),
+                    None,
+                )
+                if pair is not None:
+                    out.append((pair, masks))
+            below.extend(subs)
+        level = below
+    return out
+
+
+def refuse_mask_layout(folder: Path, what: str) -> None:
+    """Raise when `folder` holds images beside their masks (`mask_folders`) that a reader
+    of another layout (`what`: "class folders", "an image pool") was about to take."""
+    pairs = mask_folders(folder)
+    if not pairs:
         return
-    lines = [f"  {p.relative_to(folder)}: {describe(p)}" for p in files[:SHOWN]]
-    if len(files) > SHOWN:
-        lines.append(f"  ... and {len(files) - SHOWN} more")
+    images, masks = pairs[0]
+    holder = images.parent
     raise InputError(
-        f"{len(files)} annotation-like file(s) here, but no format reads them "
-        f"(tried {', '.join(tried)}):\n" + "\n".join(lines) + "\n"
-        "Pass --format NAME to read them as that format (its error says what does not "
-        "fit), or --format images to ingest the images alone as an unlabeled pool.",
+        f"{masks.relative_to(folder)}/ holds files named like those in "
+        f"{images.relative_to(folder)}/: masks or labels of those images, not {what}. "
+        f"To read them as a mask dataset, ingest the folder that holds both ({holder}) "
+        "with --format masks, which reads images/ or image/ beside masks/ or labels/ "
+        "(rename the folders if need be); or pass --format folders / images to read "
+        "this folder as that anyway.",
         file=str(folder),
     )
+
+
+def refuse_image_pool(folder: Path, tried: list[str], class_like: Sequence[Path] = ()) -> None:
+    """Raise when `folder` holds masks beside their images, annotation-like files, or
+    subfolders of images that look like classes (`class_like`, two or more):
+    auto-detection found no reader for them, and reading the folder as images alone
+    would silently drop them."""
+    refuse_mask_layout(folder, "an image pool")
+    files = annotation_like(folder)
+    if files:
+        lines = [f"  {p.relative_to(folder)}: {describe(p)}" for p in files[:SHOWN]]
+        if len(files) > SHOWN:
+            lines.append(f"  ... and {len(files) - SHOWN} more")
+        raise InputError(
+            f"{len(files)} annotation-like file(s) here, but no format reads them "
+            f"(tried {', '.join(tried)}):\n" + "\n".join(lines) + "\n"
+            "Pass --format NAME to read them as that format (its error says what does not "
+            "fit), or --format images to ingest the images alone as an unlabeled pool.",
+            file=str(folder),
+        )
+    if len(class_like) >= 2:
+        named = ", ".join(f"{p.relative_to(folder)}/" for p in class_like[:SHOWN])
+        more = f" and {len(class_like) - SHOWN} more" if len(class_like) > SHOWN else ""
+        raise InputError(
+            f"{len(class_like)} subfolders hold images ({named}{more}), but not as class "
+            "folders are read (each holding images only, two classes at least): pass "
+            "--format folders to read each as a class (its errors say what does not "
+            "fit), or --format images to ingest them all as one unlabeled pool.",
+            file=str(folder),
+        )

@@ -24,6 +24,7 @@ from labelloop.ingest.records import (
     error_record,
     image_record,
 )
+from labelloop.ingest.sniff import mask_folders
 
 # Folder names that pin a split, as dataset publishers spell them.
 SPLIT_NAMES = {
@@ -51,22 +52,39 @@ def _all_images(folder: Path) -> bool:
     return bool(entries) and all(_is_image(p) for p in entries)
 
 
+def split_folders(root: Path) -> list[Path]:
+    """The subfolders of `root` when every one is a split name (the split layout)."""
+    subs = _subfolders(root)
+    return subs if subs and all(p.name.lower() in SPLIT_NAMES for p in subs) else []
+
+
 def class_folders(root: Path) -> list[tuple[str | None, Path]]:
     """(pinned split or None, class folder) pairs: the split layout when every subfolder
     of `root` is a split name, else the flat layout."""
-    subs = _subfolders(root)
-    if subs and all(p.name.lower() in SPLIT_NAMES for p in subs):
-        return [(SPLIT_NAMES[s.name.lower()], c) for s in subs for c in _subfolders(s)]
-    return [(None, c) for c in subs]
+    if splits := split_folders(root):
+        return [(SPLIT_NAMES[s.name.lower()], c) for s in splits for c in _subfolders(s)]
+    return [(None, c) for c in _subfolders(root)]
 
 
 def detect(path: Path) -> bool:
     """A folder with no loose images whose class folders (at least two in all) each hold
-    images and nothing else."""
+    images and nothing else, and none of which holds the masks of another's images
+    (`images/` + `labels/` of one stem each are a mask dataset, not two classes)."""
     if not path.is_dir() or any(_is_image(p) for p in visible(path)):
         return False
     folders = class_folders(path)
-    return len({c.name for _, c in folders}) >= 2 and all(_all_images(c) for _, c in folders)
+    if len({c.name for _, c in folders}) < 2 or not all(_all_images(c) for _, c in folders):
+        return False
+    return not mask_folders(path)
+
+
+def class_like(path: Path) -> list[Path]:
+    """The class folders of `path` that hold images of their own: two or more of them in
+    a folder the class-folder reader does not take (a nested folder, an empty class, a
+    file of another type) look like classes all the same, and are not an image pool."""
+    if not path.is_dir() or any(_is_image(p) for p in visible(path)):
+        return []  # loose images beside the folders: an image pool
+    return [c for _, c in class_folders(path) if any(_is_image(p) for p in visible(c))]
 
 
 def read_class_folders(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
@@ -86,8 +104,9 @@ def read_class_folders(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
         return error_record(reason, source=source, external_id=rel, file=str(at), name=rel)
 
     # An image beside the class folders belongs to no class: refused, never passed over
-    # (a note or a CSV there is the dataset's own, and allowed).
-    for place in [path, *sorted({f.parent for split, f in folders if split})]:
+    # (a note or a CSV there is the dataset's own, and allowed); so is one in a split
+    # folder without class folders (Kaggle's unlabeled test/).
+    for place in [path, *split_folders(path)]:
         for f in visible(place):
             if _is_image(f):
                 yield refused(f"{f.name} lies beside the class folders, in no class", f)
