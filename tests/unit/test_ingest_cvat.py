@@ -76,6 +76,11 @@ def test_docs_example_shapes_per_kind_and_label(ctx, tmp_path):
     }
     meta = item_meta(ctx)["4/0"]
     assert meta["ignored_shapes"] == {"polyline": 2}
+    # Said in the report, which the CLI prints and --json carries, not only logged.
+    (said,) = [w for w in report.warnings if "left out" in w]
+    assert said.endswith(
+        "(image 0 'filename000.jpg'): 2 polyline shape(s) left out (no canonical shape for them)"
+    )
     assert meta["cvat_task_id"] == "4" and meta["cvat_image_id"] == "0"
     shapes = shapes_from_json(active_shapes(ctx))
     mask = next(s for s in shapes if s.kind == "mask")
@@ -196,6 +201,9 @@ def test_project_export_keeps_tasks_subsets_attributes(ctx, tmp_path):
     assert set(meta) == {"10/0", "11/0", "11/1"}  # the same frame id in two tasks stays apart
     assert meta["10/0"]["subset"] == "Train" and meta["11/1"]["subset"] == "Validation"
     assert meta["11/0"]["ignored_shapes"] == {"cuboid": 1}
+    assert [w.split(": ", 1)[1] for w in report.warnings if "left out" in w] == [
+        "1 cuboid shape(s) left out (no canonical shape for them)"
+    ]
     shapes = {s.kind: s for s in shapes_from_json(active_shapes(ctx))}
     box = shapes["box"]
     assert isinstance(box, Box)

@@ -116,7 +116,7 @@ def test_every_shape_type(ctx, project, tmp_path):
     # Lines are left out with a word, never unseen.
     assert [w for w in report.warnings if "left out" in w] == [
         f"{tmp_path / 'a.json'} (image a): 1 line, 1 linestrip shape(s) left out "
-        "(lines are not read)"
+        "(lines outline no region and count no cell)"
     ]
 
 

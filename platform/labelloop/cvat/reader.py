@@ -8,7 +8,6 @@ have no canonical counterpart and are counted in the record's meta instead of gu
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -32,9 +31,8 @@ from labelloop.ingest.records import (
     default_source,
     error_record,
     image_record,
+    note_left_out,
 )
-
-LOG = logging.getLogger(__name__)
 
 IGNORED_KINDS = ("polyline", "cuboid")  # no region and no single point: nothing to train on
 MAX_SIDE = 1 << 20
@@ -91,7 +89,6 @@ def read_cvat_xml(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
     )
     meta = _Meta()
     source = opts.source
-    ignored_total: Counter[str] = Counter()
     depth, images, root = 0, 0, None
     for event, el in _events(xml):
         if event == "start":
@@ -117,18 +114,11 @@ def read_cvat_xml(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
         elif el.tag == "image":
             source = source or _source_name(meta, xml)
             rec = _record(el, images, meta, source, file, finder)
-            ignored_total.update(rec.meta.get("ignored_shapes", {}))
             images += 1
             yield rec
         root.clear()  # converted elements are dropped: memory stays flat
     if root is None:
         raise InputError("XML has no elements", file=file)
-    if ignored_total:
-        LOG.warning(
-            "%s: ignored %s (no canonical shape for them)",
-            file,
-            ", ".join(f"{n} {k}" for k, n in sorted(ignored_total.items())),
-        )
 
 
 def _events(xml: Path) -> Iterator[tuple[str, Element]]:
@@ -190,9 +180,7 @@ def _record(
         )
     info: dict = {"subset": subset, "cvat_task_id": task_id, "cvat_image_id": image_id}
     info = {k: v for k, v in info.items() if v is not None}
-    if ignored:
-        info["ignored_shapes"] = dict(sorted(ignored.items()))
-    return image_record(
+    rec = image_record(
         source=source,
         external_id=external_id,
         uri=name,
@@ -203,6 +191,7 @@ def _record(
         meta=info,
         declared_size=(width, height),
     )
+    return note_left_out(rec, ignored, "no canonical shape for them")
 
 
 def _shapes(

@@ -3,7 +3,7 @@ two ways every reader builds one (an image with its annotations, or the record's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +86,17 @@ def image_record(
         name=name,
         declared_size=declared_size,
     )
+
+
+def note_left_out(rec: SourceRecord, left: Mapping[str, int], why: str) -> SourceRecord:
+    """Say on `rec` which of its shapes were left out and why: counted in
+    `meta["ignored_shapes"]` and a warning of the ingest report naming the file and the
+    record, never only a log line."""
+    if left:
+        rec.meta["ignored_shapes"] = dict(sorted(left.items()))
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(left.items()))
+        rec.warnings.append(f"{rec.file} ({rec.name}): {kinds} shape(s) left out ({why})")
+    return rec
 
 
 def error_record(

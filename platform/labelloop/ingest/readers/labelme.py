@@ -48,6 +48,7 @@ from labelloop.ingest.records import (
     error_record,
     file_loader,
     image_record,
+    note_left_out,
 )
 
 IGNORED_TYPES = frozenset({"line", "linestrip"})
@@ -228,8 +229,6 @@ def _record(
             continue
         shapes.extend(_shapes(raw, label.strip(), kind, (width, height), file, where))
     meta: dict = {}
-    if ignored:
-        meta["ignored_shapes"] = dict(ignored)
     flags = data.get("flags")
     if isinstance(flags, dict) and (on := sorted(k for k, v in flags.items() if v is True)):
         meta["flags"] = on
@@ -244,10 +243,7 @@ def _record(
         meta=meta,
         load=load,
     )
-    if ignored:  # lines outline no region and count no cell; said, never dropped unseen
-        left = ", ".join(f"{n} {kind}" for kind, n in sorted(ignored.items()))
-        rec.warnings.append(f"{file} ({name}): {left} shape(s) left out (lines are not read)")
-    return rec
+    return note_left_out(rec, ignored, "lines outline no region and count no cell")
 
 
 def _points(raw: dict, file: str, where: str) -> list[tuple[float, float]]:
