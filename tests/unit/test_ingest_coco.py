@@ -320,6 +320,32 @@ def test_an_annotation_written_twice_is_kept_with_a_warning_naming_it(ctx, tmp_p
     assert len([w for w in warned if "box clipped" in w]) == 2
 
 
+def test_crowds_and_pose_boxes_are_said_and_unnamed_points_refused(ctx, tmp_path):
+    """A crowd region is several objects under one outline, and counted as one; a pose's
+    bbox was dropped unseen; points of a category that names none became as many
+    objects of the category, which is which lost."""
+    doc = coco_doc()
+    doc["categories"].append({"id": 4, "name": "cell", "keypoints": ["nucleus", "tail"]})
+    pose = {"id": 20, "image_id": 3, "category_id": 4, "keypoints": [20, 20, 2, 40, 30, 2]}
+    spans = {**pose, "id": 21, "keypoints": [5, 5, 2, 9, 9, 1], "bbox": [5, 5, 4, 4]}
+    doc["annotations"] += [{**pose, "bbox": [10, 10, 40, 30]}, spans]
+    path = _write(tmp_path / "coco", doc)
+    project = make_project(ctx, "cells", "detection", [*LABELS, "nucleus", "tail"])
+    report = ingest_path(ctx, project, path)
+    assert report.shapes_per_class["nucleus"] == report.shapes_per_class["tail"] == 2
+    said = sorted(w.removeprefix(f"{path}: ") for w in report.warnings if str(path) in w)
+    assert said == [
+        "image 1 'a.png' / annotation 12: an iscrowd region (several WBC objects under one "
+        "outline) is kept as one object; counts and instance scores take it as one",
+        "image 3 'c.png' / annotation 20: its bbox is left out; its 2 labelled keypoints are read",
+    ]  # Label Studio's bbox that only spans the points (annotation 21) says nothing new
+    doc["categories"][-1].pop("keypoints")
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="2 keypoints, but category 'cell' names none") as err:
+        ingest_path(ctx, project, path)
+    assert err.value.record == "image 3 'c.png' / annotation 20"
+
+
 def test_an_image_declared_at_another_size_is_refused(ctx, tmp_path):
     doc = coco_doc()
     doc["images"][1].update(width=2 * W, height=2 * H)

@@ -300,8 +300,9 @@ def _image_record(
             raise InputError("image has no file_name", file=reader.name, record=record)
         image = ImageInfo.from_entry(raw, file=reader.name, record=record)
         shapes: list[Shape] = []
+        notes: list[str] = []
         for seq, body in rows:
-            shapes += annotation_shapes(json.loads(body), seq, image, reader.categories)
+            shapes += annotation_shapes(json.loads(body), seq, image, reader.categories, notes)
         path = reader.finder.find(uri, subset=reader.subset, file=reader.name, record=record)
     except InputError as exc:
         return reader.bad_record(external_id, record, exc, uri)
@@ -313,7 +314,7 @@ def _image_record(
         value = raw.get(k, extra.get(k))
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             meta[k] = value
-    return image_record(
+    rec = image_record(
         source=reader.source,
         external_id=external_id,
         uri=uri,
@@ -326,6 +327,8 @@ def _image_record(
         meta=meta,
         declared_size=(image.width, image.height) if image.width and image.height else None,
     )
+    rec.warnings.extend(f"{reader.name}: {note}" for note in notes)
+    return rec
 
 
 def _orphans(

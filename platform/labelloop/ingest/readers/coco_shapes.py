@@ -88,9 +88,15 @@ def _is_int(v: object) -> bool:
 
 
 def annotation_shapes(
-    ann: Any, seq: int, image: ImageInfo, categories: dict[str, Category]
+    ann: Any,
+    seq: int,
+    image: ImageInfo,
+    categories: dict[str, Category],
+    notes: list[str] | None = None,
 ) -> list[Shape]:
-    """The region (segmentation, else the bbox) and the labelled keypoints of one object."""
+    """The region (segmentation, else the bbox) and the labelled keypoints of one object.
+    What is read otherwise than the file may mean goes into `notes` (the record's
+    warnings): a crowd region kept as one object, a pose's bbox left out."""
     ann_id = ann.get("id") if isinstance(ann, dict) else None
     ident = ann_id if isinstance(ann_id, int | str) and not isinstance(ann_id, bool) else None
     at = _At(image, f"{image.record} / annotation {ident if ident is not None else f'#{seq}'}")
@@ -101,8 +107,13 @@ def annotation_shapes(
     if cat is None:
         raise at.error(f"category {cat_id!r} is not in categories")
     attrs = _attributes(ann.get("attributes"))
+    said = notes if notes is not None else []
     if _crowd(ann.get("iscrowd"), at):
         attrs["iscrowd"] = True
+        said.append(
+            f"{at.where}: an iscrowd region (several {cat.name} objects under one outline) "
+            "is kept as one object; counts and instance scores take it as one"
+        )
     bbox = _bbox(ann.get("bbox"), at)
     region = _region(ann.get("segmentation"), cat.name, attrs, at)
     points = _keypoints(ann.get("keypoints"), cat, attrs, ident if ident is not None else seq, at)
@@ -113,7 +124,20 @@ def annotation_shapes(
         if bbox is None:
             raise at.error("annotation has no segmentation, bbox or keypoints")
         shapes.append(_box(bbox, cat.name, attrs, at))
+    elif bbox is not None and bbox[2] * bbox[3] > 0 and not _spans(bbox, points):
+        # A pose's own box (a skeleton's object): the points are its shapes here. A box
+        # that only spans the points (Label Studio writes one) says nothing more.
+        said.append(
+            f"{at.where}: its bbox is left out; its {len(points)} labelled keypoints are read"
+        )
     return shapes + points
+
+
+def _spans(bbox: tuple[float, float, float, float], points: list[Keypoint]) -> bool:
+    """Whether `bbox` is the extent of `points`, to a pixel (exporters round)."""
+    xs, ys = [p.x for p in points], [p.y for p in points]
+    extent = (min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys))
+    return all(abs(a - b) <= 1.0 for a, b in zip(bbox, extent, strict=True))
 
 
 def _attributes(raw: object) -> Attrs:
@@ -279,6 +303,12 @@ def _keypoints(
     names = cat.keypoints
     if names and len(names) != count:
         raise at.error(f"{count} keypoints, but category {cat.name!r} names {len(names)}")
+    if not names and sum(1 for v in raw[2::3] if v) > 1:
+        # Each point would be one more object of the category, and which is which lost.
+        raise at.error(
+            f"{count} keypoints, but category {cat.name!r} names none "
+            '(its "keypoints" list says which point is which)'
+        )
     by_name = len(names) > 1
     out: list[Shape] = []
     for i in range(count):
