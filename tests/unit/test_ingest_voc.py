@@ -184,6 +184,25 @@ def test_a_flag_that_is_not_0_or_1_is_refused_not_read_as_false(ctx, project, tm
     assert wbc["attributes"] == {"difficult": True}
 
 
+def test_parts_and_a_polygon_beside_a_box_are_said_not_dropped(ctx, project, tmp_path):
+    """VOC's person layout gives an object <part>s (head, hands) with boxes of their own,
+    and some tools write a <polygon> beside the <bndbox>: both were passed over unseen."""
+    root = voc_dataset(tmp_path / "d", {"a": TWO_CELLS})
+    xml = root / "Annotations" / "a.xml"
+    part = "<part><name>nucleus</name><bndbox><xmin>4</xmin><ymin>4</ymin><xmax>9</xmax>"
+    part += "<ymax>9</ymax></bndbox></part>"
+    pts = "".join(f"<pt><x>{x}</x><y>{y}</y></pt>" for x, y in [(2, 3), (20, 3), (9, 30)])
+    poly = f"<polygon>{pts}</polygon>"
+    text = xml.read_text().replace("</bndbox></object>", f"</bndbox>{part}{part}</object>", 1)
+    xml.write_text(text.replace("</bndbox></object>", f"</bndbox>{poly}</object>", 1))
+    report = ingest_path(ctx, project, root)
+    assert report.shapes_per_class == {"RBC": 1, "WBC": 1}
+    assert [w.removeprefix(f"{xml}: ") for w in report.warnings] == [
+        "image a / object 1 (RBC): 2 <part>(s) left out; the object's own box is read",
+        "image a / object 2 (WBC): its <polygon> is left out; its <bndbox> is read",
+    ]
+
+
 def test_boxes_outside_the_image_are_clipped_or_refused_by_core(ctx, project, tmp_path):
     root = voc_dataset(tmp_path / "d", {"a": [("RBC", 50, 40, 70, 60)]})
     report = ingest_path(ctx, project, root)

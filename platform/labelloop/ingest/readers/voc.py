@@ -213,15 +213,22 @@ def _dim(size: Element, tag: str, file: str, name: str) -> int:
     return int(value)
 
 
-def _object_shape(obj: Element, index: int, file: str, name: str) -> Shape:
+def _object_shape(obj: Element, index: int, file: str, name: str, notes: list[str]) -> Shape:
+    """The object's box (or MIT LabelMe polygon). What else it holds is not read, and
+    said in `notes`: its <part>s (VOC's person layout: head, hands), and a polygon
+    beside its box."""
     label = (obj.findtext("name") or "").strip()
     where = f"{name} / object {index}" + (f" ({label})" if label else "")
     if not label:
         raise InputError("object has no <name>", file=file, record=where)
     box = obj.find("bndbox")
     poly = obj.find("polygon")
+    if parts := obj.findall("part"):
+        notes.append(f"{where}: {len(parts)} <part>(s) left out; the object's own box is read")
     if box is None and poly is not None:
         return _labelme_polygon(poly, label, file, where)
+    if poly is not None:
+        notes.append(f"{where}: its <polygon> is left out; its <bndbox> is read")
     if box is None:
         raise InputError(
             "object has no <bndbox> (nor a LabelMe <polygon>)", file=file, record=where
@@ -300,13 +307,15 @@ def _xml_record(
 ) -> SourceRecord:
     file = str(xml)
     voc = _parse(xml, name)
+    notes: list[str] = []
     shapes = [
-        _object_shape(o, i, file, name)
+        _object_shape(o, i, file, name, notes)
         for i, o in enumerate(voc.objects, start=1)
         if (o.findtext("deleted") or "").strip() != "1"  # MIT LabelMe keeps deleted objects
     ]
     image = _find_image(lay, voc.filename, image_id, xml, file, name)
     rec = _record(lay, image_id, name, image, file, source, shapes, mask)
+    rec.warnings.extend(f"{file}: {note}" for note in notes)
     if voc.width and voc.height:
         actual = image_size(image, file=file, record=name)
         if actual != (voc.width, voc.height):
