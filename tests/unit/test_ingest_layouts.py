@@ -200,6 +200,15 @@ def test_yolo_obb_label_txt_rotated_boxes_become_polygons(ctx, tmp_path):
         "train/a": "train",
         "valid/b": "val",
     }
+    assert rotated["attributes"] == {} and active_shapes(ctx)[1]["attributes"] == {
+        "difficult": True
+    }
+    # A difficulty other than 0 or 1 was read as not difficult: refused, naming the line.
+    label = root / "train" / "labelTxt" / "a.txt"
+    label.write_text(label.read_text().replace("WBC 1", "WBC 2"))
+    with pytest.raises(InputError, match="difficult '2' is not 0 or 1") as err:
+        ingest_path(ctx, project, root)
+    assert err.value.record == "image train/a / line 4"
 
 
 def test_roboflow_createml_download(ctx, tmp_path):

@@ -118,6 +118,8 @@ def _shapes(label: Path, name: str) -> Iterator[Polygon]:
             )
         nums = [finite(v, "coordinate", file=file, record=where) for v in parts[:8]]
         attrs: dict[str, str | int | float | bool] = {}
+        if len(parts) == 10 and parts[9] not in ("0", "1"):  # never read as not difficult
+            raise InputError(f"difficult {parts[9]!r} is not 0 or 1", file=file, record=where)
         if len(parts) == 10 and parts[9] == "1":
             attrs["difficult"] = True
         pts = list(zip(nums[0::2], nums[1::2], strict=True))
