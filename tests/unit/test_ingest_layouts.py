@@ -8,7 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from labelloop.db.models import SourceItem
 from labelloop.errors import InputError
 from labelloop.ingest import ingest_path
 from labelloop.ingest.formats import detect_format
@@ -456,3 +458,46 @@ def test_a_symlink_leaving_the_export_is_refused_by_name(ctx, tmp_path):
     project = make_project(ctx, "cells", "detection", LABELS)
     with pytest.raises(InputError, match="outside the dataset folder: refused"):
         ingest_path(ctx, project, root)
+
+
+def test_images_no_annotation_file_claims_are_unlabeled_images_not_dropped(ctx, tmp_path):
+    """LabelMe and labelImg save a file only for an image someone drew on, and a CreateML
+    file may list fewer images than its folder holds: the others were passed over
+    without a word. They are the dataset's unlabeled images, as VOC's JPEGImages/ are."""
+    from tests.unit.test_ingest_labelme import labelme, shape
+    from tests.unit.test_ingest_voc import voc_xml
+
+    box = shape("RBC", "rectangle", [[2, 2], [20, 20]])
+    lm = tmp_path / "labelme"
+    lm.mkdir()
+    for i, name in enumerate(["a.png", "b.png", "c.PNG", "d.png"]):
+        (lm / name).write_bytes(png(seed=i))
+    (lm / "a.json").write_text(json.dumps(labelme("a.png", [box])))
+    (lm / "b.JSON").write_text(json.dumps(labelme("b.png", [box])))  # any case of .json
+    voc = tmp_path / "labelimg"
+    voc.mkdir()
+    for i, name in enumerate(["a.png", "b.png"]):
+        (voc / name).write_bytes(png(seed=10 + i))
+    (voc / "a.xml").write_text(voc_xml("a.png", [("RBC", 2, 3, 20, 30)]))
+    cml = tmp_path / "createml"
+    cml.mkdir()
+    for i, name in enumerate(["a.png", "b.png"]):
+        (cml / name).write_bytes(png(seed=20 + i))
+    listed = [{"image": "a.png", "annotations": []}]
+    (cml / "_annotations.createml.json").write_text(json.dumps(listed))
+    expected = {
+        "labelme": ({"a", "b"}, {"c", "d"}),
+        "voc": ({"a"}, {"b"}),
+        "createml": ({"a.png"}, {"b.png"}),
+    }
+    for folder, fmt in [(lm, "labelme"), (voc, "voc"), (cml, "createml")]:
+        assert detect_format(folder) == fmt
+        project = make_project(ctx, fmt, "detection", ["RBC"])
+        report = ingest_path(ctx, project, folder)
+        labelled, unlabeled = expected[fmt]
+        assert report.records == len(labelled) + len(unlabeled) and report.skipped == []
+        with ctx.db.session() as s:
+            rows = s.execute(select(SourceItem.external_id, SourceItem.source)).all()
+        ids = {ext for ext, src in rows if src.startswith(fmt)}
+        assert ids == labelled | unlabeled, fmt
+        assert report.unlabeled == len(unlabeled), fmt

@@ -69,6 +69,21 @@ def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def unclaimed_images(
+    images: Iterable[Path], base: Path, claimed: set[Path], keys: set[str], suffix: bool = False
+) -> list[tuple[str, Path]]:
+    """(key, image) for each of `images` that no annotation file claimed, by path or by
+    key (its path under `base`, less the suffix unless `suffix`): an image a labelling
+    tool saved no file for is an unlabeled image of the dataset, never nothing."""
+    out = []
+    for image in sorted(p for p in images if is_image(p)):
+        rel = image.relative_to(base)
+        key = (rel if suffix else rel.with_suffix("")).as_posix()
+        if image.resolve() not in claimed and key not in keys:
+            out.append((key, image))
+    return out
+
+
 def first_inside(candidates: Iterable[Path], roots: Iterable[Path]) -> Path | None:
     """The first candidate that is an existing file inside one of `roots` (resolved, so
     '..' and symlinks cannot leave the dataset folder)."""

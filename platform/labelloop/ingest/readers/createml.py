@@ -15,7 +15,12 @@ import ijson
 
 from labelloop.domain import Box
 from labelloop.errors import InputError
-from labelloop.ingest.readers._imagefiles import finite, first_inside, relative_ref
+from labelloop.ingest.readers._imagefiles import (
+    finite,
+    first_inside,
+    relative_ref,
+    unclaimed_images,
+)
 from labelloop.ingest.readers.splits import split_folders, split_meta
 from labelloop.ingest.records import (
     Format,
@@ -74,7 +79,25 @@ def read_createml(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
         prefix = folder.relative_to(root).as_posix() if folder != root else ""
         meta = split_meta(folder.name) if prefix else {}
         bases = [opts.image_root.resolve()] if opts.image_root else [folder, root]
-        yield from _read_file(file, prefix, meta, bases, source)
+        claimed: set[Path] = set()
+        keys: set[str] = set()
+        for rec in _read_file(file, prefix, meta, bases, source):
+            keys.add(rec.external_id)
+            if rec.error is None:
+                claimed.add(Path(rec.meta["image_path"]).resolve())
+            yield rec
+        # An image beside the file that it does not list: unlabeled, not nothing.
+        for key, image in unclaimed_images(folder.iterdir(), root, claimed, keys, suffix=True):
+            yield image_record(
+                source=source,
+                external_id=key,
+                uri=image.name,
+                file=str(file),
+                name=f"image {image.name!r} (not in the file)",
+                image=image,
+                annotations=[],
+                meta=dict(meta),
+            )
 
 
 def _read_file(

@@ -37,6 +37,7 @@ from labelloop.ingest.readers._imagefiles import (
     outside_note,
     relative_ref,
     relative_uri,
+    unclaimed_images,
     with_suffixes,
 )
 from labelloop.ingest.records import (
@@ -76,7 +77,7 @@ def detect(path: Path) -> bool:
         return path.suffix.lower() == ".json" and _looks_like_labelme(_head(path))
     if not path.is_dir():
         return False
-    for i, p in enumerate(path.rglob("*.json")):
+    for i, p in enumerate(_json_files(path)):
         if _looks_like_labelme(_head(p)):
             return True
         if i >= 4:
@@ -87,16 +88,19 @@ def detect(path: Path) -> bool:
 def read_labelme(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
     """One record per JSON file (sorted), read whole: a LabelMe file describes one image."""
     root = (path if path.is_dir() else path.parent).resolve()
-    files = [path] if path.is_file() else sorted(path.rglob("*.json"))
+    files = [path] if path.is_file() else sorted(_json_files(path))
     if not files:
         raise InputError("no LabelMe JSON files found", file=str(path))
     image_root = (opts.image_root or root).resolve()
     source = opts.source or default_source("labelme", root)
+    claimed: set[Path] = set()
+    keys: set[str] = set()
     for f in files:
         key = (f.relative_to(path) if path.is_dir() else Path(f.name)).with_suffix("").as_posix()
+        keys.add(key)
         name = f"image {key}"
         try:
-            yield _record(
+            rec = _record(
                 root / f.relative_to(path) if path.is_dir() else root / f.name,
                 key,
                 name,
@@ -106,6 +110,27 @@ def read_labelme(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
             )
         except InputError as exc:
             yield error_record(exc, source=source, external_id=key, file=str(f), name=name)
+            continue
+        if "image_path" in rec.meta and rec.meta["image_path"] != "embedded imageData":
+            claimed.add(Path(rec.meta["image_path"]).resolve())
+        yield rec
+    if path.is_dir():  # LabelMe saves no file for an image nobody drew on: unlabeled
+        beside = [p for f in sorted({f.parent for f in files}) for p in f.iterdir()]
+        for key, image in unclaimed_images(beside, path, claimed, keys):
+            yield image_record(
+                source=source,
+                external_id=key,
+                uri=relative_uri(image.resolve(), root),
+                file=str(image),
+                name=f"image {key}",
+                image=image,
+                annotations=[],
+            )
+
+
+def _json_files(folder: Path) -> Iterator[Path]:
+    """The JSON files below `folder`, `.json` in any case (`b.JSON` too)."""
+    return (p for p in folder.rglob("*") if p.suffix.lower() == ".json" and p.is_file())
 
 
 def _load_json(path: Path, name: str) -> dict:

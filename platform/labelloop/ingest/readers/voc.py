@@ -25,10 +25,10 @@ from labelloop.ingest.readers._imagefiles import (
     finite,
     first_inside,
     image_size,
-    is_image,
     outside_note,
     relative_ref,
     relative_uri,
+    unclaimed_images,
     with_suffixes,
 )
 from labelloop.ingest.readers.splits import split_folders, split_meta
@@ -114,7 +114,8 @@ def _layout(path: Path, opts: ReadOptions) -> _Layout:
 
 def read_voc(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
     """One record per XML file, then one per segmentation mask without XML, then one
-    (unlabeled) per image in JPEGImages/ that no annotation claimed."""
+    (unlabeled) per image that no annotation claimed: in JPEGImages/ (or images/ beside
+    Annotations/), or beside the XML files of a labelImg folder."""
     lay = _layout(path, opts)
     source = opts.source or default_source("voc", lay.root)
     if not lay.xml_files and lay.seg is None:
@@ -142,12 +143,9 @@ def read_voc(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
             yield _record(lay, image_id, name, image, str(mask), source, [], mask)
         except InputError as exc:
             yield error_record(exc, source=source, external_id=image_id, file=str(mask), name=name)
-    jpeg = masks.jpeg_dir(lay.root)
-    if jpeg is not None:
-        for image in sorted(p for p in jpeg.rglob("*") if is_image(p)):
-            image_id = image.relative_to(jpeg).with_suffix("").as_posix()
-            if image.resolve() in used or image_id in seen:
-                continue
+    folder, images = _image_folder(path, lay)
+    if folder is not None:
+        for image_id, image in unclaimed_images(images, folder, used, seen):
             name = f"image {image_id}"
             found = first_inside([image], [lay.root, lay.image_root])
             if found is None:
@@ -157,6 +155,22 @@ def read_voc(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
                 )
                 continue
             yield _record(lay, image_id, name, found, str(image), source, None, None)
+
+
+def _image_folder(path: Path, lay: _Layout) -> tuple[Path | None, list[Path]]:
+    """Where the dataset's images are, to find those no XML claimed, and the files there:
+    JPEGImages/ (or images/ beside Annotations/) throughout, or the folders of a labelImg
+    folder's XML. None for a single XML file given on its own."""
+    jpeg = masks.jpeg_dir(lay.root)
+    if jpeg is not None:
+        return jpeg, list(jpeg.rglob("*"))
+    if path.is_file():
+        return None, []
+    if lay.ann_dir is not None:
+        found = next((lay.root / d for d in ("images", "Images") if (lay.root / d).is_dir()), None)
+        return found, list(found.rglob("*")) if found else []
+    folders = [lay.root, *split_folders(lay.root)]
+    return lay.root, [p for f in folders for p in f.iterdir()]
 
 
 @dataclass
