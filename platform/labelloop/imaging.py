@@ -67,6 +67,39 @@ def decode_image(
     return np.asarray(rgb, dtype=np.uint8)
 
 
+# EXIF orientations other than 1 and how viewers show the stored pixels.
+TURNS = {
+    2: "mirrored",
+    3: "turned 180 degrees",
+    4: "mirrored upside down",
+    5: "mirrored and turned 90 degrees",
+    6: "turned 90 degrees clockwise",
+    7: "mirrored and turned 90 degrees",
+    8: "turned 90 degrees counter-clockwise",
+}
+
+
+def check_orientation(data: bytes, *, name: str = "<bytes>") -> None:
+    """Refuse an image whose EXIF orientation tells viewers to turn it. Labelling tools
+    (Label Studio, CVAT, Roboflow, Ultralytics) draw on the turned picture while every
+    stage here reads the pixels as stored, so every box or outline would land turned or
+    mirrored, and a square image would not even fail a size check."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            orientation = im.getexif().get(0x0112)
+    except Exception:
+        return
+    if orientation in TURNS:
+        raise InputError(
+            f"image carries EXIF orientation {orientation}: labelling tools show it "
+            f"{TURNS[orientation]} and draw on that, while labelloop reads the pixels as "
+            "stored, so annotations would land in the wrong place. Save it turned "
+            "(PIL ImageOps.exif_transpose, `mogrify -auto-orient`, `exiftran -ai`) and "
+            "ingest that",
+            file=name,
+        )
+
+
 def encode_png(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")

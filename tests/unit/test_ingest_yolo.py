@@ -216,6 +216,34 @@ def test_orphan_label_and_corrupt_image_are_skipped_with_skip_invalid(ctx, tmp_p
     assert (report.records, report.annotations_new) == (5, 2)
 
 
+def test_an_image_that_viewers_turn_is_refused_naming_it(ctx, tmp_path):
+    """A phone photo stored 100x50 with EXIF orientation 6 is shown 50x100: the tools
+    draw on that, and the normalised boxes landed turned on the stored pixels."""
+    import io
+
+    from PIL import Image
+
+    root = _ultralytics(tmp_path / "d")
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (100, 50), (200, 120, 140)).save(buf, format="JPEG", exif=exif)
+    (root / "images" / "train" / "a.png").unlink()
+    (root / "images" / "train" / "a.jpg").write_bytes(buf.getvalue())
+    project = make_project(ctx, "cells", "segmentation", CELLS)
+    with pytest.raises(InputError, match="EXIF orientation 6: labelling tools show it") as err:
+        ingest_path(ctx, project, root)
+    assert err.value.record == "image images/train/a.jpg" and "a.jpg" in err.value.file
+    assert "exif_transpose" in err.value.reason and row_counts(ctx) == NOTHING
+    report = ingest_path(ctx, project, root, skip_invalid=True)
+    assert [s.record for s in report.skipped] == ["image images/train/a.jpg"]
+    # Orientation 1 (upright as stored) is read as before.
+    exif[0x0112] = 1
+    Image.new("RGB", (100, 50), (200, 120, 140)).save(buf := io.BytesIO(), "JPEG", exif=exif)
+    (root / "images" / "train" / "a.jpg").write_bytes(buf.getvalue())
+    assert ingest_path(ctx, project, root).skipped == []
+
+
 def test_pose_datasets_are_refused_clearly(ctx, tmp_path):
     root = _ultralytics(tmp_path / "d")
     (root / "data.yaml").write_text("kpt_shape: [17, 3]\nnames: [person]\n")
