@@ -120,6 +120,32 @@ def test_every_shape_type(ctx, project, tmp_path):
     ]
 
 
+def test_one_object_drawn_in_pieces_counts_once(ctx, project, tmp_path):
+    """LabelMe groups the pieces of one object with a `group_id` (a cell cut in two by
+    another lying over it), and one drawn mask may fall in two parts: both counted as
+    many cells as pieces."""
+    from labelloop.domain import shapes_from_json
+    from labelloop.objects import object_counts
+
+    two_blobs = np.zeros((6, 8), dtype=bool)
+    two_blobs[1:3, 1:3] = two_blobs[4:6, 5:8] = True
+    pieces = [
+        shape("WBC", "polygon", [[2, 2], [10, 2], [10, 10], [2, 10]], group_id=7),
+        shape("WBC", "polygon", [[14, 2], [22, 2], [22, 10], [14, 10]], group_id=7),
+        shape("WBC", "polygon", [[40, 30], [50, 30], [50, 40]], group_id=8),  # alone
+        shape("RBC", "polygon", [[30, 2], [38, 2], [38, 10]], group_id=7),  # another label
+        shape("RBC", "mask", [[50, 40], [57, 45]], mask=_mask_b64(two_blobs)),
+    ]
+    (tmp_path / "a.png").write_bytes(png(seed=1))
+    _write(tmp_path, "a.json", labelme("a.png", pieces))
+    ingest_path(ctx, project, tmp_path)
+    shapes = shapes_from_json(active_shapes(ctx))
+    assert object_counts(shapes, ["RBC", "WBC"], ["polygon", "mask"]) == {"RBC": 2, "WBC": 2}
+    joined = next(s for s in shapes if s.label == "WBC" and s.kind == "mask")
+    assert joined.attributes == {"group_id": 7, "whole_object": True, "pieces": 2}
+    assert decode_mask(joined.size, joined.counts).sum() == 2 * 64  # both 8x8 squares
+
+
 def test_embedded_image_data_when_the_file_is_absent(ctx, project, tmp_path):
     data = png(seed=4)
     doc = labelme("gone/a.png", [ALL_KINDS[0]], data=base64.b64encode(data).decode())

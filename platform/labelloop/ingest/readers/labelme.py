@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from labelloop.domain import Box, Ellipse, Keypoint, Polygon, Shape
+from labelloop.domain import Box, Ellipse, Keypoint, Mask, Polygon, Shape
 from labelloop.errors import InputError
-from labelloop.geometry import mask_shape
+from labelloop.geometry import mask_shape, shape_mask
 from labelloop.ingest.readers._imagefiles import (
     bool_mask,
     bytes_size,
@@ -51,6 +51,7 @@ from labelloop.ingest.records import (
     image_record,
     note_left_out,
 )
+from labelloop.objects import WHOLE_OBJECT
 
 IGNORED_TYPES = frozenset({"line", "linestrip"})
 
@@ -253,6 +254,7 @@ def _record(
             ignored[kind] += 1
             continue
         shapes.extend(_shapes(raw, label.strip(), kind, (width, height), file, where))
+    shapes = join_groups(shapes, width, height)
     meta: dict = {}
     flags = data.get("flags")
     if isinstance(flags, dict) and (on := sorted(k for k, v in flags.items() if v is True)):
@@ -328,6 +330,29 @@ def _shapes(
     return [_mask(raw, label, pts, size, attrs, file, where)]
 
 
+def join_groups(shapes: list[Shape], width: int, height: int) -> list[Shape]:
+    """One object drawn in pieces is one object: the polygons and masks of one label
+    that share a `group_id` (LabelMe's way to draw a cell cut in two by another, or
+    with a hole) become one mask marked `WHOLE_OBJECT`, counted once. Counted piece
+    by piece, each would be another cell."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, sh in enumerate(shapes):
+        gid = sh.attributes.get("group_id")
+        if isinstance(sh, Polygon | Mask) and isinstance(gid, int):
+            groups.setdefault((sh.label, gid), []).append(i)
+    joined: dict[int, Shape] = {}
+    for (label, _), members in groups.items():
+        if len(members) < 2:
+            continue
+        union = np.zeros((height, width), dtype=bool)
+        for i in members:
+            union |= shape_mask(shapes[i], height, width)
+        attrs = {**shapes[members[0]].attributes, WHOLE_OBJECT: True, "pieces": len(members)}
+        joined[members[0]] = mask_shape(union, label).model_copy(update={"attributes": attrs})
+        joined.update(dict.fromkeys(members[1:]))
+    return [joined.get(i, sh) for i, sh in enumerate(shapes) if joined.get(i, sh) is not None]
+
+
 def _mask(
     raw: dict,
     label: str,
@@ -358,8 +383,8 @@ def _mask(
         )
     full = np.zeros((height, width), dtype=bool)
     full[y0 : y0 + h, x0 : x0 + w] = region
-    shape = mask_shape(full, label)
-    return shape.model_copy(update={"attributes": attrs}) if attrs else shape
+    # One drawn mask is one object, in however many pieces its pixels lie.
+    return mask_shape(full, label).model_copy(update={"attributes": {**attrs, WHOLE_OBJECT: True}})
 
 
 FORMAT = Format(
