@@ -181,6 +181,19 @@ def test_broken_masks_fail_clearly_and_write_nothing(ctx, project, tmp_path):
     assert report.annotations_new == 1
 
 
+def test_a_mask_of_a_type_not_read_is_refused_not_its_image_left_unlabeled(ctx, project, tmp_path):
+    """A mask saved as GIF (Carvana's layout) was passed over: its image then read as
+    unlabeled, every cell in it gone without a word."""
+    root = _plain(tmp_path / "d", {"1": "RBC", "2": "WBC", "3": "Platelets"})
+    (root / "masks" / "pool.gif").write_bytes(b"GIF89a")
+    (root / "masks" / "a" / "1.npy").write_bytes(b"\x93NUMPY")  # a twin of 1.png: fine
+    with pytest.raises(InputError, match=r"pool\.gif in the mask folder is not an image type"):
+        ingest_path(ctx, project, root)
+    assert row_counts(ctx) == NOTHING
+    report = ingest_path(ctx, project, root, skip_invalid=True)
+    assert [s.record for s in report.skipped] == ["mask pool.gif"]
+
+
 def test_unknown_values_and_colours_are_named(ctx, project, tmp_path):
     root = _plain(tmp_path / "d", {"1": "RBC", "2": "WBC"})
     with pytest.raises(InputError, match=r"mask 2\.png has pixel values not in .*labels\.json: 3"):

@@ -135,6 +135,26 @@ def test_masks_without_their_image_are_an_error(ctx, project, tmp_path):
         ingest_path(ctx, project, dsb, label_map={"object": "nucleus"})
 
 
+def test_nothing_in_the_flat_layout_is_passed_over(ctx, project, tmp_path):
+    """A mask saved as GIF, one in a subfolder, a NumPy array and an image of a type not
+    read were each a cell, or an image, left out without a word."""
+    root = _flat(tmp_path / "flat", ["a1"], {"a1": [_mask_png(CELLS[0])]})
+    (root / "masks" / "a1_2.gif").write_bytes(_mask_png(CELLS[1]))
+    (root / "masks" / "extra").mkdir()
+    (root / "masks" / "extra" / "a1_3.png").write_bytes(_mask_png(CELLS[1]))
+    (root / "masks" / "a1_4.npy").write_bytes(b"\x93NUMPY")
+    with pytest.raises(InputError, match="is not an image") as err:
+        ingest_path(ctx, project, root, label_map={"object": "nucleus"})
+    assert row_counts(ctx) == NOTHING and err.value.file == str(root / "masks" / "a1_2.gif")
+    report = ingest_path(ctx, project, root, label_map={"object": "nucleus"}, skip_invalid=True)
+    assert sorted((s.record, s.reason.split(" (")[0]) for s in report.skipped) == [
+        ("file masks/a1_2.gif", "a1_2.gif is not an image"),
+        ("file masks/a1_4.npy", "a1_4.npy is not an image"),
+        ("file masks/extra", "extra/ is a folder inside masks/"),
+    ]
+    assert report.shapes_per_class == {"nucleus": 1}
+
+
 def test_class_masks_named_like_their_images_stay_with_the_masks_reader(tmp_path):
     root = tmp_path / "classes"
     (root / "images").mkdir(parents=True)

@@ -137,6 +137,28 @@ class MaskLayout:
     def mask_files(self) -> dict[str, Path]:
         return _by_key(self.classes)
 
+    def unread_masks(self, read: dict[str, Path]) -> list[Path]:
+        """Files of the mask folder that are no image type read and stand for no mask that
+        is (`read`): a mask saved as GIF would leave its image unlabeled without a word.
+        Arrays beside PNGs of the same name (labelme2voc writes `.npy`) are twins."""
+        return [
+            p
+            for p in sorted(self.classes.rglob("*"))
+            if p.is_file()
+            and not is_image(p)
+            and p.name[:1] != "."
+            and p.relative_to(self.classes).with_suffix("").as_posix() not in read
+        ]
+
+    def unread_records(self, read: dict[str, Path], source: str) -> Iterator[SourceRecord]:
+        """An error record per `unread_masks` file."""
+        for stray in self.unread_masks(read):
+            rel = stray.relative_to(self.classes).as_posix()
+            why = f"{stray.name} in the mask folder is not an image type read (save it as PNG)"
+            yield error_record(
+                why, source=source, external_id=rel, file=str(stray), name=f"mask {rel}"
+            )
+
     def object_file(self, key: str) -> Path | None:
         if self.objects is None:
             return None
@@ -258,6 +280,7 @@ def read_mask_folder(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
             yield _record(layout, key, images.get(key), mask, image_root, source, name)
         except InputError as exc:
             yield error_record(exc, source=source, external_id=key, file=file, name=name)
+    yield from layout.unread_records(masks, source)
 
 
 def _record(

@@ -199,6 +199,10 @@ def _sample(folder: Path, root: Path) -> tuple[Path | None, list[Path]]:
     return (found[0] if found else None), files["masks"]
 
 
+def _refuse(why: str, f: Path) -> tuple[Path | None, list[Path]]:
+    raise InputError(why, file=str(f), record=f"file {f.parent.name}/{f.name}")
+
+
 def _entries(path: Path) -> Iterator[tuple[str, Callable[[], tuple[Path | None, list[Path]]]]]:
     """Per image of either layout, its key and how to list its image (or None) and mask
     files; the listing raises InputError for a folder that cannot be one image."""
@@ -207,6 +211,12 @@ def _entries(path: Path) -> Iterator[tuple[str, Callable[[], tuple[Path | None, 
         images, masks = flat
         for key in sorted(set(images) | set(masks)):
             yield key, lambda key=key: (images.get(key), masks.get(key, []))
+        # Everything else in images/ and masks/ is said, as in the other layout: a mask
+        # saved as GIF, or in a subfolder, would otherwise be a cell not counted.
+        for sub in ("images", "masks"):
+            for f in visible(path / sub):
+                if why := file_refusal(f, path, f"{sub}/"):
+                    yield f"{sub}/{f.name}", lambda why=why, f=f: _refuse(why, f)
         return
     for folder in _dsb_samples(path):
         yield folder.name, lambda folder=folder: _sample(folder, path)

@@ -133,6 +133,8 @@ def read_voc(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
             yield rec
         except InputError as exc:
             yield error_record(exc, source=source, external_id=image_id, file=str(xml), name=name)
+    if lay.seg is not None:
+        yield from lay.seg.unread_records(mask_files, source)
     for image_id in sorted(set(mask_files) - seen):
         seen.add(image_id)
         name = f"image {image_id}"
