@@ -84,7 +84,7 @@ def test_isbi_membrane_masks_become_one_mask_per_cell(ctx):
     assert again.annotations_unchanged == 30 and row_counts(ctx) == before
 
 
-def _plain(root: Path, label_map: dict | None = None) -> Path:
+def _plain(root: Path, label_map: dict | list | None = None) -> Path:
     (root / "images" / "a").mkdir(parents=True)
     (root / "masks" / "a").mkdir(parents=True)
     for name, seed in (("a/1", 1), ("a/2", 2), ("pool", 3)):
@@ -103,6 +103,9 @@ def _plain(root: Path, label_map: dict | None = None) -> Path:
 
 
 def test_images_and_grey_masks_with_labels_json(ctx, project, tmp_path):
+    # A list of names is a label map too, not a Label Studio export of no tasks.
+    listed = _plain(tmp_path / "listed", ["background", "RBC", "WBC", "Platelets"])
+    assert detect_format(listed) == "masks"
     root = _plain(tmp_path / "d", {"0": "background", "1": "RBC", "2": "WBC", "3": "Platelets"})
     assert detect_format(root) == "masks"
     report = ingest_path(ctx, project, root)

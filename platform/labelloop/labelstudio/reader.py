@@ -61,6 +61,8 @@ def _is_export(path: Path, max_events: int = 200_000, *, empty: bool = True) -> 
                     return True
                 if (prefix == "item" and event == "end_map") or n > max_events:
                     return False
+                if prefix == "item" and event not in ("start_map", "map_key"):
+                    return False  # a list of names or numbers (a label map), not of tasks
                 if prefix == "" and event == "end_array":
                     return empty  # an empty export
         except ijson.JSONError:
