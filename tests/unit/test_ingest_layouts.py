@@ -485,6 +485,13 @@ def test_images_no_annotation_file_claims_are_unlabeled_images_not_dropped(ctx, 
         (cml / name).write_bytes(png(seed=20 + i))
     listed = [{"image": "a.png", "annotations": []}]
     (cml / "_annotations.createml.json").write_text(json.dumps(listed))
+    # A CreateML file in a folder that is not a split is not read with this one: said.
+    (cml / "extra").mkdir()
+    (cml / "extra" / "_annotations.createml.json").write_text(json.dumps(listed))
+    project = make_project(ctx, "extra", "detection", ["RBC"])
+    with pytest.raises(InputError, match=r"not splits .*: extra/_annotations\.createml\.json"):
+        ingest_path(ctx, project, cml)
+    shutil.rmtree(cml / "extra")
     expected = {
         "labelme": ({"a", "b"}, {"c", "d"}),
         "voc": ({"a"}, {"b"}),

@@ -64,6 +64,25 @@ def _files(path: Path) -> list[Path]:
     return [p for p in found if _looks_createml(p)]
 
 
+def _refuse_other_folders(path: Path) -> None:
+    """CreateML files in subfolders that are not splits are not read with this folder:
+    said before anything is, rather than their images and boxes left behind unseen."""
+    splits = set(split_folders(path))
+    others = [
+        f
+        for sub in sorted(p for p in path.iterdir() if p.is_dir() and p not in splits)
+        for f in sorted(sub.glob("*.json"))
+        if _looks_createml(f)
+    ]
+    if others:
+        listed = ", ".join(str(f.relative_to(path)) for f in others[:4])
+        raise InputError(
+            f"CreateML file(s) in folders that are not splits (train/ valid/ test/): "
+            f"{listed}; ingest each such folder on its own",
+            file=str(path),
+        )
+
+
 def detect(path: Path) -> bool:
     return bool(_files(path))
 
@@ -74,6 +93,8 @@ def read_createml(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
         raise InputError("no CreateML JSON (a list of {image, annotations})", file=str(path))
     root = (path if path.is_dir() else path.parent).resolve()
     source = opts.source or default_source("createml", root)
+    if path.is_dir():
+        _refuse_other_folders(path)
     for file in files:
         folder = file.parent.resolve()
         prefix = folder.relative_to(root).as_posix() if folder != root else ""
