@@ -141,3 +141,23 @@ def test_scoring_several_methods_stores_embeddings_for_diversity(ctx, project):
     # Without a strategy, the kind's default (power for segmentation) picks the round.
     rnd = select_round(ctx, project, budget=2, model_version_id=mv)
     assert rnd.strategy == default_strategy(ctx, project) == "power" and len(rnd.items) == 2
+
+
+def test_random_below_draws_at_random_until_enough_images_are_labelled(ctx, project):
+    """A model trained on a handful of images ranks the pool little better than chance:
+    with `random_below`, any strategy draws at random until that many are labelled."""
+    from labelloop.projects import get_project
+    from labelloop.scoring.stage import pool_image_ids
+
+    with ctx.db.session() as s:
+        pool = pool_image_ids(s, get_project(s, project).id)
+    drawn = get_strategy("random").rank(Candidates(ids=pool), 3, 5, {})
+    # 6 images are labelled: below 7, uncertainty (which has no model yet) draws at random.
+    rnd = select_round(ctx, project, budget=3, strategy="uncertainty", seed=5,
+                       params={"random_below": 7})  # fmt: skip
+    assert rnd.strategy == "random" and [i for i, _, _ in rnd.items] == drawn
+    with pytest.raises(InputError, match="needs a trained model"):  # 6 is not below 6
+        select_round(ctx, project, budget=3, strategy="uncertainty", params={"random_below": 6})
+    for bad in ("x", -1, 2.5, True):
+        with pytest.raises(InputError, match="random_below must be"):
+            select_round(ctx, project, budget=3, strategy="coreset", params={"random_below": bad})

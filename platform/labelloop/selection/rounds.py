@@ -63,6 +63,21 @@ def _close_finished_rounds(s, project_id: int, labelled: set[int]) -> None:
             rnd.status = "done"
 
 
+# A parameter every strategy takes: below this many labelled images, select at random.
+RANDOM_BELOW = "random_below"
+
+
+def _random_below(value: Any) -> int:
+    """`random_below`, checked: a whole number of labelled images (0 or absent: off)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise InputError(f"{RANDOM_BELOW} must be a whole number of images, got {value!r}")
+    if value < 0:
+        raise InputError(f"{RANDOM_BELOW} must be at least 0, got {value}")
+    return int(value)
+
+
 def default_strategy(ctx: Context, project_name: str) -> str:
     """The strategy a project's rounds use unless told: its kind's (`labelloop.kinds`)."""
     with ctx.db.session() as s:
@@ -90,13 +105,24 @@ def select_round(
     With `control_fraction`, that share of the budget is a random control slice (ranked
     after the strategy's picks), and the guard first weighs the control slices of earlier
     labelled rounds: when the strategy's picks proved easier for the model than random
-    ones, this round uses random selection instead (see `guard.py`; both in the result)."""
+    ones, this round uses random selection instead (see `guard.py`; both in the result).
+
+    `params` may hold `random_below` whatever the strategy: while fewer images than that
+    are labelled the round is drawn at random, since a model trained on a handful ranks
+    the pool little better than chance and its first picks can cost more than they teach
+    (BENCHMARKS.md, BCCD warm loops)."""
     if budget < 1:
         raise InputError(f"budget must be at least 1, got {budget}")
     if batch_size is not None and batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     strategy = strategy or default_strategy(ctx, project_name)
     n_control = control_size(budget, control_fraction)
+    params = dict(params or {})
+    below = _random_below(params.pop(RANDOM_BELOW, None))
+    if below and strategy != FALLBACK:
+        with ctx.db.session() as s:
+            if len(labelled_image_ids(s, get_project(s, project_name).id)) < below:
+                strategy, params = FALLBACK, {}  # the fallback's own defaults
     report, requested = None, strategy
     if control_fraction > 0 and strategy != FALLBACK:
         with ctx.db.session() as s:
@@ -135,6 +161,8 @@ def select_round(
             key["control_fraction"] = control_fraction
         if report is not None and strategy != requested:
             key["switched_from"] = requested
+        if below:
+            key[RANDOM_BELOW] = below
         labelled = labelled_image_ids(s, project.id)
         _close_finished_rounds(s, project.id, labelled)
         # The same parameters return the same round while it is open and holds images; once
