@@ -133,7 +133,8 @@ def select_cmd(
     param: Annotated[
         list[str] | None,
         typer.Option(
-            help="Strategy parameter key=value, e.g. prefilter=4 (hybrid), beta=1 (power)."
+            help="Strategy parameter key=value, e.g. prefilter=4 (hybrid), beta=1 (power); "
+            "random_below=N (any strategy) draws at random while fewer than N are labelled."
         ),
     ] = None,
     seed: int = 0,
