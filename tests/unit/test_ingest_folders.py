@@ -205,9 +205,10 @@ def test_images_outside_any_class_in_a_split_folder_are_refused_not_dropped(ctx,
         },
     )
     project = make_project(ctx, "cells", "classification", CLASSES)
-    with pytest.raises(InputError, match=r"3\.png lies beside the class folders") as err:
+    with pytest.raises(InputError, match=r"3\.png lies in test/ outside any class") as err:
         ingest_path(ctx, project, root, fmt="folders")
     assert err.value.record == "test/3.png" and counts(ctx) == NOTHING
+    assert "--format images --split test" in err.value.reason
 
 
 def test_an_image_in_two_splits_is_refused(tmp_path):

@@ -15,6 +15,7 @@ from labelloop.domain import Tag
 from labelloop.errors import InputError
 from labelloop.ingest.readers._imagefiles import file_refusal, visible
 from labelloop.ingest.readers.images import IMAGE_SUFFIXES
+from labelloop.ingest.readers.splits import split_of
 from labelloop.ingest.records import (
     Format,
     ReadOptions,
@@ -26,16 +27,6 @@ from labelloop.ingest.records import (
 )
 from labelloop.ingest.sniff import mask_folders
 
-# Folder names that pin a split, as dataset publishers spell them.
-SPLIT_NAMES = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-    "testing": "test",
-}
 ANNOTATION_ID = "folder"
 
 
@@ -52,17 +43,18 @@ def _all_images(folder: Path) -> bool:
     return bool(entries) and all(_is_image(p) for p in entries)
 
 
-def split_folders(root: Path) -> list[Path]:
-    """The subfolders of `root` when every one is a split name (the split layout)."""
+def split_layout(root: Path) -> list[Path]:
+    """The subfolders of `root` when every one is a split name (the split layout), else
+    none: one class named `test` among others stays a class."""
     subs = _subfolders(root)
-    return subs if subs and all(p.name.lower() in SPLIT_NAMES for p in subs) else []
+    return subs if subs and all(split_of(p.name) for p in subs) else []
 
 
 def class_folders(root: Path) -> list[tuple[str | None, Path]]:
     """(pinned split or None, class folder) pairs: the split layout when every subfolder
     of `root` is a split name, else the flat layout."""
-    if splits := split_folders(root):
-        return [(SPLIT_NAMES[s.name.lower()], c) for s in splits for c in _subfolders(s)]
+    if splits := split_layout(root):
+        return [(split_of(s.name), c) for s in splits for c in _subfolders(s)]
     return [(None, c) for c in _subfolders(root)]
 
 
@@ -106,10 +98,18 @@ def read_class_folders(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
     # An image beside the class folders belongs to no class: refused, never passed over
     # (a note or a CSV there is the dataset's own, and allowed); so is one in a split
     # folder without class folders (Kaggle's unlabeled test/).
-    for place in [path, *split_folders(path)]:
+    for place in [path, *split_layout(path)]:
         for f in visible(place):
-            if _is_image(f):
+            if _is_image(f) and place == path:
                 yield refused(f"{f.name} lies beside the class folders, in no class", f)
+            elif _is_image(f):
+                split = place.name
+                yield refused(
+                    f"{f.name} lies in {split}/ outside any class folder (unlabeled?); "
+                    f"ingest {split}/ on its own with --format images --split "
+                    f"{split_of(split)}, or pass --skip-invalid to leave such images out",
+                    f,
+                )
     seen: dict[str, tuple[str, str | None, str]] = {}  # sha256 -> (class, split, where)
     for split, folder in folders:
         label = folder.name
