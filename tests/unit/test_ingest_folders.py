@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from labelloop.errors import InputError
@@ -148,6 +149,15 @@ def test_refused_folders_name_the_record_and_write_nothing(
     assert _labels(ctx) == kept
 
 
+def _label_image(path: Path) -> None:
+    from PIL import Image
+
+    mask = np.zeros((48, 64), np.uint8)
+    mask[5:20, 5:30] = 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask).save(path)
+
+
 def test_folders_auto_detection_never_takes_for_a_pool_what_holds_labels(tmp_path):
     """Class folders with one oddity (a nested folder, an empty class, a GIF) were read
     as an unlabeled image pool, and masks beside their images (ISBI's train/image +
@@ -171,15 +181,18 @@ def test_folders_auto_detection_never_takes_for_a_pool_what_holds_labels(tmp_pat
     # Classes that number their images alike are still classes.
     alike = _tree(tmp_path / "alike", {"cat/1.png": png(seed=1), "dog/1.png": png(seed=2)})
     assert detect_format(alike) == "folders"
-    # Masks beside their images: named like masks, and their names pair with the images'.
-    for layout in ["images+annotations", "train/image+train/label"]:
+    # Masks beside their images: named like masks, their names pair with the images', and
+    # they are label images of the same size (a few values; Carvana's come as GIF).
+    for layout, suffix in [("images+annotations", "png"), ("train/image+train/label", "gif")]:
         imgs, masks = layout.split("+")
-        root = _tree(
-            tmp_path / layout.replace("/", "_"),
-            {f"{imgs}/0.png": png(seed=1), f"{masks}/0.png": png(seed=2), "test/5.png": png(5)},
-        )
+        root = _tree(tmp_path / layout.replace("/", "_"), {f"{imgs}/0.png": png(seed=1)})
+        _label_image(root / masks / f"0.{suffix}")
+        _tree(root, {"test/5.png": png(seed=5)})
         with pytest.raises(InputError, match=rf"{masks}/ holds files named like those in {imgs}"):
             detect_format(root)
+    # Classes of photos named `mask` and `no_mask`, numbered alike, are still classes.
+    masked = _tree(tmp_path / "masked", {"train/mask/0.png": png(1), "train/no_mask/0.png": png(2)})
+    assert detect_format(masked) == "folders"
     # A point-count dataset's .mat files are annotations too, not nothing.
     mat = _tree(tmp_path / "mat", {"images/IMG_1.png": png(seed=1), "gt/GT_IMG_1.mat": "MATLAB"})
     with pytest.raises(InputError, match=r"gt/GT_IMG_1\.mat: binary \.mat data"):

@@ -187,7 +187,12 @@ def test_broken_masks_fail_clearly_and_write_nothing(ctx, project, tmp_path):
 def test_a_mask_of_a_type_not_read_is_refused_not_its_image_left_unlabeled(ctx, project, tmp_path):
     """A mask saved as GIF (Carvana's layout) was passed over: its image then read as
     unlabeled, every cell in it gone without a word."""
-    root = _plain(tmp_path / "d", {"1": "RBC", "2": "WBC", "3": "Platelets"})
+    root = _plain(tmp_path / "d")
+    # The label map kept in the mask folder is read, not refused as a stray mask.
+    (root / "masks" / "labels.json").write_text(
+        json.dumps({"1": "RBC", "2": "WBC", "3": "Platelets"})
+    )
+    assert ingest_path(ctx, project, root, dry_run=True).skipped == []
     (root / "masks" / "pool.gif").write_bytes(b"GIF89a")
     (root / "masks" / "a" / "1.npy").write_bytes(b"\x93NUMPY")  # a twin of 1.png: fine
     with pytest.raises(InputError, match=r"pool\.gif in the mask folder is not an image type"):

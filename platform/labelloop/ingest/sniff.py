@@ -13,29 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from labelloop.errors import InputError
+from labelloop.ingest.readers._maskpairs import mask_folders
 
 ANNOTATION_SUFFIXES = {".xml", ".json", ".txt", ".csv", ".yaml", ".yml"}
 # Binary files that hold annotations in published datasets (point counts in .mat, masks
 # in .npy / .h5): no reader takes them, and beside images they are never nothing.
 BINARY_ANNOTATION_SUFFIXES = {".mat", ".npy", ".npz", ".h5", ".hdf5"}
-# Folder names under which datasets keep masks or label images beside their images.
-MASK_FOLDER_NAMES = {
-    "mask",
-    "masks",
-    "label",
-    "labels",
-    "annotation",
-    "annotations",
-    "gt",
-    "groundtruth",
-    "ground_truth",
-    "ground-truth",
-    "seg",
-    "segmentation",
-    "segmentations",
-    "segmentationclass",
-    "segmentationobject",
-}
 # Files exports carry that describe the export, not its images (Roboflow's README.*.txt).
 _NOT_ANNOTATIONS = ("readme", "license", "licence", "changelog", "notes")
 SHOWN = 8  # files listed in the message; the rest are counted
@@ -112,36 +95,6 @@ def _describe_json(path: Path) -> str:
     if isinstance(data, dict):
         return f"a JSON object with keys {', '.join(list(data)[:8]) or '(none)'}"
     return f"a JSON {type(data).__name__}"
-
-
-def mask_folders(folder: Path, depth: int = 2) -> list[tuple[Path, Path]]:
-    """(images, masks) sibling folders at most `depth` levels below `folder`: a folder
-    named like masks (`MASK_FOLDER_NAMES`) whose files share their names (less the
-    suffix) with a sibling's, at least half of them. Read as class folders or as an
-    image pool, the masks would be taken for images and every label lost unseen."""
-    out: list[tuple[Path, Path]] = []
-    level = [folder]
-    for _ in range(depth):
-        below: list[Path] = []
-        for parent in level:
-            subs = sorted(p for p in parent.iterdir() if p.is_dir() and p.name[:1] != ".")
-            stems = {p: {f.stem for f in p.iterdir() if f.name[:1] != "."} for p in subs}
-            for masks in subs:
-                if masks.name.lower() not in MASK_FOLDER_NAMES or not stems[masks]:
-                    continue
-                pair = next(
-                    (
-                        o
-                        for o in subs
-                        if o != masks and 2 * len(stems[masks] & stems[o]) >= len(stems[masks])
-                    ),
-                    None,
-                )
-                if pair is not None:
-                    out.append((pair, masks))
-            below.extend(subs)
-        level = below
-    return out
 
 
 def refuse_mask_layout(folder: Path, what: str) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from labelloop.domain import Tag
 from labelloop.errors import InputError
 from labelloop.ingest.readers._imagefiles import file_refusal, visible
+from labelloop.ingest.readers._maskpairs import mask_folders
 from labelloop.ingest.readers.images import IMAGE_SUFFIXES
 from labelloop.ingest.readers.splits import split_of
 from labelloop.ingest.records import (
@@ -25,7 +26,6 @@ from labelloop.ingest.records import (
     error_record,
     image_record,
 )
-from labelloop.ingest.sniff import mask_folders
 
 ANNOTATION_ID = "folder"
 

@@ -31,6 +31,7 @@ from labelloop.ingest.readers._imagefiles import (
     with_suffixes,
 )
 from labelloop.ingest.readers._labelmap import (
+    LABEL_MAP_FILES,
     LabelMap,
     class_codes,
     load_label_map,
@@ -147,6 +148,7 @@ class MaskLayout:
             if p.is_file()
             and not is_image(p)
             and p.name[:1] != "."
+            and p.name not in LABEL_MAP_FILES  # the label map kept beside the masks
             and p.relative_to(self.classes).with_suffix("").as_posix() not in read
         ]
 
