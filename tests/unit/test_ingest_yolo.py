@@ -242,6 +242,16 @@ def test_an_image_that_viewers_turn_is_refused_naming_it(ctx, tmp_path):
     Image.new("RGB", (100, 50), (200, 120, 140)).save(buf := io.BytesIO(), "JPEG", exif=exif)
     (root / "images" / "train" / "a.jpg").write_bytes(buf.getvalue())
     assert ingest_path(ctx, project, root).skipped == []
+    # A class folder's photo: its label has no place to land turned, so it is read.
+    exif[0x0112] = 6
+    classes = tmp_path / "classes"
+    for name in ("healthy", "infected"):
+        (classes / name).mkdir(parents=True)
+        Image.new("RGB", (100, 50), (9, 9, 9)).save(classes / name / "a.jpg", exif=exif)
+        exif[0x0112] = 8
+    assert detect_format(classes) == "folders"
+    cls = make_project(ctx, "cls", "classification", ["healthy", "infected"])
+    assert ingest_path(ctx, cls, classes).skipped == []
 
 
 def test_pose_datasets_are_refused_clearly(ctx, tmp_path):

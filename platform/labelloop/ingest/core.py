@@ -395,7 +395,8 @@ class _Writer:
         try:
             name = rec.file if rec.file == rec.uri else f"{rec.file}: {rec.uri}"
             arr = decode_image(data, name=name, max_pixels=self.max_pixels)
-            check_orientation(data, name=name)
+            if self._placed(rec):
+                check_orientation(data, name=name)
         except InputError as exc:  # the image's defect, told with the record that uses it
             raise InputError(exc.reason, file=exc.file, record=rec.name) from None
         suffix = _image_suffix(rec.uri)
@@ -419,6 +420,14 @@ class _Writer:
             self.report.images_existing += 1
         self.images[digest] = img
         return img
+
+    def _placed(self, rec: SourceRecord) -> bool:
+        """Whether anything on `rec`'s image has a place that a turn would move: its
+        shapes other than class tags, or the boxes and outlines a model will draw on a
+        pool image (pre-annotations). A class folder's photo has none."""
+        if not rec.annotations:
+            return self.project.task != "classification"
+        return any(not isinstance(sh, Tag) for ann in rec.annotations for sh in ann.shapes)
 
     def record(self, rec: SourceRecord) -> None:
         if rec.error is not None:
