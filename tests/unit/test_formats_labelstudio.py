@@ -701,6 +701,18 @@ def test_the_latest_annotation_counts_whatever_zone_its_time_is_written_in(ctx, 
     with ctx.db.session() as s:
         (labels,) = current_annotations(s, get_project(s, "cells").id).values()
     assert len(labels.shapes) == 2
+    # Rows stored before times were written in one form keep theirs: compared as times.
+    from sqlalchemy import select
+
+    from labelloop.db.models import Annotation
+
+    with ctx.db.session() as s:
+        rows = s.scalars(select(Annotation).order_by(Annotation.id)).all()
+        rows[0].source_updated_at = "2026-01-02T10:00:00+05:00"
+        rows[1].source_updated_at = "2026-01-02T06:00:00Z"
+    with ctx.db.session() as s:
+        (labels,) = current_annotations(s, get_project(s, "cells").id).values()
+    assert len(labels.shapes) == 2
 
 
 def test_an_annotation_time_or_flag_not_understood_is_refused_naming_it():

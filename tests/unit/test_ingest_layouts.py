@@ -508,3 +508,9 @@ def test_images_no_annotation_file_claims_are_unlabeled_images_not_dropped(ctx, 
         ids = {ext for ext, src in rows if src.startswith(fmt)}
         assert ids == labelled | unlabeled, fmt
         assert report.unlabeled == len(unlabeled), fmt
+    # Two files in one folder: an image one lists is not unlabeled for the other.
+    (cml / "more.createml.json").write_text(json.dumps([{"image": "c.png", "annotations": []}]))
+    (cml / "c.png").write_bytes(png(seed=30))
+    project = make_project(ctx, "two-files", "detection", ["RBC"])
+    report = ingest_path(ctx, project, cml)
+    assert (report.records, report.unlabeled, report.duplicate_images) == (3, 1, 0)

@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -21,6 +22,7 @@ from labelloop.db.models import Annotation, DatasetItem, DatasetVersion, Image, 
 from labelloop.domain import GROUP_KEYS, Split
 from labelloop.errors import InputError
 from labelloop.projects import get_project, label_names
+from labelloop.times import parse_time
 
 MANIFEST_VERSION = 1
 
@@ -32,6 +34,10 @@ def split_for(group: str, seed: int, fractions: tuple[float, float, float]) -> S
     if h < fractions[0] + fractions[1]:
         return Split.val
     return Split.test
+
+
+# Older than any time: an annotation whose update time is unknown or no time.
+_NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,9 @@ def current_annotations(s: Session, project_id: int) -> dict[int, ImageLabels]:
         per_image.setdefault(ann.image_id, []).append(ann)
     out: dict[int, ImageLabels] = {}
     for image_id, anns in per_image.items():
-        chosen = max(anns, key=lambda a: (a.is_ground_truth, a.source_updated_at or "", a.id))
+        chosen = max(
+            anns, key=lambda a: (a.is_ground_truth, parse_time(a.source_updated_at) or _NEVER, a.id)
+        )
         if chosen.annotator is not None or len(anns) == 1:
             out[image_id] = ImageLabels(chosen.id, chosen.shapes)
             continue

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -21,6 +20,7 @@ from labelloop.errors import InputError
 from labelloop.ingest.readers._imagefiles import real_file
 from labelloop.ingest.streaming import check_nesting, json_buffer
 from labelloop.labelstudio.label_config import LabelConfig
+from labelloop.times import parse_time
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -191,15 +191,10 @@ def _when(ann: dict, record: str) -> str | None:
     value = ann.get(key)
     if value in (None, ""):
         return None
-    try:
-        when = datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        when = None
+    when = parse_time(value)
     if when is None:
         raise InputError(f"{key} {value!r} is not an ISO 8601 date and time", record=record)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def image_reference(task: dict, image_key: str = "image") -> str:

@@ -95,26 +95,30 @@ def read_createml(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
     source = opts.source or default_source("createml", root)
     if path.is_dir():
         _refuse_other_folders(path)
+    claimed: set[Path] = set()
+    keys: set[str] = set()
     for file in files:
         folder = file.parent.resolve()
         prefix = folder.relative_to(root).as_posix() if folder != root else ""
         meta = split_meta(folder.name) if prefix else {}
         bases = [opts.image_root.resolve()] if opts.image_root else [folder, root]
-        claimed: set[Path] = set()
-        keys: set[str] = set()
         for rec in _read_file(file, prefix, meta, bases, source):
             keys.add(rec.external_id)
             if rec.error is None:
                 claimed.add(Path(rec.meta["image_path"]).resolve())
             yield rec
-        # An image beside the file that it does not list: unlabeled, not nothing.
+    if path.is_file():
+        return  # one file given on its own: its folder is not the dataset
+    # An image beside the files that none of them lists: unlabeled, not nothing.
+    for folder in sorted({f.parent.resolve() for f in files}):
+        meta = split_meta(folder.name) if folder != root else {}
         for key, image in unclaimed_images(folder.iterdir(), root, claimed, keys, suffix=True):
             yield image_record(
                 source=source,
                 external_id=key,
                 uri=image.name,
-                file=str(file),
-                name=f"image {image.name!r} (not in the file)",
+                file=str(image),
+                name=f"image {image.name!r} (in no CreateML file)",
                 image=image,
                 annotations=[],
                 meta=dict(meta),
