@@ -146,6 +146,7 @@ def test_scoring_several_methods_stores_embeddings_for_diversity(ctx, project):
 def test_random_below_draws_at_random_until_enough_images_are_labelled(ctx, project):
     """A model trained on a handful of images ranks the pool little better than chance:
     with `random_below`, any strategy draws at random until that many are labelled."""
+    from labelloop.db.models import AnnotationRound
     from labelloop.projects import get_project
     from labelloop.scoring.stage import pool_image_ids
 
@@ -156,6 +157,9 @@ def test_random_below_draws_at_random_until_enough_images_are_labelled(ctx, proj
     rnd = select_round(ctx, project, budget=3, strategy="uncertainty", seed=5,
                        params={"random_below": 7})  # fmt: skip
     assert rnd.strategy == "random" and [i for i, _, _ in rnd.items] == drawn
+    with ctx.db.session() as s:  # the round says why it was drawn at random
+        stored = s.get(AnnotationRound, rnd.round_id).params
+    assert (stored["random_below"], stored["switched_from"]) == (7, "uncertainty")
     with pytest.raises(InputError, match="needs a trained model"):  # 6 is not below 6
         select_round(ctx, project, budget=3, strategy="uncertainty", params={"random_below": 6})
     for bad in ("x", -1, 2.5, True):

@@ -119,10 +119,11 @@ def select_round(
     n_control = control_size(budget, control_fraction)
     params = dict(params or {})
     below = _random_below(params.pop(RANDOM_BELOW, None))
+    too_few = None  # the strategy put aside while too few images are labelled
     if below and strategy != FALLBACK:
         with ctx.db.session() as s:
             if len(labelled_image_ids(s, get_project(s, project_name).id)) < below:
-                strategy, params = FALLBACK, {}  # the fallback's own defaults
+                too_few, strategy, params = strategy, FALLBACK, {}  # the fallback's defaults
     report, requested = None, strategy
     if control_fraction > 0 and strategy != FALLBACK:
         with ctx.db.session() as s:
@@ -163,6 +164,8 @@ def select_round(
             key["switched_from"] = requested
         if below:
             key[RANDOM_BELOW] = below
+        if too_few:
+            key["switched_from"] = too_few
         labelled = labelled_image_ids(s, project.id)
         _close_finished_rounds(s, project.id, labelled)
         # The same parameters return the same round while it is open and holds images; once
