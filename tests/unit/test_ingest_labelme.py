@@ -144,6 +144,21 @@ def test_one_object_drawn_in_pieces_counts_once(ctx, project, tmp_path):
     joined = next(s for s in shapes if s.label == "WBC" and s.kind == "mask")
     assert joined.attributes == {"group_id": 7, "whole_object": True, "pieces": 2}
     assert decode_mask(joined.size, joined.counts).sum() == 2 * 64  # both 8x8 squares
+    # A piece cut at the edge is said; pieces all outside, or an erased mask, are refused.
+    edge = [{**pieces[0], "points": [[-4, 2], [10, 2], [10, 10], [-4, 10]]}, pieces[1]]
+    _write(tmp_path, "a.json", labelme("a.png", edge))
+    report = ingest_path(ctx, project, tmp_path)
+    assert [w.split(": ", 1)[1] for w in report.warnings if "group 7" in w] == [
+        "a piece was clipped to the image"
+    ]
+    outside = [{**p, "points": [[x + 100, y] for x, y in p["points"]]} for p in pieces[:2]]
+    for shapes, why in [
+        (outside, "the 2 pieces of group 7 have no area inside the image"),
+        ([shape("RBC", "mask", [[50, 40], [57, 45]], mask=_mask_b64(0 * two_blobs))], "empty"),
+    ]:
+        _write(tmp_path, "a.json", labelme("a.png", shapes))
+        with pytest.raises(InputError, match=why):
+            ingest_path(ctx, project, tmp_path)
 
 
 def test_embedded_image_data_when_the_file_is_absent(ctx, project, tmp_path):

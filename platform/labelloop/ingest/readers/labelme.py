@@ -26,7 +26,7 @@ import numpy as np
 
 from labelloop.domain import Box, Ellipse, Keypoint, Mask, Polygon, Shape
 from labelloop.errors import InputError
-from labelloop.geometry import mask_shape, shape_mask
+from labelloop.geometry import mask_shape, shape_bbox, shape_mask
 from labelloop.ingest.readers._imagefiles import (
     bool_mask,
     bytes_size,
@@ -254,7 +254,8 @@ def _record(
             ignored[kind] += 1
             continue
         shapes.extend(_shapes(raw, label.strip(), kind, (width, height), file, where))
-    shapes = join_groups(shapes, width, height)
+    notes: list[str] = []
+    shapes = join_groups(shapes, width, height, file, name, notes)
     meta: dict = {}
     flags = data.get("flags")
     if isinstance(flags, dict) and (on := sorted(k for k, v in flags.items() if v is True)):
@@ -270,6 +271,7 @@ def _record(
         meta=meta,
         load=load,
     )
+    rec.warnings.extend(notes)
     return note_left_out(rec, ignored, "lines outline no region and count no cell")
 
 
@@ -330,27 +332,42 @@ def _shapes(
     return [_mask(raw, label, pts, size, attrs, file, where)]
 
 
-def join_groups(shapes: list[Shape], width: int, height: int) -> list[Shape]:
+def join_groups(
+    shapes: list[Shape], width: int, height: int, file: str, name: str, notes: list[str]
+) -> list[Shape]:
     """One object drawn in pieces is one object: the polygons and masks of one label
-    that share a `group_id` (LabelMe's way to draw a cell cut in two by another, or
-    with a hole) become one mask marked `WHOLE_OBJECT`, counted once. Counted piece
-    by piece, each would be another cell."""
+    that share a `group_id` (LabelMe's way to draw a cell cut in two by another lying
+    over it) become one mask, their union, marked `WHOLE_OBJECT` and counted once.
+    Counted piece by piece, each would be another cell. The first piece's attributes are
+    kept; pieces cut at the image's edge are said in `notes`, as the ingest says of any
+    shape it clips, and a group with no pixel inside the image is refused."""
     groups: dict[tuple[str, int], list[int]] = {}
     for i, sh in enumerate(shapes):
         gid = sh.attributes.get("group_id")
         if isinstance(sh, Polygon | Mask) and isinstance(gid, int):
             groups.setdefault((sh.label, gid), []).append(i)
-    joined: dict[int, Shape] = {}
-    for (label, _), members in groups.items():
+    joined: dict[int, Shape | None] = {}
+    for (label, gid), members in groups.items():
         if len(members) < 2:
             continue
+        where = f"{name} / group {gid} ({label})"
         union = np.zeros((height, width), dtype=bool)
         for i in members:
             union |= shape_mask(shapes[i], height, width)
+            x0, y0, x1, y1 = shape_bbox(shapes[i]) or (0, 0, 0, 0)
+            if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+                notes.append(f"{file} ({where}): a piece was clipped to the image")
+        if not union.any():
+            raise InputError(
+                f"the {len(members)} pieces of group {gid} have no area inside the image",
+                file=file,
+                record=where,
+            )
         attrs = {**shapes[members[0]].attributes, WHOLE_OBJECT: True, "pieces": len(members)}
         joined[members[0]] = mask_shape(union, label).model_copy(update={"attributes": attrs})
         joined.update(dict.fromkeys(members[1:]))
-    return [joined.get(i, sh) for i, sh in enumerate(shapes) if joined.get(i, sh) is not None]
+    out = (joined.get(i, sh) for i, sh in enumerate(shapes))  # None: joined into another
+    return [sh for sh in out if sh is not None]
 
 
 def _mask(
@@ -381,6 +398,8 @@ def _mask(
             file=file,
             record=where,
         )
+    if not region.any():  # an erased mask: no cell, and a whole object must have one
+        raise InputError("mask shape is empty (no object pixels)", file=file, record=where)
     full = np.zeros((height, width), dtype=bool)
     full[y0 : y0 + h, x0 : x0 + w] = region
     # One drawn mask is one object, in however many pieces its pixels lie.
