@@ -15,6 +15,7 @@ from labelloop.imaging import decode_image
 
 COLORS = [(37, 99, 235), (220, 38, 38), (22, 163, 74), (147, 51, 234), (234, 88, 12)]
 MAX_SIDE = 512
+CAPTION = 14  # rows of the strip that names an image's class tags
 
 
 def class_color(labels: list[str], label: str) -> tuple[int, int, int]:
@@ -58,9 +59,11 @@ def overlay_png(image_bytes: bytes, shapes: list[Shape], labels: list[str]) -> b
             draw.ellipse((shape.x - r, shape.y - r, shape.x + r, shape.y + r), fill=color)
         elif isinstance(shape, Tag):
             tags.append(shape.label)
-    if tags:
-        draw.rectangle((0, 0, w, 14), fill=(0, 0, 0))
-        draw.text((3, 1), ", ".join(tags), fill=(255, 255, 255))
+    if tags:  # a caption strip above the image, not over its top rows
+        captioned = Image.new("RGB", (w, h + CAPTION), (0, 0, 0))
+        captioned.paste(im, (0, CAPTION))
+        ImageDraw.Draw(captioned).text((3, 1), ", ".join(tags), fill=(255, 255, 255))
+        im = captioned
     if max(im.size) > MAX_SIDE:
         im.thumbnail((MAX_SIDE, MAX_SIDE))
     buf = io.BytesIO()
