@@ -143,25 +143,37 @@ def test_scoring_several_methods_stores_embeddings_for_diversity(ctx, project):
     assert rnd.strategy == default_strategy(ctx, project) == "power" and len(rnd.items) == 2
 
 
-def test_random_below_draws_at_random_until_enough_images_are_labelled(ctx, project):
+def test_random_below_draws_at_random_until_the_model_trained_on_enough(ctx, project):
     """A model trained on a handful of images ranks the pool little better than chance:
-    with `random_below`, any strategy draws at random until that many are labelled."""
+    with `random_below`, any strategy draws at random until the model that scores the
+    pool trained on that many (its train split: labelled test images teach it nothing)."""
     from labelloop.db.models import AnnotationRound
     from labelloop.projects import get_project
     from labelloop.scoring.stage import pool_image_ids
+    from labelloop.selection.rounds import trained_on
 
     with ctx.db.session() as s:
         pool = pool_image_ids(s, get_project(s, project).id)
     drawn = get_strategy("random").rank(Candidates(ids=pool), 3, 5, {})
-    # 6 images are labelled: below 7, uncertainty (which has no model yet) draws at random.
+    # No model yet (trained on none): uncertainty, which needs one, draws at random.
     rnd = select_round(ctx, project, budget=3, strategy="uncertainty", seed=5,
-                       params={"random_below": 7})  # fmt: skip
+                       params={"random_below": 1})  # fmt: skip
     assert rnd.strategy == "random" and [i for i, _, _ in rnd.items] == drawn
     with ctx.db.session() as s:  # the round says why it was drawn at random
         stored = s.get(AnnotationRound, rnd.round_id).params
-    assert (stored["random_below"], stored["switched_from"]) == (7, "uncertainty")
-    with pytest.raises(InputError, match="needs a trained model"):  # 6 is not below 6
-        select_round(ctx, project, budget=3, strategy="uncertainty", params={"random_below": 6})
+    assert (stored["random_below"], stored["switched_from"]) == (1, "uncertainty")
+    dv = freeze(ctx, project).dataset_version_id
+    mv = execute_run(ctx, request_run(ctx, dv, overrides=TINY_RECIPE).run_id)
+    score_pool(ctx, mv)
+    with ctx.db.session() as s:
+        n = trained_on(s, mv)
+    assert 0 < n < 6  # of the 6 labelled images, those of the train split
+    above = select_round(ctx, project, budget=2, strategy="uncertainty", model_version_id=mv,
+                         params={"random_below": n + 1})  # fmt: skip
+    assert above.strategy == "random"
+    enough = select_round(ctx, project, budget=2, strategy="uncertainty", model_version_id=mv,
+                          params={"random_below": n})  # fmt: skip
+    assert enough.strategy == "uncertainty"
     for bad in ("x", -1, 2.5, True):
         with pytest.raises(InputError, match="random_below must be"):
             select_round(ctx, project, budget=3, strategy="coreset", params={"random_below": bad})

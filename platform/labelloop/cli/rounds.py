@@ -134,7 +134,7 @@ def select_cmd(
         list[str] | None,
         typer.Option(
             help="Strategy parameter key=value, e.g. prefilter=4 (hybrid), beta=1 (power); "
-            "random_below=N (any strategy) draws at random while fewer than N are labelled."
+            "random_below=N (any strategy) draws at random while the model trained on fewer than N."
         ),
     ] = None,
     seed: int = 0,

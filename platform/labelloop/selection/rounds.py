@@ -19,7 +19,14 @@ from sqlalchemy.orm import Session
 
 from labelloop.context import Context
 from labelloop.datasets.freeze import current_annotations
-from labelloop.db.models import AnnotationRound, Image, ModelVersion, RoundItem, Score
+from labelloop.db.models import (
+    AnnotationRound,
+    DatasetItem,
+    Image,
+    ModelVersion,
+    RoundItem,
+    Score,
+)
 from labelloop.errors import InputError, NotFoundError
 from labelloop.imaging import decode_image
 from labelloop.kinds import kind_entry
@@ -78,6 +85,27 @@ def _random_below(value: Any) -> int:
     return int(value)
 
 
+def trained_on(s: Session, model_version_id: int | None) -> int:
+    """How many images the model version trained on: its dataset version's train split
+    (labelled test and validation images teach it nothing). 0 without a model."""
+    if model_version_id is None:
+        return 0
+    mv = s.get(ModelVersion, model_version_id)
+    if mv is None:
+        return 0
+    return int(
+        s.scalar(
+            select(func.count())
+            .select_from(DatasetItem)
+            .where(
+                DatasetItem.dataset_version_id == mv.dataset_version_id,
+                DatasetItem.split == "train",
+            )
+        )
+        or 0
+    )
+
+
 def default_strategy(ctx: Context, project_name: str) -> str:
     """The strategy a project's rounds use unless told: its kind's (`labelloop.kinds`)."""
     with ctx.db.session() as s:
@@ -107,9 +135,10 @@ def select_round(
     labelled rounds: when the strategy's picks proved easier for the model than random
     ones, this round uses random selection instead (see `guard.py`; both in the result).
 
-    `params` may hold `random_below` whatever the strategy: while fewer images than that
-    are labelled the round is drawn at random, since a model trained on a handful ranks
-    the pool little better than chance and its first picks can cost more than they teach
+    `params` may hold `random_below` whatever the strategy: while the model that scores
+    the pool trained on fewer images than that (its train split; none without a model),
+    the round is drawn at random, since a model trained on a handful ranks the pool
+    little better than chance and its first picks can cost more than they teach
     (BENCHMARKS.md, BCCD warm loops)."""
     if budget < 1:
         raise InputError(f"budget must be at least 1, got {budget}")
@@ -119,10 +148,12 @@ def select_round(
     n_control = control_size(budget, control_fraction)
     params = dict(params or {})
     below = _random_below(params.pop(RANDOM_BELOW, None))
-    too_few = None  # the strategy put aside while too few images are labelled
+    too_few = None  # the strategy put aside while its model has learned from too few
     if below and strategy != FALLBACK:
         with ctx.db.session() as s:
-            if len(labelled_image_ids(s, get_project(s, project_name).id)) < below:
+            mv = model_version_id
+            mv = mv if mv is not None else find_model(s, get_project(s, project_name).id)
+            if trained_on(s, mv) < below:
                 too_few, strategy, params = strategy, FALLBACK, {}  # the fallback's defaults
     report, requested = None, strategy
     if control_fraction > 0 and strategy != FALLBACK:
