@@ -34,9 +34,15 @@ def probe_image(
 
 
 def decode_image(
-    data: bytes, *, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    *,
+    name: str = "<bytes>",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    upright: bool = False,
 ) -> np.ndarray:
-    """Decode to an RGB uint8 array (H, W, 3); raise InputError naming the file on any defect."""
+    """Decode to an RGB uint8 array (H, W, 3); raise InputError naming the file on any defect.
+    `upright` also refuses an image that viewers turn by its EXIF orientation, read from
+    the same opened file (`_refuse_turned`)."""
     if not data:
         raise InputError("image file is empty", file=name)
     allow_pixels(max_pixels)
@@ -50,6 +56,8 @@ def decode_image(
                         f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}",
                         file=name,
                     )
+                if upright:
+                    _refuse_turned(im, name)
                 im.load()
                 rgb = im.convert("RGB")
     except InputError:
@@ -79,15 +87,14 @@ TURNS = {
 }
 
 
-def check_orientation(data: bytes, *, name: str = "<bytes>") -> None:
+def _refuse_turned(im: Image.Image, name: str) -> None:
     """Refuse an image whose EXIF orientation tells viewers to turn it. Labelling tools
     (Label Studio, CVAT, Roboflow, Ultralytics) draw on the turned picture while every
     stage here reads the pixels as stored, so every box or outline would land turned or
     mirrored, and a square image would not even fail a size check."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            orientation = im.getexif().get(0x0112)
-    except Exception:
+        orientation = im.getexif().get(0x0112)
+    except (OSError, ValueError, SyntaxError):  # damaged EXIF: the pixels decide, not it
         return
     if orientation in TURNS:
         raise InputError(

@@ -28,7 +28,7 @@ from labelloop.db.models import Annotation, Image, Project, SourceItem
 from labelloop.db.upsert import get_or_insert, get_or_insert_many
 from labelloop.domain import Box, Ellipse, Keypoint, Mask, Polygon, Shape, Tag, shapes_json_text
 from labelloop.errors import InputError
-from labelloop.imaging import check_orientation, decode_image
+from labelloop.imaging import decode_image
 from labelloop.ingest.records import RecordAnnotation, SourceRecord
 from labelloop.projects import label_names
 from labelloop.storage import BlobStore, sha256_bytes
@@ -394,9 +394,9 @@ class _Writer:
             return img
         try:
             name = rec.file if rec.file == rec.uri else f"{rec.file}: {rec.uri}"
-            arr = decode_image(data, name=name, max_pixels=self.max_pixels)
-            if self._placed(rec):
-                check_orientation(data, name=name)
+            arr = decode_image(
+                data, name=name, max_pixels=self.max_pixels, upright=self._placed(rec)
+            )
         except InputError as exc:  # the image's defect, told with the record that uses it
             raise InputError(exc.reason, file=exc.file, record=rec.name) from None
         suffix = _image_suffix(rec.uri)
