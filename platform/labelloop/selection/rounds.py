@@ -21,7 +21,7 @@ from labelloop.context import Context
 from labelloop.datasets.freeze import current_annotations
 from labelloop.db.models import (
     AnnotationRound,
-    DatasetItem,
+    DatasetVersion,
     Image,
     ModelVersion,
     RoundItem,
@@ -70,12 +70,13 @@ def _close_finished_rounds(s, project_id: int, labelled: set[int]) -> None:
             rnd.status = "done"
 
 
-# A parameter every strategy takes: below this many labelled images, select at random.
+# A parameter every strategy takes: while the scoring model trained on fewer images than
+# this, select at random.
 RANDOM_BELOW = "random_below"
 
 
 def _random_below(value: Any) -> int:
-    """`random_below`, checked: a whole number of labelled images (0 or absent: off)."""
+    """`random_below`, checked: a whole number of images (0 or absent: off)."""
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
@@ -86,24 +87,14 @@ def _random_below(value: Any) -> int:
 
 
 def trained_on(s: Session, model_version_id: int | None) -> int:
-    """How many images the model version trained on: its dataset version's train split
-    (labelled test and validation images teach it nothing). 0 without a model."""
-    if model_version_id is None:
-        return 0
-    mv = s.get(ModelVersion, model_version_id)
+    """How many images the model version trained on: its dataset version's train split,
+    as the freeze counted it (labelled test and validation images teach it nothing). 0
+    without a model."""
+    mv = s.get(ModelVersion, model_version_id) if model_version_id is not None else None
     if mv is None:
         return 0
-    return int(
-        s.scalar(
-            select(func.count())
-            .select_from(DatasetItem)
-            .where(
-                DatasetItem.dataset_version_id == mv.dataset_version_id,
-                DatasetItem.split == "train",
-            )
-        )
-        or 0
-    )
+    stats = s.get(DatasetVersion, mv.dataset_version_id).stats or {}
+    return int(stats.get("splits", {}).get("train", 0))
 
 
 def default_strategy(ctx: Context, project_name: str) -> str:
