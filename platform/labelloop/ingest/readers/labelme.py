@@ -54,6 +54,8 @@ from labelloop.ingest.records import (
 from labelloop.objects import WHOLE_OBJECT
 
 IGNORED_TYPES = frozenset({"line", "linestrip"})
+# Where a record's image came from when the JSON embeds it (`meta["image_path"]`).
+EMBEDDED = "embedded imageData"
 
 
 def _looks_like_labelme(head: bytes) -> bool:
@@ -112,7 +114,7 @@ def read_labelme(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
         except InputError as exc:
             yield error_record(exc, source=source, external_id=key, file=str(f), name=name)
             continue
-        if "image_path" in rec.meta and rec.meta["image_path"] != "embedded imageData":
+        if rec.meta.get("image_path", EMBEDDED) != EMBEDDED:
             claimed.add(Path(rec.meta["image_path"]).resolve())
         yield rec
     if path.is_dir():  # LabelMe saves no file for an image nobody drew on: unlabeled
@@ -173,7 +175,7 @@ def _image(
     if isinstance(embedded, str) and embedded:
         raw = _decode_embedded(embedded, file, name)
         size = bytes_size(raw, file=file, record=name)
-        return (lambda: raw), size, ref or f"{path.stem}.embedded", "embedded imageData"
+        return (lambda: raw), size, ref or f"{path.stem}.embedded", EMBEDDED
     raise InputError(
         f"image {ref or path.stem!r} not found next to the JSON (imagePath is relative to it) "
         "and the file embeds no imageData; pass --image-root if images live elsewhere"

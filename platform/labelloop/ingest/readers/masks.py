@@ -138,27 +138,28 @@ class MaskLayout:
     def mask_files(self) -> dict[str, Path]:
         return _by_key(self.classes)
 
-    def unread_masks(self, read: dict[str, Path]) -> list[Path]:
-        """Files of the mask folder that are no image type read and stand for no mask that
-        is (`read`): a mask saved as GIF would leave its image unlabeled without a word.
-        Arrays beside PNGs of the same name (labelme2voc writes `.npy`) are twins."""
-        return [
-            p
-            for p in sorted(self.classes.rglob("*"))
-            if p.is_file()
-            and not is_image(p)
-            and p.name[:1] != "."
-            and p.name not in LABEL_MAP_FILES  # the label map kept beside the masks
-            and p.relative_to(self.classes).with_suffix("").as_posix() not in read
-        ]
-
     def unread_records(self, read: dict[str, Path], source: str) -> Iterator[SourceRecord]:
-        """An error record per `unread_masks` file."""
-        for stray in self.unread_masks(read):
-            rel = stray.relative_to(self.classes).as_posix()
+        """An error record per file of the mask folder that is no image type read and
+        stands for no mask that is (`read`): a mask saved as GIF would leave its image
+        unlabeled without a word. Arrays beside PNGs of the same name (labelme2voc writes
+        `.npy`) are twins, and the label map kept beside the masks is read."""
+        for stray in sorted(self.classes.rglob("*")):
+            rel = stray.relative_to(self.classes)
+            if (
+                not stray.is_file()
+                or is_image(stray)
+                or stray.name[:1] == "."
+                or stray.name in LABEL_MAP_FILES
+                or rel.with_suffix("").as_posix() in read
+            ):
+                continue
             why = f"{stray.name} in the mask folder is not an image type read (save it as PNG)"
             yield error_record(
-                why, source=source, external_id=rel, file=str(stray), name=f"mask {rel}"
+                why,
+                source=source,
+                external_id=rel.as_posix(),
+                file=str(stray),
+                name=f"mask {rel.as_posix()}",
             )
 
     def object_file(self, key: str) -> Path | None:
