@@ -144,6 +144,24 @@ def test_one_object_drawn_in_pieces_counts_once(ctx, project, tmp_path):
     joined = next(s for s in shapes if s.label == "WBC" and s.kind == "mask")
     assert joined.attributes == {"group_id": 7, "whole_object": True, "pieces": 2}
     assert decode_mask(joined.size, joined.counts).sum() == 2 * 64  # both 8x8 squares
+    # What any piece says is the object's; where pieces disagree the first stands, said.
+    marked = [
+        {**pieces[0], "description": "nucleus cut"},
+        {**pieces[1], "description": "second part", "flags": {"blurred": True}},
+    ]
+    _write(tmp_path, "a.json", labelme("a.png", marked))
+    report = ingest_path(ctx, project, tmp_path)
+    joined = next(s for s in shapes_from_json(active_shapes(ctx)) if s.kind == "mask")
+    assert joined.attributes == {
+        "group_id": 7,
+        "description": "nucleus cut",
+        "blurred": True,
+        "whole_object": True,
+        "pieces": 2,
+    }
+    assert [w.split(": ", 1)[1] for w in report.warnings if "group 7" in w] == [
+        "the pieces disagree; kept the first piece's value, left out description 'second part'"
+    ]
     # A piece cut at the edge is said; pieces all outside, or an erased mask, are refused.
     edge = [{**pieces[0], "points": [[-4, 2], [10, 2], [10, 10], [-4, 10]]}, pieces[1]]
     _write(tmp_path, "a.json", labelme("a.png", edge))

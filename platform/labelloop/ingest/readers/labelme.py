@@ -340,9 +340,10 @@ def join_groups(
     """One object drawn in pieces is one object: the polygons and masks of one label
     that share a `group_id` (LabelMe's way to draw a cell cut in two by another lying
     over it) become one mask, their union, marked `WHOLE_OBJECT` and counted once.
-    Counted piece by piece, each would be another cell. The first piece's attributes are
-    kept; pieces cut at the image's edge are said in `notes`, as the ingest says of any
-    shape it clips, and a group with no pixel inside the image is refused."""
+    Counted piece by piece, each would be another cell. Every piece's attributes are
+    kept (`_piece_attributes`); pieces cut at the image's edge are said in `notes`, as the
+    ingest says of any shape it clips, and a group with no pixel inside the image is
+    refused."""
     groups: dict[tuple[str, int], list[int]] = {}
     for i, sh in enumerate(shapes):
         gid = sh.attributes.get("group_id")
@@ -365,11 +366,34 @@ def join_groups(
                 file=file,
                 record=where,
             )
-        attrs = {**shapes[members[0]].attributes, WHOLE_OBJECT: True, "pieces": len(members)}
+        attrs = _piece_attributes([shapes[i] for i in members], f"{file} ({where})", notes)
+        attrs.update({WHOLE_OBJECT: True, "pieces": len(members)})
         joined[members[0]] = mask_shape(union, label).model_copy(update={"attributes": attrs})
         joined.update(dict.fromkeys(members[1:]))
     out = (joined.get(i, sh) for i, sh in enumerate(shapes))  # None: joined into another
     return [sh for sh in out if sh is not None]
+
+
+def _piece_attributes(
+    pieces: list[Shape], where: str, notes: list[str]
+) -> dict[str, str | int | float | bool]:
+    """One object's attributes from its pieces': a flag or description set on any piece
+    is the object's. Where pieces disagree (two descriptions) the first piece's value
+    stands and `notes` names what was not kept, so no annotation is lost unsaid."""
+    attrs: dict[str, str | int | float | bool] = {}
+    dropped: list[str] = []
+    for piece in pieces:
+        for key, value in piece.attributes.items():
+            if key not in attrs:
+                attrs[key] = value
+            elif attrs[key] != value:
+                dropped.append(f"{key} {value!r}")
+    if dropped:
+        notes.append(
+            f"{where}: the pieces disagree; kept the first piece's value, left out "
+            + ", ".join(dropped)
+        )
+    return attrs
 
 
 def _mask(
