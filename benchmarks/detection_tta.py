@@ -25,6 +25,7 @@ Writes benchmarks/results/detection_tta.json and detection_tta.png.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -49,17 +50,23 @@ BCCD_TARGET = 0.92  # test mAP@0.5 from scratch in 30 CPU-minutes
 
 
 def score_views(
-    model: Any, recipe: Any, manifest: dict, fetch: Any, views: list[int]
+    model: Any,
+    recipe: Any,
+    manifest: dict,
+    fetch: Any,
+    views: list[int],
+    nms: list[float | None] = (None,),
 ) -> list[dict[str, Any]]:
-    """mAP of `model` on val and test at each number of views, with seconds per image, and
-    test count MAE per class at count thresholds chosen on val at those views (what a
-    training run stores)."""
+    """mAP of `model` on val and test at each number of views (and each NMS IoU; None: the
+    recipe's), with seconds per image, and test count MAE per class at count thresholds
+    chosen on val at those settings (what a training run stores)."""
     kind = get_kind("detection")
     labels = manifest["labels"]
     rows = []
-    for n in views:
-        tta = recipe.model_copy(update={"tta_views": n, "count_thresholds": {}})
-        row: dict[str, Any] = {"tta_views": n}
+    for n, iou in itertools.product(views, nms):
+        iou = recipe.nms_iou if iou is None else iou
+        tta = recipe.model_copy(update={"tta_views": n, "nms_iou": iou, "count_thresholds": {}})
+        row: dict[str, Any] = {"tta_views": n, "nms_iou": iou}
         for split in ("val", "test"):
             if split == "test":  # mAP does not depend on the count thresholds
                 tta = kind.calibrate(model, manifest, fetch, labels=labels, recipe=tta)
@@ -76,7 +83,8 @@ def score_views(
         row["test"]["count_thresholds"] = tta.count_thresholds
         row["test"]["count_mae"] = {c: v["count_mae"] for c, v in m["per_class"].items()}
         print(
-            f"  {n} views: val {row['val']['map50']:.4f}  test {row['test']['map50']:.4f}  "
+            f"  {n} views, NMS IoU {iou:g}: val {row['val']['map50']:.4f}  "
+            f"test {row['test']['map50']:.4f}  "
             f"({row['test']['s_per_image'] * 1000:.0f} ms/image)  test count MAE "
             + " / ".join(f"{v:.2f}" for v in row["test"]["count_mae"].values()),
             flush=True,
@@ -120,29 +128,43 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for i, (name, entry) in enumerate(summary["models"].items()):
-        rows = entry["views"]
-        n = [r["tta_views"] for r in rows]
+    # x: the NMS IoU when several were swept (one line per model and view count), else the
+    # view count (one line per model; rows from before the sweep carry no nms_iou).
+    rows_all = [r for e in summary["models"].values() for r in e["views"]]
+    sweep = len({r.get("nms_iou") for r in rows_all}) > 1
+    x_key, line_key = ("nms_iou", "tta_views") if sweep else ("tta_views", "nms_iou")
+    lines = [
+        (
+            f"{name}, {n} view(s)" if sweep else name,
+            [r for r in entry["views"] if r.get(line_key) == n],
+        )
+        for name, entry in summary["models"].items()
+        for n in sorted({r.get(line_key) for r in entry["views"]}, key=str)
+    ]
+    for i, (name, rows) in enumerate(lines):
+        x = [r[x_key] for r in rows]
         for split, style in (("test", "-"), ("val", ":")):
             ax.plot(
-                n,
+                x,
                 [r[split]["map50"] for r in rows],
                 style,
                 marker="o",
                 color=f"C{i}",
                 label=f"{name} {split}",
             )
-        bx.plot(n, [r["test"]["s_per_image"] * 1000 for r in rows], marker="o", color=f"C{i}")
+        bx.plot(x, [r["test"]["s_per_image"] * 1000 for r in rows], marker="o", color=f"C{i}")
     ax.axhline(BCCD_TARGET, color="grey", ls="--", lw=1, label=f"BCCD target {BCCD_TARGET}")
-    ax.set_xlabel("views averaged (1: the image as it is)")
+    what = "NMS IoU" if sweep else "views averaged (1: the image as it is)"
+    ticks = sorted({r[x_key] for r in rows_all})
+    ax.set_xlabel(what)
     ax.set_ylabel("mAP@0.5")
-    ax.set_xticks(summary["view_counts"])
-    ax.set_title("Detector mAP@0.5 against test-time views")
-    ax.legend(fontsize=7, loc="center", ncol=2)
-    bx.set_xlabel("views averaged")
+    ax.set_xticks(ticks)
+    ax.set_title(f"Detector mAP@0.5 against {'NMS IoU' if sweep else 'test-time views'}")
+    ax.legend(fontsize=7, loc="best", ncol=2)
+    bx.set_xlabel(what)
     bx.set_ylabel("evaluation time per image (ms, one thread)")
-    bx.set_xticks(summary["view_counts"])
-    bx.set_title("What the views cost")
+    bx.set_xticks(ticks)
+    bx.set_title("What prediction costs")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -156,6 +178,9 @@ def main() -> None:
     ap.add_argument("--synthetic-minutes", type=float, default=0.0, help="0: no synthetic model")
     ap.add_argument("--seed", type=int, default=0, help="synthetic data and training seed")
     ap.add_argument("--views", default="1,2,4,8")
+    ap.add_argument(
+        "--nms", default="", help="NMS IoU values to score at each view count (default: recipe's)"
+    )
     ap.add_argument("--name", default="detection_tta")
     ap.add_argument("--replot", action="store_true", help="redraw the PNG from the JSON")
     args = ap.parse_args()
@@ -165,6 +190,7 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     views = [int(v) for v in args.views.split(",")]
+    nms = [float(v) for v in args.nms.split(",") if v] or [None]
     models: dict[str, Any] = {}
     if args.bccd:
         manifest, fetch = bccd_manifest("detection")
@@ -174,7 +200,7 @@ def main() -> None:
             models[f"BCCD seed {run['recipe']['seed']}"] = {
                 "run": name,
                 "epochs": run["epochs"],
-                "views": score_views(model, recipe, manifest, fetch, views),
+                "views": score_views(model, recipe, manifest, fetch, views, nms),
             }
     if args.synthetic_minutes:
         print(f"synthetic smears: training {args.synthetic_minutes:g} min", flush=True)
@@ -182,7 +208,7 @@ def main() -> None:
         models[f"synthetic seed {args.seed}"] = {
             **run,
             "images": SYNTHETIC_SPLITS,
-            "views": score_views(model, recipe, manifest, fetch, views),
+            "views": score_views(model, recipe, manifest, fetch, views, nms),
         }
     if not models:
         raise SystemExit("nothing to measure: give --bccd NAME and/or --synthetic-minutes M")
