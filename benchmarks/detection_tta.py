@@ -17,9 +17,12 @@ one split's evaluation divided by its images, on one thread. Counts: test count 
 class at the count thresholds chosen on validation at the same views, as a training run
 chooses them (`kind.calibrate`).
 
+`--nms 0.5,0.6,0.7` scores every view count at each of these NMS IoUs too (the plot then
+draws mAP against the NMS IoU, one line per model and view count).
+
 Usage: .venv/bin/python benchmarks/detection_tta.py --bccd bccd_detection [--bccd ...]
-       [--synthetic-minutes 8] [--views 1,2,4,8]
-Writes benchmarks/results/detection_tta.json and detection_tta.png.
+       [--synthetic-minutes 8] [--views 1,2,4,8] [--nms 0.5,0.6,0.7,0.8] [--name STEM]
+Writes benchmarks/results/STEM.json and STEM.png (STEM: detection_tta unless --name).
 """
 
 from __future__ import annotations
