@@ -180,6 +180,7 @@ def test_class_numbers_without_names_are_mapped_with_label_map(ctx, tmp_path):
     [
         ("7 0.5 0.5 0.2 0.2", "class 7 is not among the 3 class names"),
         ("0 320 240 20 20", "coordinates must be normalised to 0..1"),
+        ("0 0.5 0.5 0.2 0.2 0.45 0.5 2 0.55 0.5 1", "looks like a YOLO pose line"),
         ("0 0.5 0.5 0.2 0.2 0.9", "6 values; expected 'class cx cy w h'"),
         ("0 0.5 0.5 0 0.2", "box has zero size"),
         ("0 0.5 nan 0.2 0.2", "coordinate 'nan' is not a finite number"),

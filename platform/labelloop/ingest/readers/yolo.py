@@ -245,6 +245,27 @@ def parse_label_file(
         raise InputError(f"cannot read ({exc.strerror})", file=file, record=name) from None
 
 
+_NOT_NORMALISED = "coordinates must be normalised to 0..1 (pixel coordinates are not YOLO)"
+_POSE_LINE = (
+    "this looks like a YOLO pose line (a box, then x y visibility per keypoint, visibility "
+    "2 = visible): pose (keypoint) datasets are not supported"
+)
+
+
+def _looks_like_pose(nums: list[float]) -> bool:
+    """A box followed by (x, y, visibility) triples whose visibilities are 0, 1 or 2, one
+    of them 2: the only values out of 0..1 are what a pose line puts there."""
+    if len(nums) < 7 or (len(nums) - 4) % 3:
+        return False
+    vis = nums[6::3]
+    coords = [v for i, v in enumerate(nums) if i < 4 or (i - 4) % 3 != 2]
+    return (
+        all(v in (0, 1, 2) for v in vis)
+        and 2 in vis
+        and all(-_SLACK <= v <= 1 + _SLACK for v in coords)
+    )
+
+
 def _line_shape(
     parts: list[str], width: int, height: int, names: dict[int, str] | None, file: str, where: str
 ) -> Shape:
@@ -270,9 +291,7 @@ def _line_shape(
         )
     if any(v < -_SLACK or v > 1 + _SLACK for v in nums):
         raise InputError(
-            "coordinates must be normalised to 0..1 (pixel coordinates are not YOLO)",
-            file=file,
-            record=where,
+            _POSE_LINE if _looks_like_pose(nums) else _NOT_NORMALISED, file=file, record=where
         )
     if len(nums) == 4:
         cx, cy, w, h = nums
