@@ -252,6 +252,11 @@ _POSE_LINE = (
 )
 
 
+def _normalised(v: float) -> bool:
+    """Within 0..1, with the slack rounding in exporters leaves."""
+    return -_SLACK <= v <= 1 + _SLACK
+
+
 def _looks_like_pose(nums: list[float]) -> bool:
     """A box followed by (x, y, visibility) triples whose visibilities are 0, 1 or 2, one
     of them 2: the only values out of 0..1 are what a pose line puts there."""
@@ -259,11 +264,7 @@ def _looks_like_pose(nums: list[float]) -> bool:
         return False
     vis = nums[6::3]
     coords = [v for i, v in enumerate(nums) if i < 4 or (i - 4) % 3 != 2]
-    return (
-        all(v in (0, 1, 2) for v in vis)
-        and 2 in vis
-        and all(-_SLACK <= v <= 1 + _SLACK for v in coords)
-    )
+    return all(v in (0, 1, 2) for v in vis) and 2 in vis and all(map(_normalised, coords))
 
 
 def _line_shape(
@@ -289,7 +290,7 @@ def _line_shape(
             file=file,
             record=where,
         )
-    if any(v < -_SLACK or v > 1 + _SLACK for v in nums):
+    if not all(map(_normalised, nums)):
         raise InputError(
             _POSE_LINE if _looks_like_pose(nums) else _NOT_NORMALISED, file=file, record=where
         )
