@@ -258,6 +258,19 @@ def _pinned(cmd: list[str], core: int | None) -> tuple[list[str], dict[str, str]
     return ["taskset", "-c", str(core), *cmd], env
 
 
+def run_mode(sequential: bool) -> str:
+    """How the contenders ran, for the JSON and the plot's title. A `--sequential` run
+    that the caller pinned with taskset (two seeds side by side, one core each) says so:
+    its contenders did not have the machine to themselves."""
+    if not sequential:
+        return "side by side, one core each"
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < (os.cpu_count() or 1):
+        threads = os.environ.get("OMP_NUM_THREADS", "all")
+        return f"pinned by the caller to core {','.join(map(str, cores))}, threads {threads}"
+    return "one after the other"
+
+
 def labelloop_cmd(args: argparse.Namespace, out: Path) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--child-out", str(out)]
     cmd += ["--minutes", str(args.minutes), "--image-size", str(args.image_size)]
@@ -657,7 +670,7 @@ def main() -> None:
         "budget_min": args.minutes,
         "image_size": args.image_size,
         "batch_size": args.batch,
-        "mode": "one after the other" if args.sequential else "side by side, one core each",
+        "mode": run_mode(args.sequential),
         "metric": "labelloop detection_metrics (torchmetrics/pycocotools) on test predictions "
         f"at conf 0.001; counts at conf {COUNT_THRESHOLD} (test) and at per-class thresholds "
         "chosen on validation (test_tuned)",
