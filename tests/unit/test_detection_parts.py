@@ -203,7 +203,8 @@ def test_fresh_head_predicts_boxes_a_few_cells_wide_at_every_level(reg_max):
     )
     torch.manual_seed(0)
     net = build_detector(recipe, 3).eval()
-    out = net(torch.zeros(1, 3, 64, 64))
+    with torch.no_grad():
+        out = net(torch.zeros(1, 3, 64, 64))
     boxes = decode_boxes(out, reg_max)[0]
     widths = (boxes[:, 2] - boxes[:, 0]) / out.strides[:, 0]
     # Random weights add noise; the biases put the mean near 4 cells (uniform DFL: 15).
