@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -135,19 +136,24 @@ class MaskLayout:
     labels: LabelMap | None = None
     subsets: dict[str, str] = field(default_factory=dict)
 
+    @cached_property
+    def _listing(self) -> list[Path]:
+        """Every file below the mask folder, sorted: listed once for the masks read and
+        for the files refused beside them (a folder of 100,000 masks is slow to walk)."""
+        return sorted(p for p in self.classes.rglob("*") if p.is_file())
+
     def mask_files(self) -> dict[str, Path]:
-        return _by_key(self.classes)
+        return _by_key(self.classes, self._listing)
 
     def unread_records(self, read: dict[str, Path], source: str) -> Iterator[SourceRecord]:
         """An error record per file of the mask folder that is no image type read and
         stands for no mask that is (`read`): a mask saved as GIF would leave its image
         unlabeled without a word. Arrays beside PNGs of the same name (labelme2voc writes
         `.npy`) are twins, and the label map kept beside the masks is read."""
-        for stray in sorted(self.classes.rglob("*")):
+        for stray in self._listing:
             rel = stray.relative_to(self.classes)
             if (
-                not stray.is_file()
-                or is_image(stray)
+                is_image(stray)
                 or stray.name[:1] == "."
                 or stray.name in LABEL_MAP_FILES
                 or rel.with_suffix("").as_posix() in read
@@ -168,10 +174,11 @@ class MaskLayout:
         return first_inside(with_suffixes(self.objects, key), [self.objects])
 
 
-def _by_key(folder: Path) -> dict[str, Path]:
-    """Image files below `folder` keyed by relative path without suffix ('sub/img_1')."""
+def _by_key(folder: Path, files: list[Path] | None = None) -> dict[str, Path]:
+    """Image files below `folder` (or among its sorted `files`) keyed by relative path
+    without suffix ('sub/img_1')."""
     out: dict[str, Path] = {}
-    for p in sorted(folder.rglob("*")):
+    for p in sorted(folder.rglob("*")) if files is None else files:
         if is_image(p) and p.is_file():
             out.setdefault(p.relative_to(folder).with_suffix("").as_posix(), p)
     return out
