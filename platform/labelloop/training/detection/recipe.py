@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from labelloop.training.backbones import timm_encoder
 from labelloop.training.recipe import Augment, BaseRecipe
 
 IouLossName = Literal["ciou", "giou"]
@@ -106,13 +107,7 @@ class DetectionRecipe(BaseRecipe):
     @field_validator("encoder")
     @classmethod
     def _known_encoder(cls, name: str) -> str:
-        import timm  # deferred: importing timm costs a second
-
-        if not timm.is_model(name):
-            close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
-            hint = f"; similar names: {', '.join(close)}" if close else ""
-            raise ValueError(f"{name!r} is not a timm model{hint}")
-        return name
+        return timm_encoder(name)
 
     @model_validator(mode="after")
     def _consistent(self) -> DetectionRecipe:
