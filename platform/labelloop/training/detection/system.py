@@ -25,8 +25,9 @@ GRAD_CLIP_NORM = 10.0
 
 # COCO's detection limits per image. pycocotools computes mAP@0.5:0.95 (and every
 # per-class AP) at exactly 100 detections whatever the list says, and reports -1 when 100
-# is not in it, so the list stays COCO's: predictions beyond 100 per image are not scored
-# (BCCD fields hold at most ~60 cells).
+# is not in it, so the list stays COCO's: predictions beyond 100 per image and class are
+# not scored (COCO evaluates each image and class apart; BCCD fields hold at most ~60
+# cells).
 COCO_MAX_DETECTIONS = [1, 10, 100]
 
 
