@@ -13,6 +13,7 @@ Writes benchmarks/results/<name>.json and <name>.png.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 from pathlib import Path
@@ -63,6 +64,16 @@ def compare(pairs: list[tuple[str, str]], results: Path) -> dict[str, Any]:
     return {"pairs": rows, "differences": summary}
 
 
+def spread(values: list[float], gap: float) -> list[float]:
+    """Heights for labels of `values`, in their order and at least `gap` apart: end
+    points a few thousandths apart would otherwise print their labels on one another."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = list(values)
+    for below, above in itertools.pairwise(order):
+        out[above] = max(out[above], out[below] + gap)
+    return out
+
+
 def plot(data: dict[str, Any], label: str, png: Path) -> None:
     import matplotlib
 
@@ -72,24 +83,32 @@ def plot(data: dict[str, Any], label: str, png: Path) -> None:
     panels = (("test_map50", "test mAP@0.5"), ("val_map50_best", "best validation mAP@0.5"))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     for ax, (key, title) in zip(axes, panels, strict=True):
+        ends, names, colours = [], [], []
         for row in data["pairs"]:
             a, b = row["base"], row["changed"]
-            ys = [a[key], b[key]]
-            (line,) = ax.plot([0, 1], ys, marker="o")
+            (line,) = ax.plot([0, 1], [a[key], b[key]], marker="o")
+            ends.append(b[key])
+            names.append(f"{b['stem']} ({a['epochs']}/{b['epochs']} ep)")
+            colours.append(line.get_color())
+        low, high = ax.get_ylim()
+        for end, y, name, colour in zip(
+            ends, spread(ends, 0.045 * (high - low)), names, colours, strict=True
+        ):
             ax.annotate(
-                f"{b['stem']} ({a['epochs']}/{b['epochs']} ep)",
-                (1, ys[1]),
-                xytext=(6, 0),
-                textcoords="offset points",
+                name,
+                (1, end),
+                xytext=(1.08, y),
+                textcoords="data",
                 va="center",
                 fontsize=7,
-                color=line.get_color(),
+                color=colour,
+                arrowprops={"arrowstyle": "-", "color": colour, "lw": 0.5},
             )
         d = data["differences"]["d_" + key]
         sd = f" ± {d['sd']:.4f}" if d["sd"] is not None else ""
         ax.set_title(f"{title}: paired change {d['mean']:+.4f}{sd}", fontsize=10)
         ax.set_xticks([0, 1], ["base", "changed"])
-        ax.set_xlim(-0.2, 1.9)
+        ax.set_xlim(-0.2, 2.0)
         ax.grid(alpha=0.3)
     fig.suptitle(f"BCCD, same seed on both sides: {label}", fontsize=11)
     fig.tight_layout()
