@@ -140,7 +140,7 @@ class MaskLayout:
     def _listing(self) -> list[Path]:
         """Every file below the mask folder, sorted: listed once for the masks read and
         for the files refused beside them (a folder of 100,000 masks is slow to walk)."""
-        return sorted(p for p in self.classes.rglob("*") if p.is_file())
+        return _files(self.classes)
 
     def mask_files(self) -> dict[str, Path]:
         return _by_key(self.classes, self._listing)
@@ -174,12 +174,17 @@ class MaskLayout:
         return first_inside(with_suffixes(self.objects, key), [self.objects])
 
 
+def _files(folder: Path) -> list[Path]:
+    """Every file below `folder`, sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
 def _by_key(folder: Path, files: list[Path] | None = None) -> dict[str, Path]:
-    """Image files below `folder` (or among its sorted `files`) keyed by relative path
-    without suffix ('sub/img_1')."""
+    """Image files below `folder` (or among `files`, its files as `_files` lists them)
+    keyed by relative path without suffix ('sub/img_1')."""
     out: dict[str, Path] = {}
-    for p in sorted(folder.rglob("*")) if files is None else files:
-        if is_image(p) and p.is_file():
+    for p in _files(folder) if files is None else files:
+        if is_image(p):
             out.setdefault(p.relative_to(folder).with_suffix("").as_posix(), p)
     return out
 
