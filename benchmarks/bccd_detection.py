@@ -29,6 +29,10 @@ result JSON and redraws its PNG without training. labelloop's count intervals ar
 on the test list from box scores alone ("intervals") and widened by the margins a
 training run chooses on validation ("intervals_calibrated", `training.intervals`).
 
+`--keep-epochs F` keeps the weights of each epoch that ends after the fraction F of the
+budget and scores every one on test, with averages of the last few: what any rule for
+choosing the kept epoch would score, compared by benchmarks/bccd_checkpoints.py.
+
 Usage: .venv/bin/python benchmarks/bccd_detection.py [--minutes 30] [--only labelloop]
 Writes benchmarks/results/bccd_detection.json and bccd_detection.png.
 """
@@ -49,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +74,7 @@ from labelloop.training.detection.predict import (  # noqa: E402
     detect,
     keep_counted,
 )
+from labelloop.training.harness import network_state, save_weights  # noqa: E402
 from labelloop.training.kind import get_kind  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -136,17 +142,27 @@ def train_labelloop(args: argparse.Namespace) -> None:
     history: list[dict[str, Any]] = []
     started = time.monotonic()
 
+    kept = Path(args.child_out).parent / "epochs"
+    if args.keep_epochs is not None:
+        shutil.rmtree(kept, ignore_errors=True)
+        kept.mkdir(parents=True)
+
     def report(event: dict[str, Any]) -> None:
         if event.get("final"):
+            elapsed = time.monotonic() - started
             history.append(
                 {
                     "epoch": event["epoch"],
-                    "time_s": round(time.monotonic() - started, 1),
+                    "time_s": round(elapsed, 1),
                     "loss": event.get("loss"),
                     "val_map50": event.get("val_map50"),
                     "val_map": event.get("val_map"),
                 }
             )
+            keep = args.keep_epochs is not None and elapsed >= args.keep_epochs * args.minutes * 60
+            if keep and event.get("checkpoint"):
+                state = network_state(Path(event["checkpoint"]))[0]
+                save_weights(state, kept / f"{event['epoch']:04d}.pt")
             print(
                 f"[labelloop] epoch {event['epoch']:3d}  {history[-1]['time_s']:6.0f} s  "
                 f"loss {event['loss']:.3f}  val mAP50 {event.get('val_map50', float('nan')):.3f}",
@@ -167,6 +183,8 @@ def train_labelloop(args: argparse.Namespace) -> None:
     }
     Path(args.child_out).write_text(json.dumps(result, indent=2))
     score_labelloop(Path(args.child_out), manifest, fetch)
+    if args.keep_epochs is not None:
+        score_epochs(Path(args.child_out), kept, manifest, fetch)
 
 
 # Recipe fields that change what a trained model predicts without training it again.
@@ -215,6 +233,50 @@ def score_labelloop(
         [[*map(float, b), int(c)] for b, c in zip(d.boxes, d.labels, strict=True)] for d in counted
     ]
     out.write_text(json.dumps(result, indent=2))
+
+
+SOUPS = (2, 4, 8)  # how many of the last kept epochs each weight average takes
+
+
+def score_epochs(out: Path, kept: Path, manifest: dict[str, Any], fetch: Any) -> None:
+    """Test mAP of every kept epoch's weights and of averages of the last few ("soups"),
+    added to the result file `out`: what any rule for choosing the kept epoch would have
+    scored, from one run (benchmarks/bccd_checkpoints.py compares the rules)."""
+    kind = get_kind("detection")
+    labels = manifest["labels"]
+    result = json.loads(out.read_text())
+    recipe = kind.recipe_cls.from_dict(result["recipe"])
+    files = sorted(kept.glob("*.pt"))
+
+    def test_scores(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+        model = kind.load(save_weights(state, kept / "scored.part.pt"), recipe, labels)
+        test = kind.evaluate(model, manifest, fetch, split="test", labels=labels, recipe=recipe)
+        return {k: test[k] for k in ("map50", "map", "per_class")}
+
+    states = {int(f.stem): torch.load(f, map_location="cpu", weights_only=True) for f in files}
+    result["epochs_scored"] = []
+    for epoch, state in states.items():
+        result["epochs_scored"].append({"epoch": epoch, **test_scores(state)})
+        print(
+            f"[labelloop] epoch {epoch:3d}  test mAP50 {result['epochs_scored'][-1]['map50']:.4f}"
+        )
+    last = list(states.values())
+    result["soups"] = [
+        {"last": k, "epochs": sorted(states)[-k:], **test_scores(average_states(last[-k:]))}
+        for k in SOUPS
+        if k <= len(last)
+    ]
+    (kept / "scored.part.pt").unlink(missing_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+
+
+def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The mean of floating-point tensors over `states`; other tensors (BatchNorm's batch
+    counts) from the last."""
+    return {
+        k: torch.stack([s[k] for s in states]).mean(0) if v.dtype.is_floating_point else v
+        for k, v in states[-1].items()
+    }
 
 
 def per_image_counts(counted: list[Detections], classes: int) -> list[list[int]]:
@@ -277,6 +339,8 @@ def labelloop_cmd(args: argparse.Namespace, out: Path) -> list[str]:
     cmd += ["--batch", str(args.batch), "--seed", str(args.seed)]
     for pair in args.set:
         cmd += ["--set", pair]
+    if args.keep_epochs is not None:
+        cmd += ["--keep-epochs", str(args.keep_epochs)]
     return cmd
 
 
@@ -610,6 +674,14 @@ def main() -> None:
         "--baseline",
         action="store_true",
         help="add the constant count baseline to the last result and redraw it, no training",
+    )
+    ap.add_argument(
+        "--keep-epochs",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="keep the weights of every epoch ending after this fraction of the budget and "
+        "score each on test (with averages of the last few): for bccd_checkpoints.py",
     )
     ap.add_argument("--name", default="bccd_detection", help="stem of the result files")
     ap.add_argument("--results", type=Path, default=RESULTS, help="folder for JSON and PNG")
