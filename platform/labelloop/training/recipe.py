@@ -21,7 +21,8 @@ from labelloop.kinds import DEFAULT_TASK, kind_entry, load
 SchedulerName = Literal["onecycle", "cosine", "constant"]
 OptimizerName = Literal["adamw", "sgd"]
 # "bf16": mixed precision (bfloat16 compute, float32 weights); "auto" picks it where the
-# hardware runs bfloat16 natively (CUDA with bf16, CPUs with AMX) and float32 elsewhere.
+# hardware runs bfloat16 natively (CUDA with bf16, CPUs with AMX or AVX512-BF16) and float32
+# elsewhere.
 PrecisionName = Literal["32", "bf16", "auto"]
 
 # Fields that bound how long a run goes on, not what it learns: a checkpoint written under
