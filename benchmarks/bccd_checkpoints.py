@@ -55,6 +55,8 @@ def compare(stems: list[str], results: Path) -> dict[str, Any]:
     runs = []
     for stem in stems:
         run = json.loads((results / f"{stem}.json").read_text())
+        if "epochs_scored" not in run["contenders"].get("labelloop", {}):
+            raise SystemExit(f"{stem}.json holds no scored epochs: run it with --keep-epochs")
         rules, info = picks(run)
         base = rules[BASE_RULE][1]
         runs.append(
