@@ -51,10 +51,14 @@ def picks(run: dict[str, Any]) -> tuple[dict[str, tuple[int | None, float]], dic
     return out, {"epochs": c["epochs"], "mosaic_epochs": mosaic_epochs(c)}
 
 
-def compare(stems: list[str], results: Path) -> dict[str, Any]:
+def load_runs(stems: list[str], results: Path) -> dict[str, dict[str, Any]]:
+    """Each run's result file, read once for the comparison and the plot."""
+    return {stem: json.loads((results / f"{stem}.json").read_text()) for stem in stems}
+
+
+def compare(loaded: dict[str, dict[str, Any]]) -> dict[str, Any]:
     runs = []
-    for stem in stems:
-        run = json.loads((results / f"{stem}.json").read_text())
+    for stem, run in loaded.items():
         if "epochs_scored" not in run["contenders"].get("labelloop", {}):
             raise SystemExit(f"{stem}.json holds no scored epochs: run it with --keep-epochs")
         rules, info = picks(run)
@@ -83,7 +87,7 @@ def compare(stems: list[str], results: Path) -> dict[str, Any]:
     return {"base_rule": BASE_RULE, "runs": runs, "summary": summary}
 
 
-def plot(data: dict[str, Any], results: Path, png: Path) -> None:
+def plot(data: dict[str, Any], loaded: dict[str, dict[str, Any]], png: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,7 +101,7 @@ def plot(data: dict[str, Any], results: Path, png: Path) -> None:
         ax.set_visible(False)
     marks = {BASE_RULE: "o", "last epoch": "^", CEILING: "*"}
     for ax, r in zip(axes.flat, runs, strict=False):
-        c = json.loads((results / f"{r['stem']}.json").read_text())["contenders"]["labelloop"]
+        c = loaded[r["stem"]]["contenders"]["labelloop"]
         hist = [h for h in c["history"] if h.get("val_map50") is not None]
         scored = c["epochs_scored"]
         first = scored[0]["epoch"]
@@ -156,9 +160,10 @@ def main() -> None:
     ap.add_argument("--name", default="bccd_checkpoints")
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args()
-    data = compare(args.runs, args.results)
+    loaded = load_runs(args.runs, args.results)
+    data = compare(loaded)
     (args.results / f"{args.name}.json").write_text(json.dumps(data, indent=2) + "\n")
-    plot(data, args.results, args.results / f"{args.name}.png")
+    plot(data, loaded, args.results / f"{args.name}.png")
     for name, s in data["summary"].items():
         sd = f" ± {s['sd_d']:.4f}" if s["sd_d"] is not None else ""
         print(f"{name:26s} {s['mean_d']:+.4f}{sd}  (lower in {s['lower']} of {s['n']})")

@@ -246,27 +246,24 @@ def score_epochs(out: Path, kept: Path, manifest: dict[str, Any], fetch: Any) ->
     labels = manifest["labels"]
     result = json.loads(out.read_text())
     recipe = kind.recipe_cls.from_dict(result["recipe"])
-    files = sorted(kept.glob("*.pt"))
+    files = sorted(kept.glob("[0-9]*.pt"))
 
-    def test_scores(state: dict[str, torch.Tensor]) -> dict[str, Any]:
-        model = kind.load(save_weights(state, kept / "scored.part.pt"), recipe, labels)
+    def test_scores(weights: Path) -> dict[str, Any]:
+        model = kind.load(weights, recipe, labels)
         test = kind.evaluate(model, manifest, fetch, split="test", labels=labels, recipe=recipe)
         return {k: test[k] for k in ("map50", "map", "per_class")}
 
-    states = {int(f.stem): torch.load(f, map_location="cpu", weights_only=True) for f in files}
     result["epochs_scored"] = []
-    for epoch, state in states.items():
-        result["epochs_scored"].append({"epoch": epoch, **test_scores(state)})
-        print(
-            f"[labelloop] epoch {epoch:3d}  test mAP50 {result['epochs_scored'][-1]['map50']:.4f}"
-        )
-    last = list(states.values())
-    result["soups"] = [
-        {"last": k, "epochs": sorted(states)[-k:], **test_scores(average_states(last[-k:]))}
-        for k in SOUPS
-        if k <= len(last)
-    ]
-    (kept / "scored.part.pt").unlink(missing_ok=True)
+    for f in files:
+        scored = {"epoch": int(f.stem), **test_scores(f)}
+        result["epochs_scored"].append(scored)
+        print(f"[labelloop] epoch {scored['epoch']:3d}  test mAP50 {scored['map50']:.4f}")
+    result["soups"] = []
+    for k in (k for k in SOUPS if k <= len(files)):
+        states = [torch.load(f, map_location="cpu", weights_only=True) for f in files[-k:]]
+        soup = save_weights(average_states(states), kept / f"soup_{k}.pt")
+        epochs = [int(f.stem) for f in files[-k:]]
+        result["soups"].append({"last": k, "epochs": epochs, **test_scores(soup)})
     out.write_text(json.dumps(result, indent=2))
 
 
