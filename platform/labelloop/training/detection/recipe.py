@@ -74,8 +74,9 @@ class DetectionRecipe(BaseRecipe):
     # fraction of the budget so the model ends on images that look like real fields.
     # Validation rises mostly once mosaic is off: on BCCD, 0.3 against 0.15, paired by
     # seed, gave test mAP@0.5 +0.028 / +0.007 / +0.006 where 30 minutes fit 33-35 epochs and
-    # -0.001 / +0.007 where they fit 115-121, and -0.006 / +0.018 at 70-77 (where 0.15 can
-    # keep a best epoch from the mosaic phase: seed 3's came at epoch 30 of 70; BENCHMARKS.md).
+    # -0.001 / +0.007 where they fit 115-121, -0.006 / +0.018 at 70-77 (where 0.15 can
+    # keep a best epoch from the mosaic phase: seed 3's came at epoch 30 of 70) and +0.010 /
+    # +0.002 at 67-70; +0.008 ± 0.010 over the nine pairs (BENCHMARKS.md).
     mosaic: float = Field(1.0, ge=0.0, le=1.0, description="probability per training sample")
     close_mosaic: float = Field(0.3, ge=0.0, le=1.0)
     translate: float = Field(0.1, ge=0.0, le=0.5, description="random shift, fraction of size")
