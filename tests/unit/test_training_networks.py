@@ -63,3 +63,36 @@ def test_encoder_weights_from_a_locally_saved_state_dict(
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="state_dict"):
         build_network(recipe.model_copy(update={"encoder_weights": str(tmp_path / "junk.pt")}), 2)
+
+
+def test_full_resolution_branch_joins_the_decoder_and_reloads_from_its_state_dict():
+    """The branch's weights are part of the saved state, the smp names the rest of the code
+    reaches for (encoder, segmentation_head) stay, and arches without a full-resolution
+    decoder refuse it when the recipe is made."""
+    from labelloop.training.segmentation.network import FullResolutionUnet
+
+    recipe = SegmentationRecipe(mode="binary", encoder_depth=3, full_resolution_branch=8)
+    torch.manual_seed(0)
+    net = build_network(recipe, 1).eval()
+    assert isinstance(net, FullResolutionUnet)
+    assert any(k.startswith("branch.") for k in net.state_dict())
+    again = build_network(recipe, 1, pretrained=False).eval()
+    again.load_state_dict(net.state_dict())
+    x = torch.rand(1, 3, 64, 96)
+    with torch.inference_mode():
+        assert net(x).shape == (1, 1, 64, 96)
+        assert torch.equal(net(x), again(x))
+        assert net.encoder(x)[-1].shape[1] == net.encoder.out_channels[-1]
+    plain = build_network(recipe.model_copy(update={"full_resolution_branch": None}), 1)
+    assert set(net.state_dict()) - set(plain.state_dict()) == {
+        k for k in net.state_dict() if k.startswith(("branch.", "fuse."))
+    }
+    dropped = build_network(recipe.model_copy(update={"dropout": 0.2}), 1)
+    assert isinstance(dropped.segmentation_head[0], torch.nn.Dropout2d)
+    with pytest.raises(ConfigError, match="applies only to arch 'unet'"):
+        SegmentationRecipe.from_dict({"arch": "fpn", "full_resolution_branch": 8})
+    assert '"full_resolution_branch"' not in SegmentationRecipe().canonical_json()
+    assert (
+        recipe.recipe_hash()
+        != recipe.model_copy(update={"full_resolution_branch": 16}).recipe_hash()
+    )

@@ -45,6 +45,7 @@ def test_an_unset_warm_start_leaves_a_recipe_hash_as_it_was():
         "instance_edge_share",
         "instance_rule_objects",
         "count_interval_margin",
+        "full_resolution_branch",
     ):
         assert data.pop(later) is None
     before = hashlib.sha256(

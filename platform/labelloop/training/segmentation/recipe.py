@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from labelloop.objects import DEFAULT_MIN_AREA, EDGE_AREA_SHARE
-from labelloop.training.recipe import BaseRecipe
+from labelloop.training.recipe import LATER_OPTIONAL, BaseRecipe
 
 LossName = Literal["dice_ce", "ce", "focal", "dice_focal", "bce", "dice_bce"]
 SegmentationMode = Literal["multiclass", "binary", "instance"]
@@ -68,6 +68,8 @@ class SegmentationRecipe(BaseRecipe):
       counts are then instances rather than connected blobs.
     """
 
+    later_optional: ClassVar[frozenset[str]] = LATER_OPTIONAL | {"full_resolution_branch"}
+
     task: Literal["segmentation"] = "segmentation"
     mode: SegmentationMode = "multiclass"
     arch: str = "unet"
@@ -101,6 +103,12 @@ class SegmentationRecipe(BaseRecipe):
     # default; > 0 (e.g. 0.2) is what Monte-Carlo dropout scoring (bald, mc_variance)
     # samples from.
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # Channels of a small convolution branch on the input at full resolution, joined to the
+    # decoder's last features before the head (U-Net only). smp's U-Net has no skip at full
+    # resolution (its first is at half); on ISBI the branch did not remove the one-pixel
+    # fringes along membranes and cost a quarter of the epochs (BENCHMARKS.md). Unset
+    # (None): no branch, and out of the hash like `instance_components`.
+    full_resolution_branch: int | None = Field(None, ge=4, le=128)
     # Instance mode's reading of the network, per label (labels not named: no split and
     # objects.DEFAULT_MIN_AREA; see `instances.instances_from_probs`): the minimum instance
     # area in pixels, and the depth in pixels of a neck that cuts an interior blob into two
@@ -169,6 +177,11 @@ class SegmentationRecipe(BaseRecipe):
             raise ValueError(
                 f"decoder_channels has {len(self.decoder_channels)} entries but encoder_depth "
                 f"is {self.encoder_depth}; they must match"
+            )
+        if self.full_resolution_branch is not None and self.arch.lower() != "unet":
+            raise ValueError(
+                f"full_resolution_branch applies only to arch 'unet' (whose decoder ends at "
+                f"full resolution), got arch {self.arch!r}; set it to null"
             )
         bad = {k: v for k, v in self.instance_min_area.items() if v < 1}
         bad |= {k: v for k, v in self.instance_split_depth.items() if v < 0}
