@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import segmentation_models_pytorch as smp
 import torch
+from segmentation_models_pytorch.base.modules import Conv2dReLU
 from torch import nn
 
 from labelloop.errors import ConfigError, ExternalServiceError
@@ -107,12 +108,6 @@ def build_network(
     return model
 
 
-def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)
-    )
-
-
 class FullResolutionUnet(nn.Module):
     """An smp U-Net whose last decoder features are joined by a branch that sees the
     input at full resolution.
@@ -133,8 +128,11 @@ class FullResolutionUnet(nn.Module):
         self.segmentation_head = unet.segmentation_head
         in_channels = self.encoder.out_channels[0]
         decoded = self.decoder.blocks[-1].conv2[0].out_channels
-        self.branch = nn.Sequential(_conv_bn_relu(in_channels, width), _conv_bn_relu(width, width))
-        self.fuse = _conv_bn_relu(decoded + width, decoded)
+        # smp's own conv + batch norm + ReLU, as in the decoder blocks.
+        self.branch = nn.Sequential(
+            Conv2dReLU(in_channels, width, 3, padding=1), Conv2dReLU(width, width, 3, padding=1)
+        )
+        self.fuse = Conv2dReLU(decoded + width, decoded, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         decoded = self.decoder(self.encoder(x))
