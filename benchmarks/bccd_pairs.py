@@ -108,7 +108,7 @@ def plot(data: dict[str, Any], label: str, png: Path) -> None:
         sd = f" ± {d['sd']:.4f}" if d["sd"] is not None else ""
         ax.set_title(f"{title}: paired change {d['mean']:+.4f}{sd}", fontsize=10)
         ax.set_xticks([0, 1], ["base", "changed"])
-        ax.set_xlim(-0.2, 2.0)
+        ax.set_xlim(-0.2, 2.4)  # room for the longest run names beside the end points
         ax.grid(alpha=0.3)
     fig.suptitle(f"BCCD, same seed on both sides: {label}", fontsize=11)
     fig.tight_layout()
