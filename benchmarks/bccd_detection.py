@@ -61,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.datasets import bccd_manifest  # noqa: E402
 from benchmarks.intervals import interval_figures  # noqa: E402
+from benchmarks.overrides import add_set_argument, parse_overrides  # noqa: E402
 from labelloop.objects import add_count_baseline  # noqa: E402
 from labelloop.training.common import split_items  # noqa: E402
 from labelloop.training.detection.data import item_boxes, load_sample  # noqa: E402
@@ -112,18 +113,6 @@ def write_yolo_dataset(manifest: dict[str, Any], fetch: Any, root: Path) -> Path
     }
     (root / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return root / "data.yaml"
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
 
 
 def train_labelloop(args: argparse.Namespace) -> None:
@@ -654,14 +643,7 @@ def main() -> None:
     ap.add_argument(
         "--sequential", action="store_true", help="one after the other, not one core each"
     )
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="labelloop recipe override (YAML value; augment.scale=0.3 nests); with --rescore, "
-        "inference fields only (tta_views=8)",
-    )
+    add_set_argument(ap, "; with --rescore, inference fields only (tta_views=8)")
     ap.add_argument(
         "--rescore",
         action="store_true",

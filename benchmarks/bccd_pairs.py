@@ -1,9 +1,13 @@
-"""BCCD detection runs compared pair by pair: one recipe change, the same seed on both sides.
+"""Detection runs compared pair by pair: one recipe change, the same seed on both sides.
 
 Seeds move BCCD's test mAP@0.5 by about as much as most recipe changes do, so a change
 is judged by its paired differences (same seed, same machine, run side by side), never
 by two means. Each `--pair BASE:CHANGED` names two result stems that
-benchmarks/bccd_detection.py wrote (`--name`); nothing is trained here.
+benchmarks/bccd_detection.py wrote (`--name`), or two that detection_tta.py wrote for a
+synthetic-smear detector (`--synthetic-minutes M [--set ...] --name`, the second dataset
+a change is tried on); nothing is trained here. For a synthetic run, "best validation"
+is the kept (best-validation) model scored again at the recipe's test-time views, and
+the best epoch is not recorded.
 
 Usage: .venv/bin/python benchmarks/bccd_pairs.py --pair bccd_det_s0:bccd_det_cm30_s0
        [--pair ...] [--label "close_mosaic 0.15 -> 0.3"] [--name bccd_pairs]
@@ -26,10 +30,13 @@ CLASSES = ("RBC", "WBC", "Platelets")
 def side(stem: str, results: Path) -> dict[str, Any]:
     """The figures of one run that a pair compares."""
     run = json.loads((results / f"{stem}.json").read_text())
+    if "contenders" not in run:
+        return synthetic_side(stem, run)
     c = run["contenders"]["labelloop"]
     per_class = c["test"]["per_class"]
     return {
         "stem": stem,
+        "dataset": "BCCD",
         "epochs": c["epochs"],
         "best_epoch": c["best_epoch"],
         "val_map50_best": round(max(e.get("val_map50") or 0.0 for e in c["history"]), 4),
@@ -37,6 +44,31 @@ def side(stem: str, results: Path) -> dict[str, Any]:
         "test_map": round(c["test"]["map"], 4),
         "ap50": {k: per_class[k]["ap50"] for k in CLASSES},
         "rbc_count_mae_tuned": c["test_tuned"]["per_class"]["RBC"]["count_mae"],
+    }
+
+
+def synthetic_side(stem: str, run: dict[str, Any]) -> dict[str, Any]:
+    """The same figures from a detection_tta.py run with one synthetic-smear detector,
+    read at the view count its recipe predicts with."""
+    models = [m for name, m in run["models"].items() if name.startswith("synthetic")]
+    if len(models) != 1 or "recipe_views" not in models[0]:
+        raise SystemExit(f"{stem}.json: expected one synthetic detector with its recipe")
+    model = models[0]
+    views = model["recipe_views"]
+    rows = [r for r in model["views"] if r["tta_views"] == views]
+    if len(rows) != 1:
+        raise SystemExit(f"{stem}.json: no single row at the recipe's {views} views")
+    test, val = rows[0]["test"], rows[0]["val"]
+    return {
+        "stem": stem,
+        "dataset": "synthetic smears",
+        "epochs": model["epochs"],
+        "best_epoch": None,
+        "val_map50_best": round(val["map50"], 4),
+        "test_map50": round(test["map50"], 4),
+        "test_map": round(test["map"], 4),
+        "ap50": {k: test["ap50"][k] for k in CLASSES},
+        "rbc_count_mae_tuned": test["count_mae"]["RBC"],
     }
 
 
@@ -80,7 +112,9 @@ def plot(data: dict[str, Any], label: str, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (("test_map50", "test mAP@0.5"), ("val_map50_best", "best validation mAP@0.5"))
+    datasets = sorted({r[s]["dataset"] for r in data["pairs"] for s in ("base", "changed")})
+    val_title = "best validation" if datasets == ["BCCD"] else "kept model's val"
+    panels = (("test_map50", "test mAP@0.5"), ("val_map50_best", f"{val_title} mAP@0.5"))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     for ax, (key, title) in zip(axes, panels, strict=True):
         ends, names, colours = [], [], []
@@ -110,7 +144,7 @@ def plot(data: dict[str, Any], label: str, png: Path) -> None:
         ax.set_xticks([0, 1], ["base", "changed"])
         ax.set_xlim(-0.2, 2.4)  # room for the longest run names beside the end points
         ax.grid(alpha=0.3)
-    fig.suptitle(f"BCCD, same seed on both sides: {label}", fontsize=11)
+    fig.suptitle(f"{' + '.join(datasets)}, same seed on both sides: {label}", fontsize=11)
     fig.tight_layout()
     fig.savefig(png, dpi=130)
     plt.close(fig)

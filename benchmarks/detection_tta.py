@@ -10,7 +10,9 @@ figure (`evaluate_detection`: COCO mAP over the validation and test splits):
   (`--bccd NAME`, one per seed), scored again without training;
 - synthetic smears (`--synthetic-minutes M`): a detector trained here from scratch on
   generated fields (every cell boxed; 96 train, 32 validation, 32 test at 256 px), a
-  second dataset so that a default is not chosen on BCCD alone.
+  second dataset so that a default is not chosen on BCCD alone. `--set field=value`
+  trains it with a recipe change (as `bccd_detection.py --set` does), so that a change
+  tried on BCCD is tried here too; `bccd_pairs.py` compares such runs pair by pair.
 
 Views are chosen on validation, and checked on test. Prediction time is the wall time of
 one split's evaluation divided by its images, on one thread. Counts: test count MAE per
@@ -21,7 +23,8 @@ chooses them (`kind.calibrate`).
 draws mAP against the NMS IoU, one line per model and view count).
 
 Usage: .venv/bin/python benchmarks/detection_tta.py --bccd bccd_detection [--bccd ...]
-       [--synthetic-minutes 8] [--views 1,2,4,8] [--nms 0.5,0.6,0.7,0.8] [--name STEM]
+       [--synthetic-minutes 8 [--seed S] [--set weight_decay=0.05]] [--views 1,2,4,8]
+       [--nms 0.5,0.6,0.7,0.8] [--name STEM]
 Writes benchmarks/results/STEM.json and STEM.png (STEM: detection_tta unless --name).
 """
 
@@ -43,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.datasets import bccd_manifest, synthetic_manifest  # noqa: E402
+from benchmarks.overrides import add_set_argument, parse_overrides  # noqa: E402
 from labelloop.training.common import split_items  # noqa: E402
 from labelloop.training.kind import get_kind  # noqa: E402
 
@@ -111,16 +115,30 @@ def bccd_model(name: str, labels: list[str]) -> tuple[Any, Any, dict[str, Any]]:
     return model, recipe, run
 
 
-def train_synthetic(minutes: float, seed: int) -> tuple[Any, Any, dict, Any, dict[str, Any]]:
+def train_synthetic(
+    minutes: float, seed: int, overrides: dict[str, Any]
+) -> tuple[Any, Any, dict, Any, dict[str, Any]]:
     kind = get_kind("detection")
     manifest, fetch = synthetic_manifest(SYNTHETIC_SPLITS, size=256, seed=seed, task="detection")
     recipe = kind.recipe_cls.from_dict(
-        {"image_size": 256, "epochs": 1000, "max_time_s": minutes * 60, "seed": seed}
+        {
+            "image_size": 256,
+            "epochs": 1000,
+            "max_time_s": minutes * 60,
+            "seed": seed,
+            **overrides,
+        }
     )
     with tempfile.TemporaryDirectory() as tmp:
         outcome = kind.train(manifest, recipe, fetch, Path(tmp))
         model = kind.load(outcome.weights_path.read_bytes(), recipe, manifest["labels"])
-    run = {"epochs": outcome.epochs_completed, "train_s": round(outcome.duration_s, 1)}
+    run = {
+        "epochs": outcome.epochs_completed,
+        "train_s": round(outcome.duration_s, 1),
+        "recipe": recipe.model_dump(mode="json"),
+        "recipe_views": recipe.views,  # the test-time views it predicts with
+        "overrides": overrides,
+    }
     return model, recipe, manifest, fetch, run
 
 
@@ -180,6 +198,7 @@ def main() -> None:
     )
     ap.add_argument("--synthetic-minutes", type=float, default=0.0, help="0: no synthetic model")
     ap.add_argument("--seed", type=int, default=0, help="synthetic data and training seed")
+    add_set_argument(ap, " for the synthetic detector")
     ap.add_argument("--views", default="1,2,4,8")
     ap.add_argument(
         "--nms", default="", help="NMS IoU values to score at each view count (default: recipe's)"
@@ -187,6 +206,9 @@ def main() -> None:
     ap.add_argument("--name", default="detection_tta")
     ap.add_argument("--replot", action="store_true", help="redraw the PNG from the JSON")
     args = ap.parse_args()
+    overrides = parse_overrides(args.set)
+    if overrides and not args.synthetic_minutes:
+        ap.error("--set changes how the synthetic detector is trained: give --synthetic-minutes")
     if args.replot:
         path = RESULTS / f"{args.name}.json"
         plot(json.loads(path.read_text()), path.with_suffix(".png"))
@@ -207,8 +229,11 @@ def main() -> None:
             }
     if args.synthetic_minutes:
         print(f"synthetic smears: training {args.synthetic_minutes:g} min", flush=True)
-        model, recipe, manifest, fetch, run = train_synthetic(args.synthetic_minutes, args.seed)
-        models[f"synthetic seed {args.seed}"] = {
+        model, recipe, manifest, fetch, run = train_synthetic(
+            args.synthetic_minutes, args.seed, overrides
+        )
+        changed = ", ".join(args.set)
+        models[f"synthetic seed {args.seed}" + (f", {changed}" if changed else "")] = {
             **run,
             "images": SYNTHETIC_SPLITS,
             "views": score_views(model, recipe, manifest, fetch, views, nms),
