@@ -43,9 +43,10 @@ class DetectionRecipe(BaseRecipe):
     epochs: int = Field(100, ge=1, le=10_000)
     # BCCD, 8 epochs from scratch: test mAP@0.5 0.743 at 4e-3, 0.732 at 2e-3.
     lr: float = Field(4e-3, gt=0, le=1.0)
-    # AdamW (decoupled) decay; 0.05 gave test mAP@0.5 +0.0037 ± 0.0070 and validation
-    # +0.0057 ± 0.0072 over five BCCD pairs on two machine kinds: short of 2 standard
-    # errors and untried on a second dataset, so not yet the default (BENCHMARKS.md).
+    # AdamW (decoupled) decay; 0.05 gave test mAP@0.5 +0.0036 ± 0.0063 and validation
+    # +0.0043 ± 0.0072 over six BCCD pairs (1.4-1.5 standard errors), +0.0099 ± 0.0105
+    # test over five synthetic-smear pairs: short of 2 standard errors, so not the
+    # default (BENCHMARKS.md).
     weight_decay: float = Field(5e-4, ge=0, description="on conv/linear weights only")
     augment: Augment = Field(default_factory=_default_augment)
     # Times each training image is drawn per epoch: longer epochs on tiny datasets keep
