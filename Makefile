@@ -21,10 +21,11 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 # Label Studio pins its own Django stack, so it lives in its own venv (tests start it).
-$(LS_VENV)/.installed:
+$(LS_VENV)/.installed: constraints-labelstudio.txt
 	$(PYTHON) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/pip install $(PIP_FLAGS) -U pip
-	$(LS_VENV)/bin/pip install $(PIP_FLAGS) label-studio==$(LABEL_STUDIO_VERSION)
+	$(LS_VENV)/bin/pip install $(PIP_FLAGS) -c constraints-labelstudio.txt \
+	  label-studio==$(LABEL_STUDIO_VERSION)
 	touch $@
 
 # Reference detectors for benchmarks/bccd_detection.py only (ultralytics is AGPL): a venv
