@@ -9,25 +9,32 @@ from typing import Any
 import yaml
 
 
+def _pair(text: str) -> str:
+    """A `--set` value as typed, refused (argparse's usage error, exit 2) without `=`."""
+    key, sep, _ = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected FIELD=VALUE")
+    return text
+
+
 def add_set_argument(ap: argparse.ArgumentParser, extra_help: str = "") -> None:
     """`--set FIELD=VALUE`, repeatable."""
     ap.add_argument(
         "--set",
         action="append",
         default=[],
+        type=_pair,
         metavar="FIELD=VALUE",
         help="labelloop recipe override (YAML value; augment.scale=0.3 nests)" + extra_help,
     )
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`["augment.scale=0.3", "weight_decay=0.05"]` as nested recipe fields; a pair without
-    `=` is refused rather than read as an empty value."""
+    """`["augment.scale=0.3", "weight_decay=0.05"]` (as `--set` let them through) as
+    nested recipe fields."""
     out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE")
+    for pair in map(_pair, pairs):
+        key, _, value = pair.partition("=")
         node = out
         *parents, leaf = key.split(".")
         for p in parents:
