@@ -9,12 +9,19 @@ import torch
 from torch import nn
 
 from labelloop.training.detection.assigner import assign
-from labelloop.training.detection.data import letterbox_matrix, map_boxes, unmap_boxes
+from labelloop.training.detection.data import (
+    DetectionDataset,
+    letterbox_matrix,
+    map_boxes,
+    unmap_boxes,
+)
 from labelloop.training.detection.evaluate import detection_metrics
 from labelloop.training.detection.loss import dfl_loss
 from labelloop.training.detection.network import DetOutput, box_distances
 from labelloop.training.detection.predict import Detections, detect, postprocess
 from labelloop.training.detection.recipe import DetectionRecipe
+from tests.unit.segmentation_fixtures import LABELS as FIXTURE_LABELS
+from tests.unit.segmentation_fixtures import make_manifest
 
 LABELS = ["RBC", "WBC", "Platelets"]
 
@@ -337,3 +344,17 @@ def test_each_scoring_view_is_one_forward_pass_whatever_the_recipe_averages():
     views = detection_views(net, images, recipe=recipe, labels=LABELS, mode="tta", passes=3)
     assert [len(v) for v in views] == [3, 3]
     assert len(calls) == 3  # one batch of both images per view
+
+
+def test_default_epoch_draws_each_training_image_twice_and_validates_each_once():
+    """`repeats` 2 with `epochs` 50 (BENCHMARKS.md: validating half as often) keeps the
+    100 passes over the training images that 100 epochs of 1 made; validation and
+    evaluation still see each image once."""
+    manifest, blobs = make_manifest({"train": 3})
+    items, recipe = manifest["items"], DetectionRecipe(image_size=64)
+    assert (recipe.repeats, recipe.epochs * recipe.repeats) == (2, 100)
+    train = DetectionDataset(items, FIXTURE_LABELS, blobs.__getitem__, recipe, train=True)
+    held_out = DetectionDataset(items, FIXTURE_LABELS, blobs.__getitem__, recipe)
+    assert (len(train), len(held_out)) == (6, 3)
+    image, boxes, classes = train[5]
+    assert image.shape == (3, 64, 64) and len(boxes) == len(classes)
