@@ -1,5 +1,6 @@
 """The detector's parts on hand-made inputs: metrics, letterbox mapping, DFL decoding,
-task-aligned assignment, NMS and the mapping of boxes back to the original image."""
+task-aligned assignment, NMS, the mapping of boxes back to the original image and the
+length of a training epoch."""
 
 from __future__ import annotations
 
