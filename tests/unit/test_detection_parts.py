@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torchvision.ops import box_iou
 
 from labelloop.training.detection.assigner import assign
 from labelloop.training.detection.data import (
@@ -133,6 +134,57 @@ def test_assignment_ignores_padding_rows():
         torch.tensor([[True, False]]),
     )
     assert bool(out.foreground.any()) and bool((out.gt_index == 0).all())
+
+
+def _dense_assign(scores, pred, points, labels, gt, mask, topk, alpha, beta):
+    """The assignment written over every (box, point) pair: the reference the candidate-only
+    assigner must reproduce exactly (positives, boxes and class targets)."""
+    b, a, c = scores.shape
+    m = gt.shape[1]
+    x, y = points[:, 0], points[:, 1]
+    g = gt.unsqueeze(-1)
+    inside = torch.stack([x - g[:, :, 0], y - g[:, :, 1], g[:, :, 2] - x, g[:, :, 3] - y], -1)
+    cand = (inside.amin(-1) > 1e-9) & mask.unsqueeze(-1)
+    iou = torch.stack([box_iou(gi, pi) for gi, pi in zip(gt, pred, strict=True)])
+    iou = iou.clamp(min=0) * cand
+    lab = labels.clamp(0, c - 1)
+    s = scores.gather(2, lab.unsqueeze(1).expand(b, a, m)).transpose(1, 2)
+    align = s.pow(alpha) * iou.pow(beta) * cand
+    top = align.topk(min(topk, a), dim=-1).indices
+    pos = torch.zeros_like(cand).scatter_(-1, top, True) & cand
+    multi = pos.sum(1) > 1
+    best = iou.masked_fill(~pos, -1.0).argmax(1)
+    only = torch.zeros_like(pos).scatter_(1, best.unsqueeze(1), True)
+    pos = torch.where(multi.unsqueeze(1), only, pos)
+    fg, idx = pos.any(1), pos.float().argmax(1)
+    align = align * pos
+    norm = (
+        align * (iou * pos).amax(-1, keepdim=True) / (align.amax(-1, keepdim=True) + 1e-9)
+    ).amax(1)
+    target = torch.zeros(b, a, c).scatter_(2, lab.gather(1, idx).unsqueeze(-1), norm.unsqueeze(-1))
+    return fg, idx, target * fg.unsqueeze(-1)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_candidate_only_assignment_equals_the_dense_one_on_crowded_random_fields(seed):
+    gen = torch.Generator().manual_seed(seed)
+    points, _ = grid(12, 12)  # 96 px field, stride 8
+    b, m, a = 3, 14, len(points)
+
+    def boxes(n):  # crowded, overlapping cells 8-40 px wide
+        xy = torch.rand(b, n, 2, generator=gen) * 90
+        return torch.cat([xy, xy + 8 + torch.rand(b, n, 2, generator=gen) * 32], -1)
+
+    gt, pred = boxes(m), boxes(a)
+    scores = torch.rand(b, a, 3, generator=gen)
+    labels = torch.randint(0, 3, (b, m), generator=gen)
+    mask = torch.rand(b, m, generator=gen) < 0.8
+    out = assign(scores, pred, points, labels, gt, mask, topk=5, alpha=0.5, beta=6.0)
+    fg, idx, target = _dense_assign(scores, pred, points, labels, gt, mask, 5, 0.5, 6.0)
+    assert int(fg.sum()) > 20  # the fields are crowded enough for points to be contested
+    assert torch.equal(out.foreground, fg)
+    assert torch.equal(out.gt_index[fg], idx[fg])
+    assert torch.equal(out.scores, target)
 
 
 class _OneBox(nn.Module):

@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.ops import complete_box_iou_loss, generalized_box_iou_loss
 
 from labelloop.training.detection.assigner import assign
-from labelloop.training.detection.network import DetOutput, decode_boxes
+from labelloop.training.detection.network import DetOutput, decode_at, decode_boxes
 from labelloop.training.detection.recipe import DetectionRecipe
 
 
@@ -49,10 +49,11 @@ class DetectionLoss(nn.Module):
         """Total and per-part losses for a batch; gt_* padded to (B, M) / (B, M, 4)."""
         r = self.recipe
         cls_logits = out.cls_logits.float()
-        pred_boxes = decode_boxes(out, r.reg_max).float()
+        with torch.no_grad():  # every point's box for the assignment; gradients at fg only
+            pred_boxes = decode_boxes(out, r.reg_max).float()
         target = assign(
             cls_logits.detach().sigmoid(),
-            pred_boxes.detach(),
+            pred_boxes,
             out.points,
             gt_labels,
             gt_boxes.float(),
@@ -70,13 +71,13 @@ class DetectionLoss(nn.Module):
         if bool(fg.any()):
             weight = target.scores.sum(-1)[fg]
             tb = target.boxes[fg]
-            box = (self.iou_loss(pred_boxes[fg], tb, reduction="none") * weight).sum() / norm
+            raw = out.box_raw[fg]
+            pts = out.points.expand(fg.shape[0], -1, -1)[fg]
+            strides = out.strides.expand(fg.shape[0], -1, -1)[fg]
+            fg_boxes = decode_at(raw, pts, strides, r.reg_max).float()
+            box = (self.iou_loss(fg_boxes, tb, reduction="none") * weight).sum() / norm
             if r.reg_max:
-                pts, strides = (
-                    out.points.expand(fg.shape[0], -1, -1)[fg],
-                    out.strides.expand(fg.shape[0], -1, -1)[fg],
-                )
                 dist = torch.cat([pts - tb[:, :2], tb[:, 2:] - pts], -1) / strides
-                dfl = (dfl_loss(out.box_raw[fg].float(), dist, r.reg_max) * weight).sum() / norm
+                dfl = (dfl_loss(raw.float(), dist, r.reg_max) * weight).sum() / norm
         total = r.box_loss_weight * box + r.cls_loss_weight * cls + r.dfl_loss_weight * dfl
         return {"loss": total, "box": box.detach(), "cls": cls.detach(), "dfl": dfl.detach()}

@@ -235,8 +235,16 @@ def box_distances(box_raw: torch.Tensor, reg_max: int) -> torch.Tensor:
 
 def decode_boxes(out: DetOutput, reg_max: int) -> torch.Tensor:
     """Boxes (B, A, 4) as x0, y0, x1, y1 in input pixels."""
-    d = box_distances(out.box_raw, reg_max) * out.strides
-    return torch.cat([out.points - d[..., :2], out.points + d[..., 2:]], dim=-1)
+    return decode_at(out.box_raw, out.points, out.strides, reg_max)
+
+
+def decode_at(
+    box_raw: torch.Tensor, points: torch.Tensor, strides: torch.Tensor, reg_max: int
+) -> torch.Tensor:
+    """Boxes (..., 4) xyxy from raw box outputs (..., 4 * reg_max or 4) at the given points
+    (..., 2) and strides (..., 1): the loss decodes only its foreground points this way."""
+    d = box_distances(box_raw, reg_max) * strides
+    return torch.cat([points - d[..., :2], points + d[..., 2:]], dim=-1)
 
 
 def build_detector(
