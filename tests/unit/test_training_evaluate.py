@@ -10,7 +10,7 @@ from torch import nn
 from labelloop.domain import Ellipse, shapes_to_json
 from labelloop.imaging import encode_png
 from labelloop.objects import EDGE_AREA_SHARE
-from labelloop.training.common import MEAN, STD
+from labelloop.training.common import MEAN, STD, to_input
 from labelloop.training.segmentation.evaluate import (
     binary_metrics,
     evaluate_segmentation,
@@ -109,6 +109,14 @@ def test_instance_metrics_count_instances_and_match_at_iou_half():
         [(split, np.array([0, 1, 1]))], [(truth, np.array([0, 1, 1]))], ["cell"], true_counts=two
     )
     assert m["mean_f1_50"] == 1.0 and m["mean_count_mae"] == 0.0
+
+
+def test_network_input_is_each_channel_normalised_in_float32():
+    image = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    x = to_input(image)
+    assert x.dtype == np.float32 and x.shape == (3, 7, 5) and x.flags.c_contiguous
+    expected = ((image.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1)
+    assert np.array_equal(x, expected)  # bit-equal, not merely close
 
 
 class _ColourOracle(nn.Module):
