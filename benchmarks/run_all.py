@@ -23,6 +23,8 @@ SCRIPTS = [
     "bccd_classifier.py",  # ~7 min
     "malaria_classifier.py",  # ~6 CPU-minutes (30 epochs, one thread)
     "training_overhead.py",  # ~5 min
+    # ~1 min: this checkout alone (`--against DIR` compares another, as in BENCHMARKS.md).
+    "detection_step.py --name detection_step_this",
     "inference_throughput.py",  # ~2 min
     "bccd_detection.py",  # ~35 min: 30 min budget, both contenders side by side
     # ~12 min: the model bccd_detection.py left, scored again at 1-8 views, and 8 min of

@@ -43,7 +43,8 @@ class DetectionRecipe(BaseRecipe):
     # 50 epochs of `repeats` 2: the 100 passes over the training images of the earlier
     # 100 epochs of 1, validated half as often.
     epochs: int = Field(50, ge=1, le=10_000)
-    # BCCD, 8 epochs from scratch: test mAP@0.5 0.743 at 4e-3, 0.732 at 2e-3.
+    # BCCD, 8 epochs from scratch: test mAP@0.5 0.743 at 4e-3, 0.732 at 2e-3; 30 minutes
+    # (43 epochs), one side-by-side pair: 0.9148 at 4e-3, 0.9137 at 6e-3 (BENCHMARKS.md).
     lr: float = Field(4e-3, gt=0, le=1.0)
     # AdamW (decoupled) decay; 0.05 gave test mAP@0.5 +0.0036 ± 0.0063 and validation
     # +0.0043 ± 0.0072 over six BCCD pairs (1.4-1.5 standard errors), +0.0099 ± 0.0105
