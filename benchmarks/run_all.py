@@ -30,6 +30,7 @@ SCRIPTS = [
     # ~12 min: the model bccd_detection.py left, scored again at 1-8 views, and 8 min of
     # training on synthetic smears.
     "detection_tta.py --bccd bccd_detection --synthetic-minutes 8",
+    "detection_errors.py --bccd bccd_detection",  # ~1 min: where its AP@0.5 is lost
     "label_efficiency.py isbi",  # ~41 min with --jobs 2
     "label_efficiency.py bccd",  # ~80 min with --jobs 2
 ]
