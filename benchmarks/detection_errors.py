@@ -1,20 +1,19 @@
 """Where a detector's AP@0.5 is lost: its false positives sorted by what lies under them.
 
-Each class's ranked predictions on one split (the recipe's views, conf 0.001, each
-image's 100 best, as COCO mAP ranks them) are matched greedily by score to the annotated
-boxes at IoU 0.5. Every unmatched box is then put in one class of error by its largest
-IoU with the annotation:
+Each class's ranked predictions on one split (the recipe's views, conf 0.001) are
+matched to the annotated boxes as mAP@0.5 matches them (score order, IoU >= 0.5, same
+class: `calibrate.match_boxes`). Every unmatched box is then put in one class of error by
+its largest IoU with the annotation:
 
 - `duplicate`: >= 0.5 with a box of its class that another prediction already took;
 - `localisation`: 0.1-0.5 with a box of its class (the right cell, drawn loosely);
 - `confusion`: < 0.1 with its class but >= 0.3 with a box of another class;
 - `background`: nothing annotated under it: a missed annotation or a real mistake.
 
-For each class of error the AP@0.5 with those boxes taken out of the ranking is what a
-perfect fix of that error alone would give (COCO's 101-point interpolation; the column
-`ap50` is the same computation with nothing taken out and matches `evaluate_detection`).
-On BCCD the red cells' `background` share says how much of their AP the unboxed red
-cells cost, which no detector change can recover on this test set.
+For each class of error the AP@0.5 with those boxes taken out of the ranking (the same
+`detection_metrics` as every detection figure) is what a perfect fix of that error alone
+would give. On BCCD the red cells' `background` share says how much of their AP the
+unboxed red cells cost, which no detector change can recover on this test set.
 
 Usage: .venv/bin/python benchmarks/detection_errors.py --bccd NAME [--bccd ...]
        [--split test] [--name detection_errors]
@@ -41,53 +40,34 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.datasets import bccd_manifest  # noqa: E402
 from benchmarks.detection_tta import bccd_model  # noqa: E402
 from labelloop.training.common import split_items  # noqa: E402
+from labelloop.training.detection.calibrate import match_boxes  # noqa: E402
 from labelloop.training.detection.data import load_sample  # noqa: E402
-from labelloop.training.detection.predict import detect_passes  # noqa: E402
+from labelloop.training.detection.evaluate import detection_metrics  # noqa: E402
+from labelloop.training.detection.predict import Detections, detect_passes  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 ERRORS = ("duplicate", "localisation", "confusion", "background")
-COCO_MAX_DETS = 100
 HIGH_SCORE = 0.25  # the recipe's default score threshold: errors a user would see
 
 
-def ap101(tp: np.ndarray, scores: np.ndarray, n_true: int) -> float:
-    """COCO-style AP: precision made monotone, read at 101 recall points."""
-    if not n_true:
-        return float("nan")
-    order = np.argsort(-scores, kind="stable")
-    hits = tp[order]
-    recall = np.cumsum(hits) / n_true
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    precision = np.maximum.accumulate(precision[::-1])[::-1]
-    at = np.searchsorted(recall, np.linspace(0, 1, 101), side="left")
-    return float(np.mean([precision[i] if i < len(precision) else 0.0 for i in at]))
+def error_kinds(det: Detections, gt_boxes: np.ndarray, gt_labels: np.ndarray) -> np.ndarray:
+    """'tp' or the error class of each box of one image's detections."""
+    gt_labels = np.asarray(gt_labels)
+    iou = np.zeros((len(det.scores), len(gt_labels)))
+    if iou.size:
+        iou = box_iou(
+            torch.as_tensor(det.boxes, dtype=torch.float32).reshape(-1, 4),
+            torch.as_tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4),
+        ).numpy()
+    same = det.labels[:, None] == gt_labels[None, :]
+    own = np.where(same, iou, 0.0).max(1, initial=0.0)
+    other = np.where(same, 0.0, iou).max(1, initial=0.0)
+    errors = np.select([own >= 0.5, own >= 0.1, other >= 0.3], list(ERRORS[:3]), default=ERRORS[3])
+    return np.where(match_boxes(det, gt_boxes, gt_labels).astype(bool), "tp", errors)
 
 
-def classify(
-    boxes: torch.Tensor, scores: np.ndarray, truth: torch.Tensor, other: torch.Tensor
-) -> list[str]:
-    """'tp' or the error class of each prediction of one class in one image."""
-    own = box_iou(boxes, truth).numpy() if len(truth) else np.zeros((len(boxes), 0))
-    rest = box_iou(boxes, other).numpy() if len(other) else np.zeros((len(boxes), 0))
-    taken = np.zeros(len(truth), bool)
-    out = []
-    for k in np.argsort(-scores, kind="stable"):
-        free = np.where(taken, -1.0, own[k]) if len(truth) else own[k]
-        if len(truth) and free.max() >= 0.5:
-            taken[int(free.argmax())] = True
-            out.append((k, "tp"))
-            continue
-        best = own[k].max() if len(truth) else 0.0
-        if best >= 0.5:
-            kind = "duplicate"
-        elif best >= 0.1:
-            kind = "localisation"
-        elif len(other) and rest[k].max() >= 0.3:
-            kind = "confusion"
-        else:
-            kind = "background"
-        out.append((k, kind))
-    return [kind for _, kind in sorted(out)]
+def _without(det: Detections, keep: np.ndarray) -> Detections:
+    return Detections(det.boxes[keep], det.scores[keep], det.labels[keep], det.class_probs[keep])
 
 
 def errors_of(name: str, split: str) -> dict[str, Any]:
@@ -99,32 +79,32 @@ def errors_of(name: str, split: str) -> dict[str, Any]:
     (ranked,) = detect_passes(
         model, [s[0] for s in samples], recipe, [(recipe.eval_score_threshold, True)]
     )
+    truths = [(s[1], s[2]) for s in samples]
+    kinds = [error_kinds(det, *truth) for det, truth in zip(ranked, truths, strict=True)]
+
+    def ap50(dets: list[Detections]) -> dict[str, float]:
+        metrics = detection_metrics(dets, truths, labels, score_threshold=HIGH_SCORE)
+        return {lb: round(v["ap50"], 4) for lb, v in metrics["per_class"].items()}
+
+    as_is = ap50(ranked)
+    without = {
+        e: ap50([_without(d, k != e) for d, k in zip(ranked, kinds, strict=True)]) for e in ERRORS
+    }
+    kd = np.concatenate(kinds)
+    sc = np.concatenate([d.scores for d in ranked])
+    cls = np.concatenate([d.labels for d in ranked])
     per_class = {}
     for c, label in enumerate(labels):
-        scores, kinds, n_true = [], [], 0
-        for det, (_, gt_boxes, gt_labels) in zip(ranked, samples, strict=True):
-            truth = torch.as_tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4)
-            mine = np.asarray(gt_labels) == c
-            n_true += int(mine.sum())
-            keep = np.asarray(det.labels) == c
-            s = np.asarray(det.scores)[keep]
-            top = np.argsort(-s, kind="stable")[:COCO_MAX_DETS]
-            b = torch.as_tensor(np.asarray(det.boxes)[keep][top], dtype=torch.float32)
-            kinds += classify(b.reshape(-1, 4), s[top], truth[mine], truth[~mine])
-            scores.append(s[top])
-        sc, kd = np.concatenate(scores), np.asarray(kinds)
-        tp = (kd == "tp").astype(float)
+        high = (cls == c) & (sc >= HIGH_SCORE)
         per_class[label] = {
-            "n_true": n_true,
-            "ap50": round(ap101(tp, sc, n_true), 4),
-            "ap50_without": {e: round(ap101(tp[kd != e], sc[kd != e], n_true), 4) for e in ERRORS},
-            f"errors_scoring_{HIGH_SCORE}": {
-                e: int(((kd == e) & (sc >= HIGH_SCORE)).sum()) for e in ERRORS
-            },
-            f"true_positives_scoring_{HIGH_SCORE}": int(((kd == "tp") & (sc >= HIGH_SCORE)).sum()),
+            "n_true": int(sum((np.asarray(t[1]) == c).sum() for t in truths)),
+            "ap50": as_is[label],
+            "ap50_without": {e: without[e][label] for e in ERRORS},
+            f"errors_scoring_{HIGH_SCORE}": {e: int((high & (kd == e)).sum()) for e in ERRORS},
+            f"true_positives_scoring_{HIGH_SCORE}": int((high & (kd == "tp")).sum()),
         }
         print(
-            f"  {label}: AP50 {per_class[label]['ap50']:.4f}; without "
+            f"  {label}: AP50 {as_is[label]:.4f}; without "
             + ", ".join(f"{e} {v:.4f}" for e, v in per_class[label]["ap50_without"].items()),
             flush=True,
         )
@@ -177,7 +157,7 @@ def main() -> None:
     png = RESULTS / f"{args.name}.png"
     summary = {
         "split": args.split,
-        "matching": "greedy by score at IoU 0.5, each image's 100 best boxes per class",
+        "matching": "as mAP@0.5 matches: score order, same class, IoU >= 0.5",
         "errors": {
             "duplicate": "IoU >= 0.5 with an already matched box of its class",
             "localisation": "IoU 0.1-0.5 with a box of its class",
