@@ -411,3 +411,42 @@ def test_default_epoch_draws_each_training_image_twice_and_validates_each_once()
     assert (len(train), len(held_out)) == (6, 3)
     image, boxes, classes = train[5]
     assert image.shape == (3, 64, 64) and len(boxes) == len(classes)
+
+
+def test_neck_growth_widens_the_coarser_levels_and_one_keeps_every_level_alike():
+    from labelloop.training.detection.network import build_detector, level_widths
+
+    assert level_widths(96, 1.0) == [96, 96, 96]
+    assert level_widths(64, 2.0) == [64, 128, 256]  # YOLOv8n's neck
+    assert level_widths(96, 1.5) == [96, 144, 216]
+    x = torch.zeros(1, 3, 64, 64)
+    nets = [
+        build_detector(
+            DetectionRecipe(
+                encoder="resnet10t",
+                image_size=64,
+                neck_channels=8,
+                head_channels=8,
+                neck_growth=growth,
+            ),
+            3,
+        ).eval()
+        for growth in (1.0, 2.0)
+    ]
+    with torch.no_grad():
+        feats = [net.neck(net.backbone(x)) for net in nets]
+        outs = [net(x) for net in nets]
+    assert [f.shape[1] for f in feats[0]] == [8, 8, 8]
+    assert [f.shape[1] for f in feats[1]] == [8, 16, 32]
+    # The head reads each level at its own width: the same points and outputs either way.
+    assert outs[0].cls_logits.shape == outs[1].cls_logits.shape
+    assert outs[0].box_raw.shape == outs[1].box_raw.shape
+
+
+def test_unset_neck_growth_leaves_a_recorded_recipe_its_hash():
+    recipe = DetectionRecipe()
+    # A recipe dumped before the field existed: the same hash, the same network.
+    old = {k: v for k, v in recipe.model_dump(mode="json").items() if k != "neck_growth"}
+    assert DetectionRecipe.from_dict(old).recipe_hash() == recipe.recipe_hash()
+    assert "neck_growth" not in recipe.canonical_json()
+    assert recipe.with_overrides({"neck_growth": 1.5}).recipe_hash() != recipe.recipe_hash()

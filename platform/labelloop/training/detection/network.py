@@ -80,14 +80,18 @@ class CspBlock(nn.Module):
 
 
 class Pan(nn.Module):
-    """FPN top-down then PAN bottom-up path over three levels, all `width` channels."""
+    """FPN top-down then PAN bottom-up path over three levels, `widths` channels at strides
+    8, 16 and 32 (one width for all, or wider at the coarser, cheaper levels)."""
 
-    def __init__(self, in_channels: list[int], width: int, depth: int = 1):
+    def __init__(self, in_channels: list[int], widths: list[int], depth: int = 1):
         super().__init__()
-        self.lateral = nn.ModuleList(ConvBnAct(c, width, 1) for c in in_channels)
-        self.top_down = nn.ModuleList(CspBlock(2 * width, width, depth) for _ in range(2))
-        self.down = nn.ModuleList(ConvBnAct(width, width, 3, 2) for _ in range(2))
-        self.bottom_up = nn.ModuleList(CspBlock(2 * width, width, depth) for _ in range(2))
+        w3, w4, w5 = widths
+        self.lateral = nn.ModuleList(
+            ConvBnAct(c, w, 1) for c, w in zip(in_channels, widths, strict=True)
+        )
+        self.top_down = nn.ModuleList([CspBlock(w5 + w4, w4, depth), CspBlock(w4 + w3, w3, depth)])
+        self.down = nn.ModuleList([ConvBnAct(w3, w3, 3, 2), ConvBnAct(w4, w4, 3, 2)])
+        self.bottom_up = nn.ModuleList([CspBlock(w3 + w4, w4, depth), CspBlock(w4 + w5, w5, depth)])
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         c3, c4, c5 = (lat(f) for lat, f in zip(self.lateral, feats, strict=True))
@@ -98,22 +102,28 @@ class Pan(nn.Module):
         return [p3, n4, n5]
 
 
+def level_widths(width: int, growth: float) -> list[int]:
+    """Neck widths at strides 8, 16 and 32: `width` times growth per level, in multiples
+    of 8 (growth 2 from 64 is YOLOv8n's 64 / 128 / 256)."""
+    return [max(8, round(width * growth**i / 8) * 8) for i in range(len(STRIDES))]
+
+
 class DecoupledHead(nn.Module):
     """Per level: a class branch and a box branch, each two 3x3 convs and a 1x1 output."""
 
-    def __init__(self, width: int, channels: int, num_classes: int, box_out: int):
+    def __init__(self, widths: list[int], channels: int, num_classes: int, box_out: int):
         super().__init__()
         self.num_classes = num_classes
 
-        def branch(c_out: int) -> nn.Sequential:
+        def branch(width: int, c_out: int) -> nn.Sequential:
             return nn.Sequential(
                 ConvBnAct(width, channels),
                 ConvBnAct(channels, channels),
                 nn.Conv2d(channels, c_out, 1),
             )
 
-        self.cls = nn.ModuleList(branch(num_classes) for _ in STRIDES)
-        self.box = nn.ModuleList(branch(box_out) for _ in STRIDES)
+        self.cls = nn.ModuleList(branch(w, num_classes) for w in widths)
+        self.box = nn.ModuleList(branch(w, box_out) for w in widths)
 
     def init_bias(self, image_size: int) -> None:
         """Start with few confident points (about 5 objects per image per class) and boxes
@@ -177,6 +187,7 @@ class Detector(nn.Module):
         num_classes: int,
         *,
         width: int = 64,
+        growth: float = 1.0,
         depth: int = 1,
         head_channels: int = 64,
         reg_max: int = 16,
@@ -207,8 +218,9 @@ class Detector(nn.Module):
             out_indices=indices,
             **overlay,
         )
-        self.neck = Pan(list(self.backbone.feature_info.channels()), width, depth)
-        self.head = DecoupledHead(width, head_channels, num_classes, 4 * reg_max if reg_max else 4)
+        widths = level_widths(width, growth)
+        self.neck = Pan(list(self.backbone.feature_info.channels()), widths, depth)
+        self.head = DecoupledHead(widths, head_channels, num_classes, 4 * reg_max if reg_max else 4)
         self._grid: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, x: torch.Tensor) -> DetOutput:
@@ -258,6 +270,7 @@ def build_detector(
             recipe.encoder,
             num_classes,
             width=recipe.neck_channels,
+            growth=recipe.neck_growth or 1.0,
             depth=recipe.neck_depth,
             head_channels=recipe.head_channels,
             reg_max=recipe.reg_max,

@@ -6,12 +6,12 @@ Defaults are set for blood smears at 416 px (BCCD: 640x480 fields, RBCs ~65 px, 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from labelloop.training.backbones import timm_encoder
-from labelloop.training.recipe import Augment, BaseRecipe
+from labelloop.training.recipe import LATER_OPTIONAL, Augment, BaseRecipe
 
 IouLossName = Literal["ciou", "giou"]
 
@@ -33,6 +33,8 @@ def _default_augment() -> Augment:
 
 class DetectionRecipe(BaseRecipe):
     """A one-stage anchor-free detector (timm backbone + PAN neck + decoupled head)."""
+
+    later_optional: ClassVar[frozenset[str]] = LATER_OPTIONAL | {"neck_growth"}
 
     task: Literal["detection"] = "detection"
     encoder: str = DEFAULT_ENCODER
@@ -67,7 +69,13 @@ class DetectionRecipe(BaseRecipe):
     # +0.0039 ± 0.0039 over three pairs (all higher; best validation +0.0045), RBC count
     # MAE lower in all three, for 10 % fewer epochs; synthetic smears, one pair: +0.006
     # (BENCHMARKS.md).
-    neck_channels: int = Field(96, ge=8, le=512, description="PAN width at every level")
+    neck_channels: int = Field(96, ge=8, le=512, description="PAN width at stride 8")
+    # Width factor per coarser level: stride 16 gets neck_channels x growth, stride 32 x
+    # growth^2 (2 from 64 is YOLOv8n's 64 / 128 / 256). The coarse levels hold a quarter and
+    # a sixteenth of the grid points, so widening them costs far less than widening all.
+    # Unset (None) is 1, every level alike, and keeps the recipe hash of earlier runs and
+    # the shape of the networks they stored.
+    neck_growth: float | None = Field(None, ge=1.0, le=4.0)
     neck_depth: int = Field(1, ge=1, le=4, description="bottlenecks per PAN block")
     head_channels: int = Field(64, ge=8, le=512)
     # Distribution focal loss bins per box side (0: direct distance regression instead).
