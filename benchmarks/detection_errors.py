@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.ops import box_iou
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.datasets import bccd_manifest  # noqa: E402
 from benchmarks.detection_tta import bccd_model  # noqa: E402
 from labelloop.training.common import split_items  # noqa: E402
-from labelloop.training.detection.calibrate import match_boxes  # noqa: E402
+from labelloop.training.detection.calibrate import MATCH_IOU, match_boxes, overlaps  # noqa: E402
 from labelloop.training.detection.data import load_sample  # noqa: E402
 from labelloop.training.detection.evaluate import detection_metrics  # noqa: E402
 from labelloop.training.detection.predict import Detections, detect_passes  # noqa: E402
@@ -53,21 +52,14 @@ HIGH_SCORE = 0.25  # the recipe's default score threshold: errors a user would s
 def error_kinds(det: Detections, gt_boxes: np.ndarray, gt_labels: np.ndarray) -> np.ndarray:
     """'tp' or the error class of each box of one image's detections."""
     gt_labels = np.asarray(gt_labels)
-    iou = np.zeros((len(det.scores), len(gt_labels)))
-    if iou.size:
-        iou = box_iou(
-            torch.as_tensor(det.boxes, dtype=torch.float32).reshape(-1, 4),
-            torch.as_tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4),
-        ).numpy()
+    iou = overlaps(det, gt_boxes)
     same = det.labels[:, None] == gt_labels[None, :]
     own = np.where(same, iou, 0.0).max(1, initial=0.0)
     other = np.where(same, 0.0, iou).max(1, initial=0.0)
-    errors = np.select([own >= 0.5, own >= 0.1, other >= 0.3], list(ERRORS[:3]), default=ERRORS[3])
+    errors = np.select(
+        [own >= MATCH_IOU, own >= 0.1, other >= 0.3], list(ERRORS[:3]), default=ERRORS[3]
+    )
     return np.where(match_boxes(det, gt_boxes, gt_labels).astype(bool), "tp", errors)
-
-
-def _without(det: Detections, keep: np.ndarray) -> Detections:
-    return Detections(det.boxes[keep], det.scores[keep], det.labels[keep], det.class_probs[keep])
 
 
 def errors_of(name: str, split: str) -> dict[str, Any]:
@@ -88,7 +80,7 @@ def errors_of(name: str, split: str) -> dict[str, Any]:
 
     as_is = ap50(ranked)
     without = {
-        e: ap50([_without(d, k != e) for d, k in zip(ranked, kinds, strict=True)]) for e in ERRORS
+        e: ap50([d.subset(k != e) for d, k in zip(ranked, kinds, strict=True)]) for e in ERRORS
     }
     kd = np.concatenate(kinds)
     sc = np.concatenate([d.scores for d in ranked])

@@ -25,15 +25,22 @@ SCORE_FLOOR = 0.05
 MATCH_IOU = 0.5
 
 
+def overlaps(det: Detections, gt_boxes: np.ndarray) -> np.ndarray:
+    """(N, G) IoU of every detection with every truth box, whatever their classes."""
+    if not len(det.scores) or not len(gt_boxes):
+        return np.zeros((len(det.scores), len(gt_boxes)), np.float32)
+    return box_iou(
+        torch.as_tensor(det.boxes, dtype=torch.float32).reshape(-1, 4),
+        torch.as_tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4),
+    ).numpy()
+
+
 def match_boxes(det: Detections, gt_boxes: np.ndarray, gt_labels: np.ndarray) -> np.ndarray:
     """(N,) 0/1: whether each detection (in score order) takes a same-class truth box."""
     hits = np.zeros(len(det.scores), np.int64)
     if not len(det.scores) or not len(gt_boxes):
         return hits
-    iou = box_iou(
-        torch.as_tensor(det.boxes, dtype=torch.float32).reshape(-1, 4),
-        torch.as_tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4),
-    ).numpy()
+    iou = overlaps(det, gt_boxes)
     iou[det.labels[:, None] != np.asarray(gt_labels)[None, :]] = 0.0
     taken = np.zeros(len(gt_boxes), bool)
     for i in np.argsort(-det.scores, kind="stable"):

@@ -40,6 +40,12 @@ class Detections:
     labels: np.ndarray  # (N,) int64 class index
     class_probs: np.ndarray  # (N, C) float32 per-class sigmoid scores of each box
 
+    def subset(self, keep: np.ndarray) -> Detections:
+        """The boxes that `keep` (a mask or indices) selects, in the same order."""
+        return Detections(
+            self.boxes[keep], self.scores[keep], self.labels[keep], self.class_probs[keep]
+        )
+
 
 def postprocess(
     out: DetOutput,
@@ -144,12 +150,7 @@ def keep_counted(
     else:
         per = [recipe.count_thresholds.get(lb, recipe.score_threshold) for lb in labels]
         keep = det.scores >= np.asarray(per, np.float32)[det.labels]
-    return Detections(
-        boxes=det.boxes[keep],
-        scores=det.scores[keep],
-        labels=det.labels[keep],
-        class_probs=det.class_probs[keep],
-    )
+    return det.subset(keep)
 
 
 def detect_passes(
