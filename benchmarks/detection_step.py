@@ -8,13 +8,16 @@ the loss (assignment included) and its backward pass through the network, and th
 optimiser step. Each part's median over the measured steps is reported.
 
 `--against DIR` measures a second checkout the same way (DIR is its repository root, e.g.
-`git worktree add /tmp/base <commit>`), alternating the two sides `--repeats` times in
-child processes, so that machine noise reaches both alike; the figures to read are the
-ratios of the sides' medians. Pin it to one core (`taskset -c 1`) and set
-`OMP_NUM_THREADS=1` to measure the one-thread budget the BCCD benchmark trains under.
+`git worktree add /tmp/base <commit>`), and each `--variant FIELD=VALUE` the default
+recipe with that one override (e.g. `encoder=regnety_002`), alternating the sides
+`--repeats` times in child processes, so that machine noise reaches all alike; the figures
+to read are the ratios of each side's medians to the first side's. Pin it to one core
+(`taskset -c 1`) and set `OMP_NUM_THREADS=1` to measure the one-thread budget the BCCD
+benchmark trains under.
 
 Usage: OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/detection_step.py
-           [--against /tmp/base] [--steps 8] [--repeats 3] [--name detection_step]
+           [--against /tmp/base] [--variant FIELD=VALUE ...] [--steps 8] [--repeats 3]
+           [--name detection_step]
 Writes benchmarks/results/<name>.json and .png.
 """
 
@@ -32,12 +35,17 @@ from typing import Any
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.overrides import field_value, parse_overrides  # noqa: E402
+
 RESULTS = HERE.parent / "results"
 PARTS = ("data", "forward", "loss", "backward", "optimizer")
 
 
-def measure(steps: int, warmup: int, seed: int) -> dict[str, Any]:
-    """Per-part seconds of `steps` training steps (after `warmup`), in this process."""
+def measure(steps: int, warmup: int, seed: int, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Per-part seconds of `steps` training steps (after `warmup`) of the default recipe
+    with `overrides`, in this process."""
     import torch
 
     from benchmarks.datasets import bccd_manifest
@@ -48,7 +56,7 @@ def measure(steps: int, warmup: int, seed: int) -> dict[str, Any]:
     from labelloop.training.kind import get_kind
 
     torch.manual_seed(seed)
-    recipe = get_kind("detection").recipe_cls.from_dict({"seed": seed})
+    recipe = get_kind("detection").recipe_cls.from_dict({"seed": seed, **overrides})
     manifest, fetch = bccd_manifest("detection")
     dm = DetectionDataModule(manifest, recipe, fetch)
     dm.setup()
@@ -92,11 +100,13 @@ def measure(steps: int, warmup: int, seed: int) -> dict[str, Any]:
     }
 
 
-def run_side(root: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_side(root: Path, sets: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """Measure in a child process that imports labelloop from `root`'s platform folder."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "platform"), str(ROOT)]))
     cmd = [sys.executable, str(HERE), "--child", "--steps", str(args.steps)]
     cmd += ["--warmup", str(args.warmup), "--seed", str(args.seed)]
+    for pair in sets:
+        cmd += ["--set", pair]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -150,6 +160,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--against", type=Path, help="another checkout's repository root")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        type=field_value,
+        metavar="FIELD=VALUE",
+        help="a further side: this checkout's default recipe with this override (repeatable)",
+    )
+    parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=8, help="measured steps per repeat")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats per side")
@@ -158,17 +177,19 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.steps, args.warmup, args.seed)))
+        print(json.dumps(measure(args.steps, args.warmup, args.seed, parse_overrides(args.set))))
         return
 
-    roots = {f"this checkout ({describe(ROOT)})": ROOT}
+    roots: dict[str, tuple[Path, list[str]]] = {f"this checkout ({describe(ROOT)})": (ROOT, [])}
     if args.against is not None:
-        roots[f"--against ({describe(args.against)})"] = args.against.resolve()
-    this_label, *other_label = list(roots)
+        roots[f"--against ({describe(args.against)})"] = (args.against.resolve(), [])
+    for pair in args.variant:
+        roots[pair] = (ROOT, [pair])
+    this_label = next(iter(roots))
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in roots}
     for r in range(args.repeats):
-        for label, root in roots.items():
-            runs[label].append(run_side(root, args))
+        for label, (root, sets) in roots.items():
+            runs[label].append(run_side(root, sets, args))
             total = sum(runs[label][-1]["median_s"].values())
             print(f"repeat {r + 1}/{args.repeats}  {label}: {total * 1000:.0f} ms/step", flush=True)
     sides = {}
@@ -188,13 +209,15 @@ def main() -> None:
         "repeats": args.repeats,
         "sides": sides,
     }
-    if args.against is not None:
-        this, other = sides[this_label], sides[other_label[0]]
+    # Each further side's time over the first side's: above 1, the first side is faster.
+    this = sides[this_label]
+    result["speedup"] = {}
+    for label, other in list(sides.items())[1:]:
         per_repeat = [
             a / b
             for a, b in zip(other["step_ms_per_repeat"], this["step_ms_per_repeat"], strict=True)
         ]
-        result["speedup"] = {
+        result["speedup"][label] = {
             "step_per_repeat": [round(x, 3) for x in per_repeat],
             "step_median": round(statistics.median(per_repeat), 3),
             **{p: round(other["median_ms"][p] / this["median_ms"][p], 2) for p in PARTS},
@@ -202,7 +225,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2))
     plot(result, RESULTS / f"{args.name}.png")
-    print(json.dumps({k: result[k] for k in ("sides", "speedup") if k in result}, indent=2))
+    print(json.dumps({k: result[k] for k in ("sides", "speedup") if result.get(k)}, indent=2))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 
-def _pair(text: str) -> str:
+def field_value(text: str) -> str:
     """A `--set` value as typed, refused (argparse's usage error, exit 2) without `=`."""
     key, sep, _ = text.partition("=")
     if not sep or not key:
@@ -23,7 +23,7 @@ def add_set_argument(ap: argparse.ArgumentParser, extra_help: str = "") -> None:
         "--set",
         action="append",
         default=[],
-        type=_pair,
+        type=field_value,
         metavar="FIELD=VALUE",
         help="labelloop recipe override (YAML value; augment.scale=0.3 nests)" + extra_help,
     )
@@ -33,7 +33,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """`["augment.scale=0.3", "weight_decay=0.05"]` (as `--set` let them through) as
     nested recipe fields."""
     out: dict[str, Any] = {}
-    for pair in map(_pair, pairs):
+    for pair in map(field_value, pairs):
         key, _, value = pair.partition("=")
         node = out
         *parents, leaf = key.split(".")
