@@ -17,7 +17,7 @@ it learned faster per epoch than hgnetv2_b0 and lcnet_075, and its stride-8/16/3
 features are narrow (56/152/368 channels), so the neck's 1x1 lateral convolutions are
 cheap. hgnetv2_b0 spends much of its time on
 elementwise passes (learnable affine after every activation) over large early maps.
-In 30 CPU-minutes on BCCD (one seed, side by side; BENCHMARKS.md) regnety_002 (the same
+In 30 CPU-minutes on BCCD (one seed, one machine; BENCHMARKS.md) regnety_002 (the same
 with squeeze-and-excitation, 1.03x the step) and regnetx_004 (1.16x) both scored test
 mAP@0.5 0.909, as regnetx_002 did beside them.
 
