@@ -273,7 +273,7 @@ def build_detector(
             recipe.encoder,
             num_classes,
             width=recipe.neck_channels,
-            growth=recipe.neck_growth or 1.0,
+            growth=recipe.growth,
             depth=recipe.neck_depth,
             head_channels=recipe.head_channels,
             reg_max=recipe.reg_max,

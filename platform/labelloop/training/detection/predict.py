@@ -109,7 +109,7 @@ def load_detector(
     except RuntimeError as exc:
         raise ConfigError(
             f"weights do not fit detector {recipe.encoder} (neck {recipe.neck_channels} growing "
-            f"{recipe.neck_growth or 1.0}x a level, "
+            f"{recipe.growth}x a level, "
             f"reg_max {recipe.reg_max}) with {len(labels)} classes: {exc}"
         ) from exc
     return model.eval()

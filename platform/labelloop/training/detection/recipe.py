@@ -133,6 +133,11 @@ class DetectionRecipe(BaseRecipe):
         """The number of test-time views in force."""
         return self.tta_views if self.tta_views is not None else DEFAULT_TTA_VIEWS
 
+    @property
+    def growth(self) -> float:
+        """The neck's width factor per coarser level in force (unset: 1, every level alike)."""
+        return self.neck_growth if self.neck_growth is not None else 1.0
+
     @field_validator("encoder")
     @classmethod
     def _known_encoder(cls, name: str) -> str:
