@@ -10,9 +10,12 @@ import torch
 from torch import nn
 from torchvision.ops import box_iou
 
+from labelloop.training.common import to_input
 from labelloop.training.detection.assigner import assign
 from labelloop.training.detection.data import (
+    FILL,
     DetectionDataset,
+    collate,
     letterbox_matrix,
     map_boxes,
     unmap_boxes,
@@ -450,3 +453,61 @@ def test_unset_neck_growth_leaves_a_recorded_recipe_its_hash():
     assert DetectionRecipe.from_dict(old).recipe_hash() == recipe.recipe_hash()
     assert "neck_growth" not in recipe.canonical_json()
     assert recipe.with_overrides({"neck_growth": 1.5}).recipe_hash() != recipe.recipe_hash()
+
+
+def test_mosaic_image_size_trains_small_while_mosaic_is_on_then_at_image_size():
+    """Progressive resizing: the mosaic phase draws the smaller inputs, the closing phase
+    and held-out images the recipe's image_size, with boxes inside each input."""
+    manifest, blobs = make_manifest({"train": 3})
+    items = manifest["items"]
+    recipe = DetectionRecipe(image_size=96, mosaic_image_size=64)
+    train = DetectionDataset(items, FIXTURE_LABELS, blobs.__getitem__, recipe, train=True)
+    held_out = DetectionDataset(items, FIXTURE_LABELS, blobs.__getitem__, recipe)
+    for on, side in ((True, 64), (False, 96)):
+        train.set_mosaic(on)
+        for i in range(len(train)):
+            image, boxes, _ = train[i]
+            assert image.shape == (3, side, side)
+            assert bool((boxes >= 0).all() and (boxes <= side).all())
+    assert held_out[0][0].shape == (3, 96, 96)
+    # image_size itself trains at one size throughout.
+    one_size = DetectionRecipe(image_size=96, mosaic_image_size=96)
+    train = DetectionDataset(items, FIXTURE_LABELS, blobs.__getitem__, one_size, train=True)
+    assert train[0][0].shape == (3, 96, 96)
+
+
+@pytest.mark.parametrize(
+    ("fields", "side"),
+    [
+        ({}, 320),  # the default: three quarters of 416
+        ({"image_size": 640}, 480),
+        ({"image_size": 256}, 192),
+        ({"image_size": 64}, 64),  # 48 rounds to 64: no smaller multiple of 32 nearer
+        ({"close_mosaic": 0.0}, 416),  # no closing phase to train at image_size in
+        ({"mosaic_image_size": 416}, 416),
+    ],
+)
+def test_unset_mosaic_image_size_is_three_quarters_of_image_size(fields, side):
+    assert DetectionRecipe(**fields).mosaic_side == side
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [({"mosaic_image_size": 100}, "multiple of 32"), ({"close_mosaic": 0.0}, "close_mosaic")],
+)
+def test_mosaic_image_size_refuses_what_it_cannot_train(fields, reason):
+    with pytest.raises(ValueError, match=reason):
+        DetectionRecipe(image_size=96, **{"mosaic_image_size": 64, **fields})
+
+
+def test_collate_pads_a_batch_drawn_across_the_size_switch_without_moving_boxes():
+    small = (torch.zeros(3, 64, 64), torch.tensor([[1.0, 2.0, 30.0, 40.0]]), torch.tensor([1]))
+    large = (torch.ones(3, 96, 96), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    images, boxes, classes, mask = collate([small, large])
+    assert images.shape == (2, 3, 96, 96)
+    assert bool((images[0, :, :64, :64] == 0).all())
+    grey = torch.from_numpy(to_input(np.full((1, 1, 3), FILL, np.uint8)))[:, 0, 0]
+    torch.testing.assert_close(images[0, :, 80, 10], grey)
+    torch.testing.assert_close(boxes[0, 0], small[1][0])
+    assert classes[0, 0].item() == 1
+    assert mask.tolist() == [[True], [False]]

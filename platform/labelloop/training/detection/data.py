@@ -191,16 +191,20 @@ class DetectionDataset(AugmentedDataset):
             torch.from_numpy(np.ascontiguousarray(classes, np.int64)),
         )
 
-    def _jitter(self) -> tuple[float, np.ndarray]:
+    def train_size(self) -> int:
+        """The training input side in force: the recipe's mosaic side while mosaic is on."""
+        return self.recipe.mosaic_side if float(self.mosaic_on) > 0 else self.size
+
+    def _jitter(self, size: int) -> tuple[float, np.ndarray]:
         r, rng = self.recipe, self.rng
         a = r.augment.scale if r.augment.enabled else 0.0
         gain = rng.uniform(1 - a, 1 + a)
-        shift = rng.uniform(-r.translate, r.translate, 2) * self.size if r.augment.enabled else 0
+        shift = rng.uniform(-r.translate, r.translate, 2) * size if r.augment.enabled else 0
         return gain, np.zeros(2) + shift
 
     def _train_sample(self, idx: int) -> Sample:
-        r, s = self.recipe, self.size
-        gain, shift = self._jitter()
+        r, s = self.recipe, self.train_size()
+        gain, shift = self._jitter(s)
         canvas = np.full((s, s, 3), FILL, np.uint8)
         use_mosaic = float(self.mosaic_on) > 0 and self.rng.random() < r.mosaic
         if use_mosaic:
@@ -242,11 +246,25 @@ class DetectionDataset(AugmentedDataset):
         return canvas, boxes, classes
 
 
+def _pad_to(image: torch.Tensor, side: int) -> torch.Tensor:
+    if image.shape[-1] == side:
+        return image
+    grey = torch.from_numpy(to_input(np.full((1, 1, 3), FILL, np.uint8)))
+    out = grey.expand(3, side, side).clone()
+    out[:, : image.shape[1], : image.shape[2]] = image
+    return out
+
+
 def collate(
     batch: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Images (B, 3, S, S); boxes padded to (B, M, 4), classes (B, M) and mask (B, M)."""
-    images = torch.stack([b[0] for b in batch])
+    """Images (B, 3, S, S); boxes padded to (B, M, 4), classes (B, M) and mask (B, M).
+
+    Images of different sides (loader workers that drew a batch across the switch from
+    the mosaic side to `image_size`) are padded right and below with the letterbox
+    grey to the largest, which leaves their boxes where they are."""
+    side = max(b[0].shape[-1] for b in batch)
+    images = torch.stack([_pad_to(b[0], side) for b in batch])
     m = max(1, *(len(b[1]) for b in batch))
     boxes = torch.zeros(len(batch), m, 4)
     classes = torch.zeros(len(batch), m, dtype=torch.long)

@@ -23,6 +23,9 @@ DEFAULT_ENCODER = "regnetx_002"
 # tighter boxes, at 1.1-1.7x the prediction time; 4 and 8 gained no more mAP@0.5 for
 # 1.6-5.6x on synthetic and BCCD fields (benchmarks/detection_tta.py, BENCHMARKS.md).
 DEFAULT_TTA_VIEWS = 2
+# Training input side while mosaic is on, as a share of image_size (progressive resizing):
+# a step at 320 px cost 0.63x one at 416 on one CPU thread (benchmarks/detection_step.py).
+DEFAULT_MOSAIC_SCALE = 0.75
 
 
 def _default_augment() -> Augment:
@@ -106,6 +109,14 @@ class DetectionRecipe(BaseRecipe):
     # +0.002 at 67-70; +0.008 ± 0.010 over the nine pairs (BENCHMARKS.md).
     mosaic: float = Field(1.0, ge=0.0, le=1.0, description="probability per training sample")
     close_mosaic: float = Field(0.3, ge=0.0, le=1.0)
+    # Input side while mosaic is on (progressive resizing): the mosaic phase trains on
+    # smaller inputs, so more of its steps fit the budget, and the closing phase and every
+    # prediction use image_size. Unset (None): DEFAULT_MOSAIC_SCALE of image_size (320 at
+    # 416); image_size trains at one size throughout. On BCCD in 30 CPU-minutes 320
+    # against 416 gave test mAP@0.5 +0.0092 ± 0.0016 over three pairs (all higher; best
+    # validation +0.0013 ± 0.0030) from 1.4x the epochs; synthetic smears in 10 minutes,
+    # 192 against 256: +0.019 ± 0.007 over two (BENCHMARKS.md, "Progressive resizing").
+    mosaic_image_size: int | None = Field(None, ge=32, le=2048)
     translate: float = Field(0.1, ge=0.0, le=0.5, description="random shift, fraction of size")
 
     # Inference.
@@ -138,6 +149,16 @@ class DetectionRecipe(BaseRecipe):
         """The neck's width factor per coarser level in force (unset: 1, every level alike)."""
         return self.neck_growth if self.neck_growth is not None else 1.0
 
+    @property
+    def mosaic_side(self) -> int:
+        """The training input side while mosaic is on (unset: DEFAULT_MOSAIC_SCALE of
+        image_size, a multiple of 32; image_size where no closing phase follows)."""
+        if self.mosaic_image_size is not None:
+            return self.mosaic_image_size
+        if self.close_mosaic <= 0:
+            return self.image_size
+        return max(32, round(self.image_size * DEFAULT_MOSAIC_SCALE / 32) * 32)
+
     @field_validator("encoder")
     @classmethod
     def _known_encoder(cls, name: str) -> str:
@@ -145,8 +166,15 @@ class DetectionRecipe(BaseRecipe):
 
     @model_validator(mode="after")
     def _consistent(self) -> DetectionRecipe:
-        if self.image_size % 32:
-            raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
+        for name in ("image_size", "mosaic_image_size"):
+            side = getattr(self, name)
+            if side is not None and side % 32:
+                raise ValueError(f"{name} must be a multiple of 32, got {side}")
+        if self.mosaic_side != self.image_size and self.close_mosaic <= 0:
+            raise ValueError(
+                "mosaic_image_size needs close_mosaic > 0: the closing phase is where the "
+                "network trains at image_size"
+            )
         if 0 < self.reg_max < 4:
             raise ValueError(f"reg_max must be 0 (no DFL) or at least 4, got {self.reg_max}")
         if self.eval_score_threshold > self.score_threshold:
