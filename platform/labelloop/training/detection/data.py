@@ -191,10 +191,6 @@ class DetectionDataset(AugmentedDataset):
             torch.from_numpy(np.ascontiguousarray(classes, np.int64)),
         )
 
-    def train_size(self) -> int:
-        """The training input side in force: the recipe's mosaic side while mosaic is on."""
-        return self.recipe.mosaic_side if float(self.mosaic_on) > 0 else self.size
-
     def _jitter(self, size: int) -> tuple[float, np.ndarray]:
         r, rng = self.recipe, self.rng
         a = r.augment.scale if r.augment.enabled else 0.0
@@ -203,10 +199,12 @@ class DetectionDataset(AugmentedDataset):
         return gain, np.zeros(2) + shift
 
     def _train_sample(self, idx: int) -> Sample:
-        r, s = self.recipe, self.train_size()
+        # One read of the shared switch decides both the side and whether mosaics are drawn.
+        r, phase = self.recipe, float(self.mosaic_on) > 0
+        s = r.mosaic_side if phase else self.size
         gain, shift = self._jitter(s)
         canvas = np.full((s, s, 3), FILL, np.uint8)
-        use_mosaic = float(self.mosaic_on) > 0 and self.rng.random() < r.mosaic
+        use_mosaic = phase and self.rng.random() < r.mosaic
         if use_mosaic:
             # Four images around a random centre of a 2S canvas (each letterboxed to S),
             # then the canvas centre region at scale `gain` becomes the S x S input.
