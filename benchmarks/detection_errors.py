@@ -59,7 +59,7 @@ def error_kinds(det: Detections, gt_boxes: np.ndarray, gt_labels: np.ndarray) ->
     errors = np.select(
         [own >= MATCH_IOU, own >= 0.1, other >= 0.3], list(ERRORS[:3]), default=ERRORS[3]
     )
-    return np.where(match_boxes(det, gt_boxes, gt_labels).astype(bool), "tp", errors)
+    return np.where(match_boxes(det, gt_boxes, gt_labels, iou).astype(bool), "tp", errors)
 
 
 def errors_of(name: str, split: str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Where a detection training step's time goes on one CPU thread, and how two checkouts compare.
 
-A step of the default detection recipe on BCCD training images (416 px, batch 16, mosaic
-on, bf16 autocast where the CPU runs bfloat16 natively, as training's `precision: auto`
-does) is cut into its parts: preparing the batch (decode-free: images are in memory, so
+A step of the default detection recipe on BCCD training images in its mosaic phase
+(batch 16, inputs at `mosaic_image_size`, 320 px by default and recorded per side, bf16
+autocast where the CPU runs bfloat16 natively, as training's `precision: auto` does)
+is cut into its parts: preparing the batch (decode-free: images are in memory, so
 mosaic, warps, colour jitter, normalisation and collation), the network's forward pass,
 the loss (assignment included) and its backward pass through the network, and the
 optimiser step. Each part's median over the measured steps is reported.
@@ -96,6 +97,7 @@ def measure(steps: int, warmup: int, seed: int, overrides: dict[str, Any]) -> di
         "bf16": bf16,
         "threads": torch.get_num_threads(),
         "boxes_per_batch": statistics.median(boxes),
+        "input_px": int(images.shape[-1]),
         "median_s": {p: statistics.median(v) for p, v in times.items()},
     }
 
@@ -146,9 +148,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 ax.text(left + ms / 2, row, f"{ms:.0f}", ha="center", va="center", fontsize=8)
             left += ms
         ax.text(left + 10, row, f"{left:.0f} ms", va="center", fontsize=9)
-    ax.set_yticks(range(len(sides)), list(sides))
+    ax.set_yticks(range(len(sides)), [f"{k}\n{s['input_px']} px" for k, s in sides.items()])
     ax.invert_yaxis()
-    ax.set_xlabel("median ms per training step (batch 16, 416 px, one thread)")
+    ax.set_xlabel("median ms per training step (batch 16, mosaic phase, one thread)")
     total = max(sum(s["median_ms"].values()) for s in sides.values())
     ax.set_xlim(0, total * 1.18)
     ax.legend(ncol=5, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
@@ -196,6 +198,7 @@ def main() -> None:
     for label, rs in runs.items():
         sides[label] = {
             "checkout": rs[0]["checkout"],
+            "input_px": rs[0]["input_px"],
             "median_ms": {p: 1000 * statistics.median(x["median_s"][p] for x in rs) for p in PARTS},
             "step_ms_per_repeat": [round(1000 * sum(x["median_s"].values()), 1) for x in rs],
         }

@@ -17,7 +17,7 @@ from labelloop.training.calibration import (
     softmax_temperature,
     temperature_of,
 )
-from labelloop.training.detection.calibrate import match_boxes
+from labelloop.training.detection.calibrate import match_boxes, overlaps
 from labelloop.training.detection.predict import Detections
 from labelloop.training.segmentation.kind import KIND
 from labelloop.training.segmentation.recipe import SegmentationRecipe
@@ -99,6 +99,11 @@ def test_detection_boxes_match_same_class_truth_once_in_score_order():
     truth = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], "f4"), np.array([0, 0])
     # The duplicate (0.8) finds its box taken; box 3 is the wrong class at the right place.
     assert match_boxes(det, *truth).tolist() == [1, 0, 0, 0]
+    # A caller's IoU table gives the same matches and is left as it was.
+    iou = overlaps(det, truth[0])
+    before = iou.copy()
+    assert match_boxes(det, *truth, iou=iou).tolist() == [1, 0, 0, 0]
+    assert np.array_equal(iou, before)
 
 
 def test_training_stores_the_fit_and_the_version_predicts_calibrated(tmp_path):

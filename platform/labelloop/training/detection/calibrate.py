@@ -35,12 +35,17 @@ def overlaps(det: Detections, gt_boxes: np.ndarray) -> np.ndarray:
     ).numpy()
 
 
-def match_boxes(det: Detections, gt_boxes: np.ndarray, gt_labels: np.ndarray) -> np.ndarray:
-    """(N,) 0/1: whether each detection (in score order) takes a same-class truth box."""
+def match_boxes(
+    det: Detections, gt_boxes: np.ndarray, gt_labels: np.ndarray, iou: np.ndarray | None = None
+) -> np.ndarray:
+    """(N,) 0/1: whether each detection (in score order) takes a same-class truth box.
+
+    `iou`, the caller's `overlaps(det, gt_boxes)` where it has one, saves computing it
+    again; it is not modified."""
     hits = np.zeros(len(det.scores), np.int64)
     if not len(det.scores) or not len(gt_boxes):
         return hits
-    iou = overlaps(det, gt_boxes)
+    iou = overlaps(det, gt_boxes) if iou is None else iou.copy()
     iou[det.labels[:, None] != np.asarray(gt_labels)[None, :]] = 0.0
     taken = np.zeros(len(gt_boxes), bool)
     for i in np.argsort(-det.scores, kind="stable"):
