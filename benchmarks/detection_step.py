@@ -9,15 +9,18 @@ the loss (assignment included) and its backward pass through the network, and th
 optimiser step. Each part's median over the measured steps is reported.
 
 `--against DIR` measures a second checkout the same way (DIR is its repository root, e.g.
-`git worktree add /tmp/base <commit>`), and each `--variant FIELD=VALUE` the default
-recipe with that one override (e.g. `encoder=regnety_002`), alternating the sides
+`git worktree add /tmp/base <commit>`), each `--variant FIELD=VALUE` the default
+recipe with that one override (e.g. `encoder=regnety_002`), and `--channels-last` the
+default recipe with the network and its inputs in channels-last memory (the layout the
+segmentation U-Net trains in on CPU), alternating the sides
 `--repeats` times in child processes, so that machine noise reaches all alike; the figures
 to read are the ratios of each side's medians to the first side's. Pin it to one core
 (`taskset -c 1`) and set `OMP_NUM_THREADS=1` to measure the one-thread budget the BCCD
 benchmark trains under.
 
 Usage: OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/detection_step.py
-           [--against /tmp/base] [--variant FIELD=VALUE ...] [--steps 8] [--repeats 3]
+           [--against /tmp/base] [--variant FIELD=VALUE ...] [--channels-last]
+           [--steps 8] [--repeats 3]
            [--name detection_step]
 Writes benchmarks/results/<name>.json and .png.
 """
@@ -44,7 +47,9 @@ RESULTS = HERE.parent / "results"
 PARTS = ("data", "forward", "loss", "backward", "optimizer")
 
 
-def measure(steps: int, warmup: int, seed: int, overrides: dict[str, Any]) -> dict[str, Any]:
+def measure(
+    steps: int, warmup: int, seed: int, overrides: dict[str, Any], channels_last: bool = False
+) -> dict[str, Any]:
     """Per-part seconds of `steps` training steps (after `warmup`) of the default recipe
     with `overrides`, in this process."""
     import torch
@@ -64,6 +69,8 @@ def measure(steps: int, warmup: int, seed: int, overrides: dict[str, Any]) -> di
     data = dm.train_set
     assert data is not None
     net = build_detector(recipe, dm.num_classes)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=memory)
     loss_fn = DetectionLoss(recipe)
     opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr)
     bf16 = native_bf16("cpu")
@@ -75,6 +82,7 @@ def measure(steps: int, warmup: int, seed: int, overrides: dict[str, Any]) -> di
         images, gt_boxes, gt_classes, mask = collate(
             [data[(step * batch + k) % len(data)] for k in range(batch)]
         )
+        images = images.contiguous(memory_format=memory)
         t1 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = net(images)
@@ -102,11 +110,14 @@ def measure(steps: int, warmup: int, seed: int, overrides: dict[str, Any]) -> di
     }
 
 
-def run_side(root: Path, sets: list[str], args: argparse.Namespace) -> dict[str, Any]:
+def run_side(
+    root: Path, sets: list[str], channels_last: bool, args: argparse.Namespace
+) -> dict[str, Any]:
     """Measure in a child process that imports labelloop from `root`'s platform folder."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "platform"), str(ROOT)]))
     cmd = [sys.executable, str(HERE), "--child", "--steps", str(args.steps)]
     cmd += ["--warmup", str(args.warmup), "--seed", str(args.seed)]
+    cmd += ["--channels-last"] if channels_last else []
     for pair in sets:
         cmd += ["--set", pair]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
@@ -170,6 +181,11 @@ def main() -> None:
         metavar="FIELD=VALUE",
         help="a further side: this checkout's default recipe with this override (repeatable)",
     )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="a further side: the default recipe with network and inputs in channels-last memory",
+    )
     parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=8, help="measured steps per repeat")
     parser.add_argument("--warmup", type=int, default=2)
@@ -179,19 +195,24 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.steps, args.warmup, args.seed, parse_overrides(args.set))))
+        sets = parse_overrides(args.set)
+        print(json.dumps(measure(args.steps, args.warmup, args.seed, sets, args.channels_last)))
         return
 
-    roots: dict[str, tuple[Path, list[str]]] = {f"this checkout ({describe(ROOT)})": (ROOT, [])}
+    roots: dict[str, tuple[Path, list[str], bool]] = {
+        f"this checkout ({describe(ROOT)})": (ROOT, [], False)
+    }
     if args.against is not None:
-        roots[f"--against ({describe(args.against)})"] = (args.against.resolve(), [])
+        roots[f"--against ({describe(args.against)})"] = (args.against.resolve(), [], False)
     for pair in args.variant:
-        roots[pair] = (ROOT, [pair])
+        roots[pair] = (ROOT, [pair], False)
+    if args.channels_last:
+        roots["channels-last memory"] = (ROOT, [], True)
     this_label = next(iter(roots))
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in roots}
     for r in range(args.repeats):
-        for label, (root, sets) in roots.items():
-            runs[label].append(run_side(root, sets, args))
+        for label, (root, sets, channels_last) in roots.items():
+            runs[label].append(run_side(root, sets, channels_last, args))
             total = sum(runs[label][-1]["median_s"].values())
             print(f"repeat {r + 1}/{args.repeats}  {label}: {total * 1000:.0f} ms/step", flush=True)
     sides = {}
