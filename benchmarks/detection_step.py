@@ -60,6 +60,7 @@ def measure(
     from labelloop.training.detection.network import build_detector
     from labelloop.training.harness import native_bf16
     from labelloop.training.kind import get_kind
+    from labelloop.training.segmentation.network import channels_last_on_cpu
 
     torch.manual_seed(seed)
     recipe = get_kind("detection").recipe_cls.from_dict({"seed": seed, **overrides})
@@ -69,8 +70,9 @@ def measure(
     data = dm.train_set
     assert data is not None
     net = build_detector(recipe, dm.num_classes)
-    memory = torch.channels_last if channels_last else torch.contiguous_format
-    net = net.to(memory_format=memory)
+    # The segmentation U-Net's own switch, so the side measures the layout it trains in.
+    converted = channels_last and channels_last_on_cpu(net, torch.device("cpu"))
+    memory = torch.channels_last if converted else torch.contiguous_format
     loss_fn = DetectionLoss(recipe)
     opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr)
     bf16 = native_bf16("cpu")
