@@ -137,7 +137,13 @@ def test_classify_crops_relabels_given_boxes_and_whole_image_predict_refuses(cro
         predict(model, [img], recipe=recipe, labels=LABELS)
 
 
-def test_whole_image_classifier_predicts_one_tag_per_image(tmp_path):
+@pytest.mark.parametrize(
+    "mixing",
+    # Mixed batches are a harder task: the same few images need more passes.
+    [{"epochs": 5}, {"epochs": 10, "mixup_alpha": 0.4, "cutmix_alpha": 1.0}],
+    ids=["plain", "mixup_cutmix"],
+)
+def test_whole_image_classifier_predicts_one_tag_per_image(tmp_path, mixing):
     rng = np.random.default_rng(2)
 
     def one(cls: int) -> np.ndarray:
@@ -151,7 +157,7 @@ def test_whole_image_classifier_predicts_one_tag_per_image(tmp_path):
     manifest, blobs = _manifest(
         [(one(c), [Tag(label=LABELS[c])], _splits(i)) for i, c in enumerate(classes)]
     )
-    recipe = ClassificationRecipe(source="image", epochs=5, **FAST)
+    recipe = ClassificationRecipe(source="image", **FAST, **mixing)
     outcome = KIND.train(manifest, recipe, blobs.__getitem__, tmp_path)
     model = KIND.load(outcome.weights_path.read_bytes(), recipe, LABELS)
     fresh = [0, 1] * 6

@@ -36,7 +36,12 @@ def _default_augment() -> Augment:
 class ClassificationRecipe(BaseRecipe):
     """A timm classifier over whole images or over crops around annotated cells."""
 
-    later_optional: ClassVar[frozenset[str]] = LATER_OPTIONAL | {"ema_decay", "ema_tau"}
+    later_optional: ClassVar[frozenset[str]] = LATER_OPTIONAL | {
+        "ema_decay",
+        "ema_tau",
+        "mixup_alpha",
+        "cutmix_alpha",
+    }
 
     task: Literal["classification"] = "classification"
     encoder: str = DEFAULT_ENCODER
@@ -64,6 +69,12 @@ class ClassificationRecipe(BaseRecipe):
     # (None: DEFAULT_EMA_TAU steps). See `BudgetedSystem.average_weights`.
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
     ema_tau: float | None = Field(None, gt=0.0)
+    # Mixup / CutMix: each training batch blended with (mixup) or patched from (CutMix) a
+    # shuffled copy of itself, the loss shared between both labels; the mixing weight is
+    # drawn from Beta(alpha, alpha). With both set, each batch picks one at even odds.
+    # None (the default): off. See `mixing.mix_batch`.
+    mixup_alpha: float | None = Field(None, gt=0.0, le=10.0)
+    cutmix_alpha: float | None = Field(None, gt=0.0, le=10.0)
 
     @property
     def views(self) -> int:

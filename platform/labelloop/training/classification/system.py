@@ -1,5 +1,6 @@
 """The classifier's training system: cross-entropy, validation macro-F1 and accuracy, and
-optionally a moving average of the weights (`ema_decay`) as what is validated and kept."""
+optionally a moving average of the weights (`ema_decay`) as what is validated and kept,
+and mixup / CutMix batches (`mixup_alpha`, `cutmix_alpha`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from labelloop.training.classification.evaluate import scores_from_confusion
+from labelloop.training.classification.mixing import mix_batch
 from labelloop.training.classification.recipe import DEFAULT_EMA_TAU, ClassificationRecipe
 from labelloop.training.harness import BudgetedSystem
 
@@ -43,7 +45,11 @@ class ClassificationSystem(BudgetedSystem):
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
         x, y = batch
-        loss = self.loss_fn(self.trained(x), y)
+        mixed = mix_batch(x, y, self.recipe.mixup_alpha, self.recipe.cutmix_alpha)
+        logits = self.trained(mixed.x)
+        loss = self.loss_fn(logits, mixed.y_a)
+        if mixed.lam < 1.0:
+            loss = mixed.lam * loss + (1.0 - mixed.lam) * self.loss_fn(logits, mixed.y_b)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss
 
