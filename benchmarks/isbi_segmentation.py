@@ -119,6 +119,8 @@ def build_recipe(args: argparse.Namespace) -> SegmentationRecipe:
         data["decoder_channels"] = [int(c) for c in args.decoder.split(",")]
     if args.full_res:
         data["full_resolution_branch"] = args.full_res
+    if args.skeleton_recall:
+        data["skeleton_recall"] = args.skeleton_recall
     return SegmentationRecipe.from_dict(data)
 
 
@@ -226,6 +228,12 @@ def main() -> None:
         default=0,
         help="channels of a branch on the input at full resolution joined to the decoder's "
         "last features (recipe full_resolution_branch; 0: none)",
+    )
+    ap.add_argument(
+        "--skeleton-recall",
+        type=float,
+        default=0.0,
+        help="weight of the skeleton-recall loss term (recipe skeleton_recall; 0: none)",
     )
     ap.add_argument("--crop", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)

@@ -68,7 +68,10 @@ class SegmentationRecipe(BaseRecipe):
       counts are then instances rather than connected blobs.
     """
 
-    later_optional: ClassVar[frozenset[str]] = LATER_OPTIONAL | {"full_resolution_branch"}
+    later_optional: ClassVar[frozenset[str]] = LATER_OPTIONAL | {
+        "full_resolution_branch",
+        "skeleton_recall",
+    }
 
     task: Literal["segmentation"] = "segmentation"
     mode: SegmentationMode = "multiclass"
@@ -88,6 +91,11 @@ class SegmentationRecipe(BaseRecipe):
     # classes such as platelets get learned at all instead of being swamped by background;
     # in binary mode the same ratio becomes each label's BCE positive weight.
     class_weights: Literal["balanced", "none"] = "balanced"
+    # Weight of a skeleton-recall term added to the loss (`skeleton.SkeletonRecallLoss`):
+    # one minus the share of each label's annotated centre line the prediction covers, so
+    # a gap in a thin structure (a faint membrane) costs its length, not its few pixels.
+    # Unset (None): no term, and out of the hash like `full_resolution_branch`.
+    skeleton_recall: float | None = Field(None, gt=0.0, le=10.0)
     # Probability of an elastic or grid distortion per training crop: the augmentation that
     # matters for thin, wavy structures (EM membranes); smears do without it.
     distortion: float = Field(0.0, ge=0.0, le=1.0)

@@ -15,6 +15,8 @@ from labelloop.training.harness import BudgetedSystem
 from labelloop.training.segmentation.data import IGNORE_INDEX
 from labelloop.training.segmentation.network import channels_last_on_cpu
 from labelloop.training.segmentation.recipe import MODE_LOSSES, SegmentationRecipe
+from labelloop.training.segmentation.skeleton import SkeletonRecallLoss
+from labelloop.training.segmentation.targets import label_truth
 
 
 class _ComboLoss(nn.Module):
@@ -50,7 +52,10 @@ class _MaskedSigmoidLoss(nn.Module):
 
 
 def build_loss(
-    name: str, class_weights: Sequence[float] | None = None, mode: str = "multiclass"
+    name: str,
+    class_weights: Sequence[float] | None = None,
+    mode: str = "multiclass",
+    skeleton_recall: float | None = None,
 ) -> nn.Module:
     """Dice counters class imbalance once a class is predicted at all; CE/focal (optionally
     class-weighted) give the gradient that gets it predicted: Dice's gradient vanishes
@@ -58,10 +63,14 @@ def build_loss(
 
     Softmax modes (multiclass, instance) take (B, H, W) class indices and per-class
     weights; binary mode takes (B, L, H, W) 0/1 targets and per-label positive weights
-    (BCE only: focal loss does its own balancing)."""
+    (BCE only: focal loss does its own balancing). `skeleton_recall`, when set, adds
+    that weight of `SkeletonRecallLoss`."""
     if name not in MODE_LOSSES.get(mode, ()):
         valid = ", ".join(MODE_LOSSES.get(mode, ())) or "none"
         raise ConfigError(f"loss {name!r} does not fit mode {mode!r}; valid: {valid}")
+    extra: list[nn.Module] = (
+        [] if not skeleton_recall else [SkeletonRecallLoss(skeleton_recall, mode)]
+    )
     if mode == "binary":
         dice: nn.Module = smp.losses.DiceLoss(
             "multilabel", from_logits=True, ignore_index=IGNORE_INDEX
@@ -70,7 +79,7 @@ def build_loss(
         focal: nn.Module = _MaskedSigmoidLoss(focal=True)
         sigmoid_parts = {"bce": [bce], "focal": [focal]}
         sigmoid_parts |= {"dice_bce": [dice, bce], "dice_focal": [dice, focal]}
-        return _ComboLoss(sigmoid_parts[name])
+        return _ComboLoss(sigmoid_parts[name] + extra)
     weight = (
         None if class_weights is None else torch.tensor(list(class_weights), dtype=torch.float32)
     )
@@ -82,7 +91,7 @@ def build_loss(
         class_weights=list(class_weights) if class_weights is not None else None,
     )
     parts = {"ce": [ce], "focal": [focal], "dice_ce": [dice, ce], "dice_focal": [dice, focal]}
-    return _ComboLoss(parts[name])
+    return _ComboLoss(parts[name] + extra)
 
 
 def label_masks(
@@ -90,18 +99,15 @@ def label_masks(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Predicted and true foreground per label, (B, L, H, W) bool, and the valid
     (non-padding) pixels (B, 1, H, W). Instance mode's interior and contour classes both
-    count as their label's foreground."""
+    count as their label's foreground (`targets.label_truth`)."""
+    truth, valid = label_truth(target, mode, n_labels)
     if mode == "binary":
-        valid = (target != IGNORE_INDEX).all(dim=1, keepdim=True)
-        return logits > 0, target == 1, valid
-    valid = (target != IGNORE_INDEX).unsqueeze(1)
-    pred, truth = logits.argmax(1), target.clone()
-    truth[~valid[:, 0]] = 0
+        return logits > 0, truth, valid
+    pred = logits.argmax(1)
     if mode == "instance":
         pred = torch.where(pred > n_labels, pred - n_labels, pred)
-        truth = torch.where(truth > n_labels, truth - n_labels, truth)
     ids = torch.arange(1, n_labels + 1, device=logits.device).view(1, -1, 1, 1)
-    return pred.unsqueeze(1) == ids, truth.unsqueeze(1) == ids, valid
+    return pred.unsqueeze(1) == ids, truth, valid
 
 
 class SegmentationSystem(BudgetedSystem):
@@ -124,7 +130,7 @@ class SegmentationSystem(BudgetedSystem):
         self.network = network
         self.recipe = recipe
         self.labels = list(labels)
-        self.loss_fn = build_loss(recipe.loss, class_weights, recipe.mode)
+        self.loss_fn = build_loss(recipe.loss, class_weights, recipe.mode, recipe.skeleton_recall)
         self._tally = torch.zeros(5, len(self.labels), dtype=torch.float64)
 
     def on_fit_start(self) -> None:
