@@ -78,7 +78,15 @@ def test_unset_views_leave_the_recipe_hash_as_it_was():
     recipe = ClassificationRecipe()
     data = recipe.model_dump(mode="json")
     # Fields added after runs were recorded, unset: a recorded recipe's hash is unchanged.
-    for later in ("init_from", "tta_views", "ema_decay", "ema_tau", "count_interval_margin"):
+    for later in (
+        "init_from",
+        "tta_views",
+        "ema_decay",
+        "ema_tau",
+        "count_interval_margin",
+        "mixup_alpha",
+        "cutmix_alpha",
+    ):
         assert data.pop(later) is None
     before = hashlib.sha256(
         json.dumps(data, sort_keys=True, separators=(",", ":")).encode()

@@ -46,6 +46,7 @@ def test_an_unset_warm_start_leaves_a_recipe_hash_as_it_was():
         "instance_rule_objects",
         "count_interval_margin",
         "full_resolution_branch",
+        "skeleton_recall",
     ):
         assert data.pop(later) is None
     before = hashlib.sha256(
